@@ -14,5 +14,6 @@
 pub mod error;
 #[allow(unsafe_code)]
 pub mod kernels;
+pub mod requant;
 
 pub use error::{Error, Result};

@@ -1,0 +1,162 @@
+//! Requantization: int32 accumulator → u8 output, one rule per engine.
+//!
+//! The accumulator given to every rule is `raw = Σ_k (a − a_zp)·(b − b_zp)` (int32, wrapping),
+//! i.e. with both zero points already folded in.
+
+/// FBGEMM's `ReQuantizeOutput` (x86, uint8 output), as used by `quantized::linear` and
+/// `quantized::conv2d` under the fbgemm and x86 engines.
+///
+/// Source: FBGEMM `include/fbgemm/OutputProcessing-inl.h` (`ReQuantizeOutput::f`) and
+/// `src/QuantUtilsAvx2.cc` (`requantizeOutputProcessingAvx2`); set-up in PyTorch
+/// `aten/src/ATen/native/quantized/cpu/qlinear.cpp` / `qconv.cpp`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FbgemmRequant {
+    /// `atws[j] = f32(f32(s_x) · w_s[j])` (one entry for per-tensor weights).
+    pub act_times_w_scale: Vec<f32>,
+    /// `mult[j] = f32(atws[j] / f32(s_y))` (f32 division).
+    pub multiplier: Vec<f32>,
+    /// Bias term added to the float accumulator, per output channel:
+    /// per-tensor weights `f32(bias[j] · f32(1.0 / (f64)atws[0]))`, per-channel `f32(bias[j] / atws[j])`.
+    /// Zero when the layer has no bias.
+    pub bias_term: Vec<f32>,
+    /// Output zero point.
+    pub out_zero_point: i32,
+    /// Fused ReLU: the lower clamp becomes the output zero point.
+    pub relu: bool,
+}
+
+impl FbgemmRequant {
+    /// Builds the rule from the input scale (the double `input.q_scale()`), the weight scales
+    /// (f32, one for per-tensor), the float bias, the output scale (double) and zero point.
+    pub fn new(
+        input_scale: f64,
+        weight_scales: &[f32],
+        per_channel: bool,
+        bias: Option<&[f32]>,
+        n: usize,
+        out_scale: f64,
+        out_zero_point: i32,
+        relu: bool,
+    ) -> Self {
+        let sx = input_scale as f32;
+        let sy = out_scale as f32;
+        let atws: Vec<f32> = weight_scales.iter().map(|&w| sx * w).collect();
+        let multiplier = atws.iter().map(|&a| a / sy).collect();
+        let bias_term = (0..n)
+            .map(|j| match bias {
+                None => 0.0,
+                Some(b) if per_channel => b[j] / atws[j],
+                Some(b) => b[j] * ((1.0f64 / atws[0] as f64) as f32),
+            })
+            .collect();
+        Self {
+            act_times_w_scale: atws,
+            multiplier,
+            bias_term,
+            out_zero_point,
+            relu,
+        }
+    }
+
+    /// The f32 value that is rounded: `f32(f32(f32(raw) + bterm[j]) · mult[j])`.
+    #[inline]
+    pub fn pre_round(&self, raw: i32, j: usize) -> f32 {
+        let idx = if self.multiplier.len() == 1 { 0 } else { j };
+        (raw as f32 + self.bias_term[j]) * self.multiplier[idx]
+    }
+
+    /// Requantizes one accumulator of output channel `j`.
+    #[inline]
+    pub fn apply(&self, raw: i32, j: usize) -> u8 {
+        let lo = if self.relu { self.out_zero_point } else { 0 };
+        clamp_u8(round_ne_i32(self.pre_round(raw, j)), self.out_zero_point, lo)
+    }
+}
+
+/// QNNPACK's fp32 requantization (PyTorch's in-tree fork), used by the qnnpack engine.
+///
+/// Source: PyTorch `aten/src/ATen/native/quantized/cpu/QnnpackUtils.h`
+/// (`generate_requantization_scales`), `QuantUtils.h` (`QuantizeBias`) and the q8gemm SSE2
+/// micro-kernels (`qnnpack/src/q8gemm/4x4c2-sse2.c`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QnnpackRequant {
+    /// `req[j] = f32(f32(w_s[j] · in_s) · f32(1/s_y))`.
+    pub scale: Vec<f32>,
+    /// Bias rounded to int32: `clamp(RNE(f32(bias · f32(1.0f / f32(w_s·in_s)))))`.
+    pub bias_q: Vec<i32>,
+    /// Output zero point.
+    pub out_zero_point: i32,
+    /// Fused ReLU: the lower clamp becomes the output zero point.
+    pub relu: bool,
+}
+
+impl QnnpackRequant {
+    /// Builds the rule; `weight_scales` has one entry for per-tensor weights.
+    pub fn new(
+        input_scale: f64,
+        weight_scales: &[f32],
+        bias: Option<&[f32]>,
+        n: usize,
+        out_scale: f64,
+        out_zero_point: i32,
+        relu: bool,
+    ) -> Self {
+        let ws = |j: usize| weight_scales[if weight_scales.len() == 1 { 0 } else { j }];
+        let inv_out = 1.0f32 / out_scale as f32;
+        let scale = (0..n)
+            .map(|j| ((ws(j) as f64 * input_scale) as f32) * inv_out)
+            .collect();
+        let bias_q = (0..n)
+            .map(|j| match bias {
+                None => 0,
+                Some(b) => {
+                    // quantize_per_tensor/channel(bias, w_s·in_s (double), 0, qint32): the double
+                    // scale is rounded to f32, then FBGEMM's scalar Quantize<int32_t> multiplies by
+                    // the f32 reciprocal and clamps to the int32 range.
+                    let s = (ws(j) as f64 * input_scale) as f32;
+                    let v = (b[j] * (1.0f32 / s)).round_ties_even() as f64;
+                    v.clamp(i32::MIN as f64, i32::MAX as f64) as i32
+                }
+            })
+            .collect();
+        Self {
+            scale,
+            bias_q,
+            out_zero_point,
+            relu,
+        }
+    }
+
+    /// The f32 value that is rounded: `f32(f32(raw + bq[j]) · req[j])`.
+    #[inline]
+    pub fn pre_round(&self, raw: i32, j: usize) -> f32 {
+        (raw.wrapping_add(self.bias_q[j]) as f32) * self.scale[j]
+    }
+
+    /// Requantizes one accumulator of output channel `j`.
+    #[inline]
+    pub fn apply(&self, raw: i32, j: usize) -> u8 {
+        let lo = if self.relu { self.out_zero_point } else { 0 };
+        clamp_u8(round_ne_i32(self.pre_round(raw, j)), self.out_zero_point, lo)
+    }
+}
+
+/// `cvtps2dq` with the default rounding mode: round half to even; out-of-range and NaN give
+/// `i32::MIN` (the "integer indefinite" value).
+#[inline]
+pub fn round_ne_i32(v: f32) -> i32 {
+    let r = v.round_ties_even();
+    if r.is_nan() || r >= 2147483648.0 || r < -2147483648.0 {
+        i32::MIN
+    } else {
+        r as i32
+    }
+}
+
+/// Adds the zero point with int16 saturation (`adds_epi16` after `packs_epi32`) and clamps to
+/// `[lo, 255]`; equivalent to `clamp(q + zp, lo, 255)` for every int32 `q`.
+#[inline]
+fn clamp_u8(q: i32, zp: i32, lo: i32) -> u8 {
+    let v = (q as i64 + zp as i64).clamp(lo as i64, 255);
+    v as u8
+}
