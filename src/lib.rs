@@ -14,6 +14,10 @@
 pub mod error;
 #[allow(unsafe_code)]
 pub mod kernels;
+pub mod observer;
+pub mod qparams;
+pub mod quantize;
 pub mod requant;
+pub mod tensor;
 
 pub use error::{Error, Result};

@@ -69,7 +69,11 @@ impl FbgemmRequant {
     #[inline]
     pub fn apply(&self, raw: i32, j: usize) -> u8 {
         let lo = if self.relu { self.out_zero_point } else { 0 };
-        clamp_u8(round_ne_i32(self.pre_round(raw, j)), self.out_zero_point, lo)
+        clamp_u8(
+            round_ne_i32(self.pre_round(raw, j)),
+            self.out_zero_point,
+            lo,
+        )
     }
 }
 
@@ -137,7 +141,11 @@ impl QnnpackRequant {
     #[inline]
     pub fn apply(&self, raw: i32, j: usize) -> u8 {
         let lo = if self.relu { self.out_zero_point } else { 0 };
-        clamp_u8(round_ne_i32(self.pre_round(raw, j)), self.out_zero_point, lo)
+        clamp_u8(
+            round_ne_i32(self.pre_round(raw, j)),
+            self.out_zero_point,
+            lo,
+        )
     }
 }
 

@@ -1,0 +1,255 @@
+//! Quantize, dequantize and fake-quantize, as PyTorch computes them on x86 CPUs.
+//!
+//! Three families, each a documented formula:
+//! - [`aten`]: `torch.quantize_per_tensor` / `quantize_per_channel` / `dequantize` (FBGEMM's
+//!   `QuantizeAvx2` and scalar `Quantize<T>`);
+//! - [`decomposed`]: `torch.ops.quantized_decomposed.*` (`torch/ao/quantization/fx/_decomposed.py`);
+//! - [`fake_quant`]: `fake_quantize_per_tensor_affine` / `per_channel_affine` (ATen CPU kernels).
+
+/// Round half to even, like `cvtps2dq` / `nearbyint` / `torch.round`.
+#[inline]
+pub fn rne(v: f32) -> f32 {
+    v.round_ties_even()
+}
+
+/// `torch.quantize_per_tensor` / `quantize_per_channel` / `dequantize` on x86 with FBGEMM.
+pub mod aten {
+    use crate::qparams::QDType;
+
+    /// FBGEMM `QuantizeAvx2<T>` for one element (uint8/int8), the path `quantize_per_tensor`
+    /// takes on AVX2+FMA CPUs (FBGEMM `src/QuantUtilsAvx2.cc`):
+    /// `v = min(f32(x · f32(1/f32(scale))), 2^31−128)`, `cvtps2dq` (RNE, out of range → INT_MIN),
+    /// wrapping int32 `+ zp`, clamp to the dtype range.
+    ///
+    /// Consequences: NaN and +inf become 2147483520 before the zero point is added, so with
+    /// `zp ≥ 128` the wrapped sum is negative and NaN/+inf/huge values give `qmin`.
+    #[inline]
+    pub fn quantize_avx2(x: f32, inv_scale: f32, zero_point: i32, lo: i32, hi: i32) -> i32 {
+        let v = x * inv_scale;
+        // _mm256_min_ps(v, c) returns c when v is NaN.
+        let v = if v.is_nan() || v > 2147483520.0 {
+            2147483520.0
+        } else {
+            v
+        };
+        let r = crate::requant::round_ne_i32(v);
+        r.wrapping_add(zero_point).clamp(lo, hi)
+    }
+
+    /// FBGEMM's scalar `Quantize<T>(src, zp, scale, precision)` (`include/fbgemm/QuantUtils.h`):
+    /// `t = f32(zp + nearbyint(f32(x · f32(1/scale))))`, clamped in double to the dtype range.
+    /// Used for qint32 and for per-channel quantization. NaN gives `None` (undefined in C++).
+    #[inline]
+    pub fn quantize_scalar(x: f32, scale: f32, zero_point: i32, lo: i64, hi: i64) -> Option<i64> {
+        let inv = 1.0f32 / scale;
+        let t = zero_point as f32 + (x * inv).round_ties_even();
+        if t.is_nan() {
+            return None;
+        }
+        Some((t as f64).clamp(lo as f64, hi as f64) as i64)
+    }
+
+    /// `torch.quantize_per_tensor(x, scale, zero_point, dtype)`: the double scale is rounded to
+    /// f32 first. NaN inputs under qint32 (undefined in PyTorch) yield `None`.
+    pub fn quantize_per_tensor(
+        x: &[f32],
+        scale: f64,
+        zero_point: i64,
+        dtype: QDType,
+    ) -> Vec<Option<i64>> {
+        let s = scale as f32;
+        let (lo, hi) = dtype.full_range();
+        if dtype.is_32() {
+            x.iter()
+                .map(|&v| quantize_scalar(v, s, zero_point as i32, lo, hi))
+                .collect()
+        } else {
+            let inv = 1.0f32 / s;
+            x.iter()
+                .map(|&v| {
+                    Some(quantize_avx2(v, inv, zero_point as i32, lo as i32, hi as i32) as i64)
+                })
+                .collect()
+        }
+    }
+
+    /// `torch.quantize_per_channel`: a scalar loop over [`quantize_scalar`] with each channel's
+    /// scale rounded to f32 (ATen `quantize_tensor_per_channel_impl`). `channel_of(i)` gives the
+    /// channel of flat element `i`.
+    pub fn quantize_per_channel(
+        x: &[f32],
+        scales: &[f64],
+        zero_points: &[i64],
+        channel_of: impl Fn(usize) -> usize,
+        dtype: QDType,
+    ) -> Vec<Option<i64>> {
+        let (lo, hi) = dtype.full_range();
+        x.iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let c = channel_of(i);
+                quantize_scalar(v, scales[c] as f32, zero_points[c] as i32, lo, hi)
+            })
+            .collect()
+    }
+
+    /// `dequantize` of a per-tensor quantized tensor: `f32(f32(q − zp) · f32(scale))`
+    /// (FBGEMM `Dequantize<T>`).
+    #[inline]
+    pub fn dequantize(q: i64, scale: f64, zero_point: i64) -> f32 {
+        ((q as i32).wrapping_sub(zero_point as i32) as f32) * scale as f32
+    }
+
+    /// `dequantize` of a per-channel quantized tensor: ATen's
+    /// `dequantize_per_channel_affine_kernel` computes `(float(q) − zp) · scale` with the scale
+    /// held as a double: `f32(f64(f32(q) − zp) · scale)`.
+    #[inline]
+    pub fn dequantize_per_channel(q: i64, scale: f64, zero_point: i64) -> f32 {
+        let d = q as f32 - zero_point as f32;
+        (d as f64 * scale) as f32
+    }
+}
+
+/// `torch.ops.quantized_decomposed.*` (`torch/ao/quantization/fx/_decomposed.py`).
+pub mod decomposed {
+    /// `quantize_per_tensor(x, scale, zp, quant_min, quant_max, dtype)`:
+    /// `clamp(round(f32(x · f32(1.0/scale))) + zp, quant_min, quant_max)` with the reciprocal taken
+    /// in double, then rounded to f32 (the op math type). The `+ zp` happens in f32.
+    /// NaN has no defined result (`None`).
+    #[inline]
+    pub fn quantize(x: f32, scale: f64, zero_point: i64, qmin: i64, qmax: i64) -> Option<i64> {
+        let inv = (1.0f64 / scale) as f32;
+        clamp_to_int((x * inv).round_ties_even() + zero_point as f32, qmin, qmax)
+    }
+
+    /// `quantize_per_channel` with f32 scales: `1.0 / scales` is an f32 tensor op.
+    #[inline]
+    pub fn quantize_f32_scale(
+        x: f32,
+        scale: f32,
+        zero_point: i64,
+        qmin: i64,
+        qmax: i64,
+    ) -> Option<i64> {
+        let inv = 1.0f32 / scale;
+        clamp_to_int((x * inv).round_ties_even() + zero_point as f32, qmin, qmax)
+    }
+
+    /// `quantize_per_channel` with f64 scales: the product promotes to double.
+    #[inline]
+    pub fn quantize_f64_scale(
+        x: f32,
+        scale: f64,
+        zero_point: i64,
+        qmin: i64,
+        qmax: i64,
+    ) -> Option<i64> {
+        let inv = 1.0f64 / scale;
+        let v = (x as f64 * inv).round_ties_even() + zero_point as f64;
+        if v.is_nan() {
+            return None;
+        }
+        Some(v.clamp(qmin as f64, qmax as f64) as i64)
+    }
+
+    fn clamp_to_int(v: f32, qmin: i64, qmax: i64) -> Option<i64> {
+        if v.is_nan() {
+            return None;
+        }
+        Some((v as f64).clamp(qmin as f64, qmax as f64) as i64)
+    }
+
+    /// `dequantize_per_tensor`: `f32(f32(q − zp) · f32(scale))`.
+    #[inline]
+    pub fn dequantize(q: i64, scale: f64, zero_point: i64) -> f32 {
+        (q as f32 - zero_point as f32) * scale as f32
+    }
+
+    /// `dequantize_per_channel` with f32 scales: `(q − zp)` in int64, times the f32 scale.
+    #[inline]
+    pub fn dequantize_f32_scale(q: i64, scale: f32, zero_point: i64) -> f32 {
+        (q - zero_point) as f32 * scale
+    }
+
+    /// `dequantize_per_channel` with f64 scales: computed in double, then `.to(float32)`.
+    #[inline]
+    pub fn dequantize_f64_scale(q: i64, scale: f64, zero_point: i64) -> f32 {
+        ((q - zero_point) as f64 * scale) as f32
+    }
+}
+
+/// Fake quantization (ATen `QuantizedOpKernels.cpp`).
+pub mod fake_quant {
+    /// `fake_quantize_per_tensor_affine` / per-channel for one element with an integer zero point
+    /// (ATen `fake_quantize_tensor_cachemask_kernel`):
+    /// `q = int64(f32(zp + nearbyint(f32(x · f32(1/scale)))))`, `fmin(fmax(q, qmin), qmax)` in
+    /// double, `out = f32((q − zp) · scale)`. The int64 conversion of NaN or of a value beyond
+    /// ±2^63 is `INT64_MIN` on x86, so NaN, ±inf and huge inputs all come out as `qmin`.
+    #[inline]
+    pub fn fake_quantize(x: f32, scale: f32, zero_point: i64, qmin: i64, qmax: i64) -> f32 {
+        let q = quantized(x, scale, zero_point).clamp(qmin, qmax);
+        ((q - zero_point) as f64 * scale as f64) as f32
+    }
+
+    /// The integer before clamping: `int64(zp + nearbyint(f32(x · f32(1/scale))))`.
+    #[inline]
+    pub fn quantized(x: f32, scale: f32, zero_point: i64) -> i64 {
+        let inv = 1.0f32 / scale;
+        let qval = zero_point as f32 + (x * inv).round_ties_even();
+        if qval.is_nan() || qval >= 9.223372e18 || qval < -9.223372e18 {
+            i64::MIN
+        } else {
+            qval as i64
+        }
+    }
+
+    /// The mask of the `_cachemask` variants: tested on the unclamped value.
+    #[inline]
+    pub fn mask(x: f32, scale: f32, zero_point: i64, qmin: i64, qmax: i64) -> bool {
+        (qmin..=qmax).contains(&quantized(x, scale, zero_point))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reciprocal_multiply_tie_from_fbgemm_comment() {
+        // FBGEMM's QuantUtils.h documents this case: x·(1/s) is exactly 127.5 (→ 128 by RNE),
+        // while x/s is 127.499992 (→ 127).
+        let (s, x) = (0.00214854861f32, 0.273939937f32);
+        let q = aten::quantize_per_tensor(&[x], s as f64, 0, crate::qparams::QDType::Quint8);
+        assert_eq!(q[0], Some(128));
+        assert_eq!((x / s).round_ties_even(), 127.0);
+    }
+
+    #[test]
+    fn avx2_nan_and_inf_depend_on_zero_point() {
+        use crate::qparams::QDType::Quint8;
+        for (zp, expect) in [(0, 255), (127, 255), (128, 0), (200, 0)] {
+            let q = aten::quantize_per_tensor(&[f32::NAN, f32::INFINITY, 1e30], 0.01, zp, Quint8);
+            assert!(q.iter().all(|&v| v == Some(expect)), "zp {zp}: {q:?}");
+        }
+        let q = aten::quantize_per_tensor(&[f32::NEG_INFINITY, -1e30], 0.01, 200, Quint8);
+        assert!(q.iter().all(|&v| v == Some(0)));
+    }
+
+    #[test]
+    fn decomposed_clamps_to_its_own_range() {
+        assert_eq!(decomposed::quantize(1000.0, 1.0, 0, 0, 127), Some(127));
+        assert_eq!(decomposed::quantize(f32::NAN, 1.0, 0, 0, 127), None);
+    }
+
+    #[test]
+    fn fake_quant_round_trips_grid_points() {
+        for k in -128i64..=127 {
+            let s = 0.037f32;
+            let x = aten::dequantize(k, s as f64, 3);
+            let y = fake_quant::fake_quantize(x, s, 3, -128, 127);
+            if (-128..=127).contains(&(k)) {
+                assert_eq!(x.to_bits(), y.to_bits(), "k {k}");
+            }
+        }
+    }
+}
