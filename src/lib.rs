@@ -11,10 +11,13 @@
 //! Unsafe code is confined to the SIMD kernels under [`kernels`].
 #![deny(unsafe_code)]
 
+pub mod engine;
 pub mod error;
+pub mod flow;
 #[allow(unsafe_code)]
 pub mod kernels;
 pub mod observer;
+pub mod ops;
 pub mod qparams;
 pub mod quantize;
 pub mod requant;

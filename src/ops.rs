@@ -1,0 +1,454 @@
+//! Linear and conv2d: integer accumulation (through any [`Int8Gemm`] kernel) and the exact
+//! float evaluation used to bound PyTorch's f32 reference ops.
+//!
+//! Convolution lowers to GEMM by im2col in FBGEMM's order: for output pixel `(n, oh, ow)` of group
+//! `g`, column `k = (kh·KW + kw)·ICg + c`, padding filled with the activation zero point. That
+//! order decides which products share an int16 pair under [`Accumulation::PairSaturatingI16`];
+//! for depthwise convolution (ICg = 1) it is FBGEMM's tap order `(0,1), (2,3), …`.
+
+use crate::kernels::{Accumulation, Int8Gemm};
+use crate::{Error, Result};
+
+/// Conv2d hyper-parameters (PyTorch's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dParams {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel_size: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+    pub dilation: [usize; 2],
+    pub groups: usize,
+}
+
+impl Conv2dParams {
+    /// Checks the parameters and an NCHW input shape; returns `(N, OH, OW)`.
+    pub fn output_dims(&self, input_shape: &[usize]) -> Result<(usize, usize, usize)> {
+        let bad = |why: String| Err(Error::shape("conv2d", why));
+        if input_shape.len() != 4 {
+            return bad(format!("input must be NCHW, got shape {input_shape:?}"));
+        }
+        let g = self.groups;
+        if g == 0 || self.in_channels % g != 0 || self.out_channels % g != 0 {
+            return bad(format!(
+                "groups {g} must divide in_channels {} and out_channels {}",
+                self.in_channels, self.out_channels
+            ));
+        }
+        if input_shape[1] != self.in_channels {
+            return bad(format!(
+                "input has {} channels, layer expects {}",
+                input_shape[1], self.in_channels
+            ));
+        }
+        if self.stride.contains(&0) || self.dilation.contains(&0) || self.kernel_size.contains(&0) {
+            return bad("stride, dilation and kernel size must be positive".into());
+        }
+        let mut out = [0usize; 2];
+        for d in 0..2 {
+            let span = self.dilation[d] * (self.kernel_size[d] - 1) + 1;
+            let padded = input_shape[2 + d] + 2 * self.padding[d];
+            if padded < span {
+                return bad(format!(
+                    "kernel span {span} exceeds padded input {padded} in dim {d}"
+                ));
+            }
+            out[d] = (padded - span) / self.stride[d] + 1;
+        }
+        Ok((input_shape[0], out[0], out[1]))
+    }
+
+    /// Reduction length of one output: `KH·KW·ICg`.
+    pub fn k(&self) -> usize {
+        self.kernel_size[0] * self.kernel_size[1] * (self.in_channels / self.groups)
+    }
+
+    /// Depthwise: every group has one input channel.
+    pub fn is_depthwise(&self) -> bool {
+        self.groups == self.in_channels && self.groups > 1
+    }
+
+    /// Expected weight shape `[OC, IC/groups, KH, KW]`.
+    pub fn weight_shape(&self) -> [usize; 4] {
+        [
+            self.out_channels,
+            self.in_channels / self.groups.max(1),
+            self.kernel_size[0],
+            self.kernel_size[1],
+        ]
+    }
+}
+
+/// im2col of group `g`: `rows = N·OH·OW` rows of `KH·KW·ICg` columns, order `(kh, kw, c)`.
+pub fn im2col<T: Copy>(
+    input: &[T],
+    shape: &[usize],
+    p: &Conv2dParams,
+    g: usize,
+    pad: T,
+) -> Result<Vec<T>> {
+    let (n, oh, ow) = p.output_dims(shape)?;
+    let (c, h, w) = (shape[1], shape[2], shape[3]);
+    let icg = c / p.groups;
+    let k = p.k();
+    let mut out = Vec::with_capacity(n * oh * ow * k);
+    for b in 0..n {
+        for y in 0..oh {
+            for x in 0..ow {
+                for kh in 0..p.kernel_size[0] {
+                    for kw in 0..p.kernel_size[1] {
+                        let iy =
+                            (y * p.stride[0] + kh * p.dilation[0]) as isize - p.padding[0] as isize;
+                        let ix =
+                            (x * p.stride[1] + kw * p.dilation[1]) as isize - p.padding[1] as isize;
+                        let inside = iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w;
+                        for ci in 0..icg {
+                            out.push(if inside {
+                                input[((b * c + g * icg + ci) * h + iy as usize) * w + ix as usize]
+                            } else {
+                                pad
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Weights of group `g` as an `OCg × K` matrix in im2col column order.
+pub fn weight_matrix<T: Copy>(weight: &[T], p: &Conv2dParams, g: usize) -> Vec<T> {
+    let ocg = p.out_channels / p.groups;
+    let icg = p.in_channels / p.groups;
+    let (khs, kws) = (p.kernel_size[0], p.kernel_size[1]);
+    let mut out = Vec::with_capacity(ocg * p.k());
+    for o in g * ocg..(g + 1) * ocg {
+        for kh in 0..khs {
+            for kw in 0..kws {
+                for ci in 0..icg {
+                    out.push(weight[((o * icg + ci) * khs + kh) * kws + kw]);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Folds zero points into raw accumulators:
+/// `raw = acc − a_zp·Σ_k b[j][k] − b_zp[j]·Σ_k a[i][k] + K·a_zp·b_zp[j]` (wrapping int32), which is
+/// `Σ_k (a − a_zp)(b − b_zp)` when `acc` is exact. FBGEMM computes the same with its row and
+/// column offsets (`ReQuantizeOutput`).
+pub fn fold_zero_points(
+    acc: &mut [i32],
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[u8],
+    b: &[i8],
+    a_zp: i32,
+    b_zp: &[i32],
+) {
+    let row_sums: Vec<i32> = (0..m)
+        .map(|i| a[i * k..(i + 1) * k].iter().map(|&v| v as i32).sum())
+        .collect();
+    let col_sums: Vec<i32> = (0..n)
+        .map(|j| b[j * k..(j + 1) * k].iter().map(|&v| v as i32).sum())
+        .collect();
+    for i in 0..m {
+        for j in 0..n {
+            let zb = b_zp[j];
+            let v = acc[i * n + j]
+                .wrapping_sub(a_zp.wrapping_mul(col_sums[j]))
+                .wrapping_sub(zb.wrapping_mul(row_sums[i]))
+                .wrapping_add((k as i32).wrapping_mul(a_zp).wrapping_mul(zb));
+            acc[i * n + j] = v;
+        }
+    }
+}
+
+/// Zero-point-folded accumulators of a quantized linear layer: `out[i][j] = Σ_k (a − a_zp)(w − w_zp)`
+/// under the kernel's accumulation model; `a` is M×K, `w` is N×K, `w_zp` has N entries.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_acc(
+    kernel: &dyn Int8Gemm,
+    a: &[u8],
+    m: usize,
+    k: usize,
+    a_zp: i32,
+    w: &[i8],
+    n: usize,
+    w_zp: &[i32],
+) -> Result<Vec<i32>> {
+    if a.len() != m * k || w.len() != n * k || w_zp.len() != n {
+        return Err(Error::shape(
+            "linear",
+            format!(
+                "input {} elements for {m}×{k}, weight {} for {n}×{k}, {} weight zero points",
+                a.len(),
+                w.len(),
+                w_zp.len()
+            ),
+        ));
+    }
+    let mut acc = vec![0i32; m * n];
+    kernel.gemm(m, n, k, a, w, &mut acc);
+    fold_zero_points(&mut acc, m, n, k, a, w, a_zp, w_zp);
+    Ok(acc)
+}
+
+/// Zero-point-folded accumulators of a quantized conv2d, NCHW output `[N, OC, OH, OW]`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_acc(
+    kernel: &dyn Int8Gemm,
+    input: &[u8],
+    shape: &[usize],
+    a_zp: i32,
+    weight: &[i8],
+    w_zp: &[i32],
+    p: &Conv2dParams,
+) -> Result<(Vec<i32>, [usize; 4])> {
+    let (n, oh, ow) = p.output_dims(shape)?;
+    if input.len() != shape.iter().product::<usize>() {
+        return Err(Error::shape(
+            "conv2d",
+            "input length does not match its shape",
+        ));
+    }
+    if weight.len() != p.weight_shape().iter().product::<usize>() || w_zp.len() != p.out_channels {
+        return Err(Error::shape(
+            "conv2d",
+            format!(
+                "weight must be {:?} with one zero point per output channel",
+                p.weight_shape()
+            ),
+        ));
+    }
+    if !(0..=255).contains(&a_zp) {
+        return Err(Error::invalid(
+            "conv2d",
+            format!("activation zero point {a_zp}"),
+        ));
+    }
+    let ocg = p.out_channels / p.groups;
+    let rows = n * oh * ow;
+    let k = p.k();
+    let mut out = vec![0i32; n * p.out_channels * oh * ow];
+    for g in 0..p.groups {
+        let a = im2col(input, shape, p, g, a_zp as u8)?;
+        let b = weight_matrix(weight, p, g);
+        let acc = linear_acc(
+            kernel,
+            &a,
+            rows,
+            k,
+            a_zp,
+            &b,
+            ocg,
+            &w_zp[g * ocg..(g + 1) * ocg],
+        )?;
+        for r in 0..rows {
+            let (bi, pix) = (r / (oh * ow), r % (oh * ow));
+            for j in 0..ocg {
+                out[(bi * p.out_channels + g * ocg + j) * oh * ow + pix] = acc[r * ocg + j];
+            }
+        }
+    }
+    Ok((out, [n, p.out_channels, oh, ow]))
+}
+
+/// An output of a float op, evaluated exactly enough to bound PyTorch's f32 result.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FloatSum {
+    /// Σ x·w + bias, computed in f64 from exact products (error below `f64_err`).
+    pub value: f64,
+    /// Σ |x·w| + |bias|.
+    pub abs_sum: f64,
+    /// Number of summands (products plus the bias).
+    pub terms: usize,
+}
+
+impl FloatSum {
+    /// A bound on |f32 result − exact value| for any summation order, with or without FMA:
+    /// `γ_n · Σ|terms|` with `n = summands + 1` (each product and each addition rounds once) and `γ_n = n·u/(1 − n·u)`, `u = 2^-24`, plus the
+    /// error of the f64 evaluation itself.
+    pub fn error_bound(&self) -> f64 {
+        let u = f32::EPSILON as f64 / 2.0;
+        let n = (self.terms + 1) as f64;
+        let gamma = n * u / (1.0 - n * u);
+        let f64_err = n * f64::EPSILON * self.abs_sum;
+        gamma * self.abs_sum + f64_err + f32::from_bits(1) as f64
+    }
+}
+
+/// Exact-ish float linear: `y[i][j] = Σ_k x[i][k]·w[j][k] + bias[j]`.
+pub fn linear_f64(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+) -> Vec<FloatSum> {
+    let mut out = Vec::with_capacity(m * n);
+    for i in 0..m {
+        let row = &x[i * k..(i + 1) * k];
+        for j in 0..n {
+            let col = &w[j * k..(j + 1) * k];
+            let (mut s, mut a) = (0.0f64, 0.0f64);
+            for (&xv, &wv) in row.iter().zip(col) {
+                let p = xv as f64 * wv as f64;
+                s += p;
+                a += p.abs();
+            }
+            if let Some(b) = bias {
+                s += b[j] as f64;
+                a += (b[j] as f64).abs();
+            }
+            out.push(FloatSum {
+                value: s,
+                abs_sum: a,
+                terms: k + usize::from(bias.is_some()),
+            });
+        }
+    }
+    out
+}
+
+/// Exact-ish float conv2d, NCHW output.
+pub fn conv2d_f64(
+    x: &[f32],
+    shape: &[usize],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    p: &Conv2dParams,
+) -> Result<(Vec<FloatSum>, [usize; 4])> {
+    let (n, oh, ow) = p.output_dims(shape)?;
+    let ocg = p.out_channels / p.groups;
+    let rows = n * oh * ow;
+    let k = p.k();
+    let mut out = vec![
+        FloatSum {
+            value: 0.0,
+            abs_sum: 0.0,
+            terms: 0
+        };
+        n * p.out_channels * oh * ow
+    ];
+    for g in 0..p.groups {
+        let a = im2col(x, shape, p, g, 0.0f32)?;
+        let b = weight_matrix(w, p, g);
+        let gb = bias.map(|b| &b[g * ocg..(g + 1) * ocg]);
+        let y = linear_f64(&a, rows, k, &b, ocg, gb);
+        for r in 0..rows {
+            let (bi, pix) = (r / (oh * ow), r % (oh * ow));
+            for j in 0..ocg {
+                out[(bi * p.out_channels + g * ocg + j) * oh * ow + pix] = y[r * ocg + j];
+            }
+        }
+    }
+    Ok((out, [n, p.out_channels, oh, ow]))
+}
+
+/// For diagnosis: the first pair `(k, k+1)` whose exact sum leaves the int16 range, if any.
+pub fn first_saturating_pair(a: &[u8], b: &[i8]) -> Option<(usize, i32)> {
+    a.chunks(2)
+        .zip(b.chunks(2))
+        .enumerate()
+        .find_map(|(i, (pa, pb))| {
+            let s: i32 = pa.iter().zip(pb).map(|(&x, &w)| x as i32 * w as i32).sum();
+            (s > i16::MAX as i32 || s < i16::MIN as i32).then_some((2 * i, s))
+        })
+}
+
+/// Whether the accumulation model matters for this problem (some pair saturates).
+pub fn accumulation_matters(acc: Accumulation, a: &[u8], b: &[i8]) -> bool {
+    acc == Accumulation::PairSaturatingI16 && first_saturating_pair(a, b).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::reference::Reference;
+
+    #[test]
+    fn conv_acc_matches_direct_definition() {
+        let p = Conv2dParams {
+            in_channels: 4,
+            out_channels: 6,
+            kernel_size: [3, 2],
+            stride: [2, 1],
+            padding: [1, 1],
+            dilation: [1, 2],
+            groups: 2,
+        };
+        let shape = [2usize, 4, 5, 6];
+        let input: Vec<u8> = (0..shape.iter().product::<usize>())
+            .map(|i| (i * 37 % 256) as u8)
+            .collect();
+        let ws = p.weight_shape();
+        let weight: Vec<i8> = (0..ws.iter().product::<usize>())
+            .map(|i| ((i * 91 % 256) as i32 - 128) as i8)
+            .collect();
+        let w_zp = vec![0, 1, -2, 3, 0, 5];
+        let a_zp = 17;
+        let (acc, os) = conv2d_acc(
+            &Reference::new(Accumulation::Exact),
+            &input,
+            &shape,
+            a_zp,
+            &weight,
+            &w_zp,
+            &p,
+        )
+        .unwrap();
+        let (n, oh, ow) = (os[0], os[2], os[3]);
+        let (icg, ocg) = (2, 3);
+        for b in 0..n {
+            for o in 0..6 {
+                let g = o / ocg;
+                for y in 0..oh {
+                    for x in 0..ow {
+                        let mut s = 0i32;
+                        for ci in 0..icg {
+                            for kh in 0..3 {
+                                for kw in 0..2 {
+                                    let iy = (y * 2 + kh) as isize - 1;
+                                    let ix = (x + kw * 2) as isize - 1;
+                                    let a = if iy < 0 || ix < 0 || iy >= 5 || ix >= 6 {
+                                        a_zp
+                                    } else {
+                                        input[((b * 4 + g * icg + ci) * 5 + iy as usize) * 6
+                                            + ix as usize]
+                                            as i32
+                                    };
+                                    let wv = weight[((o * icg + ci) * 3 + kh) * 2 + kw] as i32;
+                                    s += (a - a_zp) * (wv - w_zp[o]);
+                                }
+                            }
+                        }
+                        assert_eq!(acc[((b * 6 + o) * oh + y) * ow + x], s);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let p = Conv2dParams {
+            in_channels: 3,
+            out_channels: 4,
+            kernel_size: [3, 3],
+            stride: [1, 1],
+            padding: [0, 0],
+            dilation: [1, 1],
+            groups: 2,
+        };
+        assert!(p.output_dims(&[1, 3, 5, 5]).is_err());
+        let p = Conv2dParams { groups: 1, ..p };
+        assert!(p.output_dims(&[1, 3, 2, 5]).is_err());
+        assert!(p.output_dims(&[1, 4, 5, 5]).is_err());
+        assert_eq!(p.output_dims(&[1, 3, 5, 5]).unwrap(), (1, 3, 3));
+    }
+}
