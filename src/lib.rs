@@ -11,9 +11,11 @@
 //! Unsafe code is confined to the SIMD kernels under [`kernels`].
 #![deny(unsafe_code)]
 
+pub mod check;
 pub mod engine;
 pub mod error;
 pub mod flow;
+pub mod golden;
 #[allow(unsafe_code)]
 pub mod kernels;
 pub mod observer;

@@ -1,1 +1,136 @@
-fn main() {}
+//! The `qparity` command-line tool.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use qparity::check::{check_path, CheckOptions, Report};
+use qparity::golden::manifest::Manifest;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(name = "qparity", version, about = "Bit-exact PyTorch int8 quantization numerics: check goldens, explain mismatches")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Recompute every golden case with the reference engine and compare bit for bit.
+    Check {
+        /// Case files or folders (default: golden/).
+        paths: Vec<PathBuf>,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Show up to this many failing cases in detail.
+        #[arg(long, default_value_t = 20)]
+        max_failures: usize,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match cli.cmd {
+        Cmd::Check { paths, json, max_failures } => cmd_check(paths, json, max_failures),
+    }
+}
+
+/// Finds the manifest for a path (the folder itself or a parent) to learn the capture CPU.
+fn options_for(path: &Path) -> CheckOptions {
+    let mut dir = if path.is_dir() { Some(path) } else { path.parent() };
+    while let Some(d) = dir {
+        if d.join("MANIFEST.json").is_file() {
+            if let Ok(m) = Manifest::load(d) {
+                return CheckOptions { cpu_has_vnni: m.cpu_has_vnni() || m.cpu_flags.is_empty() };
+            }
+        }
+        dir = d.parent();
+    }
+    CheckOptions::default()
+}
+
+fn cmd_check(paths: Vec<PathBuf>, json: bool, max_failures: usize) -> Result<i32> {
+    let paths = if paths.is_empty() { vec![PathBuf::from("golden")] } else { paths };
+    let mut cases = Vec::new();
+    for p in &paths {
+        if !p.exists() {
+            bail!("{}: no such file or folder", p.display());
+        }
+        let opts = options_for(p);
+        let bar = if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            indicatif::ProgressBar::hidden()
+        } else {
+            indicatif::ProgressBar::new(0)
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} checking {pos}/{len} cases {wide_bar} {elapsed}")
+                .expect("valid template"),
+        );
+        let r = check_path(p, &opts, |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        })
+        .with_context(|| format!("checking {}", p.display()))?;
+        bar.finish_and_clear();
+        cases.extend(r.cases);
+    }
+    let report = Report::from_cases(cases);
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        print_report(&mut out, &report, max_failures)?;
+    }
+    Ok(if report.failed == 0 { 0 } else { 1 })
+}
+
+fn print_report(out: &mut impl Write, r: &Report, max_failures: usize) -> Result<()> {
+    writeln!(out, "{:<62} {:>10} {:>9} {:>10}", "op / engine / check / isa", "exact", "ambiguous", "mismatched")?;
+    for (k, s) in &r.table {
+        writeln!(out, "{:<62} {:>10} {:>9} {:>10}", k, s.exact, s.ambiguous, s.mismatched)?;
+    }
+    let (amb, tot) = r.reference_ambiguity();
+    writeln!(
+        out,
+        "\nelements: {} exact, {} ambiguous, {} mismatched; reference-flow ambiguity {}/{} ({:.4}%)",
+        r.elements_exact,
+        r.elements_ambiguous,
+        r.elements_mismatched,
+        amb,
+        tot,
+        if tot > 0 { 100.0 * amb as f64 / tot as f64 } else { 0.0 }
+    )?;
+    let failing: Vec<_> = r.cases.iter().filter(|c| !c.passed).collect();
+    for c in failing.iter().take(max_failures) {
+        writeln!(out, "\nFAILED {} ({})", c.id, c.path)?;
+        if let Some(e) = &c.error {
+            writeln!(out, "  error: {e}")?;
+        }
+        if let Some(m) = &c.first_mismatch {
+            writeln!(out, "  first mismatch: {}", m.location)?;
+            writeln!(out, "    pytorch: {}", m.expected)?;
+            writeln!(out, "    qparity: {}", m.got)?;
+            for d in &m.detail {
+                writeln!(out, "    {d}")?;
+            }
+        }
+    }
+    if failing.len() > max_failures {
+        writeln!(out, "\n({} more failing cases not shown; use --max-failures)", failing.len() - max_failures)?;
+    }
+    writeln!(out, "\n{} passed, {} failed", r.passed, r.failed)?;
+    Ok(())
+}
