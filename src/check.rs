@@ -522,13 +522,30 @@ struct FusedArgs {
     per_row_fake_quant: bool,
     symmetric_quant: bool,
     #[serde(default = "yes")]
-    observer_on: bool,
+    observer_on: Flag,
     #[serde(default = "yes")]
-    fake_quant_on: bool,
+    fake_quant_on: Flag,
 }
 
-fn yes() -> bool {
-    true
+/// A flag PyTorch takes as a bool or as a 0/1 tensor.
+#[derive(Deserialize, Clone, Copy)]
+#[serde(untagged)]
+enum Flag {
+    Bool(bool),
+    Int(i64),
+}
+
+impl Flag {
+    fn on(self) -> bool {
+        match self {
+            Flag::Bool(b) => b,
+            Flag::Int(i) => i != 0,
+        }
+    }
+}
+
+fn yes() -> Flag {
+    Flag::Bool(true)
 }
 
 #[derive(Deserialize)]
@@ -566,7 +583,7 @@ fn check_fused(case: &Case, p: &PrimitiveCase, rec: &mut Recorder) -> Result<()>
     let g = "fused_moving_avg_obs_fake_quant";
     for (k, (b, s)) in a.batches.iter().zip(&steps).enumerate() {
         let xs = f32s(case, "args.batches", b)?;
-        let out = fused_moving_avg_obs_fake_quant(xs, &b.shape, &mut st, &cfg, a.observer_on, a.fake_quant_on)?;
+        let out = fused_moving_avg_obs_fake_quant(xs, &b.shape, &mut st, &cfg, a.observer_on.on(), a.fake_quant_on.on())?;
         let loc = format!("step {k}");
         rec.floats(g, &format!("{loc} running_min"), &st.running_min, f32s(case, "running_min", &s.running_min)?, |_| String::new());
         rec.floats(g, &format!("{loc} running_max"), &st.running_max, f32s(case, "running_max", &s.running_max)?, |_| String::new());
@@ -689,7 +706,12 @@ fn build_stages(case: &Case, m: &ModelCase) -> Result<Vec<Stage>> {
 
 fn check_model(case: &Case, m: &ModelCase, opts: &CheckOptions, rec: &mut Recorder) -> Result<()> {
     let engine = Engine::from_name(&m.engine).map_err(|e| field_err(case, "engine", e.to_string()))?;
-    let isa = Isa::from_name(&case.header.isa).map_err(|e| field_err(case, "isa", e.to_string()))?;
+    // "default" means whatever FBGEMM picked on the capture CPU (from the manifest's flags).
+    let isa = match case.header.isa.as_str() {
+        "default" if opts.cpu_has_vnni => Isa::Vnni,
+        "default" => Isa::Avx2,
+        other => Isa::from_name(other).map_err(|e| field_err(case, "isa", e.to_string()))?,
+    };
     let qat = match m.mode.as_str() {
         "ptq" => false,
         "qat" => true,
@@ -817,12 +839,9 @@ fn check_run(
         let got_i: Vec<i64> = got.data.iter().map(|&v| v as i64).collect();
         // The clamp limits the graph applied must be the flow's.
         let (lo, hi) = if ctx.flow.keeps_quant_range() { (q.quant_min, q.quant_max) } else { (0, 255) };
-        // Link to the observers: the stage-s output uses observer s+1, the input observer 0.
-        let obs_idx = match q.source.as_str() {
-            "input" => Some(0),
-            "conv2d" | "linear" => Some(si + 1),
-            _ => None,
-        };
+        // Link to the observers: every quantize point of the graph has its own observer, in
+        // graph order (a shape op after a QAT layer gets one too).
+        let obs_idx = (run.quantized.len() == m.observers.len()).then_some(t);
         if let Some(o) = obs_idx.and_then(|i| m.observers.get(i)) {
             let os = o.scale.to_f64_vec();
             let oz = o.zero_point.as_int().map(|v| v.to_vec()).unwrap_or_default();

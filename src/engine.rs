@@ -100,11 +100,17 @@ impl KernelPath {
     pub fn accumulation(self, isa: Isa) -> Accumulation {
         match (self, isa) {
             (KernelPath::FbgemmDepthwise, _) => Accumulation::PairSaturatingI16,
-            (KernelPath::FbgemmGemm | KernelPath::FbgemmGroupwise, Isa::Avx2) => {
+            (KernelPath::FbgemmGemm | KernelPath::FbgemmGroupwise | KernelPath::Onednn, Isa::Avx2) => {
                 Accumulation::PairSaturatingI16
             }
             _ => Accumulation::Exact,
         }
+    }
+
+    /// Whether int16 pairs stay within one kernel tap (oneDNN pads each tap's channels to an
+    /// even count) instead of running along FBGEMM's flat im2col order.
+    pub fn pairs_per_tap(self) -> bool {
+        matches!(self, KernelPath::Onednn)
     }
 
     /// Whether the path requantizes with FBGEMM's float-bias rule (else QNNPACK's int32 bias).

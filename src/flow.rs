@@ -329,7 +329,7 @@ impl QLayer {
     }
 
     /// Integer accumulators under an accumulation model (zero points folded in).
-    fn int_acc(&self, input: &QTensor, acc: Accumulation) -> Result<Vec<i32>> {
+    fn int_acc(&self, input: &QTensor, acc: Accumulation, pair_per_tap: bool) -> Result<Vec<i32>> {
         let kernel = Reference::new(acc);
         let oc = self.out_channels();
         let w_zp: Vec<i32> = (0..oc).map(|j| self.weight.zp_of(j) as i32).collect();
@@ -346,6 +346,17 @@ impl QLayer {
                     oc,
                     &w_zp,
                 )
+            }
+            LayerOp::Conv2d(p) if pair_per_tap => {
+                let (inp, shape, wt, q) = ops::pad_channels_even(
+                    &input.data,
+                    &input.shape,
+                    input.zero_point as u8,
+                    &self.weight.int_repr,
+                    &w_zp,
+                    &p,
+                );
+                Ok(ops::conv2d_acc(&kernel, &inp, &shape, input.zero_point as i32, &wt, &w_zp, &q)?.0)
             }
             LayerOp::Conv2d(p) => Ok(ops::conv2d_acc(
                 &kernel as &dyn Int8Gemm,
@@ -424,7 +435,7 @@ impl QLayer {
             Flow::ConvertFx => {
                 let path = self.path(ctx);
                 let accm = path.accumulation(ctx.isa);
-                let acc = self.int_acc(input, accm)?;
+                let acc = self.int_acc(input, accm, path.pairs_per_tap())?;
                 let pred: Vec<Pred> = if path.uses_fbgemm_requant() {
                     let rq = self.fbgemm_requant(input, out);
                     acc.iter()
@@ -489,8 +500,8 @@ impl QLayer {
             Flow::ConvertFx => {
                 let path = self.path(ctx);
                 let accm = path.accumulation(ctx.isa);
-                let acc = self.int_acc(input, accm)?[i];
-                let exact = self.int_acc(input, Accumulation::Exact)?[i];
+                let acc = self.int_acc(input, accm, path.pairs_per_tap())?[i];
+                let exact = self.int_acc(input, Accumulation::Exact, false)?[i];
                 let saturated_pair = if acc != exact {
                     self.first_saturation(input, i, &out_shape)
                 } else {

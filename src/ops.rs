@@ -452,3 +452,43 @@ mod tests {
         assert_eq!(p.output_dims(&[1, 3, 5, 5]).unwrap(), (1, 3, 3));
     }
 }
+
+/// Pads every group's input channels to an even count, so that int16 pairs never straddle two
+/// kernel taps: oneDNN's int8 convolutions pair channels `(2j, 2j+1)` of one tap and zero-pad an
+/// odd channel count (its weights are blocked by 4 input channels). Padding activations hold the
+/// zero point and padding weights the weight zero point, so zero-point-folded sums do not change.
+pub fn pad_channels_even(
+    input: &[u8],
+    shape: &[usize],
+    a_zp: u8,
+    weight: &[i8],
+    w_zp: &[i32],
+    p: &Conv2dParams,
+) -> (Vec<u8>, Vec<usize>, Vec<i8>, Conv2dParams) {
+    let icg = p.in_channels / p.groups;
+    if icg % 2 == 0 {
+        return (input.to_vec(), shape.to_vec(), weight.to_vec(), *p);
+    }
+    let (n, h, w) = (shape[0], shape[2], shape[3]);
+    let picg = icg + 1;
+    let mut q = *p;
+    q.in_channels = picg * p.groups;
+    let mut inp = vec![a_zp; n * q.in_channels * h * w];
+    for b in 0..n {
+        for g in 0..p.groups {
+            for c in 0..icg {
+                let src = ((b * p.in_channels + g * icg + c) * h) * w;
+                let dst = ((b * q.in_channels + g * picg + c) * h) * w;
+                inp[dst..dst + h * w].copy_from_slice(&input[src..src + h * w]);
+            }
+        }
+    }
+    let khw = p.kernel_size[0] * p.kernel_size[1];
+    let mut wt = Vec::with_capacity(p.out_channels * picg * khw);
+    for o in 0..p.out_channels {
+        let zp = w_zp[o].clamp(-128, 127) as i8;
+        wt.extend_from_slice(&weight[o * icg * khw..(o + 1) * icg * khw]);
+        wt.extend(std::iter::repeat_n(zp, khw));
+    }
+    (inp, vec![n, q.in_channels, h, w], wt, q)
+}
