@@ -121,7 +121,14 @@ impl Recorder {
         }
     }
     /// Compares predictions with integer results.
-    fn preds(&mut self, g: &str, loc: &str, pred: &[Pred], got: &[i64], detail: impl Fn(usize) -> Vec<String>) {
+    fn preds(
+        &mut self,
+        g: &str,
+        loc: &str,
+        pred: &[Pred],
+        got: &[i64],
+        detail: impl Fn(usize) -> Vec<String>,
+    ) {
         if pred.len() != got.len() {
             self.mismatch(g, || Mismatch {
                 location: loc.into(),
@@ -151,12 +158,24 @@ impl Recorder {
     fn ints(&mut self, g: &str, loc: &str, ours: &[Option<i64>], theirs: &[i64]) {
         let pred: Vec<Pred> = ours
             .iter()
-            .map(|o| o.map(Pred::Exact).unwrap_or(Pred::Ambiguous { lo: i64::MIN, hi: i64::MAX }))
+            .map(|o| {
+                o.map(Pred::Exact).unwrap_or(Pred::Ambiguous {
+                    lo: i64::MIN,
+                    hi: i64::MAX,
+                })
+            })
             .collect();
         self.preds(g, loc, &pred, theirs, |_| vec![]);
     }
     /// Compares f32 results bit for bit (any NaN equals any NaN).
-    fn floats(&mut self, g: &str, loc: &str, ours: &[f32], theirs: &[f32], inputs: impl Fn(usize) -> String) {
+    fn floats(
+        &mut self,
+        g: &str,
+        loc: &str,
+        ours: &[f32],
+        theirs: &[f32],
+        inputs: impl Fn(usize) -> String,
+    ) {
         if ours.len() != theirs.len() {
             self.mismatch(g, || Mismatch {
                 location: loc.into(),
@@ -190,13 +209,23 @@ fn field_err(case: &Case, field: &str, why: impl Into<String>) -> Error {
 }
 
 fn f32s<'a>(case: &Case, field: &str, t: &'a Tensor) -> Result<&'a [f32]> {
-    t.as_f32()
-        .ok_or_else(|| field_err(case, field, format!("expected an f32 tensor, got {:?}", t.dtype)))
+    t.as_f32().ok_or_else(|| {
+        field_err(
+            case,
+            field,
+            format!("expected an f32 tensor, got {:?}", t.dtype),
+        )
+    })
 }
 
 fn ints<'a>(case: &Case, field: &str, t: &'a Tensor) -> Result<&'a [i64]> {
-    t.as_int()
-        .ok_or_else(|| field_err(case, field, format!("expected an integer tensor, got {:?}", t.dtype)))
+    t.as_int().ok_or_else(|| {
+        field_err(
+            case,
+            field,
+            format!("expected an integer tensor, got {:?}", t.dtype),
+        )
+    })
 }
 
 fn parse_enum<T: serde::de::DeserializeOwned>(case: &Case, field: &str, s: &str) -> Result<T> {
@@ -206,9 +235,20 @@ fn parse_enum<T: serde::de::DeserializeOwned>(case: &Case, field: &str, s: &str)
 
 /// Resolves an observer description into a configuration, and checks PyTorch's resolved range.
 fn observer_config(case: &Case, field: &str, d: &ObserverDesc) -> Result<ObserverConfig> {
-    let class = ObserverClass::from_name(&d.class).map_err(|e| field_err(case, &format!("{field}.class"), e.to_string()))?;
-    let dtype: Option<QDType> = d.kwargs.dtype.as_deref().map(|s| parse_enum(case, &format!("{field}.kwargs.dtype"), s)).transpose()?;
-    let qscheme: Option<QScheme> = d.kwargs.qscheme.as_deref().map(|s| parse_enum(case, &format!("{field}.kwargs.qscheme"), s)).transpose()?;
+    let class = ObserverClass::from_name(&d.class)
+        .map_err(|e| field_err(case, &format!("{field}.class"), e.to_string()))?;
+    let dtype: Option<QDType> = d
+        .kwargs
+        .dtype
+        .as_deref()
+        .map(|s| parse_enum(case, &format!("{field}.kwargs.dtype"), s))
+        .transpose()?;
+    let qscheme: Option<QScheme> = d
+        .kwargs
+        .qscheme
+        .as_deref()
+        .map(|s| parse_enum(case, &format!("{field}.kwargs.qscheme"), s))
+        .transpose()?;
     let cfg = ObserverConfig::from_kwargs(
         class,
         dtype,
@@ -275,7 +315,10 @@ pub fn check_file(path: &Path, opts: &CheckOptions) -> CaseResult {
     match golden::load_case(path) {
         Ok(case) => check_case(&case, opts),
         Err(e) => CaseResult {
-            id: path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+            id: path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             path: path.display().to_string(),
             kind: "?".into(),
             op: "?".into(),
@@ -291,14 +334,22 @@ pub fn check_file(path: &Path, opts: &CheckOptions) -> CaseResult {
 
 /// A short name for a model's layer pattern.
 pub fn model_op_name(m: &ModelCase) -> String {
-    let weighted = m.layers.iter().filter(|l| matches!(l, Layer::Conv2d { .. } | Layer::Linear { .. })).count();
+    let weighted = m
+        .layers
+        .iter()
+        .filter(|l| matches!(l, Layer::Conv2d { .. } | Layer::Linear { .. }))
+        .count();
     if weighted > 1 || m.layers.iter().any(|l| matches!(l, Layer::Flatten)) {
         return "composed".into();
     }
     let relu = m.layers.iter().any(|l| matches!(l, Layer::Relu));
     let base = match m.layers.first() {
         Some(Layer::Linear { .. }) => "linear".to_string(),
-        Some(Layer::Conv2d { groups, in_channels, .. }) if *groups > 1 && groups == in_channels => "conv2d_dw".into(),
+        Some(Layer::Conv2d {
+            groups,
+            in_channels,
+            ..
+        }) if *groups > 1 && groups == in_channels => "conv2d_dw".into(),
         Some(Layer::Conv2d { groups, .. }) if *groups > 1 => "conv2d_grouped".into(),
         Some(Layer::Conv2d { .. }) => "conv2d".into(),
         _ => "model".into(),
@@ -328,7 +379,10 @@ struct QArgs {
 }
 
 fn channel_index(shape: &[usize], axis: usize) -> impl Fn(usize) -> usize {
-    let inner: usize = shape.get(axis + 1..).map(|s| s.iter().product()).unwrap_or(1);
+    let inner: usize = shape
+        .get(axis + 1..)
+        .map(|s| s.iter().product())
+        .unwrap_or(1);
     let ch = shape.get(axis).copied().unwrap_or(1).max(1);
     move |i| (i / inner) % ch
 }
@@ -345,18 +399,26 @@ fn check_primitive(case: &Case, p: &PrimitiveCase, rec: &mut Recorder) -> Result
     fn need<'t>(case: &Case, o: Option<&'t Tensor>, f: &str) -> Result<&'t Tensor> {
         o.ok_or_else(|| field_err(case, &format!("args.{f}"), "missing"))
     }
-    let num = |o: Option<f64>, f: &str| o.ok_or_else(|| field_err(case, &format!("args.{f}"), "missing"));
-    let int = |o: Option<i64>, f: &str| o.ok_or_else(|| field_err(case, &format!("args.{f}"), "missing"));
+    let num =
+        |o: Option<f64>, f: &str| o.ok_or_else(|| field_err(case, &format!("args.{f}"), "missing"));
+    let int =
+        |o: Option<i64>, f: &str| o.ok_or_else(|| field_err(case, &format!("args.{f}"), "missing"));
     let exp_t = |f: &str| -> Result<Tensor> {
-        let v = p.expected.get(f).ok_or_else(|| field_err(case, &format!("expected.{f}"), "missing"))?;
+        let v = p
+            .expected
+            .get(f)
+            .ok_or_else(|| field_err(case, &format!("expected.{f}"), "missing"))?;
         golden::decode(path, &format!("expected.{f}"), v)
     };
     let dtype = |s: &Option<String>| -> Result<QDType> {
-        let s = s.as_deref().ok_or_else(|| field_err(case, "args.dtype", "missing"))?;
+        let s = s
+            .as_deref()
+            .ok_or_else(|| field_err(case, "args.dtype", "missing"))?;
         parse_enum(case, "args.dtype", s)
     };
     let check_scale = |s: f64, zp: i64, lo: i64, hi: i64| {
-        crate::qparams::validate_qparams("args", s, zp, lo, hi).map_err(|e| field_err(case, "args", e.to_string()))
+        crate::qparams::validate_qparams("args", s, zp, lo, hi)
+            .map_err(|e| field_err(case, "args", e.to_string()))
     };
     match g {
         "quantize_per_tensor" => {
@@ -375,17 +437,36 @@ fn check_primitive(case: &Case, p: &PrimitiveCase, rec: &mut Recorder) -> Result
             let xs = f32s(case, "args.input", x)?;
             let dt = dtype(&a.dtype)?;
             let scales = need(case, a.scales.as_ref(), "scales")?.to_f64_vec();
-            let zps = ints(case, "args.zero_points", need(case, a.zero_points.as_ref(), "zero_points")?)?;
-            let axis = a.axis.ok_or_else(|| field_err(case, "args.axis", "missing"))?;
-            let ch = x.shape.get(axis).copied().ok_or_else(|| field_err(case, "args.axis", "outside the input's dims"))?;
+            let zps = ints(
+                case,
+                "args.zero_points",
+                need(case, a.zero_points.as_ref(), "zero_points")?,
+            )?;
+            let axis = a
+                .axis
+                .ok_or_else(|| field_err(case, "args.axis", "missing"))?;
+            let ch = x
+                .shape
+                .get(axis)
+                .copied()
+                .ok_or_else(|| field_err(case, "args.axis", "outside the input's dims"))?;
             if scales.len() != ch || zps.len() != ch {
-                return Err(field_err(case, "args.scales", format!("{} scales / {} zero points for {ch} channels", scales.len(), zps.len())));
+                return Err(field_err(
+                    case,
+                    "args.scales",
+                    format!(
+                        "{} scales / {} zero points for {ch} channels",
+                        scales.len(),
+                        zps.len()
+                    ),
+                ));
             }
             let (lo, hi) = dt.full_range();
             for c in 0..ch {
                 check_scale(scales[c], zps[c], lo, hi)?;
             }
-            let ours = aten::quantize_per_channel(xs, &scales, zps, channel_index(&x.shape, axis), dt);
+            let ours =
+                aten::quantize_per_channel(xs, &scales, zps, channel_index(&x.shape, axis), dt);
             let exp = exp_t("int_repr")?;
             rec.ints(g, "int_repr", &ours, ints(case, "expected.int_repr", &exp)?);
         }
@@ -394,26 +475,56 @@ fn check_primitive(case: &Case, p: &PrimitiveCase, rec: &mut Recorder) -> Result
             let qs = ints(case, "args.int_repr", q)?;
             let (s, zp) = (num(a.scale, "scale")?, int(a.zero_point, "zero_point")?);
             if !(s.is_finite() && s > 0.0) {
-                return Err(field_err(case, "args.scale", format!("scale must be finite and > 0, got {s}")));
+                return Err(field_err(
+                    case,
+                    "args.scale",
+                    format!("scale must be finite and > 0, got {s}"),
+                ));
             }
             let ours: Vec<f32> = qs
                 .iter()
-                .map(|&v| if g.starts_with("decomposed") { decomposed::dequantize(v, s, zp) } else { aten::dequantize(v, s, zp) })
+                .map(|&v| {
+                    if g.starts_with("decomposed") {
+                        decomposed::dequantize(v, s, zp)
+                    } else {
+                        aten::dequantize(v, s, zp)
+                    }
+                })
                 .collect();
             let exp = exp_t("output")?;
-            rec.floats(g, "output", &ours, f32s(case, "expected.output", &exp)?, |i| format!("q = {}", qs[i]));
+            rec.floats(
+                g,
+                "output",
+                &ours,
+                f32s(case, "expected.output", &exp)?,
+                |i| format!("q = {}", qs[i]),
+            );
         }
         "dequantize_per_channel" | "decomposed_dequantize_per_channel" => {
             let q = need(case, a.int_repr.as_ref().or(a.input.as_ref()), "int_repr")?;
             let qs = ints(case, "args.int_repr", q)?;
             let st = need(case, a.scales.as_ref(), "scales")?;
             let scales = st.to_f64_vec();
-            let zps = ints(case, "args.zero_points", need(case, a.zero_points.as_ref(), "zero_points")?)?;
-            let axis = a.axis.ok_or_else(|| field_err(case, "args.axis", "missing"))?;
+            let zps = ints(
+                case,
+                "args.zero_points",
+                need(case, a.zero_points.as_ref(), "zero_points")?,
+            )?;
+            let axis = a
+                .axis
+                .ok_or_else(|| field_err(case, "args.axis", "missing"))?;
             let chf = channel_index(&q.shape, axis);
             let ch = q.shape.get(axis).copied().unwrap_or(0);
             if scales.len() != ch || zps.len() != ch {
-                return Err(field_err(case, "args.scales", format!("{} scales / {} zero points for {ch} channels", scales.len(), zps.len())));
+                return Err(field_err(
+                    case,
+                    "args.scales",
+                    format!(
+                        "{} scales / {} zero points for {ch} channels",
+                        scales.len(),
+                        zps.len()
+                    ),
+                ));
             }
             let ours: Vec<f32> = qs
                 .iter()
@@ -421,21 +532,35 @@ fn check_primitive(case: &Case, p: &PrimitiveCase, rec: &mut Recorder) -> Result
                 .map(|(i, &v)| {
                     let c = chf(i);
                     match (g.starts_with("decomposed"), st.dtype) {
-                        (true, crate::tensor::DType::F32) => decomposed::dequantize_f32_scale(v, scales[c] as f32, zps[c]),
+                        (true, crate::tensor::DType::F32) => {
+                            decomposed::dequantize_f32_scale(v, scales[c] as f32, zps[c])
+                        }
                         (true, _) => decomposed::dequantize_f64_scale(v, scales[c], zps[c]),
                         (false, _) => aten::dequantize_per_channel(v, scales[c], zps[c]),
                     }
                 })
                 .collect();
             let exp = exp_t("output")?;
-            rec.floats(g, "output", &ours, f32s(case, "expected.output", &exp)?, |i| format!("q = {}", qs[i]));
+            rec.floats(
+                g,
+                "output",
+                &ours,
+                f32s(case, "expected.output", &exp)?,
+                |i| format!("q = {}", qs[i]),
+            );
         }
         "decomposed_quantize_per_tensor" => {
             let xs = f32s(case, "args.input", need(case, a.input.as_ref(), "input")?)?;
             let (s, zp) = (num(a.scale, "scale")?, int(a.zero_point, "zero_point")?);
-            let (lo, hi) = (int(a.quant_min, "quant_min")?, int(a.quant_max, "quant_max")?);
+            let (lo, hi) = (
+                int(a.quant_min, "quant_min")?,
+                int(a.quant_max, "quant_max")?,
+            );
             check_scale(s, zp, i64::MIN, i64::MAX)?;
-            let ours: Vec<Option<i64>> = xs.iter().map(|&v| decomposed::quantize(v, s, zp, lo, hi)).collect();
+            let ours: Vec<Option<i64>> = xs
+                .iter()
+                .map(|&v| decomposed::quantize(v, s, zp, lo, hi))
+                .collect();
             let exp = exp_t("output")?;
             rec.ints(g, "output", &ours, ints(case, "expected.output", &exp)?);
         }
@@ -444,16 +569,33 @@ fn check_primitive(case: &Case, p: &PrimitiveCase, rec: &mut Recorder) -> Result
             let xs = f32s(case, "args.input", x)?;
             let st = need(case, a.scales.as_ref(), "scales")?;
             let scales = st.to_f64_vec();
-            let zps = ints(case, "args.zero_points", need(case, a.zero_points.as_ref(), "zero_points")?)?;
-            let axis = a.axis.ok_or_else(|| field_err(case, "args.axis", "missing"))?;
+            let zps = ints(
+                case,
+                "args.zero_points",
+                need(case, a.zero_points.as_ref(), "zero_points")?,
+            )?;
+            let axis = a
+                .axis
+                .ok_or_else(|| field_err(case, "args.axis", "missing"))?;
             let ch = x.shape.get(axis).copied().unwrap_or(0);
             if scales.len() != ch || zps.len() != ch {
-                return Err(field_err(case, "args.scales", format!("{} scales / {} zero points for {ch} channels", scales.len(), zps.len())));
+                return Err(field_err(
+                    case,
+                    "args.scales",
+                    format!(
+                        "{} scales / {} zero points for {ch} channels",
+                        scales.len(),
+                        zps.len()
+                    ),
+                ));
             }
             for c in 0..ch {
                 check_scale(scales[c], zps[c], i64::MIN, i64::MAX)?;
             }
-            let (lo, hi) = (int(a.quant_min, "quant_min")?, int(a.quant_max, "quant_max")?);
+            let (lo, hi) = (
+                int(a.quant_min, "quant_min")?,
+                int(a.quant_max, "quant_max")?,
+            );
             let chf = channel_index(&x.shape, axis);
             let ours: Vec<Option<i64>> = xs
                 .iter()
@@ -473,22 +615,51 @@ fn check_primitive(case: &Case, p: &PrimitiveCase, rec: &mut Recorder) -> Result
         "fake_quantize_per_tensor_affine" => {
             let xs = f32s(case, "args.input", need(case, a.input.as_ref(), "input")?)?;
             let (s, zp) = (num(a.scale, "scale")?, int(a.zero_point, "zero_point")?);
-            let (lo, hi) = (int(a.quant_min, "quant_min")?, int(a.quant_max, "quant_max")?);
+            let (lo, hi) = (
+                int(a.quant_min, "quant_min")?,
+                int(a.quant_max, "quant_max")?,
+            );
             check_scale(s, zp, lo, hi)?;
-            let ours: Vec<f32> = xs.iter().map(|&v| fake_quant::fake_quantize(v, s as f32, zp, lo, hi)).collect();
+            let ours: Vec<f32> = xs
+                .iter()
+                .map(|&v| fake_quant::fake_quantize(v, s as f32, zp, lo, hi))
+                .collect();
             let exp = exp_t("output")?;
-            rec.floats(g, "output", &ours, f32s(case, "expected.output", &exp)?, |i| format!("x = {:e}", xs[i]));
+            rec.floats(
+                g,
+                "output",
+                &ours,
+                f32s(case, "expected.output", &exp)?,
+                |i| format!("x = {:e}", xs[i]),
+            );
         }
         "fake_quantize_per_channel_affine" => {
             let x = need(case, a.input.as_ref(), "input")?;
             let xs = f32s(case, "args.input", x)?;
             let scales = need(case, a.scales.as_ref(), "scales")?.to_f64_vec();
-            let zps = ints(case, "args.zero_points", need(case, a.zero_points.as_ref(), "zero_points")?)?;
-            let axis = a.axis.ok_or_else(|| field_err(case, "args.axis", "missing"))?;
-            let (lo, hi) = (int(a.quant_min, "quant_min")?, int(a.quant_max, "quant_max")?);
+            let zps = ints(
+                case,
+                "args.zero_points",
+                need(case, a.zero_points.as_ref(), "zero_points")?,
+            )?;
+            let axis = a
+                .axis
+                .ok_or_else(|| field_err(case, "args.axis", "missing"))?;
+            let (lo, hi) = (
+                int(a.quant_min, "quant_min")?,
+                int(a.quant_max, "quant_max")?,
+            );
             let ch = x.shape.get(axis).copied().unwrap_or(0);
             if scales.len() != ch || zps.len() != ch {
-                return Err(field_err(case, "args.scales", format!("{} scales / {} zero points for {ch} channels", scales.len(), zps.len())));
+                return Err(field_err(
+                    case,
+                    "args.scales",
+                    format!(
+                        "{} scales / {} zero points for {ch} channels",
+                        scales.len(),
+                        zps.len()
+                    ),
+                ));
             }
             for c in 0..ch {
                 check_scale(scales[c], zps[c], lo, hi)?;
@@ -503,10 +674,20 @@ fn check_primitive(case: &Case, p: &PrimitiveCase, rec: &mut Recorder) -> Result
                 })
                 .collect();
             let exp = exp_t("output")?;
-            rec.floats(g, "output", &ours, f32s(case, "expected.output", &exp)?, |i| format!("x = {:e}", xs[i]));
+            rec.floats(
+                g,
+                "output",
+                &ours,
+                f32s(case, "expected.output", &exp)?,
+                |i| format!("x = {:e}", xs[i]),
+            );
         }
         other => {
-            return Err(field_err(case, "op", format!("unknown primitive op {other:?}")));
+            return Err(field_err(
+                case,
+                "op",
+                format!("unknown primitive op {other:?}"),
+            ));
         }
     }
     Ok(())
@@ -559,9 +740,17 @@ struct FusedStep {
 
 fn check_fused(case: &Case, p: &PrimitiveCase, rec: &mut Recorder) -> Result<()> {
     let a: FusedArgs = golden::decode(&case.path, "args", &p.args)?;
-    let steps: Vec<FusedStep> = golden::decode(&case.path, "expected.steps", p.expected.get("steps").unwrap_or(&serde_json::Value::Null))?;
+    let steps: Vec<FusedStep> = golden::decode(
+        &case.path,
+        "expected.steps",
+        p.expected.get("steps").unwrap_or(&serde_json::Value::Null),
+    )?;
     if steps.len() != a.batches.len() {
-        return Err(field_err(case, "expected.steps", format!("{} steps for {} batches", steps.len(), a.batches.len())));
+        return Err(field_err(
+            case,
+            "expected.steps",
+            format!("{} steps for {} batches", steps.len(), a.batches.len()),
+        ));
     }
     if a.ch_axis < 0 || a.quant_min > a.quant_max {
         return Err(field_err(case, "args", "invalid ch_axis or quant range"));
@@ -583,14 +772,50 @@ fn check_fused(case: &Case, p: &PrimitiveCase, rec: &mut Recorder) -> Result<()>
     let g = "fused_moving_avg_obs_fake_quant";
     for (k, (b, s)) in a.batches.iter().zip(&steps).enumerate() {
         let xs = f32s(case, "args.batches", b)?;
-        let out = fused_moving_avg_obs_fake_quant(xs, &b.shape, &mut st, &cfg, a.observer_on.on(), a.fake_quant_on.on())?;
+        let out = fused_moving_avg_obs_fake_quant(
+            xs,
+            &b.shape,
+            &mut st,
+            &cfg,
+            a.observer_on.on(),
+            a.fake_quant_on.on(),
+        )?;
         let loc = format!("step {k}");
-        rec.floats(g, &format!("{loc} running_min"), &st.running_min, f32s(case, "running_min", &s.running_min)?, |_| String::new());
-        rec.floats(g, &format!("{loc} running_max"), &st.running_max, f32s(case, "running_max", &s.running_max)?, |_| String::new());
-        rec.floats(g, &format!("{loc} scale"), &st.scale, f32s(case, "scale", &s.scale)?, |_| String::new());
+        rec.floats(
+            g,
+            &format!("{loc} running_min"),
+            &st.running_min,
+            f32s(case, "running_min", &s.running_min)?,
+            |_| String::new(),
+        );
+        rec.floats(
+            g,
+            &format!("{loc} running_max"),
+            &st.running_max,
+            f32s(case, "running_max", &s.running_max)?,
+            |_| String::new(),
+        );
+        rec.floats(
+            g,
+            &format!("{loc} scale"),
+            &st.scale,
+            f32s(case, "scale", &s.scale)?,
+            |_| String::new(),
+        );
         let zp: Vec<Option<i64>> = st.zero_point.iter().map(|&z| Some(z as i64)).collect();
-        rec.ints(g, &format!("{loc} zero_point"), &zp, ints(case, "zero_point", &s.zero_point)?);
-        rec.floats(g, &format!("{loc} output"), &out, f32s(case, "output", &s.output)?, |i| format!("x = {:e}", xs[i]));
+        rec.ints(
+            g,
+            &format!("{loc} zero_point"),
+            &zp,
+            ints(case, "zero_point", &s.zero_point)?,
+        );
+        rec.floats(
+            g,
+            &format!("{loc} output"),
+            &out,
+            f32s(case, "output", &s.output)?,
+            |i| format!("x = {:e}", xs[i]),
+        );
     }
     Ok(())
 }
@@ -614,26 +839,66 @@ fn check_observer_prim(case: &Case, p: &PrimitiveCase, rec: &mut Recorder) -> Re
     compare_observer(case, &g, "", &obs, &p.expected, rec)
 }
 
-fn compare_observer(case: &Case, g: &str, loc: &str, obs: &Observer, expected: &serde_json::Value, rec: &mut Recorder) -> Result<()> {
+fn compare_observer(
+    case: &Case,
+    g: &str,
+    loc: &str,
+    obs: &Observer,
+    expected: &serde_json::Value,
+    rec: &mut Recorder,
+) -> Result<()> {
     let get = |f: &str| -> Result<Option<Tensor>> {
-        expected.get(f).filter(|v| !v.is_null()).map(|v| golden::decode(&case.path, &format!("expected.{f}"), v)).transpose()
+        expected
+            .get(f)
+            .filter(|v| !v.is_null())
+            .map(|v| golden::decode(&case.path, &format!("expected.{f}"), v))
+            .transpose()
     };
     if let Some(t) = get("min_val")? {
-        rec.floats(g, &format!("{loc}min_val"), &obs.min_val, f32s(case, "min_val", &t)?, |_| String::new());
+        rec.floats(
+            g,
+            &format!("{loc}min_val"),
+            &obs.min_val,
+            f32s(case, "min_val", &t)?,
+            |_| String::new(),
+        );
     }
     if let Some(t) = get("max_val")? {
-        rec.floats(g, &format!("{loc}max_val"), &obs.max_val, f32s(case, "max_val", &t)?, |_| String::new());
+        rec.floats(
+            g,
+            &format!("{loc}max_val"),
+            &obs.max_val,
+            f32s(case, "max_val", &t)?,
+            |_| String::new(),
+        );
     }
     if let (Some(t), Some(h)) = (get("histogram")?, obs.histogram()) {
-        rec.floats(g, &format!("{loc}histogram"), h, f32s(case, "histogram", &t)?, |_| String::new());
+        rec.floats(
+            g,
+            &format!("{loc}histogram"),
+            h,
+            f32s(case, "histogram", &t)?,
+            |_| String::new(),
+        );
     }
     let q = obs.calculate_qparams()?;
     if let Some(t) = get("scale")? {
-        rec.floats(g, &format!("{loc}scale"), &q.scale, f32s(case, "scale", &t)?, |_| String::new());
+        rec.floats(
+            g,
+            &format!("{loc}scale"),
+            &q.scale,
+            f32s(case, "scale", &t)?,
+            |_| String::new(),
+        );
     }
     if let Some(t) = get("zero_point")? {
         let zp: Vec<Option<i64>> = q.zero_point.iter().map(|&z| Some(z)).collect();
-        rec.ints(g, &format!("{loc}zero_point"), &zp, ints(case, "zero_point", &t)?);
+        rec.ints(
+            g,
+            &format!("{loc}zero_point"),
+            &zp,
+            ints(case, "zero_point", &t)?,
+        );
     }
     Ok(())
 }
@@ -652,12 +917,30 @@ fn build_stages(case: &Case, m: &ModelCase) -> Result<Vec<Stage>> {
     for (li, l) in m.layers.iter().enumerate() {
         let next_relu = matches!(m.layers.get(li + 1), Some(Layer::Relu));
         let (op, bias, kind) = match l {
-            Layer::Linear { in_features, out_features, bias, .. } => (
-                LayerOp::Linear { in_features: *in_features, out_features: *out_features },
+            Layer::Linear {
+                in_features,
+                out_features,
+                bias,
+                ..
+            } => (
+                LayerOp::Linear {
+                    in_features: *in_features,
+                    out_features: *out_features,
+                },
                 bias,
                 "linear",
             ),
-            Layer::Conv2d { in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, .. } => (
+            Layer::Conv2d {
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride,
+                padding,
+                dilation,
+                groups,
+                bias,
+                ..
+            } => (
                 LayerOp::Conv2d(Conv2dParams {
                     in_channels: *in_channels,
                     out_channels: *out_channels,
@@ -673,14 +956,32 @@ fn build_stages(case: &Case, m: &ModelCase) -> Result<Vec<Stage>> {
             _ => continue,
         };
         let f = format!("weights[{wi}]");
-        let w = m.weights.get(wi).ok_or_else(|| field_err(case, "weights", format!("no quantized weight for layer {li}")))?;
+        let w = m.weights.get(wi).ok_or_else(|| {
+            field_err(
+                case,
+                "weights",
+                format!("no quantized weight for layer {li}"),
+            )
+        })?;
         if w.layer != li && w.layer != wi {
-            return Err(field_err(case, &format!("{f}.layer"), format!("refers to layer {}, expected {li}", w.layer)));
+            return Err(field_err(
+                case,
+                &format!("{f}.layer"),
+                format!("refers to layer {}, expected {li}", w.layer),
+            ));
         }
         let qs: QScheme = parse_enum(case, &format!("{f}.qscheme"), &w.qscheme)?;
         let int_repr: Vec<i8> = ints(case, &format!("{f}.int_repr"), &w.int_repr)?
             .iter()
-            .map(|&v| i8::try_from(v).map_err(|_| field_err(case, &format!("{f}.int_repr"), format!("{v} is not an int8"))))
+            .map(|&v| {
+                i8::try_from(v).map_err(|_| {
+                    field_err(
+                        case,
+                        &format!("{f}.int_repr"),
+                        format!("{v} is not an int8"),
+                    )
+                })
+            })
             .collect::<Result<_>>()?;
         let bias = match bias {
             Some(b) => Some(f32s(case, &format!("layers[{li}].bias"), b)?.to_vec()),
@@ -705,7 +1006,8 @@ fn build_stages(case: &Case, m: &ModelCase) -> Result<Vec<Stage>> {
 }
 
 fn check_model(case: &Case, m: &ModelCase, opts: &CheckOptions, rec: &mut Recorder) -> Result<()> {
-    let engine = Engine::from_name(&m.engine).map_err(|e| field_err(case, "engine", e.to_string()))?;
+    let engine =
+        Engine::from_name(&m.engine).map_err(|e| field_err(case, "engine", e.to_string()))?;
     // "default" means whatever FBGEMM picked on the capture CPU (from the manifest's flags).
     let isa = match case.header.isa.as_str() {
         "default" if opts.cpu_has_vnni => Isa::Vnni,
@@ -715,7 +1017,13 @@ fn check_model(case: &Case, m: &ModelCase, opts: &CheckOptions, rec: &mut Record
     let qat = match m.mode.as_str() {
         "ptq" => false,
         "qat" => true,
-        other => return Err(field_err(case, "mode", format!("unknown mode {other:?} (expected ptq or qat)"))),
+        other => {
+            return Err(field_err(
+                case,
+                "mode",
+                format!("unknown mode {other:?} (expected ptq or qat)"),
+            ))
+        }
     };
     let stages = build_stages(case, m)?;
     let act_cfg = observer_config(case, "qconfig.activation", &m.qconfig.activation)?;
@@ -733,7 +1041,12 @@ fn check_model(case: &Case, m: &ModelCase, opts: &CheckOptions, rec: &mut Record
                 per_row_fake_quant: false,
                 symmetric_quant: act_cfg.qscheme.is_symmetric(),
             };
-            let mut st = FusedState { running_min: vec![], running_max: vec![], scale: vec![1.0], zero_point: vec![0] };
+            let mut st = FusedState {
+                running_min: vec![],
+                running_max: vec![],
+                scale: vec![1.0],
+                zero_point: vec![0],
+            };
             for (bi, b) in o.inputs.iter().enumerate() {
                 let xs = f32s(case, &format!("observers[{oi}].inputs[{bi}]"), b)?;
                 fused_moving_avg_obs_fake_quant(xs, &b.shape, &mut st, &fcfg, true, false)?;
@@ -744,16 +1057,38 @@ fn check_model(case: &Case, m: &ModelCase, opts: &CheckOptions, rec: &mut Record
             let exp = serde_json::json!({"min_val": o.min_val, "max_val": o.max_val, "scale": o.scale, "zero_point": o.zero_point});
             compare_observer(case, "observers", &loc, &obs, &exp, rec)?;
             if let (Some(fs), Some(fz)) = (&o.fq_scale, &o.fq_zero_point) {
-                let q = fbgemm_choose_qparams(st.running_min[0], st.running_max[0], fcfg.quant_min as i32, fcfg.quant_max as i32, fcfg.symmetric_quant);
-                rec.floats("observers", &format!("{loc}fq_scale"), &[q.scale], f32s(case, "fq_scale", fs)?, |_| String::new());
-                rec.ints("observers", &format!("{loc}fq_zero_point"), &[Some(q.zero_point as i64)], ints(case, "fq_zero_point", fz)?);
+                let q = fbgemm_choose_qparams(
+                    st.running_min[0],
+                    st.running_max[0],
+                    fcfg.quant_min as i32,
+                    fcfg.quant_max as i32,
+                    fcfg.symmetric_quant,
+                );
+                rec.floats(
+                    "observers",
+                    &format!("{loc}fq_scale"),
+                    &[q.scale],
+                    f32s(case, "fq_scale", fs)?,
+                    |_| String::new(),
+                );
+                rec.ints(
+                    "observers",
+                    &format!("{loc}fq_zero_point"),
+                    &[Some(q.zero_point as i64)],
+                    ints(case, "fq_zero_point", fz)?,
+                );
             }
         } else {
             let mut obs = Observer::new(act_cfg.clone());
             for (bi, b) in o.inputs.iter().enumerate() {
                 let xs = f32s(case, &format!("observers[{oi}].inputs[{bi}]"), b)?;
-                obs.forward(xs, &b.shape)
-                    .map_err(|e| field_err(case, &format!("observers[{oi}].inputs[{bi}]"), e.to_string()))?;
+                obs.forward(xs, &b.shape).map_err(|e| {
+                    field_err(
+                        case,
+                        &format!("observers[{oi}].inputs[{bi}]"),
+                        e.to_string(),
+                    )
+                })?;
             }
             let exp = serde_json::json!({"min_val": o.min_val, "max_val": o.max_val, "scale": o.scale, "zero_point": o.zero_point});
             compare_observer(case, "observers", &loc, &obs, &exp, rec)?;
@@ -769,30 +1104,68 @@ fn check_model(case: &Case, m: &ModelCase, opts: &CheckOptions, rec: &mut Record
         };
         let ws = f32s(case, &format!("weights[{wi}]"), w)?;
         let mut obs = Observer::new(w_cfg.clone());
-        obs.forward(ws, shape).map_err(|e| field_err(case, &format!("weights[{wi}]"), e.to_string()))?;
+        obs.forward(ws, shape)
+            .map_err(|e| field_err(case, &format!("weights[{wi}]"), e.to_string()))?;
         let q = obs.calculate_qparams()?;
         let rec_w = &m.weights[wi];
         let loc = format!("layer {wi} weight ");
-        let scales_f32: Vec<f32> = rec_w.scales.to_f64_vec().iter().map(|&s| s as f32).collect();
-        rec.floats("weights", &format!("{loc}scales"), &q.scale, &scales_f32, |_| String::new());
+        let scales_f32: Vec<f32> = rec_w
+            .scales
+            .to_f64_vec()
+            .iter()
+            .map(|&s| s as f32)
+            .collect();
+        rec.floats(
+            "weights",
+            &format!("{loc}scales"),
+            &q.scale,
+            &scales_f32,
+            |_| String::new(),
+        );
         let zp: Vec<Option<i64>> = q.zero_point.iter().map(|&z| Some(z)).collect();
-        rec.ints("weights", &format!("{loc}zero_points"), &zp, ints(case, "weights.zero_points", &rec_w.zero_points)?);
+        rec.ints(
+            "weights",
+            &format!("{loc}zero_points"),
+            &zp,
+            ints(case, "weights.zero_points", &rec_w.zero_points)?,
+        );
         let scales64: Vec<f64> = q.scale.iter().map(|&s| s as f64).collect();
         let ours = if w_cfg.qscheme.is_per_channel() {
-            aten::quantize_per_channel(ws, &scales64, &q.zero_point, channel_index(shape, 0), w_cfg.dtype)
+            aten::quantize_per_channel(
+                ws,
+                &scales64,
+                &q.zero_point,
+                channel_index(shape, 0),
+                w_cfg.dtype,
+            )
         } else {
             aten::quantize_per_tensor(ws, scales64[0], q.zero_point[0], w_cfg.dtype)
         };
-        rec.ints("weights", &format!("{loc}int_repr"), &ours, ints(case, "weights.int_repr", &rec_w.int_repr)?);
+        rec.ints(
+            "weights",
+            &format!("{loc}int_repr"),
+            &ours,
+            ints(case, "weights.int_repr", &rec_w.int_repr)?,
+        );
         wi += 1;
     }
 
     // 3. Each flow, each run, stage by stage on PyTorch's recorded quantized activations.
     for (fname, fr) in &m.flows {
-        let flow = Flow::from_name(fname).map_err(|e| field_err(case, &format!("flows.{fname}"), e.to_string()))?;
-        let ctx = StageCtx { flow, engine, isa, cpu_has_vnni: opts.cpu_has_vnni };
+        let flow = Flow::from_name(fname)
+            .map_err(|e| field_err(case, &format!("flows.{fname}"), e.to_string()))?;
+        let ctx = StageCtx {
+            flow,
+            engine,
+            isa,
+            cpu_has_vnni: opts.cpu_has_vnni,
+        };
         if fr.runs.len() != m.inputs.len() {
-            return Err(field_err(case, &format!("flows.{fname}.runs"), format!("{} runs for {} inputs", fr.runs.len(), m.inputs.len())));
+            return Err(field_err(
+                case,
+                &format!("flows.{fname}.runs"),
+                format!("{} runs for {} inputs", fr.runs.len(), m.inputs.len()),
+            ));
         }
         for (ri, run) in fr.runs.iter().enumerate() {
             check_run(case, m, &stages, &ctx, fname, ri, run, rec)?;
@@ -804,9 +1177,16 @@ fn check_model(case: &Case, m: &ModelCase, opts: &CheckOptions, rec: &mut Record
 fn qtensor(case: &Case, field: &str, q: &golden::QuantizedRecord) -> Result<QTensor> {
     let data = ints(case, field, &q.int_repr)?
         .iter()
-        .map(|&v| u8::try_from(v).map_err(|_| field_err(case, field, format!("{v} is not a uint8"))))
+        .map(|&v| {
+            u8::try_from(v).map_err(|_| field_err(case, field, format!("{v} is not a uint8")))
+        })
         .collect::<Result<Vec<u8>>>()?;
-    Ok(QTensor { shape: q.int_repr.shape.clone(), data, scale: q.scale, zero_point: q.zero_point })
+    Ok(QTensor {
+        shape: q.int_repr.shape.clone(),
+        data,
+        scale: q.scale,
+        zero_point: q.zero_point,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -822,7 +1202,11 @@ fn check_run(
 ) -> Result<()> {
     let g = fname;
     let base = format!("flows.{fname}.runs[{ri}]");
-    let n_stage_entries = run.quantized.iter().filter(|q| q.source == "conv2d" || q.source == "linear").count();
+    let n_stage_entries = run
+        .quantized
+        .iter()
+        .filter(|q| q.source == "conv2d" || q.source == "linear")
+        .count();
     if n_stage_entries != stages.len() {
         return Err(field_err(
             case,
@@ -838,14 +1222,25 @@ fn check_run(
         let got = qtensor(case, &format!("{field}.int_repr"), q)?;
         let got_i: Vec<i64> = got.data.iter().map(|&v| v as i64).collect();
         // The clamp limits the graph applied must be the flow's.
-        let (lo, hi) = if ctx.flow.keeps_quant_range() { (q.quant_min, q.quant_max) } else { (0, 255) };
+        let (lo, hi) = if ctx.flow.keeps_quant_range() {
+            (q.quant_min, q.quant_max)
+        } else {
+            (0, 255)
+        };
         // Link to the observers: every quantize point of the graph has its own observer, in
         // graph order (a shape op after a QAT layer gets one too).
         let obs_idx = (run.quantized.len() == m.observers.len()).then_some(t);
         if let Some(o) = obs_idx.and_then(|i| m.observers.get(i)) {
             let os = o.scale.to_f64_vec();
-            let oz = o.zero_point.as_int().map(|v| v.to_vec()).unwrap_or_default();
-            let same = os.first().is_some_and(|&s| (s as f32).to_bits() == (q.scale as f32).to_bits()) && oz.first() == Some(&q.zero_point);
+            let oz = o
+                .zero_point
+                .as_int()
+                .map(|v| v.to_vec())
+                .unwrap_or_default();
+            let same = os
+                .first()
+                .is_some_and(|&s| (s as f32).to_bits() == (q.scale as f32).to_bits())
+                && oz.first() == Some(&q.zero_point);
             if same {
                 rec.exact(g, 1);
             } else {
@@ -853,50 +1248,104 @@ fn check_run(
                     location: format!("{field}: qparams vs observer {}", o.name),
                     expected: format!("scale {} zp {}", q.scale, q.zero_point),
                     got: format!("scale {:?} zp {:?}", os.first(), oz.first()),
-                    detail: vec!["the converted graph does not use the observer's calculate_qparams()".into()],
+                    detail: vec![
+                        "the converted graph does not use the observer's calculate_qparams()"
+                            .into(),
+                    ],
                 });
             }
-            if ctx.flow.keeps_quant_range() && (q.quant_min, q.quant_max) != (m_range(m).0, m_range(m).1) {
+            if ctx.flow.keeps_quant_range()
+                && (q.quant_min, q.quant_max) != (m_range(m).0, m_range(m).1)
+            {
                 rec.mismatch(g, || Mismatch {
                     location: format!("{field}: quant range"),
                     expected: format!("{}..{}", q.quant_min, q.quant_max),
                     got: format!("{}..{}", m_range(m).0, m_range(m).1),
-                    detail: vec!["the decomposed flow carries the observer's quant_min/quant_max".into()],
+                    detail: vec![
+                        "the decomposed flow carries the observer's quant_min/quant_max".into(),
+                    ],
                 });
             }
         }
         match q.source.as_str() {
             "input" => {
                 if x.numel() != got.data.len() {
-                    return Err(field_err(case, &field, "input quantization has a different element count than the input"));
+                    return Err(field_err(
+                        case,
+                        &field,
+                        "input quantization has a different element count than the input",
+                    ));
                 }
                 let pred: Vec<Pred> = xs
                     .iter()
-                    .map(|&v| ctx.flow.quantize(v, q.scale, q.zero_point, lo, hi).map(Pred::Exact).unwrap_or(Pred::Ambiguous { lo: 0, hi: 255 }))
+                    .map(|&v| {
+                        ctx.flow
+                            .quantize(v, q.scale, q.zero_point, lo, hi)
+                            .map(Pred::Exact)
+                            .unwrap_or(Pred::Ambiguous { lo: 0, hi: 255 })
+                    })
                     .collect();
-                rec.preds(g, &format!("{fname} run {ri}, input quantize"), &pred, &got_i, |i| {
-                    vec![format!("x = {:e}, scale {}, zero_point {}, clamp {lo}..{hi}", xs[i], q.scale, q.zero_point)]
-                });
+                rec.preds(
+                    g,
+                    &format!("{fname} run {ri}, input quantize"),
+                    &pred,
+                    &got_i,
+                    |i| {
+                        vec![format!(
+                            "x = {:e}, scale {}, zero_point {}, clamp {lo}..{hi}",
+                            xs[i], q.scale, q.zero_point
+                        )]
+                    },
+                );
             }
             "conv2d" | "linear" => {
                 let st = &stages[si];
                 if t == 0 {
-                    return Err(field_err(case, &field, "a quantized layer output without a quantized input before it"));
+                    return Err(field_err(
+                        case,
+                        &field,
+                        "a quantized layer output without a quantized input before it",
+                    ));
                 }
-                let inp = qtensor(case, &format!("{base}.quantized[{}].int_repr", t - 1), &run.quantized[t - 1])?;
-                let out = OutQParams { scale: q.scale, zero_point: q.zero_point, quant_min: q.quant_min, quant_max: q.quant_max };
-                let so = st.layer.run(ctx, &inp, &out).map_err(|e| field_err(case, &field, e.to_string()))?;
+                let inp = qtensor(
+                    case,
+                    &format!("{base}.quantized[{}].int_repr", t - 1),
+                    &run.quantized[t - 1],
+                )?;
+                let out = OutQParams {
+                    scale: q.scale,
+                    zero_point: q.zero_point,
+                    quant_min: q.quant_min,
+                    quant_max: q.quant_max,
+                };
+                let so = st
+                    .layer
+                    .run(ctx, &inp, &out)
+                    .map_err(|e| field_err(case, &field, e.to_string()))?;
                 if so.shape != got.shape {
-                    return Err(field_err(case, &field, format!("output shape {:?}, qparity computes {:?}", got.shape, so.shape)));
+                    return Err(field_err(
+                        case,
+                        &field,
+                        format!(
+                            "output shape {:?}, qparity computes {:?}",
+                            got.shape, so.shape
+                        ),
+                    ));
                 }
                 let loc = format!("{fname} run {ri}, stage {si} ({}, {})", st.kind, so.path);
-                rec.preds(g, &loc, &so.pred, &got_i, |i| trace_lines(&st.layer, ctx, &inp, &out, i));
+                rec.preds(g, &loc, &so.pred, &got_i, |i| {
+                    trace_lines(&st.layer, ctx, &inp, &out, i)
+                });
                 si += 1;
             }
             _ => {
                 // Shape ops (flatten): the quantized values pass through unchanged.
                 if t == 0 {
-                    return Err(field_err(case, &field, "a shape op before any quantized value"));
+                    return Err(field_err(
+                        case,
+                        &field,
+                        "a shape op before any quantized value",
+                    ));
                 }
                 let prev = qtensor(case, "", &run.quantized[t - 1])?;
                 let pred: Vec<Pred> = prev
@@ -904,19 +1353,41 @@ fn check_run(
                     .iter()
                     .map(|&v| {
                         let f = ctx.flow.dequantize(v as i64, prev.scale, prev.zero_point);
-                        ctx.flow.quantize(f, q.scale, q.zero_point, lo, hi).map(Pred::Exact).unwrap_or(Pred::Exact(v as i64))
+                        ctx.flow
+                            .quantize(f, q.scale, q.zero_point, lo, hi)
+                            .map(Pred::Exact)
+                            .unwrap_or(Pred::Exact(v as i64))
                     })
                     .collect();
-                rec.preds(g, &format!("{fname} run {ri}, {} passthrough", q.source), &pred, &got_i, |_| vec![]);
+                rec.preds(
+                    g,
+                    &format!("{fname} run {ri}, {} passthrough", q.source),
+                    &pred,
+                    &got_i,
+                    |_| vec![],
+                );
             }
         }
     }
     // Final output: dequantize of the last quantized activation.
-    let last = run.quantized.last().ok_or_else(|| field_err(case, &base, "no quantized activations recorded"))?;
+    let last = run
+        .quantized
+        .last()
+        .ok_or_else(|| field_err(case, &base, "no quantized activations recorded"))?;
     let lt = qtensor(case, "", last)?;
-    let ours: Vec<f32> = lt.data.iter().map(|&v| ctx.flow.dequantize(v as i64, lt.scale, lt.zero_point)).collect();
+    let ours: Vec<f32> = lt
+        .data
+        .iter()
+        .map(|&v| ctx.flow.dequantize(v as i64, lt.scale, lt.zero_point))
+        .collect();
     let theirs = f32s(case, &format!("{base}.output"), &run.output)?;
-    rec.floats(g, &format!("{fname} run {ri}, output dequantize"), &ours, theirs, |i| format!("q = {}", lt.data[i]));
+    rec.floats(
+        g,
+        &format!("{fname} run {ri}, output dequantize"),
+        &ours,
+        theirs,
+        |i| format!("q = {}", lt.data[i]),
+    );
     Ok(())
 }
 
@@ -927,7 +1398,13 @@ fn m_range(m: &ModelCase) -> (i64, i64) {
     )
 }
 
-fn trace_lines(layer: &QLayer, ctx: &StageCtx, inp: &QTensor, out: &OutQParams, i: usize) -> Vec<String> {
+fn trace_lines(
+    layer: &QLayer,
+    ctx: &StageCtx,
+    inp: &QTensor,
+    out: &OutQParams,
+    i: usize,
+) -> Vec<String> {
     match layer.trace(ctx, inp, out, i) {
         Err(e) => vec![format!("trace unavailable: {e}")],
         Ok(t) => {
@@ -942,7 +1419,9 @@ fn trace_lines(layer: &QLayer, ctx: &StageCtx, inp: &QTensor, out: &OutQParams, 
                 v.push(format!("exact accumulator would be {a}"));
             }
             if let Some((k, s)) = t.saturated_pair {
-                v.push(format!("pair saturation at k = {k}: pair sum {s} clamps to int16"));
+                v.push(format!(
+                    "pair saturation at k = {k}: pair sum {s} clamps to int16"
+                ));
             }
             if let Some(b) = t.bias_term {
                 v.push(format!("bias term: {b:e}"));
@@ -1010,7 +1489,11 @@ impl Report {
 }
 
 /// Checks every case file under `path`, calling `progress(done, total)` after each.
-pub fn check_path(path: &Path, opts: &CheckOptions, mut progress: impl FnMut(usize, usize)) -> Result<Report> {
+pub fn check_path(
+    path: &Path,
+    opts: &CheckOptions,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Report> {
     let files = golden::case_files(path)?;
     let total = files.len();
     let mut results = Vec::with_capacity(total);

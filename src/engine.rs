@@ -100,9 +100,10 @@ impl KernelPath {
     pub fn accumulation(self, isa: Isa) -> Accumulation {
         match (self, isa) {
             (KernelPath::FbgemmDepthwise, _) => Accumulation::PairSaturatingI16,
-            (KernelPath::FbgemmGemm | KernelPath::FbgemmGroupwise | KernelPath::Onednn, Isa::Avx2) => {
-                Accumulation::PairSaturatingI16
-            }
+            (
+                KernelPath::FbgemmGemm | KernelPath::FbgemmGroupwise | KernelPath::Onednn,
+                Isa::Avx2,
+            ) => Accumulation::PairSaturatingI16,
             _ => Accumulation::Exact,
         }
     }

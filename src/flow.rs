@@ -356,7 +356,16 @@ impl QLayer {
                     &w_zp,
                     &p,
                 );
-                Ok(ops::conv2d_acc(&kernel, &inp, &shape, input.zero_point as i32, &wt, &w_zp, &q)?.0)
+                Ok(ops::conv2d_acc(
+                    &kernel,
+                    &inp,
+                    &shape,
+                    input.zero_point as i32,
+                    &wt,
+                    &w_zp,
+                    &q,
+                )?
+                .0)
             }
             LayerOp::Conv2d(p) => Ok(ops::conv2d_acc(
                 &kernel as &dyn Int8Gemm,

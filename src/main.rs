@@ -8,7 +8,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
-#[command(name = "qparity", version, about = "Bit-exact PyTorch int8 quantization numerics: check goldens, explain mismatches")]
+#[command(
+    name = "qparity",
+    version,
+    about = "Bit-exact PyTorch int8 quantization numerics: check goldens, explain mismatches"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -43,17 +47,27 @@ fn main() {
 
 fn run(cli: Cli) -> Result<i32> {
     match cli.cmd {
-        Cmd::Check { paths, json, max_failures } => cmd_check(paths, json, max_failures),
+        Cmd::Check {
+            paths,
+            json,
+            max_failures,
+        } => cmd_check(paths, json, max_failures),
     }
 }
 
 /// Finds the manifest for a path (the folder itself or a parent) to learn the capture CPU.
 fn options_for(path: &Path) -> CheckOptions {
-    let mut dir = if path.is_dir() { Some(path) } else { path.parent() };
+    let mut dir = if path.is_dir() {
+        Some(path)
+    } else {
+        path.parent()
+    };
     while let Some(d) = dir {
         if d.join("MANIFEST.json").is_file() {
             if let Ok(m) = Manifest::load(d) {
-                return CheckOptions { cpu_has_vnni: m.cpu_has_vnni() || m.cpu_flags.is_empty() };
+                return CheckOptions {
+                    cpu_has_vnni: m.cpu_has_vnni() || m.cpu_flags.is_empty(),
+                };
             }
         }
         dir = d.parent();
@@ -62,7 +76,11 @@ fn options_for(path: &Path) -> CheckOptions {
 }
 
 fn cmd_check(paths: Vec<PathBuf>, json: bool, max_failures: usize) -> Result<i32> {
-    let paths = if paths.is_empty() { vec![PathBuf::from("golden")] } else { paths };
+    let paths = if paths.is_empty() {
+        vec![PathBuf::from("golden")]
+    } else {
+        paths
+    };
     let mut cases = Vec::new();
     for p in &paths {
         if !p.exists() {
@@ -75,8 +93,10 @@ fn cmd_check(paths: Vec<PathBuf>, json: bool, max_failures: usize) -> Result<i32
             indicatif::ProgressBar::new(0)
         };
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} checking {pos}/{len} cases {wide_bar} {elapsed}")
-                .expect("valid template"),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} checking {pos}/{len} cases {wide_bar} {elapsed}",
+            )
+            .expect("valid template"),
         );
         let r = check_path(p, &opts, |done, total| {
             bar.set_length(total as u64);
@@ -98,9 +118,17 @@ fn cmd_check(paths: Vec<PathBuf>, json: bool, max_failures: usize) -> Result<i32
 }
 
 fn print_report(out: &mut impl Write, r: &Report, max_failures: usize) -> Result<()> {
-    writeln!(out, "{:<62} {:>10} {:>9} {:>10}", "op / engine / check / isa", "exact", "ambiguous", "mismatched")?;
+    writeln!(
+        out,
+        "{:<62} {:>10} {:>9} {:>10}",
+        "op / engine / check / isa", "exact", "ambiguous", "mismatched"
+    )?;
     for (k, s) in &r.table {
-        writeln!(out, "{:<62} {:>10} {:>9} {:>10}", k, s.exact, s.ambiguous, s.mismatched)?;
+        writeln!(
+            out,
+            "{:<62} {:>10} {:>9} {:>10}",
+            k, s.exact, s.ambiguous, s.mismatched
+        )?;
     }
     let (amb, tot) = r.reference_ambiguity();
     writeln!(
@@ -129,7 +157,11 @@ fn print_report(out: &mut impl Write, r: &Report, max_failures: usize) -> Result
         }
     }
     if failing.len() > max_failures {
-        writeln!(out, "\n({} more failing cases not shown; use --max-failures)", failing.len() - max_failures)?;
+        writeln!(
+            out,
+            "\n({} more failing cases not shown; use --max-failures)",
+            failing.len() - max_failures
+        )?;
     }
     writeln!(out, "\n{} passed, {} failed", r.passed, r.failed)?;
     Ok(())

@@ -44,7 +44,9 @@ impl Manifest {
 
     /// Whether the capture CPU had AVX512-VNNI (decides FBGEMM's default kernels and x86's conv path).
     pub fn cpu_has_vnni(&self) -> bool {
-        self.cpu_flags.iter().any(|f| f == "avx512_vnni" || f == "avx512vnni")
+        self.cpu_flags
+            .iter()
+            .any(|f| f == "avx512_vnni" || f == "avx512vnni")
     }
 
     /// The content hash over `"<path> <sha256>\n"` lines sorted by path.
@@ -61,7 +63,11 @@ impl Manifest {
     pub fn verify(&self, dir: &Path) -> Result<Vec<String>> {
         let mut problems = Vec::new();
         if self.format != super::FORMAT {
-            problems.push(format!("manifest format {:?} is not {:?}", self.format, super::FORMAT));
+            problems.push(format!(
+                "manifest format {:?} is not {:?}",
+                self.format,
+                super::FORMAT
+            ));
         }
         if Self::compute_content_hash(&self.files) != self.content_hash {
             problems.push("content_hash does not match the listed file hashes".into());
@@ -79,10 +85,14 @@ impl Manifest {
                 Ok(bytes) => {
                     let got = hex::encode(Sha256::digest(&bytes));
                     if &got != want {
-                        problems.push(format!("{rel}: content changed (sha256 {got}, manifest {want})"));
+                        problems.push(format!(
+                            "{rel}: content changed (sha256 {got}, manifest {want})"
+                        ));
                     }
                 }
-                Err(e) => problems.push(format!("{rel}: listed in the manifest but unreadable: {e}")),
+                Err(e) => {
+                    problems.push(format!("{rel}: listed in the manifest but unreadable: {e}"))
+                }
             }
         }
         let listed: std::collections::BTreeSet<PathBuf> =

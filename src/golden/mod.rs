@@ -256,7 +256,10 @@ pub fn parse_case(path: &Path, text: &str) -> Result<Case> {
         return Err(Error::Case {
             path: path.to_path_buf(),
             field: "format".into(),
-            why: format!("unsupported format {:?} (expected {FORMAT:?})", header.format),
+            why: format!(
+                "unsupported format {:?} (expected {FORMAT:?})",
+                header.format
+            ),
         });
     }
     let body = match header.kind.as_str() {
@@ -327,7 +330,9 @@ mod tests {
     use super::*;
 
     fn err(text: &str) -> String {
-        parse_case(Path::new("x.json"), text).unwrap_err().to_string()
+        parse_case(Path::new("x.json"), text)
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -335,16 +340,23 @@ mod tests {
         assert!(err("{").contains("malformed JSON"));
         assert!(err("[1]").contains("must be a JSON object"));
         let e = err(r#"{"format":"qparity-golden/1","id":"a","kind":"other"}"#);
-        assert!(e.contains("x.json") && e.contains("kind") && e.contains("unknown case kind"), "{e}");
+        assert!(
+            e.contains("x.json") && e.contains("kind") && e.contains("unknown case kind"),
+            "{e}"
+        );
         let e = err(r#"{"format":"v0","id":"a","kind":"model"}"#);
         assert!(e.contains("unsupported format"), "{e}");
-        let e = err(r#"{"format":"qparity-golden/1","id":"a","kind":"primitive","op":"x","args":{}}"#);
+        let e =
+            err(r#"{"format":"qparity-golden/1","id":"a","kind":"primitive","op":"x","args":{}}"#);
         assert!(e.contains("expected"), "{e}");
         let e = err(
             r#"{"format":"qparity-golden/1","id":"a","kind":"model","engine":"x86","mode":"ptq",
             "input_shape":[1,2],"layers":[{"op":"linear","in_features":2,"out_features":1,
             "weight":{"dtype":"f32","shape":[1,2],"hex":"00"},"bias":null}]}"#,
         );
-        assert!(e.contains("layers[0].weight") && e.contains("hex payload"), "{e}");
+        assert!(
+            e.contains("layers[0].weight") && e.contains("hex payload"),
+            "{e}"
+        );
     }
 }

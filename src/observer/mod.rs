@@ -364,7 +364,8 @@ pub struct FusedConfig {
 
 /// One call of `fused_moving_avg_obs_fake_quant` (ATen `fused_obs_fake_quant.cpp`): updates the
 /// running min/max by the moving average (first call: the batch's own), chooses qparams with
-/// FBGEMM's `ChooseQuantizationParams`, and fake-quantizes with them. Returns the output.
+/// FBGEMM's `ChooseQuantizationParams`, and fake-quantizes with them. With fake quantization off,
+/// only the statistics move: qparams are chosen only when fake quantization is on. Returns the output.
 pub fn fused_moving_avg_obs_fake_quant(
     x: &[f32],
     shape: &[usize],
@@ -392,7 +393,13 @@ pub fn fused_moving_avg_obs_fake_quant(
                 state.running_min[i] = moving(state.running_min[i], mn[i], cfg.averaging_const);
                 state.running_max[i] = moving(state.running_max[i], mx[i], cfg.averaging_const);
             }
-            let (s, z): (Vec<f32>, Vec<i32>) = (0..mn.len())
+        }
+        if !fake_quant_on {
+            return Ok(x.to_vec());
+        }
+        {
+            let n = state.running_min.len();
+            let (s, z): (Vec<f32>, Vec<i32>) = (0..n)
                 .map(|i| {
                     let q = fbgemm_choose_qparams(
                         state.running_min[i],
@@ -406,9 +413,6 @@ pub fn fused_moving_avg_obs_fake_quant(
                 .unzip();
             state.scale = s;
             state.zero_point = z;
-        }
-        if !fake_quant_on {
-            return Ok(x.to_vec());
         }
         let channels = shape[axis];
         if state.scale.len() != channels {
@@ -434,6 +438,11 @@ pub fn fused_moving_avg_obs_fake_quant(
             }
             state.running_min[0] = moving(state.running_min[0], mn, cfg.averaging_const);
             state.running_max[0] = moving(state.running_max[0], mx, cfg.averaging_const);
+        }
+        if !fake_quant_on {
+            return Ok(x.to_vec());
+        }
+        if !state.running_min.is_empty() {
             let q = fbgemm_choose_qparams(
                 state.running_min[0],
                 state.running_max[0],
@@ -443,9 +452,6 @@ pub fn fused_moving_avg_obs_fake_quant(
             );
             state.scale = vec![q.scale];
             state.zero_point = vec![q.zero_point];
-        }
-        if !fake_quant_on {
-            return Ok(x.to_vec());
         }
         let (s, z) = (state.scale[0], state.zero_point[0] as i64);
         Ok(x.iter()
