@@ -171,7 +171,7 @@ pub fn fbgemm_conv_path(p: &Conv2dParams) -> KernelPath {
     // takeDepthWiseFastPath
     let depthwise = g == ic
         && (oc == g || oc == 2 * g)
-        && g % 8 == 0
+        && g.is_multiple_of(8)
         && p.stride.iter().all(|&s| s == 1 || s == 2)
         && k[0] == k[1]
         && (k[0] == 3 || k[0] == 5)

@@ -29,7 +29,7 @@ impl Conv2dParams {
             return bad(format!("input must be NCHW, got shape {input_shape:?}"));
         }
         let g = self.groups;
-        if g == 0 || self.in_channels % g != 0 || self.out_channels % g != 0 {
+        if g == 0 || !self.in_channels.is_multiple_of(g) || !self.out_channels.is_multiple_of(g) {
             return bad(format!(
                 "groups {g} must divide in_channels {} and out_channels {}",
                 self.in_channels, self.out_channels
@@ -139,6 +139,7 @@ pub fn weight_matrix<T: Copy>(weight: &[T], p: &Conv2dParams, g: usize) -> Vec<T
 /// `raw = acc − a_zp·Σ_k b[j][k] − b_zp[j]·Σ_k a[i][k] + K·a_zp·b_zp[j]` (wrapping int32), which is
 /// `Σ_k (a − a_zp)(b − b_zp)` when `acc` is exact. FBGEMM computes the same with its row and
 /// column offsets (`ReQuantizeOutput`).
+#[allow(clippy::too_many_arguments)]
 pub fn fold_zero_points(
     acc: &mut [i32],
     m: usize,
@@ -366,6 +367,46 @@ pub fn accumulation_matters(acc: Accumulation, a: &[u8], b: &[i8]) -> bool {
     acc == Accumulation::PairSaturatingI16 && first_saturating_pair(a, b).is_some()
 }
 
+/// Pads every group's input channels to an even count, so that int16 pairs never straddle two
+/// kernel taps: oneDNN's int8 convolutions pair channels `(2j, 2j+1)` of one tap and zero-pad an
+/// odd channel count (its weights are blocked by 4 input channels). Padding activations hold the
+/// zero point and padding weights the weight zero point, so zero-point-folded sums do not change.
+pub fn pad_channels_even(
+    input: &[u8],
+    shape: &[usize],
+    a_zp: u8,
+    weight: &[i8],
+    w_zp: &[i32],
+    p: &Conv2dParams,
+) -> (Vec<u8>, Vec<usize>, Vec<i8>, Conv2dParams) {
+    let icg = p.in_channels / p.groups;
+    if icg.is_multiple_of(2) {
+        return (input.to_vec(), shape.to_vec(), weight.to_vec(), *p);
+    }
+    let (n, h, w) = (shape[0], shape[2], shape[3]);
+    let picg = icg + 1;
+    let mut q = *p;
+    q.in_channels = picg * p.groups;
+    let mut inp = vec![a_zp; n * q.in_channels * h * w];
+    for b in 0..n {
+        for g in 0..p.groups {
+            for c in 0..icg {
+                let src = ((b * p.in_channels + g * icg + c) * h) * w;
+                let dst = ((b * q.in_channels + g * picg + c) * h) * w;
+                inp[dst..dst + h * w].copy_from_slice(&input[src..src + h * w]);
+            }
+        }
+    }
+    let khw = p.kernel_size[0] * p.kernel_size[1];
+    let mut wt = Vec::with_capacity(p.out_channels * picg * khw);
+    for o in 0..p.out_channels {
+        let zp = w_zp[o].clamp(-128, 127) as i8;
+        wt.extend_from_slice(&weight[o * icg * khw..(o + 1) * icg * khw]);
+        wt.extend(std::iter::repeat_n(zp, khw));
+    }
+    (inp, vec![n, q.in_channels, h, w], wt, q)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,44 +492,4 @@ mod tests {
         assert!(p.output_dims(&[1, 4, 5, 5]).is_err());
         assert_eq!(p.output_dims(&[1, 3, 5, 5]).unwrap(), (1, 3, 3));
     }
-}
-
-/// Pads every group's input channels to an even count, so that int16 pairs never straddle two
-/// kernel taps: oneDNN's int8 convolutions pair channels `(2j, 2j+1)` of one tap and zero-pad an
-/// odd channel count (its weights are blocked by 4 input channels). Padding activations hold the
-/// zero point and padding weights the weight zero point, so zero-point-folded sums do not change.
-pub fn pad_channels_even(
-    input: &[u8],
-    shape: &[usize],
-    a_zp: u8,
-    weight: &[i8],
-    w_zp: &[i32],
-    p: &Conv2dParams,
-) -> (Vec<u8>, Vec<usize>, Vec<i8>, Conv2dParams) {
-    let icg = p.in_channels / p.groups;
-    if icg % 2 == 0 {
-        return (input.to_vec(), shape.to_vec(), weight.to_vec(), *p);
-    }
-    let (n, h, w) = (shape[0], shape[2], shape[3]);
-    let picg = icg + 1;
-    let mut q = *p;
-    q.in_channels = picg * p.groups;
-    let mut inp = vec![a_zp; n * q.in_channels * h * w];
-    for b in 0..n {
-        for g in 0..p.groups {
-            for c in 0..icg {
-                let src = ((b * p.in_channels + g * icg + c) * h) * w;
-                let dst = ((b * q.in_channels + g * picg + c) * h) * w;
-                inp[dst..dst + h * w].copy_from_slice(&input[src..src + h * w]);
-            }
-        }
-    }
-    let khw = p.kernel_size[0] * p.kernel_size[1];
-    let mut wt = Vec::with_capacity(p.out_channels * picg * khw);
-    for o in 0..p.out_channels {
-        let zp = w_zp[o].clamp(-128, 127) as i8;
-        wt.extend_from_slice(&weight[o * icg * khw..(o + 1) * icg * khw]);
-        wt.extend(std::iter::repeat_n(zp, khw));
-    }
-    (inp, vec![n, q.in_channels, h, w], wt, q)
 }

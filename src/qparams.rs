@@ -199,7 +199,11 @@ pub fn observer_qparams(
             zero_point: vec![0],
         });
     }
-    if let Some(i) = (0..min_val.len()).find(|&i| !(min_val[i] <= max_val[i])) {
+    if let Some(i) = (0..min_val.len()).find(|&i| {
+        min_val[i]
+            .partial_cmp(&max_val[i])
+            .is_none_or(|o| o.is_gt())
+    }) {
         return Err(Error::invalid(
             "observer statistics",
             format!("min {} > max {} (channel {i})", min_val[i], max_val[i]),
@@ -248,7 +252,7 @@ pub fn observer_qparams(
 /// f32 → int32 as `tensor.to(torch.int)` does on x86 (`cvttss2si`): truncation, with
 /// out-of-range and NaN giving `i32::MIN`.
 pub fn f32_to_i32_like_torch(v: f32) -> i32 {
-    if v.is_nan() || v >= 2147483648.0 || v < -2147483648.0 {
+    if !(-2147483648.0..2147483648.0).contains(&v) {
         i32::MIN
     } else {
         v as i32

@@ -196,7 +196,7 @@ pub mod fake_quant {
     pub fn quantized(x: f32, scale: f32, zero_point: i64) -> i64 {
         let inv = 1.0f32 / scale;
         let qval = zero_point as f32 + (x * inv).round_ties_even();
-        if qval.is_nan() || qval >= 9.223372e18 || qval < -9.223372e18 {
+        if !(-9.223_372e18..9.223_372e18).contains(&qval) {
             i64::MIN
         } else {
             qval as i64
@@ -215,6 +215,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::excessive_precision)]
     fn reciprocal_multiply_tie_from_fbgemm_comment() {
         // FBGEMM's QuantUtils.h documents this case: x·(1/s) is exactly 127.5 (→ 128 by RNE),
         // while x/s is 127.499992 (→ 127).

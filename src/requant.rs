@@ -28,6 +28,7 @@ pub struct FbgemmRequant {
 impl FbgemmRequant {
     /// Builds the rule from the input scale (the double `input.q_scale()`), the weight scales
     /// (f32, one for per-tensor), the float bias, the output scale (double) and zero point.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         input_scale: f64,
         weight_scales: &[f32],
@@ -154,7 +155,7 @@ impl QnnpackRequant {
 #[inline]
 pub fn round_ne_i32(v: f32) -> i32 {
     let r = v.round_ties_even();
-    if r.is_nan() || r >= 2147483648.0 || r < -2147483648.0 {
+    if !(-2147483648.0..2147483648.0).contains(&r) {
         i32::MIN
     } else {
         r as i32
