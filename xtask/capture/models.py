@@ -255,7 +255,10 @@ def _activation_observers(prepared):
     return out
 
 
-def _weight_qparams(layer_idx, gm_fx, gm_dec, weight_range):
+def _weight_qparams(layer_idx, gm_fx, gm_dec, wobs):
+    """Weight qparams of one conv/linear layer, from the convert_fx quantized module; `qscheme`
+    is the weight observer's (the quantized tensor itself always says *_affine)."""
+    weight_range = (int(wobs.quant_min), int(wobs.quant_max))
     name = str(layer_idx)
     qmod = gm_fx.get_submodule(name)
     w = qmod.weight()
@@ -280,7 +283,10 @@ def _weight_qparams(layer_idx, gm_fx, gm_dec, weight_range):
     assert torch.equal(ref.weight_zero_point.reshape(-1).to(torch.int64), zps.to(torch.int64))
     qmin, qmax = int(ref.weight_quant_min), int(ref.weight_quant_max)
     assert (qmin, qmax) == weight_range, f"weight range {(qmin, qmax)} != observer {weight_range}"
-    return {"layer": layer_idx, "qscheme": qscheme_name(qs), "dtype": dtype_name(w.dtype), "axis": axis,
+    obs_qs = wobs.qscheme
+    per_channel_obs = obs_qs in (torch.per_channel_affine, torch.per_channel_symmetric)
+    assert per_channel_obs == (axis is not None), "weight tensor and observer granularity differ"
+    return {"layer": layer_idx, "qscheme": qscheme_name(obs_qs), "dtype": dtype_name(w.dtype), "axis": axis,
             "quant_min": qmin, "quant_max": qmax, "scales": tensor(scales32), "zero_points": tensor(zps.to(torch.int64)),
             "int_repr": tensor(w.int_repr())}
 
@@ -344,7 +350,6 @@ def model_case(rng, op, engine, mode, rnd):
         wobs = qconfig.weight()
     else:
         wobs = qconfig.weight().activation_post_process
-    weight_range = (int(wobs.quant_min), int(wobs.quant_max))
 
     flows = {}
     converted = {}
@@ -366,7 +371,7 @@ def model_case(rng, op, engine, mode, rnd):
     for i, s in enumerate(specs):
         if s["op"] in ("conv2d", "linear"):
             weights.append(_weight_qparams(i, converted["convert_fx"],
-                                           converted["_convert_to_reference_decomposed_fx"], weight_range))
+                                           converted["_convert_to_reference_decomposed_fx"], wobs))
     return {
         "engine": engine,
         "mode": mode,

@@ -93,11 +93,11 @@ def pick(rng, seq):
     return seq[int(rng.integers(0, len(seq)))]
 
 
-def small_shape(rng, max_elems=256):
+def small_shape(rng, max_elems=256, min_elems=8):
     nd = int(rng.integers(1, 4))
     while True:
         shape = [int(rng.integers(1, 12)) for _ in range(nd)]
-        if np.prod(shape) <= max_elems:
+        if min_elems <= np.prod(shape) <= max_elems:
             return shape
 
 
