@@ -1,6 +1,8 @@
-//! Project automation: `cargo xtask <command>`.
+//! Project automation: `cargo xtask <command>`. One module per subcommand.
 
 use clap::{Parser, Subcommand};
+
+mod golden;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "qparity project automation")]
@@ -10,9 +12,14 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Cmd {}
+enum Cmd {
+    /// Capture goldens from PyTorch into golden/ (or --out), or --check the committed set.
+    Golden(golden::Args),
+}
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.cmd {}
+    match cli.cmd {
+        Cmd::Golden(args) => golden::run(args),
+    }
 }

@@ -1,0 +1,224 @@
+"""Golden capture for qparity (format `qparity-golden/1`, see golden/README.md).
+
+Run by `cargo xtask golden`, once per ISA variant (FBGEMM reads FBGEMM_ENABLE_INSTRUCTIONS when
+torch is imported, so each variant needs its own process), then once more to write the manifest:
+
+    golden.py run --out DIR --seed S --cases N --isa default|avx2
+    golden.py manifest --out DIR --seed S
+
+`run` writes DIR/cases/<id>.json for the cases of the plan that belong to its ISA and prints one
+line `CASE <plan index> <total> <id>` per case written (xtask turns these into a progress bar).
+The plan (which case index is which op/engine/mode/ISA) depends only on N; the data drawn for a
+case depends only on (seed, case index).
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+
+FORMAT = "qparity-golden/1"
+ISAS = ("default", "avx2")
+
+
+def _setup_env(isa):
+    want = "AVX2" if isa == "avx2" else None
+    have = os.environ.get("FBGEMM_ENABLE_INSTRUCTIONS")
+    if have != want:
+        sys.exit(f"golden.py: --isa {isa} needs FBGEMM_ENABLE_INSTRUCTIONS={want or '<unset>'} in the "
+                 f"environment at start-up (found {have!r}); run it through `cargo xtask golden`")
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        if os.environ.get(var) != "1":
+            sys.exit(f"golden.py: {var}=1 must be set in the environment")
+
+
+def build_plan(n_cases):
+    """The first n_cases entries of the round-robin over the matrix (primitive slots and
+    op x engine/ISA x mode model slots, interleaved), so any N covers as much as possible."""
+    from prims import PRIM_SLOTS
+    from models import ENGINE_ISAS, MODES, OPS
+
+    model_slots = []
+    n_models = len(OPS) * len(ENGINE_ISAS) * len(MODES)
+    for j in range(n_models):
+        a = j // len(OPS)
+        op = OPS[j % len(OPS)]
+        engine, isa = ENGINE_ISAS[(a + j) % len(ENGINE_ISAS)]
+        mode = MODES[(a // len(ENGINE_ISAS) + j) % len(MODES)]
+        model_slots.append(("model", op, engine, mode, isa))
+    assert len(set(model_slots)) == n_models
+    prim_slots = [("primitive", p) for p in PRIM_SLOTS]
+    order = sorted([(i / len(prim_slots), 0, s) for i, s in enumerate(prim_slots)]
+                   + [(j / len(model_slots), 1, s) for j, s in enumerate(model_slots)],
+                   key=lambda t: (t[0], t[1]))
+    round_slots = [s for _, _, s in order]
+    plan = []
+    seen = {}
+    r = 0
+    while len(plan) < n_cases:
+        for s in round_slots:
+            if len(plan) >= n_cases:
+                break
+            occ = seen.get(s, 0)
+            seen[s] = occ + 1
+            plan.append((len(plan), s, occ))
+        r += 1
+    return plan
+
+
+def _case_id(index, slot):
+    from prims import PRIMITIVES
+
+    if slot[0] == "primitive":
+        return f"prim-{PRIMITIVES[slot[1]][1]}-{index:04d}"
+    _, op, engine, mode, isa = slot
+    return f"model-{op}-{engine}-{mode}-{isa}-{index:04d}"
+
+
+def _slot_isa(slot):
+    return "default" if slot[0] == "primitive" else slot[4]
+
+
+def _dump(obj, depth):
+    """JSON with one entry per line, except that tensors and lists of scalars stay on one line."""
+    compact = dict(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    pad = " " * (depth + 1)
+    if isinstance(obj, dict) and obj and not ("dtype" in obj and "shape" in obj):
+        items = [pad + json.dumps(k, **compact) + ": " + _dump(v, depth + 1) for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + " " * depth + "}"
+    if isinstance(obj, list) and obj and any(isinstance(v, (dict, list)) for v in obj):
+        items = [pad + _dump(v, depth + 1) for v in obj]
+        return "[\n" + ",\n".join(items) + "\n" + " " * depth + "]"
+    return json.dumps(obj, **compact)
+
+
+def dump(obj):
+    return _dump(obj, 0) + "\n"
+
+
+def cmd_run(args):
+    _setup_env(args.isa)
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import torch
+
+    torch.set_num_threads(1)
+    from common import case_rng
+    from models import model_case
+    from prims import PRIMITIVES
+
+    version = torch.__version__.split("+")[0]
+    plan = build_plan(args.cases)
+    cases_dir = os.path.join(args.out, "cases")
+    os.makedirs(cases_dir, exist_ok=True)
+    for index, slot, occ in plan:
+        if _slot_isa(slot) != args.isa:
+            continue
+        cid = _case_id(index, slot)
+        rng = case_rng(args.seed, index)
+        case = {"format": FORMAT, "id": cid, "kind": slot[0], "seed": args.seed, "torch_version": version,
+                "isa": args.isa}
+        if slot[0] == "primitive":
+            op, _, builder = PRIMITIVES[slot[1]]
+            a, expected, tags = builder(rng, occ)
+            case["tags"] = tags
+            case["op"] = op
+            case["args"] = a
+            case["expected"] = expected
+        else:
+            _, op, engine, mode, _ = slot
+            body, tags = model_case(rng, op, engine, mode, occ)
+            case["tags"] = tags
+            case["op"] = op
+            case.update(body)
+        with open(os.path.join(cases_dir, cid + ".json"), "w", encoding="ascii", newline="\n") as f:
+            f.write(dump(case))
+        print(f"CASE {index} {len(plan)} {cid}", flush=True)
+
+
+CPU_FLAGS = ["sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq",
+             "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16"]
+
+
+def cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [fl for fl in CPU_FLAGS if fl in have]
+    except OSError:
+        pass
+    return []
+
+
+def cmd_manifest(args):
+    import platform
+
+    import torch
+
+    cases_dir = os.path.join(args.out, "cases")
+    files = {}
+    counts = {}
+    for name in sorted(os.listdir(cases_dir)):
+        if not name.endswith(".json"):
+            continue
+        path = os.path.join(cases_dir, name)
+        with open(path, "rb") as f:
+            raw = f.read()
+        files["cases/" + name] = hashlib.sha256(raw).hexdigest()
+        case = json.loads(raw)
+        if case["kind"] == "primitive":
+            key = f"primitive/{case['op']}/-/-/{case['isa']}"
+        else:
+            key = f"model/{case['op']}/{case['engine']}/{case['mode']}/{case['isa']}"
+        counts[key] = counts.get(key, 0) + 1
+    lines = "".join(f"{p} {h}\n" for p, h in sorted(files.items()))
+    manifest = {
+        "format": FORMAT,
+        "torch_version": torch.__version__.split("+")[0],
+        "torch_version_full": torch.__version__,
+        "python_version": platform.python_version(),
+        "cpu_flags": cpu_flags(),
+        "seed": args.seed,
+        "cases": len(files),
+        "counts": dict(sorted(counts.items())),
+        "files": files,
+        "content_hash": hashlib.sha256(lines.encode()).hexdigest(),
+    }
+    with open(os.path.join(args.out, "MANIFEST.json"), "w", encoding="ascii", newline="\n") as f:
+        f.write(dump(manifest))
+    print(f"MANIFEST {len(files)} cases")
+
+
+def main():
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--out", required=True)
+    r.add_argument("--seed", type=int, required=True)
+    r.add_argument("--cases", type=int, required=True)
+    r.add_argument("--isa", choices=ISAS, required=True)
+    m = sub.add_parser("manifest")
+    m.add_argument("--out", required=True)
+    m.add_argument("--seed", type=int, required=True)
+    p = sub.add_parser("plan")
+    p.add_argument("--cases", type=int, required=True)
+    args = ap.parse_args()
+    if args.cmd == "run":
+        cmd_run(args)
+    elif args.cmd == "manifest":
+        cmd_manifest(args)
+    else:
+        counts = {isa: 0 for isa in ISAS}
+        for _, slot, _ in build_plan(args.cases):
+            counts[_slot_isa(slot)] += 1
+        for isa, n in counts.items():
+            print(f"ISA {isa} {n}")
+
+
+if __name__ == "__main__":
+    main()
