@@ -2,6 +2,8 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 #[derive(Parser)]
 #[command(name = "xtask", about = "qparity project automation")]
 struct Cli {
@@ -10,9 +12,18 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Cmd {}
+enum Cmd {
+    /// Benchmark the x86 kernels against PyTorch fbgemm (GOPS per shape).
+    Bench {
+        /// Print a JSON list instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.cmd {}
+    match cli.cmd {
+        Cmd::Bench { json } => bench::run(json),
+    }
 }
