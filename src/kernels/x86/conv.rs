@@ -310,20 +310,19 @@ impl Conv2d {
         let c = p.in_channels;
         let m = oh * ow;
         let mut padded = vec![a_zp as u8; ph * pw * c];
-        let mut a = vec![0u8; m * kp];
         let mut tmp = vec![0u8; m * ocg];
         for b in 0..nb {
             let xb = &x[b * c * h * w..(b + 1) * c * h * w];
-            for ch in 0..c {
-                for y in 0..h {
-                    let row = &xb[(ch * h + y) * w..(ch * h + y + 1) * w];
-                    let dst0 = ((y + p.padding.0) * pw + p.padding.1) * c + ch;
-                    for (xx, &v) in row.iter().enumerate() {
-                        padded[dst0 + xx * c] = v;
+            for y in 0..h {
+                let drow = &mut padded[((y + p.padding.0) * pw + p.padding.1) * c..][..w * c];
+                for (xx, px) in drow.chunks_exact_mut(c).enumerate() {
+                    for (ch, d) in px.iter_mut().enumerate() {
+                        *d = xb[(ch * h + y) * w + xx];
                     }
                 }
             }
             for (g, lin) in self.groups.iter().enumerate() {
+                let mut a = vec![0u8; m * kp];
                 for oy in 0..oh {
                     for ox in 0..ow {
                         let arow = &mut a[(oy * ow + ox) * kp..(oy * ow + ox) * kp + k];
@@ -338,7 +337,7 @@ impl Conv2d {
                         }
                     }
                 }
-                let pa = PackedA::from_padded(lin.kernel(), &a, m, k);
+                let pa = PackedA::from_padded(lin.kernel(), a, m, k, !lin.symmetric());
                 lin.run_packed_a(&pa, a_zp, Sink::U8(&mut tmp));
                 let ob = &mut out
                     [(b * p.out_channels + g * ocg) * m..(b * p.out_channels + (g + 1) * ocg) * m];

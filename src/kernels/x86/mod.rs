@@ -290,12 +290,17 @@ pub(crate) struct PackedA {
 impl PackedA {
     /// From activations already laid out in rows of `kp = pad4(k)` bytes with zero padding
     /// (as im2col writes them).
-    fn from_padded(kernel: KernelId, a: &[u8], m: usize, k: usize) -> Self {
+    /// Row sums are only taken when `need_row_sums` (asymmetric weights); otherwise empty.
+    fn from_padded(kernel: KernelId, a: Vec<u8>, m: usize, k: usize, need_row_sums: bool) -> Self {
         let kp = pad4(k);
         debug_assert_eq!(a.len(), m * kp);
-        let row_sums = (0..m)
-            .map(|i| a[i * kp..i * kp + k].iter().map(|&v| v as i32).sum())
-            .collect();
+        let row_sums = if need_row_sums {
+            (0..m)
+                .map(|i| a[i * kp..i * kp + k].iter().map(|&v| v as i32).sum())
+                .collect()
+        } else {
+            vec![0; m]
+        };
         let (mut data8, mut data16) = (Vec::new(), Vec::new());
         match kernel.format() {
             Format::Plain => {
@@ -304,7 +309,7 @@ impl PackedA {
                     data8.extend_from_slice(&a[i * kp..i * kp + k]);
                 }
             }
-            Format::Quad8 { .. } => data8 = a.to_vec(),
+            Format::Quad8 { .. } => data8 = a,
             Format::Pair16 { .. } => data16 = a.iter().map(|&v| v as u16).collect(),
         }
         Self {
@@ -609,6 +614,11 @@ impl PackedLinear {
     /// The kernel in use.
     pub fn kernel(&self) -> KernelId {
         self.packed.kernel
+    }
+
+    /// Whether every weight zero point is 0 (activation row sums are then not needed).
+    pub(crate) fn symmetric(&self) -> bool {
+        self.symmetric
     }
 
     /// Output channels.
