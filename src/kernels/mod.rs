@@ -40,6 +40,28 @@ pub trait Int8Gemm: Send + Sync + std::fmt::Debug {
     fn gemm(&self, m: usize, n: usize, k: usize, a: &[u8], b: &[i8], c: &mut [i32]);
 }
 
+/// A requantization rule used by fused epilogues (e.g. `kernels::x86::PackedLinear`): maps
+/// `raw = Σ_k (a − a_zp)·(b − b_zp)` of output channel `j` to a u8.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Requant {
+    /// FBGEMM's `ReQuantizeOutput` ([`crate::requant::FbgemmRequant`]).
+    Fbgemm(crate::requant::FbgemmRequant),
+    /// QNNPACK's fp32 requantization ([`crate::requant::QnnpackRequant`]).
+    Qnnpack(crate::requant::QnnpackRequant),
+}
+
+impl Requant {
+    /// The scalar rule, exactly [`crate::requant::FbgemmRequant::apply`] or
+    /// [`crate::requant::QnnpackRequant::apply`].
+    #[inline]
+    pub fn apply(&self, raw: i32, j: usize) -> u8 {
+        match self {
+            Requant::Fbgemm(r) => r.apply(raw, j),
+            Requant::Qnnpack(r) => r.apply(raw, j),
+        }
+    }
+}
+
 /// Every kernel usable on this CPU: the reference kernels first, then each optimized kernel whose
 /// CPU features are present.
 pub fn available() -> Vec<Box<dyn Int8Gemm>> {

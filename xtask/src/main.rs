@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod golden;
 
 #[derive(Parser)]
@@ -15,11 +16,18 @@ struct Cli {
 enum Cmd {
     /// Capture goldens from PyTorch into golden/ (or --out), or --check the committed set.
     Golden(golden::Args),
+    /// Benchmark the x86 kernels against PyTorch fbgemm (GOPS per shape).
+    Bench {
+        /// Print a JSON list instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Golden(args) => golden::run(args),
+        Cmd::Bench { json } => bench::run(json),
     }
 }
