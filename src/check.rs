@@ -829,7 +829,8 @@ struct ObserverArgs {
 fn check_observer_prim(case: &Case, p: &PrimitiveCase, rec: &mut Recorder) -> Result<()> {
     let a: ObserverArgs = golden::decode(&case.path, "args", &p.args)?;
     let cfg = observer_config(case, "args.observer", &a.observer)?;
-    let mut obs = Observer::new(cfg);
+    let mut obs =
+        Observer::new(cfg).map_err(|e| field_err(case, "args.observer", e.to_string()))?;
     for (i, b) in a.batches.iter().enumerate() {
         let xs = f32s(case, &format!("args.batches[{i}]"), b)?;
         obs.forward(xs, &b.shape)
@@ -1051,7 +1052,7 @@ fn check_model(case: &Case, m: &ModelCase, opts: &CheckOptions, rec: &mut Record
                 let xs = f32s(case, &format!("observers[{oi}].inputs[{bi}]"), b)?;
                 fused_moving_avg_obs_fake_quant(xs, &b.shape, &mut st, &fcfg, true, false)?;
             }
-            let mut obs = Observer::new(act_cfg.clone());
+            let mut obs = Observer::new(act_cfg.clone())?;
             obs.min_val = st.running_min.clone();
             obs.max_val = st.running_max.clone();
             let exp = serde_json::json!({"min_val": o.min_val, "max_val": o.max_val, "scale": o.scale, "zero_point": o.zero_point});
@@ -1079,7 +1080,7 @@ fn check_model(case: &Case, m: &ModelCase, opts: &CheckOptions, rec: &mut Record
                 );
             }
         } else {
-            let mut obs = Observer::new(act_cfg.clone());
+            let mut obs = Observer::new(act_cfg.clone())?;
             for (bi, b) in o.inputs.iter().enumerate() {
                 let xs = f32s(case, &format!("observers[{oi}].inputs[{bi}]"), b)?;
                 obs.forward(xs, &b.shape).map_err(|e| {
@@ -1103,7 +1104,7 @@ fn check_model(case: &Case, m: &ModelCase, opts: &CheckOptions, rec: &mut Record
             _ => continue,
         };
         let ws = f32s(case, &format!("weights[{wi}]"), w)?;
-        let mut obs = Observer::new(w_cfg.clone());
+        let mut obs = Observer::new(w_cfg.clone())?;
         obs.forward(ws, shape)
             .map_err(|e| field_err(case, &format!("weights[{wi}]"), e.to_string()))?;
         let q = obs.calculate_qparams()?;

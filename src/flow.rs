@@ -271,6 +271,25 @@ impl QLayer {
         }
     }
 
+    /// Accumulation model of this layer in the integer flow. oneDNN's AVX2 int8 conv kernel
+    /// (`jit_uni_x8s8s32x`, `vpmaddubsw`) rejects grouped convolutions whose channels per group
+    /// are not multiples of 4 (oneDNN `jit_uni_x8s8s32x_conv_kernel.cpp: init_conf`); those run
+    /// on its GEMM-based int8 convolution, which accumulates exactly.
+    pub fn accumulation(&self, ctx: &StageCtx, path: KernelPath) -> Accumulation {
+        match self.op {
+            LayerOp::Conv2d(p)
+                if path == KernelPath::Onednn
+                    && p.groups > 1
+                    && !p.is_depthwise()
+                    && (!(p.in_channels / p.groups).is_multiple_of(4)
+                        || !(p.out_channels / p.groups).is_multiple_of(4)) =>
+            {
+                Accumulation::Exact
+            }
+            _ => path.accumulation(ctx.isa),
+        }
+    }
+
     /// Kernel path in the integer flow.
     pub fn path(&self, ctx: &StageCtx) -> KernelPath {
         match self.op {
@@ -443,9 +462,19 @@ impl QLayer {
         match ctx.flow {
             Flow::ConvertFx => {
                 let path = self.path(ctx);
-                let accm = path.accumulation(ctx.isa);
+                let accm = self.accumulation(ctx, path);
                 let acc = self.int_acc(input, accm, path.pairs_per_tap())?;
-                let pred: Vec<Pred> = if path.uses_fbgemm_requant() {
+                // oneDNN picks among several int8 conv implementations with rules qparity does not
+                // fully model; where pair saturation changes an accumulator, both are possible.
+                let alt = if path == KernelPath::Onednn
+                    && accm == Accumulation::PairSaturatingI16
+                    && matches!(self.op, LayerOp::Conv2d(_))
+                {
+                    Some(self.int_acc(input, Accumulation::Exact, false)?)
+                } else {
+                    None
+                };
+                let mut pred: Vec<Pred> = if path.uses_fbgemm_requant() {
                     let rq = self.fbgemm_requant(input, out);
                     acc.iter()
                         .enumerate()
@@ -467,6 +496,16 @@ impl QLayer {
                         })
                         .collect()
                 };
+                if let Some(exact) = alt {
+                    let rq = self.fbgemm_requant(input, out);
+                    for (i, p) in pred.iter_mut().enumerate() {
+                        if exact[i] != acc[i] {
+                            let j = self.channel_of(i, &out_shape);
+                            let other = onednn_pred(&rq, exact[i], j);
+                            *p = merge(*p, other);
+                        }
+                    }
+                }
                 Ok(StageOut {
                     shape: out_shape,
                     pred,
@@ -508,7 +547,7 @@ impl QLayer {
         match ctx.flow {
             Flow::ConvertFx => {
                 let path = self.path(ctx);
-                let accm = path.accumulation(ctx.isa);
+                let accm = self.accumulation(ctx, path);
                 let acc = self.int_acc(input, accm, path.pairs_per_tap())?[i];
                 let exact = self.int_acc(input, Accumulation::Exact, false)?[i];
                 let saturated_pair = if acc != exact {
@@ -640,6 +679,24 @@ fn onednn_pred(rq: &FbgemmRequant, acc: i32, j: usize) -> Pred {
             lo: a.min(formula),
             hi: b.max(formula),
         }
+    }
+}
+
+/// The union of two predictions.
+fn merge(a: Pred, b: Pred) -> Pred {
+    let (alo, ahi) = match a {
+        Pred::Exact(x) => (x, x),
+        Pred::Ambiguous { lo, hi } => (lo, hi),
+    };
+    let (blo, bhi) = match b {
+        Pred::Exact(x) => (x, x),
+        Pred::Ambiguous { lo, hi } => (lo, hi),
+    };
+    let (lo, hi) = (alo.min(blo), ahi.max(bhi));
+    if lo == hi {
+        Pred::Exact(lo)
+    } else {
+        Pred::Ambiguous { lo, hi }
     }
 }
 

@@ -173,23 +173,25 @@ fn ema(a: f32, b: f32, c: f32) -> f32 {
 }
 
 impl Observer {
-    /// A fresh observer.
-    pub fn new(cfg: ObserverConfig) -> Self {
+    /// A fresh observer (an error for histogram settings PyTorch would reject).
+    pub fn new(cfg: ObserverConfig) -> Result<Self> {
         let per_tensor = !cfg.class.is_per_channel();
-        let hist = (cfg.class == ObserverClass::HistogramObserver).then(|| {
-            histogram::HistogramObserver::new(histogram::HistogramConfig {
-                bins: cfg.bins,
-                upsample_rate: 16,
-                quant_min: cfg.range.quant_min,
-                quant_max: cfg.range.quant_max,
-                dtype_bits: 8,
-                symmetric: cfg.qscheme.is_symmetric(),
-                quint8_like: cfg.dtype.is_unsigned8(),
-                has_customized_qrange: cfg.range.has_customized_qrange,
-                eps: cfg.eps,
+        let hist = (cfg.class == ObserverClass::HistogramObserver)
+            .then(|| {
+                histogram::HistogramObserver::new(histogram::HistogramConfig {
+                    bins: cfg.bins,
+                    upsample_rate: 16,
+                    quant_min: cfg.range.quant_min,
+                    quant_max: cfg.range.quant_max,
+                    dtype_bits: 8,
+                    symmetric: cfg.qscheme.is_symmetric(),
+                    quint8_like: cfg.dtype.is_unsigned8(),
+                    has_customized_qrange: cfg.range.has_customized_qrange,
+                    eps: cfg.eps,
+                })
             })
-        });
-        Self {
+            .transpose()?;
+        Ok(Self {
             min_val: if per_tensor {
                 vec![f32::INFINITY]
             } else {
@@ -202,7 +204,7 @@ impl Observer {
             },
             cfg,
             hist,
-        }
+        })
     }
 
     /// Feeds one batch. `shape` is the batch's shape (needed by per-channel observers).
@@ -274,7 +276,7 @@ impl Observer {
     /// `calculate_qparams()`.
     pub fn calculate_qparams(&self) -> Result<ObservedQParams> {
         if let Some(h) = &self.hist {
-            let (scale, zp) = h.calculate_qparams();
+            let (scale, zp) = h.calculate_qparams()?;
             return Ok(ObservedQParams {
                 scale: vec![scale],
                 zero_point: vec![zp],
