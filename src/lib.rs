@@ -14,6 +14,7 @@
 pub mod error;
 #[allow(unsafe_code)]
 pub mod kernels;
+pub mod observer;
 pub mod requant;
 
 pub use error::{Error, Result};

@@ -1,0 +1,1093 @@
+//! `torch.ao.quantization.observer.HistogramObserver` (torch 2.15.0), bit for bit on x86-64
+//! with `torch.set_num_threads(1)`.
+//!
+//! Every tensor operation the Python observer performs is reproduced with the dtype PyTorch uses
+//! for it. The facts that matter (all verified against torch 2.15.0, CPU capability AVX2):
+//!
+//! * `torch.histc` (ATen `Histogram.cpp: histogram_histc_out`, `cpu/HistogramKernel.cpp`,
+//!   `LINEAR_INTERPOLATION`): the outer edges are chosen in `f64`, converted to `f32` by
+//!   `linspace`, and the bin of `v` is `(int64)(f32(f32(v − L)·bins) / f32(R − L))`, the last edge
+//!   belonging to the last bin. Only `linspace[0]` and `linspace[bins]` are used; with an overflowing
+//!   step they are NaN and nothing is counted. An `min == max` range is widened by
+//!   `bins_edges_correction`: `L = min(f64(next_down_f32(v)), v − 1)`, `R = max(f64(next_up_f32(v)), v + 1)`.
+//! * A quotient too large for `int64` converts to `INT64_MIN` (`cvttss2si`); the kernel then
+//!   indexes `hist[INT64_MIN]`, whose byte offset wraps to 0: such elements land in bin 0.
+//! * `torch.linspace` (ATen `cpu/RangeFactoriesKernel.cpp`, f32): `step = f32(end − start) / f32(steps − 1)`,
+//!   element `i < steps/2` is `fma(step, i, start)`, the others `fma(−step, steps − 1 − i, end)`:
+//!   the compiler contracts both into FMAs.
+//! * `torch.sum` of an f32 vector (ATen `cpu/SumKernel.cpp: cascade_sum`) is a cascade of 8-lane
+//!   vector partial sums (AVX2 `Vectorized<float>`), 4-way ILP, 16-step levels; see [`torch_sum_f32`].
+//! * `torch.cumsum` of f32 accumulates in `f64` and rounds each prefix to `f32`.
+//! * A 0-dim f32 tensor compared with a Python float (`cSum[l] < next_alpha * total`) compares in
+//!   `f32`: the double is rounded to f32 first.
+//! * A Python float operand of an f32 tensor op is rounded to f32 first; `_compute_quantization_error`
+//!   computes `bin_width` and `dst_bin_width` in `f64` (`.item()`), then every tensor op in f32.
+//! * `torch.div(..., rounding_mode="floor")` is Python-style floor division (`fmod`, fix-ups); the
+//!   vectorised body and the scalar tail differ only when `|a / b| = ∞`.
+//! * `torch.bucketize(right=True)` is ATen's `cus_upper_bound` binary search; `bincount` with f32
+//!   weights accumulates sequentially in f32.
+//!
+//! NaN: torch raises in `histc` ("range of [nan, nan] is not finite") for any batch containing NaN;
+//! [`HistogramObserver::forward`] returns an error and leaves the state unchanged (torch, on a first
+//! batch, has already copied NaN into `min_val`/`max_val` before raising).
+
+use crate::{Error, Result};
+
+/// Integer dtype the observer targets (the part of `torch.dtype` the observer looks at).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObserverDtype {
+    /// `torch.quint8`.
+    QUInt8,
+    /// `torch.qint8`.
+    QInt8,
+    /// `torch.qint32`.
+    QInt32,
+}
+
+impl ObserverDtype {
+    /// `torch.iinfo(dtype).bits`.
+    pub fn bits(self) -> u32 {
+        match self {
+            ObserverDtype::QUInt8 | ObserverDtype::QInt8 => 8,
+            ObserverDtype::QInt32 => 32,
+        }
+    }
+}
+
+/// Configuration of a [`HistogramObserver`]; build it with [`HistogramConfig::from_torch_args`]
+/// (which resolves the quantization range like the Python constructor) or fill it in directly.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramConfig {
+    /// Number of histogram bins (`bins`, default 2048).
+    pub bins: usize,
+    /// Sub-bins per bin when re-binning after a range change (16 in torch, not configurable there).
+    pub upsample_rate: usize,
+    /// Resolved quantization minimum (after reduce_range).
+    pub quant_min: i64,
+    /// Resolved quantization maximum (after reduce_range).
+    pub quant_max: i64,
+    /// `torch.iinfo(dtype).bits`; the search uses `2^dtype_bits` destination bins.
+    pub dtype_bits: u32,
+    /// `qscheme == per_tensor_symmetric` (else per-tensor affine).
+    pub symmetric: bool,
+    /// Unsigned 8-bit dtype (quint8/uint8): symmetric zero point is 128 or the range midpoint.
+    pub quint8_like: bool,
+    /// Both quant_min and quant_max were given by the user.
+    pub has_customized_qrange: bool,
+    /// Lower bound of the scale (`eps`, default `f32::EPSILON`).
+    pub eps: f32,
+}
+
+impl HistogramConfig {
+    /// Mirrors `HistogramObserver(bins, dtype, qscheme, reduce_range, quant_min, quant_max, eps)`.
+    pub fn from_torch_args(
+        bins: usize,
+        dtype: ObserverDtype,
+        symmetric: bool,
+        reduce_range: bool,
+        quant_min: Option<i64>,
+        quant_max: Option<i64>,
+        eps: f32,
+    ) -> Result<Self> {
+        if bins == 0 || bins > (1 << 24) {
+            return Err(Error::invalid("bins", format!("{bins} is not in 1..=2^24")));
+        }
+        let has_customized_qrange = quant_min.is_some() && quant_max.is_some();
+        let (quant_min, quant_max) =
+            calculate_qmin_qmax(dtype, reduce_range, quant_min, quant_max)?;
+        Ok(HistogramConfig {
+            bins,
+            upsample_rate: 16,
+            quant_min,
+            quant_max,
+            dtype_bits: dtype.bits(),
+            symmetric,
+            quint8_like: dtype == ObserverDtype::QUInt8,
+            has_customized_qrange,
+            eps,
+        })
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.bins == 0 || self.bins > (1 << 24) {
+            return Err(Error::invalid(
+                "bins",
+                format!("{} is not in 1..=2^24", self.bins),
+            ));
+        }
+        if self.upsample_rate == 0 || self.bins.saturating_mul(self.upsample_rate) > (1 << 24) {
+            return Err(Error::invalid(
+                "upsample_rate",
+                format!(
+                    "bins·upsample_rate must be in 1..=2^24 (bins {}, rate {})",
+                    self.bins, self.upsample_rate
+                ),
+            ));
+        }
+        if self.dtype_bits == 0 || self.dtype_bits > 62 {
+            return Err(Error::invalid(
+                "dtype_bits",
+                format!("{} is not in 1..=62", self.dtype_bits),
+            ));
+        }
+        if self.quant_min >= self.quant_max {
+            return Err(Error::invalid(
+                "quant range",
+                format!(
+                    "quant_min {} must be < quant_max {}",
+                    self.quant_min, self.quant_max
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `torch.ao.quantization.utils.calculate_qmin_qmax` (+ `validate_qmin_qmax`) for the dtypes of
+/// [`ObserverDtype`] (NUMERICS.md §4.1). A custom range needs both bounds.
+fn calculate_qmin_qmax(
+    dtype: ObserverDtype,
+    reduce_range: bool,
+    quant_min: Option<i64>,
+    quant_max: Option<i64>,
+) -> Result<(i64, i64)> {
+    if let (Some(qmin), Some(qmax)) = (quant_min, quant_max) {
+        if !(qmin <= 0 && 0 <= qmax) {
+            return Err(Error::invalid(
+                "quant range",
+                "user-specified quantization range must include 0",
+            ));
+        }
+        if qmin >= qmax {
+            return Err(Error::invalid(
+                "quant range",
+                "qmin must be strictly less than qmax",
+            ));
+        }
+        let len = qmax - qmin + 1;
+        let max_len = match dtype {
+            ObserverDtype::QInt8 => 256,
+            ObserverDtype::QInt32 => 1 << 32,
+            // torch does not check the length for quint8.
+            ObserverDtype::QUInt8 => i64::MAX,
+        };
+        if len > max_len {
+            return Err(Error::invalid(
+                "quant range",
+                format!("length {len} exceeds {max_len}"),
+            ));
+        }
+        if reduce_range {
+            // Python floor division.
+            Ok((qmin.div_euclid(2), qmax.div_euclid(2)))
+        } else {
+            Ok((qmin, qmax))
+        }
+    } else {
+        Ok(match (dtype, reduce_range) {
+            (ObserverDtype::QInt8, true) => (-64, 63),
+            (ObserverDtype::QInt8, false) => (-128, 127),
+            (ObserverDtype::QUInt8, true) => (0, 127),
+            (ObserverDtype::QUInt8, false) => (0, 255),
+            (ObserverDtype::QInt32, _) => (-(1 << 31), (1 << 31) - 1),
+        })
+    }
+}
+
+/// The observer's state: running min/max and the `bins`-entry f32 histogram, exactly as torch's
+/// buffers `min_val`, `max_val`, `histogram`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramObserver {
+    cfg: HistogramConfig,
+    /// Running minimum (`+inf` before the first non-empty batch).
+    pub min_val: f32,
+    /// Running maximum (`-inf` before the first non-empty batch).
+    pub max_val: f32,
+    /// Histogram over `[min_val, max_val]`, `cfg.bins` entries.
+    pub histogram: Vec<f32>,
+}
+
+impl HistogramObserver {
+    /// A fresh observer (`min_val = +inf`, `max_val = −inf`, zero histogram). Errors on an
+    /// unusable configuration (zero bins, empty quant range, ...).
+    pub fn new(cfg: HistogramConfig) -> Result<Self> {
+        cfg.validate()?;
+        let bins = cfg.bins;
+        Ok(HistogramObserver {
+            cfg,
+            min_val: f32::INFINITY,
+            max_val: f32::NEG_INFINITY,
+            histogram: vec![0.0; bins],
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &HistogramConfig {
+        &self.cfg
+    }
+
+    /// `HistogramObserver.forward(x)` for a flattened f32 batch. ±inf elements are dropped; a batch
+    /// with a NaN is rejected (state unchanged).
+    pub fn forward(&mut self, x: &[f32]) -> Result<()> {
+        if x.is_empty() {
+            return Ok(());
+        }
+        if x.iter().any(|v| v.is_nan()) {
+            return Err(Error::invalid(
+                "HistogramObserver input",
+                "NaN in batch (torch.histc raises: range of [nan, nan] is not finite)",
+            ));
+        }
+        let filtered: Vec<f32>;
+        let x = if x.iter().any(|v| v.is_infinite()) {
+            filtered = x.iter().copied().filter(|v| v.is_finite()).collect();
+            if filtered.is_empty() {
+                return Ok(());
+            }
+            &filtered[..]
+        } else {
+            x
+        };
+        let (x_min, x_max) = aminmax(x);
+        let bins = self.cfg.bins;
+
+        if self.min_val == f32::INFINITY || self.max_val == f32::NEG_INFINITY {
+            let hist = histc(x, bins, x_min, x_max)?;
+            self.min_val = x_min;
+            self.max_val = x_max;
+            self.histogram = hist;
+            return Ok(());
+        }
+
+        let (cur_min, cur_max) = (self.min_val, self.max_val);
+        // torch.min / torch.max of two finite 0-dim tensors.
+        let new_min = if x_min < cur_min { x_min } else { cur_min };
+        let new_max = if x_max > cur_max { x_max } else { cur_max };
+        let update = histc(x, bins, new_min, new_max)?;
+        let combined: Vec<f32> = if new_min == cur_min && new_max == cur_max {
+            self.histogram
+                .iter()
+                .zip(&update)
+                .map(|(a, b)| a + b)
+                .collect()
+        } else if cur_min == cur_max {
+            // _combine_histograms: all earlier mass sits at one value.
+            let bin_value = torch_sum_f32(&self.histogram);
+            let one = histc(&[cur_min], bins, new_min, new_max)?;
+            one.iter()
+                .zip(&update)
+                .map(|(o, u)| o * bin_value + u)
+                .collect()
+        } else {
+            let transformed = self.upscale_histogram(cur_min, cur_max, new_min, new_max);
+            update
+                .iter()
+                .zip(&transformed)
+                .map(|(u, t)| u + t)
+                .collect()
+        };
+        self.histogram = combined;
+        self.min_val = new_min;
+        self.max_val = new_max;
+        Ok(())
+    }
+
+    /// `_upscale_histogram`: splits each old bin into `upsample_rate` equal sub-bins at the
+    /// midpoints of `linspace(orig_min, orig_max, bins·rate + 1)` and re-bins them into
+    /// `linspace(new_min, new_max, bins + 1)` (bucketize right=True, weighted bincount).
+    fn upscale_histogram(
+        &self,
+        orig_min: f32,
+        orig_max: f32,
+        new_min: f32,
+        new_max: f32,
+    ) -> Vec<f32> {
+        let bins = self.cfg.bins;
+        let rate = self.cfg.upsample_rate;
+        let n = bins * rate;
+        let rate_f = rate as f32;
+        // bin_size = (orig_max - orig_min) / (bins * upsample_rate): f32 sub, f32 true division.
+        let bin_size = (orig_max - orig_min) / (n as f32);
+        let half = 0.5f32 * bin_size;
+        let bounds = linspace_f32(new_min, new_max, bins + 1);
+        let mids = Linspace::new(orig_min, orig_max, n + 1);
+        let mut out = vec![0.0f32; bins];
+        for i in 0..n {
+            let mid = mids.at(i) + half;
+            let b = upper_bound(&bounds, mid) as i64 - 1;
+            let b = b.clamp(0, bins as i64 - 1) as usize;
+            // repeat_interleave(rate) / rate, then bincount(weights) in f32, in index order.
+            out[b] += self.histogram[i / rate] / rate_f;
+        }
+        out
+    }
+
+    /// `_non_linear_param_search()`: the `(new_min, new_max)` handed to `_calculate_qparams`.
+    pub fn search_range(&self) -> (f32, f32) {
+        let bins = self.cfg.bins;
+        let bin_width = (self.max_val - self.min_val) / bins as f32;
+        let total = torch_sum_f32(&self.histogram) as f64;
+        let csum = cumsum_f32(&self.histogram);
+        let monotone = csum.windows(2).all(|w| w[0] <= w[1]) && csum.iter().all(|v| !v.is_nan());
+
+        let stepsize = 1e-5f64;
+        let mut alpha = 0.0f64;
+        let mut beta = 1.0f64;
+        let mut start_bin = 0usize;
+        let mut end_bin = bins - 1;
+        let mut norm_min = f64::INFINITY;
+        while alpha < beta {
+            let next_alpha = alpha + stepsize;
+            let next_beta = beta - stepsize;
+            // `cSum[l] < next_alpha * total`: 0-dim f32 tensor vs Python float -> f32 compare.
+            let lo_thr = (next_alpha * total) as f32;
+            let hi_thr = (next_beta * total) as f32;
+            let (l, r) = if monotone {
+                let l = start_bin + csum[start_bin..end_bin].partition_point(|&c| c < lo_thr);
+                // r: last index in (start_bin, end_bin] with !(csum > hi_thr), else start_bin.
+                let r = start_bin + csum[start_bin + 1..=end_bin].partition_point(|&c| c <= hi_thr);
+                (l, r)
+            } else {
+                let mut l = start_bin;
+                while l < end_bin && csum[l] < lo_thr {
+                    l += 1;
+                }
+                let mut r = end_bin;
+                while r > start_bin && csum[r] > hi_thr {
+                    r -= 1;
+                }
+                (l, r)
+            };
+            let mut next_start = start_bin;
+            let mut next_end = end_bin;
+            if (l - start_bin) > (end_bin - r) {
+                next_start = l;
+                alpha = next_alpha;
+            } else {
+                next_end = r;
+                beta = next_beta;
+            }
+            if next_start == start_bin && next_end == end_bin {
+                continue;
+            }
+            let norm = self.compute_quantization_error(next_start, next_end);
+            if norm > norm_min {
+                break;
+            }
+            norm_min = norm;
+            start_bin = next_start;
+            end_bin = next_end;
+        }
+        let new_min = self.min_val + bin_width * start_bin as f32;
+        let new_max = self.min_val + bin_width * (end_bin + 1) as f32;
+        (new_min, new_max)
+    }
+
+    /// `_compute_quantization_error(next_start_bin, next_end_bin)` (L2 norm), as the Python float
+    /// it returns.
+    fn compute_quantization_error(&self, next_start_bin: usize, next_end_bin: usize) -> f64 {
+        let bins = self.cfg.bins;
+        let dst_nbins = (1u64 << self.cfg.dtype_bits) as f64;
+        // Python floats (f64) from .item().
+        let bin_width = (self.max_val as f64 - self.min_val as f64) / bins as f64;
+        let dst_bin_width =
+            bin_width * (next_end_bin as f64 - next_start_bin as f64 + 1.0) / dst_nbins;
+        if dst_bin_width == 0.0 {
+            return 0.0;
+        }
+        // Python floats as operands of f32 tensor ops are rounded to f32.
+        let bw = bin_width as f32;
+        let dbw = dst_bin_width as f32;
+        let half_dbw = (dst_bin_width / 2.0) as f32; // dst_bin_width / 2 (also torch.tensor(...))
+        let neg_half_dbw = (-dst_bin_width / 2.0) as f32;
+        let dst_max = (dst_nbins - 1.0) as f32;
+        // _get_norm(torch.tensor(-w/2), torch.tensor(w/2), density): the 0-dim part.
+        let inner_norm =
+            (half_dbw * half_dbw * half_dbw - neg_half_dbw * neg_half_dbw * neg_half_dbw) / 3.0f32;
+        let neg_cube = neg_half_dbw * neg_half_dbw * neg_half_dbw;
+        // cpu_kernel_vec: the body runs in blocks of 2·8 lanes, the tail with the scalar op.
+        let vec_end = bins / 16 * 16;
+        let mut norm = vec![0.0f32; bins];
+        for (i, slot) in norm.iter_mut().enumerate() {
+            let vectorised = i < vec_end;
+            let src_bin_begin = (i as f32 - next_start_bin as f32) * bw;
+            let src_bin_end = src_bin_begin + bw;
+            let dst_bin_of_begin =
+                clamp_f32(div_floor_f32(src_bin_begin, dbw, vectorised), 0.0, dst_max);
+            let dst_bin_of_begin_center = (dst_bin_of_begin + 0.5f32) * dbw;
+            let dst_bin_of_end =
+                clamp_f32(div_floor_f32(src_bin_end, dbw, vectorised), 0.0, dst_max);
+            let density = self.histogram[i] / bw;
+
+            let mut acc = 0.0f32;
+            let delta_begin = src_bin_begin - dst_bin_of_begin_center;
+            let delta_end = half_dbw; // torch.ones(bins) * (w / 2)
+            let n1 = (delta_end * delta_end * delta_end - delta_begin * delta_begin * delta_begin)
+                / 3.0f32;
+            acc += density * n1;
+
+            acc += (dst_bin_of_end - dst_bin_of_begin - 1.0f32) * (density * inner_norm);
+
+            let dst_bin_of_end_center = dst_bin_of_end * dbw + half_dbw;
+            let delta_end = src_bin_end - dst_bin_of_end_center;
+            let n3 = (delta_end * delta_end * delta_end - neg_cube) / 3.0f32;
+            acc += density * n3;
+            *slot = acc;
+        }
+        torch_sum_f32(&norm) as f64
+    }
+
+    /// `calculate_qparams()`: `(scale, zero_point)`. Before any data: `(1.0, 0)`.
+    pub fn calculate_qparams(&self) -> Result<(f32, i64)> {
+        if self.min_val == f32::INFINITY && self.max_val == f32::NEG_INFINITY {
+            return Ok((1.0, 0));
+        }
+        let (new_min, new_max) = self.search_range();
+        calculate_qparams_per_tensor(&self.cfg, new_min, new_max)
+    }
+}
+
+/// `UniformQuantizationObserverBase._calculate_qparams` for per-tensor affine/symmetric
+/// (NUMERICS.md §4.2), f32 tensor arithmetic. To be replaced by the shared `qparams` module.
+fn calculate_qparams_per_tensor(
+    cfg: &HistogramConfig,
+    min_val: f32,
+    max_val: f32,
+) -> Result<(f32, i64)> {
+    if min_val == f32::INFINITY && max_val == f32::NEG_INFINITY {
+        return Ok((1.0, 0));
+    }
+    if min_val > max_val {
+        return Err(Error::invalid(
+            "min/max",
+            format!("min {min_val} should be less than max {max_val}"),
+        ));
+    }
+    let (qmin, qmax) = (cfg.quant_min, cfg.quant_max);
+    let min_neg = torch_min(min_val, 0.0);
+    let max_pos = torch_max(max_val, 0.0);
+    if cfg.symmetric {
+        let amax = torch_max(-min_neg, max_pos);
+        let scale = amax / (((qmax - qmin) as f64 / 2.0) as f32);
+        let scale = torch_max(scale, cfg.eps);
+        let zp = if cfg.quint8_like {
+            if cfg.has_customized_qrange {
+                (qmin + qmax).div_euclid(2)
+            } else {
+                128
+            }
+        } else {
+            0
+        };
+        Ok((scale, zp))
+    } else {
+        let scale = (max_pos - min_neg) / ((qmax - qmin) as f64 as f32);
+        let scale = torch_max(scale, cfg.eps);
+        // quant_min - torch.round(min_neg / scale).to(torch.int): int32 tensor arithmetic.
+        let q = f32_to_i32_x86(round_half_even(min_neg / scale));
+        let zp = (qmin as i32).wrapping_sub(q) as i64;
+        Ok((scale, zp.max(qmin).min(qmax)))
+    }
+}
+
+/// `torch.min(a, b)` on two f32 0-dim tensors (NaN propagates).
+fn torch_min(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else if b < a {
+        b
+    } else {
+        a
+    }
+}
+
+/// `torch.max(a, b)` on two f32 0-dim tensors (NaN propagates).
+fn torch_max(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else if b > a {
+        b
+    } else {
+        a
+    }
+}
+
+/// `torch.round` (half to even).
+fn round_half_even(x: f32) -> f32 {
+    x.round_ties_even()
+}
+
+/// `static_cast<int32_t>(float)` as x86 `cvttss2si` does it: NaN and out-of-range give `INT32_MIN`.
+fn f32_to_i32_x86(x: f32) -> i32 {
+    if !(-2147483648.0..2147483648.0).contains(&x) {
+        i32::MIN
+    } else {
+        x as i32
+    }
+}
+
+/// `static_cast<int64_t>(float)` as x86 `cvttss2si` (64-bit) does it.
+fn f32_to_i64_x86(x: f32) -> i64 {
+    if !(-9.223372e18..9.223372e18).contains(&x) {
+        i64::MIN
+    } else {
+        x as i64
+    }
+}
+
+/// ATen clamp with scalar bounds: `min(max(a, lo), hi)`, NaN propagates.
+fn clamp_f32(a: f32, lo: f32, hi: f32) -> f32 {
+    if a.is_nan() {
+        return a;
+    }
+    let a = if a < lo { lo } else { a };
+    if hi < a {
+        hi
+    } else {
+        a
+    }
+}
+
+/// `torch.div(a, b, rounding_mode="floor")` for f32: `c10::div_floor_floating` (scalar tail) or
+/// `div_floor_floating_vec` (vector body, with its fix-up for `|a/b| = ∞`).
+/// Source: ATen `cpu/BinaryOpsKernel.cpp`, `c10/util/generic_math.h`.
+fn div_floor_f32(a: f32, b: f32, vectorised: bool) -> f32 {
+    let basic_div = a / b;
+    if b == 0.0 {
+        return basic_div;
+    }
+    let rem = a % b; // fmod
+    let floor_num = if vectorised && basic_div.abs() == f32::INFINITY && a.abs() != f32::INFINITY {
+        a
+    } else {
+        a - rem
+    };
+    let mut div = floor_num / b;
+    if rem != 0.0 && ((b < 0.0) != (rem < 0.0)) {
+        div -= 1.0;
+    }
+    if div == 0.0 {
+        return 0.0f32.copysign(basic_div);
+    }
+    let mut floordiv = div.floor();
+    if div - floordiv > 0.5 {
+        floordiv += 1.0;
+    }
+    floordiv
+}
+
+/// `torch.aminmax` of a non-empty NaN-free slice.
+fn aminmax(x: &[f32]) -> (f32, f32) {
+    x.iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
+}
+
+/// `std::nexttoward(float v, target)` for `target = ±FLT_MAX`.
+fn next_toward_limit(v: f32, up: bool) -> f32 {
+    let limit = if up { f32::MAX } else { f32::MIN };
+    if v == limit {
+        v
+    } else if up {
+        v.next_up()
+    } else {
+        v.next_down()
+    }
+}
+
+/// `torch.histc(x, bins, min, max)` on f32 (ATen `histogram_histc_out` + `LINEAR_INTERPOLATION`).
+fn histc(x: &[f32], bins: usize, min: f32, max: f32) -> Result<Vec<f32>> {
+    let mut left = min as f64;
+    let mut right = max as f64;
+    if left == right && !x.is_empty() {
+        let (lo, hi) = aminmax(x);
+        left = lo as f64;
+        right = hi as f64;
+    }
+    if left == right {
+        // bins_edges_correction for Float.
+        left = (next_toward_limit(left as f32, false) as f64).min(left - 1.0);
+        right = (next_toward_limit(right as f32, true) as f64).max(right + 1.0);
+    }
+    if !left.is_finite() || !right.is_finite() {
+        return Err(Error::invalid(
+            "torch.histc range",
+            format!("[{left}, {right}] is not finite"),
+        ));
+    }
+    if left >= right {
+        return Err(Error::invalid(
+            "torch.histc range",
+            "max must be larger than min",
+        ));
+    }
+    let edges = Linspace::new(left as f32, right as f32, bins + 1);
+    let lo = edges.at(0);
+    let hi = edges.at(bins);
+    let nb = bins as f32;
+    let mut hist = vec![0.0f32; bins];
+    for &v in x {
+        if !(v >= lo && v <= hi) {
+            continue;
+        }
+        let mut pos = f32_to_i64_x86((v - lo) * nb / (hi - lo));
+        if pos == bins as i64 {
+            pos -= 1;
+        }
+        // hist[INT64_MIN]: the byte offset INT64_MIN·4 wraps to 0 (x86-64 address arithmetic).
+        let idx = if pos == i64::MIN { 0 } else { pos };
+        match usize::try_from(idx).ok().filter(|&i| i < bins) {
+            Some(i) => hist[i] += 1.0,
+            None => {
+                return Err(Error::invalid(
+                    "torch.histc",
+                    format!(
+                        "bin index {pos} for {v} outside 0..{bins} (torch writes out of bounds)"
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(hist)
+}
+
+/// `torch.linspace(start, end, steps)` in f32 on CPU, element by element.
+struct Linspace {
+    start: f32,
+    end: f32,
+    step: f32,
+    steps: usize,
+    halfway: usize,
+}
+
+impl Linspace {
+    fn new(start: f32, end: f32, steps: usize) -> Self {
+        // step_t = float: (end - start) / (steps - 1), the integer converted to float.
+        let step = if steps > 1 {
+            (end - start) / ((steps - 1) as f32)
+        } else {
+            end - start
+        };
+        Linspace {
+            start,
+            end,
+            step,
+            steps,
+            halfway: steps / 2,
+        }
+    }
+
+    /// Element `idx`: `start + step·idx` below halfway, `end − step·(steps − idx − 1)` from it on,
+    /// each contracted to one FMA.
+    fn at(&self, idx: usize) -> f32 {
+        if idx < self.halfway {
+            self.step.mul_add(idx as f32, self.start)
+        } else {
+            (-self.step).mul_add((self.steps - idx - 1) as f32, self.end)
+        }
+    }
+}
+
+fn linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
+    let l = Linspace::new(start, end, steps);
+    (0..steps).map(|i| l.at(i)).collect()
+}
+
+/// ATen `cus_upper_bound` over the whole slice: the first index whose value is `> val`,
+/// following its exact probe sequence (so that a non-monotone linspace behaves the same).
+fn upper_bound(bd: &[f32], val: f32) -> usize {
+    let (mut start, mut end) = (0usize, bd.len());
+    while start < end {
+        let mid = start + ((end - start) >> 1);
+        // `!(mid_val > val)`: NaN compares as "not greater".
+        if bd[mid].partial_cmp(&val) != Some(std::cmp::Ordering::Greater) {
+            start = mid + 1;
+        } else {
+            end = mid;
+        }
+    }
+    start
+}
+
+/// `torch.cumsum` of an f32 vector: `f64` accumulator (`acc_type<float, /*is_cuda=*/false>`),
+/// each prefix rounded to f32 (ATen `cpu/ReduceOpsKernel.cpp: cumsum_cpu_kernel`).
+fn cumsum_f32(x: &[f32]) -> Vec<f32> {
+    let mut acc = 0.0f64;
+    x.iter()
+        .map(|&v| {
+            acc += v as f64;
+            acc as f32
+        })
+        .collect()
+}
+
+/// Number of f32 lanes in ATen's `Vectorized<float>` under the AVX2 CPU capability.
+const LANES: usize = 8;
+
+type Lanes = [f32; LANES];
+
+/// Addition used by the cascade: a scalar or an 8-lane vector.
+trait CascadeValue: Copy {
+    const ZERO: Self;
+    fn add(self, other: Self) -> Self;
+}
+
+impl CascadeValue for f32 {
+    const ZERO: Self = 0.0;
+    fn add(self, other: Self) -> Self {
+        self + other
+    }
+}
+
+impl CascadeValue for Lanes {
+    const ZERO: Self = [0.0; LANES];
+    fn add(self, other: Self) -> Self {
+        let mut out = self;
+        for (o, b) in out.iter_mut().zip(other) {
+            *o += b;
+        }
+        out
+    }
+}
+
+/// `utils::CeilLog2`.
+fn ceil_log2(x: usize) -> usize {
+    if x <= 2 {
+        1
+    } else {
+        (usize::BITS - (x - 1).leading_zeros()) as usize
+    }
+}
+
+/// ATen `multi_row_sum<acc, 4>` over rows `0..size`, where `load(i, k)` is row `i` column `k`.
+fn multi_row_sum4<T: CascadeValue>(size: usize, load: impl Fn(usize, usize) -> T) -> [T; 4] {
+    const NUM_LEVELS: usize = 4;
+    let level_power = 4.max(ceil_log2(size) / NUM_LEVELS);
+    let level_step = 1usize << level_power;
+    let level_mask = level_step - 1;
+    let mut acc = [[T::ZERO; 4]; NUM_LEVELS];
+    let mut i = 0usize;
+    while i + level_step <= size {
+        for _ in 0..level_step {
+            for (k, a) in acc[0].iter_mut().enumerate() {
+                *a = a.add(load(i, k));
+            }
+            i += 1;
+        }
+        for j in 1..NUM_LEVELS {
+            let (lower, upper) = acc.split_at_mut(j);
+            for (hi, lo) in upper[0].iter_mut().zip(lower[j - 1].iter_mut()) {
+                *hi = hi.add(*lo);
+                *lo = T::ZERO;
+            }
+            let mask = level_mask << (j * level_power);
+            if i & mask != 0 {
+                break;
+            }
+        }
+    }
+    while i < size {
+        for (k, a) in acc[0].iter_mut().enumerate() {
+            *a = a.add(load(i, k));
+        }
+        i += 1;
+    }
+    for j in 1..NUM_LEVELS {
+        let level = acc[j];
+        for (a, l) in acc[0].iter_mut().zip(level) {
+            *a = a.add(l);
+        }
+    }
+    acc[0]
+}
+
+/// ATen `row_sum` (4-way ILP over `multi_row_sum`) of `size` values `load(i)`.
+fn row_sum<T: CascadeValue>(size: usize, load: impl Fn(usize) -> T) -> T {
+    let size_ilp = size / 4;
+    let mut partial = multi_row_sum4(size_ilp, |i, k| load(i * 4 + k));
+    for i in size_ilp * 4..size {
+        partial[0] = partial[0].add(load(i));
+    }
+    for k in 1..4 {
+        partial[0] = partial[0].add(partial[k]);
+    }
+    partial[0]
+}
+
+/// `torch.sum` of a contiguous f32 vector on CPU (ATen `cpu/SumKernel.cpp: cascade_sum`,
+/// single thread, AVX2 lanes). Exposed for tests and the lead's other reductions.
+pub fn torch_sum_f32(x: &[f32]) -> f32 {
+    let n = x.len();
+    let total = if n >= LANES {
+        // vectorized_inner_sum: vector cascade over whole vectors, scalar tail, then the lanes.
+        let vec_size = n / LANES;
+        let v: Lanes = row_sum(vec_size, |i| {
+            let mut l = [0.0f32; LANES];
+            l.copy_from_slice(&x[i * LANES..(i + 1) * LANES]);
+            l
+        });
+        let mut fin = 0.0f32;
+        for &t in &x[vec_size * LANES..] {
+            fin += t;
+        }
+        for lane in v {
+            fin += lane;
+        }
+        fin
+    } else {
+        // scalar_outer_sum with a single output: scalar row_sum.
+        row_sum(n, |i| x[i])
+    };
+    // The output is zero-filled, then accumulated into.
+    0.0f32 + total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quint8() -> HistogramConfig {
+        HistogramConfig::from_torch_args(
+            2048,
+            ObserverDtype::QUInt8,
+            false,
+            false,
+            None,
+            None,
+            f32::EPSILON,
+        )
+        .unwrap()
+    }
+
+    /// Deterministic pseudo-random f32 in [-1, 1) (xorshift), no external crates needed.
+    fn rand_vec(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    fn total(h: &[f32]) -> f64 {
+        h.iter().map(|&v| v as f64).sum()
+    }
+
+    #[test]
+    fn first_batch_counts_every_finite_element_once() {
+        let mut obs = HistogramObserver::new(quint8()).unwrap();
+        let mut x = rand_vec(1, 1000, 3.0);
+        x[10] = f32::INFINITY;
+        x[20] = f32::NEG_INFINITY;
+        obs.forward(&x).unwrap();
+        assert_eq!(total(&obs.histogram), 998.0);
+        let finite: Vec<f32> = x.iter().copied().filter(|v| v.is_finite()).collect();
+        let (lo, hi) = aminmax(&finite);
+        assert_eq!((obs.min_val, obs.max_val), (lo, hi));
+        // The minimum lands in bin 0 and the maximum in the last bin.
+        assert!(obs.histogram[0] >= 1.0);
+        assert!(obs.histogram[2047] >= 1.0);
+    }
+
+    #[test]
+    fn same_range_batches_add_exactly() {
+        let mut obs = HistogramObserver::new(quint8()).unwrap();
+        let x = rand_vec(2, 500, 1.0);
+        obs.forward(&x).unwrap();
+        let h1 = obs.histogram.clone();
+        obs.forward(&x).unwrap();
+        for (a, b) in obs.histogram.iter().zip(&h1) {
+            assert_eq!(*a, 2.0 * b);
+        }
+    }
+
+    #[test]
+    fn range_growth_preserves_mass() {
+        let mut obs = HistogramObserver::new(quint8()).unwrap();
+        let mut n = 0usize;
+        for (k, scale) in [1.0f32, 2.5, 0.5, 40.0, 1e3].iter().enumerate() {
+            let x = rand_vec(10 + k as u64, 300 + 17 * k, *scale);
+            n += x.len();
+            obs.forward(&x).unwrap();
+            let t = total(&obs.histogram);
+            assert!((t - n as f64).abs() <= 1e-3 * n as f64, "mass {t} vs {n}");
+        }
+        assert!(obs.min_val <= -900.0 && obs.max_val >= 900.0);
+    }
+
+    #[test]
+    fn all_equal_batches() {
+        for v in [
+            0.3f32,
+            -5.0,
+            0.0,
+            1e30,
+            16777216.0,
+            f32::MAX,
+            -f32::MAX,
+            1e-40,
+        ] {
+            let mut obs = HistogramObserver::new(quint8()).unwrap();
+            obs.forward(&[v, v, v]).unwrap();
+            assert_eq!((obs.min_val, obs.max_val), (v, v));
+            assert_eq!(total(&obs.histogram), 3.0, "value {v}");
+            assert_eq!(obs.histogram.iter().filter(|&&c| c != 0.0).count(), 1);
+            // A second identical batch keeps the same single bin.
+            let before = obs.histogram.clone();
+            obs.forward(&[v]).unwrap();
+            let nz: Vec<usize> = (0..2048).filter(|&i| obs.histogram[i] != 0.0).collect();
+            let nz0: Vec<usize> = (0..2048).filter(|&i| before[i] != 0.0).collect();
+            assert_eq!(nz, nz0);
+            assert_eq!(total(&obs.histogram), 4.0);
+            let (s, _) = obs.calculate_qparams().unwrap();
+            assert!(s > 0.0);
+        }
+    }
+
+    #[test]
+    fn single_value_then_growth_moves_mass_to_its_bin() {
+        let mut obs = HistogramObserver::new(quint8()).unwrap();
+        obs.forward(&[2.0, 2.0]).unwrap();
+        obs.forward(&[0.0, 4.0]).unwrap();
+        assert_eq!((obs.min_val, obs.max_val), (0.0, 4.0));
+        assert_eq!(obs.histogram[1024], 2.0);
+        assert_eq!(obs.histogram[0], 1.0);
+        assert_eq!(obs.histogram[2047], 1.0);
+        assert_eq!(total(&obs.histogram), 4.0);
+    }
+
+    #[test]
+    fn nan_is_rejected_and_state_kept() {
+        let mut obs = HistogramObserver::new(quint8()).unwrap();
+        assert!(obs.forward(&[1.0, f32::NAN]).is_err());
+        assert_eq!(obs.min_val, f32::INFINITY);
+        obs.forward(&[1.0, 2.0]).unwrap();
+        let snapshot = obs.clone();
+        assert!(obs.forward(&[f32::NAN]).is_err());
+        assert_eq!(obs, snapshot);
+    }
+
+    #[test]
+    fn only_infinities_and_empty_batches_change_nothing() {
+        let mut obs = HistogramObserver::new(quint8()).unwrap();
+        obs.forward(&[]).unwrap();
+        obs.forward(&[f32::INFINITY, f32::NEG_INFINITY]).unwrap();
+        assert_eq!(obs.min_val, f32::INFINITY);
+        assert_eq!(obs.calculate_qparams().unwrap(), (1.0, 0));
+    }
+
+    #[test]
+    fn search_range_stays_inside_observed_range() {
+        let mut obs = HistogramObserver::new(quint8()).unwrap();
+        let mut x = rand_vec(7, 4000, 1.0);
+        x.push(50.0); // outlier that the L2 search should clip
+        obs.forward(&x).unwrap();
+        let (lo, hi) = obs.search_range();
+        assert!(obs.min_val <= lo && lo <= hi && hi <= obs.max_val);
+        assert!(hi < 50.0, "outlier not clipped: {hi}");
+        let (scale, zp) = obs.calculate_qparams().unwrap();
+        assert!(scale >= f32::EPSILON && (0..=255).contains(&zp));
+    }
+
+    #[test]
+    fn symmetric_zero_points() {
+        let x = rand_vec(3, 1000, 2.0);
+        let cases = [
+            (ObserverDtype::QUInt8, false, None, 128),
+            (ObserverDtype::QUInt8, true, None, 128),
+            (ObserverDtype::QUInt8, false, Some((0, 127)), 63),
+            (ObserverDtype::QInt8, false, None, 0),
+        ];
+        for (dtype, rr, custom, want_zp) in cases {
+            let cfg = HistogramConfig::from_torch_args(
+                2048,
+                dtype,
+                true,
+                rr,
+                custom.map(|c: (i64, i64)| c.0),
+                custom.map(|c| c.1),
+                f32::EPSILON,
+            )
+            .unwrap();
+            let mut obs = HistogramObserver::new(cfg).unwrap();
+            obs.forward(&x).unwrap();
+            let (s, zp) = obs.calculate_qparams().unwrap();
+            assert_eq!(zp, want_zp);
+            let (lo, hi) = obs.search_range();
+            let amax = (-lo.min(0.0)).max(hi.max(0.0));
+            let (qmin, qmax) = (obs.config().quant_min, obs.config().quant_max);
+            assert_eq!(s, amax / ((qmax - qmin) as f32 / 2.0));
+        }
+    }
+
+    #[test]
+    fn qrange_resolution() {
+        use ObserverDtype::*;
+        assert_eq!(
+            calculate_qmin_qmax(QUInt8, true, None, None).unwrap(),
+            (0, 127)
+        );
+        assert_eq!(
+            calculate_qmin_qmax(QInt8, true, None, None).unwrap(),
+            (-64, 63)
+        );
+        assert_eq!(
+            calculate_qmin_qmax(QUInt8, true, Some(0), Some(255)).unwrap(),
+            (0, 127)
+        );
+        assert_eq!(
+            calculate_qmin_qmax(QInt8, true, Some(-127), Some(127)).unwrap(),
+            (-64, 63)
+        );
+        assert!(calculate_qmin_qmax(QInt8, false, Some(-200), Some(127)).is_err());
+        assert!(calculate_qmin_qmax(QUInt8, false, Some(1), Some(255)).is_err());
+        assert!(HistogramObserver::new(HistogramConfig {
+            bins: 0,
+            ..quint8()
+        })
+        .is_err());
+    }
+
+    #[test]
+    fn cascade_sum_is_a_sum() {
+        for n in [0usize, 1, 5, 7, 8, 9, 63, 64, 65, 2048, 5000] {
+            let x: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+            let exact: f64 = x.iter().map(|&v| v as f64).sum();
+            assert_eq!(torch_sum_f32(&x) as f64, exact, "n = {n}");
+        }
+        // Order matters for inexact sums: 1 + 2^-24·k is not summed left to right.
+        let mut x = vec![2f32.powi(-25); 64];
+        x[0] = 1.0;
+        let left_to_right = x.iter().fold(0.0f32, |a, &b| a + b);
+        assert_ne!(torch_sum_f32(&x), left_to_right);
+    }
+
+    #[test]
+    fn linspace_hits_its_end_points_and_is_monotone() {
+        for (a, b) in [(-1.0f32, 3.0f32), (0.1, 0.1000001), (-1e30, 1e30)] {
+            let v = linspace_f32(a, b, 32769);
+            assert_eq!(v[0], a);
+            assert_eq!(v[32768], b);
+            assert!(v.windows(2).all(|w| w[0] <= w[1]));
+        }
+    }
+
+    #[test]
+    fn div_floor_matches_python_floor_division() {
+        for (a, b) in [
+            (7.0f32, 2.0f32),
+            (-7.0, 2.0),
+            (0.0, 3.0),
+            (-0.5, 3.0),
+            (6.0, 3.0),
+        ] {
+            let want = (a as f64 / b as f64).floor() as f32;
+            assert_eq!(div_floor_f32(a, b, false), want, "{a} // {b}");
+            assert_eq!(div_floor_f32(a, b, true), want, "{a} // {b}");
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Observers.
+
+pub mod histogram;
