@@ -311,13 +311,29 @@ impl HistogramObserver {
         let half = 0.5f32 * bin_size;
         let bounds = linspace_f32(new_min, new_max, bins + 1);
         let mids = Linspace::new(orig_min, orig_max, n + 1);
+        // For sorted boundaries the upper bound is unique, so a forward walk from the previous
+        // answer gives the same index as ATen's binary search; otherwise follow its probes.
+        let sorted = bounds.windows(2).all(|w| w[0] <= w[1]);
         let mut out = vec![0.0f32; bins];
-        for i in 0..n {
-            let mid = mids.at(i) + half;
-            let b = upper_bound(&bounds, mid) as i64 - 1;
-            let b = b.clamp(0, bins as i64 - 1) as usize;
-            // repeat_interleave(rate) / rate, then bincount(weights) in f32, in index order.
-            out[b] += self.histogram[i / rate] / rate_f;
+        let mut prev_mid = f32::NEG_INFINITY;
+        let mut pos = 0usize;
+        for (j, &count) in self.histogram.iter().enumerate() {
+            // repeat_interleave(rate) / rate: every sub-bin of bin j weighs count / rate.
+            let weight = count / rate_f;
+            for i in j * rate..(j + 1) * rate {
+                let mid = mids.at(i) + half;
+                if sorted && mid >= prev_mid {
+                    while pos < bounds.len() && bounds[pos] <= mid {
+                        pos += 1;
+                    }
+                } else {
+                    pos = upper_bound(&bounds, mid);
+                }
+                prev_mid = if mid.is_nan() { f32::INFINITY } else { mid };
+                let b = (pos as i64 - 1).clamp(0, bins as i64 - 1) as usize;
+                // bincount(weights) accumulates in f32, in index order.
+                out[b] += weight;
+            }
         }
         out
     }
