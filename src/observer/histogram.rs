@@ -311,13 +311,29 @@ impl HistogramObserver {
         let half = 0.5f32 * bin_size;
         let bounds = linspace_f32(new_min, new_max, bins + 1);
         let mids = Linspace::new(orig_min, orig_max, n + 1);
+        // For sorted boundaries the upper bound is unique, so a forward walk from the previous
+        // answer gives the same index as ATen's binary search; otherwise follow its probes.
+        let sorted = bounds.windows(2).all(|w| w[0] <= w[1]);
         let mut out = vec![0.0f32; bins];
-        for i in 0..n {
-            let mid = mids.at(i) + half;
-            let b = upper_bound(&bounds, mid) as i64 - 1;
-            let b = b.clamp(0, bins as i64 - 1) as usize;
-            // repeat_interleave(rate) / rate, then bincount(weights) in f32, in index order.
-            out[b] += self.histogram[i / rate] / rate_f;
+        let mut prev_mid = f32::NEG_INFINITY;
+        let mut pos = 0usize;
+        for (j, &count) in self.histogram.iter().enumerate() {
+            // repeat_interleave(rate) / rate: every sub-bin of bin j weighs count / rate.
+            let weight = count / rate_f;
+            for i in j * rate..(j + 1) * rate {
+                let mid = mids.at(i) + half;
+                if sorted && mid >= prev_mid {
+                    while pos < bounds.len() && bounds[pos] <= mid {
+                        pos += 1;
+                    }
+                } else {
+                    pos = upper_bound(&bounds, mid);
+                }
+                prev_mid = if mid.is_nan() { f32::INFINITY } else { mid };
+                let b = (pos as i64 - 1).clamp(0, bins as i64 - 1) as usize;
+                // bincount(weights) accumulates in f32, in index order.
+                out[b] += weight;
+            }
         }
         out
     }
@@ -576,12 +592,51 @@ fn div_floor_f32(a: f32, b: f32, vectorised: bool) -> f32 {
     floordiv
 }
 
-/// `torch.aminmax` of a non-empty NaN-free slice.
+/// `torch.aminmax` of a non-empty NaN-free f32 slice, including the sign of a zero result: ATen
+/// `cpu/ReduceAllOpsKernel.cpp` + `vec::reduce2_all` (8-lane AVX2 vectors, `_mm256_min_ps(a, b)`
+/// keeps `b` on ties, final shuffle tree `f(f(f(v0,v4), f(v2,v6)), f(f(v1,v5), f(v3,v7)))`;
+/// under 8 elements a sequential `acc = f(acc, x[i])`).
 fn aminmax(x: &[f32]) -> (f32, f32) {
-    x.iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
-            (lo.min(v), hi.max(v))
-        })
+    fn vmin(a: f32, b: f32) -> f32 {
+        if a < b {
+            a
+        } else {
+            b
+        }
+    }
+    fn vmax(a: f32, b: f32) -> f32 {
+        if a > b {
+            a
+        } else {
+            b
+        }
+    }
+    fn reduce(x: &[f32], f: fn(f32, f32) -> f32) -> f32 {
+        let n = x.len();
+        if n < LANES {
+            return x[1..].iter().fold(x[0], |acc, &v| f(acc, v));
+        }
+        let mut acc = [0.0f32; LANES];
+        acc.copy_from_slice(&x[..LANES]);
+        let full = n - n % LANES;
+        let mut d = LANES;
+        while d < full {
+            for (a, &v) in acc.iter_mut().zip(&x[d..d + LANES]) {
+                *a = f(*a, v);
+            }
+            d += LANES;
+        }
+        // Masked tail: only the first n - d lanes take the new values.
+        for (a, &v) in acc.iter_mut().zip(&x[d..]) {
+            *a = f(*a, v);
+        }
+        let v = acc;
+        f(
+            f(f(v[0], v[4]), f(v[2], v[6])),
+            f(f(v[1], v[5]), f(v[3], v[7])),
+        )
+    }
+    (reduce(x, vmin), reduce(x, vmax))
 }
 
 /// `std::nexttoward(float v, target)` for `target = ±FLT_MAX`.
@@ -1073,6 +1128,17 @@ mod tests {
             assert_eq!(v[0], a);
             assert_eq!(v[32768], b);
             assert!(v.windows(2).all(|w| w[0] <= w[1]));
+        }
+    }
+
+    #[test]
+    fn aminmax_values_are_the_extremes() {
+        for n in [1usize, 2, 7, 8, 9, 15, 16, 17, 1000] {
+            let x = rand_vec(n as u64, n, 5.0);
+            let (lo, hi) = aminmax(&x);
+            let want_lo = x.iter().fold(f32::INFINITY, |a, &b| a.min(b));
+            let want_hi = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            assert_eq!((lo, hi), (want_lo, want_hi), "n = {n}");
         }
     }
 
