@@ -14,6 +14,7 @@
 pub mod check;
 pub mod engine;
 pub mod error;
+pub mod explain;
 pub mod flow;
 pub mod golden;
 #[allow(unsafe_code)]
@@ -22,6 +23,7 @@ pub mod observer;
 pub mod ops;
 pub mod qparams;
 pub mod quantize;
+pub mod repro;
 pub mod requant;
 pub mod tensor;
 

@@ -31,6 +31,32 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         max_failures: usize,
     },
+    /// What each convert flow does with an engine's default qconfig (ranges, kernels, requant).
+    Explain {
+        /// fbgemm, x86, qnnpack or onednn.
+        #[arg(long)]
+        engine: String,
+        /// Explain the QAT qconfig (get_default_qat_qconfig) instead of PTQ.
+        #[arg(long)]
+        qat: bool,
+        /// vnni or avx2 (default: this CPU's).
+        #[arg(long)]
+        isa: Option<String>,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a standalone PyTorch script that rebuilds a case and compares its outputs.
+    Repro {
+        /// The case file.
+        case: PathBuf,
+        /// Output script (default: stdout).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Overwrite an existing output file.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() {
@@ -52,6 +78,39 @@ fn run(cli: Cli) -> Result<i32> {
             json,
             max_failures,
         } => cmd_check(paths, json, max_failures),
+        Cmd::Explain {
+            engine,
+            qat,
+            isa,
+            json,
+        } => {
+            let engine = qparity::engine::Engine::from_name(&engine)?;
+            let isa = match isa {
+                Some(i) => qparity::engine::Isa::from_name(&i)?,
+                None => qparity::explain::host_isa(),
+            };
+            let e = qparity::explain::explain(engine, qat, isa)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&e)?);
+            } else {
+                print!("{}", qparity::explain::render(&e));
+            }
+            Ok(0)
+        }
+        Cmd::Repro {
+            case,
+            output,
+            force,
+        } => {
+            match output {
+                Some(o) => {
+                    qparity::repro::write_repro(&case, &o, force)?;
+                    eprintln!("wrote {}", o.display());
+                }
+                None => print!("{}", qparity::repro::repro_string(&case)?),
+            }
+            Ok(0)
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod difflive;
 mod golden;
 
 #[derive(Parser)]
@@ -22,6 +23,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Stream random quantized::linear cases to PyTorch and the reference engine; save disagreements.
+    DiffLive {
+        #[arg(long, default_value_t = 1000)]
+        cases: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value = "target/diff-live")]
+        out: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,5 +41,25 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Golden(args) => golden::run(args),
         Cmd::Bench { json } => bench::run(json),
+        Cmd::DiffLive {
+            cases,
+            seed,
+            out,
+            json,
+        } => {
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("xtask lives in the workspace root")
+                .to_path_buf();
+            difflive::run(
+                &root,
+                difflive::Opts {
+                    cases,
+                    seed,
+                    out,
+                    json,
+                },
+            )
+        }
     }
 }

@@ -1,0 +1,495 @@
+//! `qparity explain`: what each FX convert flow does with an engine's default qconfig.
+//!
+//! The only hand-written data here is the default qconfig table (what `get_default_qconfig` /
+//! `get_default_qat_qconfig` in `torch/ao/quantization/qconfig.py` instantiate, NUMERICS.md
+//! §4.4–4.5). Everything else (quant ranges, where `reduce_range` survives, kernel paths,
+//! accumulation, bias handling and requantization) is computed from the functions the reference
+//! engine itself runs: [`calculate_qmin_qmax`], [`Flow::keeps_quant_range`], [`linear_path`],
+//! [`conv_path`] and [`KernelPath::accumulation`].
+
+use crate::engine::{conv_path, linear_path, Engine, Isa, KernelPath};
+use crate::flow::Flow;
+use crate::kernels::Accumulation;
+use crate::ops::Conv2dParams;
+use crate::qparams::{calculate_qmin_qmax, QDType, QScheme, QuantRange};
+use crate::Result;
+use serde::Serialize;
+use std::fmt::Write as _;
+
+/// One observer (or fake-quant) of a default qconfig, as `qconfig.py` builds it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ObserverSpec {
+    /// Observer class.
+    pub class: &'static str,
+    /// Fake-quant wrapper class (QAT only).
+    pub fake_quant: Option<&'static str>,
+    pub dtype: QDType,
+    pub qscheme: QScheme,
+    /// `quant_min` / `quant_max` passed explicitly (`None` = not passed).
+    pub quant_min: Option<i64>,
+    pub quant_max: Option<i64>,
+    pub reduce_range: bool,
+}
+
+impl ObserverSpec {
+    /// The range the observer uses to choose scale / zero point.
+    pub fn range(&self) -> Result<QuantRange> {
+        calculate_qmin_qmax(
+            self.quant_min,
+            self.quant_max,
+            self.dtype,
+            self.reduce_range,
+        )
+    }
+}
+
+/// The default qconfig of an engine (`qconfig.py`, torch 2.x; NUMERICS.md §4.5).
+#[derive(Debug, Clone, Serialize)]
+pub struct DefaultQConfig {
+    /// The Python call that returns it.
+    pub call: String,
+    pub activation: ObserverSpec,
+    pub weight: ObserverSpec,
+}
+
+/// `get_default_qconfig(engine)` (PTQ) or `get_default_qat_qconfig(engine)` (QAT, version 1).
+pub fn default_qconfig(engine: Engine, qat: bool) -> DefaultQConfig {
+    // Which engines ask for reduce_range / per-channel weights (qconfig.py).
+    let reduce_range = matches!(engine, Engine::Fbgemm | Engine::X86);
+    let per_channel = !matches!(engine, Engine::Qnnpack);
+    let weight_qscheme = if per_channel {
+        QScheme::PerChannelSymmetric
+    } else {
+        QScheme::PerTensorSymmetric
+    };
+    if qat {
+        DefaultQConfig {
+            call: format!("get_default_qat_qconfig({:?})", engine.name()),
+            activation: ObserverSpec {
+                class: "MovingAverageMinMaxObserver",
+                fake_quant: Some("FusedMovingAvgObsFakeQuantize"),
+                dtype: QDType::Quint8,
+                qscheme: QScheme::PerTensorAffine,
+                quant_min: Some(0),
+                quant_max: Some(255),
+                reduce_range,
+            },
+            weight: ObserverSpec {
+                class: if per_channel {
+                    "MovingAveragePerChannelMinMaxObserver"
+                } else {
+                    "MovingAverageMinMaxObserver"
+                },
+                fake_quant: Some("FusedMovingAvgObsFakeQuantize"),
+                dtype: QDType::Qint8,
+                qscheme: weight_qscheme,
+                quant_min: Some(-128),
+                quant_max: Some(127),
+                reduce_range: false,
+            },
+        }
+    } else {
+        DefaultQConfig {
+            call: format!("get_default_qconfig({:?})", engine.name()),
+            activation: ObserverSpec {
+                class: "HistogramObserver",
+                fake_quant: None,
+                dtype: QDType::Quint8,
+                qscheme: QScheme::PerTensorAffine,
+                quant_min: None,
+                quant_max: None,
+                reduce_range,
+            },
+            weight: ObserverSpec {
+                class: if per_channel {
+                    "PerChannelMinMaxObserver"
+                } else {
+                    "MinMaxObserver"
+                },
+                fake_quant: None,
+                dtype: QDType::Qint8,
+                qscheme: weight_qscheme,
+                quant_min: None,
+                quant_max: None,
+                reduce_range: false,
+            },
+        }
+    }
+}
+
+/// What one convert flow does at inference.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowRow {
+    pub flow: &'static str,
+    /// Clamp limits of the activation quantize nodes at inference.
+    pub inference_range: [i64; 2],
+    /// Where `reduce_range` is still visible at inference.
+    pub reduce_range_survives_in: &'static str,
+    /// What computes the layer: an integer kernel or a float op on dequantized values.
+    pub compute: String,
+    /// Whether int16 pair saturation can change results in this flow (linear, conv).
+    pub int16_saturation: [bool; 2],
+}
+
+/// The kernel path of one layer shape.
+#[derive(Debug, Clone, Serialize)]
+pub struct PathRow {
+    pub layer: String,
+    pub path: &'static str,
+    pub accumulation: &'static str,
+    pub bias: String,
+    pub requant: String,
+    /// Why this path (for conv under x86).
+    pub rule: String,
+}
+
+/// The whole explanation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    pub engine: &'static str,
+    pub mode: &'static str,
+    pub isa: &'static str,
+    pub qconfig: DefaultQConfig,
+    pub activation_range_at_calibration: [i64; 2],
+    pub weight_range: [i64; 2],
+    pub weight_granularity: &'static str,
+    pub flows: Vec<FlowRow>,
+    pub kernels: Vec<PathRow>,
+    /// Smallest raw activation value for which a `vpmaddubsw` pair can saturate.
+    pub saturating_activation_min: i64,
+    pub notes: Vec<String>,
+}
+
+/// Smallest u8 activation `a` such that a pair `a·w + a·w` with int8 weights leaves int16.
+fn saturation_threshold() -> i64 {
+    (0..=255i64)
+        .find(|&a| {
+            let hi = 2 * a * 127;
+            let lo = 2 * a * -128;
+            hi > i16::MAX as i64 || lo < i16::MIN as i64
+        })
+        .unwrap_or(256)
+}
+
+fn accumulation_name(a: Accumulation) -> &'static str {
+    match a {
+        Accumulation::Exact => "exact int32 (vpdpbusd / int16 madd of zp-shifted operands)",
+        Accumulation::PairSaturatingI16 => {
+            "pairwise int16 saturating (vpmaddubsw + vpmaddwd on raw u8 x s8)"
+        }
+    }
+}
+
+fn bias_rule(path: KernelPath, per_channel: bool) -> String {
+    if path.uses_fbgemm_requant() {
+        let base = if per_channel {
+            "float bias; bterm[j] = f32(bias[j] / atws[j]) (division, per-channel)"
+        } else {
+            "float bias; bterm = f32(bias * f32(1.0/(double)atws)) (reciprocal, per-tensor)"
+        };
+        if path.requant_order_unknown() {
+            format!("{base}; oneDNN's internal order unconfirmed")
+        } else {
+            base.to_string()
+        }
+    } else {
+        "int32 bias: bq = clamp(RNE(f32(bias * f32(1/f32(w_s*in_s)))), int32)".to_string()
+    }
+}
+
+fn requant_rule(path: KernelPath) -> String {
+    if path.uses_fbgemm_requant() {
+        "atws = f32(s_x*w_s); mult = f32(atws/s_y); q = clamp(RNE(f32(f32(f32(raw)+bterm)*mult)) + zp_y, relu?zp_y:0, 255)".into()
+    } else {
+        "req = f32(f32(w_s*s_x) * f32(1/s_y)); q = clamp(RNE(f32(f32(acc+bq)*req)) + zp_y, relu?zp_y:0, 255)".into()
+    }
+}
+
+/// The CPU's ISA as FBGEMM would pick it.
+pub fn host_isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512vnni") {
+            return Isa::Vnni;
+        }
+    }
+    Isa::Avx2
+}
+
+/// Builds the explanation for an engine, mode and ISA.
+pub fn explain(engine: Engine, qat: bool, isa: Isa) -> Result<Explanation> {
+    let qc = default_qconfig(engine, qat);
+    let calib = qc.activation.range()?;
+    let wr = qc.weight.range()?;
+    let full = qc.activation.dtype.full_range();
+    let per_channel = qc.weight.qscheme.is_per_channel();
+    let w_sym = qc.weight.qscheme.is_symmetric();
+    let threshold = saturation_threshold();
+
+    // Layer shapes: the user story's conv, a depthwise conv, and a linear.
+    let conv = |ic, oc, g, k, pad| Conv2dParams {
+        in_channels: ic,
+        out_channels: oc,
+        kernel_size: [k, k],
+        stride: [1, 1],
+        padding: [pad, pad],
+        dilation: [1, 1],
+        groups: g,
+    };
+    let shapes: Vec<(String, Option<Conv2dParams>)> = vec![
+        ("linear".into(), None),
+        (
+            "conv2d 3->5, 3x3, groups=1".into(),
+            Some(conv(3, 5, 1, 3, 0)),
+        ),
+        (
+            "conv2d depthwise 16ch, 3x3, pad 1".into(),
+            Some(conv(16, 16, 16, 3, 1)),
+        ),
+    ];
+    let vnni = isa == Isa::Vnni;
+    let mut kernels = Vec::new();
+    for (name, p) in &shapes {
+        let path = match p {
+            None => linear_path(engine),
+            Some(p) => conv_path(engine, p, w_sym, vnni),
+        };
+        let rule =
+            match (engine, p) {
+                (Engine::X86, Some(p)) => {
+                    let onednn_if = conv_path(engine, p, true, true) == KernelPath::Onednn;
+                    format!(
+                    "x86 conv: oneDNN iff Linux + AVX512-VNNI + groups<=100 + symmetric weights, \
+                     else FBGEMM ConvFastPath; shape+weights {}, VNNI {}",
+                    if onednn_if { "qualify" } else { "do not qualify" },
+                    if vnni { "yes" } else { "no" }
+                )
+                }
+                (Engine::X86 | Engine::Fbgemm, None) => {
+                    "quantized::linear under fbgemm and x86 always uses FBGEMM".into()
+                }
+                (Engine::Fbgemm, Some(_)) => {
+                    "FBGEMM ConvFastPath (depthwise/groupwise/im2col)".into()
+                }
+                _ => format!("engine {} always uses {}", engine.name(), path.name()),
+            };
+        kernels.push(PathRow {
+            layer: name.clone(),
+            path: path.name(),
+            accumulation: accumulation_name(path.accumulation(isa)),
+            bias: bias_rule(path, per_channel),
+            requant: requant_rule(path),
+            rule,
+        });
+    }
+
+    let mut flows = Vec::new();
+    for flow in Flow::ALL {
+        let inf = if flow.keeps_quant_range() {
+            (calib.quant_min, calib.quant_max)
+        } else {
+            full
+        };
+        let reduced = (calib.quant_min, calib.quant_max) != full;
+        let survives = match (reduced, flow.keeps_quant_range()) {
+            (false, _) => "nowhere (no reduce_range in this qconfig)",
+            (true, true) => "scale/zero point and the quantize clamp",
+            (true, false) => "scale/zero point only (clamp is the dtype's 0..255)",
+        };
+        let integer = flow == Flow::ConvertFx;
+        let sat = |p: Option<&Conv2dParams>| {
+            let path = match p {
+                None => linear_path(engine),
+                Some(p) => conv_path(engine, p, w_sym, vnni),
+            };
+            integer
+                && path.accumulation(isa) == Accumulation::PairSaturatingI16
+                && inf.1 >= threshold
+        };
+        let lin_sat = sat(None);
+        let conv_sat = sat(shapes[1].1.as_ref()) || sat(shapes[2].1.as_ref());
+        flows.push(FlowRow {
+            flow: flow.name(),
+            inference_range: [inf.0, inf.1],
+            reduce_range_survives_in: survives,
+            compute: if integer {
+                "quantized::linear / quantized::conv2d (integer kernel, see paths)".into()
+            } else {
+                "dequantize -> f32 linear/conv with fake-quantized weights -> quantize".into()
+            },
+            int16_saturation: [lin_sat, conv_sat],
+        });
+    }
+
+    let mut notes = Vec::new();
+    let reduced = (calib.quant_min, calib.quant_max) != full;
+    if reduced {
+        notes.push(format!(
+            "reduce_range picks scale/zp for {}..{}, but convert_fx and convert_to_reference_fx \
+             clamp to {}..{}: inputs beyond the calibration range quantize above {}. Simulating \
+             those flows with clamp {}..{} mismatches.",
+            calib.quant_min,
+            calib.quant_max,
+            full.0,
+            full.1,
+            calib.quant_max,
+            calib.quant_min,
+            calib.quant_max
+        ));
+    }
+    if flows.iter().any(|f| f.int16_saturation.iter().any(|&s| s)) {
+        notes.push(format!(
+            "int16 saturation: on {} a vpmaddubsw pair a0*w0 + a1*w1 leaves int16 once raw \
+             activations reach {} (> {}); convert_fx clamps to 0..255, so inputs beyond the \
+             calibration range get there and results depend on the ISA.",
+            isa.name(),
+            threshold,
+            threshold - 1
+        ));
+    } else {
+        notes.push(format!(
+            "no int16 saturation on {} for the integer kernels shown",
+            isa.name()
+        ));
+    }
+
+    Ok(Explanation {
+        engine: engine.name(),
+        mode: if qat { "qat" } else { "ptq" },
+        isa: isa.name(),
+        activation_range_at_calibration: [calib.quant_min, calib.quant_max],
+        weight_range: [wr.quant_min, wr.quant_max],
+        weight_granularity: if per_channel {
+            "per-channel (axis 0), symmetric"
+        } else {
+            "per-tensor, symmetric"
+        },
+        qconfig: qc,
+        flows,
+        kernels,
+        saturating_activation_min: threshold,
+        notes,
+    })
+}
+
+fn obs_line(o: &ObserverSpec) -> String {
+    let mut s = String::new();
+    if let Some(fq) = o.fake_quant {
+        let _ = write!(s, "{fq}(observer={}", o.class);
+    } else {
+        let _ = write!(s, "{}(", o.class);
+    }
+    let _ = write!(s, " dtype={} qscheme={}", o.dtype.name(), o.qscheme.name());
+    if let (Some(a), Some(b)) = (o.quant_min, o.quant_max) {
+        let _ = write!(s, " quant_min={a} quant_max={b}");
+    }
+    let _ = write!(s, " reduce_range={})", o.reduce_range);
+    s
+}
+
+/// Renders the explanation as a one-screen text table.
+pub fn render(e: &Explanation) -> String {
+    let mut s = String::new();
+    let yn = |b: bool| if b { "YES" } else { "no" };
+    let _ = writeln!(
+        s,
+        "engine {}  mode {}  isa {}   qconfig = {}",
+        e.engine, e.mode, e.isa, e.qconfig.call
+    );
+    let _ = writeln!(s, "  activation: {}", obs_line(&e.qconfig.activation));
+    let _ = writeln!(s, "  weight:     {}", obs_line(&e.qconfig.weight));
+    let _ = writeln!(
+        s,
+        "  calibration range: activations {}..{}, weights {}..{} ({})",
+        e.activation_range_at_calibration[0],
+        e.activation_range_at_calibration[1],
+        e.weight_range[0],
+        e.weight_range[1],
+        e.weight_granularity
+    );
+    let _ = writeln!(
+        s,
+        "\n{:<36} {:>9}  {:<50} {:>8} {:>6}",
+        "flow", "clamp", "reduce_range survives in", "sat lin", "conv"
+    );
+    for f in &e.flows {
+        let _ = writeln!(
+            s,
+            "{:<36} {:>9}  {:<50} {:>8} {:>6}",
+            f.flow,
+            format!("{}..{}", f.inference_range[0], f.inference_range[1]),
+            f.reduce_range_survives_in,
+            yn(f.int16_saturation[0]),
+            yn(f.int16_saturation[1])
+        );
+        let _ = writeln!(s, "{:<36} computes: {}", "", f.compute);
+    }
+    let _ = writeln!(s, "\nconvert_fx kernels on {}:", e.isa);
+    for k in &e.kernels {
+        let _ = writeln!(s, "  {:<34} -> {}: {}", k.layer, k.path, k.accumulation);
+        let _ = writeln!(s, "  {:<34}    why:     {}", "", k.rule);
+        let _ = writeln!(s, "  {:<34}    bias:    {}", "", k.bias);
+    }
+    let mut seen = Vec::new();
+    for k in &e.kernels {
+        if !seen.contains(&k.requant) {
+            let _ = writeln!(s, "  requant ({}): {}", k.path, k.requant);
+            seen.push(k.requant.clone());
+        }
+    }
+    let _ = writeln!(s);
+    for n in &e.notes {
+        let _ = writeln!(s, "* {n}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn x86_reduce_range_only_clamps_in_decomposed_flow() {
+        let e = explain(Engine::X86, true, Isa::Avx2).unwrap();
+        assert_eq!(e.activation_range_at_calibration, [0, 127]);
+        let by = |n: &str| e.flows.iter().find(|f| f.flow == n).unwrap().clone();
+        assert_eq!(by("convert_fx").inference_range, [0, 255]);
+        assert_eq!(by("convert_to_reference_fx").inference_range, [0, 255]);
+        assert_eq!(
+            by("_convert_to_reference_decomposed_fx").inference_range,
+            [0, 127]
+        );
+        // AVX2: FBGEMM pairs saturate in the integer flow only.
+        assert_eq!(by("convert_fx").int16_saturation, [true, true]);
+        assert_eq!(
+            by("convert_to_reference_fx").int16_saturation,
+            [false, false]
+        );
+        assert_eq!(e.saturating_activation_min, 129);
+        assert_eq!(e.weight_granularity, "per-channel (axis 0), symmetric");
+    }
+
+    #[test]
+    fn qnnpack_is_full_range_per_tensor_int32_bias_no_saturation() {
+        let e = explain(Engine::Qnnpack, false, Isa::Avx2).unwrap();
+        assert_eq!(e.activation_range_at_calibration, [0, 255]);
+        assert!(e.flows.iter().all(|f| f.int16_saturation == [false, false]));
+        assert!(e.kernels.iter().all(|k| k.path == "qnnpack"));
+        assert!(e.kernels[0].bias.starts_with("int32 bias"));
+        assert_eq!(e.weight_granularity, "per-tensor, symmetric");
+    }
+
+    #[test]
+    fn vnni_linear_is_exact_but_depthwise_still_saturates() {
+        let e = explain(Engine::Fbgemm, false, Isa::Vnni).unwrap();
+        assert!(e.kernels[0].accumulation.starts_with("exact"));
+        assert_eq!(e.kernels[2].path, "fbgemm-depthwise");
+        assert!(e.kernels[2].accumulation.starts_with("pairwise"));
+        let cfx = &e.flows[0];
+        assert_eq!(cfx.int16_saturation, [false, true]);
+        // x86 on VNNI runs the regular conv through oneDNN (symmetric per-channel weights).
+        let x = explain(Engine::X86, false, Isa::Vnni).unwrap();
+        assert_eq!(x.kernels[1].path, "onednn");
+        assert_eq!(x.kernels[0].path, "fbgemm-gemm");
+    }
+}
