@@ -14,7 +14,11 @@ fn golden_dir() -> &'static Path {
 fn manifest_matches_every_golden_file() {
     let m = Manifest::load(golden_dir()).expect("golden/MANIFEST.json loads");
     let problems = m.verify(golden_dir()).expect("golden/ readable");
-    assert!(problems.is_empty(), "golden/ does not match its manifest:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "golden/ does not match its manifest:\n{}",
+        problems.join("\n")
+    );
     assert!(m.cases >= 300, "only {} cases", m.cases);
 }
 
@@ -24,17 +28,28 @@ fn edited_golden_file_is_caught_by_the_manifest() {
     let m = Manifest::load(golden_dir()).unwrap();
     let (rel, _) = m.files.iter().next().unwrap();
     std::fs::create_dir_all(tmp.path().join(rel).parent().unwrap()).unwrap();
-    std::fs::copy(golden_dir().join("MANIFEST.json"), tmp.path().join("MANIFEST.json")).unwrap();
+    std::fs::copy(
+        golden_dir().join("MANIFEST.json"),
+        tmp.path().join("MANIFEST.json"),
+    )
+    .unwrap();
     let text = std::fs::read_to_string(golden_dir().join(rel)).unwrap();
     std::fs::write(tmp.path().join(rel), text.replacen('1', "2", 1)).unwrap();
     let problems = m.verify(tmp.path()).unwrap();
-    assert!(problems.iter().any(|p| p.contains(rel.as_str()) && p.contains("content changed")), "{problems:?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains(rel.as_str()) && p.contains("content changed")),
+        "{problems:?}"
+    );
 }
 
 #[test]
 fn reference_engine_reproduces_every_golden_case() {
     let m = Manifest::load(golden_dir()).unwrap();
-    let opts = CheckOptions { cpu_has_vnni: m.cpu_has_vnni() };
+    let opts = CheckOptions {
+        cpu_has_vnni: m.cpu_has_vnni(),
+    };
     let report = check_path(&golden_dir().join("cases"), &opts, |_, _| {}).unwrap();
     let failures: Vec<String> = report
         .cases
@@ -42,23 +57,50 @@ fn reference_engine_reproduces_every_golden_case() {
         .filter(|c| !c.passed)
         .map(|c| format!("{}: {:?} {:?}", c.id, c.error, c.first_mismatch))
         .collect();
-    assert!(failures.is_empty(), "{} failing cases:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failing cases:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     assert_eq!(report.passed, m.cases);
     assert_eq!(report.elements_mismatched, 0);
-    assert!(report.elements_exact > 1_000_000, "only {} exact elements", report.elements_exact);
+    assert!(
+        report.elements_exact > 1_000_000,
+        "only {} exact elements",
+        report.elements_exact
+    );
     let (amb, tot) = report.reference_ambiguity();
-    assert!(tot > 0 && (amb as f64) < 0.001 * tot as f64, "reference-flow ambiguity {amb}/{tot}");
+    assert!(
+        tot > 0 && (amb as f64) < 0.001 * tot as f64,
+        "reference-flow ambiguity {amb}/{tot}"
+    );
 }
 
 #[test]
 fn malformed_case_is_a_failed_result_not_a_panic() {
     let tmp = tempfile::tempdir().unwrap();
     let bad = [
-        ("truncated.json", "{\"format\": \"qparity-golden/1\", \"id\""),
-        ("unknown_engine.json", r#"{"format":"qparity-golden/1","id":"x","kind":"model","engine":"tpu","mode":"ptq","input_shape":[1,2],"layers":[],"qconfig":{"activation":{"class":"MinMaxObserver"},"weight":{"class":"MinMaxObserver"}},"calibration":[],"observers":[],"weights":[],"inputs":[],"flows":{}}"#),
-        ("zero_scale.json", r#"{"format":"qparity-golden/1","id":"z","kind":"primitive","op":"quantize_per_tensor","args":{"input":{"dtype":"f32","shape":[1],"hex":"3f800000"},"scale":0.0,"zero_point":0,"dtype":"quint8"},"expected":{"int_repr":{"dtype":"u8","shape":[1],"data":[0]}}}"#),
-        ("zp_range.json", r#"{"format":"qparity-golden/1","id":"z","kind":"primitive","op":"quantize_per_tensor","args":{"input":{"dtype":"f32","shape":[1],"hex":"3f800000"},"scale":0.1,"zero_point":300,"dtype":"quint8"},"expected":{"int_repr":{"dtype":"u8","shape":[1],"data":[0]}}}"#),
-        ("nan_scale.json", r#"{"format":"qparity-golden/1","id":"z","kind":"primitive","op":"dequantize_per_tensor","args":{"int_repr":{"dtype":"u8","shape":[1],"data":[3]},"scale":-1.0,"zero_point":0,"dtype":"quint8"},"expected":{"output":{"dtype":"f32","shape":[1],"hex":"00000000"}}}"#),
+        (
+            "truncated.json",
+            "{\"format\": \"qparity-golden/1\", \"id\"",
+        ),
+        (
+            "unknown_engine.json",
+            r#"{"format":"qparity-golden/1","id":"x","kind":"model","engine":"tpu","mode":"ptq","input_shape":[1,2],"layers":[],"qconfig":{"activation":{"class":"MinMaxObserver"},"weight":{"class":"MinMaxObserver"}},"calibration":[],"observers":[],"weights":[],"inputs":[],"flows":{}}"#,
+        ),
+        (
+            "zero_scale.json",
+            r#"{"format":"qparity-golden/1","id":"z","kind":"primitive","op":"quantize_per_tensor","args":{"input":{"dtype":"f32","shape":[1],"hex":"3f800000"},"scale":0.0,"zero_point":0,"dtype":"quint8"},"expected":{"int_repr":{"dtype":"u8","shape":[1],"data":[0]}}}"#,
+        ),
+        (
+            "zp_range.json",
+            r#"{"format":"qparity-golden/1","id":"z","kind":"primitive","op":"quantize_per_tensor","args":{"input":{"dtype":"f32","shape":[1],"hex":"3f800000"},"scale":0.1,"zero_point":300,"dtype":"quint8"},"expected":{"int_repr":{"dtype":"u8","shape":[1],"data":[0]}}}"#,
+        ),
+        (
+            "nan_scale.json",
+            r#"{"format":"qparity-golden/1","id":"z","kind":"primitive","op":"dequantize_per_tensor","args":{"int_repr":{"dtype":"u8","shape":[1],"data":[3]},"scale":-1.0,"zero_point":0,"dtype":"quint8"},"expected":{"output":{"dtype":"f32","shape":[1],"hex":"00000000"}}}"#,
+        ),
     ];
     for (name, text) in bad {
         std::fs::write(tmp.path().join(name), text).unwrap();

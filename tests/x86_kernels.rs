@@ -196,6 +196,7 @@ fn qnnpack_rule(n: usize, per_channel: bool, relu: bool, rng: &mut Rng, sy: f64)
 }
 
 /// Expected fused output: the scalar rule on `raw = Σ(a−a_zp)(b−b_zp)` computed by the reference.
+#[allow(clippy::too_many_arguments)]
 fn expected_linear(
     a: &[u8],
     m: usize,
