@@ -2,6 +2,8 @@
 
 use clap::{Parser, Subcommand};
 
+mod arm;
+
 #[derive(Parser)]
 #[command(name = "xtask", about = "qparity project automation")]
 struct Cli {
@@ -10,9 +12,14 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Cmd {}
+enum Cmd {
+    /// Cross-build for aarch64 and run the test suites under qemu (cortex-a53 and max CPUs).
+    ArmTest(arm::ArmTestArgs),
+}
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.cmd {}
+    match cli.cmd {
+        Cmd::ArmTest(a) => arm::run(a),
+    }
 }
