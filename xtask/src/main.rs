@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod arm;
 mod bench;
 mod difflive;
 mod golden;
@@ -17,6 +18,8 @@ struct Cli {
 enum Cmd {
     /// Capture goldens from PyTorch into golden/ (or --out), or --check the committed set.
     Golden(golden::Args),
+    /// Cross-build for aarch64 and run the test suites under qemu (cortex-a53 and max CPUs).
+    ArmTest(arm::ArmTestArgs),
     /// Benchmark the x86 kernels against PyTorch fbgemm (GOPS per shape).
     Bench {
         /// Print a JSON list instead of a table.
@@ -40,6 +43,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Golden(args) => golden::run(args),
+        Cmd::ArmTest(a) => arm::run(a),
         Cmd::Bench { json } => bench::run(json),
         Cmd::DiffLive {
             cases,
