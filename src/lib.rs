@@ -15,6 +15,7 @@ pub mod check;
 pub mod engine;
 pub mod error;
 pub mod flow;
+pub mod gen;
 pub mod golden;
 #[allow(unsafe_code)]
 pub mod kernels;

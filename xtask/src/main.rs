@@ -2,6 +2,8 @@
 
 use clap::{Parser, Subcommand};
 
+mod fuzz;
+
 #[derive(Parser)]
 #[command(name = "xtask", about = "qparity project automation")]
 struct Cli {
@@ -10,9 +12,14 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Cmd {}
+enum Cmd {
+    /// Run every cargo-fuzz target for N seconds and report execs/s, corpus size, crashes.
+    Fuzz(fuzz::FuzzArgs),
+}
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.cmd {}
+    match cli.cmd {
+        Cmd::Fuzz(args) => fuzz::run(args),
+    }
 }
