@@ -16,6 +16,7 @@ pub mod engine;
 pub mod error;
 pub mod explain;
 pub mod flow;
+pub mod gen;
 pub mod golden;
 #[allow(unsafe_code)]
 pub mod kernels;

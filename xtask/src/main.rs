@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod arm;
 mod bench;
 mod difflive;
+mod fuzz;
 mod golden;
 
 #[derive(Parser)]
@@ -26,6 +27,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Run every cargo-fuzz target for N seconds and report execs/s, corpus size and crashes.
+    Fuzz(fuzz::FuzzArgs),
     /// Stream random quantized::linear cases to PyTorch and the reference engine; save disagreements.
     DiffLive {
         #[arg(long, default_value_t = 1000)]
@@ -45,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Golden(args) => golden::run(args),
         Cmd::ArmTest(a) => arm::run(a),
         Cmd::Bench { json } => bench::run(json),
+        Cmd::Fuzz(args) => fuzz::run(args),
         Cmd::DiffLive {
             cases,
             seed,
