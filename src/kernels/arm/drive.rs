@@ -66,10 +66,8 @@ impl Epilogue {
         let mut mul = vec![0f32; len];
         let (qnnpack, zp, relu) = match rule {
             Requant::Qnnpack(q) => {
-                for j in 0..n {
-                    add_i[j] = q.bias_q[j0 + j];
-                    mul[j] = q.scale[j0 + j];
-                }
+                add_i[..n].copy_from_slice(&q.bias_q[j0..j0 + n]);
+                mul[..n].copy_from_slice(&q.scale[j0..j0 + n]);
                 (true, q.out_zero_point, q.relu)
             }
             Requant::Fbgemm(f) => {
