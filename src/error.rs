@@ -20,11 +20,10 @@ pub enum Error {
         why: String,
     },
     /// I/O error with the path involved.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 

@@ -56,6 +56,9 @@ enum Cmd {
         /// Overwrite an existing output file.
         #[arg(long)]
         force: bool,
+        /// Print one JSON object ({case, output, script}) instead of the bare script.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -101,13 +104,26 @@ fn run(cli: Cli) -> Result<i32> {
             case,
             output,
             force,
+            json,
         } => {
-            match output {
+            let script = match &output {
                 Some(o) => {
-                    qparity::repro::write_repro(&case, &o, force)?;
-                    eprintln!("wrote {}", o.display());
+                    qparity::repro::write_repro(&case, o, force)?;
+                    None
                 }
-                None => print!("{}", qparity::repro::repro_string(&case)?),
+                None => Some(qparity::repro::repro_string(&case)?),
+            };
+            if json {
+                let v = serde_json::json!({
+                    "case": case.display().to_string(),
+                    "output": output.as_ref().map(|o| o.display().to_string()),
+                    "script": script,
+                });
+                println!("{v}");
+            } else if let Some(s) = script {
+                print!("{s}");
+            } else if let Some(o) = output {
+                eprintln!("wrote {}", o.display());
             }
             Ok(0)
         }

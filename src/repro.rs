@@ -247,9 +247,9 @@ pub fn script_for(case: &Case, json_text: &str) -> Result<String> {
 /// Loads a case file and writes its script to `out` (refusing to overwrite without `force`).
 pub fn write_repro(case_path: &Path, out: &Path, force: bool) -> Result<()> {
     let case = load_case(case_path)?;
-    let text = std::fs::read_to_string(case_path).map_err(|source| Error::Io {
+    let text = std::fs::read_to_string(case_path).map_err(|error| Error::Io {
         path: case_path.to_path_buf(),
-        source,
+        error,
     })?;
     let script = script_for(&case, &text)?;
     if out.exists() && !force {
@@ -261,18 +261,18 @@ pub fn write_repro(case_path: &Path, out: &Path, force: bool) -> Result<()> {
             ),
         ));
     }
-    std::fs::write(out, script).map_err(|source| Error::Io {
+    std::fs::write(out, script).map_err(|error| Error::Io {
         path: out.to_path_buf(),
-        source,
+        error,
     })
 }
 
 /// The script for a case file, as a string.
 pub fn repro_string(case_path: &Path) -> Result<String> {
     let case = load_case(case_path)?;
-    let text = std::fs::read_to_string(case_path).map_err(|source| Error::Io {
+    let text = std::fs::read_to_string(case_path).map_err(|error| Error::Io {
         path: case_path.to_path_buf(),
-        source,
+        error,
     })?;
     script_for(&case, &text)
 }

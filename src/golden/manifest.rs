@@ -30,9 +30,9 @@ impl Manifest {
     /// Reads `dir/MANIFEST.json`.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("MANIFEST.json");
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+        let text = std::fs::read_to_string(&path).map_err(|error| Error::Io {
             path: path.clone(),
-            source,
+            error,
         })?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Case {
             path: path.clone(),

@@ -282,9 +282,9 @@ pub fn parse_case(path: &Path, text: &str) -> Result<Case> {
 
 /// Reads and parses one case file.
 pub fn load_case(path: &Path) -> Result<Case> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+    let text = std::fs::read_to_string(path).map_err(|error| Error::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     parse_case(path, &text)
 }
@@ -292,9 +292,9 @@ pub fn load_case(path: &Path) -> Result<Case> {
 /// Every case file under `path` (a file, or a directory searched recursively for `*.json` other
 /// than `MANIFEST.json`), sorted.
 pub fn case_files(path: &Path) -> Result<Vec<PathBuf>> {
-    let meta = std::fs::metadata(path).map_err(|source| Error::Io {
+    let meta = std::fs::metadata(path).map_err(|error| Error::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     if meta.is_file() {
         return Ok(vec![path.to_path_buf()]);
@@ -302,14 +302,14 @@ pub fn case_files(path: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut stack = vec![path.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let rd = std::fs::read_dir(&dir).map_err(|source| Error::Io {
+        let rd = std::fs::read_dir(&dir).map_err(|error| Error::Io {
             path: dir.clone(),
-            source,
+            error,
         })?;
         for entry in rd {
-            let entry = entry.map_err(|source| Error::Io {
+            let entry = entry.map_err(|error| Error::Io {
                 path: dir.clone(),
-                source,
+                error,
             })?;
             let p = entry.path();
             if p.is_dir() {
