@@ -378,6 +378,57 @@ struct QArgs {
     quant_max: Option<i64>,
 }
 
+/// Validated per-channel arguments: scales (as f64, plus the dtype PyTorch got), zero points and
+/// an axis inside the tensor, one scale and zero point per channel.
+struct ChannelArgs<'a> {
+    scales: Vec<f64>,
+    scales_dtype: crate::tensor::DType,
+    zero_points: &'a [i64],
+    axis: usize,
+    channels: usize,
+}
+
+fn channel_args<'a>(case: &Case, a: &'a QArgs, shape: &[usize]) -> Result<ChannelArgs<'a>> {
+    let st = a
+        .scales
+        .as_ref()
+        .ok_or_else(|| field_err(case, "args.scales", "missing"))?;
+    let zt = a
+        .zero_points
+        .as_ref()
+        .ok_or_else(|| field_err(case, "args.zero_points", "missing"))?;
+    let zero_points = ints(case, "args.zero_points", zt)?;
+    let axis = a
+        .axis
+        .ok_or_else(|| field_err(case, "args.axis", "missing"))?;
+    let channels = *shape.get(axis).ok_or_else(|| {
+        field_err(
+            case,
+            "args.axis",
+            format!("axis {axis} outside shape {shape:?}"),
+        )
+    })?;
+    let scales = st.to_f64_vec();
+    if scales.len() != channels || zero_points.len() != channels {
+        return Err(field_err(
+            case,
+            "args.scales",
+            format!(
+                "{} scales / {} zero points for {channels} channels",
+                scales.len(),
+                zero_points.len()
+            ),
+        ));
+    }
+    Ok(ChannelArgs {
+        scales,
+        scales_dtype: st.dtype,
+        zero_points,
+        axis,
+        channels,
+    })
+}
+
 fn channel_index(shape: &[usize], axis: usize) -> impl Fn(usize) -> usize {
     let inner: usize = shape
         .get(axis + 1..)
@@ -436,37 +487,14 @@ fn check_primitive(case: &Case, p: &PrimitiveCase, rec: &mut Recorder) -> Result
             let x = need(case, a.input.as_ref(), "input")?;
             let xs = f32s(case, "args.input", x)?;
             let dt = dtype(&a.dtype)?;
-            let scales = need(case, a.scales.as_ref(), "scales")?.to_f64_vec();
-            let zps = ints(
-                case,
-                "args.zero_points",
-                need(case, a.zero_points.as_ref(), "zero_points")?,
-            )?;
-            let axis = a
-                .axis
-                .ok_or_else(|| field_err(case, "args.axis", "missing"))?;
-            let ch = x
-                .shape
-                .get(axis)
-                .copied()
-                .ok_or_else(|| field_err(case, "args.axis", "outside the input's dims"))?;
-            if scales.len() != ch || zps.len() != ch {
-                return Err(field_err(
-                    case,
-                    "args.scales",
-                    format!(
-                        "{} scales / {} zero points for {ch} channels",
-                        scales.len(),
-                        zps.len()
-                    ),
-                ));
-            }
+            let pc = channel_args(case, &a, &x.shape)?;
+            let (scales, zps, axis, ch) = (&pc.scales, pc.zero_points, pc.axis, pc.channels);
             let (lo, hi) = dt.full_range();
             for c in 0..ch {
                 check_scale(scales[c], zps[c], lo, hi)?;
             }
             let ours =
-                aten::quantize_per_channel(xs, &scales, zps, channel_index(&x.shape, axis), dt);
+                aten::quantize_per_channel(xs, scales, zps, channel_index(&x.shape, axis), dt);
             let exp = exp_t("int_repr")?;
             rec.ints(g, "int_repr", &ours, ints(case, "expected.int_repr", &exp)?);
         }
@@ -503,35 +531,16 @@ fn check_primitive(case: &Case, p: &PrimitiveCase, rec: &mut Recorder) -> Result
         "dequantize_per_channel" | "decomposed_dequantize_per_channel" => {
             let q = need(case, a.int_repr.as_ref().or(a.input.as_ref()), "int_repr")?;
             let qs = ints(case, "args.int_repr", q)?;
-            let st = need(case, a.scales.as_ref(), "scales")?;
-            let scales = st.to_f64_vec();
-            let zps = ints(
-                case,
-                "args.zero_points",
-                need(case, a.zero_points.as_ref(), "zero_points")?,
-            )?;
-            let axis = a
-                .axis
-                .ok_or_else(|| field_err(case, "args.axis", "missing"))?;
+            let pc = channel_args(case, &a, &q.shape)?;
+            let (scales, zps, axis, _) = (&pc.scales, pc.zero_points, pc.axis, pc.channels);
+            let st_dtype = pc.scales_dtype;
             let chf = channel_index(&q.shape, axis);
-            let ch = q.shape.get(axis).copied().unwrap_or(0);
-            if scales.len() != ch || zps.len() != ch {
-                return Err(field_err(
-                    case,
-                    "args.scales",
-                    format!(
-                        "{} scales / {} zero points for {ch} channels",
-                        scales.len(),
-                        zps.len()
-                    ),
-                ));
-            }
             let ours: Vec<f32> = qs
                 .iter()
                 .enumerate()
                 .map(|(i, &v)| {
                     let c = chf(i);
-                    match (g.starts_with("decomposed"), st.dtype) {
+                    match (g.starts_with("decomposed"), st_dtype) {
                         (true, crate::tensor::DType::F32) => {
                             decomposed::dequantize_f32_scale(v, scales[c] as f32, zps[c])
                         }
@@ -567,28 +576,9 @@ fn check_primitive(case: &Case, p: &PrimitiveCase, rec: &mut Recorder) -> Result
         "decomposed_quantize_per_channel" => {
             let x = need(case, a.input.as_ref(), "input")?;
             let xs = f32s(case, "args.input", x)?;
-            let st = need(case, a.scales.as_ref(), "scales")?;
-            let scales = st.to_f64_vec();
-            let zps = ints(
-                case,
-                "args.zero_points",
-                need(case, a.zero_points.as_ref(), "zero_points")?,
-            )?;
-            let axis = a
-                .axis
-                .ok_or_else(|| field_err(case, "args.axis", "missing"))?;
-            let ch = x.shape.get(axis).copied().unwrap_or(0);
-            if scales.len() != ch || zps.len() != ch {
-                return Err(field_err(
-                    case,
-                    "args.scales",
-                    format!(
-                        "{} scales / {} zero points for {ch} channels",
-                        scales.len(),
-                        zps.len()
-                    ),
-                ));
-            }
+            let pc = channel_args(case, &a, &x.shape)?;
+            let (scales, zps, axis, ch) = (&pc.scales, pc.zero_points, pc.axis, pc.channels);
+            let st_dtype = pc.scales_dtype;
             for c in 0..ch {
                 check_scale(scales[c], zps[c], i64::MIN, i64::MAX)?;
             }
@@ -602,7 +592,7 @@ fn check_primitive(case: &Case, p: &PrimitiveCase, rec: &mut Recorder) -> Result
                 .enumerate()
                 .map(|(i, &v)| {
                     let c = chf(i);
-                    if st.dtype == crate::tensor::DType::F32 {
+                    if st_dtype == crate::tensor::DType::F32 {
                         decomposed::quantize_f32_scale(v, scales[c] as f32, zps[c], lo, hi)
                     } else {
                         decomposed::quantize_f64_scale(v, scales[c], zps[c], lo, hi)
@@ -636,31 +626,12 @@ fn check_primitive(case: &Case, p: &PrimitiveCase, rec: &mut Recorder) -> Result
         "fake_quantize_per_channel_affine" => {
             let x = need(case, a.input.as_ref(), "input")?;
             let xs = f32s(case, "args.input", x)?;
-            let scales = need(case, a.scales.as_ref(), "scales")?.to_f64_vec();
-            let zps = ints(
-                case,
-                "args.zero_points",
-                need(case, a.zero_points.as_ref(), "zero_points")?,
-            )?;
-            let axis = a
-                .axis
-                .ok_or_else(|| field_err(case, "args.axis", "missing"))?;
+            let pc = channel_args(case, &a, &x.shape)?;
+            let (scales, zps, axis, ch) = (&pc.scales, pc.zero_points, pc.axis, pc.channels);
             let (lo, hi) = (
                 int(a.quant_min, "quant_min")?,
                 int(a.quant_max, "quant_max")?,
             );
-            let ch = x.shape.get(axis).copied().unwrap_or(0);
-            if scales.len() != ch || zps.len() != ch {
-                return Err(field_err(
-                    case,
-                    "args.scales",
-                    format!(
-                        "{} scales / {} zero points for {ch} channels",
-                        scales.len(),
-                        zps.len()
-                    ),
-                ));
-            }
             for c in 0..ch {
                 check_scale(scales[c], zps[c], lo, hi)?;
             }
