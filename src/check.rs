@@ -87,11 +87,17 @@ impl CaseResult {
 pub struct CheckOptions {
     /// The CPU that captured the goldens had AVX512-VNNI (from the manifest; default true).
     pub cpu_has_vnni: bool,
+    /// Name of a kernel from `kernels::available()` that runs every integer accumulation whose
+    /// model it implements (None: the reference kernel).
+    pub kernel: Option<&'static str>,
 }
 
 impl Default for CheckOptions {
     fn default() -> Self {
-        Self { cpu_has_vnni: true }
+        Self {
+            cpu_has_vnni: true,
+            kernel: None,
+        }
     }
 }
 
@@ -1122,6 +1128,17 @@ fn check_model(case: &Case, m: &ModelCase, opts: &CheckOptions, rec: &mut Record
         wi += 1;
     }
 
+    let kernel = match opts.kernel {
+        None => None,
+        Some(name) => Some(
+            crate::kernels::available()
+                .into_iter()
+                .find(|k| k.name() == name)
+                .ok_or_else(|| {
+                    Error::invalid("kernel", format!("{name} is not available on this CPU"))
+                })?,
+        ),
+    };
     // 3. Each flow, each run, stage by stage on PyTorch's recorded quantized activations.
     for (fname, fr) in &m.flows {
         let flow = Flow::from_name(fname)
@@ -1140,7 +1157,17 @@ fn check_model(case: &Case, m: &ModelCase, opts: &CheckOptions, rec: &mut Record
             ));
         }
         for (ri, run) in fr.runs.iter().enumerate() {
-            check_run(case, m, &stages, &ctx, fname, ri, run, rec)?;
+            check_run(
+                case,
+                m,
+                &stages,
+                &ctx,
+                kernel.as_deref(),
+                fname,
+                ri,
+                run,
+                rec,
+            )?;
         }
     }
     Ok(())
@@ -1167,6 +1194,7 @@ fn check_run(
     m: &ModelCase,
     stages: &[Stage],
     ctx: &StageCtx,
+    kernel: Option<&dyn crate::kernels::Int8Gemm>,
     fname: &str,
     ri: usize,
     run: &golden::RunRecord,
@@ -1292,7 +1320,7 @@ fn check_run(
                 };
                 let so = st
                     .layer
-                    .run(ctx, &inp, &out)
+                    .run_with_kernel(ctx, kernel, &inp, &out)
                     .map_err(|e| field_err(case, &field, e.to_string()))?;
                 if so.shape != got.shape {
                     return Err(field_err(

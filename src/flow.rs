@@ -348,15 +348,25 @@ impl QLayer {
     }
 
     /// Integer accumulators under an accumulation model (zero points folded in).
-    fn int_acc(&self, input: &QTensor, acc: Accumulation, pair_per_tap: bool) -> Result<Vec<i32>> {
-        let kernel = Reference::new(acc);
+    fn int_acc(
+        &self,
+        input: &QTensor,
+        acc: Accumulation,
+        pair_per_tap: bool,
+        with: Option<&dyn Int8Gemm>,
+    ) -> Result<Vec<i32>> {
+        let reference = Reference::new(acc);
+        let kernel: &dyn Int8Gemm = match with {
+            Some(k) if k.accumulation() == acc => k,
+            _ => &reference,
+        };
         let oc = self.out_channels();
         let w_zp: Vec<i32> = (0..oc).map(|j| self.weight.zp_of(j) as i32).collect();
         match self.op {
             LayerOp::Linear { in_features, .. } => {
                 let m = input.data.len() / in_features;
                 ops::linear_acc(
-                    &kernel,
+                    kernel,
                     &input.data,
                     m,
                     in_features,
@@ -376,7 +386,7 @@ impl QLayer {
                     &p,
                 );
                 Ok(ops::conv2d_acc(
-                    &kernel,
+                    kernel,
                     &inp,
                     &shape,
                     input.zero_point as i32,
@@ -387,7 +397,7 @@ impl QLayer {
                 .0)
             }
             LayerOp::Conv2d(p) => Ok(ops::conv2d_acc(
-                &kernel as &dyn Int8Gemm,
+                kernel,
                 &input.data,
                 &input.shape,
                 input.zero_point as i32,
@@ -451,6 +461,19 @@ impl QLayer {
 
     /// Runs the layer on a quantized input under a flow, predicting every output element.
     pub fn run(&self, ctx: &StageCtx, input: &QTensor, out: &OutQParams) -> Result<StageOut> {
+        self.run_with_kernel(ctx, None, input, out)
+    }
+
+    /// [`QLayer::run`] with the integer accumulation done by `kernel` wherever the path needs the
+    /// kernel's accumulation model (the reference kernel otherwise): runs golden models on the
+    /// optimized kernels.
+    pub fn run_with_kernel(
+        &self,
+        ctx: &StageCtx,
+        kernel: Option<&dyn Int8Gemm>,
+        input: &QTensor,
+        out: &OutQParams,
+    ) -> Result<StageOut> {
         let out_shape = self.validate(input)?;
         crate::qparams::validate_qparams(
             "output qparams",
@@ -463,14 +486,14 @@ impl QLayer {
             Flow::ConvertFx => {
                 let path = self.path(ctx);
                 let accm = self.accumulation(ctx, path);
-                let acc = self.int_acc(input, accm, path.pairs_per_tap())?;
+                let acc = self.int_acc(input, accm, path.pairs_per_tap(), kernel)?;
                 // oneDNN picks among several int8 conv implementations with rules qparity does not
                 // fully model; where pair saturation changes an accumulator, both are possible.
                 let alt = if path == KernelPath::Onednn
                     && accm == Accumulation::PairSaturatingI16
                     && matches!(self.op, LayerOp::Conv2d(_))
                 {
-                    Some(self.int_acc(input, Accumulation::Exact, false)?)
+                    Some(self.int_acc(input, Accumulation::Exact, false, kernel)?)
                 } else {
                     None
                 };
@@ -548,8 +571,8 @@ impl QLayer {
             Flow::ConvertFx => {
                 let path = self.path(ctx);
                 let accm = self.accumulation(ctx, path);
-                let acc = self.int_acc(input, accm, path.pairs_per_tap())?[i];
-                let exact = self.int_acc(input, Accumulation::Exact, false)?[i];
+                let acc = self.int_acc(input, accm, path.pairs_per_tap(), None)?[i];
+                let exact = self.int_acc(input, Accumulation::Exact, false, None)?[i];
                 let saturated_pair = if acc != exact {
                     self.first_saturation(input, i, &out_shape)
                 } else {

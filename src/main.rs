@@ -141,6 +141,7 @@ fn options_for(path: &Path) -> CheckOptions {
         if d.join("MANIFEST.json").is_file() {
             if let Ok(m) = Manifest::load(d) {
                 return CheckOptions {
+                    kernel: None,
                     cpu_has_vnni: m.cpu_has_vnni() || m.cpu_flags.is_empty(),
                 };
             }

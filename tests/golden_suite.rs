@@ -49,6 +49,7 @@ fn reference_engine_reproduces_every_golden_case() {
     let m = Manifest::load(golden_dir()).unwrap();
     let opts = CheckOptions {
         cpu_has_vnni: m.cpu_has_vnni(),
+        kernel: None,
     };
     let report = check_path(&golden_dir().join("cases"), &opts, |_, _| {}).unwrap();
     let failures: Vec<String> = report
@@ -111,5 +112,36 @@ fn malformed_case_is_a_failed_result_not_a_panic() {
         let e = c.error.as_deref().unwrap_or_default();
         assert!(!e.is_empty(), "{}: no error", c.path);
         assert!(e.contains(".json"), "error does not name the file: {e}");
+    }
+}
+
+/// Every optimized kernel on this CPU reproduces every golden convert_fx accumulation whose model
+/// it implements (the requantization around it is the reference rule).
+#[test]
+fn optimized_kernels_reproduce_the_goldens() {
+    let m = Manifest::load(golden_dir()).unwrap();
+    let kernels = qparity::kernels::available();
+    let names: Vec<&'static str> = kernels
+        .iter()
+        .map(|k| k.name())
+        .filter(|n| !n.starts_with("reference"))
+        .collect();
+    #[cfg(target_arch = "x86_64")]
+    assert!(
+        names.iter().any(|n| n.contains("avx2")),
+        "no optimized x86 kernel available: {names:?}"
+    );
+    for name in names {
+        let opts = CheckOptions {
+            cpu_has_vnni: m.cpu_has_vnni(),
+            kernel: Some(name),
+        };
+        let report = check_path(&golden_dir().join("cases"), &opts, |_, _| {}).unwrap();
+        assert_eq!(
+            report.failed, 0,
+            "kernel {name}: {} failing cases",
+            report.failed
+        );
+        assert_eq!(report.elements_mismatched, 0, "kernel {name}");
     }
 }
