@@ -417,6 +417,13 @@ mod tests {
     }
 
     #[test]
+    fn fbgemm_symmetric_two_value_range_divides_by_zero_like_fbgemm() {
+        // symmetric_qmax = (1 − 0)/2 = 0: FBGEMM computes max/0 and ends with an infinite scale.
+        let q = fbgemm_choose_qparams(-5.445293e-6, 8.2447556e5, 0, 1, true);
+        assert!(q.scale.is_infinite() || q.scale.is_nan(), "{q:?}");
+    }
+
+    #[test]
     fn validate_rejects_bad_scales() {
         for s in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e-60] {
             assert!(validate_qparams("x", s, 0, 0, 255).is_err(), "{s}");

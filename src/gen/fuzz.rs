@@ -227,7 +227,10 @@ pub fn check_qparams(q: &QParamCase, a: f32, b: f32, sym: bool) {
             mx,
             q,
         );
-        if hi > lo {
+        // With preserve_sparsity FBGEMM divides by (qmax − qmin)/2, which is 0 for a two-value
+        // range: PyTorch then gets an infinite scale (reproduced, see qparams tests), so the
+        // invariant only holds for wider ranges.
+        if hi > lo && !(sym && (hi - lo) / 2 == 0) {
             let f = fbgemm_choose_qparams(mn, mx, lo as i32, hi as i32, sym);
             check_pair(f.scale, f.zero_point as i64, lo, hi, "fbgemm", mn, mx, q);
         }
