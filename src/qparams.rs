@@ -212,14 +212,14 @@ pub fn observer_qparams(
     let mut scale = Vec::with_capacity(min_val.len());
     let mut zero_point = Vec::with_capacity(min_val.len());
     for (&mn, &mx) in min_val.iter().zip(max_val) {
-        let min_neg = mn.min(0.0);
-        let max_pos = mx.max(0.0);
+        let min_neg = nan_min(mn, 0.0);
+        let max_pos = nan_max(mx, 0.0);
         if cfg.qscheme.is_symmetric() {
-            let amax = (-min_neg).max(max_pos);
+            let amax = nan_max(-min_neg, max_pos);
             // Python: (float(quant_max - quant_min) / 2) is a double, applied to an f32 tensor
             // as an f32 scalar (exact: a multiple of 0.5 below 2^24).
             let denom = ((qmax - qmin) as f64 / 2.0) as f32;
-            let s = (amax / denom).max(cfg.eps);
+            let s = nan_max(amax / denom, cfg.eps);
             let zp = if cfg.dtype.is_unsigned8() {
                 if cfg.range.has_customized_qrange {
                     (qmin + qmax).div_euclid(2)
@@ -238,7 +238,7 @@ pub fn observer_qparams(
             ));
         } else {
             let denom = (qmax - qmin) as f32;
-            let s = ((max_pos - min_neg) / denom).max(cfg.eps);
+            let s = nan_max((max_pos - min_neg) / denom, cfg.eps);
             let r = (min_neg / s).round_ties_even();
             // `.to(torch.int)`: int32 conversion of the rounded quotient.
             let zp = qmin - f32_to_i32_like_torch(r) as i64;
@@ -256,6 +256,41 @@ pub fn f32_to_i32_like_torch(v: f32) -> i32 {
         i32::MIN
     } else {
         v as i32
+    }
+}
+
+/// `std::min(a, b)` for floats: `(b < a) ? b : a` (a NaN `a` survives).
+fn cpp_min(a: f32, b: f32) -> f32 {
+    if b < a {
+        b
+    } else {
+        a
+    }
+}
+
+/// `std::max(a, b)` for floats: `(a < b) ? b : a` (a NaN `a` survives).
+fn cpp_max(a: f32, b: f32) -> f32 {
+    if a < b {
+        b
+    } else {
+        a
+    }
+}
+
+/// Element-wise `torch.minimum` / `torch.maximum`: NaN propagates.
+fn nan_min(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else {
+        a.min(b)
+    }
+}
+
+fn nan_max(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else {
+        a.max(b)
     }
 }
 
@@ -283,13 +318,14 @@ pub fn fbgemm_choose_qparams(
     if min < 0.0 && max > 0.0 && preserve_sparsity {
         let sqmin = -((qmax - qmin) / 2 + 1);
         let sqmax = (qmax - qmin) / 2;
-        // `fabs(min / symmetric_qmin)`: float / int is an f32 division.
-        let max_scale = (min / sqmin as f32).abs().max((max / sqmax as f32).abs()) as f64;
+        // `fabs(min / symmetric_qmin)`: float / int is an f32 division (a two-value range makes
+        // symmetric_qmax 0 and the result infinite, as in FBGEMM).
+        let max_scale = cpp_max((min / sqmin as f32).abs(), (max / sqmax as f32).abs()) as f64;
         min = (max_scale * sqmin as f64) as f32;
         max = (max_scale * sqmax as f64) as f32;
     }
-    min = min.min(0.0);
-    max = max.max(0.0);
+    min = cpp_min(min, 0.0);
+    max = cpp_max(max, 0.0);
     let mut scale = ((max as f64 - min as f64) / (qmax as f64 - qmin as f64)) as f32;
     if scale == 0.0 || (1.0f32 / scale).is_infinite() {
         scale = 0.1;
@@ -321,7 +357,13 @@ pub fn fbgemm_choose_qparams(
     } else if initial > qmax as f64 {
         qmax
     } else {
-        initial.round_ties_even() as i32
+        // nearbyint, then the x86 int conversion (NaN → INT32_MIN).
+        let r = initial.round_ties_even();
+        if !(-2147483648.0..2147483648.0).contains(&r) {
+            i32::MIN
+        } else {
+            r as i32
+        }
     };
     FbgemmQParams { scale, zero_point }
 }
@@ -419,8 +461,10 @@ mod tests {
     #[test]
     fn fbgemm_symmetric_two_value_range_divides_by_zero_like_fbgemm() {
         // symmetric_qmax = (1 − 0)/2 = 0: FBGEMM computes max/0 and ends with an infinite scale.
+        // torch 2.15 fused_moving_avg_obs_fake_quant on these statistics: scale nan, zp INT32_MIN.
         let q = fbgemm_choose_qparams(-5.445293e-6, 8.2447556e5, 0, 1, true);
-        assert!(q.scale.is_infinite() || q.scale.is_nan(), "{q:?}");
+        assert!(q.scale.is_nan(), "{q:?}");
+        assert_eq!(q.zero_point, i32::MIN);
     }
 
     #[test]
