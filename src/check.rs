@@ -90,6 +90,10 @@ pub struct CheckOptions {
     /// Name of a kernel from `kernels::available()` that runs every integer accumulation whose
     /// model it implements (None: the reference kernel).
     pub kernel: Option<&'static str>,
+    /// Run each convert_fx layer end to end on the optimized x86 backend (packed weights, fused
+    /// requantization, u8 out) where it implements the layer's kernel path; those elements are
+    /// counted in the group `<flow>[x86-fused]`. Other layers keep the reference model.
+    pub fused: bool,
 }
 
 impl Default for CheckOptions {
@@ -97,6 +101,7 @@ impl Default for CheckOptions {
         Self {
             cpu_has_vnni: true,
             kernel: None,
+            fused: false,
         }
     }
 }
@@ -1163,6 +1168,7 @@ fn check_model(case: &Case, m: &ModelCase, opts: &CheckOptions, rec: &mut Record
                 &stages,
                 &ctx,
                 kernel.as_deref(),
+                opts.fused,
                 fname,
                 ri,
                 run,
@@ -1195,6 +1201,7 @@ fn check_run(
     stages: &[Stage],
     ctx: &StageCtx,
     kernel: Option<&dyn crate::kernels::Int8Gemm>,
+    fused: bool,
     fname: &str,
     ri: usize,
     run: &golden::RunRecord,
@@ -1318,6 +1325,31 @@ fn check_run(
                     quant_min: q.quant_min,
                     quant_max: q.quant_max,
                 };
+                if fused && ctx.flow == Flow::ConvertFx {
+                    if let Some(fo) = fused_layer(&st.layer, ctx, &inp, &out)
+                        .map_err(|e| field_err(case, &field, e.to_string()))?
+                    {
+                        if fo.shape != got.shape {
+                            return Err(field_err(
+                                case,
+                                &field,
+                                format!(
+                                    "output shape {:?}, qparity computes {:?}",
+                                    got.shape, fo.shape
+                                ),
+                            ));
+                        }
+                        let pred: Vec<Pred> =
+                            fo.data.iter().map(|&v| Pred::Exact(v as i64)).collect();
+                        let loc =
+                            format!("{fname} run {ri}, stage {si} ({}, {})", st.kind, fo.kernel);
+                        rec.preds(&format!("{g}[x86-fused]"), &loc, &pred, &got_i, |i| {
+                            trace_lines(&st.layer, ctx, &inp, &out, i)
+                        });
+                        si += 1;
+                        continue;
+                    }
+                }
                 let so = st
                     .layer
                     .run_with_kernel(ctx, kernel, &inp, &out)
@@ -1389,6 +1421,22 @@ fn check_run(
         |i| format!("q = {}", lt.data[i]),
     );
     Ok(())
+}
+
+/// The layer on the fused x86 backend (`None` where it has no implementation).
+fn fused_layer(
+    layer: &crate::flow::QLayer,
+    ctx: &StageCtx,
+    inp: &QTensor,
+    out: &OutQParams,
+) -> Result<Option<crate::kernels::FusedOut>> {
+    #[cfg(target_arch = "x86_64")]
+    return crate::kernels::x86::layer::run_convert_fx(layer, ctx, inp, out);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (layer, ctx, inp, out);
+        Ok(None)
+    }
 }
 
 fn m_range(m: &ModelCase) -> (i64, i64) {

@@ -434,7 +434,8 @@ impl QLayer {
         }
     }
 
-    fn fbgemm_requant(&self, input: &QTensor, out: &OutQParams) -> FbgemmRequant {
+    /// FBGEMM's requantization rule for this layer (x86 and fbgemm engines).
+    pub(crate) fn fbgemm_requant(&self, input: &QTensor, out: &OutQParams) -> FbgemmRequant {
         FbgemmRequant::new(
             input.scale,
             &self.weight.scales,
@@ -447,7 +448,8 @@ impl QLayer {
         )
     }
 
-    fn qnnpack_requant(&self, input: &QTensor, out: &OutQParams) -> QnnpackRequant {
+    /// QNNPACK's requantization rule for this layer (int32 bias).
+    pub(crate) fn qnnpack_requant(&self, input: &QTensor, out: &OutQParams) -> QnnpackRequant {
         QnnpackRequant::new(
             input.scale,
             &self.weight.scales,

@@ -30,6 +30,11 @@ enum Cmd {
         /// Show up to this many failing cases in detail.
         #[arg(long, default_value_t = 20)]
         max_failures: usize,
+        /// Also run every convert_fx fbgemm/x86/qnnpack layer on qparity's optimized x86 backend
+        /// (packed weights, fused requantization) and compare its u8 output (groups
+        /// `<flow>[x86-fused]`).
+        #[arg(long)]
+        fused: bool,
     },
     /// What each convert flow does with an engine's default qconfig (ranges, kernels, requant).
     Explain {
@@ -80,7 +85,8 @@ fn run(cli: Cli) -> Result<i32> {
             paths,
             json,
             max_failures,
-        } => cmd_check(paths, json, max_failures),
+            fused,
+        } => cmd_check(paths, json, max_failures, fused),
         Cmd::Explain {
             engine,
             qat,
@@ -141,8 +147,8 @@ fn options_for(path: &Path) -> CheckOptions {
         if d.join("MANIFEST.json").is_file() {
             if let Ok(m) = Manifest::load(d) {
                 return CheckOptions {
-                    kernel: None,
                     cpu_has_vnni: m.cpu_has_vnni() || m.cpu_flags.is_empty(),
+                    ..CheckOptions::default()
                 };
             }
         }
@@ -151,7 +157,10 @@ fn options_for(path: &Path) -> CheckOptions {
     CheckOptions::default()
 }
 
-fn cmd_check(paths: Vec<PathBuf>, json: bool, max_failures: usize) -> Result<i32> {
+fn cmd_check(paths: Vec<PathBuf>, json: bool, max_failures: usize, fused: bool) -> Result<i32> {
+    if fused && !cfg!(target_arch = "x86_64") {
+        bail!("--fused runs qparity's x86 backend; this build is not for x86-64");
+    }
     let paths = if paths.is_empty() {
         vec![PathBuf::from("golden")]
     } else {
@@ -162,7 +171,10 @@ fn cmd_check(paths: Vec<PathBuf>, json: bool, max_failures: usize) -> Result<i32
         if !p.exists() {
             bail!("{}: no such file or folder", p.display());
         }
-        let opts = options_for(p);
+        let opts = CheckOptions {
+            fused,
+            ..options_for(p)
+        };
         let bar = if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             indicatif::ProgressBar::hidden()
         } else {

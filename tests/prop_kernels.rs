@@ -49,6 +49,23 @@ fn every_kernel_equals_reference_on_conv() {
     }
 }
 
+/// The x86 conv (weights packed once, activations read in place from the padded image or via
+/// im2col) on every x86 kernel equals the reference accumulators.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn x86_conv_equals_reference() {
+    check_property(
+        "x86_conv_equals_reference",
+        PERSIST,
+        gen::conv_case(),
+        ConvCase::repro,
+        |c| {
+            gen::fuzz::check_conv(&c);
+            Ok(())
+        },
+    );
+}
+
 #[test]
 fn reduce_range_activations_never_saturate_pairs() {
     check_property(

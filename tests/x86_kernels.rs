@@ -82,6 +82,38 @@ fn check_gemm(m: usize, n: usize, k: usize, a: &[u8], b: &[i8]) -> usize {
     bad
 }
 
+fn conv_params(
+    ic: usize,
+    oc: usize,
+    kernel: (usize, usize),
+    stride: usize,
+    pad: usize,
+    dil: usize,
+    groups: usize,
+) -> Conv2dParams {
+    Conv2dParams {
+        in_channels: ic,
+        out_channels: oc,
+        kernel_size: [kernel.0, kernel.1],
+        stride: [stride; 2],
+        padding: [pad; 2],
+        dilation: [dil; 2],
+        groups,
+    }
+}
+
+fn nchw_to_nhwc(x: &[u8], nb: usize, c: usize, h: usize, w: usize) -> Vec<u8> {
+    let mut y = vec![0u8; x.len()];
+    for b in 0..nb {
+        for ch in 0..c {
+            for i in 0..h * w {
+                y[(b * h * w + i) * c + ch] = x[(b * c + ch) * h * w + i];
+            }
+        }
+    }
+    y
+}
+
 struct Rng(u64);
 impl Rng {
     fn next(&mut self) -> u32 {
@@ -262,27 +294,34 @@ proptest! {
     }
 
     #[test]
-    fn conv2d_im2col_equals_reference(
-        ic in 1usize..6, oc in 1usize..20, groups_sel in 0usize..2, kh in 1usize..4, kw in 1usize..4,
-        h in 3usize..9, w in 3usize..9, stride in 1usize..3, pad in 0usize..2, seed: u64, asym in any::<bool>(),
+    fn conv2d_equals_reference_both_layouts(
+        icg_sel in 0usize..6, groups in 1usize..4, ocg in 1usize..20, kh in 1usize..4, kw in 1usize..4,
+        h in 3usize..9, w in 3usize..9, stride in 1usize..3, pad in 0usize..2, dil in 1usize..3,
+        seed: u64, asym in any::<bool>(),
     ) {
-        let g = if groups_sel == 1 && ic > 1 { ic } else { 1 };
-        let oc = oc.div_ceil(g) * g;
+        let icg = [1, 2, 3, 4, 8, 16][icg_sel];
+        let (ic, oc) = (icg * groups, ocg * groups);
+        prop_assume!(h + 2 * pad > dil * (kh - 1) && w + 2 * pad > dil * (kw - 1));
         let mut rng = Rng(seed | 1);
-        let p = Conv2dParams::new(ic, oc, (kh, kw), (stride, stride), (pad, pad), (1, 1), g);
-        let x: Vec<u8> = (0..2 * ic * h * w).map(|_| rng.next() as u8).collect();
-        let wt: Vec<i8> = (0..oc * (ic / g) * kh * kw).map(|_| rng.next() as i8).collect();
+        let p = conv_params(ic, oc, (kh, kw), stride, pad, dil, groups);
+        let nb = 2;
+        let x: Vec<u8> = (0..nb * ic * h * w).map(|_| rng.next() as u8).collect();
+        let wt: Vec<i8> = (0..oc * icg * kh * kw).map(|_| rng.next() as i8).collect();
         let zps: Vec<i32> = if asym { (0..oc).map(|_| (rng.next() % 21) as i32 - 10).collect() } else { vec![0] };
         let a_zp = (rng.next() % 256) as i32;
-        let sy = 0.05 * 0.005 * ((kh * kw * ic / g) as f64).sqrt() * 60.0 / 40.0;
+        let sy = 0.05 * 0.005 * ((kh * kw * icg) as f64).sqrt() * 60.0 / 40.0;
         let rule = fbgemm_rule(oc, true, false, &mut rng, sy);
         for id in kernels() {
             let conv = Conv2d::with_kernel(id, &wt, p, &zps, rule.clone()).unwrap();
-            let (raw, oh, ow) = conv2d_reference_raw(&x, 2, h, w, a_zp, &wt, &p, &zps, id.accumulation()).unwrap();
-            let mut out = vec![0u8; raw.len()];
-            prop_assert_eq!(conv.run(&x, 2, h, w, a_zp, &mut out).unwrap(), (oh, ow));
+            let (raw, oh, ow) = conv2d_reference_raw(&x, nb, h, w, a_zp, &wt, &p, &zps, id.accumulation()).unwrap();
             let want: Vec<u8> = raw.iter().enumerate().map(|(i, &r)| rule.apply(r, (i / (oh * ow)) % oc)).collect();
-            prop_assert_eq!(&out, &want, "{}", id.name());
+            let mut out = vec![0u8; raw.len()];
+            prop_assert_eq!(conv.run(&x, nb, h, w, a_zp, &mut out).unwrap(), (oh, ow));
+            prop_assert_eq!(&out, &want, "{} NCHW (implicit: {})", id.name(), conv.is_implicit());
+            let mut out_nhwc = vec![0u8; raw.len()];
+            let x_nhwc = nchw_to_nhwc(&x, nb, ic, h, w);
+            prop_assert_eq!(conv.run_nhwc(&x_nhwc, nb, h, w, a_zp, &mut out_nhwc).unwrap(), (oh, ow));
+            prop_assert_eq!(out_nhwc, nchw_to_nhwc(&want, nb, oc, oh, ow), "{} NHWC (implicit: {})", id.name(), conv.is_implicit());
         }
     }
 
@@ -297,12 +336,84 @@ proptest! {
         let a_zp = (rng.next() % 256) as i32;
         let rule = if qnnpack { qnnpack_rule(c, true, true, &mut rng, 0.02) } else { fbgemm_rule(c, true, false, &mut rng, 0.02) };
         let dw = Depthwise3x3::new(&wt, c, (1, 1), (pad, pad), &zps, rule.clone()).unwrap();
-        let p = Conv2dParams::new(c, c, (3, 3), (1, 1), (pad, pad), (1, 1), c);
+        let p = conv_params(c, c, (3, 3), 1, pad, 1, c);
         let (raw, oh, ow) = conv2d_reference_raw(&x, 1, h, w, a_zp, &wt, &p, &zps, Accumulation::PairSaturatingI16).unwrap();
         let mut out = vec![0u8; raw.len()];
         dw.run(&x, 1, h, w, a_zp, &mut out).unwrap();
         let want: Vec<u8> = raw.iter().enumerate().map(|(i, &r)| rule.apply(r, i / (oh * ow))).collect();
         prop_assert_eq!(out, want);
+    }
+}
+
+#[test]
+fn conv2d_in_place_feed_saturates_like_fbgemm() {
+    // A 3×3 conv with 16 input channels reads A in place from the padded image on every SIMD
+    // kernel; with full-range activations and large same-sign weights most outputs saturate
+    // (non-vacuity), and each kernel must equal the reference of its own accumulation model.
+    let (ic, oc, h, w) = (16, 20, 9, 11);
+    let mut rng = Rng(17);
+    let x: Vec<u8> = (0..ic * h * w)
+        .map(|_| 128 + (rng.next() % 128) as u8)
+        .collect();
+    let wt: Vec<i8> = (0..oc * ic * 9)
+        .map(|_| 90 + (rng.next() % 38) as i8)
+        .collect();
+    let p = conv_params(ic, oc, (3, 3), 1, 1, 1, 1);
+    let (sat, oh, ow) = conv2d_reference_raw(
+        &x,
+        1,
+        h,
+        w,
+        0,
+        &wt,
+        &p,
+        &[0],
+        Accumulation::PairSaturatingI16,
+    )
+    .unwrap();
+    let (exact, _, _) =
+        conv2d_reference_raw(&x, 1, h, w, 0, &wt, &p, &[0], Accumulation::Exact).unwrap();
+    let differ = sat.iter().zip(&exact).filter(|(a, b)| a != b).count();
+    assert!(
+        differ > sat.len() / 2,
+        "saturation affected only {differ}/{}",
+        sat.len()
+    );
+    let (lo, hi) = (*exact.iter().min().unwrap(), *exact.iter().max().unwrap());
+    let atws = 0.05f32 * 0.01;
+    let bias = vec![-(lo as f32) * atws; oc];
+    let sy = atws as f64 * (hi - lo) as f64 / 250.0;
+    let rule = Requant::Fbgemm(FbgemmRequant::new(
+        0.05,
+        &[0.01],
+        false,
+        Some(&bias),
+        oc,
+        sy,
+        0,
+        false,
+    ));
+    let mut checked = 0;
+    for id in KernelId::all_supported() {
+        let conv = Conv2d::with_kernel(id, &wt, p, &[0], rule.clone()).unwrap();
+        assert!(conv.is_implicit(), "{} should feed A in place", id.name());
+        let raw = match id.accumulation() {
+            Accumulation::PairSaturatingI16 => &sat,
+            Accumulation::Exact => &exact,
+        };
+        let want: Vec<u8> = raw
+            .iter()
+            .enumerate()
+            .map(|(i, &r)| rule.apply(r, i / (oh * ow)))
+            .collect();
+        let mut out = vec![0u8; want.len()];
+        conv.run(&x, 1, h, w, 0, &mut out).unwrap();
+        assert_eq!(out, want, "{}", id.name());
+        checked += 1;
+    }
+    assert_eq!(checked, KernelId::all_supported().len());
+    if Isa::Avx2.detected() {
+        assert!(checked >= 2, "AVX2 kernels were not exercised");
     }
 }
 
@@ -316,7 +427,7 @@ fn depthwise_saturates_like_fbgemm_and_runs_simd() {
         .map(|_| 128 + (rng.next() % 128) as u8)
         .collect();
     let wt: Vec<i8> = (0..c * 9).map(|_| 90 + (rng.next() % 38) as i8).collect();
-    let p = Conv2dParams::new(c, c, (3, 3), (1, 1), (1, 1), (1, 1), c);
+    let p = conv_params(c, c, (3, 3), 1, 1, 1, c);
     let (sat, oh, ow) = conv2d_reference_raw(
         &x,
         1,
@@ -385,6 +496,6 @@ fn bad_input_is_an_error_not_a_panic() {
     let lin = PackedLinear::new(&[0; 6], 2, 3, &[0], rule.clone(), Accumulation::Exact).unwrap();
     assert!(lin.run(&[0; 5], 2, 0, &mut [0; 4]).is_err());
     assert!(lin.run(&[0; 6], 2, 300, &mut [0; 4]).is_err());
-    let p = Conv2dParams::new(3, 4, (3, 3), (1, 1), (0, 0), (1, 1), 2);
+    let p = conv_params(3, 4, (3, 3), 1, 0, 1, 2);
     assert!(Conv2d::new(&[0; 54], p, &[0], rule, Accumulation::Exact).is_err());
 }

@@ -122,6 +122,53 @@ pub fn check_conv(c: &ConvCase) {
             c.repro()
         );
     }
+    #[cfg(target_arch = "x86_64")]
+    check_x86_conv(c);
+}
+
+/// The x86 conv (packed weights, activations fed in place from the padded image or through
+/// im2col) on every x86 kernel equals the reference accumulators.
+#[cfg(target_arch = "x86_64")]
+fn check_x86_conv(c: &ConvCase) {
+    use crate::kernels::x86::{conv::Conv2d, KernelId};
+    use crate::kernels::Requant;
+    let [nb, _, h, w] = c.input_shape;
+    let p = c.params;
+    // Any valid rule: `run_raw` returns the accumulators before it.
+    let rule = Requant::Qnnpack(crate::requant::QnnpackRequant::new(
+        1.0,
+        &[1.0],
+        None,
+        p.out_channels,
+        1.0,
+        0,
+        false,
+    ));
+    let mut ids = KernelId::all_supported();
+    ids.extend([
+        KernelId::Portable(Accumulation::Exact),
+        KernelId::Portable(Accumulation::PairSaturatingI16),
+    ]);
+    for id in ids {
+        let want = c
+            .run(&crate::kernels::reference::Reference::new(
+                id.accumulation(),
+            ))
+            .unwrap_or_else(|e| panic!("generated conv case rejected: {e}\n{}", c.repro()));
+        let conv = Conv2d::with_kernel(id, &c.weight, p, &c.w_zp, rule.clone())
+            .unwrap_or_else(|e| panic!("x86 conv rejected a valid case: {e}\n{}", c.repro()));
+        let mut got = vec![0i32; want.len()];
+        conv.run_raw(&c.input, nb, h, w, c.a_zp, &mut got)
+            .unwrap_or_else(|e| panic!("x86 conv failed: {e}\n{}", c.repro()));
+        assert_eq!(
+            got,
+            want,
+            "x86 conv on {} (in place: {}) differs from the reference\n{}",
+            id.name(),
+            conv.is_implicit(),
+            c.repro()
+        );
+    }
 }
 
 /// Decomposed flow == reference flow when the quant range is the full 0..255 (ambiguous

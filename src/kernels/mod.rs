@@ -62,6 +62,17 @@ impl Requant {
     }
 }
 
+/// A quantized layer's output computed end to end by an optimized backend (packed weights,
+/// fused requantization), e.g. `kernels::x86::layer::run_convert_fx`.
+#[derive(Debug, Clone)]
+pub struct FusedOut {
+    /// Requantized u8 values in PyTorch's layout (NCHW for conv).
+    pub data: Vec<u8>,
+    pub shape: Vec<usize>,
+    /// The kernel that ran.
+    pub kernel: &'static str,
+}
+
 /// Every kernel usable on this CPU: the reference kernels first, then each optimized kernel whose
 /// CPU features are present.
 pub fn available() -> Vec<Box<dyn Int8Gemm>> {

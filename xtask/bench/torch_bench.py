@@ -2,12 +2,13 @@
 
 Usage: python torch_bench.py [--min-time SECONDS]
 Prints one JSON object per line: {"name": ..., "ops": ..., "seconds": ..., "gops": ...}.
-Shapes must agree with qparity's `bench_kernels` example (see xtask/src/bench.rs).
+Shapes must agree with benches/kernels.rs (xtask/src/bench.rs checks that every one is here).
 Conv inputs are given channels-last (FBGEMM's native layout, so no conversion is timed).
 """
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
@@ -19,26 +20,27 @@ LINEAR = [(1, 1024, 1024), (16, 1024, 1024), (128, 1024, 1024), (256, 4096, 4096
 
 
 def timeit(fn, min_time):
+    """Median seconds per call over batches of calls (the statistic qparity's criterion side uses)."""
     for _ in range(3):
         fn()
-    # Calibrate an inner loop count, then keep the best batch (least disturbed by other load).
+    # Calibrate the batch size to about a twentieth of the measuring time.
     n = 1
     while True:
         t0 = time.perf_counter()
         for _ in range(n):
             fn()
         dt = time.perf_counter() - t0
-        if dt > min_time / 10:
+        if dt > min_time / 20:
             break
         n *= 2
-    best = dt / n
+    samples = []
     deadline = time.perf_counter() + min_time
-    while time.perf_counter() < deadline:
+    while time.perf_counter() < deadline or len(samples) < 5:
         t0 = time.perf_counter()
         for _ in range(n):
             fn()
-        best = min(best, (time.perf_counter() - t0) / n)
-    return best
+        samples.append((time.perf_counter() - t0) / n)
+    return statistics.median(samples)
 
 
 def per_channel_weight(shape, gen):
@@ -49,7 +51,7 @@ def per_channel_weight(shape, gen):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--min-time", type=float, default=0.5)
+    ap.add_argument("--min-time", type=float, default=2.0)
     args = ap.parse_args()
     gen = torch.Generator().manual_seed(0)
     out = []

@@ -1,10 +1,10 @@
 //! `cargo xtask bench [--json]`: qparity's x86 kernels vs PyTorch's fbgemm, same shapes, same run.
 //!
-//! Runs `cargo bench --bench gops -- --json` (qparity, one thread) and then
-//! `xtask/bench/torch_bench.py` with the golden venv's python (`$QPARITY_VENV`, default
-//! `target/golden-venv`; engine fbgemm, `torch.set_num_threads(1)`), and prints per shape the
-//! qparity GOPS, the fbgemm GOPS and their ratio, plus the MAC-instruction peak and how close the
-//! best shape gets to it.
+//! Runs the criterion benchmarks `cargo bench --bench kernels` (qparity, one thread; results under
+//! `target/qparity-bench`) and then `xtask/bench/torch_bench.py` with the golden venv's python
+//! (`$QPARITY_VENV`, default `target/golden-venv`; engine fbgemm, `torch.set_num_threads(1)`),
+//! and prints per shape the qparity GOPS, the fbgemm GOPS (both from the median time per call)
+//! and their ratio, plus the MAC-instruction peak and how close the best shape gets to it.
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -30,6 +30,60 @@ fn field<'a>(v: &'a Value, k: &str) -> Option<&'a Value> {
     v.get(k)
 }
 
+fn read_json(path: &Path) -> Result<Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// `(name, GOPS)` of every criterion benchmark in `dir/qparity/*/new/`: operations per call
+/// (criterion's element throughput) over the median time per call.
+fn criterion_results(dir: &Path) -> Result<Vec<(String, f64)>> {
+    let group = dir.join("qparity");
+    let mut out = Vec::new();
+    let entries =
+        std::fs::read_dir(&group).with_context(|| format!("listing {}", group.display()))?;
+    for e in entries {
+        let new = e?.path().join("new");
+        if !new.join("benchmark.json").exists() {
+            continue;
+        }
+        let bench = read_json(&new.join("benchmark.json"))?;
+        let est = read_json(&new.join("estimates.json"))?;
+        let name = bench
+            .pointer("/function_id")
+            .and_then(Value::as_str)
+            .context("benchmark.json without function_id")?
+            .to_string();
+        let ops = bench
+            .pointer("/throughput/Elements")
+            .and_then(Value::as_f64)
+            .with_context(|| format!("{name}: no element throughput"))?;
+        let ns = est
+            .pointer("/median/point_estimate")
+            .and_then(Value::as_f64)
+            .with_context(|| format!("{name}: no median estimate"))?;
+        out.push((name, ops / ns));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn kernel_name() -> &'static str {
+    use qparity::kernels::{x86::KernelId, Accumulation};
+    let acc = match std::env::var("QPARITY_BENCH_ACC").as_deref() {
+        Ok("exact") => Accumulation::Exact,
+        _ => Accumulation::PairSaturatingI16,
+    };
+    KernelId::best(acc).name()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn kernel_name() -> &'static str {
+    "none (x86 only)"
+}
+
 /// Entry point of `cargo xtask bench`.
 pub fn run(json: bool) -> Result<()> {
     let root = root();
@@ -48,18 +102,24 @@ pub fn run(json: bool) -> Result<()> {
             python.display()
         );
     }
-    let ours = Command::new(env!("CARGO"))
-        .current_dir(&root)
-        .args(["bench", "--bench", "gops", "--", "--json"])
-        .output()
-        .context("running cargo bench --bench gops")?;
-    if !ours.status.success() {
-        bail!(
-            "cargo bench failed:\n{}",
-            String::from_utf8_lossy(&ours.stderr)
-        );
+    let results = root.join("target/qparity-bench");
+    if results.exists() {
+        std::fs::remove_dir_all(&results)
+            .with_context(|| format!("clearing {}", results.display()))?;
     }
-    let ours = json_lines(&ours.stdout, "qparity bench")?;
+    eprintln!("running cargo bench --bench kernels (criterion) …");
+    let status = Command::new(env!("CARGO"))
+        .current_dir(&root)
+        .env("CRITERION_HOME", &results)
+        .args(["bench", "--bench", "kernels", "--", "--noplot"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running cargo bench --bench kernels")?;
+    if !status.success() {
+        bail!("cargo bench --bench kernels failed ({status})");
+    }
+    let ours = criterion_results(&results)?;
+    eprintln!("timing PyTorch fbgemm on the same shapes …");
     let torch = Command::new(&python)
         .current_dir(&root)
         .arg(root.join("xtask/bench/torch_bench.py"))
@@ -76,9 +136,10 @@ pub fn run(json: bool) -> Result<()> {
     let mut rows = Vec::new();
     let mut peak = None;
     let mut best = 0.0f64;
-    for o in &ours {
-        let name = field(o, "name").and_then(Value::as_str).unwrap_or("?");
-        let g = field(o, "gops").and_then(Value::as_f64).unwrap_or(f64::NAN);
+    // The kernel the bench picks (benches/kernels.rs: same rule).
+    let kernel = kernel_name();
+    for (name, g) in &ours {
+        let g = *g;
         if let Some(isa) = name.strip_prefix("peak_") {
             peak = Some((isa.to_string(), g));
             continue;
@@ -91,7 +152,6 @@ pub fn run(json: bool) -> Result<()> {
         let Some(t) = t else {
             bail!("torch benchmark has no shape {name}");
         };
-        let kernel = field(o, "kernel").and_then(Value::as_str).unwrap_or("?");
         rows.push((name.to_string(), g, t, g / t, kernel.to_string()));
     }
     if json {

@@ -1,7 +1,7 @@
 //! AVX2 kernels: FBGEMM's non-VNNI `vpmaddubsw` path (pair-saturating) and an exact i16 kernel,
 //! plus the vectorized requantization epilogue shared with the AVX-512 kernel.
 
-use super::{Epilogue, PackedA, PackedB, Sink};
+use super::{drive, AOperand, Epilogue, PackedB, Sink};
 use std::arch::x86_64::*;
 
 /// Output channels per weight panel (two ymm vectors of 8 int32 lanes).
@@ -10,43 +10,79 @@ pub(super) const NR: usize = 16;
 const MR: usize = 4;
 const NV: usize = NR / 8;
 
-/// Rows per L2 block of A: keep `MC × kp` bytes around 128 KiB.
-pub(super) fn mc_for(kp_bytes: usize, mr: usize) -> usize {
-    ((128 * 1024 / kp_bytes.max(1)) / mr).max(1) * mr
-}
-
-/// Micro-kernel, pair-saturating: `tile[r][c] = Σ_g sat16(pair0) + sat16(pair1)` over `kg`
-/// groups of 4 k. `a` rows are `lda` bytes apart; `b` is one Quad8 panel (NR = 16).
+/// Micro-kernel, pair-saturating: `tile[r][c] = Σ sat16(pair0) + sat16(pair1)` over the 4-byte
+/// steps of row `r` of A (`a[r] + seg + 4·g`, see `AOperand`) against one Quad8 panel.
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn micro_pairsat<const R: usize>(
-    kg: usize,
-    a: *const u8,
-    lda: usize,
+    a: &[*const u8; MR],
+    segs: &[usize],
+    steps: usize,
     b: *const i8,
     tile: &mut [i32; MR * NR],
 ) {
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_si256(); NV]; R];
-    for g in 0..kg {
-        // SAFETY: the caller guarantees `b` holds `kg` groups of NR×4 bytes and each of the R
-        // rows of `a` holds `4·kg` bytes.
-        let bp = unsafe { b.add(g * NR * 4) };
-        let mut bv = [_mm256_setzero_si256(); NV];
-        for (v, x) in bv.iter_mut().enumerate() {
-            // SAFETY: in bounds as above; unaligned load.
-            *x = unsafe { _mm256_loadu_si256(bp.add(v * 32) as *const __m256i) };
-        }
-        for (r, accr) in acc.iter_mut().enumerate() {
-            // SAFETY: in bounds as above; unaligned 4-byte read.
-            let q = unsafe { (a.add(r * lda + g * 4) as *const i32).read_unaligned() };
-            let av = _mm256_set1_epi32(q);
-            for v in 0..NV {
-                let p = _mm256_maddubs_epi16(av, bv[v]);
-                accr[v] = _mm256_add_epi32(accr[v], _mm256_madd_epi16(p, ones));
+    let mut bp = b;
+    for &seg in segs {
+        // SAFETY (all reads below): the caller guarantees that each of the R rows has `steps`
+        // readable 4-byte steps at `a[r] + seg` for every segment, and that `b` holds
+        // `segs.len() · steps` steps of NR×4 bytes.
+        let ar: [*const u8; R] = std::array::from_fn(|r| unsafe { a[r].add(seg) });
+        for g in 0..steps {
+            let bv: [__m256i; NV] = std::array::from_fn(|v| unsafe {
+                _mm256_loadu_si256(bp.add(v * 32) as *const __m256i)
+            });
+            bp = unsafe { bp.add(NR * 4) };
+            for (r, accr) in acc.iter_mut().enumerate() {
+                let q = unsafe { (ar[r].add(g * 4) as *const i32).read_unaligned() };
+                let av = _mm256_set1_epi32(q);
+                for v in 0..NV {
+                    let p = _mm256_maddubs_epi16(av, bv[v]);
+                    accr[v] = _mm256_add_epi32(accr[v], _mm256_madd_epi16(p, ones));
+                }
             }
         }
     }
+    store_tile(&acc, tile);
+}
+
+/// Micro-kernel, exact: u16 activation pairs (broadcast per lane) × i16 weight pairs (Pair16).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn micro_exact<const R: usize>(
+    a: &[*const u8; MR],
+    segs: &[usize],
+    steps: usize,
+    b: *const i8,
+    tile: &mut [i32; MR * NR],
+) {
+    let mut acc = [[_mm256_setzero_si256(); NV]; R];
+    let mut bp = b;
+    for &seg in segs {
+        // SAFETY (all reads below): as in `micro_pairsat`.
+        let ar: [*const u8; R] = std::array::from_fn(|r| unsafe { a[r].add(seg) });
+        for g in 0..steps {
+            let bv: [__m256i; NV] = std::array::from_fn(|v| unsafe {
+                _mm256_loadu_si256(bp.add(v * 32) as *const __m256i)
+            });
+            bp = unsafe { bp.add(NR * 4) };
+            for (r, accr) in acc.iter_mut().enumerate() {
+                let q = unsafe { (ar[r].add(g * 4) as *const i32).read_unaligned() };
+                let av = _mm256_set1_epi32(q);
+                for v in 0..NV {
+                    // u8·i8 products fit in i16 operands; their pair sum (≤ 2·255·128) fits i32.
+                    accr[v] = _mm256_add_epi32(accr[v], _mm256_madd_epi16(av, bv[v]));
+                }
+            }
+        }
+    }
+    store_tile(&acc, tile);
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn store_tile<const R: usize>(acc: &[[__m256i; NV]; R], tile: &mut [i32; MR * NR]) {
     for (r, accr) in acc.iter().enumerate() {
         for (v, x) in accr.iter().enumerate() {
             // SAFETY: r < R ≤ MR and v < NV, inside the MR×NR tile.
@@ -57,116 +93,63 @@ unsafe fn micro_pairsat<const R: usize>(
     }
 }
 
-/// Micro-kernel, exact: u16 activations (pairs of k broadcast per lane) × i16 weights (Pair16).
+type Micro = unsafe fn(&[*const u8; MR], &[usize], usize, *const i8, &mut [i32; MR * NR]);
+
+/// GEMM through one micro-kernel family (`R` = 4, 3, 2, 1 rows), panel by panel.
+///
+/// # Safety
+/// AVX2 must be available; `b` must be packed in the micro-kernel's format with NR = 16, its
+/// panels must hold at least `a.k_steps()` steps, and `a` must have been checked by
+/// `AOperand::new`.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn micro_exact<const R: usize>(
-    kh: usize,
-    a: *const u16,
-    lda: usize,
-    b: *const i16,
-    tile: &mut [i32; MR * NR],
-) {
-    let mut acc = [[_mm256_setzero_si256(); NV]; R];
-    for h in 0..kh {
-        // SAFETY: the caller guarantees `b` holds `kh` pairs of NR×2 i16 and each row of `a`
-        // holds `2·kh` u16.
-        let bp = unsafe { b.add(h * NR * 2) };
-        let mut bv = [_mm256_setzero_si256(); NV];
-        for (v, x) in bv.iter_mut().enumerate() {
-            // SAFETY: in bounds as above.
-            *x = unsafe { _mm256_loadu_si256(bp.add(v * 16) as *const __m256i) };
+unsafe fn gemm_with(a: &AOperand, b: &PackedB, epi: &mut Epilogue, micro: [Micro; MR], wide: bool) {
+    let mut tile = [0i32; MR * NR];
+    drive::<MR>(a, b.n, NR, |ptrs, rows, i, p| {
+        let bp = if wide {
+            b.panel16(p, NR).as_ptr() as *const i8
+        } else {
+            b.panel8(p, NR).as_ptr()
+        };
+        // SAFETY: `ptrs` are row starts inside `a` (AOperand checked every read), `bp` is a full
+        // panel of at least `a.k_steps()` steps (caller), AVX2 is enabled (caller).
+        unsafe {
+            micro[MR - rows](ptrs, a.segs, a.steps, bp, &mut tile);
+            epilogue_tile(epi, i, p * NR, rows, &tile, NR);
         }
-        for (r, accr) in acc.iter_mut().enumerate() {
-            // SAFETY: in bounds as above.
-            let q = unsafe { (a.add(r * lda + h * 2) as *const i32).read_unaligned() };
-            let av = _mm256_set1_epi32(q);
-            for v in 0..NV {
-                // u8·i8 products fit in i16 operands; their pair sum (≤ 2·255·128) fits in i32.
-                accr[v] = _mm256_add_epi32(accr[v], _mm256_madd_epi16(av, bv[v]));
-            }
-        }
-    }
-    for (r, accr) in acc.iter().enumerate() {
-        for (v, x) in accr.iter().enumerate() {
-            // SAFETY: inside the MR×NR tile.
-            unsafe {
-                _mm256_storeu_si256(tile.as_mut_ptr().add(r * NR + v * 8) as *mut __m256i, *x)
-            };
-        }
-    }
+    });
 }
 
 /// Pair-saturating GEMM over a Quad8 (NR = 16) panel matrix.
 ///
 /// # Safety
-/// AVX2 must be available; `b` must be packed as Quad8 with NR = 16 and `a` as Quad8 rows.
+/// AVX2 must be available; `b` packed as Quad8 with NR = 16 and at least `a.k_steps()` steps.
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn gemm_pairsat(a: &PackedA, b: &PackedB, epi: &mut Epilogue) {
-    let (m, kp) = (a.m, a.kp);
-    debug_assert_eq!(kp, b.kp);
-    let kg = kp / 4;
-    let panels = b.n.div_ceil(NR);
-    let mc = mc_for(kp, MR);
-    let mut tile = [0i32; MR * NR];
-    for ic in (0..m).step_by(mc) {
-        let iend = (ic + mc).min(m);
-        for p in 0..panels {
-            let bp = b.data8[p * NR * kp..(p + 1) * NR * kp].as_ptr();
-            let mut i = ic;
-            while i < iend {
-                let rows = (iend - i).min(MR);
-                let ap = a.data8[i * kp..(i + rows) * kp].as_ptr();
-                // SAFETY: `ap` covers `rows` rows of kp = 4·kg bytes; `bp` one full panel.
-                unsafe {
-                    match rows {
-                        4 => micro_pairsat::<4>(kg, ap, kp, bp, &mut tile),
-                        3 => micro_pairsat::<3>(kg, ap, kp, bp, &mut tile),
-                        2 => micro_pairsat::<2>(kg, ap, kp, bp, &mut tile),
-                        _ => micro_pairsat::<1>(kg, ap, kp, bp, &mut tile),
-                    }
-                    epilogue_tile(epi, i, p * NR, rows, &tile, NR);
-                }
-                i += rows;
-            }
-        }
-    }
+pub(super) unsafe fn gemm_pairsat(a: &AOperand, b: &PackedB, epi: &mut Epilogue) {
+    let micro: [Micro; MR] = [
+        micro_pairsat::<4>,
+        micro_pairsat::<3>,
+        micro_pairsat::<2>,
+        micro_pairsat::<1>,
+    ];
+    // SAFETY: forwarded from the caller.
+    unsafe { gemm_with(a, b, epi, micro, false) }
 }
 
 /// Exact GEMM over a Pair16 (NR = 16) panel matrix.
 ///
 /// # Safety
-/// AVX2 must be available; `b` packed as Pair16 with NR = 16, `a` as u16 rows.
+/// AVX2 must be available; `b` packed as Pair16 with NR = 16 and at least `a.k_steps()` steps.
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn gemm_exact(a: &PackedA, b: &PackedB, epi: &mut Epilogue) {
-    let (m, kp) = (a.m, a.kp);
-    debug_assert_eq!(kp, b.kp);
-    let kh = kp / 2;
-    let panels = b.n.div_ceil(NR);
-    let mc = mc_for(2 * kp, MR);
-    let mut tile = [0i32; MR * NR];
-    for ic in (0..m).step_by(mc) {
-        let iend = (ic + mc).min(m);
-        for p in 0..panels {
-            let bp = b.data16[p * NR * kp..(p + 1) * NR * kp].as_ptr();
-            let mut i = ic;
-            while i < iend {
-                let rows = (iend - i).min(MR);
-                let ap = a.data16[i * kp..(i + rows) * kp].as_ptr();
-                // SAFETY: `ap` covers `rows` rows of kp = 2·kh u16; `bp` one full panel.
-                unsafe {
-                    match rows {
-                        4 => micro_exact::<4>(kh, ap, kp, bp, &mut tile),
-                        3 => micro_exact::<3>(kh, ap, kp, bp, &mut tile),
-                        2 => micro_exact::<2>(kh, ap, kp, bp, &mut tile),
-                        _ => micro_exact::<1>(kh, ap, kp, bp, &mut tile),
-                    }
-                    epilogue_tile(epi, i, p * NR, rows, &tile, NR);
-                }
-                i += rows;
-            }
-        }
-    }
+pub(super) unsafe fn gemm_exact(a: &AOperand, b: &PackedB, epi: &mut Epilogue) {
+    let micro: [Micro; MR] = [
+        micro_exact::<4>,
+        micro_exact::<3>,
+        micro_exact::<2>,
+        micro_exact::<1>,
+    ];
+    // SAFETY: forwarded from the caller.
+    unsafe { gemm_with(a, b, epi, micro, true) }
 }
 
 /// Requantizes 8 folded accumulators (unified rule, see `RequantVec`) into 8 u8 stored at `dst`.
@@ -215,7 +198,7 @@ pub(super) unsafe fn epilogue_tile(
     if vec_cols > 0 {
         for r in 0..rows {
             let i = i0 + r;
-            let rs = _mm256_set1_epi32(epi.row_sums[i]);
+            let rs = _mm256_set1_epi32(epi.row_sum(i));
             for c in (0..vec_cols).step_by(8) {
                 let j = j0 + c;
                 // SAFETY: c + 8 ≤ cols ≤ ld, so the tile read is in bounds; j + 8 ≤ n for the
@@ -232,7 +215,9 @@ pub(super) unsafe fn epilogue_tile(
                     }
                     match &mut epi.sink {
                         Sink::Raw(o) => {
-                            _mm256_storeu_si256(o.as_mut_ptr().add(i * n + j) as *mut __m256i, raw)
+                            let at = epi.out_off + i * epi.out_ld + j;
+                            assert!(at + 8 <= o.len());
+                            _mm256_storeu_si256(o.as_mut_ptr().add(at) as *mut __m256i, raw)
                         }
                         Sink::U8(o) => {
                             let rq = epi.rq.expect("u8 sink has a rule");
@@ -243,7 +228,11 @@ pub(super) unsafe fn epilogue_tile(
                                 _mm256_loadu_ps(rq.mult.as_ptr().add(j)),
                                 _mm256_set1_epi16(rq.zp as i16),
                                 _mm256_set1_epi8(rq.lo as u8 as i8),
-                                o.as_mut_ptr().add(i * n + j),
+                                {
+                                    let at = epi.out_off + i * epi.out_ld + j;
+                                    assert!(at + 8 <= o.len());
+                                    o.as_mut_ptr().add(at)
+                                },
                             )
                         }
                     }

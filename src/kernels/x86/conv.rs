@@ -1,14 +1,22 @@
-//! Quantized conv2d on the packed x86 GEMM (im2col), and FBGEMM-style depthwise 3×3.
+//! Quantized conv2d on the packed x86 GEMM, and FBGEMM-style depthwise 3×3.
 //!
-//! # im2col and the K order
-//! Input is NCHW u8 (PyTorch's logical layout), weights are PyTorch's `[OC, IC/groups, KH, KW]`
-//! int8. Each group is one GEMM with `M = OH·OW` output pixels, `N = OC/groups` and
-//! `K = KH·KW·(IC/groups)` in the order **`(ky, kx, ic)`** (ic fastest), the order of FBGEMM's
-//! `PackAWithIm2Col` on the channels-last input PyTorch hands it (weights are permuted to
-//! `[OC][KH][KW][IC/G]` at prepack). The order fixes the `vpmaddubsw` pairs in the
-//! pair-saturating model; for exact accumulation any order gives the same result. The input is
-//! first copied to a zero-point-padded channels-last buffer, so each im2col row is `KH·KW`
-//! contiguous copies of `IC/groups` bytes; padding pixels hold the input zero point, as in FBGEMM.
+//! # Conv2d as a GEMM, without an im2col matrix
+//! Weights are PyTorch's `[OC, IC/groups, KH, KW]` int8. Each group is one GEMM with
+//! `M = OH·OW` output pixels, `N = OC/groups` and `K = KH·KW·(IC/groups)` in the order
+//! **`(ky, kx, ic)`** (ic fastest), the order of FBGEMM's `PackAWithIm2Col` on the channels-last
+//! input PyTorch hands it (weights are permuted to `[OC][KH][KW][IC/G]` at prepack). The order
+//! fixes the `vpmaddubsw` pairs in the pair-saturating model; for exact accumulation any order
+//! gives the same result.
+//!
+//! The input of each group is copied once into a channels-last image padded with the input zero
+//! point (as FBGEMM pads). In that image the `KW·ICg` values of one kernel row are contiguous,
+//! so a row of the GEMM's A is `KH` segments of the image and the micro-kernels read them in
+//! place ([`AOperand`](super::AOperand) with [`RowMap::Pixels`](super::RowMap)): no im2col
+//! matrix is written, and A costs one pass over the input instead of `KH·KW` copies of it. This
+//! needs segments that are whole kernel steps (`KW·ICg` a multiple of 4 bytes, or of 2 values for
+//! the widened exact kernel; with a horizontal dilation, `ICg` alone); other shapes, and the
+//! portable kernel, take an explicit im2col. [`Conv2d::run_nhwc`] reads and writes channels-last
+//! tensors (FBGEMM's native layout); [`Conv2d::run`] takes NCHW.
 //!
 //! # Depthwise 3×3
 //! [`Depthwise3x3`] models FBGEMM's depthwise kernel (`GenerateI8Depthwise.cc`), which saturates
@@ -20,109 +28,48 @@
 //! The `*_reference_raw` functions are plain scalar models used to test both.
 
 use super::avx2::{self, DwChannel};
-use super::{Isa, KernelId, PackedA, PackedLinear, Sink};
+use super::{AOperand, DenseA, Format, Isa, KernelId, PackedLinear, RowMap, Sink};
 use crate::kernels::reference::dot;
 use crate::kernels::{Accumulation, Requant};
+pub use crate::ops::Conv2dParams;
 use crate::requant::{FbgemmRequant, QnnpackRequant};
 use crate::{Error, Result};
 
-/// Shape parameters of a 2-d convolution (PyTorch names; pairs are `(height, width)`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Conv2dParams {
-    pub in_channels: usize,
-    pub out_channels: usize,
-    pub kernel: (usize, usize),
-    pub stride: (usize, usize),
-    pub padding: (usize, usize),
-    pub dilation: (usize, usize),
-    pub groups: usize,
-}
-
-impl Conv2dParams {
-    /// Bundles the parameters (validated by the users of the struct).
-    pub fn new(
-        in_channels: usize,
-        out_channels: usize,
-        kernel: (usize, usize),
-        stride: (usize, usize),
-        padding: (usize, usize),
-        dilation: (usize, usize),
-        groups: usize,
-    ) -> Self {
-        Self {
-            in_channels,
-            out_channels,
-            kernel,
-            stride,
-            padding,
-            dilation,
-            groups,
-        }
+/// Checks conv geometry that does not depend on the input.
+fn check_params(p: &Conv2dParams) -> Result<()> {
+    if p.groups == 0
+        || p.in_channels == 0
+        || p.out_channels == 0
+        || !p.in_channels.is_multiple_of(p.groups)
+        || !p.out_channels.is_multiple_of(p.groups)
+    {
+        return Err(Error::invalid(
+            "conv2d channels",
+            format!(
+                "{} in, {} out, groups {}: need ≥ 1 channel and groups dividing both",
+                p.in_channels, p.out_channels, p.groups
+            ),
+        ));
     }
-
-    fn validate(&self) -> Result<()> {
-        let p = self;
-        if p.groups == 0
-            || !p.in_channels.is_multiple_of(p.groups)
-            || !p.out_channels.is_multiple_of(p.groups)
-        {
+    for (what, v) in [
+        ("kernel size", p.kernel_size),
+        ("stride", p.stride),
+        ("dilation", p.dilation),
+    ] {
+        if v.contains(&0) {
             return Err(Error::invalid(
-                "conv2d groups",
-                format!(
-                    "{} channels in, {} out, groups {}",
-                    p.in_channels, p.out_channels, p.groups
-                ),
+                format!("conv2d {what}"),
+                format!("{v:?} must be ≥ 1"),
             ));
         }
-        if p.in_channels == 0 || p.out_channels == 0 {
-            return Err(Error::invalid("conv2d channels", "must be ≥ 1"));
-        }
-        for (what, v) in [
-            ("kernel", p.kernel),
-            ("stride", p.stride),
-            ("dilation", p.dilation),
-        ] {
-            if v.0 == 0 || v.1 == 0 {
-                return Err(Error::invalid(
-                    format!("conv2d {what}"),
-                    format!("{v:?} must be ≥ 1"),
-                ));
-            }
-        }
-        Ok(())
     }
+    Ok(())
+}
 
-    /// Output height and width for an `h × w` input.
-    pub fn out_size(&self, h: usize, w: usize) -> Result<(usize, usize)> {
-        let dim = |i: usize, k: usize, s: usize, p: usize, d: usize| {
-            let span = d * (k - 1) + 1;
-            (i + 2 * p)
-                .checked_sub(span)
-                .map(|v| v / s + 1)
-                .ok_or_else(|| {
-                    Error::shape(
-                        "conv2d input",
-                        format!("{i} (+2·{p} padding) is smaller than the dilated kernel {span}"),
-                    )
-                })
-        };
-        Ok((
-            dim(
-                h,
-                self.kernel.0,
-                self.stride.0,
-                self.padding.0,
-                self.dilation.0,
-            )?,
-            dim(
-                w,
-                self.kernel.1,
-                self.stride.1,
-                self.padding.1,
-                self.dilation.1,
-            )?,
-        ))
-    }
+/// `(OH, OW)` of an `nb × C × h × w` input.
+fn out_hw(p: &Conv2dParams, nb: usize, h: usize, w: usize) -> Result<(usize, usize)> {
+    let (_, oh, ow) = p.output_dims(&[nb, p.in_channels, h, w])?;
+    Ok((oh, ow))
 }
 
 /// The sub-rule of `r` for output channels `lo..hi`.
@@ -194,11 +141,50 @@ fn check_input(x: &[u8], nb: usize, c: usize, h: usize, w: usize, a_zp: i32) -> 
     Ok(())
 }
 
-/// A quantized conv2d with packed weights (im2col + [`PackedLinear`] per group).
+/// Memory layout of a conv's input and output tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Nchw,
+    Nhwc,
+}
+
+/// Output element types of a conv: requantized u8, or the int32 accumulators before it.
+trait OutElem: Copy + Default {
+    fn sink(buf: &mut [Self]) -> Sink<'_>;
+}
+
+impl OutElem for u8 {
+    fn sink(buf: &mut [u8]) -> Sink<'_> {
+        Sink::U8(buf)
+    }
+}
+
+impl OutElem for i32 {
+    fn sink(buf: &mut [i32]) -> Sink<'_> {
+        Sink::Raw(buf)
+    }
+}
+
+/// How a conv feeds its GEMM: in place from the padded image, or through an im2col matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Feed {
+    /// Segments of `seg_len` values; `dilated`: one segment per tap, else one per kernel row.
+    Implicit {
+        seg_len: usize,
+        dilated: bool,
+    },
+    Im2col,
+}
+
+/// A quantized conv2d with packed weights: one [`PackedLinear`] per group, fed in place from a
+/// padded channels-last image (see the module docs).
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     p: Conv2dParams,
     groups: Vec<PackedLinear>,
+    feed: Feed,
+    /// Bytes per activation value in the kernel's format (2 for the widened exact kernel).
+    elem: usize,
 }
 
 impl Conv2d {
@@ -227,8 +213,8 @@ impl Conv2d {
         weight_zero_points: &[i32],
         requant: Requant,
     ) -> Result<Self> {
-        p.validate()?;
-        let (kh, kw) = p.kernel;
+        check_params(&p)?;
+        let [kh, kw] = p.kernel_size;
         let (icg, ocg) = (p.in_channels / p.groups, p.out_channels / p.groups);
         let k = kh * kw * icg;
         if weights.len() != p.out_channels * k {
@@ -270,7 +256,24 @@ impl Conv2d {
                 rq,
             )?);
         }
-        Ok(Self { p, groups })
+        let (elem, per_step) = match kernel.format() {
+            Format::Pair16 { .. } => (2, 2),
+            Format::Quad8 { .. } => (1, 4),
+            Format::Plain => (1, 0),
+        };
+        let dilated = p.dilation[1] > 1;
+        let seg_len = if dilated { icg } else { kw * icg };
+        let feed = if per_step > 0 && seg_len.is_multiple_of(per_step) {
+            Feed::Implicit { seg_len, dilated }
+        } else {
+            Feed::Im2col
+        };
+        Ok(Self {
+            p,
+            groups,
+            feed,
+            elem,
+        })
     }
 
     /// The kernel in use.
@@ -278,7 +281,12 @@ impl Conv2d {
         self.groups[0].kernel()
     }
 
-    /// Runs the conv on `x` (NCHW, `nb × IC × h × w`, raw u8 with zero point `a_zp`), writing NCHW
+    /// Whether the GEMM reads its activations in place from the padded image (no im2col matrix).
+    pub fn is_implicit(&self) -> bool {
+        matches!(self.feed, Feed::Implicit { .. })
+    }
+
+    /// Runs the conv on NCHW `x` (`nb × IC × h × w`, raw u8 with zero point `a_zp`), writing NCHW
     /// u8 to `out`; returns `(OH, OW)`.
     pub fn run(
         &self,
@@ -289,61 +297,160 @@ impl Conv2d {
         a_zp: i32,
         out: &mut [u8],
     ) -> Result<(usize, usize)> {
+        self.run_layout(Layout::Nchw, x, nb, h, w, a_zp, out)
+    }
+
+    /// As [`Conv2d::run`] on channels-last tensors: `x` is `nb × h × w × IC`, `out` is
+    /// `nb × OH × OW × OC`.
+    pub fn run_nhwc(
+        &self,
+        x: &[u8],
+        nb: usize,
+        h: usize,
+        w: usize,
+        a_zp: i32,
+        out: &mut [u8],
+    ) -> Result<(usize, usize)> {
+        self.run_layout(Layout::Nhwc, x, nb, h, w, a_zp, out)
+    }
+
+    /// The zero-point-folded int32 accumulators `raw` that [`Conv2d::run`] requantizes (NCHW).
+    pub fn run_raw(
+        &self,
+        x: &[u8],
+        nb: usize,
+        h: usize,
+        w: usize,
+        a_zp: i32,
+        out: &mut [i32],
+    ) -> Result<(usize, usize)> {
+        self.run_layout(Layout::Nchw, x, nb, h, w, a_zp, out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_layout<T: OutElem>(
+        &self,
+        layout: Layout,
+        x: &[u8],
+        nb: usize,
+        h: usize,
+        w: usize,
+        a_zp: i32,
+        out: &mut [T],
+    ) -> Result<(usize, usize)> {
         let p = &self.p;
         check_input(x, nb, p.in_channels, h, w, a_zp)?;
-        let (oh, ow) = p.out_size(h, w)?;
-        if out.len() != nb * p.out_channels * oh * ow {
+        let (oh, ow) = out_hw(p, nb, h, w)?;
+        let oc = p.out_channels;
+        if out.len() != nb * oc * oh * ow {
             return Err(Error::shape(
                 "conv2d output",
-                format!(
-                    "expected {} values, got {}",
-                    nb * p.out_channels * oh * ow,
-                    out.len()
-                ),
+                format!("expected {} values, got {}", nb * oc * oh * ow, out.len()),
             ));
         }
-        let (kh, kw) = p.kernel;
-        let (icg, ocg) = (p.in_channels / p.groups, p.out_channels / p.groups);
+        let [kh, kw] = p.kernel_size;
+        let [sy, sx] = p.stride;
+        let [dy, dx] = p.dilation;
+        let [pt, pl] = p.padding;
+        let (c, icg, ocg) = (p.in_channels, p.in_channels / p.groups, oc / p.groups);
         let k = kh * kw * icg;
-        let kp = super::pad4(k);
-        let (ph, pw) = (h + 2 * p.padding.0, w + 2 * p.padding.1);
-        let c = p.in_channels;
+        let (ph, pw) = (h + 2 * pt, w + 2 * pl);
         let m = oh * ow;
-        let mut padded = vec![a_zp as u8; ph * pw * c];
-        let mut tmp = vec![0u8; m * ocg];
+        let e = self.elem;
+        let mut img = vec![a_zp as u8; ph * pw * icg];
+        let mut wide = Vec::new();
+        let mut tmp = vec![T::default(); if layout == Layout::Nchw { m * ocg } else { 0 }];
+        let mut cols = Vec::new();
+        // Image offset (in values) of output pixel i's window, and of the segments within it.
+        let pix = |i: usize| ((i / ow) * sy * pw + (i % ow) * sx) * icg;
+        let segs: Vec<usize> = match self.feed {
+            Feed::Implicit { dilated: false, .. } => (0..kh).map(|ky| ky * dy * pw * icg).collect(),
+            Feed::Implicit { dilated: true, .. } => (0..kh)
+                .flat_map(|ky| (0..kw).map(move |kx| (ky * dy * pw + kx * dx) * icg))
+                .collect(),
+            Feed::Im2col => Vec::new(),
+        };
+        let seg_bytes: Vec<usize> = segs.iter().map(|s| s * e).collect();
         for b in 0..nb {
-            let xb = &x[b * c * h * w..(b + 1) * c * h * w];
-            for y in 0..h {
-                let drow = &mut padded[((y + p.padding.0) * pw + p.padding.1) * c..][..w * c];
-                for (xx, px) in drow.chunks_exact_mut(c).enumerate() {
-                    for (ch, d) in px.iter_mut().enumerate() {
-                        *d = xb[(ch * h + y) * w + xx];
-                    }
-                }
-            }
             for (g, lin) in self.groups.iter().enumerate() {
-                let mut a = vec![0u8; m * kp];
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let arow = &mut a[(oy * ow + ox) * kp..(oy * ow + ox) * kp + k];
-                        for ky in 0..kh {
-                            let iy = oy * p.stride.0 + ky * p.dilation.0;
-                            for kx in 0..kw {
-                                let ix = ox * p.stride.1 + kx * p.dilation.1;
-                                let src = (iy * pw + ix) * c + g * icg;
-                                arow[(ky * kw + kx) * icg..(ky * kw + kx + 1) * icg]
-                                    .copy_from_slice(&padded[src..src + icg]);
+                // The group's channels into the padded channels-last image.
+                for y in 0..h {
+                    let row = &mut img[((y + pt) * pw + pl) * icg..][..w * icg];
+                    match layout {
+                        Layout::Nhwc => {
+                            let src = &x[(b * h + y) * w * c..][..w * c];
+                            for (d, s) in row.chunks_exact_mut(icg).zip(src.chunks_exact(c)) {
+                                d.copy_from_slice(&s[g * icg..(g + 1) * icg]);
+                            }
+                        }
+                        Layout::Nchw => {
+                            for ci in 0..icg {
+                                let src = &x[((b * c + g * icg + ci) * h + y) * w..][..w];
+                                for (d, &s) in row[ci..].iter_mut().step_by(icg).zip(src) {
+                                    *d = s;
+                                }
                             }
                         }
                     }
                 }
-                let pa = PackedA::from_padded(lin.kernel(), a, m, k, !lin.symmetric());
-                lin.run_packed_a(&pa, a_zp, Sink::U8(&mut tmp));
-                let ob = &mut out
-                    [(b * p.out_channels + g * ocg) * m..(b * p.out_channels + (g + 1) * ocg) * m];
-                for (pix, row) in tmp.chunks_exact(ocg).enumerate() {
-                    for (o, &v) in row.iter().enumerate() {
-                        ob[o * m + pix] = v;
+                let (sink, out_ld, out_off) = match layout {
+                    Layout::Nhwc => (T::sink(&mut out[b * m * oc..][..m * oc]), oc, g * ocg),
+                    Layout::Nchw => (T::sink(&mut tmp[..]), ocg, 0),
+                };
+                match self.feed {
+                    Feed::Implicit { seg_len, .. } => {
+                        let row_sums: Vec<i32> = if lin.symmetric() {
+                            Vec::new()
+                        } else {
+                            (0..m)
+                                .map(|i| {
+                                    segs.iter()
+                                        .flat_map(|&s| &img[pix(i) + s..][..seg_len])
+                                        .map(|&v| v as i32)
+                                        .sum()
+                                })
+                                .collect()
+                        };
+                        let bytes = if e == 2 {
+                            wide.clear();
+                            wide.extend(img.iter().flat_map(|&v| [v, 0]));
+                            &wide[..]
+                        } else {
+                            &img[..]
+                        };
+                        let rows = RowMap::Pixels {
+                            ow,
+                            dy: sy * pw * icg * e,
+                            dx: sx * icg * e,
+                        };
+                        let steps = seg_len * e / 4;
+                        let a = AOperand::new(bytes, m, rows, &seg_bytes, steps, &row_sums);
+                        lin.run_operand(&a, a_zp, sink, out_ld, out_off);
+                    }
+                    Feed::Im2col => {
+                        let kp = super::pad4(k);
+                        cols.clear();
+                        cols.resize(m * kp, 0u8);
+                        for (i, arow) in cols.chunks_exact_mut(kp).enumerate() {
+                            let (oy, ox) = (i / ow, i % ow);
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let src = ((oy * sy + ky * dy) * pw + ox * sx + kx * dx) * icg;
+                                    arow[(ky * kw + kx) * icg..][..icg]
+                                        .copy_from_slice(&img[src..src + icg]);
+                                }
+                            }
+                        }
+                        let dense = DenseA::new(lin.kernel(), &cols, m, k, kp, !lin.symmetric());
+                        lin.run_operand(&dense.operand(&[0]), a_zp, sink, out_ld, out_off);
+                    }
+                }
+                if layout == Layout::Nchw {
+                    let ob = &mut out[(b * oc + g * ocg) * m..][..ocg * m];
+                    for (px, row) in tmp.chunks_exact(ocg).enumerate() {
+                        for (o, &v) in row.iter().enumerate() {
+                            ob[o * m + px] = v;
+                        }
                     }
                 }
             }
@@ -368,10 +475,10 @@ pub fn conv2d_reference_raw(
     weight_zero_points: &[i32],
     acc: Accumulation,
 ) -> Result<(Vec<i32>, usize, usize)> {
-    p.validate()?;
+    check_params(p)?;
     check_input(x, nb, p.in_channels, h, w, a_zp)?;
-    let (oh, ow) = p.out_size(h, w)?;
-    let (kh, kw) = p.kernel;
+    let (oh, ow) = out_hw(p, nb, h, w)?;
+    let [kh, kw] = p.kernel_size;
     let (icg, ocg) = (p.in_channels / p.groups, p.out_channels / p.groups);
     let k = kh * kw * icg;
     if weights.len() != p.out_channels * k {
@@ -400,10 +507,10 @@ pub fn conv2d_reference_raw(
                 for ox in 0..ow {
                     for ky in 0..kh {
                         for kx in 0..kw {
-                            let iy = (oy * p.stride.0 + ky * p.dilation.0) as isize
-                                - p.padding.0 as isize;
-                            let ix = (ox * p.stride.1 + kx * p.dilation.1) as isize
-                                - p.padding.1 as isize;
+                            let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize
+                                - p.padding[0] as isize;
+                            let ix = (ox * p.stride[1] + kx * p.dilation[1]) as isize
+                                - p.padding[1] as isize;
                             for ic in 0..icg {
                                 let inside =
                                     iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w;
@@ -426,6 +533,19 @@ pub fn conv2d_reference_raw(
         }
     }
     Ok((raw, oh, ow))
+}
+
+/// Geometry of a depthwise 3×3 conv over `c` channels.
+fn dw_params(c: usize, stride: (usize, usize), padding: (usize, usize)) -> Conv2dParams {
+    Conv2dParams {
+        in_channels: c,
+        out_channels: c,
+        kernel_size: [3, 3],
+        stride: [stride.0, stride.1],
+        padding: [padding.0, padding.1],
+        dilation: [1, 1],
+        groups: c.max(1),
+    }
 }
 
 /// Depthwise 3×3 conv (`groups = channels`, one output channel per input channel) with
@@ -474,16 +594,7 @@ impl Depthwise3x3 {
         requant: Requant,
         acc: Accumulation,
     ) -> Result<Self> {
-        Conv2dParams::new(
-            channels,
-            channels,
-            (3, 3),
-            stride,
-            padding,
-            (1, 1),
-            channels.max(1),
-        )
-        .validate()?;
+        check_params(&dw_params(channels, stride, padding))?;
         if weights.len() != channels * 9 {
             return Err(Error::shape(
                 "depthwise weights",
@@ -525,15 +636,7 @@ impl Depthwise3x3 {
     }
 
     fn params(&self) -> Conv2dParams {
-        Conv2dParams::new(
-            self.c,
-            self.c,
-            (3, 3),
-            self.stride,
-            self.padding,
-            (1, 1),
-            self.c,
-        )
+        dw_params(self.c, self.stride, self.padding)
     }
 
     /// Whether `run` takes the AVX2 path.
@@ -553,7 +656,7 @@ impl Depthwise3x3 {
     ) -> Result<(usize, usize)> {
         let p = self.params();
         check_input(x, nb, self.c, h, w, a_zp)?;
-        let (oh, ow) = p.out_size(h, w)?;
+        let (oh, ow) = out_hw(&p, nb, h, w)?;
         if out.len() != nb * self.c * oh * ow {
             return Err(Error::shape(
                 "depthwise output",

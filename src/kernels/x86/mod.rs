@@ -53,6 +53,7 @@ use std::sync::OnceLock;
 mod avx2;
 mod avx512vnni;
 pub mod conv;
+pub mod layer;
 pub mod peak;
 
 /// An instruction-set extension an x86 kernel needs.
@@ -276,85 +277,207 @@ impl PackedB {
     pub fn kernel(&self) -> KernelId {
         self.kernel
     }
-}
 
-/// Activations packed per call: rows of `kp` (zero-padded), u8 or widened to u16.
-pub(crate) struct PackedA {
-    m: usize,
-    kp: usize,
-    data8: Vec<u8>,
-    data16: Vec<u16>,
-    row_sums: Vec<i32>,
-}
-
-impl PackedA {
-    /// From activations already laid out in rows of `kp = pad4(k)` bytes with zero padding
-    /// (as im2col writes them).
-    /// Row sums are only taken when `need_row_sums` (asymmetric weights); otherwise empty.
-    fn from_padded(kernel: KernelId, a: Vec<u8>, m: usize, k: usize, need_row_sums: bool) -> Self {
-        let kp = pad4(k);
-        debug_assert_eq!(a.len(), m * kp);
-        let row_sums = if need_row_sums {
-            (0..m)
-                .map(|i| a[i * kp..i * kp + k].iter().map(|&v| v as i32).sum())
-                .collect()
-        } else {
-            vec![0; m]
-        };
-        let (mut data8, mut data16) = (Vec::new(), Vec::new());
-        match kernel.format() {
-            Format::Plain => {
-                data8 = Vec::with_capacity(m * k);
-                for i in 0..m {
-                    data8.extend_from_slice(&a[i * kp..i * kp + k]);
-                }
-            }
-            Format::Quad8 { .. } => data8 = a,
-            Format::Pair16 { .. } => data16 = a.iter().map(|&v| v as u16).collect(),
+    /// Bytes of one panel's K steps (`kp` u8 or `kp` i16 per column), `nr` columns wide, divided
+    /// by `nr`: the most an activation row may read, in bytes.
+    fn step_bytes(&self) -> usize {
+        match self.kernel.format() {
+            Format::Quad8 { .. } => self.kp,
+            Format::Pair16 { .. } => 2 * self.kp,
+            Format::Plain => self.k,
         }
+    }
+
+    /// The `Quad8`/`Pair16` panel `p` (`nr` columns, `kp` k), as bytes or i16.
+    fn panel8(&self, p: usize, nr: usize) -> &[i8] {
+        &self.data8[p * nr * self.kp..(p + 1) * nr * self.kp]
+    }
+
+    fn panel16(&self, p: usize, nr: usize) -> &[i16] {
+        &self.data16[p * nr * self.kp..(p + 1) * nr * self.kp]
+    }
+}
+
+/// Where the micro-kernels find row `i` of the activation operand.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RowMap {
+    /// Row `i` starts at byte `i · ld`.
+    Dense { ld: usize },
+    /// Row `i` is output pixel `(oy, ox) = (i / ow, i % ow)` of a convolution, starting at byte
+    /// `oy · dy + ox · dx` of a padded channels-last image.
+    Pixels { ow: usize, dy: usize, dx: usize },
+}
+
+impl RowMap {
+    #[inline]
+    fn offset(self, i: usize) -> usize {
+        match self {
+            RowMap::Dense { ld } => i * ld,
+            RowMap::Pixels { ow, dy, dx } => (i / ow) * dy + (i % ow) * dx,
+        }
+    }
+}
+
+/// The activation operand as the micro-kernels read it. Each row is `segs.len()` segments of
+/// `steps` 4-byte steps, segment `s` starting at byte `row + segs[s]`; one step is the four u8 of
+/// a `Quad8` k-group, or the two u16 (little-endian, high byte 0) of a `Pair16` k-pair, and the
+/// steps of a row, in order, meet the steps of the weight panel one to one.
+///
+/// A dense GEMM has one segment per row. A convolution reads its rows straight out of the
+/// zero-point-padded channels-last image ("implicit im2col"): with the K order `(ky, kx, ic)`,
+/// the `KW·ICg` values of one kernel row are contiguous in the image, so a row of A is `KH`
+/// segments `dilation_h·padded_width·ICg` apart, and no im2col matrix is written.
+pub(crate) struct AOperand<'a> {
+    bytes: &'a [u8],
+    m: usize,
+    rows: RowMap,
+    segs: &'a [usize],
+    steps: usize,
+    /// `Σ_k A[i][k]` per row, or empty when no weight zero point needs it.
+    row_sums: &'a [i32],
+}
+
+impl<'a> AOperand<'a> {
+    /// Checks once that every read the micro-kernels will make is inside `bytes` (the soundness
+    /// condition of the SIMD kernels); a violation is a bug in the caller, hence the panic.
+    pub(crate) fn new(
+        bytes: &'a [u8],
+        m: usize,
+        rows: RowMap,
+        segs: &'a [usize],
+        steps: usize,
+        row_sums: &'a [i32],
+    ) -> Self {
+        let last_row = (0..m).map(|i| rows.offset(i)).max().unwrap_or(0);
+        let last_seg = segs.iter().copied().max().unwrap_or(0);
+        assert!(
+            m == 0 || last_row + last_seg + 4 * steps <= bytes.len(),
+            "activation operand reads past its buffer"
+        );
+        assert!(row_sums.is_empty() || row_sums.len() == m);
         Self {
+            bytes,
             m,
-            kp,
-            data8,
-            data16,
+            rows,
+            segs,
+            steps,
             row_sums,
         }
     }
 
-    fn new(kernel: KernelId, a: &[u8], m: usize, k: usize) -> Self {
+    /// 4-byte steps per row.
+    fn k_steps(&self) -> usize {
+        self.segs.len() * self.steps
+    }
+}
+
+/// Walks an `m × n` output in L2 blocks of rows, weight panels of `nr` columns and tiles of up
+/// to `MR` rows, calling `tile(rows, n_rows, i0, panel)` with the start of each tile row in A
+/// (rows past `n_rows` repeat the first, so they are valid but unused).
+///
+/// The block of rows is sized so its share of A (`mc · K` bytes) stays in L2 while each weight
+/// panel is swept over it.
+pub(crate) fn drive<const MR: usize>(
+    a: &AOperand,
+    n: usize,
+    nr: usize,
+    mut tile: impl FnMut(&[*const u8; MR], usize, usize, usize),
+) {
+    let kbytes = 4 * a.k_steps();
+    let mc = ((128 * 1024 / kbytes.max(1)) / MR).max(1) * MR;
+    let panels = n.div_ceil(nr);
+    let base = a.bytes.as_ptr();
+    for ic in (0..a.m).step_by(mc) {
+        let iend = (ic + mc).min(a.m);
+        for p in 0..panels {
+            let mut i = ic;
+            while i < iend {
+                let rows = (iend - i).min(MR);
+                let first = a.rows.offset(i);
+                let ptrs: [*const u8; MR] = std::array::from_fn(|r| {
+                    let off = if r < rows {
+                        a.rows.offset(i + r)
+                    } else {
+                        first
+                    };
+                    base.wrapping_add(off)
+                });
+                tile(&ptrs, rows, i, p);
+                i += rows;
+            }
+        }
+    }
+}
+
+/// Activations packed for a dense GEMM: rows of `kp` u8 (zero-padded; borrowed when no padding is
+/// needed) or `kp` little-endian u16 for `Pair16`, plus their row sums when asked for.
+pub(crate) struct DenseA<'a> {
+    bytes: std::borrow::Cow<'a, [u8]>,
+    m: usize,
+    ld: usize,
+    steps: usize,
+    row_sums: Vec<i32>,
+}
+
+impl<'a> DenseA<'a> {
+    /// `a` is `m` rows of `ld_in` bytes whose first `k` are the row (`ld_in ≥ k`).
+    fn new(
+        kernel: KernelId,
+        a: &'a [u8],
+        m: usize,
+        k: usize,
+        ld_in: usize,
+        need_row_sums: bool,
+    ) -> Self {
+        use std::borrow::Cow;
         let kp = pad4(k);
-        let row_sums = (0..m)
-            .map(|i| a[i * k..(i + 1) * k].iter().map(|&v| v as i32).sum())
-            .collect();
-        let (mut data8, mut data16) = (Vec::new(), Vec::new());
-        match kernel.format() {
-            Format::Plain => data8 = a.to_vec(),
+        let row = |i: usize| &a[i * ld_in..i * ld_in + k];
+        let row_sums = if need_row_sums {
+            (0..m)
+                .map(|i| row(i).iter().map(|&v| v as i32).sum())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let (bytes, ld, steps) = match kernel.format() {
+            Format::Plain if ld_in == k => (Cow::Borrowed(a), k, 0),
+            Format::Plain => (Cow::Owned((0..m).flat_map(row).copied().collect()), k, 0),
+            Format::Quad8 { .. } if ld_in == kp => (Cow::Borrowed(a), kp, kp / 4),
             Format::Quad8 { .. } => {
-                if kp == k {
-                    data8 = a.to_vec();
-                } else {
-                    data8 = vec![0u8; m * kp];
-                    for i in 0..m {
-                        data8[i * kp..i * kp + k].copy_from_slice(&a[i * k..(i + 1) * k]);
-                    }
+                let mut d = vec![0u8; m * kp];
+                for i in 0..m {
+                    d[i * kp..i * kp + k].copy_from_slice(row(i));
                 }
+                (Cow::Owned(d), kp, kp / 4)
             }
             Format::Pair16 { .. } => {
-                data16 = vec![0u16; m * kp];
+                let mut d = vec![0u8; m * 2 * kp];
                 for i in 0..m {
-                    for (d, &s) in data16[i * kp..i * kp + k].iter_mut().zip(&a[i * k..]) {
-                        *d = s as u16;
+                    for (c, &v) in row(i).iter().enumerate() {
+                        d[i * 2 * kp + 2 * c] = v;
                     }
                 }
+                (Cow::Owned(d), 2 * kp, kp / 2)
             }
-        }
+        };
         Self {
+            bytes,
             m,
-            kp,
-            data8,
-            data16,
+            ld,
+            steps,
             row_sums,
         }
+    }
+
+    fn operand<'s>(&'s self, seg0: &'s [usize; 1]) -> AOperand<'s> {
+        AOperand::new(
+            &self.bytes,
+            self.m,
+            RowMap::Dense { ld: self.ld },
+            seg0,
+            self.steps,
+            &self.row_sums,
+        )
     }
 }
 
@@ -369,7 +492,12 @@ pub(crate) enum Sink<'a> {
 /// Everything the epilogue needs: zero-point folding and the requantization constants expanded
 /// to one entry per output channel.
 pub(crate) struct Epilogue<'a> {
+    /// Columns of the GEMM.
     n: usize,
+    /// Output element `(i, j)` is at `out_off + i·out_ld + j` of the sink.
+    out_ld: usize,
+    out_off: usize,
+    /// Per-row activation sums (empty when `b_zp` is `None`).
     row_sums: &'a [i32],
     /// `a_zp · col_off[j]`.
     zc: &'a [i32],
@@ -453,9 +581,20 @@ impl Epilogue<'_> {
     fn raw(&self, acc: i32, i: usize, j: usize) -> i32 {
         let mut r = acc.wrapping_sub(self.zc[j]);
         if let Some(bz) = self.b_zp {
-            r = r.wrapping_sub(self.row_sums[i].wrapping_mul(bz[j]));
+            r = r.wrapping_sub(self.row_sum(i).wrapping_mul(bz[j]));
         }
         r
+    }
+
+    #[inline]
+    fn row_sum(&self, i: usize) -> i32 {
+        self.row_sums.get(i).copied().unwrap_or(0)
+    }
+
+    /// Index of output element `(i, j)` in the sink.
+    #[inline]
+    fn at(&self, i: usize, j: usize) -> usize {
+        self.out_off + i * self.out_ld + j
     }
 
     /// Scalar epilogue for a tile of `rows × cols` accumulators at `(i0, j0)`, `ld` apart.
@@ -472,11 +611,10 @@ impl Epilogue<'_> {
             for c in 0..cols {
                 let (i, j) = (i0 + r, j0 + c);
                 let raw = self.raw(t[r * ld + c], i, j);
+                let at = self.at(i, j);
                 match &mut self.sink {
-                    Sink::Raw(o) => o[i * self.n + j] = raw,
-                    Sink::U8(o) => {
-                        o[i * self.n + j] = self.requant.expect("u8 sink has a rule").apply(raw, j)
-                    }
+                    Sink::Raw(o) => o[at] = raw,
+                    Sink::U8(o) => o[at] = self.requant.expect("u8 sink has a rule").apply(raw, j),
                 }
             }
         }
@@ -484,11 +622,19 @@ impl Epilogue<'_> {
 }
 
 /// Runs `c = a·bᵀ` on a packed B through the epilogue.
-fn run_packed(b: &PackedB, a: &PackedA, epi: &mut Epilogue) {
+fn run_packed(b: &PackedB, a: &AOperand, epi: &mut Epilogue) {
+    if b.kernel.format() != Format::Plain {
+        // The micro-kernels read `k_steps` steps of each weight panel: keep them inside it.
+        assert!(
+            a.k_steps() * 4 <= b.step_bytes(),
+            "activation rows longer than the packed weights"
+        );
+    }
     match b.kernel {
         KernelId::Avx2PairSat => {
             // SAFETY: a KernelId other than Portable exists only if its ISA was detected
-            // (KernelId::new / best), and `b` was packed for this kernel's format.
+            // (KernelId::new / best), `b` was packed for this kernel's format and `a` checked its
+            // reads when it was built (AOperand::new).
             unsafe { avx2::gemm_pairsat(a, b, epi) }
         }
         KernelId::Avx2Exact => {
@@ -503,12 +649,10 @@ fn run_packed(b: &PackedB, a: &PackedA, epi: &mut Epilogue) {
             let k = b.k;
             let mut t = vec![0i32; b.n];
             for i in 0..a.m {
+                let off = a.rows.offset(i);
+                let row = &a.bytes[off..off + k];
                 for (j, tj) in t.iter_mut().enumerate() {
-                    *tj = reference::dot(
-                        acc,
-                        &a.data8[i * k..(i + 1) * k],
-                        &b.data8[j * k..(j + 1) * k],
-                    );
+                    *tj = reference::dot(acc, row, &b.data8[j * k..(j + 1) * k]);
                 }
                 epi.tile_scalar(i, 0, 1, b.n, &t, b.n);
             }
@@ -655,23 +799,34 @@ impl PackedLinear {
     }
 
     fn epilogue_run(&self, a: &[u8], m: usize, a_zp: i32, sink: Sink<'_>) {
-        let pa = PackedA::new(self.packed.kernel, a, m, self.packed.k);
-        self.run_packed_a(&pa, a_zp, sink);
+        let k = self.packed.k;
+        let dense = DenseA::new(self.packed.kernel, a, m, k, k, !self.symmetric);
+        self.run_operand(&dense.operand(&[0]), a_zp, sink, self.packed.n, 0);
     }
 
-    /// Runs on already packed activations (`a_zp` validated by the caller).
-    pub(crate) fn run_packed_a(&self, pa: &PackedA, a_zp: i32, sink: Sink<'_>) {
+    /// Runs on an activation operand (`a_zp` validated by the caller), writing output `(i, j)` at
+    /// `out_off + i·out_ld + j` of `sink`.
+    pub(crate) fn run_operand(
+        &self,
+        a: &AOperand,
+        a_zp: i32,
+        sink: Sink<'_>,
+        out_ld: usize,
+        out_off: usize,
+    ) {
         let zc: Vec<i32> = self.col_off.iter().map(|&c| c.wrapping_mul(a_zp)).collect();
         let mut epi = Epilogue {
             n: self.packed.n,
-            row_sums: &pa.row_sums,
+            out_ld,
+            out_off,
+            row_sums: a.row_sums,
             zc: &zc,
             b_zp: (!self.symmetric).then_some(&self.b_zp[..]),
             rq: Some(&self.rq),
             requant: Some(&self.requant),
             sink,
         };
-        run_packed(&self.packed, pa, &mut epi);
+        run_packed(&self.packed, a, &mut epi);
     }
 
     /// Requantized output: `out[i][j]` = the rule applied to `Σ_k (a[i][k] − a_zp)(w[j][k] − w_zp[j])`
@@ -729,18 +884,20 @@ impl Int8Gemm for X86Gemm {
             return;
         }
         let packed = PackedB::new(self.id, b, n, k).expect("shapes checked above");
-        let pa = PackedA::new(self.id, a, m, k);
+        let dense = DenseA::new(self.id, a, m, k, k, false);
         let zc = vec![0i32; n];
         let mut epi = Epilogue {
             n,
-            row_sums: &pa.row_sums,
+            out_ld: n,
+            out_off: 0,
+            row_sums: &[],
             zc: &zc,
             b_zp: None,
             rq: None,
             requant: None,
             sink: Sink::Raw(c),
         };
-        run_packed(&packed, &pa, &mut epi);
+        run_packed(&packed, &dense.operand(&[0]), &mut epi);
     }
 }
 

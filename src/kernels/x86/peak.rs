@@ -3,7 +3,6 @@
 
 use super::Isa;
 use std::arch::x86_64::*;
-use std::time::Instant;
 
 /// Six independent `vpmaddubsw → vpmaddwd → vpaddd` chains per iteration (inline asm so the
 /// loop-invariant products cannot be hoisted by the compiler).
@@ -79,28 +78,26 @@ unsafe fn vnni_loop(iters: u64, seed: i32) -> i32 {
     _mm512_reduce_add_epi32(s)
 }
 
-/// Peak GOPS (2 ops per u8×i8 multiply-accumulate) of the given instruction sequence on one core:
-/// `vpmaddubsw+vpmaddwd+vpaddd` (ymm, 32 MAC) for [`Isa::Avx2`], `vpdpbusd` (zmm, 64 MAC) for
-/// [`Isa::Avx512Vnni`]. `None` if the CPU lacks the ISA. Best of 5 runs of `iters` iterations.
-pub fn peak_gops(isa: Isa, iters: u64) -> Option<f64> {
+/// Runs `iters` iterations of the MAC-instruction loop of `isa` (`None` if the CPU lacks it);
+/// one iteration is [`ops_per_iter`] operations.
+pub fn mac_loop(isa: Isa, iters: u64, seed: i32) -> Option<i32> {
     if !isa.detected() {
         return None;
     }
-    let mut best = f64::INFINITY;
-    for run in 0..5 {
-        let t = Instant::now();
-        let r = match isa {
-            // SAFETY: AVX2 was detected above.
-            Isa::Avx2 => unsafe { pairsat_loop(iters, 0x0102_0304 + run) },
-            // SAFETY: AVX-512 F/BW/VNNI were detected above.
-            Isa::Avx512Vnni => unsafe { vnni_loop(iters, 0x0102_0304 + run) },
-        };
-        std::hint::black_box(r);
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    let macs_per_iter = match isa {
+    Some(match isa {
+        // SAFETY: AVX2 was detected above.
+        Isa::Avx2 => unsafe { pairsat_loop(iters, seed) },
+        // SAFETY: AVX-512 F/BW/VNNI were detected above.
+        Isa::Avx512Vnni => unsafe { vnni_loop(iters, seed) },
+    })
+}
+
+/// Operations (2 per u8×i8 multiply-accumulate) in one iteration of [`mac_loop`]:
+/// six `vpmaddubsw+vpmaddwd+vpaddd` chains (ymm, 32 MAC each) for [`Isa::Avx2`], twelve
+/// `vpdpbusd` (zmm, 64 MAC each) for [`Isa::Avx512Vnni`].
+pub fn ops_per_iter(isa: Isa) -> u64 {
+    2 * match isa {
         Isa::Avx2 => 6 * 32,
         Isa::Avx512Vnni => 12 * 64,
-    };
-    Some(2.0 * (macs_per_iter as f64) * iters as f64 / best / 1e9)
+    }
 }
