@@ -5,7 +5,8 @@
 //! 2. integer kernels: [`kernels`];
 //! 3. requantization and ops: [`requant`], [`ops`];
 //! 4. engines and convert flows: [`engine`], [`flow`];
-//! 5. goldens and comparison: [`golden`], [`compare`], [`check`];
+//! 5. goldens and comparison: [`golden`], [`check`], with explanations in [`explain`] and
+//!    reproduction scripts in [`repro`];
 //! 6. drivers: [`gen`] (case generation shared by tests, fuzz targets and live runs).
 //!
 //! Unsafe code is confined to the SIMD kernels under [`kernels`].

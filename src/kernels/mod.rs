@@ -1,7 +1,7 @@
 //! Integer GEMM kernels: u8 activations × i8 weights → i32 accumulators.
 //!
 //! Every kernel implements [`Int8Gemm`] and declares its [`Accumulation`] model. The
-//! [`reference`] kernel is the plain, obviously correct implementation of both models; optimized
+//! [`reference`](mod@reference) kernel is the plain, obviously correct implementation of both models; optimized
 //! kernels (x86 AVX2 / AVX-512 VNNI, ARM NEON) must equal it bit for bit and are listed by
 //! [`available`] so the property suites and fuzz targets cover each of them.
 

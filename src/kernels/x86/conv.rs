@@ -11,7 +11,7 @@
 //! The input of each group is copied once into a channels-last image padded with the input zero
 //! point (as FBGEMM pads). In that image the `KW·ICg` values of one kernel row are contiguous,
 //! so a row of the GEMM's A is `KH` segments of the image and the micro-kernels read them in
-//! place ([`AOperand`](super::AOperand) with [`RowMap::Pixels`](super::RowMap)): no im2col
+//! place (`AOperand` with `RowMap::Pixels` in the parent module): no im2col
 //! matrix is written, and A costs one pass over the input instead of `KH·KW` copies of it. This
 //! needs segments that are whole kernel steps (`KW·ICg` a multiple of 4 bytes, or of 2 values for
 //! the widened exact kernel; with a horizontal dilation, `ICg` alone); other shapes, and the

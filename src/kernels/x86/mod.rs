@@ -6,7 +6,7 @@
 //! | [`KernelId::Avx2PairSat`] | `vpmaddubsw` → `vpmaddwd(·, 1)` → `vpaddd` | [`Accumulation::PairSaturatingI16`] (FBGEMM's non-VNNI acc32 path, `GenerateKernelU8S8S32ACC32.cc`) |
 //! | [`KernelId::Avx2Exact`] | u8/i8 widened to i16, `vpmaddwd` → `vpaddd` | [`Accumulation::Exact`] without VNNI |
 //! | [`KernelId::Avx512Vnni`] | `vpdpbusd` | [`Accumulation::Exact`] (FBGEMM's VNNI path) |
-//! | [`KernelId::Portable`] | the [`reference`](super::reference) kernel | either |
+//! | [`KernelId::Portable`] | the `reference` kernel | either |
 //!
 //! `#[target_feature]` appears only on the `unsafe` entry points inside `avx2`/`avx512vnni`;
 //! a [`KernelId`] can only be obtained for a CPU that supports it ([`KernelId::new`] returns
@@ -30,11 +30,15 @@
 //! * **`Pair16`** (exact AVX2): `panel[h][c][0..2] = (i16) B[c][2h .. 2h+2]`; activations are
 //!   widened to u16 when `A` is packed, and `vpmaddwd` sums two exact 16-bit products per lane.
 //!
-//! Activations are packed per call into rows of `kp` bytes (u16 for `Pair16`), zero-padded, and
-//! their row sums are taken on the way (needed for asymmetric weights). The micro-kernel keeps an
-//! `MR × NR` int32 tile in registers over the whole of `K` (`MR` = 4 rows × 2 vectors on AVX2, 6 × 2
-//! on AVX-512); rows are processed in blocks of `MC` rows so an `MC × kp` block of A stays in L2
-//! while each `kp × NR` weight panel is reused by `MC / MR` micro-kernel calls.
+//! Activations are not packed: the micro-kernels read each row of A where it lies, as a list of
+//! segments of 4-byte steps (`AOperand`). A linear layer's input is used as is when `K` is a
+//! multiple of 4 (otherwise rows are copied with zero padding; `Pair16` widens them to u16); a
+//! convolution's rows are windows of the padded channels-last image, one segment per kernel row
+//! ([`conv`] module docs), so no im2col matrix is written. Row sums are taken only for asymmetric
+//! weights. The micro-kernel keeps an `MR × NR` int32 tile in registers over the whole of `K`
+//! (`MR` = 4 rows × 2 vectors on AVX2, 6 × 2 on AVX-512); rows are processed in blocks of `MC`
+//! rows so the block's share of A (about 128 KiB) stays in L2 while each `K × NR` weight panel is
+//! swept over it by `MC / MR` micro-kernel calls.
 //!
 //! # Fused epilogue
 //! Each finished tile goes through the epilogue in registers-to-L1 order: zero points are folded as
