@@ -46,8 +46,15 @@ impl Conv2dParams {
         }
         let mut out = [0usize; 2];
         for d in 0..2 {
-            let span = self.dilation[d] * (self.kernel_size[d] - 1) + 1;
-            let padded = input_shape[2 + d] + 2 * self.padding[d];
+            let span = self.dilation[d]
+                .checked_mul(self.kernel_size[d] - 1)
+                .and_then(|s| s.checked_add(1));
+            let padded = self.padding[d]
+                .checked_mul(2)
+                .and_then(|p| p.checked_add(input_shape[2 + d]));
+            let (Some(span), Some(padded)) = (span, padded) else {
+                return bad(format!("kernel span or padded input overflows in dim {d}"));
+            };
             if padded < span {
                 return bad(format!(
                     "kernel span {span} exceeds padded input {padded} in dim {d}"
