@@ -22,6 +22,25 @@ pub struct Conv2dParams {
 }
 
 impl Conv2dParams {
+    /// A square `kernel × kernel` window with stride 1, no dilation and `padding` on every side.
+    pub fn square(
+        in_channels: usize,
+        out_channels: usize,
+        groups: usize,
+        kernel: usize,
+        padding: usize,
+    ) -> Self {
+        Self {
+            in_channels,
+            out_channels,
+            kernel_size: [kernel, kernel],
+            stride: [1, 1],
+            padding: [padding, padding],
+            dilation: [1, 1],
+            groups,
+        }
+    }
+
     /// Checks the parameters and an NCHW input shape; returns `(N, OH, OW)`.
     pub fn output_dims(&self, input_shape: &[usize]) -> Result<(usize, usize, usize)> {
         let bad = |why: String| Err(Error::shape("conv2d", why));
