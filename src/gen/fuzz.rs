@@ -196,19 +196,29 @@ pub fn qparams_observers(data: &[u8]) {
     check_observer(&q, sym, &xs);
 }
 
+/// The per-tensor qscheme: symmetric or affine.
+pub fn per_tensor_qscheme(symmetric: bool) -> QScheme {
+    if symmetric {
+        QScheme::PerTensorSymmetric
+    } else {
+        QScheme::PerTensorAffine
+    }
+}
+
+/// The qparams chooser configuration of a quant case, per-tensor, with PyTorch's default eps.
+pub fn qparams_config(q: &QParamCase, symmetric: bool) -> ObserverQParamsConfig {
+    ObserverQParamsConfig {
+        dtype: q.dtype,
+        qscheme: per_tensor_qscheme(symmetric),
+        range: q.range,
+        eps: f32::EPSILON,
+    }
+}
+
 /// Checks both choosers on statistics `(min(a, b), max(a, b))`.
 pub fn check_qparams(q: &QParamCase, a: f32, b: f32, sym: bool) {
     let (lo, hi) = (q.range.quant_min, q.range.quant_max);
-    let cfg = ObserverQParamsConfig {
-        dtype: q.dtype,
-        qscheme: if sym {
-            QScheme::PerTensorSymmetric
-        } else {
-            QScheme::PerTensorAffine
-        },
-        range: q.range,
-        eps: f32::EPSILON,
-    };
+    let cfg = qparams_config(q, sym);
     let (mn, mx) = if a <= b { (a, b) } else { (b, a) };
     let res = observer_qparams(&cfg, &[mn], &[mx]);
     if finite_stat(a) && finite_stat(b) {
@@ -265,11 +275,7 @@ pub fn check_observer(q: &QParamCase, sym: bool, xs: &[f32]) {
     let cfg = ObserverConfig {
         class: ObserverClass::MinMaxObserver,
         dtype: q.dtype,
-        qscheme: if sym {
-            QScheme::PerTensorSymmetric
-        } else {
-            QScheme::PerTensorAffine
-        },
+        qscheme: per_tensor_qscheme(sym),
         range: q.range,
         reduce_range: q.reduce_range,
         eps: f32::EPSILON,
