@@ -395,11 +395,31 @@ struct ChannelArgs<'a> {
     scales: Vec<f64>,
     scales_dtype: crate::tensor::DType,
     zero_points: &'a [i64],
+    shape: &'a [usize],
     axis: usize,
-    channels: usize,
 }
 
-fn channel_args<'a>(case: &Case, a: &'a QArgs, shape: &[usize]) -> Result<ChannelArgs<'a>> {
+impl ChannelArgs<'_> {
+    /// The channel of flat element `i`.
+    fn channel_of(&self) -> impl Fn(usize) -> usize {
+        channel_index(self.shape, self.axis)
+    }
+
+    /// Checks every channel's qparams against the quant range `lo..=hi`.
+    fn check_qparams(&self, case: &Case, lo: i64, hi: i64) -> Result<()> {
+        for (&s, &zp) in self.scales.iter().zip(self.zero_points) {
+            check_qparams(case, s, zp, lo, hi)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_qparams(case: &Case, scale: f64, zero_point: i64, lo: i64, hi: i64) -> Result<()> {
+    crate::qparams::validate_qparams("args", scale, zero_point, lo, hi)
+        .map_err(|e| field_err(case, "args", e.to_string()))
+}
+
+fn channel_args<'a>(case: &Case, a: &'a QArgs, shape: &'a [usize]) -> Result<ChannelArgs<'a>> {
     let st = a
         .scales
         .as_ref()
@@ -435,8 +455,8 @@ fn channel_args<'a>(case: &Case, a: &'a QArgs, shape: &[usize]) -> Result<Channe
         scales,
         scales_dtype: st.dtype,
         zero_points,
+        shape,
         axis,
-        channels,
     })
 }
 
@@ -465,12 +485,21 @@ fn check_primitive(case: &Case, p: &PrimitiveCase, rec: &mut Recorder) -> Result
         |o: Option<f64>, f: &str| o.ok_or_else(|| field_err(case, &format!("args.{f}"), "missing"));
     let int =
         |o: Option<i64>, f: &str| o.ok_or_else(|| field_err(case, &format!("args.{f}"), "missing"));
-    let exp_t = |f: &str| -> Result<Tensor> {
-        let v = p
-            .expected
-            .get(f)
-            .ok_or_else(|| field_err(case, &format!("expected.{f}"), "missing"))?;
-        golden::decode(path, &format!("expected.{f}"), v)
+    let input = || -> Result<(&Tensor, &[f32])> {
+        let x = need(case, a.input.as_ref(), "input")?;
+        Ok((x, f32s(case, "args.input", x)?))
+    };
+    // The quantized input of the dequantize ops.
+    let int_repr = || -> Result<(&Tensor, &[i64])> {
+        let q = need(case, a.int_repr.as_ref().or(a.input.as_ref()), "int_repr")?;
+        Ok((q, ints(case, "args.int_repr", q)?))
+    };
+    let scale_zp = || Ok::<_, Error>((num(a.scale, "scale")?, int(a.zero_point, "zero_point")?));
+    let quant_range = || {
+        Ok::<_, Error>((
+            int(a.quant_min, "quant_min")?,
+            int(a.quant_max, "quant_max")?,
+        ))
     };
     let dtype = |s: &Option<String>| -> Result<QDType> {
         let s = s
@@ -478,41 +507,55 @@ fn check_primitive(case: &Case, p: &PrimitiveCase, rec: &mut Recorder) -> Result
             .ok_or_else(|| field_err(case, "args.dtype", "missing"))?;
         parse_enum(case, "args.dtype", s)
     };
-    let check_scale = |s: f64, zp: i64, lo: i64, hi: i64| {
-        crate::qparams::validate_qparams("args", s, zp, lo, hi)
-            .map_err(|e| field_err(case, "args", e.to_string()))
+    let exp_t = |f: &str| -> Result<Tensor> {
+        let v = p
+            .expected
+            .get(f)
+            .ok_or_else(|| field_err(case, &format!("expected.{f}"), "missing"))?;
+        golden::decode(path, &format!("expected.{f}"), v)
     };
+    // Compare our results with the expected field `f`.
+    let cmp_ints = |rec: &mut Recorder, f: &str, ours: &[Option<i64>]| -> Result<()> {
+        let exp = exp_t(f)?;
+        rec.ints(g, f, ours, ints(case, &format!("expected.{f}"), &exp)?);
+        Ok(())
+    };
+    let cmp_floats =
+        |rec: &mut Recorder, ours: &[f32], inputs: &dyn Fn(usize) -> String| -> Result<()> {
+            let exp = exp_t("output")?;
+            rec.floats(
+                g,
+                "output",
+                ours,
+                f32s(case, "expected.output", &exp)?,
+                inputs,
+            );
+            Ok(())
+        };
+    let decomposed = g.starts_with("decomposed");
     match g {
         "quantize_per_tensor" => {
-            let x = need(case, a.input.as_ref(), "input")?;
-            let xs = f32s(case, "args.input", x)?;
+            let (_, xs) = input()?;
             let dt = dtype(&a.dtype)?;
-            let (s, zp) = (num(a.scale, "scale")?, int(a.zero_point, "zero_point")?);
+            let (s, zp) = scale_zp()?;
             let (lo, hi) = dt.full_range();
-            check_scale(s, zp, lo, hi)?;
+            check_qparams(case, s, zp, lo, hi)?;
             let ours = aten::quantize_per_tensor(xs, s, zp, dt);
-            let exp = exp_t("int_repr")?;
-            rec.ints(g, "int_repr", &ours, ints(case, "expected.int_repr", &exp)?);
+            cmp_ints(rec, "int_repr", &ours)?;
         }
         "quantize_per_channel" => {
-            let x = need(case, a.input.as_ref(), "input")?;
-            let xs = f32s(case, "args.input", x)?;
+            let (x, xs) = input()?;
             let dt = dtype(&a.dtype)?;
             let pc = channel_args(case, &a, &x.shape)?;
-            let (scales, zps, axis, ch) = (&pc.scales, pc.zero_points, pc.axis, pc.channels);
             let (lo, hi) = dt.full_range();
-            for c in 0..ch {
-                check_scale(scales[c], zps[c], lo, hi)?;
-            }
+            pc.check_qparams(case, lo, hi)?;
             let ours =
-                aten::quantize_per_channel(xs, scales, zps, channel_index(&x.shape, axis), dt);
-            let exp = exp_t("int_repr")?;
-            rec.ints(g, "int_repr", &ours, ints(case, "expected.int_repr", &exp)?);
+                aten::quantize_per_channel(xs, &pc.scales, pc.zero_points, pc.channel_of(), dt);
+            cmp_ints(rec, "int_repr", &ours)?;
         }
         "dequantize_per_tensor" | "decomposed_dequantize_per_tensor" => {
-            let q = need(case, a.int_repr.as_ref().or(a.input.as_ref()), "int_repr")?;
-            let qs = ints(case, "args.int_repr", q)?;
-            let (s, zp) = (num(a.scale, "scale")?, int(a.zero_point, "zero_point")?);
+            let (_, qs) = int_repr()?;
+            let (s, zp) = scale_zp()?;
             if !(s.is_finite() && s > 0.0) {
                 return Err(field_err(
                     case,
@@ -523,35 +566,25 @@ fn check_primitive(case: &Case, p: &PrimitiveCase, rec: &mut Recorder) -> Result
             let ours: Vec<f32> = qs
                 .iter()
                 .map(|&v| {
-                    if g.starts_with("decomposed") {
+                    if decomposed {
                         decomposed::dequantize(v, s, zp)
                     } else {
                         aten::dequantize(v, s, zp)
                     }
                 })
                 .collect();
-            let exp = exp_t("output")?;
-            rec.floats(
-                g,
-                "output",
-                &ours,
-                f32s(case, "expected.output", &exp)?,
-                |i| format!("q = {}", qs[i]),
-            );
+            cmp_floats(rec, &ours, &|i| format!("q = {}", qs[i]))?;
         }
         "dequantize_per_channel" | "decomposed_dequantize_per_channel" => {
-            let q = need(case, a.int_repr.as_ref().or(a.input.as_ref()), "int_repr")?;
-            let qs = ints(case, "args.int_repr", q)?;
+            let (q, qs) = int_repr()?;
             let pc = channel_args(case, &a, &q.shape)?;
-            let (scales, zps, axis, _) = (&pc.scales, pc.zero_points, pc.axis, pc.channels);
-            let st_dtype = pc.scales_dtype;
-            let chf = channel_index(&q.shape, axis);
+            let (scales, zps, chf) = (&pc.scales, pc.zero_points, pc.channel_of());
             let ours: Vec<f32> = qs
                 .iter()
                 .enumerate()
                 .map(|(i, &v)| {
                     let c = chf(i);
-                    match (g.starts_with("decomposed"), st_dtype) {
+                    match (decomposed, pc.scales_dtype) {
                         (true, crate::tensor::DType::F32) => {
                             decomposed::dequantize_f32_scale(v, scales[c] as f32, zps[c])
                         }
@@ -560,93 +593,56 @@ fn check_primitive(case: &Case, p: &PrimitiveCase, rec: &mut Recorder) -> Result
                     }
                 })
                 .collect();
-            let exp = exp_t("output")?;
-            rec.floats(
-                g,
-                "output",
-                &ours,
-                f32s(case, "expected.output", &exp)?,
-                |i| format!("q = {}", qs[i]),
-            );
+            cmp_floats(rec, &ours, &|i| format!("q = {}", qs[i]))?;
         }
         "decomposed_quantize_per_tensor" => {
-            let xs = f32s(case, "args.input", need(case, a.input.as_ref(), "input")?)?;
-            let (s, zp) = (num(a.scale, "scale")?, int(a.zero_point, "zero_point")?);
-            let (lo, hi) = (
-                int(a.quant_min, "quant_min")?,
-                int(a.quant_max, "quant_max")?,
-            );
-            check_scale(s, zp, i64::MIN, i64::MAX)?;
+            let (_, xs) = input()?;
+            let (s, zp) = scale_zp()?;
+            let (lo, hi) = quant_range()?;
+            check_qparams(case, s, zp, i64::MIN, i64::MAX)?;
             let ours: Vec<Option<i64>> = xs
                 .iter()
                 .map(|&v| decomposed::quantize(v, s, zp, lo, hi))
                 .collect();
-            let exp = exp_t("output")?;
-            rec.ints(g, "output", &ours, ints(case, "expected.output", &exp)?);
+            cmp_ints(rec, "output", &ours)?;
         }
         "decomposed_quantize_per_channel" => {
-            let x = need(case, a.input.as_ref(), "input")?;
-            let xs = f32s(case, "args.input", x)?;
+            let (x, xs) = input()?;
             let pc = channel_args(case, &a, &x.shape)?;
-            let (scales, zps, axis, ch) = (&pc.scales, pc.zero_points, pc.axis, pc.channels);
-            let st_dtype = pc.scales_dtype;
-            for c in 0..ch {
-                check_scale(scales[c], zps[c], i64::MIN, i64::MAX)?;
-            }
-            let (lo, hi) = (
-                int(a.quant_min, "quant_min")?,
-                int(a.quant_max, "quant_max")?,
-            );
-            let chf = channel_index(&x.shape, axis);
+            pc.check_qparams(case, i64::MIN, i64::MAX)?;
+            let (lo, hi) = quant_range()?;
+            let (scales, zps, chf) = (&pc.scales, pc.zero_points, pc.channel_of());
             let ours: Vec<Option<i64>> = xs
                 .iter()
                 .enumerate()
                 .map(|(i, &v)| {
                     let c = chf(i);
-                    if st_dtype == crate::tensor::DType::F32 {
+                    if pc.scales_dtype == crate::tensor::DType::F32 {
                         decomposed::quantize_f32_scale(v, scales[c] as f32, zps[c], lo, hi)
                     } else {
                         decomposed::quantize_f64_scale(v, scales[c], zps[c], lo, hi)
                     }
                 })
                 .collect();
-            let exp = exp_t("output")?;
-            rec.ints(g, "output", &ours, ints(case, "expected.output", &exp)?);
+            cmp_ints(rec, "output", &ours)?;
         }
         "fake_quantize_per_tensor_affine" => {
-            let xs = f32s(case, "args.input", need(case, a.input.as_ref(), "input")?)?;
-            let (s, zp) = (num(a.scale, "scale")?, int(a.zero_point, "zero_point")?);
-            let (lo, hi) = (
-                int(a.quant_min, "quant_min")?,
-                int(a.quant_max, "quant_max")?,
-            );
-            check_scale(s, zp, lo, hi)?;
+            let (_, xs) = input()?;
+            let (s, zp) = scale_zp()?;
+            let (lo, hi) = quant_range()?;
+            check_qparams(case, s, zp, lo, hi)?;
             let ours: Vec<f32> = xs
                 .iter()
                 .map(|&v| fake_quant::fake_quantize(v, s as f32, zp, lo, hi))
                 .collect();
-            let exp = exp_t("output")?;
-            rec.floats(
-                g,
-                "output",
-                &ours,
-                f32s(case, "expected.output", &exp)?,
-                |i| format!("x = {:e}", xs[i]),
-            );
+            cmp_floats(rec, &ours, &|i| format!("x = {:e}", xs[i]))?;
         }
         "fake_quantize_per_channel_affine" => {
-            let x = need(case, a.input.as_ref(), "input")?;
-            let xs = f32s(case, "args.input", x)?;
+            let (x, xs) = input()?;
             let pc = channel_args(case, &a, &x.shape)?;
-            let (scales, zps, axis, ch) = (&pc.scales, pc.zero_points, pc.axis, pc.channels);
-            let (lo, hi) = (
-                int(a.quant_min, "quant_min")?,
-                int(a.quant_max, "quant_max")?,
-            );
-            for c in 0..ch {
-                check_scale(scales[c], zps[c], lo, hi)?;
-            }
-            let chf = channel_index(&x.shape, axis);
+            let (lo, hi) = quant_range()?;
+            pc.check_qparams(case, lo, hi)?;
+            let (scales, zps, chf) = (&pc.scales, pc.zero_points, pc.channel_of());
             let ours: Vec<f32> = xs
                 .iter()
                 .enumerate()
@@ -655,14 +651,7 @@ fn check_primitive(case: &Case, p: &PrimitiveCase, rec: &mut Recorder) -> Result
                     fake_quant::fake_quantize(v, scales[c] as f32, zps[c], lo, hi)
                 })
                 .collect();
-            let exp = exp_t("output")?;
-            rec.floats(
-                g,
-                "output",
-                &ours,
-                f32s(case, "expected.output", &exp)?,
-                |i| format!("x = {:e}", xs[i]),
-            );
+            cmp_floats(rec, &ours, &|i| format!("x = {:e}", xs[i]))?;
         }
         other => {
             return Err(field_err(

@@ -200,30 +200,18 @@ pub fn fbgemm_conv_path(p: &Conv2dParams) -> KernelPath {
 mod tests {
     use super::*;
 
-    fn conv(ic: usize, oc: usize, g: usize, k: usize, pad: usize) -> Conv2dParams {
-        Conv2dParams {
-            in_channels: ic,
-            out_channels: oc,
-            kernel_size: [k, k],
-            stride: [1, 1],
-            padding: [pad, pad],
-            dilation: [1, 1],
-            groups: g,
-        }
-    }
-
     #[test]
     fn fbgemm_depthwise_needs_multiple_of_8_channels_and_same_padding() {
         assert_eq!(
-            fbgemm_conv_path(&conv(16, 16, 16, 3, 1)),
+            fbgemm_conv_path(&Conv2dParams::square(16, 16, 16, 3, 1)),
             KernelPath::FbgemmDepthwise
         );
         assert_eq!(
-            fbgemm_conv_path(&conv(6, 6, 6, 3, 1)),
+            fbgemm_conv_path(&Conv2dParams::square(6, 6, 6, 3, 1)),
             KernelPath::FbgemmGemm
         );
         assert_eq!(
-            fbgemm_conv_path(&conv(16, 16, 16, 3, 0)),
+            fbgemm_conv_path(&Conv2dParams::square(16, 16, 16, 3, 0)),
             KernelPath::FbgemmGemm
         );
         assert_eq!(
@@ -234,7 +222,7 @@ mod tests {
 
     #[test]
     fn x86_conv_uses_onednn_only_with_symmetric_weights_on_vnni() {
-        let p = conv(4, 8, 1, 3, 1);
+        let p = Conv2dParams::square(4, 8, 1, 3, 1);
         assert_eq!(conv_path(Engine::X86, &p, true, true), KernelPath::Onednn);
         assert_eq!(
             conv_path(Engine::X86, &p, false, true),

@@ -227,15 +227,7 @@ pub fn explain(engine: Engine, qat: bool, isa: Isa) -> Result<Explanation> {
     let threshold = saturation_threshold();
 
     // Layer shapes: the user story's conv, a depthwise conv, and a linear.
-    let conv = |ic, oc, g, k, pad| Conv2dParams {
-        in_channels: ic,
-        out_channels: oc,
-        kernel_size: [k, k],
-        stride: [1, 1],
-        padding: [pad, pad],
-        dilation: [1, 1],
-        groups: g,
-    };
+    let conv = Conv2dParams::square;
     let shapes: Vec<(String, Option<Conv2dParams>)> = vec![
         ("linear".into(), None),
         (

@@ -22,6 +22,25 @@ pub struct Conv2dParams {
 }
 
 impl Conv2dParams {
+    /// A square `kernel × kernel` window with stride 1, no dilation and `padding` on every side.
+    pub fn square(
+        in_channels: usize,
+        out_channels: usize,
+        groups: usize,
+        kernel: usize,
+        padding: usize,
+    ) -> Self {
+        Self {
+            in_channels,
+            out_channels,
+            kernel_size: [kernel, kernel],
+            stride: [1, 1],
+            padding: [padding, padding],
+            dilation: [1, 1],
+            groups,
+        }
+    }
+
     /// Checks the parameters and an NCHW input shape; returns `(N, OH, OW)`.
     pub fn output_dims(&self, input_shape: &[usize]) -> Result<(usize, usize, usize)> {
         let bad = |why: String| Err(Error::shape("conv2d", why));
@@ -46,8 +65,15 @@ impl Conv2dParams {
         }
         let mut out = [0usize; 2];
         for d in 0..2 {
-            let span = self.dilation[d] * (self.kernel_size[d] - 1) + 1;
-            let padded = input_shape[2 + d] + 2 * self.padding[d];
+            let span = self.dilation[d]
+                .checked_mul(self.kernel_size[d] - 1)
+                .and_then(|s| s.checked_add(1));
+            let padded = self.padding[d]
+                .checked_mul(2)
+                .and_then(|p| p.checked_add(input_shape[2 + d]));
+            let (Some(span), Some(padded)) = (span, padded) else {
+                return bad(format!("kernel span or padded input overflows in dim {d}"));
+            };
             if padded < span {
                 return bad(format!(
                     "kernel span {span} exceeds padded input {padded} in dim {d}"
@@ -232,26 +258,32 @@ pub fn conv2d_acc(
         ));
     }
     let ocg = p.out_channels / p.groups;
-    let rows = n * oh * ow;
-    let k = p.k();
-    let mut out = vec![0i32; n * p.out_channels * oh * ow];
-    for g in 0..p.groups {
+    let (rows, k) = (n * oh * ow, p.k());
+    conv2d_by_group(p, (n, oh, ow), 0, |g| {
         let a = im2col(input, shape, p, g, a_zp as u8)?;
         let b = weight_matrix(weight, p, g);
-        let acc = linear_acc(
-            kernel,
-            &a,
-            rows,
-            k,
-            a_zp,
-            &b,
-            ocg,
-            &w_zp[g * ocg..(g + 1) * ocg],
-        )?;
-        for r in 0..rows {
-            let (bi, pix) = (r / (oh * ow), r % (oh * ow));
+        let w_zp = &w_zp[g * ocg..(g + 1) * ocg];
+        linear_acc(kernel, &a, rows, k, a_zp, &b, ocg, w_zp)
+    })
+}
+
+/// Conv2d as one GEMM per group: `group(g)` returns group `g`'s `[N·OH·OW, OC/groups]` result,
+/// scattered into the NCHW output `[N, OC, OH, OW]`; the second argument is `(N, OH, OW)`.
+fn conv2d_by_group<T: Copy>(
+    p: &Conv2dParams,
+    (n, oh, ow): (usize, usize, usize),
+    fill: T,
+    mut group: impl FnMut(usize) -> Result<Vec<T>>,
+) -> Result<(Vec<T>, [usize; 4])> {
+    let ocg = p.out_channels / p.groups;
+    let pixels = oh * ow;
+    let mut out = vec![fill; n * p.out_channels * pixels];
+    for g in 0..p.groups {
+        let y = group(g)?;
+        for r in 0..n * pixels {
+            let (bi, pix) = (r / pixels, r % pixels);
             for j in 0..ocg {
-                out[(bi * p.out_channels + g * ocg + j) * oh * ow + pix] = acc[r * ocg + j];
+                out[(bi * p.out_channels + g * ocg + j) * pixels + pix] = y[r * ocg + j];
             }
         }
     }
@@ -326,29 +358,18 @@ pub fn conv2d_f64(
 ) -> Result<(Vec<FloatSum>, [usize; 4])> {
     let (n, oh, ow) = p.output_dims(shape)?;
     let ocg = p.out_channels / p.groups;
-    let rows = n * oh * ow;
-    let k = p.k();
-    let mut out = vec![
-        FloatSum {
-            value: 0.0,
-            abs_sum: 0.0,
-            terms: 0
-        };
-        n * p.out_channels * oh * ow
-    ];
-    for g in 0..p.groups {
+    let (rows, k) = (n * oh * ow, p.k());
+    let zero = FloatSum {
+        value: 0.0,
+        abs_sum: 0.0,
+        terms: 0,
+    };
+    conv2d_by_group(p, (n, oh, ow), zero, |g| {
         let a = im2col(x, shape, p, g, 0.0f32)?;
         let b = weight_matrix(w, p, g);
         let gb = bias.map(|b| &b[g * ocg..(g + 1) * ocg]);
-        let y = linear_f64(&a, rows, k, &b, ocg, gb);
-        for r in 0..rows {
-            let (bi, pix) = (r / (oh * ow), r % (oh * ow));
-            for j in 0..ocg {
-                out[(bi * p.out_channels + g * ocg + j) * oh * ow + pix] = y[r * ocg + j];
-            }
-        }
-    }
-    Ok((out, [n, p.out_channels, oh, ow]))
+        Ok(linear_f64(&a, rows, k, &b, ocg, gb))
+    })
 }
 
 /// For diagnosis: the first pair `(k, k+1)` whose exact sum leaves the int16 range, if any.

@@ -69,12 +69,7 @@ impl FbgemmRequant {
     /// Requantizes one accumulator of output channel `j`.
     #[inline]
     pub fn apply(&self, raw: i32, j: usize) -> u8 {
-        let lo = if self.relu { self.out_zero_point } else { 0 };
-        clamp_u8(
-            round_ne_i32(self.pre_round(raw, j)),
-            self.out_zero_point,
-            lo,
-        )
+        finish_u8(self.pre_round(raw, j), self.out_zero_point, self.relu)
     }
 }
 
@@ -141,12 +136,7 @@ impl QnnpackRequant {
     /// Requantizes one accumulator of output channel `j`.
     #[inline]
     pub fn apply(&self, raw: i32, j: usize) -> u8 {
-        let lo = if self.relu { self.out_zero_point } else { 0 };
-        clamp_u8(
-            round_ne_i32(self.pre_round(raw, j)),
-            self.out_zero_point,
-            lo,
-        )
+        finish_u8(self.pre_round(raw, j), self.out_zero_point, self.relu)
     }
 }
 
@@ -160,6 +150,14 @@ pub fn round_ne_i32(v: f32) -> i32 {
     } else {
         r as i32
     }
+}
+
+/// Rounds a pre-round value half to even and adds the output zero point, clamping to
+/// `[lo, 255]` where `lo` is the zero point under a fused ReLU and 0 otherwise.
+#[inline]
+fn finish_u8(pre: f32, out_zero_point: i32, relu: bool) -> u8 {
+    let lo = if relu { out_zero_point } else { 0 };
+    clamp_u8(round_ne_i32(pre), out_zero_point, lo)
 }
 
 /// Adds the zero point with int16 saturation (`adds_epi16` after `packs_epi32`) and clamps to

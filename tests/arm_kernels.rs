@@ -12,8 +12,8 @@ use std::io::Write;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use qparity::gen::GemmCase;
 use qparity::kernels::arm::{self, ArmKernel, Conv2dParams, Isa, QGemm, Requant};
-use qparity::kernels::reference::Reference;
 use qparity::kernels::{self, Int8Gemm};
 use qparity::requant::{FbgemmRequant, QnnpackRequant};
 
@@ -45,6 +45,12 @@ impl Rng {
                 }
             })
             .collect()
+    }
+    /// An M×K by N×K GEMM problem whose operands are drawn as [`Rng::bytes`] with `mode`.
+    fn gemm(&mut self, m: usize, n: usize, k: usize, mode: u8) -> GemmCase {
+        let a = self.bytes(m * k, mode);
+        let b = as_i8(self.bytes(n * k, mode));
+        GemmCase { m, n, k, a, b }
     }
     /// log-uniform positive f32 in [10^lo, 10^hi].
     fn scale(&mut self, lo: f64, hi: f64) -> f64 {
@@ -81,17 +87,50 @@ fn supported_arm() -> Vec<ArmKernel> {
         .collect()
 }
 
-fn reference_gemm(
-    kern: &dyn Int8Gemm,
-    m: usize,
-    n: usize,
-    k: usize,
-    a: &[u8],
-    b: &[i8],
-) -> Vec<i32> {
-    let mut c = vec![0; m * n];
-    Reference::new(kern.accumulation()).gemm(m, n, k, a, b, &mut c);
+/// `kern` on `case`, into an output prefilled with `fill` (so unwritten elements show).
+fn run_gemm(kern: &dyn Int8Gemm, case: &GemmCase, fill: i32) -> Vec<i32> {
+    let mut c = vec![fill; case.m * case.n];
+    kern.gemm(case.m, case.n, case.k, &case.a, &case.b, &mut c);
     c
+}
+
+/// A GEMM with zero points: operands as [`Rng::gemm`], then one weight zero point (even `t`)
+/// or one per column, then the activation zero point.
+struct ZpCase {
+    gemm: GemmCase,
+    zb: Vec<i32>,
+    za: i32,
+}
+
+impl ZpCase {
+    /// Problem `t` of a loop, with M, N, K drawn from `1..=m_max`, `1..=n_max`, `0..=k_max`.
+    fn random(rng: &mut Rng, t: usize, [m_max, n_max, k_max]: [i64; 3]) -> Self {
+        let (m, n, k) = (
+            rng.range(1, m_max) as usize,
+            rng.range(1, n_max) as usize,
+            rng.range(0, k_max) as usize,
+        );
+        let gemm = rng.gemm(m, n, k, (t % 3) as u8);
+        let zb: Vec<i32> = if t.is_multiple_of(2) {
+            vec![rng.range(-128, 127) as i32]
+        } else {
+            (0..n).map(|_| rng.range(-128, 127) as i32).collect()
+        };
+        let za = rng.range(0, 255) as i32;
+        ZpCase { gemm, zb, za }
+    }
+
+    fn qgemm(&self) -> QGemm<'_> {
+        QGemm {
+            m: self.gemm.m,
+            n: self.gemm.n,
+            k: self.gemm.k,
+            a: &self.gemm.a,
+            a_zero_point: self.za,
+            b: &self.gemm.b,
+            b_zero_points: &self.zb,
+        }
+    }
 }
 
 /// `Σ (a − za)(b − zb[j])`, wrapping, straight from the definition.
@@ -127,14 +166,10 @@ fn random_gemms_match_reference() {
     let strategy = (1usize..=13, 1usize..=26, 0usize..=90, any::<u64>(), 0u8..3);
     let problems = std::cell::Cell::new(0usize);
     let result = runner.run(&strategy, |(m, n, k, seed, mode)| {
-        let mut rng = Rng(seed);
-        let a = rng.bytes(m * k, mode);
-        let b = as_i8(rng.bytes(n * k, mode));
+        let case = Rng(seed).gemm(m, n, k, mode);
         for kern in &kernels {
-            let want = reference_gemm(kern.as_ref(), m, n, k, &a, &b);
-            let mut got = vec![i32::MAX; m * n];
-            kern.gemm(m, n, k, &a, &b, &mut got);
-            if got != want {
+            let want = case.reference(kern.accumulation());
+            if run_gemm(kern.as_ref(), &case, i32::MAX) != want {
                 return Err(TestCaseError::fail(format!(
                     "{} differs from the reference at M={m} N={n} K={k} seed={seed}",
                     kern.name()
@@ -169,14 +204,10 @@ fn tile_edges_match_reference() {
         for &m in &ms {
             for &n in &ns {
                 for &k in &ks {
-                    let mode = (count % 3) as u8;
-                    let a = rng.bytes(m * k, mode);
-                    let b = as_i8(rng.bytes(n * k, mode));
-                    let want = reference_gemm(kern.as_ref(), m, n, k, &a, &b);
-                    let mut got = vec![i32::MIN; m * n];
-                    kern.gemm(m, n, k, &a, &b, &mut got);
+                    let case = rng.gemm(m, n, k, (count % 3) as u8);
+                    let want = case.reference(kern.accumulation());
                     count += 1;
-                    if got != want {
+                    if run_gemm(kern.as_ref(), &case, i32::MIN) != want {
                         bad.push((m, n, k));
                     }
                 }
@@ -208,14 +239,16 @@ fn extreme_operands_and_int32_wraparound() {
     ];
     for kern in optimized() {
         for &(m, n, k, x, w) in &cases {
-            let a = vec![x; m * k];
-            let b = vec![w; n * k];
-            let want = reference_gemm(kern.as_ref(), m, n, k, &a, &b);
-            let mut got = vec![0; m * n];
-            kern.gemm(m, n, k, &a, &b, &mut got);
+            let case = GemmCase {
+                m,
+                n,
+                k,
+                a: vec![x; m * k],
+                b: vec![w; n * k],
+            };
             assert_eq!(
-                got,
-                want,
+                run_gemm(kern.as_ref(), &case, 0),
+                case.reference(kern.accumulation()),
                 "{} at M={m} N={n} K={k} a={x} b={w}",
                 kern.name()
             );
@@ -234,28 +267,9 @@ fn zero_point_gemm_matches_definition() {
     for kern in supported_arm() {
         let mut count = 0;
         for t in 0..300 {
-            let (m, n, k) = (
-                rng.range(1, 11) as usize,
-                rng.range(1, 21) as usize,
-                rng.range(0, 70) as usize,
-            );
-            let a = rng.bytes(m * k, (t % 3) as u8);
-            let b = as_i8(rng.bytes(n * k, (t % 3) as u8));
-            let zb: Vec<i32> = if t % 2 == 0 {
-                vec![rng.range(-128, 127) as i32]
-            } else {
-                (0..n).map(|_| rng.range(-128, 127) as i32).collect()
-            };
-            let p = QGemm {
-                m,
-                n,
-                k,
-                a: &a,
-                a_zero_point: rng.range(0, 255) as i32,
-                b: &b,
-                b_zero_points: &zb,
-            };
-            let mut got = vec![0; m * n];
+            let case = ZpCase::random(&mut rng, t, [11, 21, 70]);
+            let p = case.qgemm();
+            let mut got = vec![0; p.m * p.n];
             kern.gemm_zp(&p, &mut got).unwrap();
             assert_eq!(got, reference_zp(&p), "{} on {p:?}", kern.name());
             count += 1;
@@ -298,27 +312,9 @@ fn fused_epilogues_match_scalar_rules() {
     for kern in supported_arm() {
         let mut count = 0;
         for t in 0..240 {
-            let (m, n, k) = (
-                rng.range(1, 10) as usize,
-                rng.range(1, 19) as usize,
-                rng.range(0, 80) as usize,
-            );
-            let a = rng.bytes(m * k, (t % 3) as u8);
-            let b = as_i8(rng.bytes(n * k, (t % 3) as u8));
-            let zb: Vec<i32> = if t % 2 == 0 {
-                vec![rng.range(-128, 127) as i32]
-            } else {
-                (0..n).map(|_| rng.range(-128, 127) as i32).collect()
-            };
-            let p = QGemm {
-                m,
-                n,
-                k,
-                a: &a,
-                a_zero_point: rng.range(0, 255) as i32,
-                b: &b,
-                b_zero_points: &zb,
-            };
+            let case = ZpCase::random(&mut rng, t, [10, 19, 80]);
+            let p = case.qgemm();
+            let (m, n) = (p.m, p.n);
             let (mut q, mut f) = random_rules(&mut rng, n, t % 5 == 4);
             if t % 7 == 6 {
                 // Out-of-range and NaN pre-round values take the i32::MIN path of the rules.
@@ -358,11 +354,11 @@ fn direct_conv(
     [n, ic, h, w]: [usize; 4],
     za: i32,
     weight: &[i8],
-    [oc, icg, kh, kw]: [usize; 4],
     zw: &[i32],
-    prm: Conv2dParams,
+    prm: &Conv2dParams,
     rule: &QnnpackRequant,
 ) -> Vec<u8> {
+    let [oc, icg, kh, kw] = prm.weight_shape();
     let oh = (h + 2 * prm.padding[0] - prm.dilation[0] * (kh - 1) - 1) / prm.stride[0] + 1;
     let ow = (w + 2 * prm.padding[1] - prm.dilation[1] * (kw - 1) - 1) / prm.stride[1] + 1;
     let ocg = oc / prm.groups;
@@ -413,6 +409,9 @@ fn conv2d_matches_direct_convolution() {
             let (ic, oc) = (icg * groups, ocg * groups);
             let (kh, kw) = (rng.range(1, 3) as usize, rng.range(1, 3) as usize);
             let prm = Conv2dParams {
+                in_channels: ic,
+                out_channels: oc,
+                kernel_size: [kh, kw],
                 stride: [rng.range(1, 2) as usize, rng.range(1, 2) as usize],
                 padding: [rng.range(0, 2) as usize, rng.range(0, 2) as usize],
                 dilation: [rng.range(1, 2) as usize, rng.range(1, 2) as usize],
@@ -436,30 +435,19 @@ fn conv2d_matches_direct_convolution() {
                 [n, ic, h, w],
                 za,
                 &weight,
-                [oc, icg, kh, kw],
                 &zw,
-                prm,
+                &prm,
                 Requant::Qnnpack(&q),
             )
             .unwrap();
-            let want = direct_conv(
-                &input,
-                [n, ic, h, w],
-                za,
-                &weight,
-                [oc, icg, kh, kw],
-                &zw,
-                prm,
-                &q,
-            );
+            let want = direct_conv(&input, [n, ic, h, w], za, &weight, &zw, &prm, &q);
             assert_eq!(shape.iter().product::<usize>(), want.len());
             assert_eq!(
                 got,
                 want,
-                "{} conv {prm:?} in {:?} w {:?}",
+                "{} conv {prm:?} in {:?}",
                 kern.name(),
-                [n, ic, h, w],
-                [oc, icg, kh, kw]
+                [n, ic, h, w]
             );
             count += 1;
         }
@@ -520,35 +508,57 @@ fn bad_input_is_an_error() {
     assert!(kern
         .gemm_requant(&ok, Requant::Qnnpack(&q), &mut out)
         .is_err());
+    // 2 → 2 channels, 2×1 kernel: 8 weights, as passed below.
     let prm = Conv2dParams {
+        in_channels: 2,
+        out_channels: 2,
+        kernel_size: [2, 1],
         stride: [1, 1],
         padding: [0, 0],
         dilation: [1, 1],
         groups: 1,
     };
     let q2 = QnnpackRequant::new(0.1, &[0.01], None, 2, 0.5, 3, false);
-    let conv = |shape, wshape, prm| {
+    let conv = |shape, prm: Conv2dParams| {
         arm::conv2d(
             kern,
             &[0u8; 8],
             shape,
             0,
             &[0i8; 8],
-            wshape,
             &[0],
-            prm,
+            &prm,
             Requant::Qnnpack(&q2),
         )
     };
+    assert!(conv([1, 2, 2, 2], prm).is_ok());
     assert!(
-        conv([1, 2, 2, 2], [2, 2, 1, 1], prm).is_err(),
+        conv(
+            [1, 2, 2, 2],
+            Conv2dParams {
+                kernel_size: [1, 1],
+                ..prm
+            }
+        )
+        .is_err(),
         "8 weights for 4"
     );
-    assert!(conv([1, 2, 2, 2], [2, 2, 2, 1], prm).is_ok());
-    assert!(conv([1, 2, 2, 2], [2, 1, 2, 2], prm).is_err(), "groups");
+    assert!(
+        conv([1, 2, 2, 2], Conv2dParams { groups: 2, ..prm }).is_err(),
+        "4 weights for 8"
+    );
+    for groups in [0, 3] {
+        assert!(
+            conv([1, 2, 2, 2], Conv2dParams { groups, ..prm }).is_err(),
+            "groups {groups}"
+        );
+    }
+    assert!(
+        conv([1, 1, 2, 4], prm).is_err(),
+        "input has 1 channel, layer 2"
+    );
     assert!(conv(
         [1, 2, 2, 2],
-        [2, 2, 2, 1],
         Conv2dParams {
             stride: [0, 1],
             ..prm
@@ -556,7 +566,16 @@ fn bad_input_is_an_error() {
     )
     .is_err());
     assert!(
-        conv([1, 1, 2, 4], [1, 1, 4, 2], prm).is_err(),
+        conv(
+            [1, 1, 2, 4],
+            Conv2dParams {
+                in_channels: 1,
+                out_channels: 1,
+                kernel_size: [4, 2],
+                ..prm
+            }
+        )
+        .is_err(),
         "kernel taller than input"
     );
 }
@@ -594,10 +613,7 @@ fn required_isas_were_exercised() {
     let Ok(list) = std::env::var("QPARITY_REQUIRE_ISA") else {
         return;
     };
-    let mut rng = Rng(0x5EED_0005);
-    let (m, n, k) = (7, 19, 53);
-    let a = rng.bytes(m * k, 0);
-    let b = as_i8(rng.bytes(n * k, 0));
+    let case = Rng(0x5EED_0005).gemm(7, 19, 53, 0);
     for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         if is_x86_isa(name) {
             continue;
@@ -615,10 +631,12 @@ fn required_isas_were_exercised() {
             "QPARITY_REQUIRE_ISA asks for {name}, but no {name} kernel is available on this CPU"
         );
         for kern in &kernels {
-            let want = reference_gemm(kern.as_ref(), m, n, k, &a, &b);
-            let mut got = vec![0; m * n];
-            kern.gemm(m, n, k, &a, &b, &mut got);
-            assert_eq!(got, want, "{}", kern.name());
+            assert_eq!(
+                run_gemm(kern.as_ref(), &case, 0),
+                case.reference(kern.accumulation()),
+                "{}",
+                kern.name()
+            );
             report(&format!("required ISA {name}: exercised {}", kern.name()));
         }
     }

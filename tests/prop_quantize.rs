@@ -2,10 +2,9 @@
 //! rules and the dequantize round trip.
 
 use proptest::prelude::*;
-use qparity::gen::{self, check_property, fuzz::quantize_avx2_model, QParamCase};
-use qparity::qparams::{
-    fbgemm_choose_qparams, observer_qparams, ObserverQParamsConfig, QDType, QScheme,
-};
+use qparity::gen::fuzz::{qparams_config, quantize_avx2_model};
+use qparity::gen::{self, check_property, QParamCase};
+use qparity::qparams::{fbgemm_choose_qparams, observer_qparams, QDType};
 use qparity::quantize::{aten, decomposed};
 
 const PERSIST: &str = "tests/proptest-regressions/prop_quantize.txt";
@@ -164,16 +163,7 @@ fn qparam_choosers_invariants() {
         |(q, a, b, sym)| {
             let (lo, hi) = (q.range.quant_min, q.range.quant_max);
             let (mn, mx) = (a.min(b), a.max(b));
-            let cfg = ObserverQParamsConfig {
-                dtype: q.dtype,
-                qscheme: if sym {
-                    QScheme::PerTensorSymmetric
-                } else {
-                    QScheme::PerTensorAffine
-                },
-                range: q.range,
-                eps: f32::EPSILON,
-            };
+            let cfg = qparams_config(&q, sym);
             let mut pairs = Vec::new();
             let p = observer_qparams(&cfg, &[mn], &[mx]);
             prop_assert!(p.is_ok(), "observer_qparams failed: {:?}", p);

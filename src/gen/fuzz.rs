@@ -9,7 +9,9 @@ use crate::flow::{Flow, Pred, StageCtx};
 use crate::kernels::reference::sat16;
 use crate::kernels::{self, Accumulation};
 use crate::observer::{Observer, ObserverClass, ObserverConfig};
-use crate::qparams::{fbgemm_choose_qparams, observer_qparams, ObserverQParamsConfig, QScheme};
+use crate::qparams::{
+    fbgemm_choose_qparams, observer_qparams, ObservedQParams, ObserverQParamsConfig, QScheme,
+};
 use crate::quantize::{aten, decomposed, fake_quant};
 use arbitrary::{Arbitrary, Unstructured};
 
@@ -243,37 +245,36 @@ pub fn qparams_observers(data: &[u8]) {
     check_observer(&q, sym, &xs);
 }
 
+/// The per-tensor qscheme: symmetric or affine.
+pub fn per_tensor_qscheme(symmetric: bool) -> QScheme {
+    if symmetric {
+        QScheme::PerTensorSymmetric
+    } else {
+        QScheme::PerTensorAffine
+    }
+}
+
+/// The qparams chooser configuration of a quant case, per-tensor, with PyTorch's default eps.
+pub fn qparams_config(q: &QParamCase, symmetric: bool) -> ObserverQParamsConfig {
+    ObserverQParamsConfig {
+        dtype: q.dtype,
+        qscheme: per_tensor_qscheme(symmetric),
+        range: q.range,
+        eps: f32::EPSILON,
+    }
+}
+
 /// Checks both choosers on statistics `(min(a, b), max(a, b))`.
 pub fn check_qparams(q: &QParamCase, a: f32, b: f32, sym: bool) {
     let (lo, hi) = (q.range.quant_min, q.range.quant_max);
-    let cfg = ObserverQParamsConfig {
-        dtype: q.dtype,
-        qscheme: if sym {
-            QScheme::PerTensorSymmetric
-        } else {
-            QScheme::PerTensorAffine
-        },
-        range: q.range,
-        eps: f32::EPSILON,
-    };
+    let cfg = qparams_config(q, sym);
     let (mn, mx) = if a <= b { (a, b) } else { (b, a) };
     let res = observer_qparams(&cfg, &[mn], &[mx]);
     if finite_stat(a) && finite_stat(b) {
         let p = res.unwrap_or_else(|e| panic!("observer_qparams({mn}, {mx}) failed: {e}"));
-        if sym_u8_reduce_quirk(q, sym) {
-            assert_eq!(p.zero_point[0], 128, "{}", q.repro());
+        if !check_observed(q, sym, &p, "observer_qparams", mn, mx) {
             return;
         }
-        check_pair(
-            p.scale[0],
-            p.zero_point[0],
-            lo,
-            hi,
-            "observer_qparams",
-            mn,
-            mx,
-            q,
-        );
         // With preserve_sparsity FBGEMM divides by (qmax − qmin)/2, which is 0 for a two-value
         // range: PyTorch then gets an infinite scale (reproduced, see qparams tests), so the
         // invariant only holds for wider ranges.
@@ -282,6 +283,25 @@ pub fn check_qparams(q: &QParamCase, a: f32, b: f32, sym: bool) {
             check_pair(f.scale, f.zero_point as i64, lo, hi, "fbgemm", mn, mx, q);
         }
     }
+}
+
+/// Checks the per-tensor qparams an observer `who` chose for statistics `(mn, mx)`: zero point
+/// 128 under [`sym_u8_reduce_quirk`] (returns false), else the invariants of `check_pair`.
+fn check_observed(
+    q: &QParamCase,
+    sym: bool,
+    p: &ObservedQParams,
+    who: &str,
+    mn: f32,
+    mx: f32,
+) -> bool {
+    if sym_u8_reduce_quirk(q, sym) {
+        assert_eq!(p.zero_point[0], 128, "{}", q.repro());
+        return false;
+    }
+    let (lo, hi) = (q.range.quant_min, q.range.quant_max);
+    check_pair(p.scale[0], p.zero_point[0], lo, hi, who, mn, mx, q);
+    true
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -312,11 +332,7 @@ pub fn check_observer(q: &QParamCase, sym: bool, xs: &[f32]) {
     let cfg = ObserverConfig {
         class: ObserverClass::MinMaxObserver,
         dtype: q.dtype,
-        qscheme: if sym {
-            QScheme::PerTensorSymmetric
-        } else {
-            QScheme::PerTensorAffine
-        },
+        qscheme: per_tensor_qscheme(sym),
         range: q.range,
         reduce_range: q.reduce_range,
         eps: f32::EPSILON,
@@ -329,20 +345,7 @@ pub fn check_observer(q: &QParamCase, sym: bool, xs: &[f32]) {
     let res = obs.calculate_qparams();
     if fed.is_ok() && !xs.is_empty() && xs.iter().all(|&x| finite_stat(x)) {
         let p = res.unwrap_or_else(|e| panic!("observer on {xs:?} failed: {e}\n{}", q.repro()));
-        if sym_u8_reduce_quirk(q, sym) {
-            assert_eq!(p.zero_point[0], 128, "{}", q.repro());
-            return;
-        }
-        check_pair(
-            p.scale[0],
-            p.zero_point[0],
-            q.range.quant_min,
-            q.range.quant_max,
-            "MinMaxObserver",
-            obs.min_val[0],
-            obs.max_val[0],
-            q,
-        );
+        check_observed(q, sym, &p, "MinMaxObserver", obs.min_val[0], obs.max_val[0]);
     }
 }
 

@@ -69,9 +69,10 @@ pub struct ObserverDesc {
     pub resolved: Resolved,
 }
 
-/// Keyword arguments passed to an observer constructor (`None`: not passed).
+/// Observer arguments, as passed to the constructor ([`Kwargs`]) or as PyTorch resolved them
+/// ([`Resolved`]); `None`: not passed, or not recorded.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Kwargs {
+pub struct ObserverArgs {
     #[serde(default)]
     pub dtype: Option<String>,
     #[serde(default)]
@@ -82,6 +83,9 @@ pub struct Kwargs {
     pub quant_min: Option<i64>,
     #[serde(default)]
     pub quant_max: Option<i64>,
+    /// Resolved only: whether the quant range was customized.
+    #[serde(default)]
+    pub has_customized_qrange: Option<bool>,
     #[serde(default)]
     pub eps: Option<f64>,
     #[serde(default)]
@@ -92,30 +96,11 @@ pub struct Kwargs {
     pub bins: Option<i64>,
 }
 
+/// Keyword arguments passed to an observer constructor.
+pub type Kwargs = ObserverArgs;
+
 /// What PyTorch resolved an observer's arguments to.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Resolved {
-    #[serde(default)]
-    pub dtype: Option<String>,
-    #[serde(default)]
-    pub qscheme: Option<String>,
-    #[serde(default)]
-    pub quant_min: Option<i64>,
-    #[serde(default)]
-    pub quant_max: Option<i64>,
-    #[serde(default)]
-    pub has_customized_qrange: Option<bool>,
-    #[serde(default)]
-    pub reduce_range: Option<bool>,
-    #[serde(default)]
-    pub eps: Option<f64>,
-    #[serde(default)]
-    pub averaging_constant: Option<f64>,
-    #[serde(default)]
-    pub ch_axis: Option<i64>,
-    #[serde(default)]
-    pub bins: Option<i64>,
-}
+pub type Resolved = ObserverArgs;
 
 /// One layer of a model case.
 #[derive(Debug, Clone, Serialize, Deserialize)]

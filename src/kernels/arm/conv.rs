@@ -8,30 +8,11 @@
 
 use super::drive::{self, Epilogue, Sink};
 use super::{ArmKernel, QGemm, Requant};
+pub use crate::ops::Conv2dParams;
 use crate::{Error, Result};
 
-/// Geometry of a 2-D convolution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Conv2dParams {
-    /// (vertical, horizontal) stride, each ≥ 1.
-    pub stride: [usize; 2],
-    /// (vertical, horizontal) zero padding (filled with the input zero point).
-    pub padding: [usize; 2],
-    /// (vertical, horizontal) dilation, each ≥ 1.
-    pub dilation: [usize; 2],
-    /// Number of groups; divides both IC and OC.
-    pub groups: usize,
-}
-
-/// Output spatial size along one axis, or `None` if the kernel does not fit.
-fn out_len(input: usize, k: usize, stride: usize, pad: usize, dil: usize) -> Option<usize> {
-    let span = dil.checked_mul(k.checked_sub(1)?)?.checked_add(1)?;
-    let padded = input.checked_add(pad.checked_mul(2)?)?;
-    (padded >= span).then(|| (padded - span) / stride + 1)
-}
-
-/// Runs the convolution with `kernel` and the fused `rule`; returns the NCHW output and its
-/// shape `[N, OC, OH, OW]`.
+/// Runs the convolution with `kernel` and the fused `rule`; the weight has the shape
+/// `params.weight_shape()`. Returns the NCHW output and its shape `[N, OC, OH, OW]`.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d(
     kernel: ArmKernel,
@@ -39,14 +20,10 @@ pub fn conv2d(
     input_shape: [usize; 4],
     input_zero_point: i32,
     weight: &[i8],
-    weight_shape: [usize; 4],
     weight_zero_points: &[i32],
-    params: Conv2dParams,
+    params: &Conv2dParams,
     rule: Requant<'_>,
 ) -> Result<(Vec<u8>, [usize; 4])> {
-    let [n, ic, h, w] = input_shape;
-    let [oc, icg, kh, kw] = weight_shape;
-    let g = params.groups;
     let shape_err = |why: String| Error::shape("conv2d", why);
     let count = |s: &[usize; 4]| s.iter().try_fold(1usize, |a, &b| a.checked_mul(b));
     if count(&input_shape) != Some(input.len()) {
@@ -55,51 +32,17 @@ pub fn conv2d(
             input.len()
         )));
     }
+    let (n, oh, ow) = params.output_dims(&input_shape)?;
+    let [_, ic, h, w] = input_shape;
+    let weight_shape = params.weight_shape();
+    let [oc, icg, kh, kw] = weight_shape;
+    let g = params.groups;
     if count(&weight_shape) != Some(weight.len()) {
         return Err(shape_err(format!(
             "weight has {} values, shape {weight_shape:?}",
             weight.len()
         )));
     }
-    if g == 0 || ic % g != 0 || oc % g != 0 || icg != ic / g {
-        return Err(shape_err(format!(
-            "groups {g} do not fit IC {ic}, OC {oc}, weight IC/g {icg}"
-        )));
-    }
-    if params.stride.contains(&0) || params.dilation.contains(&0) {
-        return Err(Error::invalid(
-            "conv2d",
-            format!(
-                "stride {:?} and dilation {:?} must be ≥ 1",
-                params.stride, params.dilation
-            ),
-        ));
-    }
-    if kh == 0 || kw == 0 {
-        return Err(shape_err(format!(
-            "empty kernel window {kh}×{kw} in weight {weight_shape:?}"
-        )));
-    }
-    let oh = out_len(
-        h,
-        kh,
-        params.stride[0],
-        params.padding[0],
-        params.dilation[0],
-    );
-    let ow = out_len(
-        w,
-        kw,
-        params.stride[1],
-        params.padding[1],
-        params.dilation[1],
-    );
-    let (Some(oh), Some(ow)) = (oh, ow) else {
-        return Err(shape_err(format!(
-            "kernel {kh}×{kw} (dilation {:?}) larger than padded input {h}×{w} (padding {:?})",
-            params.dilation, params.padding
-        )));
-    };
     if weight_zero_points.len() != 1 && weight_zero_points.len() != oc {
         return Err(shape_err(format!(
             "{} weight zero points for {oc} output channels",
