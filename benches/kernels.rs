@@ -11,7 +11,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use criterion::{BenchmarkGroup, Criterion, Throughput};
-    use qparity::kernels::x86::conv::{Conv2d, Conv2dParams, Depthwise3x3};
+    use qparity::gen::SplitMix64 as Rng;
+    use qparity::kernels::x86::conv::{Conv2d, Conv2dParams, Depthwise3x3, Layout};
     use qparity::kernels::x86::{peak, Isa, KernelId, PackedLinear};
     use qparity::kernels::{Accumulation, Requant};
     use qparity::requant::FbgemmRequant;
@@ -26,29 +27,13 @@ mod x86 {
         (256, 4096, 4096),
     ];
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u32 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 >> 32) as u32
-        }
-        fn u8s(&mut self, n: usize) -> Vec<u8> {
-            (0..n).map(|_| self.next() as u8).collect()
-        }
-        fn i8s(&mut self, n: usize) -> Vec<i8> {
-            (0..n).map(|_| self.next() as i8).collect()
-        }
-    }
-
     /// Per-channel FBGEMM requantization with a float bias, as PyTorch's default x86 qconfig.
     fn fbgemm_rule(rng: &mut Rng, n: usize) -> Requant {
         let ws: Vec<f32> = (0..n)
-            .map(|_| 0.001 + (rng.next() % 1000) as f32 * 1e-5)
+            .map(|_| 0.001 + (rng.next_u32() % 1000) as f32 * 1e-5)
             .collect();
         let bias: Vec<f32> = (0..n)
-            .map(|_| (rng.next() % 2000) as f32 / 1000.0 - 1.0)
+            .map(|_| (rng.next_u32() % 2000) as f32 / 1000.0 - 1.0)
             .collect();
         Requant::Fbgemm(FbgemmRequant::new(
             4.0 / 255.0,
@@ -87,7 +72,7 @@ mod x86 {
         };
         let kernel = KernelId::best(acc);
         eprintln!("qparity kernel under benchmark: {}", kernel.name());
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
         let mut g = c.benchmark_group("qparity");
         configure(&mut g);
         for (m, k, n) in LINEAR {
@@ -121,7 +106,7 @@ mod x86 {
             g.throughput(Throughput::Elements(2 * (h * w * c * c * 9) as u64));
             g.bench_function("conv2d_3x3_64x64_56x56", |b| {
                 b.iter(|| {
-                    conv.run_nhwc(black_box(&x), 1, h, w, 64, &mut out)
+                    conv.run(Layout::Nhwc, black_box(&x), 1, h, w, 64, &mut out)
                         .expect("valid shapes")
                 })
             });

@@ -652,6 +652,47 @@ impl<'a> Arbitrary<'a> for LayerCase {
     }
 }
 
+/// SplitMix64: a small deterministic generator for test data, benchmarks and live runs (where
+/// proptest's shrinking is not wanted).
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// A generator from a seed.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// The next 32 random bits (the high half).
+    pub fn next_u32(&mut self) -> u32 {
+        (self.next_u64() >> 32) as u32
+    }
+    /// Uniform in `lo..=hi` (`lo ≤ hi`).
+    pub fn int(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + (self.next_u64() % ((hi - lo + 1) as u64)) as i64
+    }
+    /// Uniform f32 in `[lo, hi)`.
+    pub fn f32(&mut self, lo: f32, hi: f32) -> f32 {
+        let u = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+        lo + (hi - lo) * u
+    }
+    /// `n` uniform bytes.
+    pub fn u8s(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u32() as u8).collect()
+    }
+    /// `n` uniform int8 values.
+    pub fn i8s(&mut self, n: usize) -> Vec<i8> {
+        (0..n).map(|_| self.next_u32() as i8).collect()
+    }
+}
+
 /// Sums of adjacent pairs that leave the int16 range, as `(k, exact pair sum)`, found by
 /// repeatedly asking [`ops::first_saturating_pair`] on the remaining suffix.
 pub fn saturating_pairs(a: &[u8], b: &[i8]) -> Vec<(usize, i32)> {

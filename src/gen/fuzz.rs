@@ -132,7 +132,8 @@ pub fn check_conv(c: &ConvCase) {
 /// im2col) on every x86 kernel equals the reference accumulators.
 #[cfg(target_arch = "x86_64")]
 fn check_x86_conv(c: &ConvCase) {
-    use crate::kernels::x86::{conv::Conv2d, KernelId};
+    use crate::kernels::x86::conv::{Conv2d, Layout};
+    use crate::kernels::x86::KernelId;
     use crate::kernels::Requant;
     let [nb, _, h, w] = c.input_shape;
     let p = c.params;
@@ -160,7 +161,7 @@ fn check_x86_conv(c: &ConvCase) {
         let conv = Conv2d::with_kernel(id, &c.weight, p, &c.w_zp, rule.clone())
             .unwrap_or_else(|e| panic!("x86 conv rejected a valid case: {e}\n{}", c.repro()));
         let mut got = vec![0i32; want.len()];
-        conv.run_raw(&c.input, nb, h, w, c.a_zp, &mut got)
+        conv.run_raw(Layout::Nchw, &c.input, nb, h, w, c.a_zp, &mut got)
             .unwrap_or_else(|e| panic!("x86 conv failed: {e}\n{}", c.repro()));
         assert_eq!(
             got,

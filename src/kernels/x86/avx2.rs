@@ -10,11 +10,14 @@ pub(super) const NR: usize = 16;
 const MR: usize = 4;
 const NV: usize = NR / 8;
 
-/// Micro-kernel, pair-saturating: `tile[r][c] = Σ sat16(pair0) + sat16(pair1)` over the 4-byte
-/// steps of row `r` of A (`a[r] + seg + 4·g`, see `AOperand`) against one Quad8 panel.
+/// Micro-kernel: `tile[r][c]` = the sum over the 4-byte steps of row `r` of A (`a[r] + seg + 4·g`,
+/// see `AOperand`) against one weight panel. `SAT`: Quad8 panel, u8 quads, each step's two pairs
+/// saturated to int16 by `vpmaddubsw` and added by `vpmaddwd(·, 1)` (FBGEMM's non-VNNI path);
+/// otherwise Pair16 panel, u16 pairs, exact `vpmaddwd` (u8·i8 products fit the i16 operands and
+/// their pair sum, at most 2·255·128, fits i32).
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn micro_pairsat<const R: usize>(
+unsafe fn micro<const R: usize, const SAT: bool>(
     a: &[*const u8; MR],
     segs: &[usize],
     steps: usize,
@@ -38,41 +41,12 @@ unsafe fn micro_pairsat<const R: usize>(
                 let q = unsafe { (ar[r].add(g * 4) as *const i32).read_unaligned() };
                 let av = _mm256_set1_epi32(q);
                 for v in 0..NV {
-                    let p = _mm256_maddubs_epi16(av, bv[v]);
-                    accr[v] = _mm256_add_epi32(accr[v], _mm256_madd_epi16(p, ones));
-                }
-            }
-        }
-    }
-    store_tile(&acc, tile);
-}
-
-/// Micro-kernel, exact: u16 activation pairs (broadcast per lane) × i16 weight pairs (Pair16).
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn micro_exact<const R: usize>(
-    a: &[*const u8; MR],
-    segs: &[usize],
-    steps: usize,
-    b: *const i8,
-    tile: &mut [i32; MR * NR],
-) {
-    let mut acc = [[_mm256_setzero_si256(); NV]; R];
-    let mut bp = b;
-    for &seg in segs {
-        // SAFETY (all reads below): as in `micro_pairsat`.
-        let ar: [*const u8; R] = std::array::from_fn(|r| unsafe { a[r].add(seg) });
-        for g in 0..steps {
-            let bv: [__m256i; NV] = std::array::from_fn(|v| unsafe {
-                _mm256_loadu_si256(bp.add(v * 32) as *const __m256i)
-            });
-            bp = unsafe { bp.add(NR * 4) };
-            for (r, accr) in acc.iter_mut().enumerate() {
-                let q = unsafe { (ar[r].add(g * 4) as *const i32).read_unaligned() };
-                let av = _mm256_set1_epi32(q);
-                for v in 0..NV {
-                    // u8·i8 products fit in i16 operands; their pair sum (≤ 2·255·128) fits i32.
-                    accr[v] = _mm256_add_epi32(accr[v], _mm256_madd_epi16(av, bv[v]));
+                    let s = if SAT {
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(av, bv[v]), ones)
+                    } else {
+                        _mm256_madd_epi16(av, bv[v])
+                    };
+                    accr[v] = _mm256_add_epi32(accr[v], s);
                 }
             }
         }
@@ -127,10 +101,10 @@ unsafe fn gemm_with(a: &AOperand, b: &PackedB, epi: &mut Epilogue, micro: [Micro
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn gemm_pairsat(a: &AOperand, b: &PackedB, epi: &mut Epilogue) {
     let micro: [Micro; MR] = [
-        micro_pairsat::<4>,
-        micro_pairsat::<3>,
-        micro_pairsat::<2>,
-        micro_pairsat::<1>,
+        micro::<4, true>,
+        micro::<3, true>,
+        micro::<2, true>,
+        micro::<1, true>,
     ];
     // SAFETY: forwarded from the caller.
     unsafe { gemm_with(a, b, epi, micro, false) }
@@ -143,10 +117,10 @@ pub(super) unsafe fn gemm_pairsat(a: &AOperand, b: &PackedB, epi: &mut Epilogue)
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn gemm_exact(a: &AOperand, b: &PackedB, epi: &mut Epilogue) {
     let micro: [Micro; MR] = [
-        micro_exact::<4>,
-        micro_exact::<3>,
-        micro_exact::<2>,
-        micro_exact::<1>,
+        micro::<4, false>,
+        micro::<3, false>,
+        micro::<2, false>,
+        micro::<1, false>,
     ];
     // SAFETY: forwarded from the caller.
     unsafe { gemm_with(a, b, epi, micro, true) }

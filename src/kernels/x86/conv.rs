@@ -15,8 +15,9 @@
 //! matrix is written, and A costs one pass over the input instead of `KH·KW` copies of it. This
 //! needs segments that are whole kernel steps (`KW·ICg` a multiple of 4 bytes, or of 2 values for
 //! the widened exact kernel; with a horizontal dilation, `ICg` alone); other shapes, and the
-//! portable kernel, take an explicit im2col. [`Conv2d::run_nhwc`] reads and writes channels-last
-//! tensors (FBGEMM's native layout); [`Conv2d::run`] takes NCHW.
+//! portable kernel, take an explicit im2col. [`Conv2d::run`] reads and writes NCHW or
+//! channels-last tensors ([`Layout`]; channels-last is FBGEMM's native layout and saves the
+//! transposes).
 //!
 //! # Depthwise 3×3
 //! [`Depthwise3x3`] models FBGEMM's depthwise kernel (`GenerateI8Depthwise.cc`), which saturates
@@ -28,7 +29,9 @@
 //! The `*_reference_raw` functions are plain scalar models used to test both.
 
 use super::avx2::{self, DwChannel};
-use super::{AOperand, DenseA, Format, Isa, KernelId, PackedLinear, RowMap, Sink};
+use super::{
+    weight_zero_points_for, AOperand, DenseA, Format, Isa, KernelId, PackedLinear, RowMap, Sink,
+};
 use crate::kernels::reference::dot;
 use crate::kernels::{Accumulation, Requant};
 pub use crate::ops::Conv2dParams;
@@ -109,18 +112,6 @@ fn slice_requant(r: &Requant, lo: usize, hi: usize) -> Result<Requant> {
     })
 }
 
-/// Expands 1 or `n` weight zero points to `n`.
-fn expand_zp(z: &[i32], n: usize) -> Result<Vec<i32>> {
-    match z.len() {
-        1 => Ok(vec![z[0]; n]),
-        l if l == n => Ok(z.to_vec()),
-        l => Err(Error::shape(
-            "weight zero points",
-            format!("{l} given for {n} output channels (need 1 or {n})"),
-        )),
-    }
-}
-
 fn check_input(x: &[u8], nb: usize, c: usize, h: usize, w: usize, a_zp: i32) -> Result<()> {
     if x.len() != nb * c * h * w {
         return Err(Error::shape(
@@ -143,8 +134,10 @@ fn check_input(x: &[u8], nb: usize, c: usize, h: usize, w: usize, a_zp: i32) -> 
 
 /// Memory layout of a conv's input and output tensors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Layout {
+pub enum Layout {
+    /// PyTorch's logical layout, `N × C × H × W`.
     Nchw,
+    /// Channels-last, `N × H × W × C` (FBGEMM's native layout).
     Nhwc,
 }
 
@@ -231,7 +224,7 @@ impl Conv2d {
                 ),
             ));
         }
-        let zps = expand_zp(weight_zero_points, p.out_channels)?;
+        let zps = weight_zero_points_for(weight_zero_points, p.out_channels)?;
         let mut groups = Vec::with_capacity(p.groups);
         for g in 0..p.groups {
             // Reorder [oc][ic][ky][kx] → [oc][ky][kx][ic].
@@ -286,10 +279,13 @@ impl Conv2d {
         matches!(self.feed, Feed::Implicit { .. })
     }
 
-    /// Runs the conv on NCHW `x` (`nb × IC × h × w`, raw u8 with zero point `a_zp`), writing NCHW
-    /// u8 to `out`; returns `(OH, OW)`.
+    /// Runs the conv on `x` (`nb × IC × h × w` values in `layout`, raw u8 with zero point
+    /// `a_zp`), writing the requantized u8 output (`nb × OC × OH × OW` in the same layout) to
+    /// `out`; returns `(OH, OW)`.
+    #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
+        layout: Layout,
         x: &[u8],
         nb: usize,
         h: usize,
@@ -297,26 +293,14 @@ impl Conv2d {
         a_zp: i32,
         out: &mut [u8],
     ) -> Result<(usize, usize)> {
-        self.run_layout(Layout::Nchw, x, nb, h, w, a_zp, out)
+        self.run_layout(layout, x, nb, h, w, a_zp, out)
     }
 
-    /// As [`Conv2d::run`] on channels-last tensors: `x` is `nb × h × w × IC`, `out` is
-    /// `nb × OH × OW × OC`.
-    pub fn run_nhwc(
-        &self,
-        x: &[u8],
-        nb: usize,
-        h: usize,
-        w: usize,
-        a_zp: i32,
-        out: &mut [u8],
-    ) -> Result<(usize, usize)> {
-        self.run_layout(Layout::Nhwc, x, nb, h, w, a_zp, out)
-    }
-
-    /// The zero-point-folded int32 accumulators `raw` that [`Conv2d::run`] requantizes (NCHW).
+    /// The zero-point-folded int32 accumulators `raw` that [`Conv2d::run`] requantizes.
+    #[allow(clippy::too_many_arguments)]
     pub fn run_raw(
         &self,
+        layout: Layout,
         x: &[u8],
         nb: usize,
         h: usize,
@@ -324,7 +308,7 @@ impl Conv2d {
         a_zp: i32,
         out: &mut [i32],
     ) -> Result<(usize, usize)> {
-        self.run_layout(Layout::Nchw, x, nb, h, w, a_zp, out)
+        self.run_layout(layout, x, nb, h, w, a_zp, out)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -487,7 +471,7 @@ pub fn conv2d_reference_raw(
             "length is not OC·IC/groups·KH·KW",
         ));
     }
-    let zps = expand_zp(weight_zero_points, p.out_channels)?;
+    let zps = weight_zero_points_for(weight_zero_points, p.out_channels)?;
     let mut raw = vec![0i32; nb * p.out_channels * oh * ow];
     let (mut av, mut wv) = (vec![0u8; k], vec![0i8; k]);
     for b in 0..nb {
@@ -605,13 +589,7 @@ impl Depthwise3x3 {
                 ),
             ));
         }
-        let b_zp = expand_zp(weight_zero_points, channels)?;
-        if let Some(z) = b_zp.iter().find(|z| !(-128..=127).contains(*z)) {
-            return Err(Error::invalid(
-                "weight zero point",
-                format!("{z} not in -128..=127"),
-            ));
-        }
+        let b_zp = weight_zero_points_for(weight_zero_points, channels)?;
         let col_off = (0..channels)
             .map(|c| {
                 weights[c * 9..c * 9 + 9]

@@ -2,7 +2,7 @@
 //! optimized x86 kernels, zero points folded and the requantization rule fused into the GEMM's
 //! epilogue, u8 out. `qparity check --fused` puts every golden model layer through this backend.
 
-use super::conv::{Conv2d, Depthwise3x3};
+use super::conv::{Conv2d, Depthwise3x3, Layout};
 use super::{KernelId, PackedLinear};
 use crate::engine::KernelPath;
 use crate::flow::{LayerOp, OutQParams, QLayer, QTensor, StageCtx};
@@ -77,7 +77,7 @@ pub fn run_convert_fx(
                 }
             } else {
                 let conv = Conv2d::with_kernel(kernel, &w.int_repr, p, &zps, requant)?;
-                conv.run(&input.data, nb, h, wd, a_zp, &mut data)?;
+                conv.run(Layout::Nchw, &input.data, nb, h, wd, a_zp, &mut data)?;
                 kernel.name()
             }
         }

@@ -207,6 +207,52 @@ fn pad4(k: usize) -> usize {
     k.div_ceil(4) * 4
 }
 
+/// Expands 1 (per-tensor) or `n` (per-channel) weight zero points to `n`, each in -128..=127.
+pub(crate) fn weight_zero_points_for(z: &[i32], n: usize) -> Result<Vec<i32>> {
+    let zps = match z.len() {
+        1 => vec![z[0]; n],
+        l if l == n => z.to_vec(),
+        l => {
+            return Err(Error::shape(
+                "weight zero points",
+                format!("{l} given for {n} output channels (need 1 or {n})"),
+            ))
+        }
+    };
+    if let Some(v) = zps.iter().find(|v| !(-128..=127).contains(*v)) {
+        return Err(Error::invalid(
+            "weight zero point",
+            format!("{v} not in -128..=127"),
+        ));
+    }
+    Ok(zps)
+}
+
+/// Packs `b` (`n × k`) into column panels of `nr` channels, `kp` deep, with groups of `group`
+/// consecutive k per channel: `panel[k / group][c][k % group] = b[c][k]` (zero padding).
+fn panels<T: Copy + Default>(
+    b: &[i8],
+    n: usize,
+    k: usize,
+    kp: usize,
+    nr: usize,
+    group: usize,
+    conv: impl Fn(i8) -> T,
+) -> Vec<T> {
+    let count = n.div_ceil(nr);
+    let mut out = vec![T::default(); count * nr * kp];
+    for p in 0..count {
+        let base = p * nr * kp;
+        for c in 0..nr.min(n - p * nr) {
+            let row = &b[(p * nr + c) * k..(p * nr + c + 1) * k];
+            for (kk, &v) in row.iter().enumerate() {
+                out[base + (kk / group) * nr * group + c * group + kk % group] = conv(v);
+            }
+        }
+    }
+    out
+}
+
 /// A weight matrix packed for one kernel (layout in the module docs).
 #[derive(Debug, Clone)]
 pub struct PackedB {
@@ -239,32 +285,8 @@ impl PackedB {
         let (mut data8, mut data16) = (Vec::new(), Vec::new());
         match kernel.format() {
             Format::Plain => data8 = b.to_vec(),
-            Format::Quad8 { nr } => {
-                let panels = n.div_ceil(nr);
-                data8 = vec![0i8; panels * nr * kp];
-                for p in 0..panels {
-                    let base = p * nr * kp;
-                    for c in 0..nr.min(n - p * nr) {
-                        let row = &b[(p * nr + c) * k..(p * nr + c + 1) * k];
-                        for (kk, &v) in row.iter().enumerate() {
-                            data8[base + (kk / 4) * nr * 4 + c * 4 + kk % 4] = v;
-                        }
-                    }
-                }
-            }
-            Format::Pair16 { nr } => {
-                let panels = n.div_ceil(nr);
-                data16 = vec![0i16; panels * nr * kp];
-                for p in 0..panels {
-                    let base = p * nr * kp;
-                    for c in 0..nr.min(n - p * nr) {
-                        let row = &b[(p * nr + c) * k..(p * nr + c + 1) * k];
-                        for (kk, &v) in row.iter().enumerate() {
-                            data16[base + (kk / 2) * nr * 2 + c * 2 + kk % 2] = v as i16;
-                        }
-                    }
-                }
-            }
+            Format::Quad8 { nr } => data8 = panels(b, n, k, kp, nr, 4, |v| v),
+            Format::Pair16 { nr } => data16 = panels(b, n, k, kp, nr, 2, i16::from),
         }
         Ok(Self {
             kernel,
@@ -727,22 +749,7 @@ impl PackedLinear {
                 format!("n = {n}, k = {k} must be ≥ 1"),
             ));
         }
-        let b_zp = match weight_zero_points.len() {
-            1 => vec![weight_zero_points[0]; n],
-            l if l == n => weight_zero_points.to_vec(),
-            l => {
-                return Err(Error::shape(
-                    "weight zero points",
-                    format!("{l} given for {n} output channels (need 1 or {n})"),
-                ))
-            }
-        };
-        if let Some(z) = b_zp.iter().find(|z| !(-128..=127).contains(*z)) {
-            return Err(Error::invalid(
-                "weight zero point",
-                format!("{z} not in -128..=127"),
-            ));
-        }
+        let b_zp = weight_zero_points_for(weight_zero_points, n)?;
         let rq = RequantVec::new(&requant, n)?;
         let packed = PackedB::new(kernel, weights, n, k)?;
         let col_off = (0..n)
