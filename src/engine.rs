@@ -5,7 +5,7 @@
 //! (`ConvFastPath`: depthwise, groupwise, pointwise, im2col) and `src/GenerateI8Depthwise.cc`.
 
 use crate::kernels::Accumulation;
-use crate::ops::Conv2dParams;
+use crate::ops::{Conv2dParams, PaddingTaps};
 use crate::{Error, Result};
 
 /// `torch.backends.quantized.engine`.
@@ -114,6 +114,21 @@ impl KernelPath {
         matches!(self, KernelPath::Onednn)
     }
 
+    /// How conv taps that fall into the zero padding are accumulated. FBGEMM's im2col fills them
+    /// with the activation zero point and runs them through the GEMM (so `zp·w` pairs saturate
+    /// like any other). oneDNN's `jit_uni_x8s8s32x` kernel (oneDNN
+    /// `src/cpu/x64/jit_uni_x8s8s32x_conv_kernel.cpp`, `compute_ker` / `kh_loop`) skips
+    /// out-of-bounds taps in its `vpmaddubsw` loop (the `ow_start..ow_end` range per `kw`, and
+    /// `h_padded` rows for `kh`) and adds `src_zero_point · Σ w` for them separately, from
+    /// `vpmaddubsw(1, w)` sums that cannot saturate, multiplied in int32; its reference
+    /// implementation is exact anyway.
+    pub fn padding_taps(self) -> PaddingTaps {
+        match self {
+            KernelPath::Onednn => PaddingTaps::Exact,
+            _ => PaddingTaps::ThroughKernel,
+        }
+    }
+
     /// Whether the path requantizes with FBGEMM's float-bias rule (else QNNPACK's int32 bias).
     pub fn uses_fbgemm_requant(self) -> bool {
         !matches!(self, KernelPath::Qnnpack)
@@ -160,6 +175,38 @@ pub fn conv_path(
         Engine::Fbgemm | Engine::X86 => fbgemm_conv_path(p),
         Engine::Qnnpack => KernelPath::Qnnpack,
         Engine::Onednn => KernelPath::Onednn,
+    }
+}
+
+/// How oneDNN's int8 conv accumulates on a CPU without VNNI (`isa` = [`Isa::Avx2`]); with VNNI
+/// every implementation accumulates exactly (`vpdpbusd`).
+///
+/// oneDNN 3.x (PyTorch 2.15 bundles v3.13.3) tries its implementations in the order of
+/// `src/cpu/cpu_convolution_list.cpp`; on an AVX2 CPU the first int8 one that accepts a 2D conv
+/// is `jit_uni_x8s8s32x` (`jit_uni_int8_1x1:avx2` for unpadded 1×1, else `jit_uni_int8:avx2`).
+/// Its `init_conf` (`src/cpu/x64/jit_uni_x8s8s32x_conv_kernel.cpp`) pads the channels of
+/// non-grouped convs to blocks of 8 and accepts any kernel size, stride, dilation and padding,
+/// and for grouped convs needs channels per group (in and out) that are multiples of 4 (blocks of
+/// 8, else 4 with Xmm registers) — except depthwise convs (one in and one out channel per group),
+/// which it also takes. Grouped convs it rejects run on the reference implementation `ref:any`
+/// (exact int32). Accumulation:
+///
+/// - general kernel: `vpmaddubsw` on pairs of input channels of one tap, then `vpmaddwd` with
+///   ones: pairwise int16 saturation ([`KernelPath::pairs_per_tap`], padded taps exact per
+///   [`KernelPath::padding_taps`]);
+/// - depthwise kernel (`compute_ker_dw`): `vpmaddwd` on zero-extended u8 activations: exact.
+///
+/// Verified with `ONEDNN_VERBOSE` on torch 2.15.0 (AMD EPYC, AVX2, no VNNI) over ~200 random
+/// shapes (kernels 1–7, strides 1–4, dilations 1–3, paddings 0–5, 1–24 channels per group,
+/// groups 1–4, inputs 1×1 to 12×14, activation zero points 0–255): the implementation and the
+/// outputs followed this rule in every case, and the chosen implementation never depended on the
+/// input size.
+pub fn onednn_conv_accumulation(p: &Conv2dParams, isa: Isa) -> Accumulation {
+    let (icg, ocg) = (p.in_channels / p.groups, p.out_channels / p.groups);
+    let jit_general = p.groups == 1 || (icg.is_multiple_of(4) && ocg.is_multiple_of(4));
+    match isa {
+        Isa::Avx2 if jit_general && !p.is_depthwise() => Accumulation::PairSaturatingI16,
+        _ => Accumulation::Exact,
     }
 }
 
@@ -217,6 +264,52 @@ mod tests {
         assert_eq!(
             KernelPath::FbgemmDepthwise.accumulation(Isa::Vnni),
             Accumulation::PairSaturatingI16
+        );
+    }
+
+    /// Shapes whose oneDNN implementation was read from `ONEDNN_VERBOSE` on torch 2.15.0 (AVX2,
+    /// no VNNI); the first six are golden cases.
+    #[test]
+    fn onednn_conv_accumulation_follows_its_implementation_choice() {
+        let conv = |ic, oc, k: [usize; 2], stride, padding, dilation, groups| Conv2dParams {
+            in_channels: ic,
+            out_channels: oc,
+            kernel_size: k,
+            stride,
+            padding,
+            dilation,
+            groups,
+        };
+        let sat = Accumulation::PairSaturatingI16;
+        let exact = Accumulation::Exact;
+        let cases = [
+            // jit_uni_int8:avx2 (model-conv2d-onednn-ptq-default-0212)
+            (conv(4, 7, [2, 2], [2, 2], [0, 1], [2, 1], 1), sat),
+            // jit_uni_int8_1x1:avx2 (model-composed-onednn-qat-default-0379)
+            (conv(6, 5, [1, 1], [1, 1], [0, 0], [2, 1], 1), sat),
+            // ref:any: 1 in / 2 out channels per group (model-conv2d-onednn-ptq-default-0026)
+            (conv(4, 8, [1, 1], [2, 2], [1, 1], [2, 2], 4), exact),
+            // ref:any: 2 / 1 per group (model-conv2d-onednn-ptq-default-0305)
+            (conv(8, 4, [2, 2], [2, 2], [2, 0], [1, 1], 4), exact),
+            // ref:any: 2 / 2 per group (model-conv2d-onednn-ptq-default-0398)
+            (conv(6, 6, [2, 2], [2, 2], [1, 1], [2, 2], 3), exact),
+            // jit_uni_int8:avx2 depthwise, vpmaddwd (model-conv2d-onednn-qat-default-0259)
+            (conv(4, 4, [2, 2], [2, 2], [2, 2], [1, 1], 4), exact),
+            // jit_uni_int8:avx2 with Xmm blocks of 4 channels per group
+            (conv(8, 8, [3, 3], [1, 1], [1, 1], [1, 1], 2), sat),
+            // ref:any: 4 in but 2 out channels per group
+            (conv(8, 4, [3, 3], [1, 1], [1, 1], [1, 1], 2), exact),
+            // jit_uni_int8:avx2: odd channels, large padding, stride and dilation
+            (conv(17, 3, [7, 5], [4, 3], [5, 5], [3, 2], 1), sat),
+        ];
+        for (p, want) in cases {
+            assert_eq!(onednn_conv_accumulation(&p, Isa::Avx2), want, "{p:?}");
+            assert_eq!(onednn_conv_accumulation(&p, Isa::Vnni), exact, "{p:?}");
+        }
+        assert_eq!(KernelPath::Onednn.padding_taps(), PaddingTaps::Exact);
+        assert_eq!(
+            KernelPath::FbgemmGemm.padding_taps(),
+            PaddingTaps::ThroughKernel
         );
     }
 

@@ -12,7 +12,7 @@
 //! is [`Pred::Ambiguous`] instead of guessed. oneDNN's requantization order is unknown, and the
 //! same rule applies there.
 
-use crate::engine::{conv_path, linear_path, Engine, Isa, KernelPath};
+use crate::engine::{conv_path, linear_path, onednn_conv_accumulation, Engine, Isa, KernelPath};
 use crate::kernels::reference::Reference;
 use crate::kernels::{Accumulation, Int8Gemm};
 use crate::ops::{self, Conv2dParams, FloatSum};
@@ -271,20 +271,13 @@ impl QLayer {
         }
     }
 
-    /// Accumulation model of this layer in the integer flow. oneDNN's AVX2 int8 conv kernel
-    /// (`jit_uni_x8s8s32x`, `vpmaddubsw`) rejects grouped convolutions whose channels per group
-    /// are not multiples of 4 (oneDNN `jit_uni_x8s8s32x_conv_kernel.cpp: init_conf`); those run
-    /// on its GEMM-based int8 convolution, which accumulates exactly.
+    /// Accumulation model of this layer in the integer flow. oneDNN convs follow its
+    /// implementation choice ([`onednn_conv_accumulation`]: grouped convs with channels per group
+    /// not multiples of 4 run on `ref:any`, depthwise ones on `vpmaddwd`, both exact).
     pub fn accumulation(&self, ctx: &StageCtx, path: KernelPath) -> Accumulation {
         match self.op {
-            LayerOp::Conv2d(p)
-                if path == KernelPath::Onednn
-                    && p.groups > 1
-                    && !p.is_depthwise()
-                    && (!(p.in_channels / p.groups).is_multiple_of(4)
-                        || !(p.out_channels / p.groups).is_multiple_of(4)) =>
-            {
-                Accumulation::Exact
+            LayerOp::Conv2d(p) if path == KernelPath::Onednn => {
+                onednn_conv_accumulation(&p, ctx.isa)
             }
             _ => path.accumulation(ctx.isa),
         }
@@ -347,12 +340,13 @@ impl QLayer {
         Ok(out_shape)
     }
 
-    /// Integer accumulators under an accumulation model (zero points folded in).
+    /// Integer accumulators under an accumulation model (zero points folded in), with `path`'s
+    /// pairing and padded-tap rules ([`KernelPath::pairs_per_tap`], [`KernelPath::padding_taps`]).
     fn int_acc(
         &self,
         input: &QTensor,
         acc: Accumulation,
-        pair_per_tap: bool,
+        path: KernelPath,
         with: Option<&dyn Int8Gemm>,
     ) -> Result<Vec<i32>> {
         let reference = Reference::new(acc);
@@ -376,7 +370,7 @@ impl QLayer {
                     &w_zp,
                 )
             }
-            LayerOp::Conv2d(p) if pair_per_tap => {
+            LayerOp::Conv2d(p) if path.pairs_per_tap() => {
                 let (inp, shape, wt, q) = ops::pad_channels_even(
                     &input.data,
                     &input.shape,
@@ -385,7 +379,7 @@ impl QLayer {
                     &w_zp,
                     &p,
                 );
-                Ok(ops::conv2d_acc(
+                Ok(ops::conv2d_acc_with_padding(
                     kernel,
                     &inp,
                     &shape,
@@ -393,10 +387,11 @@ impl QLayer {
                     &wt,
                     &w_zp,
                     &q,
+                    path.padding_taps(),
                 )?
                 .0)
             }
-            LayerOp::Conv2d(p) => Ok(ops::conv2d_acc(
+            LayerOp::Conv2d(p) => Ok(ops::conv2d_acc_with_padding(
                 kernel,
                 &input.data,
                 &input.shape,
@@ -404,6 +399,7 @@ impl QLayer {
                 &self.weight.int_repr,
                 &w_zp,
                 &p,
+                path.padding_taps(),
             )?
             .0),
         }
@@ -488,18 +484,8 @@ impl QLayer {
             Flow::ConvertFx => {
                 let path = self.path(ctx);
                 let accm = self.accumulation(ctx, path);
-                let acc = self.int_acc(input, accm, path.pairs_per_tap(), kernel)?;
-                // oneDNN picks among several int8 conv implementations with rules qparity does not
-                // fully model; where pair saturation changes an accumulator, both are possible.
-                let alt = if path == KernelPath::Onednn
-                    && accm == Accumulation::PairSaturatingI16
-                    && matches!(self.op, LayerOp::Conv2d(_))
-                {
-                    Some(self.int_acc(input, Accumulation::Exact, false, kernel)?)
-                } else {
-                    None
-                };
-                let mut pred: Vec<Pred> = if path.uses_fbgemm_requant() {
+                let acc = self.int_acc(input, accm, path, kernel)?;
+                let pred: Vec<Pred> = if path.uses_fbgemm_requant() {
                     let rq = self.fbgemm_requant(input, out);
                     acc.iter()
                         .enumerate()
@@ -521,16 +507,6 @@ impl QLayer {
                         })
                         .collect()
                 };
-                if let Some(exact) = alt {
-                    let rq = self.fbgemm_requant(input, out);
-                    for (i, p) in pred.iter_mut().enumerate() {
-                        if exact[i] != acc[i] {
-                            let j = self.channel_of(i, &out_shape);
-                            let other = onednn_pred(&rq, exact[i], j);
-                            *p = merge(*p, other);
-                        }
-                    }
-                }
                 Ok(StageOut {
                     shape: out_shape,
                     pred,
@@ -573,10 +549,10 @@ impl QLayer {
             Flow::ConvertFx => {
                 let path = self.path(ctx);
                 let accm = self.accumulation(ctx, path);
-                let acc = self.int_acc(input, accm, path.pairs_per_tap(), None)?[i];
-                let exact = self.int_acc(input, Accumulation::Exact, false, None)?[i];
+                let acc = self.int_acc(input, accm, path, None)?[i];
+                let exact = self.int_acc(input, Accumulation::Exact, path, None)?[i];
                 let saturated_pair = if acc != exact {
-                    self.first_saturation(input, i, &out_shape)
+                    self.first_saturation(input, path, i, &out_shape)
                 } else {
                     None
                 };
@@ -647,9 +623,12 @@ impl QLayer {
         }
     }
 
+    /// The first saturating pair of output element `i` in the GEMM columns `path` feeds its
+    /// kernel (oneDNN: channels padded to even per tap, padded taps outside the kernel).
     fn first_saturation(
         &self,
         input: &QTensor,
+        path: KernelPath,
         i: usize,
         out_shape: &[usize],
     ) -> Option<(usize, i32)> {
@@ -673,9 +652,34 @@ impl QLayer {
                 let pix = i % (oh * ow);
                 let ocg = p.out_channels / p.groups;
                 let g = oc / ocg;
-                let a = ops::im2col(&input.data, &input.shape, &p, g, zp).ok()?;
-                let w = ops::weight_matrix(&self.weight.int_repr, &p, g);
-                let k = p.k();
+                let (inp, shape, wt, q) = if path.pairs_per_tap() {
+                    let w_zp: Vec<i32> = (0..p.out_channels)
+                        .map(|j| self.weight.zp_of(j) as i32)
+                        .collect();
+                    ops::pad_channels_even(
+                        &input.data,
+                        &input.shape,
+                        zp,
+                        &self.weight.int_repr,
+                        &w_zp,
+                        &p,
+                    )
+                } else {
+                    (
+                        input.data.clone(),
+                        input.shape.clone(),
+                        self.weight.int_repr.clone(),
+                        p,
+                    )
+                };
+                // Padded taps holding 0 never saturate (they are skipped when accumulated exactly).
+                let pad = match path.padding_taps() {
+                    ops::PaddingTaps::ThroughKernel => zp,
+                    ops::PaddingTaps::Exact => 0,
+                };
+                let a = ops::im2col(&inp, &shape, &q, g, pad).ok()?;
+                let w = ops::weight_matrix(&wt, &q, g);
+                let k = q.k();
                 let r = b * oh * ow + pix;
                 let jj = oc - g * ocg;
                 ops::first_saturating_pair(&a[r * k..(r + 1) * k], &w[jj * k..(jj + 1) * k])
@@ -704,24 +708,6 @@ fn onednn_pred(rq: &FbgemmRequant, acc: i32, j: usize) -> Pred {
             lo: a.min(formula),
             hi: b.max(formula),
         }
-    }
-}
-
-/// The union of two predictions.
-fn merge(a: Pred, b: Pred) -> Pred {
-    let (alo, ahi) = match a {
-        Pred::Exact(x) => (x, x),
-        Pred::Ambiguous { lo, hi } => (lo, hi),
-    };
-    let (blo, bhi) = match b {
-        Pred::Exact(x) => (x, x),
-        Pred::Ambiguous { lo, hi } => (lo, hi),
-    };
-    let (lo, hi) = (alo.min(blo), ahi.max(bhi));
-    if lo == hi {
-        Pred::Exact(lo)
-    } else {
-        Pred::Ambiguous { lo, hi }
     }
 }
 
@@ -779,4 +765,75 @@ fn float_pred(
 /// Rounds like `cvtps2dq` (re-exported for reports).
 pub fn rne_i32(v: f32) -> i32 {
     round_ne_i32(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Verified on torch 2.15.0, engine `onednn`, AVX2 without VNNI (`ONEDNN_VERBOSE`:
+    /// `jit_uni_int8:avx2`): a 2-channel 1×2 conv on a 1×2 image of 255s (zero point 200) with
+    /// weights 127 gives `[68, 8, 68]` with padding (0, 1) and `[128; 3], [68, 8, 68], [128; 3]`
+    /// with padding (1, 1) at output scale 300, zero point 128. In-bounds taps saturate their
+    /// channel pair (2·255·127 → 32767); padded taps contribute exactly 0, where a saturated
+    /// `200·127` pair would have given -18033 more (outputs 8 and 68).
+    #[test]
+    fn onednn_conv_accumulates_padded_taps_exactly() {
+        let layer = |padding: [usize; 2]| QLayer {
+            op: LayerOp::Conv2d(Conv2dParams {
+                in_channels: 2,
+                out_channels: 1,
+                kernel_size: [1, 2],
+                stride: [1, 1],
+                padding,
+                dilation: [1, 1],
+                groups: 1,
+            }),
+            bias: None,
+            weight: QWeight {
+                shape: vec![1, 2, 1, 2],
+                int_repr: vec![127; 4],
+                scales: vec![1.0],
+                zero_points: vec![0],
+                per_channel: false,
+            },
+            relu: false,
+        };
+        let input = QTensor {
+            shape: vec![1, 2, 1, 2],
+            data: vec![255; 4],
+            scale: 1.0,
+            zero_point: 200,
+        };
+        let out = OutQParams {
+            scale: 300.0,
+            zero_point: 128,
+            quant_min: 0,
+            quant_max: 255,
+        };
+        let ctx = StageCtx {
+            flow: Flow::ConvertFx,
+            engine: Engine::Onednn,
+            isa: Isa::Avx2,
+            cpu_has_vnni: false,
+        };
+        let run = |padding| layer(padding).run(&ctx, &input, &out).unwrap();
+        let s = run([0, 1]);
+        assert_eq!(s.accumulation, Accumulation::PairSaturatingI16);
+        assert_eq!(s.pred, [68, 8, 68].map(Pred::Exact));
+        let mut want = vec![128; 3];
+        want.extend([68, 8, 68]);
+        want.extend([128; 3]);
+        assert_eq!(
+            run([1, 1]).pred,
+            want.into_iter().map(Pred::Exact).collect::<Vec<_>>()
+        );
+        // The exact accumulators (what `ref:any` or VNNI would give) are 13970, 27940, 13970.
+        let exact = StageCtx {
+            isa: Isa::Vnni,
+            ..ctx
+        };
+        let e = layer([0, 1]).run(&exact, &input, &out).unwrap();
+        assert_eq!(e.pred, [175, 221, 175].map(Pred::Exact));
+    }
 }

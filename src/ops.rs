@@ -4,7 +4,9 @@
 //! Convolution lowers to GEMM by im2col in FBGEMM's order: for output pixel `(n, oh, ow)` of group
 //! `g`, column `k = (kh·KW + kw)·ICg + c`, padding filled with the activation zero point. That
 //! order decides which products share an int16 pair under [`Accumulation::PairSaturatingI16`];
-//! for depthwise convolution (ICg = 1) it is FBGEMM's tap order `(0,1), (2,3), …`.
+//! for depthwise convolution (ICg = 1) it is FBGEMM's tap order `(0,1), (2,3), …`. Padded taps go
+//! through the kernel like any other column ([`PaddingTaps::ThroughKernel`], FBGEMM) or are added
+//! exactly outside it ([`PaddingTaps::Exact`], oneDNN).
 
 use crate::kernels::{Accumulation, Int8Gemm};
 use crate::{Error, Result};
@@ -224,7 +226,19 @@ pub fn linear_acc(
     Ok(acc)
 }
 
-/// Zero-point-folded accumulators of a quantized conv2d, NCHW output `[N, OC, OH, OW]`.
+/// How the kernel taps that fall into the zero padding enter a convolution's accumulators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PaddingTaps {
+    /// As im2col columns holding the activation zero point, through the GEMM kernel like any other
+    /// product (so they can saturate int16 pairs): FBGEMM's im2col convolution.
+    ThroughKernel,
+    /// Skipped by the kernel; their `a_zp · w` products are added exactly in int32, so after
+    /// zero-point folding they contribute exactly 0 (oneDNN's int8 convolutions).
+    Exact,
+}
+
+/// Zero-point-folded accumulators of a quantized conv2d, NCHW output `[N, OC, OH, OW]`, with
+/// padded taps going through the kernel ([`PaddingTaps::ThroughKernel`]).
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_acc(
     kernel: &dyn Int8Gemm,
@@ -234,6 +248,33 @@ pub fn conv2d_acc(
     weight: &[i8],
     w_zp: &[i32],
     p: &Conv2dParams,
+) -> Result<(Vec<i32>, [usize; 4])> {
+    conv2d_acc_with_padding(
+        kernel,
+        input,
+        shape,
+        a_zp,
+        weight,
+        w_zp,
+        p,
+        PaddingTaps::ThroughKernel,
+    )
+}
+
+/// [`conv2d_acc`] with a choice of how padded taps are accumulated. With
+/// [`PaddingTaps::Exact`] the kernel sees 0 in padded columns (products 0, no pair can saturate:
+/// a pair never straddles a padded and an in-bounds tap because pairs stay within one tap's
+/// channels) and `a_zp · Σ_padded w` is added exactly before the zero points are folded.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_acc_with_padding(
+    kernel: &dyn Int8Gemm,
+    input: &[u8],
+    shape: &[usize],
+    a_zp: i32,
+    weight: &[i8],
+    w_zp: &[i32],
+    p: &Conv2dParams,
+    padding: PaddingTaps,
 ) -> Result<(Vec<i32>, [usize; 4])> {
     let (n, oh, ow) = p.output_dims(shape)?;
     if input.len() != shape.iter().product::<usize>() {
@@ -260,10 +301,41 @@ pub fn conv2d_acc(
     let ocg = p.out_channels / p.groups;
     let (rows, k) = (n * oh * ow, p.k());
     conv2d_by_group(p, (n, oh, ow), 0, |g| {
-        let a = im2col(input, shape, p, g, a_zp as u8)?;
         let b = weight_matrix(weight, p, g);
         let w_zp = &w_zp[g * ocg..(g + 1) * ocg];
-        linear_acc(kernel, &a, rows, k, a_zp, &b, ocg, w_zp)
+        match padding {
+            PaddingTaps::ThroughKernel => {
+                let a = im2col(input, shape, p, g, a_zp as u8)?;
+                linear_acc(kernel, &a, rows, k, a_zp, &b, ocg, w_zp)
+            }
+            PaddingTaps::Exact => {
+                let cols = im2col(
+                    &input.iter().map(|&v| Some(v)).collect::<Vec<_>>(),
+                    shape,
+                    p,
+                    g,
+                    None,
+                )?;
+                let in_bounds: Vec<u8> = cols.iter().map(|v| v.unwrap_or(0)).collect();
+                let mut acc = vec![0i32; rows * ocg];
+                kernel.gemm(rows, ocg, k, &in_bounds, &b, &mut acc);
+                for (i, row) in cols.chunks_exact(k).enumerate() {
+                    for (j, wj) in b.chunks_exact(k).enumerate() {
+                        let padded: i32 = row
+                            .iter()
+                            .zip(wj)
+                            .filter(|(v, _)| v.is_none())
+                            .map(|(_, &w)| w as i32)
+                            .sum();
+                        let c = &mut acc[i * ocg + j];
+                        *c = c.wrapping_add(a_zp.wrapping_mul(padded));
+                    }
+                }
+                let a: Vec<u8> = cols.iter().map(|v| v.unwrap_or(a_zp as u8)).collect();
+                fold_zero_points(&mut acc, rows, ocg, k, &a, &b, a_zp, w_zp);
+                Ok(acc)
+            }
+        }
     })
 }
 
@@ -464,6 +536,18 @@ mod tests {
             &p,
         )
         .unwrap();
+        let exact_padding = conv2d_acc_with_padding(
+            &Reference::new(Accumulation::Exact),
+            &input,
+            &shape,
+            a_zp,
+            &weight,
+            &w_zp,
+            &p,
+            PaddingTaps::Exact,
+        )
+        .unwrap();
+        assert_eq!(exact_padding, (acc.clone(), os));
         let (n, oh, ow) = (os[0], os[2], os[3]);
         let (icg, ocg) = (2, 3);
         for b in 0..n {
