@@ -26,6 +26,12 @@ enum Cmd {
         /// Print a JSON list instead of a table.
         #[arg(long)]
         json: bool,
+        /// Alternating rounds of qparity and PyTorch; each side reports its best round.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Core both sides are pinned to with taskset, or `none`.
+        #[arg(long, default_value = "0", value_parser = parse_cpu)]
+        cpu: Option<usize>,
     },
     /// Run every cargo-fuzz target for N seconds and report execs/s, corpus size and crashes.
     Fuzz(fuzz::FuzzArgs),
@@ -42,12 +48,22 @@ enum Cmd {
     },
 }
 
+/// `--cpu` value: a core number or `none`.
+fn parse_cpu(s: &str) -> Result<Option<usize>, String> {
+    if s == "none" {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| format!("{s:?} is neither a core number nor `none`"))
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Golden(args) => golden::run(args),
         Cmd::ArmTest(a) => arm::run(a),
-        Cmd::Bench { json } => bench::run(json),
+        Cmd::Bench { json, rounds, cpu } => bench::run(json, rounds, cpu),
         Cmd::Fuzz(args) => fuzz::run(args),
         Cmd::DiffLive {
             cases,
