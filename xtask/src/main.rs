@@ -30,8 +30,8 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
         /// Core both sides are pinned to with taskset, or `none`.
-        #[arg(long, default_value = "0", value_parser = parse_cpu)]
-        cpu: Option<usize>,
+        #[arg(long, default_value = "0")]
+        cpu: String,
     },
     /// Run every cargo-fuzz target for N seconds and report execs/s, corpus size and crashes.
     Fuzz(fuzz::FuzzArgs),
@@ -63,7 +63,9 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Golden(args) => golden::run(args),
         Cmd::ArmTest(a) => arm::run(a),
-        Cmd::Bench { json, rounds, cpu } => bench::run(json, rounds, cpu),
+        Cmd::Bench { json, rounds, cpu } => {
+            bench::run(json, rounds, parse_cpu(&cpu).map_err(anyhow::Error::msg)?)
+        }
         Cmd::Fuzz(args) => fuzz::run(args),
         Cmd::DiffLive {
             cases,
