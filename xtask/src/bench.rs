@@ -237,6 +237,12 @@ pub fn run(json: bool, rounds: usize, cpu: Option<usize>) -> Result<()> {
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
+        if let Some((isa, p)) = &peak {
+            eprintln!(
+                "peak {isa} MAC throughput: {p:.1} GOPS; best shape {best:.1} GOPS = {:.0}% of peak",
+                100.0 * best / p
+            );
+        }
     } else {
         println!(
             "{:<26} {:>8} {:>8} {:>6}  {:<13} kernel",
