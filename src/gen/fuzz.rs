@@ -72,10 +72,19 @@ pub fn kernel_agreement(data: &[u8]) {
     }
 }
 
-/// Panics unless every kernel agrees with the reference on `g`.
+/// Panics unless every optimized kernel agrees with the reference on `g`, and pair saturation
+/// changes the exact result by exactly the predicted pairs.
 pub fn check_gemm(g: &GemmCase) {
-    for kernel in kernels::available() {
-        let want = g.reference(kernel.accumulation());
+    let exact = g.reference(Accumulation::Exact);
+    let pair = g.reference(Accumulation::PairSaturatingI16);
+    for kernel in kernels::available()
+        .iter()
+        .filter(|k| !k.name().starts_with("reference"))
+    {
+        let want = match kernel.accumulation() {
+            Accumulation::Exact => &exact,
+            Accumulation::PairSaturatingI16 => &pair,
+        };
         let got = g.run(kernel.as_ref());
         if let Some(i) = (0..want.len()).find(|&i| want[i] != got[i]) {
             panic!(
@@ -89,8 +98,6 @@ pub fn check_gemm(g: &GemmCase) {
             );
         }
     }
-    let exact = g.reference(Accumulation::Exact);
-    let pair = g.reference(Accumulation::PairSaturatingI16);
     for i in 0..g.m {
         for j in 0..g.n {
             let (a, b) = (&g.a[i * g.k..(i + 1) * g.k], &g.b[j * g.k..(j + 1) * g.k]);
@@ -107,31 +114,42 @@ pub fn check_gemm(g: &GemmCase) {
     }
 }
 
-/// Panics unless every kernel agrees with the reference on the conv problem `c`.
+/// Panics unless every optimized kernel agrees with the reference on the conv problem `c`.
 pub fn check_conv(c: &ConvCase) {
-    for kernel in kernels::available() {
-        let want = c
-            .run(&crate::kernels::reference::Reference::new(
-                kernel.accumulation(),
-            ))
-            .unwrap_or_else(|e| panic!("generated conv case rejected: {e}\n{}", c.repro()));
+    let reference = |acc| {
+        c.run(&crate::kernels::reference::Reference::new(acc))
+            .unwrap_or_else(|e| panic!("generated conv case rejected: {e}\n{}", c.repro()))
+    };
+    let (exact, pair) = (
+        reference(Accumulation::Exact),
+        reference(Accumulation::PairSaturatingI16),
+    );
+    let want = |acc| match acc {
+        Accumulation::Exact => &exact,
+        Accumulation::PairSaturatingI16 => &pair,
+    };
+    // The reference kernels in `available()` are what `want` ran.
+    for kernel in kernels::available()
+        .iter()
+        .filter(|k| !k.name().starts_with("reference"))
+    {
         let got = c.run(kernel.as_ref()).expect("same shapes");
         assert_eq!(
-            got,
-            want,
+            &got,
+            want(kernel.accumulation()),
             "kernel {} differs from the reference on a conv\n{}",
             kernel.name(),
             c.repro()
         );
     }
     #[cfg(target_arch = "x86_64")]
-    check_x86_conv(c);
+    check_x86_conv(c, want);
 }
 
 /// The x86 conv (packed weights, activations fed in place from the padded image or through
-/// im2col) on every x86 SIMD kernel equals the reference accumulators.
+/// im2col) on every x86 SIMD kernel equals the reference accumulators `want(model)`.
 #[cfg(target_arch = "x86_64")]
-fn check_x86_conv(c: &ConvCase) {
+fn check_x86_conv<'a>(c: &ConvCase, want: impl Fn(Accumulation) -> &'a Vec<i32>) {
     use crate::kernels::x86::conv::{Conv2d, Layout};
     use crate::kernels::x86::KernelId;
     use crate::kernels::Requant;
@@ -149,18 +167,14 @@ fn check_x86_conv(c: &ConvCase) {
     ));
     // The SIMD kernels (the portable one is the reference dot product itself).
     for id in KernelId::all_supported() {
-        let want = c
-            .run(&crate::kernels::reference::Reference::new(
-                id.accumulation(),
-            ))
-            .unwrap_or_else(|e| panic!("generated conv case rejected: {e}\n{}", c.repro()));
+        let want = want(id.accumulation());
         let conv = Conv2d::with_kernel(id, &c.weight, p, &c.w_zp, rule.clone())
             .unwrap_or_else(|e| panic!("x86 conv rejected a valid case: {e}\n{}", c.repro()));
         let mut got = vec![0i32; want.len()];
         conv.run_raw(Layout::Nchw, &c.input, nb, h, w, c.a_zp, &mut got)
             .unwrap_or_else(|e| panic!("x86 conv failed: {e}\n{}", c.repro()));
         assert_eq!(
-            got,
+            &got,
             want,
             "x86 conv on {} (in place: {}) differs from the reference\n{}",
             id.name(),
