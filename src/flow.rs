@@ -308,6 +308,20 @@ impl QLayer {
         }
     }
 
+    /// Checks a stage's input, weights, bias and output qparams against the layer; returns the
+    /// output shape. Every way of running the layer calls this first.
+    pub(crate) fn validate_stage(&self, input: &QTensor, out: &OutQParams) -> Result<Vec<usize>> {
+        let out_shape = self.validate(input)?;
+        crate::qparams::validate_qparams(
+            "output qparams",
+            out.scale,
+            out.zero_point,
+            out.quant_min,
+            out.quant_max,
+        )?;
+        Ok(out_shape)
+    }
+
     fn validate(&self, input: &QTensor) -> Result<Vec<usize>> {
         let out_shape = self.output_shape(&input.shape)?;
         if input.data.len() != input.shape.iter().product::<usize>() {
@@ -472,14 +486,7 @@ impl QLayer {
         input: &QTensor,
         out: &OutQParams,
     ) -> Result<StageOut> {
-        let out_shape = self.validate(input)?;
-        crate::qparams::validate_qparams(
-            "output qparams",
-            out.scale,
-            out.zero_point,
-            out.quant_min,
-            out.quant_max,
-        )?;
+        let out_shape = self.validate_stage(input, out)?;
         match ctx.flow {
             Flow::ConvertFx => {
                 let path = self.path(ctx);

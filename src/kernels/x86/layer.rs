@@ -18,11 +18,11 @@ pub fn run_convert_fx(
     input: &QTensor,
     out: &OutQParams,
 ) -> Result<Option<FusedOut>> {
+    let shape = layer.validate_stage(input, out)?;
     let path = layer.path(ctx);
     if path == KernelPath::Onednn {
         return Ok(None);
     }
-    let shape = layer.output_shape(&input.shape)?;
     let kernel = KernelId::best(layer.accumulation(ctx, path));
     let requant = if path.uses_fbgemm_requant() {
         Requant::Fbgemm(layer.fbgemm_requant(input, out))
@@ -87,4 +87,71 @@ pub fn run_convert_fx(
         shape,
         kernel: name,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Engine, Isa};
+    use crate::flow::{Flow, QWeight};
+
+    fn linear(scales: Vec<f32>, zero_points: Vec<i64>, per_channel: bool) -> QLayer {
+        QLayer {
+            op: LayerOp::Linear {
+                in_features: 3,
+                out_features: 2,
+            },
+            bias: None,
+            weight: QWeight {
+                shape: vec![2, 3],
+                int_repr: vec![1, -2, 3, -4, 5, -6],
+                scales,
+                zero_points,
+                per_channel,
+            },
+            relu: false,
+        }
+    }
+
+    #[test]
+    fn fused_layer_matches_reference_and_rejects_bad_input() {
+        let ctx = StageCtx {
+            flow: Flow::ConvertFx,
+            engine: Engine::Fbgemm,
+            isa: Isa::Avx2,
+            cpu_has_vnni: false,
+        };
+        let input = QTensor {
+            shape: vec![2, 3],
+            data: vec![0, 7, 200, 255, 128, 3],
+            scale: 0.05,
+            zero_point: 10,
+        };
+        let out = OutQParams {
+            scale: 0.1,
+            zero_point: 100,
+            quant_min: 0,
+            quant_max: 255,
+        };
+        let good = linear(vec![0.02, 0.03], vec![0, 0], true);
+        let fused = run_convert_fx(&good, &ctx, &input, &out)
+            .unwrap()
+            .expect("fbgemm linear runs on the fused backend");
+        let pred = good.run(&ctx, &input, &out).unwrap().pred;
+        let want: Vec<u8> = pred.iter().map(|p| p.value() as u8).collect();
+        assert_eq!(fused.data, want);
+        // Per-channel weights with one scale, a NaN or zero output scale, a wrong input length:
+        // errors, not panics.
+        let bad = linear(vec![0.02], vec![0], true);
+        assert!(run_convert_fx(&bad, &ctx, &input, &out).is_err());
+        for scale in [f64::NAN, 0.0, -1.0] {
+            let o = OutQParams { scale, ..out };
+            assert!(run_convert_fx(&good, &ctx, &input, &o).is_err());
+        }
+        let short = QTensor {
+            data: vec![0; 5],
+            ..input.clone()
+        };
+        assert!(run_convert_fx(&good, &ctx, &short, &out).is_err());
+    }
 }
