@@ -185,13 +185,19 @@ fn gemm_saturation_region_is_hit_and_matched() {
     assert_eq!(check_gemm(m, n, k, &a, &b), 0);
 }
 
-fn fbgemm_rule(n: usize, per_channel: bool, relu: bool, rng: &mut Rng, sy: f64) -> Requant {
-    let ws: Vec<f32> = (0..if per_channel { n } else { 1 })
+/// Random weight scales (1 or `n`) and a float bias for `n` output channels.
+fn scales_and_bias(n: usize, per_channel: bool, rng: &mut Rng) -> (Vec<f32>, Vec<f32>) {
+    let ws = (0..if per_channel { n } else { 1 })
         .map(|_| 0.002 + (rng.next_u32() % 100) as f32 * 1e-4)
         .collect();
-    let bias: Vec<f32> = (0..n)
+    let bias = (0..n)
         .map(|_| (rng.next_u32() % 2001) as f32 / 100.0 - 10.0)
         .collect();
+    (ws, bias)
+}
+
+fn fbgemm_rule(n: usize, per_channel: bool, relu: bool, rng: &mut Rng, sy: f64) -> Requant {
+    let (ws, bias) = scales_and_bias(n, per_channel, rng);
     Requant::Fbgemm(FbgemmRequant::new(
         0.05,
         &ws,
@@ -205,12 +211,7 @@ fn fbgemm_rule(n: usize, per_channel: bool, relu: bool, rng: &mut Rng, sy: f64) 
 }
 
 fn qnnpack_rule(n: usize, per_channel: bool, relu: bool, rng: &mut Rng, sy: f64) -> Requant {
-    let ws: Vec<f32> = (0..if per_channel { n } else { 1 })
-        .map(|_| 0.002 + (rng.next_u32() % 100) as f32 * 1e-4)
-        .collect();
-    let bias: Vec<f32> = (0..n)
-        .map(|_| (rng.next_u32() % 2001) as f32 / 100.0 - 10.0)
-        .collect();
+    let (ws, bias) = scales_and_bias(n, per_channel, rng);
     Requant::Qnnpack(QnnpackRequant::new(
         0.05,
         &ws,
