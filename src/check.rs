@@ -1314,47 +1314,37 @@ fn check_run(
                     quant_min: q.quant_min,
                     quant_max: q.quant_max,
                 };
-                if fused && ctx.flow == Flow::ConvertFx {
-                    if let Some(fo) = fused_layer(&st.layer, ctx, &inp, &out)
+                // The fused x86 backend where asked for and implemented, else the reference.
+                let fo = if fused && ctx.flow == Flow::ConvertFx {
+                    fused_layer(&st.layer, ctx, &inp, &out)
                         .map_err(|e| field_err(case, &field, e.to_string()))?
-                    {
-                        if fo.shape != got.shape {
-                            return Err(field_err(
-                                case,
-                                &field,
-                                format!(
-                                    "output shape {:?}, qparity computes {:?}",
-                                    got.shape, fo.shape
-                                ),
-                            ));
-                        }
-                        let pred: Vec<Pred> =
-                            fo.data.iter().map(|&v| Pred::Exact(v as i64)).collect();
-                        let loc =
-                            format!("{fname} run {ri}, stage {si} ({}, {})", st.kind, fo.kernel);
-                        rec.preds(&format!("{g}[x86-fused]"), &loc, &pred, &got_i, |i| {
-                            trace_lines(&st.layer, ctx, &inp, &out, i)
-                        });
-                        si += 1;
-                        continue;
+                } else {
+                    None
+                };
+                let (group, shape, pred, path) = match fo {
+                    Some(fo) => (
+                        format!("{g}[x86-fused]"),
+                        fo.shape,
+                        fo.data.iter().map(|&v| Pred::Exact(v as i64)).collect(),
+                        fo.kernel,
+                    ),
+                    None => {
+                        let so = st
+                            .layer
+                            .run_with_kernel(ctx, kernel, &inp, &out)
+                            .map_err(|e| field_err(case, &field, e.to_string()))?;
+                        (g.to_string(), so.shape, so.pred, so.path)
                     }
-                }
-                let so = st
-                    .layer
-                    .run_with_kernel(ctx, kernel, &inp, &out)
-                    .map_err(|e| field_err(case, &field, e.to_string()))?;
-                if so.shape != got.shape {
+                };
+                if shape != got.shape {
                     return Err(field_err(
                         case,
                         &field,
-                        format!(
-                            "output shape {:?}, qparity computes {:?}",
-                            got.shape, so.shape
-                        ),
+                        format!("output shape {:?}, qparity computes {:?}", got.shape, shape),
                     ));
                 }
-                let loc = format!("{fname} run {ri}, stage {si} ({}, {})", st.kind, so.path);
-                rec.preds(g, &loc, &so.pred, &got_i, |i| {
+                let loc = format!("{fname} run {ri}, stage {si} ({}, {path})", st.kind);
+                rec.preds(&group, &loc, &pred, &got_i, |i| {
                     trace_lines(&st.layer, ctx, &inp, &out, i)
                 });
                 si += 1;
