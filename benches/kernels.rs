@@ -15,7 +15,7 @@ mod x86 {
     use qparity::kernels::x86::conv::{Conv2d, Conv2dParams, Depthwise3x3, Layout};
     use qparity::kernels::x86::{peak, Isa, KernelId, PackedLinear};
     use qparity::kernels::{Accumulation, Requant};
-    use qparity::requant::FbgemmRequant;
+    use qparity::numerics::requant::FbgemmRequant;
     use std::hint::black_box;
     use std::time::Duration;
 

@@ -5,16 +5,16 @@
 //! PyTorch recorded before it, so one ambiguous element cannot cascade and a mismatch points at
 //! the layer that caused it.
 
+use crate::engine::flow::{Flow, LayerOp, OutQParams, Pred, QLayer, QTensor, QWeight, StageCtx};
 use crate::engine::{Engine, Isa};
-use crate::flow::{Flow, LayerOp, OutQParams, Pred, QLayer, QTensor, QWeight, StageCtx};
+use crate::geometry::Conv2dParams;
 use crate::golden::{self, Body, Case, Layer, ModelCase, ObserverDesc, PrimitiveCase};
-use crate::observer::{
+use crate::numerics::observer::{
     fused_moving_avg_obs_fake_quant, FusedConfig, FusedState, Observer, ObserverClass,
     ObserverConfig,
 };
-use crate::ops::Conv2dParams;
-use crate::qparams::{fbgemm_choose_qparams, QDType, QScheme};
-use crate::quantize::{aten, decomposed, fake_quant};
+use crate::numerics::qparams::{fbgemm_choose_qparams, QDType, QScheme};
+use crate::numerics::quantize::{aten, decomposed, fake_quant};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -415,7 +415,7 @@ impl ChannelArgs<'_> {
 }
 
 fn check_qparams(case: &Case, scale: f64, zero_point: i64, lo: i64, hi: i64) -> Result<()> {
-    crate::qparams::validate_qparams("args", scale, zero_point, lo, hi)
+    crate::numerics::qparams::validate_qparams("args", scale, zero_point, lo, hi)
         .map_err(|e| field_err(case, "args", e.to_string()))
 }
 
@@ -1404,13 +1404,13 @@ fn check_run(
 
 /// The layer on the fused x86 backend (`None` where it has no implementation).
 fn fused_layer(
-    layer: &crate::flow::QLayer,
+    layer: &crate::engine::flow::QLayer,
     ctx: &StageCtx,
     inp: &QTensor,
     out: &OutQParams,
 ) -> Result<Option<crate::kernels::FusedOut>> {
     #[cfg(target_arch = "x86_64")]
-    return crate::kernels::x86::layer::run_convert_fx(layer, ctx, inp, out);
+    return crate::backend::x86::run_convert_fx(layer, ctx, inp, out);
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (layer, ctx, inp, out);

@@ -7,11 +7,11 @@
 //! engine itself runs: [`calculate_qmin_qmax`], [`Flow::keeps_quant_range`], [`linear_path`],
 //! [`conv_path`] and [`KernelPath::accumulation`].
 
+use crate::engine::flow::Flow;
 use crate::engine::{conv_path, linear_path, Engine, Isa, KernelPath};
-use crate::flow::Flow;
+use crate::geometry::Conv2dParams;
 use crate::kernels::Accumulation;
-use crate::ops::Conv2dParams;
-use crate::qparams::{calculate_qmin_qmax, QDType, QScheme, QuantRange};
+use crate::numerics::qparams::{calculate_qmin_qmax, QDType, QScheme, QuantRange};
 use crate::Result;
 use serde::Serialize;
 use std::fmt::Write as _;

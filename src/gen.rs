@@ -6,11 +6,12 @@
 //! Every case type has a `repro()` that prints it as a Rust snippet, so a failing property or fuzz
 //! input can be turned into a named regression test.
 
-use crate::flow::{LayerOp, OutQParams, QLayer, QTensor, QWeight};
+use crate::engine::flow::{LayerOp, OutQParams, QLayer, QTensor, QWeight};
+use crate::geometry::Conv2dParams;
 use crate::kernels::reference::Reference;
 use crate::kernels::{Accumulation, Int8Gemm};
-use crate::ops::{self, Conv2dParams};
-use crate::qparams::{calculate_qmin_qmax, QDType, QuantRange};
+use crate::numerics::qparams::{calculate_qmin_qmax, QDType, QuantRange};
+use crate::ops;
 use arbitrary::{Arbitrary, Unstructured};
 use proptest::prelude::*;
 
@@ -71,7 +72,7 @@ impl QParamCase {
     /// The case as a Rust snippet.
     pub fn repro(&self) -> String {
         format!(
-            "let range = qparity::qparams::calculate_qmin_qmax({:?}, {:?}, qparity::qparams::QDType::{:?}, {}).unwrap();\nlet (scale, zero_point) = ({:e}f32, {}i64);",
+            "let range = qparity::numerics::qparams::calculate_qmin_qmax({:?}, {:?}, qparity::numerics::qparams::QDType::{:?}, {}).unwrap();\nlet (scale, zero_point) = ({:e}f32, {}i64);",
             self.custom.map(|c| c.0),
             self.custom.map(|c| c.1),
             self.dtype,

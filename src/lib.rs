@@ -1,32 +1,32 @@
 //! qparity: an executable specification of PyTorch's CPU int8 quantization numerics.
 //!
 //! Layers, bottom up (data flows down, never back up):
-//! 1. numeric primitives: [`qparams`], [`observer`], [`quantize`];
-//! 2. integer kernels: [`kernels`];
-//! 3. requantization and ops: [`requant`], [`ops`];
-//! 4. engines and convert flows: [`engine`], [`flow`];
-//! 5. goldens and comparison: [`golden`], [`check`], with explanations in [`explain`] and
+//! 1. numeric primitives: [`numerics`] (qparams, observers, quantize, requantization);
+//! 2. geometry of windowed ops: [`geometry`];
+//! 3. integer kernels: [`kernels`];
+//! 4. ops: [`ops`];
+//! 5. engines and convert flows: [`engine`];
+//! 6. optimized backends: [`backend`];
+//! 7. goldens and comparison: [`golden`], [`check`], with explanations in [`explain`] and
 //!    reproduction scripts in [`repro`];
-//! 6. drivers: [`gen`] (case generation shared by tests, fuzz targets and live runs).
+//! 8. drivers: [`gen`] (case generation shared by tests, fuzz targets and live runs).
 //!
 //! Unsafe code is confined to the SIMD kernels under [`kernels`].
 #![deny(unsafe_code)]
 
+pub mod backend;
 pub mod check;
 pub mod engine;
 pub mod error;
 pub mod explain;
-pub mod flow;
 pub mod gen;
+pub mod geometry;
 pub mod golden;
 #[allow(unsafe_code)]
 pub mod kernels;
-pub mod observer;
+pub mod numerics;
 pub mod ops;
-pub mod qparams;
-pub mod quantize;
 pub mod repro;
-pub mod requant;
 pub mod tensor;
 
 pub use error::{Error, Result};

@@ -1,5 +1,5 @@
 //! ARM kernel suite: every optimized kernel in `kernels::available()` against the reference, the
-//! fused requantization epilogues against the scalar rules of `qparity::requant`, and conv2d
+//! fused requantization epilogues against the scalar rules of `qparity::numerics::requant`, and conv2d
 //! against a direct convolution. Runs on aarch64 only (natively or under qemu via
 //! `cargo xtask arm-test`).
 //!
@@ -15,7 +15,7 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use qparity::gen::{GemmCase, SplitMix64};
 use qparity::kernels::arm::{self, ArmKernel, Conv2dParams, Isa, QGemm, Requant};
 use qparity::kernels::{self, Int8Gemm};
-use qparity::requant::{FbgemmRequant, QnnpackRequant};
+use qparity::numerics::requant::{FbgemmRequant, QnnpackRequant};
 
 /// Test-data generator: SplitMix64 plus operand shapes for the exhaustive loops.
 struct Rng(SplitMix64);

@@ -2,7 +2,7 @@
 //! predicts the same outputs as `convert_to_reference_fx` (ambiguous elements aside).
 
 use proptest::prelude::*;
-use qparity::flow::Pred;
+use qparity::engine::flow::Pred;
 use qparity::gen::{self, check_property, fuzz::check_flow_relation, LayerCase};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -25,8 +25,8 @@ fn decomposed_equals_reference_flow_on_full_range() {
             decided.fetch_add(d, Relaxed);
             total.fetch_add(t, Relaxed);
             // Non-vacuity: outputs span several values, not all clamped.
-            let ctx = qparity::flow::StageCtx {
-                flow: qparity::flow::Flow::ConvertToReferenceFx,
+            let ctx = qparity::engine::flow::StageCtx {
+                flow: qparity::engine::flow::Flow::ConvertToReferenceFx,
                 engine: qparity::engine::Engine::Fbgemm,
                 isa: qparity::engine::Isa::Avx2,
                 cpu_has_vnni: false,

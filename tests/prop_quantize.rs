@@ -4,8 +4,8 @@
 use proptest::prelude::*;
 use qparity::gen::fuzz::{qparams_config, quantize_avx2_model};
 use qparity::gen::{self, check_property, QParamCase};
-use qparity::qparams::{fbgemm_choose_qparams, observer_qparams, QDType};
-use qparity::quantize::{aten, decomposed};
+use qparity::numerics::qparams::{fbgemm_choose_qparams, observer_qparams, QDType};
+use qparity::numerics::quantize::{aten, decomposed};
 
 const PERSIST: &str = "tests/proptest-regressions/prop_quantize.txt";
 

@@ -11,7 +11,7 @@ use qparity::kernels::x86::conv::{
 };
 use qparity::kernels::x86::{Isa, KernelId, PackedLinear, X86Gemm};
 use qparity::kernels::{Accumulation, Int8Gemm, Requant};
-use qparity::requant::{FbgemmRequant, QnnpackRequant};
+use qparity::numerics::requant::{FbgemmRequant, QnnpackRequant};
 
 /// Every kernel under test: all SIMD kernels this CPU has, plus the portable ones.
 fn kernels() -> Vec<KernelId> {

@@ -4,15 +4,15 @@
 //! stable Rust.
 
 use super::{saturating_pairs, ConvCase, GemmCase, LayerCase, QParamCase};
+use crate::engine::flow::{Flow, Pred, StageCtx};
 use crate::engine::{Engine, Isa};
-use crate::flow::{Flow, Pred, StageCtx};
 use crate::kernels::reference::sat16;
 use crate::kernels::{self, Accumulation};
-use crate::observer::{Observer, ObserverClass, ObserverConfig};
-use crate::qparams::{
+use crate::numerics::observer::{Observer, ObserverClass, ObserverConfig};
+use crate::numerics::qparams::{
     fbgemm_choose_qparams, observer_qparams, ObservedQParams, ObserverQParamsConfig, QScheme,
 };
-use crate::quantize::{aten, decomposed, fake_quant};
+use crate::numerics::quantize::{aten, decomposed, fake_quant};
 use arbitrary::{Arbitrary, Unstructured};
 
 /// Names of the targets, as used for `fuzz/fuzz_targets/<name>.rs` and `corpus/<name>/`.
@@ -156,7 +156,7 @@ fn check_x86_conv<'a>(c: &ConvCase, want: impl Fn(Accumulation) -> &'a Vec<i32>)
     let [nb, _, h, w] = c.input_shape;
     let p = c.params;
     // Any valid rule: `run_raw` returns the accumulators before it.
-    let rule = Requant::Qnnpack(crate::requant::QnnpackRequant::new(
+    let rule = Requant::Qnnpack(crate::numerics::requant::QnnpackRequant::new(
         1.0,
         &[1.0],
         None,

@@ -44,15 +44,15 @@ pub trait Int8Gemm: Send + Sync + std::fmt::Debug {
 /// `raw = Σ_k (a − a_zp)·(b − b_zp)` of output channel `j` to a u8.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Requant {
-    /// FBGEMM's `ReQuantizeOutput` ([`crate::requant::FbgemmRequant`]).
-    Fbgemm(crate::requant::FbgemmRequant),
-    /// QNNPACK's fp32 requantization ([`crate::requant::QnnpackRequant`]).
-    Qnnpack(crate::requant::QnnpackRequant),
+    /// FBGEMM's `ReQuantizeOutput` ([`crate::numerics::requant::FbgemmRequant`]).
+    Fbgemm(crate::numerics::requant::FbgemmRequant),
+    /// QNNPACK's fp32 requantization ([`crate::numerics::requant::QnnpackRequant`]).
+    Qnnpack(crate::numerics::requant::QnnpackRequant),
 }
 
 impl Requant {
-    /// The scalar rule, exactly [`crate::requant::FbgemmRequant::apply`] or
-    /// [`crate::requant::QnnpackRequant::apply`].
+    /// The scalar rule, exactly [`crate::numerics::requant::FbgemmRequant::apply`] or
+    /// [`crate::numerics::requant::QnnpackRequant::apply`].
     #[inline]
     pub fn apply(&self, raw: i32, j: usize) -> u8 {
         match self {
@@ -63,7 +63,7 @@ impl Requant {
 }
 
 /// A quantized layer's output computed end to end by an optimized backend (packed weights,
-/// fused requantization), e.g. `kernels::x86::layer::run_convert_fx`.
+/// fused requantization), e.g. `backend::x86::run_convert_fx`.
 #[derive(Debug, Clone)]
 pub struct FusedOut {
     /// Requantized u8 values in PyTorch's layout (NCHW for conv).

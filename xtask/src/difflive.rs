@@ -3,8 +3,8 @@
 //! element by element. Every disagreement is saved as a golden-format case plus its repro script.
 
 use anyhow::{bail, Context, Result};
+use qparity::engine::flow::{Flow, LayerOp, OutQParams, QLayer, QTensor, QWeight, StageCtx};
 use qparity::engine::{Engine, Isa};
-use qparity::flow::{Flow, LayerOp, OutQParams, QLayer, QTensor, QWeight, StageCtx};
 use qparity::gen::SplitMix64 as Rng;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -95,7 +95,7 @@ fn request(c: &LinCase) -> Value {
 /// What the reference engine predicts: the quantized input and, per output, the admitted values.
 struct Predicted {
     xq: Vec<u8>,
-    y: Vec<qparity::flow::Pred>,
+    y: Vec<qparity::engine::flow::Pred>,
 }
 
 fn reference(c: &LinCase, isa: Isa) -> Result<Predicted> {

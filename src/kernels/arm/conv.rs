@@ -8,7 +8,7 @@
 
 use super::drive::{self, Epilogue, Sink};
 use super::{ArmKernel, QGemm, Requant};
-pub use crate::ops::Conv2dParams;
+pub use crate::geometry::Conv2dParams;
 use crate::{Error, Result};
 
 /// Runs the convolution with `kernel` and the fused `rule`; the weight has the shape

@@ -9,7 +9,7 @@
 //! The kernels share one driver: A is packed into panels of [`MR`] rows and B into panels of
 //! [`NR`] columns (K zero-padded to the kernel's block), a micro-kernel computes an MR×NR int32
 //! tile in registers, and the tile is finished in registers — zero-point corrections and, for the
-//! fused entry points, the requantization rule of [`crate::requant`] — before it is stored.
+//! fused entry points, the requantization rule of [`crate::numerics::requant`] — before it is stored.
 //!
 //! CPU features are detected once (`is_aarch64_feature_detected!`); [`available`] lists the
 //! kernels this CPU can run and [`ArmKernel::best`] picks the fastest of them, also once.
@@ -23,7 +23,7 @@ mod neon;
 use std::sync::OnceLock;
 
 use super::{Accumulation, Int8Gemm};
-use crate::requant::{FbgemmRequant, QnnpackRequant};
+use crate::numerics::requant::{FbgemmRequant, QnnpackRequant};
 use crate::{Error, Result};
 
 pub use conv::{conv2d, Conv2dParams};
@@ -155,7 +155,7 @@ impl ArmKernel {
     }
 
     /// `c[i][j] = Σ_k (a[i][k] − za)·(b[j][k] − zb[j])` (int32, wrapping): the accumulator that
-    /// [`crate::requant`] rules take.
+    /// [`crate::numerics::requant`] rules take.
     pub fn gemm_zp(self, p: &QGemm<'_>, c: &mut [i32]) -> Result<()> {
         self.check_supported()?;
         p.validate()?;

@@ -32,10 +32,10 @@ use super::avx2::{self, DwChannel};
 use super::{
     weight_zero_points_for, AOperand, DenseA, Format, Isa, KernelId, PackedLinear, RowMap, Sink,
 };
+pub use crate::geometry::Conv2dParams;
 use crate::kernels::reference::dot;
 use crate::kernels::{Accumulation, Requant};
-pub use crate::ops::Conv2dParams;
-use crate::requant::{FbgemmRequant, QnnpackRequant};
+use crate::numerics::requant::{FbgemmRequant, QnnpackRequant};
 use crate::{Error, Result};
 
 /// Checks conv geometry that does not depend on the input.

@@ -57,7 +57,7 @@ use std::sync::OnceLock;
 mod avx2;
 mod avx512vnni;
 pub mod conv;
-pub mod layer;
+
 pub mod peak;
 
 /// An instruction-set extension an x86 kernel needs.
@@ -694,7 +694,7 @@ fn run_packed(b: &PackedB, a: &AOperand, epi: &mut Epilogue) {
 /// ```
 /// # #[cfg(target_arch = "x86_64")] {
 /// use qparity::kernels::{Accumulation, Requant, x86::PackedLinear};
-/// use qparity::requant::FbgemmRequant;
+/// use qparity::numerics::requant::FbgemmRequant;
 /// let (n, k) = (3, 5);
 /// let w: Vec<i8> = (0..15).map(|v| v as i8 - 7).collect();
 /// let rq = FbgemmRequant::new(0.02, &[0.01], false, None, n, 0.05, 10, false);

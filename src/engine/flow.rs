@@ -13,11 +13,12 @@
 //! same rule applies there.
 
 use crate::engine::{conv_path, linear_path, onednn_conv_accumulation, Engine, Isa, KernelPath};
+use crate::geometry::Conv2dParams;
 use crate::kernels::reference::Reference;
 use crate::kernels::{Accumulation, Int8Gemm};
-use crate::ops::{self, Conv2dParams, FloatSum};
-use crate::quantize::{aten, decomposed};
-use crate::requant::{round_ne_i32, FbgemmRequant, QnnpackRequant};
+use crate::numerics::quantize::{aten, decomposed};
+use crate::numerics::requant::{round_ne_i32, FbgemmRequant, QnnpackRequant};
+use crate::ops::{self, FloatSum};
 use crate::{Error, Result};
 
 /// PyTorch's three FX convert flows.
@@ -312,7 +313,7 @@ impl QLayer {
     /// output shape. Every way of running the layer calls this first.
     pub(crate) fn validate_stage(&self, input: &QTensor, out: &OutQParams) -> Result<Vec<usize>> {
         let out_shape = self.validate(input)?;
-        crate::qparams::validate_qparams(
+        crate::numerics::qparams::validate_qparams(
             "output qparams",
             out.scale,
             out.zero_point,
@@ -350,7 +351,13 @@ impl QLayer {
                 ));
             }
         }
-        crate::qparams::validate_qparams("input qparams", input.scale, input.zero_point, 0, 255)?;
+        crate::numerics::qparams::validate_qparams(
+            "input qparams",
+            input.scale,
+            input.zero_point,
+            0,
+            255,
+        )?;
         Ok(out_shape)
     }
 

@@ -14,7 +14,7 @@ pub fn rne(v: f32) -> f32 {
 
 /// `torch.quantize_per_tensor` / `quantize_per_channel` / `dequantize` on x86 with FBGEMM.
 pub mod aten {
-    use crate::qparams::QDType;
+    use crate::numerics::qparams::QDType;
 
     /// FBGEMM `QuantizeAvx2<T>` for one element (uint8/int8), the path `quantize_per_tensor`
     /// takes on AVX2+FMA CPUs (FBGEMM `src/QuantUtilsAvx2.cc`):
@@ -32,7 +32,7 @@ pub mod aten {
         } else {
             v
         };
-        let r = crate::requant::round_ne_i32(v);
+        let r = crate::numerics::requant::round_ne_i32(v);
         r.wrapping_add(zero_point).clamp(lo, hi)
     }
 
@@ -220,14 +220,15 @@ mod tests {
         // FBGEMM's QuantUtils.h documents this case: x·(1/s) is exactly 127.5 (→ 128 by RNE),
         // while x/s is 127.499992 (→ 127).
         let (s, x) = (0.00214854861f32, 0.273939937f32);
-        let q = aten::quantize_per_tensor(&[x], s as f64, 0, crate::qparams::QDType::Quint8);
+        let q =
+            aten::quantize_per_tensor(&[x], s as f64, 0, crate::numerics::qparams::QDType::Quint8);
         assert_eq!(q[0], Some(128));
         assert_eq!((x / s).round_ties_even(), 127.0);
     }
 
     #[test]
     fn avx2_nan_and_inf_depend_on_zero_point() {
-        use crate::qparams::QDType::Quint8;
+        use crate::numerics::qparams::QDType::Quint8;
         for (zp, expect) in [(0, 255), (127, 255), (128, 0), (200, 0)] {
             let q = aten::quantize_per_tensor(&[f32::NAN, f32::INFINITY, 1e30], 0.01, zp, Quint8);
             assert!(q.iter().all(|&v| v == Some(expect)), "zp {zp}: {q:?}");

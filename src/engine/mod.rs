@@ -4,8 +4,11 @@
 //! `qconv_prepack.cpp` (`onednn_utils::should_use_onednn_quant`), FBGEMM `src/FbgemmConv.cc`
 //! (`ConvFastPath`: depthwise, groupwise, pointwise, im2col) and `src/GenerateI8Depthwise.cc`.
 
+pub mod flow;
+
+use crate::geometry::Conv2dParams;
 use crate::kernels::Accumulation;
-use crate::ops::{Conv2dParams, PaddingTaps};
+use crate::ops::PaddingTaps;
 use crate::{Error, Result};
 
 /// `torch.backends.quantized.engine`.

@@ -2,10 +2,10 @@
 //! optimized x86 kernels, zero points folded and the requantization rule fused into the GEMM's
 //! epilogue, u8 out. `qparity check --fused` puts every golden model layer through this backend.
 
-use super::conv::{Conv2d, Depthwise3x3, Layout};
-use super::{KernelId, PackedLinear};
+use crate::engine::flow::{LayerOp, OutQParams, QLayer, QTensor, StageCtx};
 use crate::engine::KernelPath;
-use crate::flow::{LayerOp, OutQParams, QLayer, QTensor, StageCtx};
+use crate::kernels::x86::conv::{Conv2d, Depthwise3x3, Layout};
+use crate::kernels::x86::{KernelId, PackedLinear};
 use crate::kernels::{FusedOut, Requant};
 use crate::Result;
 
@@ -92,8 +92,8 @@ pub fn run_convert_fx(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::flow::{Flow, QWeight};
     use crate::engine::{Engine, Isa};
-    use crate::flow::{Flow, QWeight};
 
     fn linear(scales: Vec<f32>, zero_points: Vec<i64>, per_channel: bool) -> QLayer {
         QLayer {

@@ -1,15 +1,15 @@
 //! Observers (`torch/ao/quantization/observer.py`) and the fused QAT observer + fake-quant op.
 //!
 //! Every observer keeps PyTorch's f32 running statistics and produces qparams through
-//! [`crate::qparams::observer_qparams`].
+//! [`crate::numerics::qparams::observer_qparams`].
 
 pub mod histogram;
 
-use crate::qparams::{
+use crate::numerics::qparams::{
     calculate_qmin_qmax, fbgemm_choose_qparams, observer_qparams, ObservedQParams,
     ObserverQParamsConfig, QDType, QScheme, QuantRange,
 };
-use crate::quantize::fake_quant;
+use crate::numerics::quantize::fake_quant;
 use crate::{Error, Result};
 
 /// Observer classes qparity models, by PyTorch's names.

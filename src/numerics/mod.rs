@@ -1,0 +1,8 @@
+//! Numeric primitives: dtypes and quant ranges, the qparam choosers, observers, quantize /
+//! dequantize / fake-quantize, and the integer requantization rules. Everything above builds on
+//! these; nothing here knows about kernels, ops or engines.
+
+pub mod observer;
+pub mod qparams;
+pub mod quantize;
+pub mod requant;
