@@ -19,6 +19,7 @@ pub mod check;
 pub mod engine;
 pub mod error;
 pub mod explain;
+#[cfg(feature = "gen")]
 pub mod gen;
 pub mod geometry;
 pub mod golden;
