@@ -6,12 +6,13 @@
 //! Every case type has a `repro()` that prints it as a Rust snippet, so a failing property or fuzz
 //! input can be turned into a named regression test.
 
-use crate::engine::flow::{LayerOp, OutQParams, QLayer, QTensor, QWeight};
 use crate::geometry::Conv2dParams;
 use crate::kernels::reference::Reference;
 use crate::kernels::{Accumulation, Int8Gemm};
 use crate::numerics::qparams::{calculate_qmin_qmax, QDType, QuantRange};
 use crate::ops;
+use crate::ops::layer::{Geometry, QLayer, QWeight};
+use crate::ops::{OutQParams, QTensor};
 use arbitrary::{Arbitrary, Unstructured};
 use proptest::prelude::*;
 
@@ -332,14 +333,14 @@ impl ConvCase {
     /// The case as a Rust snippet.
     pub fn repro(&self) -> String {
         format!(
-            "let case = qparity::gen::ConvCase {{ params: qparity::ops::{:?}, input_shape: {:?}, input: vec!{:?}, a_zp: {}, weight: vec!{:?}, w_zp: vec!{:?} }};",
+            "let case = qparity::gen::ConvCase {{ params: qparity::geometry::{:?}, input_shape: {:?}, input: vec!{:?}, a_zp: {}, weight: vec!{:?}, w_zp: vec!{:?} }};",
             self.params, self.input_shape, self.input, self.a_zp, self.weight, self.w_zp
         )
     }
 
     /// Zero-point-folded accumulators with a kernel.
     pub fn run(&self, kernel: &dyn Int8Gemm) -> crate::Result<Vec<i32>> {
-        Ok(ops::conv2d_acc(
+        Ok(ops::gemm::conv2d_acc(
             kernel,
             &self.input,
             &self.input_shape,
@@ -470,7 +471,7 @@ impl LayerCase {
     /// exact float output range so that outputs span the quant range (non-vacuity).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        op: LayerOp,
+        op: Geometry,
         input_shape: Vec<usize>,
         input: Vec<u8>,
         in_scale: f32,
@@ -482,19 +483,19 @@ impl LayerCase {
         relu: bool,
     ) -> crate::Result<Self> {
         let oc = match op {
-            LayerOp::Linear { out_features, .. } => out_features,
-            LayerOp::Conv2d(p) => p.out_channels,
+            Geometry::Linear { out_features, .. } => out_features,
+            Geometry::Conv2d(p) => p.out_channels,
         };
         let wshape = match op {
-            LayerOp::Linear {
+            Geometry::Linear {
                 in_features,
                 out_features,
             } => vec![out_features, in_features],
-            LayerOp::Conv2d(p) => p.weight_shape().to_vec(),
+            Geometry::Conv2d(p) => p.weight_shape().to_vec(),
         };
         let nw = if per_channel { oc } else { 1 };
         let layer = QLayer {
-            op,
+            geometry: op,
             bias,
             weight: QWeight {
                 shape: wshape,
@@ -515,8 +516,8 @@ impl LayerCase {
         let zeros = vec![0i32; oc];
         let exact = Reference::new(Accumulation::Exact);
         let (acc, per) = match op {
-            LayerOp::Linear { in_features, .. } => (
-                ops::linear_acc(
+            Geometry::Linear { in_features, .. } => (
+                ops::gemm::linear_acc(
                     &exact,
                     &input.data,
                     input.data.len() / in_features,
@@ -528,8 +529,8 @@ impl LayerCase {
                 )?,
                 1usize,
             ),
-            LayerOp::Conv2d(p) => {
-                let (acc, s) = ops::conv2d_acc(
+            Geometry::Conv2d(p) => {
+                let (acc, s) = ops::gemm::conv2d_acc(
                     &exact,
                     &input.data,
                     &input.shape,
@@ -575,7 +576,7 @@ impl LayerCase {
                 .collect()
         });
         Self::new(
-            LayerOp::Linear {
+            Geometry::Linear {
                 in_features: g.k,
                 out_features: g.n,
             },
@@ -604,7 +605,7 @@ impl LayerCase {
                 .collect()
         });
         Self::new(
-            LayerOp::Conv2d(c.params),
+            Geometry::Conv2d(c.params),
             c.input_shape.to_vec(),
             c.input.clone(),
             in_scale,
@@ -695,12 +696,12 @@ impl SplitMix64 {
 }
 
 /// Sums of adjacent pairs that leave the int16 range, as `(k, exact pair sum)`, found by
-/// repeatedly asking [`ops::first_saturating_pair`] on the remaining suffix.
+/// repeatedly asking [`ops::gemm::first_saturating_pair`] on the remaining suffix.
 pub fn saturating_pairs(a: &[u8], b: &[i8]) -> Vec<(usize, i32)> {
     let mut out = Vec::new();
     let mut start = 0;
     while start < a.len() {
-        match ops::first_saturating_pair(&a[start..], &b[start..]) {
+        match ops::gemm::first_saturating_pair(&a[start..], &b[start..]) {
             Some((k, s)) => {
                 out.push((start + k, s));
                 start += k + 2;

@@ -9,7 +9,7 @@
 //! 6. optimized backends: [`backend`];
 //! 7. goldens and comparison: [`golden`], [`check`], with explanations in [`explain`] and
 //!    reproduction scripts in [`repro`];
-//! 8. drivers: [`gen`] (case generation shared by tests, fuzz targets and live runs).
+//! 8. drivers: `gen` (feature `gen`: case generation shared by tests, fuzz targets and live runs).
 //!
 //! Unsafe code is confined to the SIMD kernels under [`kernels`].
 #![deny(unsafe_code)]

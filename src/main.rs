@@ -158,9 +158,11 @@ fn options_for(path: &Path) -> CheckOptions {
 }
 
 fn cmd_check(paths: Vec<PathBuf>, json: bool, max_failures: usize, fused: bool) -> Result<i32> {
-    if fused && !cfg!(target_arch = "x86_64") {
-        bail!("--fused runs qparity's x86 backend; this build is not for x86-64");
-    }
+    let backend = match (fused, qparity::backend::native()) {
+        (false, _) => None,
+        (true, Some(b)) => Some(b),
+        (true, None) => bail!("--fused: qparity has no optimized backend for this architecture"),
+    };
     let paths = if paths.is_empty() {
         vec![PathBuf::from("golden")]
     } else {
@@ -172,7 +174,7 @@ fn cmd_check(paths: Vec<PathBuf>, json: bool, max_failures: usize, fused: bool) 
             bail!("{}: no such file or folder", p.display());
         }
         let opts = CheckOptions {
-            fused,
+            backend,
             ..options_for(p)
         };
         let bar = if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -229,6 +231,13 @@ fn print_report(out: &mut impl Write, r: &Report, max_failures: usize) -> Result
         tot,
         if tot > 0 { 100.0 * amb as f64 / tot as f64 } else { 0.0 }
     )?;
+    if r.backend_fallbacks > 0 {
+        writeln!(
+            out,
+            "optimized backend: {} stages fell back to the reference model",
+            r.backend_fallbacks
+        )?;
+    }
     let failing: Vec<_> = r.cases.iter().filter(|c| !c.passed).collect();
     for c in failing.iter().take(max_failures) {
         writeln!(out, "\nFAILED {} ({})", c.id, c.path)?;

@@ -5,24 +5,14 @@
 //! string literal), and the script decodes tensors from the golden format itself (hex IEEE-754
 //! bits for floats, integer lists otherwise), so it needs nothing but `torch`.
 
-use crate::golden::{load_case, Body, Case};
+use crate::golden::{load_case, Body, CaptureIsa, Case, PrimOp};
 use crate::{Error, Result};
 use std::path::Path;
 
-/// Primitive ops the script knows how to call.
-pub const PRIMITIVE_OPS: &[&str] = &[
-    "quantize_per_tensor",
-    "quantize_per_channel",
-    "dequantize_per_tensor",
-    "dequantize_per_channel",
-    "decomposed_quantize_per_tensor",
-    "decomposed_dequantize_per_tensor",
-    "decomposed_quantize_per_channel",
-    "decomposed_dequantize_per_channel",
-    "fake_quantize_per_tensor_affine",
-    "fake_quantize_per_channel_affine",
-    "quantized_linear",
-];
+/// Primitive ops the script knows how to call (every registered op but the stateful ones).
+pub fn supports(op: PrimOp) -> bool {
+    !matches!(op, PrimOp::Observer | PrimOp::FusedMovingAvgObsFakeQuant)
+}
 
 const PRELUDE: &str = r#"import json, os, struct, sys
 "#;
@@ -194,14 +184,19 @@ if __name__ == "__main__":
 /// Checks that a case can be reproduced by the generated script.
 fn supported(case: &Case) -> Result<()> {
     if let Body::Primitive(p) = &case.body {
-        if !PRIMITIVE_OPS.contains(&p.op.as_str()) {
+        if !supports(p.op) {
+            let ok: Vec<&str> = PrimOp::ALL
+                .iter()
+                .filter(|o| supports(**o))
+                .map(|o| o.name())
+                .collect();
             return Err(Error::invalid(
                 "repro",
                 format!(
-                    "{}: op {:?} has no repro script yet (supported: model cases and {})",
+                    "{}: op {} has no repro script yet (supported: model cases and {})",
                     case.path.display(),
-                    p.op,
-                    PRIMITIVE_OPS.join(", ")
+                    p.op.name(),
+                    ok.join(", ")
                 ),
             ));
         }
@@ -234,7 +229,7 @@ pub fn script_for(case: &Case, json_text: &str) -> Result<String> {
     );
     s.push_str(PRELUDE);
     s.push_str(&format!("CASE = json.loads({literal})\n"));
-    if case.header.isa == "avx2" {
+    if case.header.isa == CaptureIsa::Avx2 {
         s.push_str(
             "# The case was captured with FBGEMM's AVX2 kernels (pairwise int16 saturation).\n\
              os.environ.setdefault(\"FBGEMM_ENABLE_INSTRUCTIONS\", \"AVX2\")\n",
@@ -282,29 +277,34 @@ mod tests {
     use super::*;
     use crate::golden::parse_case;
 
-    fn case(op: &str) -> (Case, String) {
+    fn case(op: &str, args: &str) -> (Case, String) {
         let text = format!(
-            r#"{{"format":"qparity-golden/1","id":"t-1","kind":"primitive","isa":"avx2",
-               "op":"{op}","args":{{"note":"it's \"quoted\""}},"expected":{{}}}}"#
+            r#"{{"format":"qparity-golden/1","id":"it's \"quoted\"","kind":"primitive",
+               "isa":"avx2","op":"{op}","args":{args},"expected":{{}}}}"#
         );
         (parse_case(Path::new("t.json"), &text).unwrap(), text)
     }
 
+    const QARGS: &str = r#"{"scale":0.5,"zero_point":3}"#;
+
     #[test]
     fn script_embeds_case_and_isa_and_rejects_unknown_ops() {
-        let (c, t) = case("quantize_per_tensor");
+        let (c, t) = case("quantize_per_tensor", QARGS);
         let s = script_for(&c, &t).unwrap();
         assert!(s.contains("CASE = json.loads(\"{"));
         assert!(s.contains("it's \\\\\\\"quoted\\\\\\\""));
         assert!(s.contains("FBGEMM_ENABLE_INSTRUCTIONS"));
-        let (c, t) = case("observer");
+        let (c, t) = case(
+            "observer",
+            r#"{"observer":{"class":"MinMaxObserver"},"batches":[]}"#,
+        );
         assert!(script_for(&c, &t).is_err());
     }
 
     #[test]
     fn refuses_to_overwrite_without_force() {
         let dir = tempfile::tempdir().unwrap();
-        let (_, t) = case("quantize_per_tensor");
+        let (_, t) = case("quantize_per_tensor", QARGS);
         let cp = dir.path().join("c.json");
         std::fs::write(&cp, t).unwrap();
         let out = dir.path().join("r.py");

@@ -50,7 +50,11 @@ fn check_committed(fused: bool) -> (Manifest, qparity::check::Report) {
     let m = Manifest::load(golden_dir()).unwrap();
     let opts = CheckOptions {
         cpu_has_vnni: m.cpu_has_vnni(),
-        fused,
+        backend: if fused {
+            qparity::backend::native()
+        } else {
+            None
+        },
         ..CheckOptions::default()
     };
     let report = check_path(&golden_dir().join("cases"), &opts, |_, _| {}).unwrap();

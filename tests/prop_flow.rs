@@ -2,8 +2,8 @@
 //! predicts the same outputs as `convert_to_reference_fx` (ambiguous elements aside).
 
 use proptest::prelude::*;
-use qparity::engine::flow::Pred;
 use qparity::gen::{self, check_property, fuzz::check_flow_relation, LayerCase};
+use qparity::numerics::bound::Pred;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
@@ -25,7 +25,7 @@ fn decomposed_equals_reference_flow_on_full_range() {
             decided.fetch_add(d, Relaxed);
             total.fetch_add(t, Relaxed);
             // Non-vacuity: outputs span several values, not all clamped.
-            let ctx = qparity::engine::flow::StageCtx {
+            let ctx = qparity::engine::Ctx {
                 flow: qparity::engine::flow::Flow::ConvertToReferenceFx,
                 engine: qparity::engine::Engine::Fbgemm,
                 isa: qparity::engine::Isa::Avx2,
@@ -35,7 +35,8 @@ fn decomposed_equals_reference_flow_on_full_range() {
             prop_assert!(out.is_ok());
             let vals: BTreeSet<i64> = out
                 .unwrap()
-                .pred
+                .ints()
+                .expect("integer output")
                 .iter()
                 .filter_map(|p| match p {
                     Pred::Exact(v) => Some(*v),

@@ -1,6 +1,6 @@
 //! Kernel properties: every available kernel equals the reference kernel of its accumulation
 //! model, and the pair-saturating model's relation to exact accumulation (reduce_range makes it
-//! exact; full-range activations saturate exactly where `ops::first_saturating_pair` predicts).
+//! exact; full-range activations saturate exactly where `ops::gemm::first_saturating_pair` predicts).
 
 use proptest::prelude::*;
 use qparity::gen::{self, check_property, ConvCase, GemmCase};
@@ -82,7 +82,7 @@ fn reduce_range_activations_never_saturate_pairs() {
                 for j in 0..g.n {
                     let a = &g.a[i * g.k..(i + 1) * g.k];
                     let b = &g.b[j * g.k..(j + 1) * g.k];
-                    prop_assert_eq!(ops::first_saturating_pair(a, b), None);
+                    prop_assert_eq!(ops::gemm::first_saturating_pair(a, b), None);
                 }
             }
             Ok(())
@@ -109,7 +109,7 @@ fn full_range_activations_saturate_at_predicted_elements() {
                     let a = &g.a[i * g.k..(i + 1) * g.k];
                     let b = &g.b[j * g.k..(j + 1) * g.k];
                     let e = i * g.n + j;
-                    let first = ops::first_saturating_pair(a, b);
+                    let first = ops::gemm::first_saturating_pair(a, b);
                     let pairs = gen::saturating_pairs(a, b);
                     prop_assert_eq!(first, pairs.first().copied());
                     if first.is_none() {

@@ -1,5 +1,28 @@
-//! Optimized backends: quantized layers run the way a deployment engine runs them (weights packed
-//! once, zero points folded, requantization fused), for `qparity check --fused`.
+//! Optimized backends: planned stages run the way a deployment engine runs them (weights packed
+//! once, zero points folded, requantization fused into the kernel's epilogue, u8 out).
+//! `qparity check --fused` puts every golden stage a backend implements through it and compares
+//! bit for bit; what it does not implement is counted as a fallback.
 
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
+
+use crate::ops::{Lowered, Output, Value};
+use crate::Result;
+use std::fmt;
+
+/// An optimized backend.
+pub trait Backend: fmt::Debug + Send + Sync {
+    /// Name used in reports (`<flow>[<name>]` groups).
+    fn name(&self) -> &'static str;
+    /// Runs a planned stage on its inputs; `None` where the backend has no implementation (the
+    /// caller falls back to the reference model and counts it).
+    fn run(&self, stage: Lowered<'_>, inputs: &[&Value]) -> Result<Option<Output>>;
+}
+
+/// The backend for this CPU architecture, if there is one.
+pub fn native() -> Option<&'static dyn Backend> {
+    #[cfg(target_arch = "x86_64")]
+    return Some(&x86::X86Backend);
+    #[cfg(not(target_arch = "x86_64"))]
+    None
+}

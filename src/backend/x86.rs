@@ -1,40 +1,67 @@
-//! A `convert_fx` layer run the way a deployment engine runs it: weights packed once for the
-//! optimized x86 kernels, zero points folded and the requantization rule fused into the GEMM's
-//! epilogue, u8 out. `qparity check --fused` puts every golden model layer through this backend.
+//! The x86 backend: a planned `convert_fx` linear / conv2d on the optimized x86 kernels
+//! ([`crate::kernels::x86`]): weights packed once, zero points folded and the plan's
+//! requantization rule fused into the GEMM's epilogue, u8 out.
 
-use crate::engine::flow::{LayerOp, OutQParams, QLayer, QTensor, StageCtx};
+use super::Backend;
 use crate::engine::KernelPath;
 use crate::kernels::x86::conv::{Conv2d, Depthwise3x3, Layout};
 use crate::kernels::x86::{KernelId, PackedLinear};
-use crate::kernels::{FusedOut, Requant};
-use crate::Result;
+use crate::ops::layer::{Geometry, IntegerLayer};
+use crate::ops::{Lowered, Output, Predicted, QTensor, Value};
+use crate::{Error, Result};
 
-/// Runs `layer` on `input` under `convert_fx` on the optimized x86 kernels. `None` when the
-/// backend does not implement the layer's kernel path (oneDNN, whose requantization order is
-/// not modelled bit for bit).
-pub fn run_convert_fx(
-    layer: &QLayer,
-    ctx: &StageCtx,
-    input: &QTensor,
-    out: &OutQParams,
-) -> Result<Option<FusedOut>> {
-    let shape = layer.validate_stage(input, out)?;
-    let path = layer.path(ctx);
-    if path == KernelPath::Onednn {
+/// The x86 backend (AVX2 and AVX-512 VNNI kernels, chosen by the plan's accumulation model and
+/// the CPU).
+#[derive(Debug, Clone, Copy)]
+pub struct X86Backend;
+
+impl Backend for X86Backend {
+    fn name(&self) -> &'static str {
+        "x86-fused"
+    }
+
+    fn run(&self, stage: Lowered<'_>, inputs: &[&Value]) -> Result<Option<Output>> {
+        match stage {
+            Lowered::IntegerLayer(l) => {
+                let input = inputs
+                    .first()
+                    .ok_or_else(|| Error::invalid("layer", "no input"))?
+                    .quantized("layer input")?;
+                Ok(run_layer(l, input)?.map(|(data, _)| {
+                    Output::new(
+                        "int_repr",
+                        l.out_shape.clone(),
+                        Predicted::exact(data.into_iter().map(i64::from)),
+                    )
+                }))
+            }
+        }
+    }
+}
+
+/// Runs a planned layer on the optimized x86 kernels: the u8 output (PyTorch's layout) and the
+/// name of the kernel that ran. `None` for oneDNN layers (its requantization order is not
+/// modelled bit for bit, so there is nothing exact to fuse).
+pub fn run_layer(l: &IntegerLayer, input: &QTensor) -> Result<Option<(Vec<u8>, &'static str)>> {
+    if l.path == KernelPath::Onednn {
         return Ok(None);
     }
-    let kernel = KernelId::best(layer.accumulation(ctx, path));
-    let requant = if path.uses_fbgemm_requant() {
-        Requant::Fbgemm(layer.fbgemm_requant(input, out))
-    } else {
-        Requant::Qnnpack(layer.qnnpack_requant(input, out))
-    };
-    let w = &layer.weight;
+    if input.data.len() != input.shape.iter().product::<usize>()
+        || input.zero_point != l.input_zero_point
+    {
+        return Err(Error::shape(
+            "layer input",
+            "data length, shape or zero point differ from the planned input",
+        ));
+    }
+    let kernel = KernelId::best(l.accumulation);
+    let w = &l.weight;
     let zps: Vec<i32> = w.zero_points.iter().map(|&z| z as i32).collect();
     let a_zp = i32::try_from(input.zero_point).unwrap_or(i32::MAX);
-    let mut data = vec![0u8; shape.iter().product()];
-    let name = match layer.op {
-        LayerOp::Linear {
+    let mut data = vec![0u8; l.out_shape.iter().product()];
+    let requant = l.requant.clone();
+    let name = match l.geometry {
+        Geometry::Linear {
             in_features,
             out_features,
         } => {
@@ -50,14 +77,14 @@ pub fn run_convert_fx(
             lin.run(&input.data, m, a_zp, &mut data)?;
             kernel.name()
         }
-        LayerOp::Conv2d(p) => {
+        Geometry::Conv2d(p) => {
             let [nb, _, h, wd] = input.shape[..] else {
-                return Err(crate::Error::shape(
+                return Err(Error::shape(
                     "conv2d input",
                     format!("{:?} is not NCHW", input.shape),
                 ));
             };
-            let dw3x3 = path == KernelPath::FbgemmDepthwise
+            let dw3x3 = l.path == KernelPath::FbgemmDepthwise
                 && p.kernel_size == [3, 3]
                 && p.out_channels == p.in_channels;
             if dw3x3 {
@@ -82,22 +109,20 @@ pub fn run_convert_fx(
             }
         }
     };
-    Ok(Some(FusedOut {
-        data,
-        shape,
-        kernel: name,
-    }))
+    Ok(Some((data, name)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::flow::{Flow, QWeight};
-    use crate::engine::{Engine, Isa};
+    use crate::engine::flow::Flow;
+    use crate::engine::{Ctx, Engine, Isa};
+    use crate::ops::layer::{QLayer, QWeight};
+    use crate::ops::{Op, OutQParams};
 
     fn linear(scales: Vec<f32>, zero_points: Vec<i64>, per_channel: bool) -> QLayer {
         QLayer {
-            op: LayerOp::Linear {
+            geometry: Geometry::Linear {
                 in_features: 3,
                 out_features: 2,
             },
@@ -115,18 +140,18 @@ mod tests {
 
     #[test]
     fn fused_layer_matches_reference_and_rejects_bad_input() {
-        let ctx = StageCtx {
+        let ctx = Ctx {
             flow: Flow::ConvertFx,
             engine: Engine::Fbgemm,
             isa: Isa::Avx2,
             cpu_has_vnni: false,
         };
-        let input = QTensor {
+        let input = Value::Quantized(QTensor {
             shape: vec![2, 3],
             data: vec![0, 7, 200, 255, 128, 3],
             scale: 0.05,
             zero_point: 10,
-        };
+        });
         let out = OutQParams {
             scale: 0.1,
             zero_point: 100,
@@ -134,24 +159,26 @@ mod tests {
             quant_max: 255,
         };
         let good = linear(vec![0.02, 0.03], vec![0, 0], true);
-        let fused = run_convert_fx(&good, &ctx, &input, &out)
+        let plan = good.plan(&ctx, &[input.meta()], Some(&out)).unwrap();
+        let fused = X86Backend
+            .run(plan.lowered().unwrap(), &[&input])
             .unwrap()
             .expect("fbgemm linear runs on the fused backend");
-        let pred = good.run(&ctx, &input, &out).unwrap().pred;
-        let want: Vec<u8> = pred.iter().map(|p| p.value() as u8).collect();
-        assert_eq!(fused.data, want);
-        // Per-channel weights with one scale, a NaN or zero output scale, a wrong input length:
-        // errors, not panics.
+        assert_eq!(fused.values, plan.predict(&[&input]).unwrap()[0].values);
+        // Per-channel weights with one scale, a NaN or zero output scale: errors when planned.
         let bad = linear(vec![0.02], vec![0], true);
-        assert!(run_convert_fx(&bad, &ctx, &input, &out).is_err());
+        assert!(bad.plan(&ctx, &[input.meta()], Some(&out)).is_err());
         for scale in [f64::NAN, 0.0, -1.0] {
             let o = OutQParams { scale, ..out };
-            assert!(run_convert_fx(&good, &ctx, &input, &o).is_err());
+            assert!(good.plan(&ctx, &[input.meta()], Some(&o)).is_err());
         }
-        let short = QTensor {
+        // An input whose data does not fit the planned shape: an error, not a panic.
+        let short = Value::Quantized(QTensor {
+            shape: vec![2, 3],
             data: vec![0; 5],
-            ..input.clone()
-        };
-        assert!(run_convert_fx(&good, &ctx, &short, &out).is_err());
+            scale: 0.05,
+            zero_point: 10,
+        });
+        assert!(X86Backend.run(plan.lowered().unwrap(), &[&short]).is_err());
     }
 }

@@ -8,11 +8,13 @@ pub mod flow;
 
 use crate::geometry::Conv2dParams;
 use crate::kernels::Accumulation;
-use crate::ops::PaddingTaps;
 use crate::{Error, Result};
+use flow::Flow;
+use serde::{Deserialize, Serialize};
 
 /// `torch.backends.quantized.engine`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Engine {
     Fbgemm,
     X86,
@@ -49,6 +51,47 @@ impl Engine {
             Engine::Onednn => "onednn",
         }
     }
+}
+
+/// How the model was quantized: post-training (`prepare_fx` + calibration) or quantization-aware
+/// training (`prepare_qat_fx` + training-mode forwards).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Ptq,
+    Qat,
+}
+
+impl Mode {
+    /// The golden / CLI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Ptq => "ptq",
+            Mode::Qat => "qat",
+        }
+    }
+}
+
+/// How the taps of a convolution that fall into the zero padding enter its accumulators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PaddingTaps {
+    /// As im2col columns holding the activation zero point, through the GEMM kernel like any other
+    /// product (so they can saturate int16 pairs): FBGEMM's im2col convolution.
+    ThroughKernel,
+    /// Skipped by the kernel; their `a_zp · w` products are added exactly in int32, so after
+    /// zero-point folding they contribute exactly 0 (oneDNN's int8 convolutions).
+    Exact,
+}
+
+/// Everything about where a stage ran that decides its numerics: the convert flow, the quantized
+/// engine, and the capture CPU (the ISA FBGEMM's GEMM kernels used, and whether the CPU had
+/// AVX512-VNNI, which decides the x86 engine's conv path at prepack).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ctx {
+    pub flow: Flow,
+    pub engine: Engine,
+    pub isa: Isa,
+    pub cpu_has_vnni: bool,
 }
 
 /// The instruction set FBGEMM's GEMM kernels use.

@@ -4,10 +4,11 @@
 //! stable Rust.
 
 use super::{saturating_pairs, ConvCase, GemmCase, LayerCase, QParamCase};
-use crate::engine::flow::{Flow, Pred, StageCtx};
-use crate::engine::{Engine, Isa};
+use crate::engine::flow::Flow;
+use crate::engine::{Ctx, Engine, Isa};
 use crate::kernels::reference::sat16;
 use crate::kernels::{self, Accumulation};
+use crate::numerics::bound::Pred;
 use crate::numerics::observer::{Observer, ObserverClass, ObserverConfig};
 use crate::numerics::qparams::{
     fbgemm_choose_qparams, observer_qparams, ObservedQParams, ObserverQParamsConfig, QScheme,
@@ -60,7 +61,7 @@ pub fn quantize_avx2_model(x: f32, inv: f32, zp: i64, lo: i64, hi: i64) -> i64 {
 
 /// Every available kernel equals the reference kernel of its accumulation model (GEMM and conv),
 /// and the pair-saturating reference differs from exact accumulation exactly by the saturation
-/// of the pairs [`crate::ops::first_saturating_pair`] finds.
+/// of the pairs [`crate::ops::gemm::first_saturating_pair`] finds.
 pub fn kernel_agreement(data: &[u8]) {
     let mut u = Unstructured::new(data);
     let Ok(g) = GemmCase::arbitrary(&mut u) else {
@@ -195,7 +196,7 @@ pub fn flow_relations(data: &[u8]) {
 
 /// Compares the two reference flows' predictions; returns `(decided, total)` element counts.
 pub fn check_flow_relation(c: &LayerCase) -> (usize, usize) {
-    let ctx = |flow| StageCtx {
+    let ctx = |flow| Ctx {
         flow,
         engine: Engine::Fbgemm,
         isa: Isa::Avx2,
@@ -210,8 +211,12 @@ pub fn check_flow_relation(c: &LayerCase) -> (usize, usize) {
         .run(&ctx(Flow::ConvertToReferenceDecomposedFx), &c.input, &c.out)
         .unwrap_or_else(|e| panic!("decomposed flow rejected a legal case: {e}\n{}", c.repro()));
     assert_eq!(r.shape, d.shape);
+    let (rp, dp) = (
+        r.ints().expect("integer output"),
+        d.ints().expect("integer output"),
+    );
     let mut decided = 0;
-    for (i, (a, b)) in r.pred.iter().zip(&d.pred).enumerate() {
+    for (i, (a, b)) in rp.iter().zip(dp).enumerate() {
         if let (Pred::Exact(x), Pred::Exact(y)) = (a, b) {
             assert_eq!(
                 x,
@@ -222,7 +227,7 @@ pub fn check_flow_relation(c: &LayerCase) -> (usize, usize) {
             decided += 1;
         }
     }
-    (decided, r.pred.len())
+    (decided, rp.len())
 }
 
 /// PyTorch quirk (observer.py `_calculate_qparams`): symmetric quint8 without a custom range

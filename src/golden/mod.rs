@@ -1,8 +1,18 @@
-//! Golden cases captured from PyTorch: the serde model of `golden/README.md`, a loader whose errors
-//! name file, field and reason, and the manifest that pins every file's content.
+//! Golden cases captured from PyTorch: the typed schema of `golden/README.md`, a loader whose
+//! errors name file, field and reason, the manifest that pins every file's content, and the
+//! stages a case decomposes into ([`stages`]).
+//!
+//! Every closed set of names — case kind, primitive op, engine, mode, convert flow, capture ISA,
+//! quantized-activation source, observer class, dtype, qscheme — is an enum: an unknown value is a
+//! load error naming the file and the field, never a string compared later.
 
 pub mod manifest;
+pub mod stages;
 
+use crate::engine::flow::Flow;
+use crate::engine::{Engine, Mode};
+use crate::numerics::observer::ObserverClass;
+use crate::numerics::qparams::{QDType, QScheme};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 use serde::de::DeserializeOwned;
@@ -10,27 +20,141 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use stages::{Expected, Stage};
+
 /// The format tag every case and manifest carries.
 pub const FORMAT: &str = "qparity-golden/1";
+
+/// `kind`: a primitive op or a small quantized model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Primitive,
+    Model,
+}
+
+impl Kind {
+    /// The golden name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Primitive => "primitive",
+            Kind::Model => "model",
+        }
+    }
+}
+
+/// `isa`: the FBGEMM instruction set a case was captured with.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureIsa {
+    /// Whatever FBGEMM picked on the capture CPU (see the manifest's CPU flags).
+    #[default]
+    Default,
+    /// Captured with `FBGEMM_ENABLE_INSTRUCTIONS=AVX2`.
+    Avx2,
+}
+
+impl CaptureIsa {
+    /// The golden name.
+    pub fn name(self) -> &'static str {
+        match self {
+            CaptureIsa::Default => "default",
+            CaptureIsa::Avx2 => "avx2",
+        }
+    }
+
+    /// The ISA of FBGEMM's GEMM kernels, given whether the capture CPU had AVX512-VNNI.
+    pub fn resolve(self, cpu_has_vnni: bool) -> crate::engine::Isa {
+        match self {
+            CaptureIsa::Default if cpu_has_vnni => crate::engine::Isa::Vnni,
+            _ => crate::engine::Isa::Avx2,
+        }
+    }
+}
+
+/// The op registry: every op a primitive case can hold. Capture (`xtask/capture`), check, repro
+/// and diff-live all use these names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrimOp {
+    QuantizePerTensor,
+    QuantizePerChannel,
+    DequantizePerTensor,
+    DequantizePerChannel,
+    DecomposedQuantizePerTensor,
+    DecomposedDequantizePerTensor,
+    DecomposedQuantizePerChannel,
+    DecomposedDequantizePerChannel,
+    FakeQuantizePerTensorAffine,
+    FakeQuantizePerChannelAffine,
+    FusedMovingAvgObsFakeQuant,
+    Observer,
+    /// `quantized::linear` on a recorded quantized input (what `cargo xtask diff-live` draws).
+    QuantizedLinear,
+}
+
+impl PrimOp {
+    /// Every registered primitive op.
+    pub const ALL: [PrimOp; 13] = [
+        PrimOp::QuantizePerTensor,
+        PrimOp::QuantizePerChannel,
+        PrimOp::DequantizePerTensor,
+        PrimOp::DequantizePerChannel,
+        PrimOp::DecomposedQuantizePerTensor,
+        PrimOp::DecomposedDequantizePerTensor,
+        PrimOp::DecomposedQuantizePerChannel,
+        PrimOp::DecomposedDequantizePerChannel,
+        PrimOp::FakeQuantizePerTensorAffine,
+        PrimOp::FakeQuantizePerChannelAffine,
+        PrimOp::FusedMovingAvgObsFakeQuant,
+        PrimOp::Observer,
+        PrimOp::QuantizedLinear,
+    ];
+
+    /// The golden name.
+    pub fn name(self) -> &'static str {
+        match self {
+            PrimOp::QuantizePerTensor => "quantize_per_tensor",
+            PrimOp::QuantizePerChannel => "quantize_per_channel",
+            PrimOp::DequantizePerTensor => "dequantize_per_tensor",
+            PrimOp::DequantizePerChannel => "dequantize_per_channel",
+            PrimOp::DecomposedQuantizePerTensor => "decomposed_quantize_per_tensor",
+            PrimOp::DecomposedDequantizePerTensor => "decomposed_dequantize_per_tensor",
+            PrimOp::DecomposedQuantizePerChannel => "decomposed_quantize_per_channel",
+            PrimOp::DecomposedDequantizePerChannel => "decomposed_dequantize_per_channel",
+            PrimOp::FakeQuantizePerTensorAffine => "fake_quantize_per_tensor_affine",
+            PrimOp::FakeQuantizePerChannelAffine => "fake_quantize_per_channel_affine",
+            PrimOp::FusedMovingAvgObsFakeQuant => "fused_moving_avg_obs_fake_quant",
+            PrimOp::Observer => "observer",
+            PrimOp::QuantizedLinear => "quantized_linear",
+        }
+    }
+
+    /// Parses a golden name.
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.name() == s)
+    }
+}
 
 /// Fields common to every case.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Header {
     pub format: String,
     pub id: String,
-    pub kind: String,
+    pub kind: Kind,
+    /// Primitive cases: a [`PrimOp`] name; model cases: the model's name (informational).
+    #[serde(default)]
+    pub op: String,
     #[serde(default)]
     pub seed: Option<u64>,
     #[serde(default)]
     pub torch_version: Option<String>,
-    #[serde(default = "default_isa")]
-    pub isa: String,
+    #[serde(default)]
+    pub isa: CaptureIsa,
     #[serde(default)]
     pub tags: Vec<String>,
-}
-
-fn default_isa() -> String {
-    "default".into()
 }
 
 /// A loaded case.
@@ -44,39 +168,183 @@ pub struct Case {
 /// The kind-specific part of a case.
 #[derive(Debug, Clone)]
 pub enum Body {
-    Primitive(PrimitiveCase),
+    Primitive(Box<PrimitiveCase>),
     Model(Box<ModelCase>),
 }
 
-/// `kind: "primitive"`: one op with its arguments and PyTorch's result. `args` and `expected` are
-/// decoded per op by [`crate::check`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `kind: "primitive"`: one op with its arguments and PyTorch's result.
+#[derive(Debug, Clone)]
 pub struct PrimitiveCase {
-    pub op: String,
-    pub args: serde_json::Value,
-    pub expected: serde_json::Value,
+    pub op: PrimOp,
+    pub args: PrimArgs,
+    pub expected: PrimExpected,
+}
+
+/// The arguments of a primitive op (decoded by the op's family).
+#[derive(Debug, Clone)]
+pub enum PrimArgs {
+    Quantize(QArgs),
+    Fused(FusedArgs),
+    Observer(ObserverCaseArgs),
+    QuantizedLinear(QuantizedLinearArgs),
+}
+
+/// Arguments of the quantize / dequantize / fake-quantize primitives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QArgs {
+    #[serde(default)]
+    pub input: Option<Tensor>,
+    #[serde(default)]
+    pub int_repr: Option<Tensor>,
+    #[serde(default)]
+    pub scale: Option<f64>,
+    #[serde(default)]
+    pub scales: Option<Tensor>,
+    #[serde(default)]
+    pub zero_point: Option<i64>,
+    #[serde(default)]
+    pub zero_points: Option<Tensor>,
+    #[serde(default)]
+    pub axis: Option<usize>,
+    #[serde(default)]
+    pub dtype: Option<QDType>,
+    #[serde(default)]
+    pub quant_min: Option<i64>,
+    #[serde(default)]
+    pub quant_max: Option<i64>,
+}
+
+/// A flag PyTorch takes as a bool or as a 0/1 tensor.
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Flag {
+    Bool(bool),
+    Int(i64),
+}
+
+impl Flag {
+    /// Whether the flag is set.
+    pub fn on(self) -> bool {
+        match self {
+            Flag::Bool(b) => b,
+            Flag::Int(i) => i != 0,
+        }
+    }
+}
+
+impl Default for Flag {
+    fn default() -> Self {
+        Flag::Bool(true)
+    }
+}
+
+/// Arguments of `fused_moving_avg_obs_fake_quant`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FusedArgs {
+    pub batches: Vec<Tensor>,
+    pub averaging_const: f64,
+    pub quant_min: i64,
+    pub quant_max: i64,
+    pub ch_axis: i64,
+    pub per_row_fake_quant: bool,
+    pub symmetric_quant: bool,
+    #[serde(default)]
+    pub observer_on: Flag,
+    #[serde(default)]
+    pub fake_quant_on: Flag,
+}
+
+/// Arguments of an observer case.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ObserverCaseArgs {
+    pub observer: ObserverDesc,
+    pub batches: Vec<Tensor>,
+}
+
+/// Arguments of `quantized_linear`: a float input quantized per tensor (`torch.quantize_per_tensor`,
+/// quint8), int8 weights quantized per tensor, a float bias, the output qparams and the engine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantizedLinearArgs {
+    pub engine: Engine,
+    /// f32 input `[M, K]`.
+    pub input: Tensor,
+    pub input_scale: f64,
+    pub input_zero_point: i64,
+    /// i8 weight `[N, K]`.
+    pub weight_int_repr: Tensor,
+    pub weight_scale: f64,
+    pub weight_zero_point: i64,
+    #[serde(default)]
+    pub bias: Option<Tensor>,
+    pub output_scale: f64,
+    pub output_zero_point: i64,
+}
+
+/// PyTorch's results of a primitive case (the fields its op produces).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrimExpected {
+    #[serde(default)]
+    pub int_repr: Option<Tensor>,
+    /// `quantized_linear`: PyTorch's quantized input.
+    #[serde(default)]
+    pub input_int_repr: Option<Tensor>,
+    #[serde(default)]
+    pub output: Option<Tensor>,
+    #[serde(default)]
+    pub min_val: Option<Tensor>,
+    #[serde(default)]
+    pub max_val: Option<Tensor>,
+    #[serde(default)]
+    pub histogram: Option<Tensor>,
+    #[serde(default)]
+    pub scale: Option<Tensor>,
+    #[serde(default)]
+    pub zero_point: Option<Tensor>,
+    /// `fused_moving_avg_obs_fake_quant`: the buffers and output after each batch.
+    #[serde(default)]
+    pub steps: Option<Vec<FusedStep>>,
+}
+
+/// One step of `fused_moving_avg_obs_fake_quant`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FusedStep {
+    pub output: Tensor,
+    pub running_min: Tensor,
+    pub running_max: Tensor,
+    pub scale: Tensor,
+    pub zero_point: Tensor,
+}
+
+/// The fake-quant wrapper of a QAT observer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FakeQuantClass {
+    FusedMovingAvgObsFakeQuantize,
+    FakeQuantize,
 }
 
 /// Observer / fake-quant description (class, kwargs as given, resolved attributes).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ObserverDesc {
-    pub class: String,
+    pub class: ObserverClass,
     #[serde(default)]
-    pub fake_quant: Option<String>,
+    pub fake_quant: Option<FakeQuantClass>,
     #[serde(default)]
-    pub kwargs: Kwargs,
+    pub kwargs: ObserverArgs,
     #[serde(default)]
-    pub resolved: Resolved,
+    pub resolved: ObserverArgs,
 }
 
-/// Observer arguments, as passed to the constructor ([`Kwargs`]) or as PyTorch resolved them
-/// ([`Resolved`]); `None`: not passed, or not recorded.
+/// Observer arguments, as passed to the constructor (`kwargs`) or as PyTorch resolved them
+/// (`resolved`); `None`: not passed, or not recorded.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ObserverArgs {
     #[serde(default)]
-    pub dtype: Option<String>,
+    pub dtype: Option<QDType>,
     #[serde(default)]
-    pub qscheme: Option<String>,
+    pub qscheme: Option<QScheme>,
     #[serde(default)]
     pub reduce_range: Option<bool>,
     #[serde(default)]
@@ -95,12 +363,6 @@ pub struct ObserverArgs {
     #[serde(default)]
     pub bins: Option<i64>,
 }
-
-/// Keyword arguments passed to an observer constructor.
-pub type Kwargs = ObserverArgs;
-
-/// What PyTorch resolved an observer's arguments to.
-pub type Resolved = ObserverArgs;
 
 /// One layer of a model case.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -153,8 +415,8 @@ pub struct ObserverRecord {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WeightRecord {
     pub layer: usize,
-    pub qscheme: String,
-    pub dtype: String,
+    pub qscheme: QScheme,
+    pub dtype: QDType,
     #[serde(default)]
     pub axis: Option<i64>,
     pub quant_min: i64,
@@ -164,10 +426,38 @@ pub struct WeightRecord {
     pub int_repr: Tensor,
 }
 
+/// What produced a quantized activation in a converted graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The model input's quantize node.
+    Input,
+    Conv2d,
+    Linear,
+    Flatten,
+}
+
+impl Source {
+    /// The golden name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Input => "input",
+            Source::Conv2d => "conv2d",
+            Source::Linear => "linear",
+            Source::Flatten => "flatten",
+        }
+    }
+
+    /// A weighted layer (conv2d, linear).
+    pub fn is_layer(self) -> bool {
+        matches!(self, Source::Conv2d | Source::Linear)
+    }
+}
+
 /// One quantized activation a converted graph computed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct QuantizedRecord {
-    pub source: String,
+    pub source: Source,
     pub scale: f64,
     pub zero_point: i64,
     pub quant_min: i64,
@@ -193,8 +483,8 @@ pub struct FlowRecord {
 /// `kind: "model"`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelCase {
-    pub engine: String,
-    pub mode: String,
+    pub engine: Engine,
+    pub mode: Mode,
     pub input_shape: Vec<usize>,
     pub layers: Vec<Layer>,
     pub qconfig: QConfigDesc,
@@ -202,7 +492,7 @@ pub struct ModelCase {
     pub observers: Vec<ObserverRecord>,
     pub weights: Vec<WeightRecord>,
     pub inputs: Vec<Tensor>,
-    pub flows: BTreeMap<String, FlowRecord>,
+    pub flows: BTreeMap<Flow, FlowRecord>,
 }
 
 /// Decodes a JSON value into `T`, reporting the failing field path.
@@ -222,41 +512,78 @@ pub fn decode<T: DeserializeOwned>(path: &Path, prefix: &str, v: &serde_json::Va
     })
 }
 
+fn case_err(path: &Path, field: &str, why: impl Into<String>) -> Error {
+    Error::Case {
+        path: path.to_path_buf(),
+        field: field.into(),
+        why: why.into(),
+    }
+}
+
+/// Decodes the op-specific part of a primitive case.
+fn decode_primitive(path: &Path, op_name: &str, v: &serde_json::Value) -> Result<PrimitiveCase> {
+    let op = PrimOp::from_name(op_name).ok_or_else(|| {
+        let known: Vec<&str> = PrimOp::ALL.iter().map(|o| o.name()).collect();
+        case_err(
+            path,
+            "op",
+            format!(
+                "unknown primitive op {op_name:?} (known: {})",
+                known.join(", ")
+            ),
+        )
+    })?;
+    let null = serde_json::Value::Null;
+    let args_v = v.get("args").unwrap_or(&null);
+    let args = match op {
+        PrimOp::FusedMovingAvgObsFakeQuant => PrimArgs::Fused(decode(path, "args", args_v)?),
+        PrimOp::Observer => PrimArgs::Observer(decode(path, "args", args_v)?),
+        PrimOp::QuantizedLinear => PrimArgs::QuantizedLinear(decode(path, "args", args_v)?),
+        _ => PrimArgs::Quantize(decode(path, "args", args_v)?),
+    };
+    let expected = decode(path, "expected", v.get("expected").unwrap_or(&null))?;
+    Ok(PrimitiveCase { op, args, expected })
+}
+
 /// Parses a case from its JSON text.
 pub fn parse_case(path: &Path, text: &str) -> Result<Case> {
-    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| Error::Case {
-        path: path.to_path_buf(),
-        field: format!("(line {}, column {})", e.line(), e.column()),
-        why: format!("malformed JSON: {e}"),
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        case_err(
+            path,
+            &format!("(line {}, column {})", e.line(), e.column()),
+            format!("malformed JSON: {e}"),
+        )
     })?;
     if !v.is_object() {
-        return Err(Error::Case {
-            path: path.to_path_buf(),
-            field: "(top level)".into(),
-            why: "a case must be a JSON object".into(),
-        });
+        return Err(case_err(
+            path,
+            "(top level)",
+            "a case must be a JSON object",
+        ));
+    }
+    if let Some(f) = v.get("format").and_then(|f| f.as_str()) {
+        if f != FORMAT {
+            return Err(case_err(
+                path,
+                "format",
+                format!("unsupported format {f:?} (expected {FORMAT:?})"),
+            ));
+        }
     }
     let header: Header = decode(path, "", &v)?;
     if header.format != FORMAT {
-        return Err(Error::Case {
-            path: path.to_path_buf(),
-            field: "format".into(),
-            why: format!(
+        return Err(case_err(
+            path,
+            "format",
+            format!(
                 "unsupported format {:?} (expected {FORMAT:?})",
                 header.format
             ),
-        });
+        ));
     }
-    let body = match header.kind.as_str() {
-        "primitive" => Body::Primitive(decode(path, "", &v)?),
-        "model" => Body::Model(Box::new(decode(path, "", &v)?)),
-        other => {
-            return Err(Error::Case {
-                path: path.to_path_buf(),
-                field: "kind".into(),
-                why: format!("unknown case kind {other:?} (expected primitive or model)"),
-            })
-        }
+    let body = match header.kind {
+        Kind::Primitive => Body::Primitive(Box::new(decode_primitive(path, &header.op, &v)?)),
+        Kind::Model => Body::Model(Box::new(decode(path, "", &v)?)),
     };
     Ok(Case {
         path: path.to_path_buf(),
@@ -272,6 +599,26 @@ pub fn load_case(path: &Path) -> Result<Case> {
         error,
     })?;
     parse_case(path, &text)
+}
+
+impl Case {
+    /// Reads and parses one case file.
+    pub fn load(path: &Path) -> Result<Self> {
+        load_case(path)
+    }
+
+    /// An error about a field of this case.
+    pub fn field_err(&self, field: &str, why: impl Into<String>) -> Error {
+        case_err(&self.path, field, why)
+    }
+
+    /// The op name (primitive op, or the model's name).
+    pub fn op_name(&self) -> &str {
+        match &self.body {
+            Body::Primitive(p) => p.op.name(),
+            Body::Model(_) => &self.header.op,
+        }
+    }
 }
 
 /// Every case file under `path` (a file, or a directory searched recursively for `*.json` other
@@ -326,14 +673,48 @@ mod tests {
         assert!(err("[1]").contains("must be a JSON object"));
         let e = err(r#"{"format":"qparity-golden/1","id":"a","kind":"other"}"#);
         assert!(
-            e.contains("x.json") && e.contains("kind") && e.contains("unknown case kind"),
+            e.contains("x.json") && e.contains("kind") && e.contains("unknown variant `other`"),
             "{e}"
         );
         let e = err(r#"{"format":"v0","id":"a","kind":"model"}"#);
         assert!(e.contains("unsupported format"), "{e}");
         let e =
             err(r#"{"format":"qparity-golden/1","id":"a","kind":"primitive","op":"x","args":{}}"#);
-        assert!(e.contains("expected"), "{e}");
+        assert!(e.contains(": op: unknown primitive op \"x\""), "{e}");
+        let e = err(
+            r#"{"format":"qparity-golden/1","id":"a","kind":"primitive","op":"quantize_per_tensor",
+            "args":{"dtype":"quint4"}}"#,
+        );
+        assert!(e.contains("args.dtype") && e.contains("quint4"), "{e}");
+        // Closed sets are enums: an unknown engine, mode, flow or source names its field.
+        let model = |engine: &str, mode: &str, flow: &str, source: &str| {
+            format!(
+                r#"{{"format":"qparity-golden/1","id":"a","kind":"model","engine":"{engine}",
+                "mode":"{mode}","input_shape":[1],"layers":[],"qconfig":{{"activation":
+                {{"class":"MinMaxObserver"}},"weight":{{"class":"MinMaxObserver"}}}},
+                "calibration":[],"observers":[],"weights":[],"inputs":[],"flows":{{"{flow}":
+                {{"runs":[{{"output":{{"dtype":"f32","shape":[0],"hex":""}},"quantized":[
+                {{"source":"{source}","scale":1.0,"zero_point":0,"quant_min":0,"quant_max":255,
+                "int_repr":{{"dtype":"u8","shape":[0],"data":[]}}}}]}}]}}}}}}"#
+            )
+        };
+        assert!(parse_case(
+            Path::new("x.json"),
+            &model("x86", "ptq", "convert_fx", "input")
+        )
+        .is_ok());
+        for (text, field) in [
+            (model("tpu", "ptq", "convert_fx", "input"), "engine"),
+            (model("x86", "int4", "convert_fx", "input"), "mode"),
+            (model("x86", "ptq", "convert_pt2e", "input"), "flows"),
+            (model("x86", "ptq", "convert_fx", "maxpool"), "source"),
+        ] {
+            let e = err(&text);
+            assert!(
+                e.contains(field) && e.contains("unknown variant"),
+                "{field}: {e}"
+            );
+        }
         let e = err(
             r#"{"format":"qparity-golden/1","id":"a","kind":"model","engine":"x86","mode":"ptq",
             "input_shape":[1,2],"layers":[{"op":"linear","in_features":2,"out_features":1,

@@ -2,6 +2,7 @@
 //! dequantize / fake-quantize, and the integer requantization rules. Everything above builds on
 //! these; nothing here knows about kernels, ops or engines.
 
+pub mod bound;
 pub mod observer;
 pub mod qparams;
 pub mod quantize;

@@ -3,7 +3,6 @@
 //! element by element. Every disagreement is saved as a golden-format case plus its repro script.
 
 use anyhow::{bail, Context, Result};
-use qparity::engine::flow::{Flow, LayerOp, OutQParams, QLayer, QTensor, QWeight, StageCtx};
 use qparity::engine::{Engine, Isa};
 use qparity::gen::SplitMix64 as Rng;
 use serde_json::{json, Value};
@@ -90,57 +89,6 @@ fn request(c: &LinCase) -> Value {
         "w": c.w, "ws": c.ws as f64, "wz": c.wz,
         "b": c.b.as_ref().map(|b| hex_f32(b)), "ys": c.ys, "yz": c.yz,
     })
-}
-
-/// What the reference engine predicts: the quantized input and, per output, the admitted values.
-struct Predicted {
-    xq: Vec<u8>,
-    y: Vec<qparity::engine::flow::Pred>,
-}
-
-fn reference(c: &LinCase, isa: Isa) -> Result<Predicted> {
-    let flow = Flow::ConvertFx;
-    let xq: Vec<u8> =
-        c.x.iter()
-            .map(|&v| flow.quantize(v, c.xs, c.xz, 0, 255).unwrap_or(0) as u8)
-            .collect();
-    let layer = QLayer {
-        op: LayerOp::Linear {
-            in_features: c.k,
-            out_features: c.n,
-        },
-        bias: c.b.clone(),
-        weight: QWeight {
-            shape: vec![c.n, c.k],
-            int_repr: c.w.clone(),
-            scales: vec![c.ws],
-            zero_points: vec![c.wz],
-            per_channel: false,
-        },
-        relu: false,
-    };
-    let ctx = StageCtx {
-        flow,
-        engine: c.engine,
-        isa,
-        cpu_has_vnni: isa == Isa::Vnni,
-    };
-    let input = QTensor {
-        shape: vec![c.m, c.k],
-        data: xq.clone(),
-        scale: c.xs,
-        zero_point: c.xz,
-    };
-    let out = OutQParams {
-        scale: c.ys,
-        zero_point: c.yz,
-        quant_min: 0,
-        quant_max: 255,
-    };
-    let r = layer
-        .run(&ctx, &input, &out)
-        .map_err(|e| anyhow::anyhow!("reference engine: {e}"))?;
-    Ok(Predicted { xq, y: r.pred })
 }
 
 /// The golden-format case (`op: quantized_linear`) for a disagreement.
@@ -268,10 +216,18 @@ pub fn run(root: &Path, o: Opts) -> Result<()> {
                 .collect()
         };
         let (xq, y) = (ints("xq")?, ints("y")?);
-        let p = reference(c, isa)?;
-        let xq_bad = xq.len() != p.xq.len() || xq.iter().zip(&p.xq).any(|(&a, &b)| a != b as i64);
-        let y_bad = y.len() != p.y.len() || y.iter().zip(&p.y).any(|(&a, pr)| !pr.admits(a));
-        if xq_bad || y_bad {
+        // PyTorch's results as a golden case, checked exactly as `qparity check` checks it.
+        let v = golden_case(c, o.seed, &torch, isa, &xq, &y);
+        let case = qparity::golden::parse_case(Path::new("diff-live.json"), &v.to_string())?;
+        let opts = qparity::check::CheckOptions {
+            cpu_has_vnni: isa == Isa::Vnni,
+            ..Default::default()
+        };
+        let r = qparity::check::check_case(&case, &opts);
+        if let Some(e) = r.error {
+            bail!("case {}: {e}", c.id);
+        }
+        if !r.passed {
             disagreements.push((c.clone(), xq, y));
             bar.set_message(format!("{} disagreements", disagreements.len()));
         }
@@ -347,10 +303,15 @@ mod tests {
     #[test]
     fn saved_case_parses_and_gets_a_repro_script() {
         let c = gen_case(&mut Rng::new(3), 5);
-        let v = golden_case(&c, 3, "2.15.0", Isa::Avx2, &[0; 4], &[1; 4]);
+        let (xq, y) = (vec![0; c.m * c.k], vec![1; c.m * c.n]);
+        let v = golden_case(&c, 3, "2.15.0", Isa::Avx2, &xq, &y);
         let text = v.to_string();
         let case = qparity::golden::parse_case(Path::new("x.json"), &text).unwrap();
         let s = qparity::repro::script_for(&case, &text).unwrap();
         assert!(s.contains("quantized_linear") && s.contains("FBGEMM_ENABLE_INSTRUCTIONS"));
+        // The saved case is checkable like any golden: these made-up outputs must fail.
+        let r = qparity::check::check_case(&case, &Default::default());
+        assert!(r.error.is_none(), "{:?}", r.error);
+        assert!(!r.passed);
     }
 }

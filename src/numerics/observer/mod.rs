@@ -13,7 +13,7 @@ use crate::numerics::quantize::fake_quant;
 use crate::{Error, Result};
 
 /// Observer classes qparity models, by PyTorch's names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ObserverClass {
     MinMaxObserver,
     MovingAverageMinMaxObserver,

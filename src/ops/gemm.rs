@@ -1,5 +1,6 @@
-//! Linear and conv2d: integer accumulation (through any [`Int8Gemm`] kernel) and the exact
-//! float evaluation used to bound PyTorch's f32 reference ops.
+//! GEMM-shaped arithmetic shared by the linear and conv2d ops: integer accumulation (through any
+//! [`Int8Gemm`] kernel, zero points folded) and the exact float evaluation that bounds PyTorch's
+//! f32 reference ops.
 //!
 //! Convolution lowers to GEMM by im2col in FBGEMM's order: for output pixel `(n, oh, ow)` of group
 //! `g`, column `k = (kh·KW + kw)·ICg + c`, padding filled with the activation zero point. That
@@ -8,8 +9,10 @@
 //! through the kernel like any other column ([`PaddingTaps::ThroughKernel`], FBGEMM) or are added
 //! exactly outside it ([`PaddingTaps::Exact`], oneDNN).
 
+use crate::engine::PaddingTaps;
 use crate::geometry::Conv2dParams;
 use crate::kernels::{Accumulation, Int8Gemm};
+use crate::numerics::bound::FloatSum;
 use crate::{Error, Result};
 
 /// im2col of group `g`: `rows = N·OH·OW` rows of `KH·KW·ICg` columns, order `(kh, kw, c)`.
@@ -129,17 +132,6 @@ pub fn linear_acc(
     kernel.gemm(m, n, k, a, w, &mut acc);
     fold_zero_points(&mut acc, m, n, k, a, w, a_zp, w_zp);
     Ok(acc)
-}
-
-/// How the kernel taps that fall into the zero padding enter a convolution's accumulators.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PaddingTaps {
-    /// As im2col columns holding the activation zero point, through the GEMM kernel like any other
-    /// product (so they can saturate int16 pairs): FBGEMM's im2col convolution.
-    ThroughKernel,
-    /// Skipped by the kernel; their `a_zp · w` products are added exactly in int32, so after
-    /// zero-point folding they contribute exactly 0 (oneDNN's int8 convolutions).
-    Exact,
 }
 
 /// Zero-point-folded accumulators of a quantized conv2d, NCHW output `[N, OC, OH, OW]`, with
@@ -265,30 +257,6 @@ fn conv2d_by_group<T: Copy>(
         }
     }
     Ok((out, [n, p.out_channels, oh, ow]))
-}
-
-/// An output of a float op, evaluated exactly enough to bound PyTorch's f32 result.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FloatSum {
-    /// Σ x·w + bias, computed in f64 from exact products (error below `f64_err`).
-    pub value: f64,
-    /// Σ |x·w| + |bias|.
-    pub abs_sum: f64,
-    /// Number of summands (products plus the bias).
-    pub terms: usize,
-}
-
-impl FloatSum {
-    /// A bound on |f32 result − exact value| for any summation order, with or without FMA:
-    /// `γ_n · Σ|terms|` with `n = summands + 1` (each product and each addition rounds once) and `γ_n = n·u/(1 − n·u)`, `u = 2^-24`, plus the
-    /// error of the f64 evaluation itself.
-    pub fn error_bound(&self) -> f64 {
-        let u = f32::EPSILON as f64 / 2.0;
-        let n = (self.terms + 1) as f64;
-        let gamma = n * u / (1.0 - n * u);
-        let f64_err = n * f64::EPSILON * self.abs_sum;
-        gamma * self.abs_sum + f64_err + f32::from_bits(1) as f64
-    }
 }
 
 /// Exact-ish float linear: `y[i][j] = Σ_k x[i][k]·w[j][k] + bias[j]`.

@@ -1,0 +1,1039 @@
+//! A golden case as a list of stages: each one op instance with the inputs PyTorch gave it, the
+//! context that decides its numerics, and the outputs PyTorch produced.
+//!
+//! Model cases are checked stage by stage: every quantized op runs on the quantized activation
+//! PyTorch recorded before it, so one ambiguous element cannot cascade and a mismatch names the op
+//! that caused it. This is also the library's interface for engine authors: iterate the stages,
+//! run your engine on [`Stage::inputs`], and compare with [`Stage::compare`].
+
+use super::{
+    Body, Case, FusedArgs, Layer, ModelCase, ObserverDesc, PrimArgs, PrimExpected, PrimOp,
+    PrimitiveCase, QArgs, QuantizedLinearArgs, QuantizedRecord, Source,
+};
+use crate::engine::flow::Flow;
+use crate::engine::{Ctx, Engine, Isa};
+use crate::geometry::Conv2dParams;
+use crate::numerics::bound::Pred;
+use crate::numerics::observer::{FusedConfig, ObserverConfig};
+use crate::ops::fake_quant::{FakeQuantize, FusedMovingAvgObsFakeQuant};
+use crate::ops::layer::{Geometry, QLayer, QWeight};
+use crate::ops::observe::{GraphQParams, Observe, WeightQuantize};
+use crate::ops::quantize::{
+    Dequantize, Family, FlowDequantize, FlowQuantize, QParams, Quantize, Requantize,
+};
+use crate::ops::{Op, OutQParams, Output, Predicted, QTensor, Value};
+use crate::tensor::{DType, Tensor};
+use crate::{Error, Result};
+use ndarray::{ArrayD, IxDyn};
+use std::sync::Arc;
+
+/// One output PyTorch produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expected {
+    /// The output's name, matching [`Output::name`].
+    pub name: String,
+    /// Where it is in the case file.
+    pub field: String,
+    pub tensor: Tensor,
+}
+
+/// One op instance of a case with its inputs and PyTorch's outputs.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    /// Where in the case (`convert_fx run 1, stage 0 (conv2d)`).
+    pub location: String,
+    /// The report group: a convert flow, `observers`, `weights`, or the primitive op.
+    pub group: String,
+    pub ctx: Ctx,
+    pub op: Arc<dyn Op>,
+    pub inputs: Vec<Value>,
+    /// Output qparams of a quantized output.
+    pub out: Option<OutQParams>,
+    pub expected: Vec<Expected>,
+}
+
+/// How one element of an engine's output compares with PyTorch's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Equal to PyTorch's value.
+    Equal,
+    /// Different from PyTorch's value, but within what the op's proven float bound admits (an
+    /// evaluation-order effect, in reference-flow float ops or oneDNN's requantization).
+    Admissible,
+    /// Different, and no evaluation PyTorch's rule allows gives it.
+    Mismatch,
+}
+
+/// Per-element verdicts for one output, with the rule that decides them.
+#[derive(Debug, Clone)]
+pub struct Comparison {
+    pub output: String,
+    pub verdicts: Vec<Verdict>,
+    /// The rule of the stage's plan ([`crate::ops::Plan::rule`]).
+    pub rule: crate::ops::Rule,
+}
+
+impl Comparison {
+    /// Number of mismatched elements.
+    pub fn mismatches(&self) -> usize {
+        self.verdicts
+            .iter()
+            .filter(|v| **v == Verdict::Mismatch)
+            .count()
+    }
+}
+
+impl Stage {
+    /// The inputs' values as `ndarray` arrays in f64 (quantized inputs as their integer values;
+    /// see [`Stage::input_qparams`] for their scale and zero point).
+    pub fn input_arrays(&self) -> Vec<ArrayD<f64>> {
+        self.inputs
+            .iter()
+            .map(|v| match v {
+                Value::Tensor(t) => to_array(&t.shape, t.to_f64_vec()),
+                Value::Quantized(q) => {
+                    to_array(&q.shape, q.data.iter().map(|&x| x as f64).collect())
+                }
+            })
+            .collect()
+    }
+
+    /// `(scale, zero_point)` of each quantized input.
+    pub fn input_qparams(&self) -> Vec<Option<(f64, i64)>> {
+        self.inputs.iter().map(|v| v.meta().qparams).collect()
+    }
+
+    /// PyTorch's outputs as `ndarray` arrays in f64.
+    pub fn expected_arrays(&self) -> Vec<(String, ArrayD<f64>)> {
+        self.expected
+            .iter()
+            .map(|e| {
+                (
+                    e.name.clone(),
+                    to_array(&e.tensor.shape, e.tensor.to_f64_vec()),
+                )
+            })
+            .collect()
+    }
+
+    /// Plans the stage and predicts its outputs.
+    pub fn predict(&self) -> Result<(Box<dyn crate::ops::Plan + '_>, Vec<Output>)> {
+        let metas: Vec<_> = self.inputs.iter().map(Value::meta).collect();
+        let plan = self.op.plan(&self.ctx, &metas, self.out.as_ref())?;
+        let refs: Vec<&Value> = self.inputs.iter().collect();
+        let outs = plan.predict(&refs)?;
+        Ok((plan, outs))
+    }
+
+    /// Compares an engine's values for output `name` (flat, PyTorch's layout) with PyTorch's,
+    /// element by element, using qparity's prediction to tell evaluation-order effects from
+    /// mismatches.
+    pub fn compare(&self, name: &str, engine: &[f64]) -> Result<Comparison> {
+        let (plan, outs) = self.predict()?;
+        let exp = self
+            .expected
+            .iter()
+            .find(|e| e.name == name)
+            .ok_or_else(|| Error::invalid("output", format!("the stage has no output {name:?}")))?;
+        let pred = outs
+            .iter()
+            .find(|o| o.name == name)
+            .ok_or_else(|| Error::invalid("output", format!("qparity predicts no {name:?}")))?;
+        let theirs = exp.tensor.to_f64_vec();
+        if engine.len() != theirs.len() {
+            return Err(Error::shape(
+                "engine output",
+                format!("{} values, PyTorch produced {}", engine.len(), theirs.len()),
+            ));
+        }
+        let verdicts = engine
+            .iter()
+            .zip(&theirs)
+            .enumerate()
+            .map(|(i, (&e, &t))| {
+                let equal = e.to_bits() == t.to_bits() || (e.is_nan() && t.is_nan()) || e == t;
+                if equal {
+                    return Verdict::Equal;
+                }
+                match &pred.values {
+                    Predicted::Ints(p)
+                        if e.fract() == 0.0 && p.get(i).is_some_and(|p| p.admits(e as i64)) =>
+                    {
+                        Verdict::Admissible
+                    }
+                    _ => Verdict::Mismatch,
+                }
+            })
+            .collect();
+        Ok(Comparison {
+            output: name.to_string(),
+            verdicts,
+            rule: plan.rule(),
+        })
+    }
+}
+
+fn to_array(shape: &[usize], data: Vec<f64>) -> ArrayD<f64> {
+    let n = data.len();
+    ArrayD::from_shape_vec(IxDyn(shape), data)
+        .unwrap_or_else(|_| ArrayD::from_shape_vec(IxDyn(&[n]), vec![0.0; n]).expect("1-d"))
+}
+
+impl Case {
+    /// The stages of this case. `cpu_has_vnni`: whether the capture CPU had AVX512-VNNI (from the
+    /// manifest), which decides FBGEMM's default kernels and the x86 engine's conv path.
+    pub fn stages(&self, cpu_has_vnni: bool) -> Result<Vec<Stage>> {
+        let isa = self.header.isa.resolve(cpu_has_vnni);
+        match &self.body {
+            Body::Primitive(p) => primitive_stages(self, p, isa, cpu_has_vnni),
+            Body::Model(m) => model_stages(self, m, isa, cpu_has_vnni),
+        }
+    }
+}
+
+fn ctx(flow: Flow, engine: Engine, isa: Isa, cpu_has_vnni: bool) -> Ctx {
+    Ctx {
+        flow,
+        engine,
+        isa,
+        cpu_has_vnni,
+    }
+}
+
+/// Primitives do not depend on the engine or flow; this context is never read.
+fn neutral_ctx(isa: Isa, cpu_has_vnni: bool) -> Ctx {
+    ctx(Flow::ConvertFx, Engine::Fbgemm, isa, cpu_has_vnni)
+}
+
+fn need<'a, T>(case: &Case, v: Option<&'a T>, field: &str) -> Result<&'a T> {
+    v.ok_or_else(|| case.field_err(field, "missing"))
+}
+
+fn expected(name: impl Into<String>, field: impl Into<String>, tensor: Tensor) -> Expected {
+    Expected {
+        name: name.into(),
+        field: field.into(),
+        tensor,
+    }
+}
+
+fn q_params(case: &Case, a: &QArgs, per_channel: bool) -> Result<QParams> {
+    if !per_channel {
+        return Ok(QParams::PerTensor {
+            scale: *need(case, a.scale.as_ref(), "args.scale")?,
+            zero_point: *need(case, a.zero_point.as_ref(), "args.zero_point")?,
+        });
+    }
+    let st = need(case, a.scales.as_ref(), "args.scales")?;
+    let zt = need(case, a.zero_points.as_ref(), "args.zero_points")?;
+    Ok(QParams::PerChannel {
+        scales: st.to_f64_vec(),
+        scales_f32: st.dtype == DType::F32,
+        zero_points: zt
+            .as_int()
+            .ok_or_else(|| case.field_err("args.zero_points", "expected an integer tensor"))?
+            .to_vec(),
+        axis: *need(case, a.axis.as_ref(), "args.axis")?,
+    })
+}
+
+fn expected_field(case: &Case, e: &PrimExpected, name: &str) -> Result<Expected> {
+    let t = match name {
+        "int_repr" => e.int_repr.as_ref(),
+        "output" => e.output.as_ref(),
+        _ => None,
+    };
+    Ok(expected(
+        name,
+        format!("expected.{name}"),
+        need(case, t, &format!("expected.{name}"))?.clone(),
+    ))
+}
+
+fn range(case: &Case, a: &QArgs) -> Result<(i64, i64)> {
+    Ok((
+        *need(case, a.quant_min.as_ref(), "args.quant_min")?,
+        *need(case, a.quant_max.as_ref(), "args.quant_max")?,
+    ))
+}
+
+fn primitive_stages(
+    case: &Case,
+    p: &PrimitiveCase,
+    isa: Isa,
+    cpu_has_vnni: bool,
+) -> Result<Vec<Stage>> {
+    let stage = |group: String, op: Arc<dyn Op>, inputs, out, expected| Stage {
+        location: p.op.name().to_string(),
+        group,
+        ctx: neutral_ctx(isa, cpu_has_vnni),
+        op,
+        inputs,
+        out,
+        expected,
+    };
+    let group = p.op.name().to_string();
+    match &p.args {
+        PrimArgs::Quantize(a) => {
+            let input = need(case, a.input.as_ref(), "args.input");
+            let int_input = || {
+                need(
+                    case,
+                    a.int_repr.as_ref().or(a.input.as_ref()),
+                    "args.int_repr",
+                )
+            };
+            let dtype = || need(case, a.dtype.as_ref(), "args.dtype").copied();
+            let (op, x, out_name): (Arc<dyn Op>, &Tensor, &str) = match p.op {
+                PrimOp::QuantizePerTensor | PrimOp::QuantizePerChannel => (
+                    Arc::new(Quantize {
+                        family: Family::Aten,
+                        qparams: q_params(case, a, p.op == PrimOp::QuantizePerChannel)?,
+                        dtype: dtype()?,
+                        range: None,
+                    }),
+                    input?,
+                    "int_repr",
+                ),
+                PrimOp::DecomposedQuantizePerTensor | PrimOp::DecomposedQuantizePerChannel => (
+                    Arc::new(Quantize {
+                        family: Family::Decomposed,
+                        qparams: q_params(case, a, p.op == PrimOp::DecomposedQuantizePerChannel)?,
+                        dtype: a.dtype.unwrap_or(crate::numerics::qparams::QDType::Uint8),
+                        range: Some(range(case, a)?),
+                    }),
+                    input?,
+                    "output",
+                ),
+                PrimOp::DequantizePerTensor
+                | PrimOp::DequantizePerChannel
+                | PrimOp::DecomposedDequantizePerTensor
+                | PrimOp::DecomposedDequantizePerChannel => {
+                    let family = match p.op {
+                        PrimOp::DequantizePerTensor | PrimOp::DequantizePerChannel => Family::Aten,
+                        _ => Family::Decomposed,
+                    };
+                    let per_channel = matches!(
+                        p.op,
+                        PrimOp::DequantizePerChannel | PrimOp::DecomposedDequantizePerChannel
+                    );
+                    (
+                        Arc::new(Dequantize {
+                            family,
+                            qparams: q_params(case, a, per_channel)?,
+                        }),
+                        int_input()?,
+                        "output",
+                    )
+                }
+                PrimOp::FakeQuantizePerTensorAffine | PrimOp::FakeQuantizePerChannelAffine => {
+                    let (quant_min, quant_max) = range(case, a)?;
+                    (
+                        Arc::new(FakeQuantize {
+                            qparams: q_params(
+                                case,
+                                a,
+                                p.op == PrimOp::FakeQuantizePerChannelAffine,
+                            )?,
+                            quant_min,
+                            quant_max,
+                        }),
+                        input?,
+                        "output",
+                    )
+                }
+                other => {
+                    return Err(case.field_err(
+                        "args",
+                        format!("{} does not take quantize arguments", other.name()),
+                    ))
+                }
+            };
+            Ok(vec![stage(
+                group,
+                op,
+                vec![Value::Tensor(x.clone())],
+                None,
+                vec![expected_field(case, &p.expected, out_name)?],
+            )])
+        }
+        PrimArgs::Fused(a) => fused_stage(case, p, a)
+            .map(|(op, inputs, exp)| vec![stage(group, op, inputs, None, exp)]),
+        PrimArgs::Observer(a) => {
+            let cfg = observer_config(case, "args.observer", &a.observer)?;
+            let e = &p.expected;
+            let fields = [
+                ("min_val", &e.min_val),
+                ("max_val", &e.max_val),
+                ("histogram", &e.histogram),
+                ("scale", &e.scale),
+                ("zero_point", &e.zero_point),
+            ];
+            let exp = fields
+                .iter()
+                .filter_map(|(n, t)| {
+                    t.as_ref()
+                        .map(|t| expected(*n, format!("expected.{n}"), t.clone()))
+                })
+                .collect();
+            Ok(vec![stage(
+                format!("observer/{:?}", a.observer.class),
+                Arc::new(Observe { cfg, fused: false }),
+                a.batches.iter().cloned().map(Value::Tensor).collect(),
+                None,
+                exp,
+            )])
+        }
+        PrimArgs::QuantizedLinear(a) => quantized_linear_stage(case, p, a, isa, cpu_has_vnni),
+    }
+}
+
+type StageParts = (Arc<dyn Op>, Vec<Value>, Vec<Expected>);
+
+fn fused_stage(case: &Case, p: &PrimitiveCase, a: &FusedArgs) -> Result<StageParts> {
+    let steps = need(case, p.expected.steps.as_ref(), "expected.steps")?;
+    if steps.len() != a.batches.len() {
+        return Err(case.field_err(
+            "expected.steps",
+            format!("{} steps for {} batches", steps.len(), a.batches.len()),
+        ));
+    }
+    if a.ch_axis < 0 || a.quant_min > a.quant_max {
+        return Err(case.field_err("args", "invalid ch_axis or quant range"));
+    }
+    let op = FusedMovingAvgObsFakeQuant {
+        cfg: FusedConfig {
+            averaging_const: a.averaging_const as f32,
+            quant_min: a.quant_min,
+            quant_max: a.quant_max,
+            ch_axis: a.ch_axis as usize,
+            per_row_fake_quant: a.per_row_fake_quant,
+            symmetric_quant: a.symmetric_quant,
+        },
+        observer_on: a.observer_on.on(),
+        fake_quant_on: a.fake_quant_on.on(),
+    };
+    let mut exp = Vec::new();
+    for (k, s) in steps.iter().enumerate() {
+        for (n, t) in [
+            ("running_min", &s.running_min),
+            ("running_max", &s.running_max),
+            ("scale", &s.scale),
+            ("zero_point", &s.zero_point),
+            ("output", &s.output),
+        ] {
+            exp.push(expected(
+                format!("step {k} {n}"),
+                format!("expected.steps[{k}].{n}"),
+                t.clone(),
+            ));
+        }
+    }
+    Ok((
+        Arc::new(op),
+        a.batches.iter().cloned().map(Value::Tensor).collect(),
+        exp,
+    ))
+}
+
+fn int_vec(case: &Case, field: &str, t: &Tensor) -> Result<Vec<i64>> {
+    t.as_int().map(<[i64]>::to_vec).ok_or_else(|| {
+        case.field_err(
+            field,
+            format!("expected an integer tensor, got {:?}", t.dtype),
+        )
+    })
+}
+
+fn quantized_linear_stage(
+    case: &Case,
+    p: &PrimitiveCase,
+    a: &QuantizedLinearArgs,
+    isa: Isa,
+    cpu_has_vnni: bool,
+) -> Result<Vec<Stage>> {
+    let [n, k] = a.weight_int_repr.shape[..] else {
+        return Err(case.field_err(
+            "args.weight_int_repr",
+            "must be [out_features, in_features]",
+        ));
+    };
+    let weight = QWeight {
+        shape: a.weight_int_repr.shape.clone(),
+        int_repr: int_vec(case, "args.weight_int_repr", &a.weight_int_repr)?
+            .into_iter()
+            .map(|v| {
+                i8::try_from(v).map_err(|_| {
+                    case.field_err("args.weight_int_repr", format!("{v} is not an int8"))
+                })
+            })
+            .collect::<Result<_>>()?,
+        scales: vec![a.weight_scale as f32],
+        zero_points: vec![a.weight_zero_point],
+        per_channel: false,
+    };
+    let bias = match &a.bias {
+        Some(b) => Some(
+            b.as_f32()
+                .ok_or_else(|| case.field_err("args.bias", "expected an f32 tensor"))?
+                .to_vec(),
+        ),
+        None => None,
+    };
+    let layer = QLayer {
+        geometry: Geometry::Linear {
+            in_features: k,
+            out_features: n,
+        },
+        bias,
+        weight,
+        relu: false,
+    };
+    let xq_t = need(
+        case,
+        p.expected.input_int_repr.as_ref(),
+        "expected.input_int_repr",
+    )?;
+    let xq = quantized(
+        case,
+        "expected.input_int_repr",
+        xq_t,
+        a.input_scale,
+        a.input_zero_point,
+    )?;
+    let fctx = ctx(Flow::ConvertFx, a.engine, isa, cpu_has_vnni);
+    let quantize = Quantize {
+        family: Family::Aten,
+        qparams: QParams::PerTensor {
+            scale: a.input_scale,
+            zero_point: a.input_zero_point,
+        },
+        dtype: crate::numerics::qparams::QDType::Quint8,
+        range: None,
+    };
+    Ok(vec![
+        Stage {
+            location: "quantize_per_tensor(input)".into(),
+            group: p.op.name().to_string(),
+            ctx: fctx,
+            op: Arc::new(quantize),
+            inputs: vec![Value::Tensor(a.input.clone())],
+            out: None,
+            expected: vec![expected(
+                "int_repr",
+                "expected.input_int_repr",
+                xq_t.clone(),
+            )],
+        },
+        Stage {
+            location: format!("quantized::linear ({})", a.engine.name()),
+            group: p.op.name().to_string(),
+            ctx: fctx,
+            op: Arc::new(layer),
+            inputs: vec![Value::Quantized(xq)],
+            out: Some(OutQParams {
+                scale: a.output_scale,
+                zero_point: a.output_zero_point,
+                quant_min: 0,
+                quant_max: 255,
+            }),
+            expected: vec![expected_field(case, &p.expected, "int_repr")?],
+        },
+    ])
+}
+
+fn quantized(case: &Case, field: &str, t: &Tensor, scale: f64, zero_point: i64) -> Result<QTensor> {
+    let data = int_vec(case, field, t)?
+        .into_iter()
+        .map(|v| u8::try_from(v).map_err(|_| case.field_err(field, format!("{v} is not a uint8"))))
+        .collect::<Result<Vec<u8>>>()?;
+    Ok(QTensor {
+        shape: t.shape.clone(),
+        data,
+        scale,
+        zero_point,
+    })
+}
+
+/// Resolves an observer description into a configuration, and checks PyTorch's resolved range.
+pub fn observer_config(case: &Case, field: &str, d: &ObserverDesc) -> Result<ObserverConfig> {
+    let k = &d.kwargs;
+    let cfg = ObserverConfig::from_kwargs(
+        d.class,
+        k.dtype,
+        k.qscheme,
+        k.reduce_range,
+        k.quant_min,
+        k.quant_max,
+        k.eps,
+        k.averaging_constant,
+        k.ch_axis,
+        k.bins,
+    )
+    .map_err(|e| case.field_err(field, e.to_string()))?;
+    if let (Some(lo), Some(hi)) = (d.resolved.quant_min, d.resolved.quant_max) {
+        if (lo, hi) != (cfg.range.quant_min, cfg.range.quant_max) {
+            return Err(case.field_err(
+                &format!("{field}.resolved"),
+                format!(
+                    "PyTorch resolved the quant range to {lo}..{hi}, qparity to {}..{}",
+                    cfg.range.quant_min, cfg.range.quant_max
+                ),
+            ));
+        }
+    }
+    Ok(cfg)
+}
+
+/// The weighted layers of a model, each with its quantized weight, in graph order.
+fn model_layers(case: &Case, m: &ModelCase) -> Result<Vec<Arc<QLayer>>> {
+    let mut out = Vec::new();
+    let mut wi = 0;
+    for (li, l) in m.layers.iter().enumerate() {
+        let next_relu = matches!(m.layers.get(li + 1), Some(Layer::Relu));
+        let (geometry, bias) = match l {
+            Layer::Linear {
+                in_features,
+                out_features,
+                bias,
+                ..
+            } => (
+                Geometry::Linear {
+                    in_features: *in_features,
+                    out_features: *out_features,
+                },
+                bias,
+            ),
+            Layer::Conv2d {
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride,
+                padding,
+                dilation,
+                groups,
+                bias,
+                ..
+            } => (
+                Geometry::Conv2d(Conv2dParams {
+                    in_channels: *in_channels,
+                    out_channels: *out_channels,
+                    kernel_size: *kernel_size,
+                    stride: *stride,
+                    padding: *padding,
+                    dilation: *dilation,
+                    groups: *groups,
+                }),
+                bias,
+            ),
+            _ => continue,
+        };
+        let f = format!("weights[{wi}]");
+        let w = m.weights.get(wi).ok_or_else(|| {
+            case.field_err("weights", format!("no quantized weight for layer {li}"))
+        })?;
+        if w.layer != li && w.layer != wi {
+            return Err(case.field_err(
+                &format!("{f}.layer"),
+                format!("refers to layer {}, expected {li}", w.layer),
+            ));
+        }
+        let int_repr = int_vec(case, &format!("{f}.int_repr"), &w.int_repr)?
+            .into_iter()
+            .map(|v| {
+                i8::try_from(v).map_err(|_| {
+                    case.field_err(&format!("{f}.int_repr"), format!("{v} is not an int8"))
+                })
+            })
+            .collect::<Result<_>>()?;
+        let bias = match bias {
+            Some(b) => Some(
+                b.as_f32()
+                    .ok_or_else(|| {
+                        case.field_err(&format!("layers[{li}].bias"), "expected an f32 tensor")
+                    })?
+                    .to_vec(),
+            ),
+            None => None,
+        };
+        out.push(Arc::new(QLayer {
+            geometry,
+            bias,
+            weight: QWeight {
+                shape: w.int_repr.shape.clone(),
+                int_repr,
+                scales: w.scales.to_f64_vec().iter().map(|&s| s as f32).collect(),
+                zero_points: int_vec(case, &format!("{f}.zero_points"), &w.zero_points)?,
+                per_channel: w.qscheme.is_per_channel(),
+            },
+            relu: next_relu,
+        }));
+        wi += 1;
+    }
+    Ok(out)
+}
+
+fn model_stages(case: &Case, m: &ModelCase, isa: Isa, cpu_has_vnni: bool) -> Result<Vec<Stage>> {
+    let qat = m.mode == crate::engine::Mode::Qat;
+    let act_cfg = observer_config(case, "qconfig.activation", &m.qconfig.activation)?;
+    let w_cfg = observer_config(case, "qconfig.weight", &m.qconfig.weight)?;
+    let layers = model_layers(case, m)?;
+    let base_ctx = ctx(Flow::ConvertFx, m.engine, isa, cpu_has_vnni);
+    let mut stages = Vec::new();
+
+    // 1. Activation observers, fed exactly what PyTorch fed them.
+    let observe: Arc<dyn Op> = Arc::new(Observe {
+        cfg: act_cfg.clone(),
+        fused: qat,
+    });
+    for (oi, o) in m.observers.iter().enumerate() {
+        let f = format!("observers[{oi}]");
+        let mut exp = vec![
+            expected("min_val", format!("{f}.min_val"), o.min_val.clone()),
+            expected("max_val", format!("{f}.max_val"), o.max_val.clone()),
+            expected("scale", format!("{f}.scale"), o.scale.clone()),
+            expected(
+                "zero_point",
+                format!("{f}.zero_point"),
+                o.zero_point.clone(),
+            ),
+        ];
+        if qat {
+            if let (Some(s), Some(z)) = (&o.fq_scale, &o.fq_zero_point) {
+                exp.push(expected("fq_scale", format!("{f}.fq_scale"), s.clone()));
+                exp.push(expected(
+                    "fq_zero_point",
+                    format!("{f}.fq_zero_point"),
+                    z.clone(),
+                ));
+            }
+        }
+        stages.push(Stage {
+            location: format!("observer {oi} ({})", o.name),
+            group: "observers".into(),
+            ctx: base_ctx,
+            op: observe.clone(),
+            inputs: o.inputs.iter().cloned().map(Value::Tensor).collect(),
+            out: None,
+            expected: exp,
+        });
+    }
+
+    // 2. Weights: observer qparams from the float weight, then the quantized int8 values.
+    let wq: Arc<dyn Op> = Arc::new(WeightQuantize { cfg: w_cfg });
+    let float_weights = m.layers.iter().filter_map(|l| match l {
+        Layer::Linear { weight, .. } | Layer::Conv2d { weight, .. } => Some(weight),
+        _ => None,
+    });
+    for (wi, w) in float_weights.enumerate() {
+        let rec = m
+            .weights
+            .get(wi)
+            .ok_or_else(|| case.field_err("weights", format!("no record for weight {wi}")))?;
+        let f = format!("weights[{wi}]");
+        let scales = Tensor::f32(
+            rec.scales.shape.clone(),
+            rec.scales.to_f64_vec().iter().map(|&s| s as f32).collect(),
+        );
+        stages.push(Stage {
+            location: format!("layer {wi} weight"),
+            group: "weights".into(),
+            ctx: base_ctx,
+            op: wq.clone(),
+            inputs: vec![Value::Tensor(w.clone())],
+            out: None,
+            expected: vec![
+                expected("scales", format!("{f}.scales"), scales),
+                expected(
+                    "zero_points",
+                    format!("{f}.zero_points"),
+                    rec.zero_points.clone(),
+                ),
+                expected("int_repr", format!("{f}.int_repr"), rec.int_repr.clone()),
+            ],
+        });
+    }
+
+    // 3. Each flow, each run, stage by stage on PyTorch's recorded quantized activations.
+    let act_range = (act_cfg.range.quant_min, act_cfg.range.quant_max);
+    for (&flow, fr) in &m.flows {
+        if fr.runs.len() != m.inputs.len() {
+            return Err(case.field_err(
+                &format!("flows.{}.runs", flow.name()),
+                format!("{} runs for {} inputs", fr.runs.len(), m.inputs.len()),
+            ));
+        }
+        let fctx = ctx(flow, m.engine, isa, cpu_has_vnni);
+        for (ri, run) in fr.runs.iter().enumerate() {
+            run_stages(case, m, &layers, fctx, act_range, ri, run, &mut stages)?;
+        }
+    }
+    Ok(stages)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_stages(
+    case: &Case,
+    m: &ModelCase,
+    layers: &[Arc<QLayer>],
+    fctx: Ctx,
+    act_range: (i64, i64),
+    ri: usize,
+    run: &super::RunRecord,
+    stages: &mut Vec<Stage>,
+) -> Result<()> {
+    let flow = fctx.flow;
+    let fname = flow.name();
+    let base = format!("flows.{fname}.runs[{ri}]");
+    let n_layers = run.quantized.iter().filter(|q| q.source.is_layer()).count();
+    if n_layers != layers.len() {
+        return Err(case.field_err(
+            &format!("{base}.quantized"),
+            format!(
+                "the graph computed {n_layers} quantized conv/linear outputs, the model has {} layers",
+                layers.len()
+            ),
+        ));
+    }
+    let x = m
+        .inputs
+        .get(ri)
+        .ok_or_else(|| case.field_err(&format!("inputs[{ri}]"), "missing"))?;
+    let qts = run
+        .quantized
+        .iter()
+        .enumerate()
+        .map(|(t, q)| record_tensor(case, &format!("{base}.quantized[{t}].int_repr"), q))
+        .collect::<Result<Vec<_>>>()?;
+    let mut li = 0;
+    for (t, q) in run.quantized.iter().enumerate() {
+        let field = format!("{base}.quantized[{t}]");
+        let out = OutQParams {
+            scale: q.scale,
+            zero_point: q.zero_point,
+            quant_min: q.quant_min,
+            quant_max: q.quant_max,
+        };
+        let exp = vec![expected(
+            "int_repr",
+            format!("{field}.int_repr"),
+            q.int_repr.clone(),
+        )];
+        // Every quantize point of the graph has its own observer, in graph order (a shape op
+        // after a QAT layer gets one too): the graph must use its calculate_qparams().
+        if run.quantized.len() == m.observers.len() {
+            let o = &m.observers[t];
+            let mut gexp = vec![
+                expected(
+                    "scale",
+                    format!("{field}.scale"),
+                    Tensor::f32(vec![], vec![q.scale as f32]),
+                ),
+                expected(
+                    "zero_point",
+                    format!("{field}.zero_point"),
+                    Tensor::int(DType::I64, vec![], vec![q.zero_point]),
+                ),
+            ];
+            if flow.keeps_quant_range() {
+                gexp.push(expected(
+                    "quant_range",
+                    format!("{field}.quant_min/quant_max"),
+                    Tensor::int(DType::I64, vec![2], vec![q.quant_min, q.quant_max]),
+                ));
+            }
+            stages.push(Stage {
+                location: format!(
+                    "{fname} run {ri}, qparams of {field} vs observer {}",
+                    o.name
+                ),
+                group: fname.into(),
+                ctx: fctx,
+                op: Arc::new(GraphQParams {
+                    quant_range: flow.keeps_quant_range().then_some(act_range),
+                }),
+                inputs: vec![
+                    Value::Tensor(o.scale.clone()),
+                    Value::Tensor(o.zero_point.clone()),
+                ],
+                out: None,
+                expected: gexp,
+            });
+        }
+        let (location, op, input): (String, Arc<dyn Op>, Value) = match q.source {
+            Source::Input => {
+                if x.numel() != q.int_repr.numel() {
+                    return Err(case.field_err(
+                        &field,
+                        "input quantization has a different element count than the input",
+                    ));
+                }
+                (
+                    format!("{fname} run {ri}, input quantize"),
+                    Arc::new(FlowQuantize),
+                    Value::Tensor(x.clone()),
+                )
+            }
+            src => {
+                if t == 0 {
+                    return Err(case.field_err(
+                        &field,
+                        format!(
+                            "a {} output without a quantized input before it",
+                            src.name()
+                        ),
+                    ));
+                }
+                let prev = Value::Quantized(qts[t - 1].clone());
+                if src.is_layer() {
+                    let l = layers[li].clone();
+                    if l.geometry.name() != src.name() {
+                        return Err(case.field_err(
+                            &format!("{field}.source"),
+                            format!(
+                                "{} where the model's layer {li} is {}",
+                                src.name(),
+                                l.geometry.name()
+                            ),
+                        ));
+                    }
+                    li += 1;
+                    (
+                        format!("{fname} run {ri}, stage {} ({})", li - 1, src.name()),
+                        l as Arc<dyn Op>,
+                        prev,
+                    )
+                } else {
+                    (
+                        format!("{fname} run {ri}, {} passthrough", src.name()),
+                        Arc::new(Requantize { name: src.name() }),
+                        prev,
+                    )
+                }
+            }
+        };
+        stages.push(Stage {
+            location,
+            group: fname.into(),
+            ctx: fctx,
+            op,
+            inputs: vec![input],
+            out: Some(out),
+            expected: exp,
+        });
+    }
+    // Final output: dequantize of the last quantized activation.
+    let last = qts
+        .last()
+        .ok_or_else(|| case.field_err(&base, "no quantized activations recorded"))?;
+    stages.push(Stage {
+        location: format!("{fname} run {ri}, output dequantize"),
+        group: fname.into(),
+        ctx: fctx,
+        op: Arc::new(FlowDequantize),
+        inputs: vec![Value::Quantized(last.clone())],
+        out: None,
+        expected: vec![expected(
+            "output",
+            format!("{base}.output"),
+            run.output.clone(),
+        )],
+    });
+    Ok(())
+}
+
+fn record_tensor(case: &Case, field: &str, q: &QuantizedRecord) -> Result<QTensor> {
+    quantized(case, field, &q.int_repr, q.scale, q.zero_point)
+}
+
+/// Compares predicted outputs of one stage with PyTorch's, returning per-output element results:
+/// for each expected output, `(expected, prediction, per-element exact/ambiguous/mismatch)`.
+pub(crate) fn element_results<'a>(
+    outputs: &'a [Output],
+    expected: &'a [Expected],
+) -> Result<Vec<(usize, &'a Expected, Vec<ElementResult>)>> {
+    let mut res = Vec::new();
+    for e in expected {
+        let (oi, o) = outputs
+            .iter()
+            .enumerate()
+            .find(|(_, o)| o.name == e.name)
+            .ok_or_else(|| {
+                Error::invalid("stage", format!("qparity does not predict {}", e.field))
+            })?;
+        let n = e.tensor.numel();
+        if o.values.len() != n {
+            res.push((
+                oi,
+                e,
+                vec![ElementResult::CountMismatch {
+                    ours: o.values.len(),
+                    theirs: n,
+                }],
+            ));
+            continue;
+        }
+        let r = match &o.values {
+            Predicted::Ints(p) => {
+                let theirs = e.tensor.as_int().ok_or_else(|| {
+                    Error::invalid(
+                        e.field.clone(),
+                        format!("expected integers, got {:?}", e.tensor.dtype),
+                    )
+                })?;
+                p.iter()
+                    .zip(theirs)
+                    .map(|(&p, &v)| match p {
+                        Pred::Exact(x) if x == v => ElementResult::Exact,
+                        Pred::Ambiguous { .. } if p.admits(v) => ElementResult::Ambiguous,
+                        _ => ElementResult::Mismatch {
+                            expected: v.to_string(),
+                            got: match p {
+                                Pred::Exact(x) => x.to_string(),
+                                Pred::Ambiguous { lo, hi } => format!("{lo}..={hi} (ambiguous)"),
+                            },
+                        },
+                    })
+                    .collect()
+            }
+            Predicted::Floats(ours) => {
+                let theirs: Vec<f32> = match e.tensor.as_f32() {
+                    Some(t) => t.to_vec(),
+                    None if e.tensor.dtype == DType::F64 => {
+                        e.tensor.to_f64_vec().iter().map(|&v| v as f32).collect()
+                    }
+                    None => {
+                        return Err(Error::invalid(
+                            e.field.clone(),
+                            format!("expected floats, got {:?}", e.tensor.dtype),
+                        ))
+                    }
+                };
+                ours.iter()
+                    .zip(&theirs)
+                    .map(|(&a, &b)| {
+                        if a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()) {
+                            ElementResult::Exact
+                        } else {
+                            ElementResult::Mismatch {
+                                expected: format!("{b:e} (0x{:08x})", b.to_bits()),
+                                got: format!("{a:e} (0x{:08x})", a.to_bits()),
+                            }
+                        }
+                    })
+                    .collect()
+            }
+        };
+        res.push((oi, e, r));
+    }
+    Ok(res)
+}
+
+/// The outcome of one element.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ElementResult {
+    Exact,
+    Ambiguous,
+    Mismatch { expected: String, got: String },
+    CountMismatch { ours: usize, theirs: usize },
+}

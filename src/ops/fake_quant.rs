@@ -1,0 +1,227 @@
+//! Fake quantization: `fake_quantize_per_tensor_affine`, `fake_quantize_per_channel_affine` and
+//! `fused_moving_avg_obs_fake_quant` (ATen `QuantizedOpKernels.cpp`, `fused_obs_fake_quant.cpp`);
+//! the arithmetic is [`crate::numerics::quantize::fake_quant`] and
+//! [`crate::numerics::observer::fused_moving_avg_obs_fake_quant`].
+
+use super::quantize::QParams;
+use super::{expect_inputs, Meta, Op, OutQParams, Output, Plan, Predicted, Rule, Value};
+use crate::engine::Ctx;
+use crate::numerics::observer::{fused_moving_avg_obs_fake_quant, FusedConfig, FusedState};
+use crate::numerics::qparams::validate_qparams;
+use crate::numerics::quantize::fake_quant;
+use crate::{Error, Result};
+
+/// `fake_quantize_per_tensor_affine` / `fake_quantize_per_channel_affine`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FakeQuantize {
+    pub qparams: QParams,
+    pub quant_min: i64,
+    pub quant_max: i64,
+}
+
+impl Op for FakeQuantize {
+    fn name(&self) -> &'static str {
+        match self.qparams {
+            QParams::PerTensor { .. } => "fake_quantize_per_tensor_affine",
+            QParams::PerChannel { .. } => "fake_quantize_per_channel_affine",
+        }
+    }
+
+    fn plan<'a>(
+        &'a self,
+        _ctx: &Ctx,
+        inputs: &[Meta<'_>],
+        _out: Option<&OutQParams>,
+    ) -> Result<Box<dyn Plan + 'a>> {
+        let input = expect_inputs(self.name(), inputs, 1)?[0];
+        let (inner, channels) = match &self.qparams {
+            QParams::PerTensor { scale, zero_point } => {
+                validate_qparams(
+                    "qparams",
+                    *scale,
+                    *zero_point,
+                    self.quant_min,
+                    self.quant_max,
+                )?;
+                (1, 1)
+            }
+            QParams::PerChannel {
+                scales,
+                zero_points,
+                axis,
+                ..
+            } => {
+                let c = *input.shape.get(*axis).ok_or_else(|| {
+                    Error::invalid("axis", format!("{axis} outside shape {:?}", input.shape))
+                })?;
+                if scales.len() != c || zero_points.len() != c {
+                    return Err(Error::shape(
+                        "per-channel qparams",
+                        format!("{} scales for {c} channels", scales.len()),
+                    ));
+                }
+                for (&s, &z) in scales.iter().zip(zero_points) {
+                    validate_qparams("qparams", s, z, self.quant_min, self.quant_max)?;
+                }
+                (input.shape[axis + 1..].iter().product::<usize>(), c.max(1))
+            }
+        };
+        Ok(Box::new(FakeQuantizePlan {
+            op: self,
+            inner: inner.max(1),
+            channels,
+            shape: input.shape.to_vec(),
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct FakeQuantizePlan<'a> {
+    op: &'a FakeQuantize,
+    inner: usize,
+    channels: usize,
+    shape: Vec<usize>,
+}
+
+impl FakeQuantizePlan<'_> {
+    fn qparams(&self, i: usize) -> (f32, i64) {
+        match &self.op.qparams {
+            QParams::PerTensor { scale, zero_point } => (*scale as f32, *zero_point),
+            QParams::PerChannel {
+                scales,
+                zero_points,
+                ..
+            } => {
+                let c = (i / self.inner) % self.channels;
+                (scales[c] as f32, zero_points[c])
+            }
+        }
+    }
+}
+
+impl Plan for FakeQuantizePlan<'_> {
+    fn rule(&self) -> Rule {
+        Rule::default().with(
+            "fake quantize",
+            format!(
+                "q = int64(zp + RNE(f32(x·f32(1/scale)))), clamp {}..{} in double, f32((q − zp)·scale)",
+                self.op.quant_min, self.op.quant_max
+            ),
+        )
+    }
+
+    fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
+        let xs = inputs[0].f32s("input")?;
+        let out = xs
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| {
+                let (s, z) = self.qparams(i);
+                fake_quant::fake_quantize(x, s, z, self.op.quant_min, self.op.quant_max)
+            })
+            .collect();
+        Ok(vec![Output::new(
+            "output",
+            self.shape.clone(),
+            Predicted::Floats(out),
+        )])
+    }
+
+    fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
+        let xs = inputs[0].f32s("input")?;
+        let (s, z) = self.qparams(i);
+        Ok(vec![format!("x = {:e}, scale {s}, zero_point {z}", xs[i])])
+    }
+}
+
+/// `fused_moving_avg_obs_fake_quant`, one call per input batch, starting from PyTorch's initial
+/// buffers (`running_min = +inf`, `running_max = −inf`, scale 1, zero point 0).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FusedMovingAvgObsFakeQuant {
+    pub cfg: FusedConfig,
+    pub observer_on: bool,
+    pub fake_quant_on: bool,
+}
+
+impl Op for FusedMovingAvgObsFakeQuant {
+    fn name(&self) -> &'static str {
+        "fused_moving_avg_obs_fake_quant"
+    }
+
+    fn plan<'a>(
+        &'a self,
+        _ctx: &Ctx,
+        _inputs: &[Meta<'_>],
+        _out: Option<&OutQParams>,
+    ) -> Result<Box<dyn Plan + 'a>> {
+        if self.cfg.quant_min > self.cfg.quant_max {
+            return Err(Error::invalid(self.name(), "quant_min > quant_max"));
+        }
+        Ok(Box::new(FusedPlan { op: self }))
+    }
+}
+
+#[derive(Debug)]
+struct FusedPlan<'a> {
+    op: &'a FusedMovingAvgObsFakeQuant,
+}
+
+impl Plan for FusedPlan<'_> {
+    fn rule(&self) -> Rule {
+        Rule::default().with(
+            "fused",
+            "running min/max by f32 moving average (first batch: its own), qparams from FBGEMM \
+             ChooseQuantizationParams (only when fake quantization is on), then fake quantize",
+        )
+    }
+
+    /// Per batch `k`, in order: `step k running_min`, `running_max`, `scale`, `zero_point`,
+    /// `output` (the buffers after that call, and its output).
+    fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
+        let mut st = FusedState {
+            running_min: vec![],
+            running_max: vec![],
+            scale: vec![1.0],
+            zero_point: vec![0],
+        };
+        let mut out = Vec::new();
+        for (k, b) in inputs.iter().enumerate() {
+            let xs = b.f32s(&format!("batch {k}"))?;
+            let y = fused_moving_avg_obs_fake_quant(
+                xs,
+                b.shape(),
+                &mut st,
+                &self.op.cfg,
+                self.op.observer_on,
+                self.op.fake_quant_on,
+            )?;
+            let v = |x: &Vec<f32>| Predicted::Floats(x.clone());
+            out.push(Output::new(
+                format!("step {k} running_min"),
+                vec![st.running_min.len()],
+                v(&st.running_min),
+            ));
+            out.push(Output::new(
+                format!("step {k} running_max"),
+                vec![st.running_max.len()],
+                v(&st.running_max),
+            ));
+            out.push(Output::new(
+                format!("step {k} scale"),
+                vec![st.scale.len()],
+                v(&st.scale),
+            ));
+            out.push(Output::new(
+                format!("step {k} zero_point"),
+                vec![st.zero_point.len()],
+                Predicted::exact(st.zero_point.iter().map(|&z| z as i64)),
+            ));
+            out.push(Output::new(
+                format!("step {k} output"),
+                b.shape().to_vec(),
+                Predicted::Floats(y),
+            ));
+        }
+        Ok(out)
+    }
+}

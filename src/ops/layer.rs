@@ -1,0 +1,879 @@
+//! Quantized linear and conv2d (`quantized::linear`, `quantized::conv2d` and their reference
+//! twins): int8 weights, a float bias, an optional fused ReLU. In `convert_fx` the plan is an
+//! integer kernel path with its accumulation model and requantization rule ([`IntegerLayer`]); in
+//! the reference flows it is a float op on dequantized values with a proven error bound, then the
+//! flow's quantize node.
+//!
+//! Sources: PyTorch `aten/src/ATen/native/quantized/cpu/qlinear.cpp`, `qconv.cpp` (kernels and
+//! requantization set-up), `torch/ao/nn/quantized/reference/modules/{linear,conv}.py` (reference
+//! modules: weights quantized and dequantized, then `F.linear` / `F.conv2d` in f32).
+
+use super::gemm;
+use super::{expect_inputs, expect_out, Lowered, Meta, Op, OutQParams, Output, Plan, Predicted};
+use super::{QTensor, Rule, Value};
+use crate::engine::flow::Flow;
+use crate::engine::PaddingTaps;
+use crate::engine::{conv_path, linear_path, onednn_conv_accumulation, Ctx, KernelPath};
+use crate::geometry::Conv2dParams;
+use crate::kernels::reference::Reference;
+use crate::kernels::{Accumulation, Int8Gemm, Requant};
+use crate::numerics::bound::{FloatSum, Pred};
+use crate::numerics::qparams::validate_qparams;
+use crate::numerics::quantize::{aten, decomposed};
+use crate::numerics::requant::{FbgemmRequant, QnnpackRequant};
+use crate::{Error, Result};
+
+/// A quantized i8 weight (`[out, ...]`, per-tensor or per-channel along axis 0).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QWeight {
+    pub shape: Vec<usize>,
+    pub int_repr: Vec<i8>,
+    pub scales: Vec<f32>,
+    pub zero_points: Vec<i64>,
+    pub per_channel: bool,
+}
+
+impl QWeight {
+    /// Scale of output channel `oc`.
+    pub fn scale_of(&self, oc: usize) -> f32 {
+        self.scales[if self.per_channel { oc } else { 0 }]
+    }
+
+    /// Zero point of output channel `oc`.
+    pub fn zp_of(&self, oc: usize) -> i64 {
+        self.zero_points[if self.per_channel { oc } else { 0 }]
+    }
+
+    /// Zero points per output channel, as the kernels take them.
+    pub fn zp_per_channel(&self, oc: usize) -> Vec<i32> {
+        (0..oc).map(|j| self.zp_of(j) as i32).collect()
+    }
+
+    /// All zero points are 0.
+    pub fn is_symmetric(&self) -> bool {
+        self.zero_points.iter().all(|&z| z == 0)
+    }
+
+    /// Dequantized weights as the given flow computes them (the reference modules'
+    /// `_quantize_and_dequantize_weight`, or its decomposed twin).
+    pub fn dequantized(&self, flow: Flow) -> Vec<f32> {
+        let per_oc = self.int_repr.len() / self.shape[0].max(1);
+        self.int_repr
+            .iter()
+            .enumerate()
+            .map(|(i, &q)| {
+                let oc = i / per_oc;
+                let (s, z) = (self.scale_of(oc), self.zp_of(oc));
+                match (flow, self.per_channel) {
+                    (Flow::ConvertToReferenceDecomposedFx, true) => {
+                        decomposed::dequantize_f32_scale(q as i64, s, z)
+                    }
+                    (Flow::ConvertToReferenceDecomposedFx, false) => {
+                        decomposed::dequantize(q as i64, s as f64, z)
+                    }
+                    (_, true) => aten::dequantize_per_channel(q as i64, s as f64, z),
+                    (_, false) => aten::dequantize(q as i64, s as f64, z),
+                }
+            })
+            .collect()
+    }
+}
+
+/// The shape of a weighted layer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Geometry {
+    Linear {
+        in_features: usize,
+        out_features: usize,
+    },
+    Conv2d(Conv2dParams),
+}
+
+impl Geometry {
+    /// The op name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Geometry::Linear { .. } => "linear",
+            Geometry::Conv2d(_) => "conv2d",
+        }
+    }
+
+    /// Number of output channels.
+    pub fn out_channels(&self) -> usize {
+        match self {
+            Geometry::Linear { out_features, .. } => *out_features,
+            Geometry::Conv2d(p) => p.out_channels,
+        }
+    }
+
+    /// Expected weight shape.
+    pub fn weight_shape(&self) -> Vec<usize> {
+        match self {
+            Geometry::Linear {
+                in_features,
+                out_features,
+            } => vec![*out_features, *in_features],
+            Geometry::Conv2d(p) => p.weight_shape().to_vec(),
+        }
+    }
+
+    /// Output shape for an input shape.
+    pub fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        match self {
+            Geometry::Linear {
+                in_features,
+                out_features,
+            } => {
+                if input.last() != Some(in_features) {
+                    return Err(Error::shape(
+                        "linear",
+                        format!("input shape {input:?} does not end in {in_features}"),
+                    ));
+                }
+                let mut s = input.to_vec();
+                *s.last_mut().expect("non-empty") = *out_features;
+                Ok(s)
+            }
+            Geometry::Conv2d(p) => {
+                let (n, oh, ow) = p.output_dims(input)?;
+                Ok(vec![n, p.out_channels, oh, ow])
+            }
+        }
+    }
+
+    /// Output channel of flat output element `i`.
+    pub fn channel_of(&self, i: usize, out_shape: &[usize]) -> usize {
+        match self {
+            Geometry::Linear { out_features, .. } => i % out_features,
+            Geometry::Conv2d(p) => (i / (out_shape[2] * out_shape[3])) % p.out_channels,
+        }
+    }
+
+    /// The kernel path of `quantized::linear` / `quantized::conv2d` under `ctx`.
+    pub fn path(&self, ctx: &Ctx, weight_symmetric: bool) -> KernelPath {
+        match self {
+            Geometry::Linear { .. } => linear_path(ctx.engine),
+            Geometry::Conv2d(p) => conv_path(ctx.engine, p, weight_symmetric, ctx.cpu_has_vnni),
+        }
+    }
+
+    /// The accumulation model of `path` for this shape: oneDNN convs follow oneDNN's
+    /// implementation choice ([`onednn_conv_accumulation`]).
+    pub fn accumulation(&self, ctx: &Ctx, path: KernelPath) -> Accumulation {
+        match self {
+            Geometry::Conv2d(p) if path == KernelPath::Onednn => {
+                onednn_conv_accumulation(p, ctx.isa)
+            }
+            _ => path.accumulation(ctx.isa),
+        }
+    }
+
+    /// Zero-point-folded int32 accumulators with `path`'s pairing and padded-tap rules, the
+    /// products summed by `kernel`.
+    pub fn int_acc(
+        &self,
+        input: &QTensor,
+        weight: &QWeight,
+        path: KernelPath,
+        kernel: &dyn Int8Gemm,
+    ) -> Result<Vec<i32>> {
+        let oc = self.out_channels();
+        let w_zp = weight.zp_per_channel(oc);
+        let a_zp = input.zero_point as i32;
+        match self {
+            Geometry::Linear { in_features, .. } => {
+                let m = input.data.len() / in_features.max(&1);
+                gemm::linear_acc(
+                    kernel,
+                    &input.data,
+                    m,
+                    *in_features,
+                    a_zp,
+                    &weight.int_repr,
+                    oc,
+                    &w_zp,
+                )
+            }
+            Geometry::Conv2d(p) => {
+                let (inp, shape, wt, q) = self.paired_operands(input, weight, path, p);
+                Ok(gemm::conv2d_acc_with_padding(
+                    kernel,
+                    &inp,
+                    &shape,
+                    a_zp,
+                    &wt,
+                    &w_zp,
+                    &q,
+                    path.padding_taps(),
+                )?
+                .0)
+            }
+        }
+    }
+
+    /// The conv operands as `path` pairs them: oneDNN pads each tap's channels to an even count.
+    fn paired_operands(
+        &self,
+        input: &QTensor,
+        weight: &QWeight,
+        path: KernelPath,
+        p: &Conv2dParams,
+    ) -> (Vec<u8>, Vec<usize>, Vec<i8>, Conv2dParams) {
+        if path.pairs_per_tap() {
+            gemm::pad_channels_even(
+                &input.data,
+                &input.shape,
+                input.zero_point as u8,
+                &weight.int_repr,
+                &weight.zp_per_channel(p.out_channels),
+                p,
+            )
+        } else {
+            (
+                input.data.clone(),
+                input.shape.clone(),
+                weight.int_repr.clone(),
+                *p,
+            )
+        }
+    }
+
+    /// The float op on dequantized inputs and weights, evaluated exactly with its bound.
+    pub fn float_out(
+        &self,
+        x: &[f32],
+        in_shape: &[usize],
+        w: &[f32],
+        bias: Option<&[f32]>,
+    ) -> Result<Vec<FloatSum>> {
+        match self {
+            Geometry::Linear {
+                in_features,
+                out_features,
+            } => Ok(gemm::linear_f64(
+                x,
+                x.len() / in_features.max(&1),
+                *in_features,
+                w,
+                *out_features,
+                bias,
+            )),
+            Geometry::Conv2d(p) => Ok(gemm::conv2d_f64(x, in_shape, w, bias, p)?.0),
+        }
+    }
+
+    /// The first int16-saturating pair `(k, exact pair sum)` of output element `i` in the GEMM
+    /// columns `path` feeds its kernel, if any.
+    pub fn first_saturation(
+        &self,
+        input: &QTensor,
+        weight: &QWeight,
+        path: KernelPath,
+        i: usize,
+        out_shape: &[usize],
+    ) -> Option<(usize, i32)> {
+        match self {
+            Geometry::Linear {
+                in_features: k,
+                out_features: n,
+            } => {
+                let (row, j) = (i / n, i % n);
+                gemm::first_saturating_pair(
+                    input.data.get(row * k..(row + 1) * k)?,
+                    weight.int_repr.get(j * k..(j + 1) * k)?,
+                )
+            }
+            Geometry::Conv2d(p) => {
+                let (oh, ow) = (out_shape[2], out_shape[3]);
+                let oc = (i / (oh * ow)) % p.out_channels;
+                let b = i / (p.out_channels * oh * ow);
+                let pix = i % (oh * ow);
+                let ocg = p.out_channels / p.groups;
+                let g = oc / ocg;
+                let (inp, shape, wt, q) = self.paired_operands(input, weight, path, p);
+                // Padded taps skipped by the kernel hold 0 and never saturate.
+                let pad = match path.padding_taps() {
+                    PaddingTaps::ThroughKernel => input.zero_point as u8,
+                    PaddingTaps::Exact => 0,
+                };
+                let a = gemm::im2col(&inp, &shape, &q, g, pad).ok()?;
+                let w = gemm::weight_matrix(&wt, &q, g);
+                let k = q.k();
+                let r = b * oh * ow + pix;
+                let jj = oc - g * ocg;
+                gemm::first_saturating_pair(&a[r * k..(r + 1) * k], &w[jj * k..(jj + 1) * k])
+            }
+        }
+    }
+}
+
+/// A quantized linear or conv2d layer with its float bias and quantized weight.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QLayer {
+    pub geometry: Geometry,
+    pub bias: Option<Vec<f32>>,
+    pub weight: QWeight,
+    /// ReLU fused after the op.
+    pub relu: bool,
+}
+
+impl QLayer {
+    /// Checks the weights and bias against the layer, the input against its shape and qparams,
+    /// and the output qparams; returns the output shape.
+    fn validate(&self, input: &Meta<'_>, out: &OutQParams) -> Result<Vec<usize>> {
+        let name = self.geometry.name();
+        let out_shape = self.geometry.output_shape(input.shape)?;
+        let (scale, zp) = input.qparams(name)?;
+        validate_qparams("input qparams", scale, zp, 0, 255)?;
+        validate_qparams(
+            "output qparams",
+            out.scale,
+            out.zero_point,
+            out.quant_min,
+            out.quant_max,
+        )?;
+        let oc = self.geometry.out_channels();
+        let w = &self.weight;
+        if w.shape != self.geometry.weight_shape()
+            || w.int_repr.len() != w.shape.iter().product::<usize>()
+        {
+            return Err(Error::shape(
+                "weight",
+                format!(
+                    "{:?} with {} values, the layer expects {:?}",
+                    w.shape,
+                    w.int_repr.len(),
+                    self.geometry.weight_shape()
+                ),
+            ));
+        }
+        let nw = if w.per_channel { oc } else { 1 };
+        if w.scales.len() != nw || w.zero_points.len() != nw {
+            return Err(Error::shape(
+                "weight qparams",
+                format!(
+                    "{} scales / {} zero points for {nw} expected",
+                    w.scales.len(),
+                    w.zero_points.len()
+                ),
+            ));
+        }
+        for (&s, &z) in w.scales.iter().zip(&w.zero_points) {
+            validate_qparams("weight qparams", s as f64, z, -128, 127)?;
+        }
+        if let Some(b) = &self.bias {
+            if b.len() != oc {
+                return Err(Error::shape(
+                    "bias",
+                    format!("{} values for {oc} output channels", b.len()),
+                ));
+            }
+        }
+        Ok(out_shape)
+    }
+}
+
+impl QLayer {
+    /// Plans and predicts in one call (tests, generators and live runs).
+    pub fn run(&self, ctx: &Ctx, input: &QTensor, out: &OutQParams) -> Result<Output> {
+        let v = Value::Quantized(input.clone());
+        let plan = self.plan(ctx, &[v.meta()], Some(out))?;
+        let mut outs = plan.predict(&[&v])?;
+        Ok(outs.remove(0))
+    }
+}
+
+impl Op for QLayer {
+    fn name(&self) -> &'static str {
+        self.geometry.name()
+    }
+
+    fn plan<'a>(
+        &'a self,
+        ctx: &Ctx,
+        inputs: &[Meta<'_>],
+        out: Option<&OutQParams>,
+    ) -> Result<Box<dyn Plan + 'a>> {
+        let name = self.geometry.name();
+        let input = expect_inputs(name, inputs, 1)?[0];
+        let out = *expect_out(name, out)?;
+        let out_shape = self.validate(&input, &out)?;
+        let (in_scale, in_zp) = input.qparams(name)?;
+        if !ctx.flow.is_integer() {
+            return Ok(Box::new(FloatPlan {
+                layer: self,
+                flow: ctx.flow,
+                out,
+                clamp: ctx.flow.clamp(out.quant_min, out.quant_max),
+                out_shape,
+            }));
+        }
+        let path = self.geometry.path(ctx, self.weight.is_symmetric());
+        let oc = self.geometry.out_channels();
+        let requant = if path.uses_fbgemm_requant() {
+            Requant::Fbgemm(FbgemmRequant::new(
+                in_scale,
+                &self.weight.scales,
+                self.weight.per_channel,
+                self.bias.as_deref(),
+                oc,
+                out.scale,
+                out.zero_point as i32,
+                self.relu,
+            ))
+        } else {
+            Requant::Qnnpack(QnnpackRequant::new(
+                in_scale,
+                &self.weight.scales,
+                self.bias.as_deref(),
+                oc,
+                out.scale,
+                out.zero_point as i32,
+                self.relu,
+            ))
+        };
+        Ok(Box::new(IntegerPlan {
+            layer: IntegerLayer {
+                geometry: self.geometry,
+                weight: self.weight.clone(),
+                relu: self.relu,
+                path,
+                accumulation: self.geometry.accumulation(ctx, path),
+                requant,
+                input_shape: input.shape.to_vec(),
+                input_zero_point: in_zp,
+                out_shape,
+            },
+            out,
+        }))
+    }
+}
+
+/// A quantized linear / conv2d in `convert_fx`, planned: geometry, weights, the kernel path and
+/// its accumulation model, the requantization rule. What optimized backends run.
+#[derive(Debug, Clone)]
+pub struct IntegerLayer {
+    pub geometry: Geometry,
+    pub weight: QWeight,
+    pub relu: bool,
+    pub path: KernelPath,
+    pub accumulation: Accumulation,
+    pub requant: Requant,
+    pub input_shape: Vec<usize>,
+    pub input_zero_point: i64,
+    pub out_shape: Vec<usize>,
+}
+
+impl IntegerLayer {
+    /// Zero-point-folded accumulators; the products are summed by `kernel` where it implements
+    /// the plan's accumulation model, by the reference kernel otherwise.
+    pub fn accumulators(&self, input: &QTensor, kernel: Option<&dyn Int8Gemm>) -> Result<Vec<i32>> {
+        let reference = Reference::new(self.accumulation);
+        let kernel: &dyn Int8Gemm = match kernel {
+            Some(k) if k.accumulation() == self.accumulation => k,
+            _ => &reference,
+        };
+        self.geometry
+            .int_acc(input, &self.weight, self.path, kernel)
+    }
+
+    /// Requantized outputs: decided, except oneDNN elements within a few f32 roundings of a tie.
+    pub fn requantize(&self, acc: &[i32]) -> Vec<Pred> {
+        acc.iter()
+            .enumerate()
+            .map(|(i, &a)| {
+                let j = self.geometry.channel_of(i, &self.out_shape);
+                match &self.requant {
+                    Requant::Fbgemm(rq) if self.path.requant_order_unknown() => {
+                        onednn_pred(rq, a, j)
+                    }
+                    rq => Pred::Exact(rq.apply(a, j) as i64),
+                }
+            })
+            .collect()
+    }
+
+    /// The predicted output, with the accumulation on `kernel` (see [`Self::accumulators`]).
+    pub fn predict(&self, input: &QTensor, kernel: Option<&dyn Int8Gemm>) -> Result<Output> {
+        if input.zero_point != self.input_zero_point
+            || input.shape != self.input_shape
+            || input.data.len() != input.shape.iter().product::<usize>()
+        {
+            return Err(Error::shape(
+                "layer input",
+                "data length, shape or zero point differ from the planned input",
+            ));
+        }
+        let acc = self.accumulators(input, kernel)?;
+        Ok(Output::new(
+            "int_repr",
+            self.out_shape.clone(),
+            Predicted::Ints(self.requantize(&acc)),
+        ))
+    }
+}
+
+/// `convert_fx`: integer accumulation on the engine's kernel path, then its requantization.
+#[derive(Debug)]
+struct IntegerPlan {
+    layer: IntegerLayer,
+    out: OutQParams,
+}
+
+fn accumulation_name(a: Accumulation) -> &'static str {
+    match a {
+        Accumulation::Exact => "exact int32",
+        Accumulation::PairSaturatingI16 => {
+            "pairwise int16-saturating (vpmaddubsw on raw u8 x s8, pairs along K)"
+        }
+    }
+}
+
+fn requant_rule(rq: &Requant, per_channel: bool, relu: bool, order_unknown: bool) -> String {
+    let lo = if relu { "zp_y (fused relu)" } else { "0" };
+    match rq {
+        Requant::Fbgemm(_) => format!(
+            "FBGEMM ReQuantizeOutput: atws = f32(s_x·w_s); bterm = {}; mult = f32(atws / f32(s_y)); \
+             q = clamp(RNE(f32(f32(f32(acc) + bterm)·mult)) + zp_y, {lo}, 255){}",
+            if per_channel {
+                "f32(bias / atws) (per-channel: division)"
+            } else {
+                "f32(bias · f32(1.0/(double)atws)) (per-tensor: reciprocal multiply)"
+            },
+            if order_unknown {
+                "; oneDNN's own operation order is not pinned down, so results within a few f32 \
+                 roundings of a tie are ambiguous"
+            } else {
+                ""
+            }
+        ),
+        Requant::Qnnpack(_) => format!(
+            "QNNPACK fp32: bq = RNE(f32(bias · f32(1/f32(w_s·s_x)))) (int32 bias); \
+             req = f32(f32(w_s·s_x)·f32(1/s_y)); q = clamp(RNE(f32(f32(acc + bq)·req)) + zp_y, {lo}, 255)"
+        ),
+    }
+}
+
+impl Plan for IntegerPlan {
+    fn rule(&self) -> Rule {
+        let l = &self.layer;
+        Rule::default()
+            .with("path", l.path.name())
+            .with("accumulation", accumulation_name(l.accumulation))
+            .with(
+                "padded taps",
+                match l.path.padding_taps() {
+                    PaddingTaps::ThroughKernel => {
+                        "through the kernel, holding the input zero point"
+                    }
+                    PaddingTaps::Exact => "outside the kernel, exactly",
+                },
+            )
+            .with(
+                "requant",
+                requant_rule(
+                    &l.requant,
+                    l.weight.per_channel,
+                    l.relu,
+                    l.path.requant_order_unknown(),
+                ),
+            )
+    }
+
+    fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
+        let input = inputs
+            .first()
+            .ok_or_else(|| Error::invalid("layer", "no input"))?
+            .quantized("layer input")?;
+        Ok(vec![self.layer.predict(input, None)?])
+    }
+
+    fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
+        let input = inputs
+            .first()
+            .ok_or_else(|| Error::invalid("layer", "no input"))?
+            .quantized("layer input")?;
+        let l = &self.layer;
+        let acc = *l
+            .accumulators(input, None)?
+            .get(i)
+            .ok_or_else(|| Error::invalid("trace", format!("no output element {i}")))?;
+        let exact = l.geometry.int_acc(
+            input,
+            &l.weight,
+            l.path,
+            &Reference::new(Accumulation::Exact),
+        )?[i];
+        let j = l.geometry.channel_of(i, &l.out_shape);
+        let mut v = vec![
+            format!(
+                "input scale {} zp {}; output scale {} zp {} (clamp {}..{})",
+                input.scale,
+                input.zero_point,
+                self.out.scale,
+                self.out.zero_point,
+                self.out.quant_min,
+                self.out.quant_max
+            ),
+            format!("int32 accumulator: {acc}"),
+        ];
+        if acc != exact {
+            v.push(format!("exact accumulator would be {exact}"));
+            if let Some((k, s)) =
+                l.geometry
+                    .first_saturation(input, &l.weight, l.path, i, &l.out_shape)
+            {
+                v.push(format!(
+                    "pair saturation at k = {k}: pair sum {s} clamps to int16"
+                ));
+            }
+        }
+        let (bias_term, multiplier, pre) = match &l.requant {
+            Requant::Fbgemm(rq) => {
+                let idx = if rq.multiplier.len() == 1 { 0 } else { j };
+                (
+                    rq.bias_term[j] as f64,
+                    rq.multiplier[idx] as f64,
+                    rq.pre_round(acc, j) as f64,
+                )
+            }
+            Requant::Qnnpack(rq) => (
+                rq.bias_q[j] as f64,
+                rq.scale[j] as f64,
+                rq.pre_round(acc, j) as f64,
+            ),
+        };
+        v.push(format!("bias term: {bias_term:e}"));
+        v.push(format!("multiplier: {multiplier:e}"));
+        v.push(format!("pre-rounding value: {pre:.9}"));
+        v.push(format!("rule: {}", self.rule()));
+        Ok(v)
+    }
+
+    fn lowered(&self) -> Option<Lowered<'_>> {
+        Some(Lowered::IntegerLayer(&self.layer))
+    }
+}
+
+/// The reference flows: dequantize, f32 linear / conv with fake-quantized weights (summation
+/// order unknown: evaluated exactly with a bound), optional ReLU, then the flow's quantize node.
+#[derive(Debug)]
+struct FloatPlan<'a> {
+    layer: &'a QLayer,
+    flow: Flow,
+    out: OutQParams,
+    clamp: (i64, i64),
+    out_shape: Vec<usize>,
+}
+
+impl FloatPlan<'_> {
+    fn float_out(&self, input: &QTensor) -> Result<Vec<FloatSum>> {
+        let x: Vec<f32> = input
+            .data
+            .iter()
+            .map(|&q| {
+                self.flow
+                    .dequantize(q as i64, input.scale, input.zero_point)
+            })
+            .collect();
+        let w = self.layer.weight.dequantized(self.flow);
+        self.layer
+            .geometry
+            .float_out(&x, &input.shape, &w, self.layer.bias.as_deref())
+    }
+
+    fn quantize(&self, v: f32) -> Result<i64> {
+        let (lo, hi) = self.clamp;
+        self.flow
+            .quantize(v, self.out.scale, self.out.zero_point, lo, hi)
+            .map(|x| x.clamp(lo, hi))
+            .ok_or_else(|| Error::invalid("float op", "NaN output"))
+    }
+}
+
+impl Plan for FloatPlan<'_> {
+    fn rule(&self) -> Rule {
+        let (lo, hi) = self.clamp;
+        Rule::default()
+            .with(
+                "float op",
+                format!(
+                    "dequantize ({}), f32 {} with dequantized weights{} in an unspecified summation \
+                     order (bounded)",
+                    self.flow.name(),
+                    self.layer.geometry.name(),
+                    if self.layer.relu { ", relu" } else { "" }
+                ),
+            )
+            .with(
+                "quantize",
+                format!(
+                    "{} x·inv_scale, clamp {lo}..{hi}",
+                    if self.flow.keeps_quant_range() {
+                        "quantized_decomposed.quantize_per_tensor: inv_scale = f32(1.0/scale);"
+                    } else {
+                        "torch.quantize_per_tensor: inv_scale = 1/f32(scale);"
+                    }
+                ),
+            )
+    }
+
+    fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
+        let input = inputs
+            .first()
+            .ok_or_else(|| Error::invalid("layer", "no input"))?
+            .quantized("layer input")?;
+        let ys = self.float_out(input)?;
+        let pred = ys
+            .iter()
+            .map(|y| {
+                let (mut lo, mut hi) = y.f32_interval();
+                if self.layer.relu {
+                    lo = lo.max(0.0);
+                    hi = hi.max(0.0);
+                }
+                Ok(Pred::from_ends(self.quantize(lo)?, self.quantize(hi)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(vec![Output::new(
+            "int_repr",
+            self.out_shape.clone(),
+            Predicted::Ints(pred),
+        )])
+    }
+
+    fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
+        let input = inputs
+            .first()
+            .ok_or_else(|| Error::invalid("layer", "no input"))?
+            .quantized("layer input")?;
+        let y = *self
+            .float_out(input)?
+            .get(i)
+            .ok_or_else(|| Error::invalid("trace", format!("no output element {i}")))?;
+        let v = if self.layer.relu {
+            y.value.max(0.0)
+        } else {
+            y.value
+        };
+        let inv = match self.flow {
+            Flow::ConvertToReferenceDecomposedFx => (1.0f64 / self.out.scale) as f32,
+            _ => 1.0f32 / self.out.scale as f32,
+        };
+        Ok(vec![
+            format!(
+                "input scale {} zp {}; output scale {} zp {} (clamp {}..{})",
+                input.scale,
+                input.zero_point,
+                self.out.scale,
+                self.out.zero_point,
+                self.clamp.0,
+                self.clamp.1
+            ),
+            format!("float op: {:e} ± {:e}", y.value, y.error_bound()),
+            format!("multiplier: {:e}", inv as f64),
+            format!("pre-rounding value: {:.9}", v * inv as f64),
+            format!("rule: {}", self.rule()),
+        ])
+    }
+}
+
+/// oneDNN: the FBGEMM formula, with elements within a few f32 roundings of a tie ambiguous.
+fn onednn_pred(rq: &FbgemmRequant, acc: i32, j: usize) -> Pred {
+    let idx = if rq.multiplier.len() == 1 { 0 } else { j };
+    let exact = (acc as f64 + rq.bias_term[j] as f64) * rq.multiplier[idx] as f64;
+    let mag = (acc as f64).abs() * rq.multiplier[idx] as f64
+        + (rq.bias_term[j] as f64 * rq.multiplier[idx] as f64).abs();
+    // Up to ~6 f32 roundings in any order (scales product, bias scaling, add, multiply, FMA or not).
+    let w = 8.0 * (f32::EPSILON as f64 / 2.0) * mag.max(1e-30);
+    let lo_z = if rq.relu { rq.out_zero_point } else { 0 };
+    let q =
+        |v: f64| (v.round_ties_even() as i64 + rq.out_zero_point as i64).clamp(lo_z as i64, 255);
+    let (a, b) = (q(exact - w), q(exact + w));
+    let formula = rq.apply(acc, j) as i64;
+    if a == b {
+        Pred::Exact(a)
+    } else {
+        Pred::Ambiguous {
+            lo: a.min(formula),
+            hi: b.max(formula),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Engine, Isa};
+
+    /// Verified on torch 2.15.0, engine `onednn`, AVX2 without VNNI (`ONEDNN_VERBOSE`:
+    /// `jit_uni_int8:avx2`): a 2-channel 1×2 conv on a 1×2 image of 255s (zero point 200) with
+    /// weights 127 gives `[68, 8, 68]` with padding (0, 1) and `[128; 3], [68, 8, 68], [128; 3]`
+    /// with padding (1, 1) at output scale 300, zero point 128. In-bounds taps saturate their
+    /// channel pair (2·255·127 → 32767); padded taps contribute exactly 0, where a saturated
+    /// `200·127` pair would have given -18033 more (outputs 8 and 68).
+    #[test]
+    fn onednn_conv_accumulates_padded_taps_exactly() {
+        let layer = |padding: [usize; 2]| QLayer {
+            geometry: Geometry::Conv2d(Conv2dParams {
+                in_channels: 2,
+                out_channels: 1,
+                kernel_size: [1, 2],
+                stride: [1, 1],
+                padding,
+                dilation: [1, 1],
+                groups: 1,
+            }),
+            bias: None,
+            weight: QWeight {
+                shape: vec![1, 2, 1, 2],
+                int_repr: vec![127; 4],
+                scales: vec![1.0],
+                zero_points: vec![0],
+                per_channel: false,
+            },
+            relu: false,
+        };
+        let input = Value::Quantized(QTensor {
+            shape: vec![1, 2, 1, 2],
+            data: vec![255; 4],
+            scale: 1.0,
+            zero_point: 200,
+        });
+        let out = OutQParams {
+            scale: 300.0,
+            zero_point: 128,
+            quant_min: 0,
+            quant_max: 255,
+        };
+        let ctx = Ctx {
+            flow: Flow::ConvertFx,
+            engine: Engine::Onednn,
+            isa: Isa::Avx2,
+            cpu_has_vnni: false,
+        };
+        let run = |padding, ctx: &Ctx| {
+            let l = layer(padding);
+            let plan = l.plan(ctx, &[input.meta()], Some(&out)).unwrap();
+            let Some(Lowered::IntegerLayer(il)) = plan.lowered() else {
+                panic!("integer plan expected")
+            };
+            let accumulation = il.accumulation;
+            let o = plan.predict(&[&input]).unwrap().remove(0);
+            (accumulation, o.values)
+        };
+        let (acc, v) = run([0, 1], &ctx);
+        assert_eq!(acc, Accumulation::PairSaturatingI16);
+        assert_eq!(v, Predicted::exact([68, 8, 68]));
+        let mut want = vec![128; 3];
+        want.extend([68, 8, 68]);
+        want.extend([128; 3]);
+        assert_eq!(run([1, 1], &ctx).1, Predicted::exact(want));
+        // The exact accumulators (what `ref:any` or VNNI would give) are 13970, 27940, 13970.
+        let exact = Ctx {
+            isa: Isa::Vnni,
+            ..ctx
+        };
+        assert_eq!(run([0, 1], &exact).1, Predicted::exact([175, 221, 175]));
+    }
+}

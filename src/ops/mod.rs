@@ -1,0 +1,284 @@
+//! Ops: one module per PyTorch op, each implementing [`Op`].
+//!
+//! An op instance (a layer with its weights, a quantize node with its qparams, an observer with
+//! its configuration) is *planned* once for a stage: [`Op::plan`] validates the input shapes and
+//! qparams and makes every decision — kernel path, accumulation model, requantization rule, the
+//! flow's quantize clamp, the float op's error bound. Everything else reads that [`Plan`]:
+//! prediction ([`Plan::predict`]), the value chain of one element for mismatch reports
+//! ([`Plan::trace`]), the rule in words for reports and `qparity explain` ([`Plan::rule`]), and the
+//! optimized backends ([`Plan::lowered`]).
+//!
+//! Adding an op is one new module here with its [`Op`] implementation, plus its registration in
+//! the golden schema ([`crate::golden`]); see `docs/ARCHITECTURE.md`.
+
+pub mod fake_quant;
+pub mod gemm;
+pub mod layer;
+pub mod observe;
+pub mod quantize;
+
+use crate::engine::Ctx;
+use crate::numerics::bound::Pred;
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+use std::fmt;
+
+/// A quantized u8 activation (`quint8` / `uint8`): values in PyTorch's layout with their qparams.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+    pub scale: f64,
+    pub zero_point: i64,
+}
+
+/// The qparams of a stage's quantized output and the clamp its quantize node recorded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutQParams {
+    pub scale: f64,
+    pub zero_point: i64,
+    pub quant_min: i64,
+    pub quant_max: i64,
+}
+
+/// A stage input.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// A plain tensor (float input of a quantize op, integer input of a dequantize op, an
+    /// observer's batch).
+    Tensor(Tensor),
+    /// A quantized activation.
+    Quantized(QTensor),
+}
+
+impl Value {
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            Value::Tensor(t) => &t.shape,
+            Value::Quantized(q) => &q.shape,
+        }
+    }
+
+    /// What a plan may look at: shape and qparams, not the values.
+    pub fn meta(&self) -> Meta<'_> {
+        match self {
+            Value::Tensor(t) => Meta {
+                shape: &t.shape,
+                qparams: None,
+            },
+            Value::Quantized(q) => Meta {
+                shape: &q.shape,
+                qparams: Some((q.scale, q.zero_point)),
+            },
+        }
+    }
+
+    /// The quantized activation, or an error naming `what`.
+    pub fn quantized(&self, what: &str) -> Result<&QTensor> {
+        match self {
+            Value::Quantized(q) => Ok(q),
+            Value::Tensor(_) => Err(Error::invalid(what, "expected a quantized tensor")),
+        }
+    }
+
+    /// The f32 payload, or an error naming `what`.
+    pub fn f32s(&self, what: &str) -> Result<&[f32]> {
+        match self {
+            Value::Tensor(t) => t
+                .as_f32()
+                .ok_or_else(|| Error::invalid(what, format!("expected f32, got {:?}", t.dtype))),
+            Value::Quantized(_) => Err(Error::invalid(what, "expected an f32 tensor")),
+        }
+    }
+
+    /// The integer payload (a quantized tensor's integer representation included).
+    pub fn ints(&self, what: &str) -> Result<Vec<i64>> {
+        match self {
+            Value::Tensor(t) => t.as_int().map(<[i64]>::to_vec).ok_or_else(|| {
+                Error::invalid(what, format!("expected integers, got {:?}", t.dtype))
+            }),
+            Value::Quantized(q) => Ok(q.data.iter().map(|&v| v as i64).collect()),
+        }
+    }
+}
+
+/// What [`Op::plan`] sees of an input.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Meta<'a> {
+    pub shape: &'a [usize],
+    /// `(scale, zero_point)` of a quantized input.
+    pub qparams: Option<(f64, i64)>,
+}
+
+impl Meta<'_> {
+    /// The qparams of a quantized input, or an error naming `what`.
+    pub fn qparams(&self, what: &str) -> Result<(f64, i64)> {
+        self.qparams
+            .ok_or_else(|| Error::invalid(what, "expected a quantized input"))
+    }
+}
+
+/// Predicted values of one output.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Predicted {
+    /// Integers (quantized values, zero points), each decided or an admissible interval.
+    Ints(Vec<Pred>),
+    /// Floats, to be equal bit for bit (any NaN equals any NaN).
+    Floats(Vec<f32>),
+}
+
+impl Predicted {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Predicted::Ints(v) => v.len(),
+            Predicted::Floats(v) => v.len(),
+        }
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Integer predictions that are all decided (`None` values: PyTorch's result is undefined).
+    pub fn from_options(v: impl IntoIterator<Item = Option<i64>>) -> Self {
+        Predicted::Ints(
+            v.into_iter()
+                .map(|o| {
+                    o.map(Pred::Exact).unwrap_or(Pred::Ambiguous {
+                        lo: i64::MIN,
+                        hi: i64::MAX,
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// Decided integer predictions.
+    pub fn exact(v: impl IntoIterator<Item = i64>) -> Self {
+        Predicted::Ints(v.into_iter().map(Pred::Exact).collect())
+    }
+}
+
+/// One predicted output of a stage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    /// The output's name (`output`, `int_repr`, `scale`, `min_val`, …; the golden field).
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: Predicted,
+}
+
+impl Output {
+    /// The integer predictions (`None` for a float output).
+    pub fn ints(&self) -> Option<&[Pred]> {
+        match &self.values {
+            Predicted::Ints(p) => Some(p),
+            Predicted::Floats(_) => None,
+        }
+    }
+
+    /// An output named `name`.
+    pub fn new(name: impl Into<String>, shape: Vec<usize>, values: Predicted) -> Self {
+        Self {
+            name: name.into(),
+            shape,
+            values,
+        }
+    }
+}
+
+/// The rule a plan applies, as labelled lines (`path`, `accumulation`, `requant`, `clamp`, …):
+/// one description read by mismatch reports and `qparity explain`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Rule {
+    pub lines: Vec<(String, String)>,
+}
+
+impl Rule {
+    /// Appends a labelled line.
+    pub fn with(mut self, label: &str, text: impl Into<String>) -> Self {
+        self.lines.push((label.to_string(), text.into()));
+        self
+    }
+
+    /// The text of the line labelled `label`.
+    pub fn get(&self, label: &str) -> Option<&str> {
+        self.lines
+            .iter()
+            .find(|(l, _)| l == label)
+            .map(|(_, t)| t.as_str())
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .lines
+            .iter()
+            .map(|(l, t)| format!("{l}: {t}"))
+            .collect();
+        f.write_str(&parts.join("; "))
+    }
+}
+
+/// What an optimized backend needs to run a planned stage.
+#[derive(Debug, Clone, Copy)]
+pub enum Lowered<'a> {
+    /// A quantized linear or conv2d in the integer flow.
+    IntegerLayer(&'a layer::IntegerLayer),
+}
+
+/// An op instance, ready to be planned for a stage.
+pub trait Op: fmt::Debug + Send + Sync {
+    /// The op's name (the golden registry name).
+    fn name(&self) -> &'static str;
+
+    /// Plans the op for inputs with these shapes and qparams and, for quantized outputs, these
+    /// output qparams. Validates everything it is given; errors are clear, never panics.
+    fn plan<'a>(
+        &'a self,
+        ctx: &Ctx,
+        inputs: &[Meta<'_>],
+        out: Option<&OutQParams>,
+    ) -> Result<Box<dyn Plan + 'a>>;
+}
+
+/// A planned op: every decision made.
+pub trait Plan: fmt::Debug {
+    /// The rule in words.
+    fn rule(&self) -> Rule;
+    /// Predicts every output from the inputs (the same shapes and qparams the plan was made for).
+    fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>>;
+    /// The chain of values that produced element `i` of output `output` (for mismatch reports).
+    fn trace(&self, inputs: &[&Value], output: usize, i: usize) -> Result<Vec<String>> {
+        let _ = (inputs, output, i);
+        Ok(Vec::new())
+    }
+    /// The stage as an optimized backend runs it (`None`: no backend implements it).
+    fn lowered(&self) -> Option<Lowered<'_>> {
+        None
+    }
+}
+
+/// Checks that a plan got the number of inputs its op takes.
+pub(crate) fn expect_inputs<'a, 'b>(
+    op: &str,
+    inputs: &'b [Meta<'a>],
+    n: usize,
+) -> Result<&'b [Meta<'a>]> {
+    if inputs.len() != n {
+        return Err(Error::invalid(
+            op,
+            format!("takes {n} input(s), got {}", inputs.len()),
+        ));
+    }
+    Ok(inputs)
+}
+
+/// The output qparams of a quantized op, or an error.
+pub(crate) fn expect_out<'a>(op: &str, out: Option<&'a OutQParams>) -> Result<&'a OutQParams> {
+    out.ok_or_else(|| Error::invalid(op, "needs output qparams"))
+}
