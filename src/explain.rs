@@ -1,17 +1,19 @@
 //! `qparity explain`: what each FX convert flow does with an engine's default qconfig.
 //!
 //! The only hand-written data here is the default qconfig table (what `get_default_qconfig` /
-//! `get_default_qat_qconfig` in `torch/ao/quantization/qconfig.py` instantiate, NUMERICS.md
-//! §4.4–4.5). Everything else (quant ranges, where `reduce_range` survives, kernel paths,
-//! accumulation, bias handling and requantization) is computed from the functions the reference
-//! engine itself runs: [`calculate_qmin_qmax`], [`Flow::keeps_quant_range`], [`linear_path`],
-//! [`conv_path`] and [`KernelPath::accumulation`].
+//! `get_default_qat_qconfig` in `torch/ao/quantization/qconfig.py` instantiate). Everything else
+//! (quant ranges, where `reduce_range` survives, kernel paths, accumulation, bias handling and
+//! requantization) comes from the plans the reference engine itself runs: each layer shown is
+//! planned with [`Op::plan`] and described by [`crate::ops::Plan::rule`], exactly as a mismatch
+//! report describes it.
 
 use crate::engine::flow::Flow;
-use crate::engine::{conv_path, linear_path, Engine, Isa, KernelPath};
+use crate::engine::{conv_path, Ctx, Engine, Isa, KernelPath};
 use crate::geometry::Conv2dParams;
 use crate::kernels::Accumulation;
 use crate::numerics::qparams::{calculate_qmin_qmax, QDType, QScheme, QuantRange};
+use crate::ops::layer::{Geometry, QLayer, QWeight};
+use crate::ops::{Lowered, Op, OutQParams, Rule};
 use crate::Result;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -135,8 +137,10 @@ pub struct FlowRow {
 #[derive(Debug, Clone, Serialize)]
 pub struct PathRow {
     pub layer: String,
-    pub path: &'static str,
-    pub accumulation: &'static str,
+    pub path: String,
+    pub accumulation: String,
+    /// Whether the path's accumulation saturates int16 pairs.
+    pub saturates: bool,
     pub bias: String,
     pub requant: String,
     /// Why this path (for conv under x86).
@@ -171,38 +175,48 @@ fn saturation_threshold() -> i64 {
         .unwrap_or(256)
 }
 
-fn accumulation_name(a: Accumulation) -> &'static str {
-    match a {
-        Accumulation::Exact => "exact int32 (vpdpbusd / int16 madd of zp-shifted operands)",
-        Accumulation::PairSaturatingI16 => {
-            "pairwise int16 saturating (vpmaddubsw + vpmaddwd on raw u8 x s8)"
-        }
-    }
-}
-
-fn bias_rule(path: KernelPath, per_channel: bool) -> String {
-    if path.uses_fbgemm_requant() {
-        let base = if per_channel {
-            "float bias; bterm[j] = f32(bias[j] / atws[j]) (division, per-channel)"
-        } else {
-            "float bias; bterm = f32(bias * f32(1.0/(double)atws)) (reciprocal, per-tensor)"
-        };
-        if path.requant_order_unknown() {
-            format!("{base}; oneDNN's internal order unconfirmed")
-        } else {
-            base.to_string()
-        }
-    } else {
-        "int32 bias: bq = clamp(RNE(f32(bias * f32(1/f32(w_s*in_s)))), int32)".to_string()
-    }
-}
-
-fn requant_rule(path: KernelPath) -> String {
-    if path.uses_fbgemm_requant() {
-        "atws = f32(s_x*w_s); mult = f32(atws/s_y); q = clamp(RNE(f32(f32(f32(raw)+bterm)*mult)) + zp_y, relu?zp_y:0, 255)".into()
-    } else {
-        "req = f32(f32(w_s*s_x) * f32(1/s_y)); q = clamp(RNE(f32(f32(acc+bq)*req)) + zp_y, relu?zp_y:0, 255)".into()
-    }
+/// A representative layer of this shape with the qconfig's weight granularity, planned under
+/// `ctx`: its rule and, in the integer flow, its accumulation model.
+fn planned(
+    ctx: &Ctx,
+    geometry: Geometry,
+    per_channel: bool,
+    act_range: &QuantRange,
+) -> Result<(Rule, Option<Accumulation>)> {
+    let shape = geometry.weight_shape();
+    let oc = geometry.out_channels();
+    let nw = if per_channel { oc } else { 1 };
+    let layer = QLayer {
+        geometry,
+        bias: Some(vec![0.0; oc]),
+        weight: QWeight {
+            int_repr: vec![0; shape.iter().product()],
+            shape,
+            scales: vec![0.01; nw],
+            zero_points: vec![0; nw],
+            per_channel,
+        },
+        relu: false,
+    };
+    let input_shape = match geometry {
+        Geometry::Linear { in_features, .. } => vec![1, in_features],
+        Geometry::Conv2d(p) => vec![1, p.in_channels, 8, 8],
+    };
+    let meta = crate::ops::Meta {
+        shape: &input_shape,
+        qparams: Some((0.1, 0)),
+    };
+    let out = OutQParams {
+        scale: 0.1,
+        zero_point: 0,
+        quant_min: act_range.quant_min,
+        quant_max: act_range.quant_max,
+    };
+    let plan = layer.plan(ctx, &[meta], Some(&out))?;
+    let acc = plan
+        .lowered()
+        .map(|Lowered::IntegerLayer(l)| l.accumulation);
+    Ok((plan.rule(), acc))
 }
 
 /// The CPU's ISA as FBGEMM would pick it.
@@ -223,7 +237,6 @@ pub fn explain(engine: Engine, qat: bool, isa: Isa) -> Result<Explanation> {
     let wr = qc.weight.range()?;
     let full = qc.activation.dtype.full_range();
     let per_channel = qc.weight.qscheme.is_per_channel();
-    let w_sym = qc.weight.qscheme.is_symmetric();
     let threshold = saturation_threshold();
 
     // Layer shapes: the user story's conv, a depthwise conv, and a linear.
@@ -240,13 +253,24 @@ pub fn explain(engine: Engine, qat: bool, isa: Isa) -> Result<Explanation> {
         ),
     ];
     let vnni = isa == Isa::Vnni;
+    let geometry = |p: &Option<Conv2dParams>| match p {
+        None => Geometry::Linear {
+            in_features: 16,
+            out_features: 4,
+        },
+        Some(p) => Geometry::Conv2d(*p),
+    };
+    let ctx = |flow| Ctx {
+        flow,
+        engine,
+        isa,
+        cpu_has_vnni: vnni,
+    };
     let mut kernels = Vec::new();
     for (name, p) in &shapes {
-        let path = match p {
-            None => linear_path(engine),
-            Some(p) => conv_path(engine, p, w_sym, vnni),
-        };
-        let rule =
+        let (rule, acc) = planned(&ctx(Flow::ConvertFx), geometry(p), per_channel, &calib)?;
+        let line = |l: &str| rule.get(l).unwrap_or("").to_string();
+        let why =
             match (engine, p) {
                 (Engine::X86, Some(p)) => {
                     let onednn_if = conv_path(engine, p, true, true) == KernelPath::Onednn;
@@ -263,53 +287,40 @@ pub fn explain(engine: Engine, qat: bool, isa: Isa) -> Result<Explanation> {
                 (Engine::Fbgemm, Some(_)) => {
                     "FBGEMM ConvFastPath (depthwise/groupwise/im2col)".into()
                 }
-                _ => format!("engine {} always uses {}", engine.name(), path.name()),
+                _ => format!("engine {} always uses {}", engine.name(), line("path")),
             };
         kernels.push(PathRow {
             layer: name.clone(),
-            path: path.name(),
-            accumulation: accumulation_name(path.accumulation(isa)),
-            bias: bias_rule(path, per_channel),
-            requant: requant_rule(path),
-            rule,
+            path: line("path"),
+            accumulation: line("accumulation"),
+            saturates: acc == Some(Accumulation::PairSaturatingI16),
+            bias: line("bias"),
+            requant: line("requant"),
+            rule: why,
         });
     }
 
     let mut flows = Vec::new();
     for flow in Flow::ALL {
-        let inf = if flow.keeps_quant_range() {
-            (calib.quant_min, calib.quant_max)
-        } else {
-            full
-        };
+        let inf = flow.clamp(calib.quant_min, calib.quant_max);
         let reduced = (calib.quant_min, calib.quant_max) != full;
         let survives = match (reduced, flow.keeps_quant_range()) {
             (false, _) => "nowhere (no reduce_range in this qconfig)",
             (true, true) => "scale/zero point and the quantize clamp",
             (true, false) => "scale/zero point only (clamp is the dtype's 0..255)",
         };
-        let integer = flow == Flow::ConvertFx;
-        let sat = |p: Option<&Conv2dParams>| {
-            let path = match p {
-                None => linear_path(engine),
-                Some(p) => conv_path(engine, p, w_sym, vnni),
-            };
-            integer
-                && path.accumulation(isa) == Accumulation::PairSaturatingI16
-                && inf.1 >= threshold
-        };
-        let lin_sat = sat(None);
-        let conv_sat = sat(shapes[1].1.as_ref()) || sat(shapes[2].1.as_ref());
+        let (rule, _) = planned(&ctx(flow), geometry(&shapes[0].1), per_channel, &calib)?;
+        let sat = |i: usize| kernels[i].saturates && flow.is_integer() && inf.1 >= threshold;
         flows.push(FlowRow {
             flow: flow.name(),
             inference_range: [inf.0, inf.1],
             reduce_range_survives_in: survives,
-            compute: if integer {
+            compute: if flow.is_integer() {
                 "quantized::linear / quantized::conv2d (integer kernel, see paths)".into()
             } else {
-                "dequantize -> f32 linear/conv with fake-quantized weights -> quantize".into()
+                rule.to_string()
             },
-            int16_saturation: [lin_sat, conv_sat],
+            int16_saturation: [sat(0), sat(1) || sat(2)],
         });
     }
 

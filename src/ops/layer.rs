@@ -529,17 +529,31 @@ fn accumulation_name(a: Accumulation) -> &'static str {
     }
 }
 
-fn requant_rule(rq: &Requant, per_channel: bool, relu: bool, order_unknown: bool) -> String {
+/// The bias handling of a requantization rule, in words.
+fn bias_rule(rq: &Requant, per_channel: bool) -> &'static str {
+    match (rq, per_channel) {
+        (Requant::Fbgemm(_), true) => {
+            "float bias, added to the f32 accumulator as bterm[j] = f32(bias[j] / atws[j]) \
+             (per-channel weights: division)"
+        }
+        (Requant::Fbgemm(_), false) => {
+            "float bias, added to the f32 accumulator as bterm[j] = f32(bias[j] · \
+             f32(1.0/(double)atws)) (per-tensor weights: reciprocal multiply)"
+        }
+        (Requant::Qnnpack(_), _) => {
+            "int32 bias: bq[j] = clamp(RNE(f32(bias[j] · f32(1/f32(w_s·s_x)))), int32), added \
+             to the int32 accumulator"
+        }
+    }
+}
+
+/// The requantization of a rule, in words.
+fn requant_rule(rq: &Requant, relu: bool, order_unknown: bool) -> String {
     let lo = if relu { "zp_y (fused relu)" } else { "0" };
     match rq {
         Requant::Fbgemm(_) => format!(
-            "FBGEMM ReQuantizeOutput: atws = f32(s_x·w_s); bterm = {}; mult = f32(atws / f32(s_y)); \
+            "FBGEMM ReQuantizeOutput: atws = f32(f32(s_x)·w_s); mult = f32(atws / f32(s_y)); \
              q = clamp(RNE(f32(f32(f32(acc) + bterm)·mult)) + zp_y, {lo}, 255){}",
-            if per_channel {
-                "f32(bias / atws) (per-channel: division)"
-            } else {
-                "f32(bias · f32(1.0/(double)atws)) (per-tensor: reciprocal multiply)"
-            },
             if order_unknown {
                 "; oneDNN's own operation order is not pinned down, so results within a few f32 \
                  roundings of a tie are ambiguous"
@@ -548,8 +562,8 @@ fn requant_rule(rq: &Requant, per_channel: bool, relu: bool, order_unknown: bool
             }
         ),
         Requant::Qnnpack(_) => format!(
-            "QNNPACK fp32: bq = RNE(f32(bias · f32(1/f32(w_s·s_x)))) (int32 bias); \
-             req = f32(f32(w_s·s_x)·f32(1/s_y)); q = clamp(RNE(f32(f32(acc + bq)·req)) + zp_y, {lo}, 255)"
+            "QNNPACK fp32: req = f32(f32(w_s·s_x)·f32(1/s_y)); \
+             q = clamp(RNE(f32(f32(acc + bq)·req)) + zp_y, {lo}, 255)"
         ),
     }
 }
@@ -569,14 +583,10 @@ impl Plan for IntegerPlan {
                     PaddingTaps::Exact => "outside the kernel, exactly",
                 },
             )
+            .with("bias", bias_rule(&l.requant, l.weight.per_channel))
             .with(
                 "requant",
-                requant_rule(
-                    &l.requant,
-                    l.weight.per_channel,
-                    l.relu,
-                    l.path.requant_order_unknown(),
-                ),
+                requant_rule(&l.requant, l.relu, l.path.requant_order_unknown()),
             )
     }
 
