@@ -37,6 +37,14 @@ impl QDType {
     pub fn is_32(self) -> bool {
         matches!(self, QDType::Qint32 | QDType::Int32)
     }
+    /// `torch.iinfo(dtype).bits`.
+    pub fn bits(self) -> u32 {
+        if self.is_32() {
+            32
+        } else {
+            8
+        }
+    }
     /// PyTorch's name.
     pub fn name(self) -> &'static str {
         match self {
@@ -111,26 +119,36 @@ pub fn calculate_qmin_qmax(
     dtype: QDType,
     reduce_range: bool,
 ) -> Result<QuantRange> {
-    let custom = quant_min.is_some() && quant_max.is_some();
-    if custom {
-        let (lo, hi) = (quant_min.unwrap_or(0), quant_max.unwrap_or(0));
-        if lo > hi {
+    if let (Some(lo), Some(hi)) = (quant_min, quant_max) {
+        // validate_qmin_qmax (the observer constructor), then the length check of
+        // calculate_qmin_qmax, which has none for quint8.
+        if !(lo <= 0 && 0 <= hi) {
             return Err(Error::invalid(
                 "quant range",
-                format!("quant_min {lo} must be <= quant_max {hi}"),
+                format!("user-specified quantization range {lo}..{hi} must include 0"),
+            ));
+        }
+        if lo >= hi {
+            return Err(Error::invalid(
+                "quant range",
+                format!("quant_min {lo} must be strictly less than quant_max {hi}"),
             ));
         }
         let len = hi - lo + 1;
-        let ok = if dtype.is_32() {
-            len <= 1i64 << 32
+        let max_len = if dtype.is_signed8() {
+            256
+        } else if dtype.is_32() {
+            1i64 << 32
         } else {
-            len <= 256
+            i64::MAX
         };
-        let (dlo, dhi) = dtype.full_range();
-        if !ok || lo < dlo || hi > dhi {
+        if len > max_len {
             return Err(Error::invalid(
                 "quant range",
-                format!("{lo}..{hi} does not fit dtype {}", dtype.name()),
+                format!(
+                    "{lo}..{hi} exceeds the {} range length {max_len}",
+                    dtype.name()
+                ),
             ));
         }
         let (lo, hi) = if reduce_range {
@@ -212,14 +230,14 @@ pub fn observer_qparams(
     let mut scale = Vec::with_capacity(min_val.len());
     let mut zero_point = Vec::with_capacity(min_val.len());
     for (&mn, &mx) in min_val.iter().zip(max_val) {
-        let min_neg = nan_min(mn, 0.0);
-        let max_pos = nan_max(mx, 0.0);
+        let min_neg = torch_min(mn, 0.0);
+        let max_pos = torch_max(mx, 0.0);
         if cfg.qscheme.is_symmetric() {
-            let amax = nan_max(-min_neg, max_pos);
+            let amax = torch_max(-min_neg, max_pos);
             // Python: (float(quant_max - quant_min) / 2) is a double, applied to an f32 tensor
             // as an f32 scalar (exact: a multiple of 0.5 below 2^24).
             let denom = ((qmax - qmin) as f64 / 2.0) as f32;
-            let s = nan_max(amax / denom, cfg.eps);
+            let s = torch_max(amax / denom, cfg.eps);
             let zp = if cfg.dtype.is_unsigned8() {
                 if cfg.range.has_customized_qrange {
                     (qmin + qmax).div_euclid(2)
@@ -238,10 +256,11 @@ pub fn observer_qparams(
             ));
         } else {
             let denom = (qmax - qmin) as f32;
-            let s = nan_max((max_pos - min_neg) / denom, cfg.eps);
+            let s = torch_max((max_pos - min_neg) / denom, cfg.eps);
             let r = (min_neg / s).round_ties_even();
-            // `.to(torch.int)`: int32 conversion of the rounded quotient.
-            let zp = qmin - f32_to_i32_like_torch(r) as i64;
+            // `quant_min - torch.round(min_neg / scale).to(torch.int)`: an int32 tensor op, so
+            // the subtraction wraps (NaN or infinite statistics give INT32_MIN first).
+            let zp = (qmin as i32).wrapping_sub(f32_to_i32_like_torch(r)) as i64;
             scale.push(s);
             zero_point.push(zp.clamp(qmin, qmax));
         }
@@ -277,20 +296,25 @@ fn cpp_max(a: f32, b: f32) -> f32 {
     }
 }
 
-/// Element-wise `torch.minimum` / `torch.maximum`: NaN propagates.
-fn nan_min(a: f32, b: f32) -> f32 {
+/// `torch.minimum(a, b)` / `torch.min(a, b)` on 0-dim (or short) f32 tensors: NaN propagates,
+/// otherwise ATen's scalar loop `std::min(a, b)` = `(b < a) ? b : a`, so of two zeros of either
+/// sign the first argument is returned. (Vectorized loops over longer tensors use `vminps`, which
+/// returns the second operand for two zeros: only the sign of a zero can differ.)
+pub fn torch_min(a: f32, b: f32) -> f32 {
     if a.is_nan() || b.is_nan() {
         f32::NAN
     } else {
-        a.min(b)
+        cpp_min(a, b)
     }
 }
 
-fn nan_max(a: f32, b: f32) -> f32 {
+/// `torch.maximum(a, b)` / `torch.max(a, b)`: NaN propagates, otherwise `std::max(a, b)` =
+/// `(a < b) ? b : a` (see [`torch_min`]).
+pub fn torch_max(a: f32, b: f32) -> f32 {
     if a.is_nan() || b.is_nan() {
         f32::NAN
     } else {
-        a.max(b)
+        cpp_max(a, b)
     }
 }
 
@@ -412,8 +436,11 @@ mod tests {
         );
         let r = calculate_qmin_qmax(Some(-127), Some(127), QDType::Qint8, true).unwrap();
         assert_eq!((r.quant_min, r.quant_max), (-64, 63)); // floor division
-        assert!(calculate_qmin_qmax(Some(0), Some(300), QDType::Quint8, false).is_err());
-        assert!(calculate_qmin_qmax(Some(5), Some(1), QDType::Quint8, false).is_err());
+                                                           // PyTorch checks the length for qint8 / qint32 only, and that the range includes 0.
+        assert!(calculate_qmin_qmax(Some(-129), Some(127), QDType::Qint8, false).is_err());
+        assert!(calculate_qmin_qmax(Some(0), Some(300), QDType::Quint8, false).is_ok());
+        assert!(calculate_qmin_qmax(Some(1), Some(255), QDType::Quint8, false).is_err());
+        assert!(calculate_qmin_qmax(Some(0), Some(0), QDType::Quint8, false).is_err());
     }
 
     #[test]

@@ -31,81 +31,48 @@
 //! [`HistogramObserver::forward`] returns an error and leaves the state unchanged (torch, on a first
 //! batch, has already copied NaN into `min_val`/`max_val` before raising).
 
+use crate::numerics::qparams::{
+    calculate_qmin_qmax, observer_qparams, torch_max, torch_min, ObserverQParamsConfig, QDType,
+    QScheme,
+};
 use crate::{Error, Result};
 
-/// Integer dtype the observer targets (the part of `torch.dtype` the observer looks at).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ObserverDtype {
-    /// `torch.quint8`.
-    QUInt8,
-    /// `torch.qint8`.
-    QInt8,
-    /// `torch.qint32`.
-    QInt32,
-}
-
-impl ObserverDtype {
-    /// `torch.iinfo(dtype).bits`.
-    pub fn bits(self) -> u32 {
-        match self {
-            ObserverDtype::QUInt8 | ObserverDtype::QInt8 => 8,
-            ObserverDtype::QInt32 => 32,
-        }
-    }
-}
-
-/// Configuration of a [`HistogramObserver`]; build it with [`HistogramConfig::from_torch_args`]
-/// (which resolves the quantization range like the Python constructor) or fill it in directly.
+/// Configuration of a [`HistogramObserver`]: its bins, and the quant range, dtype, qscheme and
+/// `eps` every observer resolves ([`ObserverQParamsConfig`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistogramConfig {
     /// Number of histogram bins (`bins`, default 2048).
     pub bins: usize,
     /// Sub-bins per bin when re-binning after a range change (16 in torch, not configurable there).
     pub upsample_rate: usize,
-    /// Resolved quantization minimum (after reduce_range).
-    pub quant_min: i64,
-    /// Resolved quantization maximum (after reduce_range).
-    pub quant_max: i64,
-    /// `torch.iinfo(dtype).bits`; the search uses `2^dtype_bits` destination bins.
-    pub dtype_bits: u32,
-    /// `qscheme == per_tensor_symmetric` (else per-tensor affine).
-    pub symmetric: bool,
-    /// Unsigned 8-bit dtype (quint8/uint8): symmetric zero point is 128 or the range midpoint.
-    pub quint8_like: bool,
-    /// Both quant_min and quant_max were given by the user.
-    pub has_customized_qrange: bool,
-    /// Lower bound of the scale (`eps`, default `f32::EPSILON`).
-    pub eps: f32,
+    /// Dtype, qscheme, resolved quant range and `eps`.
+    pub qparams: ObserverQParamsConfig,
 }
 
 impl HistogramConfig {
-    /// Mirrors `HistogramObserver(bins, dtype, qscheme, reduce_range, quant_min, quant_max, eps)`.
+    /// Mirrors `HistogramObserver(bins, dtype, qscheme, reduce_range, quant_min, quant_max, eps)`,
+    /// resolving the quant range with [`calculate_qmin_qmax`].
     pub fn from_torch_args(
         bins: usize,
-        dtype: ObserverDtype,
-        symmetric: bool,
+        dtype: QDType,
+        qscheme: QScheme,
         reduce_range: bool,
         quant_min: Option<i64>,
         quant_max: Option<i64>,
         eps: f32,
     ) -> Result<Self> {
-        if bins == 0 || bins > (1 << 24) {
-            return Err(Error::invalid("bins", format!("{bins} is not in 1..=2^24")));
-        }
-        let has_customized_qrange = quant_min.is_some() && quant_max.is_some();
-        let (quant_min, quant_max) =
-            calculate_qmin_qmax(dtype, reduce_range, quant_min, quant_max)?;
-        Ok(HistogramConfig {
+        let cfg = HistogramConfig {
             bins,
             upsample_rate: 16,
-            quant_min,
-            quant_max,
-            dtype_bits: dtype.bits(),
-            symmetric,
-            quint8_like: dtype == ObserverDtype::QUInt8,
-            has_customized_qrange,
-            eps,
-        })
+            qparams: ObserverQParamsConfig {
+                dtype,
+                qscheme,
+                range: calculate_qmin_qmax(quant_min, quant_max, dtype, reduce_range)?,
+                eps,
+            },
+        };
+        cfg.validate()?;
+        Ok(cfg)
     }
 
     fn validate(&self) -> Result<()> {
@@ -124,73 +91,23 @@ impl HistogramConfig {
                 ),
             ));
         }
-        if self.dtype_bits == 0 || self.dtype_bits > 62 {
-            return Err(Error::invalid(
-                "dtype_bits",
-                format!("{} is not in 1..=62", self.dtype_bits),
-            ));
-        }
-        if self.quant_min >= self.quant_max {
+        let r = &self.qparams.range;
+        if r.quant_min >= r.quant_max {
             return Err(Error::invalid(
                 "quant range",
                 format!(
                     "quant_min {} must be < quant_max {}",
-                    self.quant_min, self.quant_max
+                    r.quant_min, r.quant_max
                 ),
             ));
         }
+        if self.qparams.qscheme.is_per_channel() {
+            return Err(Error::invalid(
+                "qscheme",
+                "HistogramObserver is per-tensor only",
+            ));
+        }
         Ok(())
-    }
-}
-
-/// `torch.ao.quantization.utils.calculate_qmin_qmax` (+ `validate_qmin_qmax`) for the dtypes of
-/// [`ObserverDtype`] (NUMERICS.md §4.1). A custom range needs both bounds.
-fn calculate_qmin_qmax(
-    dtype: ObserverDtype,
-    reduce_range: bool,
-    quant_min: Option<i64>,
-    quant_max: Option<i64>,
-) -> Result<(i64, i64)> {
-    if let (Some(qmin), Some(qmax)) = (quant_min, quant_max) {
-        if !(qmin <= 0 && 0 <= qmax) {
-            return Err(Error::invalid(
-                "quant range",
-                "user-specified quantization range must include 0",
-            ));
-        }
-        if qmin >= qmax {
-            return Err(Error::invalid(
-                "quant range",
-                "qmin must be strictly less than qmax",
-            ));
-        }
-        let len = qmax - qmin + 1;
-        let max_len = match dtype {
-            ObserverDtype::QInt8 => 256,
-            ObserverDtype::QInt32 => 1 << 32,
-            // torch does not check the length for quint8.
-            ObserverDtype::QUInt8 => i64::MAX,
-        };
-        if len > max_len {
-            return Err(Error::invalid(
-                "quant range",
-                format!("length {len} exceeds {max_len}"),
-            ));
-        }
-        if reduce_range {
-            // Python floor division.
-            Ok((qmin.div_euclid(2), qmax.div_euclid(2)))
-        } else {
-            Ok((qmin, qmax))
-        }
-    } else {
-        Ok(match (dtype, reduce_range) {
-            (ObserverDtype::QInt8, true) => (-64, 63),
-            (ObserverDtype::QInt8, false) => (-128, 127),
-            (ObserverDtype::QUInt8, true) => (0, 127),
-            (ObserverDtype::QUInt8, false) => (0, 255),
-            (ObserverDtype::QInt32, _) => (-(1 << 31), (1 << 31) - 1),
-        })
     }
 }
 
@@ -260,9 +177,9 @@ impl HistogramObserver {
         }
 
         let (cur_min, cur_max) = (self.min_val, self.max_val);
-        // torch.min / torch.max of two finite 0-dim tensors.
-        let new_min = if x_min < cur_min { x_min } else { cur_min };
-        let new_max = if x_max > cur_max { x_max } else { cur_max };
+        // combined_min = torch.min(new_min, min_val), likewise max: 0-dim tensors.
+        let new_min = torch_min(x_min, cur_min);
+        let new_max = torch_max(x_max, cur_max);
         let update = histc(x, bins, new_min, new_max)?;
         let combined: Vec<f32> = if new_min == cur_min && new_max == cur_max {
             self.histogram
@@ -403,7 +320,7 @@ impl HistogramObserver {
     /// it returns.
     fn compute_quantization_error(&self, next_start_bin: usize, next_end_bin: usize) -> f64 {
         let bins = self.cfg.bins;
-        let dst_nbins = (1u64 << self.cfg.dtype_bits) as f64;
+        let dst_nbins = (1u64 << self.cfg.qparams.dtype.bits()) as f64;
         // Python floats (f64) from .item().
         let bin_width = (self.max_val as f64 - self.min_val as f64) / bins as f64;
         let dst_bin_width =
@@ -459,86 +376,8 @@ impl HistogramObserver {
             return Ok((1.0, 0));
         }
         let (new_min, new_max) = self.search_range();
-        calculate_qparams_per_tensor(&self.cfg, new_min, new_max)
-    }
-}
-
-/// `UniformQuantizationObserverBase._calculate_qparams` for per-tensor affine/symmetric
-/// (NUMERICS.md §4.2), f32 tensor arithmetic. To be replaced by the shared `qparams` module.
-fn calculate_qparams_per_tensor(
-    cfg: &HistogramConfig,
-    min_val: f32,
-    max_val: f32,
-) -> Result<(f32, i64)> {
-    if min_val == f32::INFINITY && max_val == f32::NEG_INFINITY {
-        return Ok((1.0, 0));
-    }
-    if min_val > max_val {
-        return Err(Error::invalid(
-            "min/max",
-            format!("min {min_val} should be less than max {max_val}"),
-        ));
-    }
-    let (qmin, qmax) = (cfg.quant_min, cfg.quant_max);
-    let min_neg = torch_min(min_val, 0.0);
-    let max_pos = torch_max(max_val, 0.0);
-    if cfg.symmetric {
-        let amax = torch_max(-min_neg, max_pos);
-        let scale = amax / (((qmax - qmin) as f64 / 2.0) as f32);
-        let scale = torch_max(scale, cfg.eps);
-        let zp = if cfg.quint8_like {
-            if cfg.has_customized_qrange {
-                (qmin + qmax).div_euclid(2)
-            } else {
-                128
-            }
-        } else {
-            0
-        };
-        Ok((scale, zp))
-    } else {
-        let scale = (max_pos - min_neg) / ((qmax - qmin) as f64 as f32);
-        let scale = torch_max(scale, cfg.eps);
-        // quant_min - torch.round(min_neg / scale).to(torch.int): int32 tensor arithmetic.
-        let q = f32_to_i32_x86(round_half_even(min_neg / scale));
-        let zp = (qmin as i32).wrapping_sub(q) as i64;
-        Ok((scale, zp.max(qmin).min(qmax)))
-    }
-}
-
-/// `torch.min(a, b)` on two f32 0-dim tensors (NaN propagates).
-fn torch_min(a: f32, b: f32) -> f32 {
-    if a.is_nan() || b.is_nan() {
-        f32::NAN
-    } else if b < a {
-        b
-    } else {
-        a
-    }
-}
-
-/// `torch.max(a, b)` on two f32 0-dim tensors (NaN propagates).
-fn torch_max(a: f32, b: f32) -> f32 {
-    if a.is_nan() || b.is_nan() {
-        f32::NAN
-    } else if b > a {
-        b
-    } else {
-        a
-    }
-}
-
-/// `torch.round` (half to even).
-fn round_half_even(x: f32) -> f32 {
-    x.round_ties_even()
-}
-
-/// `static_cast<int32_t>(float)` as x86 `cvttss2si` does it: NaN and out-of-range give `INT32_MIN`.
-fn f32_to_i32_x86(x: f32) -> i32 {
-    if !(-2147483648.0..2147483648.0).contains(&x) {
-        i32::MIN
-    } else {
-        x as i32
+        let q = observer_qparams(&self.cfg.qparams, &[new_min], &[new_max])?;
+        Ok((q.scale[0], q.zero_point[0]))
     }
 }
 
@@ -905,8 +744,8 @@ mod tests {
     fn quint8() -> HistogramConfig {
         HistogramConfig::from_torch_args(
             2048,
-            ObserverDtype::QUInt8,
-            false,
+            QDType::Quint8,
+            QScheme::PerTensorAffine,
             false,
             None,
             None,
@@ -1052,16 +891,16 @@ mod tests {
     fn symmetric_zero_points() {
         let x = rand_vec(3, 1000, 2.0);
         let cases = [
-            (ObserverDtype::QUInt8, false, None, 128),
-            (ObserverDtype::QUInt8, true, None, 128),
-            (ObserverDtype::QUInt8, false, Some((0, 127)), 63),
-            (ObserverDtype::QInt8, false, None, 0),
+            (QDType::Quint8, false, None, 128),
+            (QDType::Quint8, true, None, 128),
+            (QDType::Quint8, false, Some((0, 127)), 63),
+            (QDType::Qint8, false, None, 0),
         ];
         for (dtype, rr, custom, want_zp) in cases {
             let cfg = HistogramConfig::from_torch_args(
                 2048,
                 dtype,
-                true,
+                QScheme::PerTensorSymmetric,
                 rr,
                 custom.map(|c: (i64, i64)| c.0),
                 custom.map(|c| c.1),
@@ -1074,36 +913,38 @@ mod tests {
             assert_eq!(zp, want_zp);
             let (lo, hi) = obs.search_range();
             let amax = (-lo.min(0.0)).max(hi.max(0.0));
-            let (qmin, qmax) = (obs.config().quant_min, obs.config().quant_max);
+            let r = obs.config().qparams.range;
+            let (qmin, qmax) = (r.quant_min, r.quant_max);
             assert_eq!(s, amax / ((qmax - qmin) as f32 / 2.0));
         }
     }
 
     #[test]
-    fn qrange_resolution() {
-        use ObserverDtype::*;
-        assert_eq!(
-            calculate_qmin_qmax(QUInt8, true, None, None).unwrap(),
-            (0, 127)
-        );
-        assert_eq!(
-            calculate_qmin_qmax(QInt8, true, None, None).unwrap(),
-            (-64, 63)
-        );
-        assert_eq!(
-            calculate_qmin_qmax(QUInt8, true, Some(0), Some(255)).unwrap(),
-            (0, 127)
-        );
-        assert_eq!(
-            calculate_qmin_qmax(QInt8, true, Some(-127), Some(127)).unwrap(),
-            (-64, 63)
-        );
-        assert!(calculate_qmin_qmax(QInt8, false, Some(-200), Some(127)).is_err());
-        assert!(calculate_qmin_qmax(QUInt8, false, Some(1), Some(255)).is_err());
+    fn bad_configurations_are_errors() {
         assert!(HistogramObserver::new(HistogramConfig {
             bins: 0,
             ..quint8()
         })
+        .is_err());
+        assert!(HistogramConfig::from_torch_args(
+            2048,
+            QDType::Quint8,
+            QScheme::PerTensorAffine,
+            false,
+            Some(1),
+            Some(255),
+            f32::EPSILON
+        )
+        .is_err());
+        assert!(HistogramConfig::from_torch_args(
+            2048,
+            QDType::Quint8,
+            QScheme::PerChannelAffine,
+            false,
+            None,
+            None,
+            f32::EPSILON
+        )
         .is_err());
     }
 

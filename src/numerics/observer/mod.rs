@@ -6,8 +6,8 @@
 pub mod histogram;
 
 use crate::numerics::qparams::{
-    calculate_qmin_qmax, fbgemm_choose_qparams, observer_qparams, ObservedQParams,
-    ObserverQParamsConfig, QDType, QScheme, QuantRange,
+    calculate_qmin_qmax, fbgemm_choose_qparams, observer_qparams, torch_max, torch_min,
+    ObservedQParams, ObserverQParamsConfig, QDType, QScheme, QuantRange,
 };
 use crate::numerics::quantize::fake_quant;
 use crate::{Error, Result};
@@ -181,13 +181,7 @@ impl Observer {
                 histogram::HistogramObserver::new(histogram::HistogramConfig {
                     bins: cfg.bins,
                     upsample_rate: 16,
-                    quant_min: cfg.range.quant_min,
-                    quant_max: cfg.range.quant_max,
-                    dtype_bits: 8,
-                    symmetric: cfg.qscheme.is_symmetric(),
-                    quint8_like: cfg.dtype.is_unsigned8(),
-                    has_customized_qrange: cfg.range.has_customized_qrange,
-                    eps: cfg.eps,
+                    qparams: cfg.qparams_config(),
                 })
             })
             .transpose()?;
@@ -288,24 +282,6 @@ impl Observer {
     /// The histogram of a HistogramObserver.
     pub fn histogram(&self) -> Option<&[f32]> {
         self.hist.as_ref().map(|h| h.histogram.as_slice())
-    }
-}
-
-/// `torch.min(a, b)` (element-wise, NaN-propagating).
-fn torch_min(a: f32, b: f32) -> f32 {
-    if a.is_nan() || b.is_nan() {
-        f32::NAN
-    } else {
-        a.min(b)
-    }
-}
-
-/// `torch.max(a, b)` (element-wise, NaN-propagating).
-fn torch_max(a: f32, b: f32) -> f32 {
-    if a.is_nan() || b.is_nan() {
-        f32::NAN
-    } else {
-        a.max(b)
     }
 }
 
