@@ -45,7 +45,7 @@ impl ObserverSpec {
     }
 }
 
-/// The default qconfig of an engine (`qconfig.py`, torch 2.x; NUMERICS.md §4.5).
+/// The default qconfig of an engine (`torch/ao/quantization/qconfig.py`, torch 2.x).
 #[derive(Debug, Clone, Serialize)]
 pub struct DefaultQConfig {
     /// The Python call that returns it.
