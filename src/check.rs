@@ -6,7 +6,7 @@
 //! the layer that caused it.
 
 use crate::engine::flow::{Flow, LayerOp, OutQParams, Pred, QLayer, QTensor, QWeight, StageCtx};
-use crate::engine::{Engine, Isa};
+use crate::engine::{fbgemm_gemm_isa, CpuFeatures, Engine};
 use crate::geometry::Conv2dParams;
 use crate::golden::{self, Body, Case, Layer, ModelCase, ObserverDesc, PrimitiveCase};
 use crate::numerics::observer::{
@@ -85,8 +85,8 @@ impl CaseResult {
 /// Options of a check run.
 #[derive(Debug, Clone, Copy)]
 pub struct CheckOptions {
-    /// The CPU that captured the goldens had AVX512-VNNI (from the manifest; default true).
-    pub cpu_has_vnni: bool,
+    /// The CPU that captured the goldens (from the set's manifest; default: an AVX-512 VNNI CPU).
+    pub cpu: CpuFeatures,
     /// Name of a kernel from `kernels::available()` that runs every integer accumulation whose
     /// model it implements (None: the reference kernel).
     pub kernel: Option<&'static str>,
@@ -99,7 +99,7 @@ pub struct CheckOptions {
 impl Default for CheckOptions {
     fn default() -> Self {
         Self {
-            cpu_has_vnni: true,
+            cpu: CpuFeatures::AVX512_VNNI,
             kernel: None,
             fused: false,
         }
@@ -981,11 +981,11 @@ fn check_model(case: &Case, m: &ModelCase, opts: &CheckOptions, rec: &mut Record
     let engine =
         Engine::from_name(&m.engine).map_err(|e| field_err(case, "engine", e.to_string()))?;
     // "default" means whatever FBGEMM picked on the capture CPU (from the manifest's flags).
-    let isa = match case.header.isa.as_str() {
-        "default" if opts.cpu_has_vnni => Isa::Vnni,
-        "default" => Isa::Avx2,
-        other => Isa::from_name(other).map_err(|e| field_err(case, "isa", e.to_string()))?,
-    };
+    let isa = fbgemm_gemm_isa(&case.header.isa, &opts.cpu)
+        .map_err(|e| field_err(case, "isa", e.to_string()))?;
+    opts.cpu
+        .check_modelled(engine)
+        .map_err(|e| field_err(case, "engine", e.to_string()))?;
     let qat = match m.mode.as_str() {
         "ptq" => false,
         "qat" => true,
@@ -1141,7 +1141,7 @@ fn check_model(case: &Case, m: &ModelCase, opts: &CheckOptions, rec: &mut Record
             flow,
             engine,
             isa,
-            cpu_has_vnni: opts.cpu_has_vnni,
+            cpu: opts.cpu,
         };
         if fr.runs.len() != m.inputs.len() {
             return Err(field_err(

@@ -8,7 +8,7 @@
 //! [`conv_path`] and [`KernelPath::accumulation`].
 
 use crate::engine::flow::Flow;
-use crate::engine::{conv_path, linear_path, Engine, Isa, KernelPath};
+use crate::engine::{conv_path, linear_path, CpuFeatures, Engine, Isa, KernelPath};
 use crate::geometry::Conv2dParams;
 use crate::kernels::Accumulation;
 use crate::numerics::qparams::{calculate_qmin_qmax, QDType, QScheme, QuantRange};
@@ -240,16 +240,23 @@ pub fn explain(engine: Engine, qat: bool, isa: Isa) -> Result<Explanation> {
         ),
     ];
     let vnni = isa == Isa::Vnni;
+    // `--isa vnni`: an AVX-512 VNNI CPU with FBGEMM's default kernels; `avx2`: an AVX2 CPU.
+    let cpu = if vnni {
+        CpuFeatures::AVX512_VNNI
+    } else {
+        CpuFeatures::AVX2
+    };
     let mut kernels = Vec::new();
     for (name, p) in &shapes {
         let path = match p {
             None => linear_path(engine),
-            Some(p) => conv_path(engine, p, w_sym, vnni),
+            Some(p) => conv_path(engine, p, w_sym, &cpu),
         };
         let rule =
             match (engine, p) {
                 (Engine::X86, Some(p)) => {
-                    let onednn_if = conv_path(engine, p, true, true) == KernelPath::Onednn;
+                    let onednn_if =
+                        conv_path(engine, p, true, &CpuFeatures::AVX512_VNNI) == KernelPath::Onednn;
                     format!(
                     "x86 conv: oneDNN iff Linux + AVX512-VNNI + groups<=100 + symmetric weights, \
                      else FBGEMM ConvFastPath; shape+weights {}, VNNI {}",
@@ -268,7 +275,7 @@ pub fn explain(engine: Engine, qat: bool, isa: Isa) -> Result<Explanation> {
         kernels.push(PathRow {
             layer: name.clone(),
             path: path.name(),
-            accumulation: accumulation_name(path.accumulation(isa)),
+            accumulation: accumulation_name(path.accumulation(isa, &cpu)),
             bias: bias_rule(path, per_channel),
             requant: requant_rule(path),
             rule,
@@ -292,10 +299,10 @@ pub fn explain(engine: Engine, qat: bool, isa: Isa) -> Result<Explanation> {
         let sat = |p: Option<&Conv2dParams>| {
             let path = match p {
                 None => linear_path(engine),
-                Some(p) => conv_path(engine, p, w_sym, vnni),
+                Some(p) => conv_path(engine, p, w_sym, &cpu),
             };
             integer
-                && path.accumulation(isa) == Accumulation::PairSaturatingI16
+                && path.accumulation(isa, &cpu) == Accumulation::PairSaturatingI16
                 && inf.1 >= threshold
         };
         let lin_sat = sat(None);

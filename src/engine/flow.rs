@@ -12,7 +12,9 @@
 //! is [`Pred::Ambiguous`] instead of guessed. oneDNN's requantization order is unknown, and the
 //! same rule applies there.
 
-use crate::engine::{conv_path, linear_path, onednn_conv_accumulation, Engine, Isa, KernelPath};
+use crate::engine::{
+    conv_path, linear_path, onednn_conv_accumulation, CpuFeatures, Engine, Isa, KernelPath,
+};
 use crate::geometry::Conv2dParams;
 use crate::kernels::reference::Reference;
 use crate::kernels::{Accumulation, Int8Gemm};
@@ -242,9 +244,10 @@ pub struct StageOut {
 pub struct StageCtx {
     pub flow: Flow,
     pub engine: Engine,
+    /// FBGEMM's GEMM instruction set ([`crate::engine::fbgemm_gemm_isa`]).
     pub isa: Isa,
-    /// The CPU that ran PyTorch had AVX512-VNNI (decides x86's conv path at prepack).
-    pub cpu_has_vnni: bool,
+    /// The CPU that ran PyTorch (decides x86's conv path and every path that reads the CPU).
+    pub cpu: CpuFeatures,
 }
 
 impl QLayer {
@@ -278,9 +281,9 @@ impl QLayer {
     pub fn accumulation(&self, ctx: &StageCtx, path: KernelPath) -> Accumulation {
         match self.op {
             LayerOp::Conv2d(p) if path == KernelPath::Onednn => {
-                onednn_conv_accumulation(&p, ctx.isa)
+                onednn_conv_accumulation(&p, &ctx.cpu)
             }
-            _ => path.accumulation(ctx.isa),
+            _ => path.accumulation(ctx.isa, &ctx.cpu),
         }
     }
 
@@ -288,9 +291,7 @@ impl QLayer {
     pub fn path(&self, ctx: &StageCtx) -> KernelPath {
         match self.op {
             LayerOp::Linear { .. } => linear_path(ctx.engine),
-            LayerOp::Conv2d(p) => {
-                conv_path(ctx.engine, &p, self.weight.is_symmetric(), ctx.cpu_has_vnni)
-            }
+            LayerOp::Conv2d(p) => conv_path(ctx.engine, &p, self.weight.is_symmetric(), &ctx.cpu),
         }
     }
 
@@ -829,7 +830,7 @@ mod tests {
             flow: Flow::ConvertFx,
             engine: Engine::Onednn,
             isa: Isa::Avx2,
-            cpu_has_vnni: false,
+            cpu: CpuFeatures::AVX2,
         };
         let run = |padding| layer(padding).run(&ctx, &input, &out).unwrap();
         let s = run([0, 1]);
@@ -845,6 +846,7 @@ mod tests {
         // The exact accumulators (what `ref:any` or VNNI would give) are 13970, 27940, 13970.
         let exact = StageCtx {
             isa: Isa::Vnni,
+            cpu: CpuFeatures::AVX512_VNNI,
             ..ctx
         };
         let e = layer([0, 1]).run(&exact, &input, &out).unwrap();

@@ -123,7 +123,7 @@ fn reference(c: &LinCase, isa: Isa) -> Result<Predicted> {
         flow,
         engine: c.engine,
         isa,
-        cpu_has_vnni: isa == Isa::Vnni,
+        cpu: qparity::engine::CpuFeatures::host(),
     };
     let input = QTensor {
         shape: vec![c.m, c.k],
