@@ -7,6 +7,7 @@
 
 use crate::backend::Backend;
 use crate::engine::flow::Flow;
+use crate::engine::CpuFeatures;
 use crate::golden::stages::{element_results, ElementResult};
 use crate::golden::{self, Body, Case, Stage};
 use crate::kernels::Int8Gemm;
@@ -84,8 +85,8 @@ impl CaseResult {
 /// Options of a check run.
 #[derive(Debug, Clone, Copy)]
 pub struct CheckOptions {
-    /// The CPU that captured the goldens had AVX512-VNNI (from the manifest; default true).
-    pub cpu_has_vnni: bool,
+    /// The CPU that captured the goldens (from the set's manifest; default: an AVX-512 VNNI CPU).
+    pub cpu: CpuFeatures,
     /// Name of a kernel from `kernels::available()` that runs every integer accumulation whose
     /// model it implements (None: the reference kernel).
     pub kernel: Option<&'static str>,
@@ -97,7 +98,7 @@ pub struct CheckOptions {
 impl Default for CheckOptions {
     fn default() -> Self {
         Self {
-            cpu_has_vnni: true,
+            cpu: CpuFeatures::AVX512_VNNI,
             kernel: None,
             backend: None,
         }
@@ -148,7 +149,7 @@ pub fn check_case(case: &Case, opts: &CheckOptions) -> CaseResult {
             }
         },
     };
-    let outcome = case.stages(opts.cpu_has_vnni).and_then(|stages| {
+    let outcome = case.stages(&opts.cpu).and_then(|stages| {
         stages
             .iter()
             .try_for_each(|s| check_stage(case, s, opts, kernel.as_deref(), &mut rec))

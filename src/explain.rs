@@ -8,7 +8,7 @@
 //! report describes it.
 
 use crate::engine::flow::Flow;
-use crate::engine::{conv_path, Ctx, Engine, Isa, KernelPath};
+use crate::engine::{conv_path, CpuFeatures, Ctx, Engine, Isa, KernelPath};
 use crate::geometry::Conv2dParams;
 use crate::kernels::Accumulation;
 use crate::numerics::qparams::{calculate_qmin_qmax, QDType, QScheme, QuantRange};
@@ -253,6 +253,12 @@ pub fn explain(engine: Engine, qat: bool, isa: Isa) -> Result<Explanation> {
         ),
     ];
     let vnni = isa == Isa::Vnni;
+    // `--isa vnni`: an AVX-512 VNNI CPU with FBGEMM's default kernels; `avx2`: an AVX2 CPU.
+    let cpu = if vnni {
+        CpuFeatures::AVX512_VNNI
+    } else {
+        CpuFeatures::AVX2
+    };
     let geometry = |p: &Option<Conv2dParams>| match p {
         None => Geometry::Linear {
             in_features: 16,
@@ -264,7 +270,7 @@ pub fn explain(engine: Engine, qat: bool, isa: Isa) -> Result<Explanation> {
         flow,
         engine,
         isa,
-        cpu_has_vnni: vnni,
+        cpu,
     };
     let mut kernels = Vec::new();
     for (name, p) in &shapes {
@@ -273,7 +279,8 @@ pub fn explain(engine: Engine, qat: bool, isa: Isa) -> Result<Explanation> {
         let why =
             match (engine, p) {
                 (Engine::X86, Some(p)) => {
-                    let onednn_if = conv_path(engine, p, true, true) == KernelPath::Onednn;
+                    let onednn_if =
+                        conv_path(engine, p, true, &CpuFeatures::AVX512_VNNI) == KernelPath::Onednn;
                     format!(
                     "x86 conv: oneDNN iff Linux + AVX512-VNNI + groups<=100 + symmetric weights, \
                      else FBGEMM ConvFastPath; shape+weights {}, VNNI {}",

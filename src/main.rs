@@ -3,7 +3,8 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use qparity::check::{check_path, CheckOptions, Report};
-use qparity::golden::manifest::Manifest;
+use qparity::engine::CpuFeatures;
+use qparity::golden::manifest::locate;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -22,7 +23,8 @@ struct Cli {
 enum Cmd {
     /// Recompute every golden case with the reference engine and compare bit for bit.
     Check {
-        /// Case files or folders (default: golden/).
+        /// Case files or folders (default: golden/, every set in it). Each golden set is modelled
+        /// from its own MANIFEST.json's CPU flags.
         paths: Vec<PathBuf>,
         /// Print one JSON object instead of the table.
         #[arg(long)]
@@ -136,25 +138,47 @@ fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-/// Finds the manifest for a path (the folder itself or a parent) to learn the capture CPU.
-fn options_for(path: &Path) -> CheckOptions {
-    let mut dir = if path.is_dir() {
-        Some(path)
-    } else {
-        path.parent()
-    };
-    while let Some(d) = dir {
-        if d.join("MANIFEST.json").is_file() {
-            if let Ok(m) = Manifest::load(d) {
-                return CheckOptions {
-                    cpu_has_vnni: m.cpu_has_vnni() || m.cpu_flags.is_empty(),
-                    ..CheckOptions::default()
-                };
-            }
-        }
-        dir = d.parent();
+/// Cases checked together: one golden set (modelled from its manifest's CPU flags) or case files
+/// outside every set.
+struct Unit {
+    label: String,
+    paths: Vec<PathBuf>,
+    cpu: CpuFeatures,
+}
+
+/// The golden sets and loose case files of a path ([`qparity::golden::manifest::locate`]). A set
+/// is modelled from its own manifest's CPU flags whatever machine runs the check; loose files,
+/// which no manifest describes, are modelled as captured on this machine (with a warning).
+fn units_for(path: &Path) -> Result<Vec<Unit>> {
+    let located = locate(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut units = Vec::new();
+    for set in located.sets {
+        let cpu = set
+            .manifest
+            .cpu()
+            .with_context(|| format!("{}", set.dir.join("MANIFEST.json").display()))?;
+        units.push(Unit {
+            label: set.dir.display().to_string(),
+            paths: vec![set.dir],
+            cpu,
+        });
     }
-    CheckOptions::default()
+    if !located.loose.is_empty() {
+        let cpu = CpuFeatures::host();
+        eprintln!(
+            "warning: {} case file(s) under {} belong to no golden set (no MANIFEST.json at or \
+             above them); modelling them as captured on this machine ({})",
+            located.loose.len(),
+            path.display(),
+            cpu.class_name()
+        );
+        units.push(Unit {
+            label: format!("{} (no manifest)", path.display()),
+            paths: located.loose,
+            cpu,
+        });
+    }
+    Ok(units)
 }
 
 fn cmd_check(paths: Vec<PathBuf>, json: bool, max_failures: usize, fused: bool) -> Result<i32> {
@@ -168,43 +192,93 @@ fn cmd_check(paths: Vec<PathBuf>, json: bool, max_failures: usize, fused: bool) 
     } else {
         paths
     };
-    let mut cases = Vec::new();
+    let mut units = Vec::new();
     for p in &paths {
         if !p.exists() {
             bail!("{}: no such file or folder", p.display());
         }
+        units.extend(units_for(p)?);
+    }
+    let mut cases = Vec::new();
+    let mut per_set = Vec::new();
+    for unit in &units {
         let opts = CheckOptions {
             backend,
-            ..options_for(p)
+            cpu: unit.cpu,
+            ..CheckOptions::default()
         };
-        let bar = if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            indicatif::ProgressBar::hidden()
-        } else {
-            indicatif::ProgressBar::new(0)
-        };
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} checking {pos}/{len} cases {wide_bar} {elapsed}",
-            )
-            .expect("valid template"),
-        );
-        let r = check_path(p, &opts, |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        })
-        .with_context(|| format!("checking {}", p.display()))?;
-        bar.finish_and_clear();
+        let mut unit_cases = Vec::new();
+        for p in &unit.paths {
+            let bar = if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                indicatif::ProgressBar::hidden()
+            } else {
+                indicatif::ProgressBar::new(0)
+            };
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} checking {pos}/{len} cases {wide_bar} {elapsed}",
+                )
+                .expect("valid template"),
+            );
+            let r = check_path(p, &opts, |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            })
+            .with_context(|| format!("checking {}", p.display()))?;
+            bar.finish_and_clear();
+            unit_cases.extend(r.cases);
+        }
+        let r = Report::from_cases(unit_cases);
+        per_set.push(SetSummary {
+            set: unit.label.clone(),
+            cpu_class: unit.cpu.class_name(),
+            passed: r.passed,
+            failed: r.failed,
+            elements_exact: r.elements_exact,
+            elements_ambiguous: r.elements_ambiguous,
+            elements_mismatched: r.elements_mismatched,
+        });
         cases.extend(r.cases);
     }
     let report = Report::from_cases(cases);
     let mut out = std::io::stdout().lock();
     if json {
-        serde_json::to_writer(&mut out, &report)?;
+        let mut v = serde_json::to_value(&report)?;
+        v["sets"] = serde_json::to_value(&per_set)?;
+        serde_json::to_writer(&mut out, &v)?;
         writeln!(out)?;
     } else {
         print_report(&mut out, &report, max_failures)?;
+        if per_set.len() > 1 {
+            writeln!(out)?;
+            for s in &per_set {
+                writeln!(
+                    out,
+                    "{} [{}]: {} passed, {} failed; {} exact, {} ambiguous, {} mismatched",
+                    s.set,
+                    s.cpu_class,
+                    s.passed,
+                    s.failed,
+                    s.elements_exact,
+                    s.elements_ambiguous,
+                    s.elements_mismatched
+                )?;
+            }
+        }
     }
     Ok(if report.failed == 0 { 0 } else { 1 })
+}
+
+/// Per-set figures (`check --json`: `sets`).
+#[derive(serde::Serialize)]
+struct SetSummary {
+    set: String,
+    cpu_class: &'static str,
+    passed: usize,
+    failed: usize,
+    elements_exact: u64,
+    elements_ambiguous: u64,
+    elements_mismatched: u64,
 }
 
 fn print_report(out: &mut impl Write, r: &Report, max_failures: usize) -> Result<()> {

@@ -29,7 +29,7 @@ fn decomposed_equals_reference_flow_on_full_range() {
                 flow: qparity::engine::flow::Flow::ConvertToReferenceFx,
                 engine: qparity::engine::Engine::Fbgemm,
                 isa: qparity::engine::Isa::Avx2,
-                cpu_has_vnni: false,
+                cpu: qparity::engine::CpuFeatures::AVX2,
             };
             let out = c.layer.run(&ctx, &c.input, &c.out);
             prop_assert!(out.is_ok());

@@ -144,7 +144,7 @@ mod tests {
             flow: Flow::ConvertFx,
             engine: Engine::Fbgemm,
             isa: Isa::Avx2,
-            cpu_has_vnni: false,
+            cpu: crate::engine::CpuFeatures::AVX2,
         };
         let input = Value::Quantized(QTensor {
             shape: vec![2, 3],

@@ -84,35 +84,36 @@ pub enum PaddingTaps {
 }
 
 /// Everything about where a stage ran that decides its numerics: the convert flow, the quantized
-/// engine, and the capture CPU (the ISA FBGEMM's GEMM kernels used, and whether the CPU had
-/// AVX512-VNNI, which decides the x86 engine's conv path at prepack).
+/// engine, the ISA of FBGEMM's packed GEMM ([`fbgemm_gemm_isa`]) and the capture CPU (which
+/// decides the x86 engine's conv path and every kernel path that reads the CPU itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ctx {
     pub flow: Flow,
     pub engine: Engine,
     pub isa: Isa,
-    pub cpu_has_vnni: bool,
+    pub cpu: CpuFeatures,
 }
 
-/// The instruction set FBGEMM's GEMM kernels use.
+/// The instruction set of FBGEMM's packed GEMM (`fbgemmPacked`: linear, pointwise and im2col conv),
+/// as `fbgemmInstructionSet()` resolves it ([`fbgemm_gemm_isa`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Isa {
     /// AVX-512 VNNI (`vpdpbusd`): exact accumulation. The default on CPUs that have it.
     Vnni,
-    /// AVX2 / AVX-512 without VNNI (`vpmaddubsw`): pairwise int16 saturation. Forced with
-    /// `FBGEMM_ENABLE_INSTRUCTIONS=AVX2`.
+    /// AVX2, or AVX-512 without VNNI (`vpmaddubsw`): pairwise int16 saturation. Also what
+    /// `FBGEMM_ENABLE_INSTRUCTIONS=AVX2` forces on a VNNI CPU.
     Avx2,
 }
 
 impl Isa {
-    /// Parses the golden `isa` field (`default` = captured on a VNNI CPU) or a CLI value.
+    /// Parses a CLI value (`vnni`, `avx2`; `avx512` = AVX-512 without VNNI, which pairs like AVX2).
     pub fn from_name(s: &str) -> Result<Self> {
         match s {
-            "default" | "vnni" | "avx512vnni" => Ok(Isa::Vnni),
+            "vnni" | "avx512vnni" => Ok(Isa::Vnni),
             "avx2" | "avx512" => Ok(Isa::Avx2),
             other => Err(Error::invalid(
                 "isa",
-                format!("unknown ISA {other:?} (expected default, vnni or avx2)"),
+                format!("unknown ISA {other:?} (expected vnni or avx2)"),
             )),
         }
     }
@@ -123,6 +124,186 @@ impl Isa {
             Isa::Vnni => "vnni",
             Isa::Avx2 => "avx2",
         }
+    }
+}
+
+/// The capture CPU's features that PyTorch's int8 libraries dispatch on, as cpuinfo (FBGEMM,
+/// PyTorch) and oneDNN's own CPUID probe report them. A golden set's manifest records them
+/// (`cpu_flags`), and every path is modelled from them, never from the CPU that runs the check.
+///
+/// CPU classes and what the model assumes for each:
+///
+/// | class | FBGEMM GEMM | FBGEMM groupwise | FBGEMM depthwise | x86 engine conv | oneDNN |
+/// |---|---|---|---|---|---|
+/// | AVX2 | pairs | pairs | pairs | FBGEMM | pairs (`jit_uni` rules) |
+/// | AVX-512 VNNI (and AMX) | exact; pairs when forced to AVX2 | exact | pairs | oneDNN | exact |
+/// | AVX-512 without VNNI | pairs | pairs | pairs | FBGEMM | not modelled (error) |
+/// | AVX2 + AVX-VNNI (no AVX-512) | pairs | pairs | pairs | FBGEMM | exact |
+///
+/// "pairs" is `vpmaddubsw`'s int16 saturation of adjacent u8·s8 products; "exact" is `vpdpbusd`
+/// (or AMX `tdpbusd`, or a reference loop) into int32. The AVX2 and AVX-512 VNNI rows are
+/// confirmed by captures (goldens of both classes, and forced-AVX2 hybrids); the other rows
+/// follow from the sources cited in [`fbgemm_gemm_isa`], [`KernelPath::accumulation`],
+/// [`conv_path`] and [`onednn_conv_accumulation`]. oneDNN's int8 convs on AVX-512 without VNNI
+/// run `brgemm` or `jit_avx512_core_x8s8s32x` kernels whose `vpmaddubsw` pairing no capture has
+/// pinned, so [`CpuFeatures::check_modelled`] refuses the onednn engine there rather than guess.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct CpuFeatures {
+    /// `avx2`.
+    pub avx2: bool,
+    /// `avx512f`, `avx512bw`, `avx512dq` and `avx512vl` together (FBGEMM
+    /// `fbgemmHasAvx512Support`, oneDNN `avx512_core`).
+    pub avx512: bool,
+    /// `avx512_vnni` (FBGEMM `fbgemmHasAvx512VnniSupport`, oneDNN `avx512_core_vnni`).
+    pub avx512_vnni: bool,
+    /// `avx_vnni`: VEX-encoded `vpdpbusd` (oneDNN `avx2_vnni`); FBGEMM does not use it.
+    pub avx_vnni: bool,
+    /// `amx_int8` (oneDNN `avx512_core_amx`).
+    pub amx_int8: bool,
+}
+
+impl CpuFeatures {
+    /// An AVX2 CPU without AVX-512 or VNNI (e.g. Haswell, AMD Zen 1–3).
+    pub const AVX2: CpuFeatures = CpuFeatures {
+        avx2: true,
+        avx512: false,
+        avx512_vnni: false,
+        avx_vnni: false,
+        amx_int8: false,
+    };
+    /// An AVX-512 VNNI CPU (e.g. Cascade Lake and later Xeons, AMD Zen 4).
+    pub const AVX512_VNNI: CpuFeatures = CpuFeatures {
+        avx2: true,
+        avx512: true,
+        avx512_vnni: true,
+        avx_vnni: false,
+        amx_int8: false,
+    };
+
+    /// From a manifest's `cpu_flags` (Linux `/proc/cpuinfo` names: `avx2`, `avx512f`, `avx512bw`,
+    /// `avx512dq`, `avx512vl`, `avx512_vnni`, `avx_vnni`, `amx_int8`; other flags are ignored).
+    pub fn from_flags<S: AsRef<str>>(flags: &[S]) -> Self {
+        let has = |name: &str| flags.iter().any(|f| f.as_ref() == name);
+        CpuFeatures {
+            avx2: has("avx2"),
+            avx512: ["avx512f", "avx512bw", "avx512dq", "avx512vl"]
+                .iter()
+                .all(|f| has(f)),
+            avx512_vnni: has("avx512_vnni") || has("avx512vnni"),
+            avx_vnni: has("avx_vnni"),
+            amx_int8: has("amx_int8"),
+        }
+    }
+
+    /// The CPU this process runs on.
+    pub fn host() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            // CPUID.(EAX=7,ECX=0):EDX bit 25 = AMX-INT8 (Intel SDM vol. 2A, CPUID).
+            let amx = std::arch::x86_64::__cpuid_count(7, 0).edx & (1 << 25) != 0;
+            CpuFeatures {
+                avx2: has!("avx2"),
+                avx512: has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl"),
+                avx512_vnni: has!("avx512vnni"),
+                avx_vnni: has!("avxvnni"),
+                amx_int8: amx,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        CpuFeatures::default()
+    }
+
+    /// Whether oneDNN's int8 kernels have a `vpdpbusd`-class instruction (`jcp.has_vnni` in
+    /// `jit_uni_x8s8s32x_conv_kernel.cpp` is `mayiuse(avx2_vnni)`, in
+    /// `jit_avx512_core_x8s8s32x_conv_kernel.cpp` `mayiuse(avx512_core_vnni)`; AMX implies both).
+    pub fn onednn_has_vnni(&self) -> bool {
+        self.avx512_vnni || self.avx_vnni || self.amx_int8
+    }
+
+    /// The class name used in reports (`AVX2`, `AVX-512 VNNI`, ...).
+    pub fn class_name(&self) -> &'static str {
+        match (
+            self.avx2,
+            self.avx512,
+            self.avx512_vnni,
+            self.avx_vnni,
+            self.amx_int8,
+        ) {
+            (_, _, _, _, true) => "AMX",
+            (_, true, true, _, _) => "AVX-512 VNNI",
+            (_, true, false, _, _) => "AVX-512 without VNNI",
+            (true, false, _, true, _) => "AVX2 + AVX-VNNI",
+            (true, false, _, false, _) => "AVX2",
+            _ => "no AVX2",
+        }
+    }
+
+    /// Errors when the engine's kernels on this CPU are not modelled: FBGEMM needs AVX2, and
+    /// oneDNN's int8 kernels on AVX-512 without VNNI (or below AVX2) pair products in ways no
+    /// capture has pinned (see the table above).
+    pub fn check_modelled(&self, engine: Engine) -> Result<()> {
+        let why = match engine {
+            Engine::Fbgemm | Engine::X86 if !self.avx2 => {
+                "FBGEMM's int8 kernels need AVX2; this capture CPU has none"
+            }
+            Engine::Onednn if !self.onednn_has_vnni() && self.avx512 => {
+                "oneDNN's int8 kernels on AVX-512 without VNNI (brgemm / jit_avx512_core_x8s8s32x \
+                 with vpmaddubsw) are not modelled: no capture has pinned their pairing"
+            }
+            Engine::Onednn if !self.onednn_has_vnni() && !self.avx2 => {
+                "oneDNN's int8 kernels below AVX2 (jit_uni sse41) are not modelled"
+            }
+            _ => return Ok(()),
+        };
+        Err(Error::invalid(
+            "cpu_flags",
+            format!(
+                "{} capture CPU, engine {}: {why}",
+                self.class_name(),
+                engine.name()
+            ),
+        ))
+    }
+}
+
+/// A golden case's `isa`: the FBGEMM instruction set it was captured with.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureIsa {
+    /// Whatever FBGEMM picked on the capture CPU (see the set's CPU flags).
+    #[default]
+    Default,
+    /// Captured with `FBGEMM_ENABLE_INSTRUCTIONS=AVX2`.
+    Avx2,
+}
+
+impl CaptureIsa {
+    /// The golden name.
+    pub fn name(self) -> &'static str {
+        match self {
+            CaptureIsa::Default => "default",
+            CaptureIsa::Avx2 => "avx2",
+        }
+    }
+}
+
+/// The ISA of FBGEMM's packed GEMM for a case captured with `FBGEMM_ENABLE_INSTRUCTIONS` unset
+/// ([`CaptureIsa::Default`]) or `AVX2` on a CPU with these features.
+///
+/// FBGEMM `src/Utils.cc` `fbgemmInstructionSet()`: the detected ISA is `avx512_vnni` on CPUs with
+/// AVX512-VNNI, else `avx512`, else `avx2`; `fbgemmEnvGetIsa()` reads the variable once, and a
+/// forced ISA the CPU supports wins. `PackAMatrix.cc`, `PackAWithRowOffset.cc`,
+/// `PackAWithIm2Col.cc`, `PackBMatrix.cc` and `ExecuteKernelU8S8.cc` all pick their kernel from
+/// it: `GenerateKernelU8S8S32ACC32Avx512VNNI.cc` (`vpdpbusd`) for `avx512_vnni`,
+/// `GenerateKernelU8S8S32ACC32.cc` (`vpmaddubsw`, AVX2 and AVX-512 alike) otherwise. This is the
+/// only int8 conv/linear path the variable changes.
+pub fn fbgemm_gemm_isa(case_isa: CaptureIsa, cpu: &CpuFeatures) -> Isa {
+    match case_isa {
+        CaptureIsa::Default if cpu.avx512_vnni => Isa::Vnni,
+        _ => Isa::Avx2,
     }
 }
 
@@ -142,15 +323,33 @@ pub enum KernelPath {
 }
 
 impl KernelPath {
-    /// How this path accumulates u8×i8 products on the given ISA.
-    pub fn accumulation(self, isa: Isa) -> Accumulation {
-        match (self, isa) {
-            (KernelPath::FbgemmDepthwise, _) => Accumulation::PairSaturatingI16,
-            (
-                KernelPath::FbgemmGemm | KernelPath::FbgemmGroupwise | KernelPath::Onednn,
-                Isa::Avx2,
-            ) => Accumulation::PairSaturatingI16,
-            _ => Accumulation::Exact,
+    /// How this path accumulates u8×i8 products, given FBGEMM's GEMM ISA ([`fbgemm_gemm_isa`])
+    /// and the capture CPU. Only the GEMM follows `FBGEMM_ENABLE_INSTRUCTIONS`; the other paths
+    /// read the CPU:
+    ///
+    /// - groupwise: FBGEMM `src/GroupwiseConv.cc` `getOrCreateConvKernel` picks
+    ///   `GenConvKernel<avx512_vnni>` when `fbgemmHasAvx512VnniSupport()` (cpuinfo), else the
+    ///   AVX-512 or AVX2 kernel; `src/CodeGenHelpers.h` `genU8I8S32FMA` emits `vpdpbusd` for
+    ///   VNNI and `vpmaddubsw` + `vpmaddwd` otherwise;
+    /// - depthwise: `src/GenerateI8Depthwise.cc` always emits AVX2 `vpmaddubsw` on tap pairs,
+    ///   whatever the CPU or the variable;
+    /// - oneDNN: its own CPU probe ([`CpuFeatures::onednn_has_vnni`]); convs refine this in
+    ///   [`onednn_conv_accumulation`];
+    /// - QNNPACK: exact int32 on every CPU.
+    pub fn accumulation(self, isa: Isa, cpu: &CpuFeatures) -> Accumulation {
+        let pairs = |exact: bool| {
+            if exact {
+                Accumulation::Exact
+            } else {
+                Accumulation::PairSaturatingI16
+            }
+        };
+        match self {
+            KernelPath::FbgemmGemm => pairs(isa == Isa::Vnni),
+            KernelPath::FbgemmGroupwise => pairs(cpu.avx512_vnni),
+            KernelPath::FbgemmDepthwise => Accumulation::PairSaturatingI16,
+            KernelPath::Onednn => pairs(cpu.onednn_has_vnni()),
+            KernelPath::Qnnpack => Accumulation::Exact,
         }
     }
 
@@ -208,24 +407,29 @@ pub fn linear_path(engine: Engine) -> KernelPath {
 }
 
 /// Kernel path of `quantized::conv2d`, decided at prepack time. Under `x86`, PyTorch picks oneDNN
-/// on Linux CPUs with AVX512-VNNI (cpuinfo; unaffected by `FBGEMM_ENABLE_INSTRUCTIONS`) when
-/// `groups <= 100` and every weight zero point is 0; otherwise FBGEMM.
+/// (`aten/src/ATen/native/quantized/cpu/OnednnUtils.h`, `should_use_onednn_quant`) on Linux when
+/// cpuinfo reports AVX512-VNNI (the CPU, not `FBGEMM_ENABLE_INSTRUCTIONS`), `groups <= 100` and
+/// every weight zero point is 0; otherwise FBGEMM.
 pub fn conv_path(
     engine: Engine,
     p: &Conv2dParams,
     weight_symmetric: bool,
-    cpu_has_vnni: bool,
+    cpu: &CpuFeatures,
 ) -> KernelPath {
     match engine {
-        Engine::X86 if cpu_has_vnni && p.groups <= 100 && weight_symmetric => KernelPath::Onednn,
+        Engine::X86 if cpu.avx512_vnni && p.groups <= 100 && weight_symmetric => KernelPath::Onednn,
         Engine::Fbgemm | Engine::X86 => fbgemm_conv_path(p),
         Engine::Qnnpack => KernelPath::Qnnpack,
         Engine::Onednn => KernelPath::Onednn,
     }
 }
 
-/// How oneDNN's int8 conv accumulates on a CPU without VNNI (`isa` = [`Isa::Avx2`]); with VNNI
-/// every implementation accumulates exactly (`vpdpbusd`).
+/// How oneDNN's int8 conv accumulates on the capture CPU. oneDNN probes the CPU itself
+/// (`src/cpu/x64/cpu_isa_traits.hpp` `mayiuse`) and never reads `FBGEMM_ENABLE_INSTRUCTIONS`, so a
+/// forced-AVX2 capture on a VNNI CPU still runs oneDNN's VNNI kernels. With AVX512-VNNI, AVX-VNNI
+/// or AMX every int8 implementation accumulates exactly (`vpdpbusd` when `jcp.has_vnni`, AMX
+/// `tdpbusd`, or `ref:any`); the rest of this comment is the AVX2 CPU without VNNI
+/// ([`CpuFeatures::check_modelled`] refuses AVX-512 without VNNI).
 ///
 /// oneDNN 3.x (PyTorch 2.15 bundles v3.13.3) tries its implementations in the order of
 /// `src/cpu/cpu_convolution_list.cpp`; on an AVX2 CPU the first int8 one that accepts a 2D conv
@@ -247,16 +451,19 @@ pub fn conv_path(
 /// groups 1–4, inputs 1×1 to 12×14, activation zero points 0–255): the implementation and the
 /// outputs followed this rule in every case, and the chosen implementation never depended on the
 /// input size.
-pub fn onednn_conv_accumulation(p: &Conv2dParams, isa: Isa) -> Accumulation {
+pub fn onednn_conv_accumulation(p: &Conv2dParams, cpu: &CpuFeatures) -> Accumulation {
     let (icg, ocg) = (p.in_channels / p.groups, p.out_channels / p.groups);
     let jit_general = p.groups == 1 || (icg.is_multiple_of(4) && ocg.is_multiple_of(4));
-    match isa {
-        Isa::Avx2 if jit_general && !p.is_depthwise() => Accumulation::PairSaturatingI16,
-        _ => Accumulation::Exact,
+    if !cpu.onednn_has_vnni() && jit_general && !p.is_depthwise() {
+        Accumulation::PairSaturatingI16
+    } else {
+        Accumulation::Exact
     }
 }
 
-/// FBGEMM `ConvFastPath` for 2D convolutions.
+/// FBGEMM `ConvFastPath` (`src/FbgemmConv.cc`) for 2D convolutions: `takeDepthWiseFastPath`
+/// (3×3, 5×5 or 7×7), then `fbgemmOptimizedGConv` (`src/GroupwiseConv.cc`), then pointwise and
+/// im2col, which both run the packed GEMM. The direct-conv path only takes transposed convs.
 pub fn fbgemm_conv_path(p: &Conv2dParams) -> KernelPath {
     let g = p.groups;
     let (ic, oc) = (p.in_channels, p.out_channels);
@@ -267,7 +474,7 @@ pub fn fbgemm_conv_path(p: &Conv2dParams) -> KernelPath {
         && g.is_multiple_of(8)
         && p.stride.iter().all(|&s| s == 1 || s == 2)
         && k[0] == k[1]
-        && (k[0] == 3 || k[0] == 5)
+        && matches!(k[0], 3 | 5 | 7)
         && p.dilation == [1, 1]
         && (0..2).all(|d| p.padding[d] == (k[d] - 1) / 2);
     if depthwise {
@@ -308,9 +515,80 @@ mod tests {
             KernelPath::FbgemmGemm
         );
         assert_eq!(
-            KernelPath::FbgemmDepthwise.accumulation(Isa::Vnni),
+            fbgemm_conv_path(&Conv2dParams::square(16, 16, 16, 7, 3)),
+            KernelPath::FbgemmDepthwise
+        );
+        assert_eq!(
+            KernelPath::FbgemmDepthwise.accumulation(Isa::Vnni, &CpuFeatures::AVX512_VNNI),
             Accumulation::PairSaturatingI16
         );
+    }
+
+    /// A forced-AVX2 capture on a VNNI CPU is a hybrid: only FBGEMM's GEMM follows the variable.
+    #[test]
+    fn forced_avx2_on_vnni_changes_only_fbgemm_gemm() {
+        let vnni = CpuFeatures::AVX512_VNNI;
+        let avx2 = CpuFeatures::AVX2;
+        let sat = Accumulation::PairSaturatingI16;
+        let exact = Accumulation::Exact;
+        assert_eq!(fbgemm_gemm_isa(CaptureIsa::Default, &vnni), Isa::Vnni);
+        assert_eq!(fbgemm_gemm_isa(CaptureIsa::Avx2, &vnni), Isa::Avx2);
+        assert_eq!(fbgemm_gemm_isa(CaptureIsa::Default, &avx2), Isa::Avx2);
+        let forced = Isa::Avx2;
+        assert_eq!(KernelPath::FbgemmGemm.accumulation(forced, &vnni), sat);
+        assert_eq!(
+            KernelPath::FbgemmGroupwise.accumulation(forced, &vnni),
+            exact
+        );
+        assert_eq!(KernelPath::Onednn.accumulation(forced, &vnni), exact);
+        assert_eq!(KernelPath::FbgemmDepthwise.accumulation(forced, &vnni), sat);
+        assert_eq!(KernelPath::FbgemmGroupwise.accumulation(forced, &avx2), sat);
+        assert_eq!(KernelPath::Onednn.accumulation(forced, &avx2), sat);
+        let gconv = Conv2dParams::square(16, 16, 8, 3, 1);
+        assert_eq!(fbgemm_conv_path(&gconv), KernelPath::FbgemmGroupwise);
+        assert_eq!(onednn_conv_accumulation(&gconv, &vnni), exact);
+        // AVX-VNNI without AVX-512: FBGEMM pairs, oneDNN is exact, x86 conv stays on FBGEMM.
+        let avx_vnni = CpuFeatures {
+            avx_vnni: true,
+            ..avx2
+        };
+        assert_eq!(fbgemm_gemm_isa(CaptureIsa::Default, &avx_vnni), Isa::Avx2);
+        assert_eq!(KernelPath::Onednn.accumulation(Isa::Avx2, &avx_vnni), exact);
+        assert_eq!(
+            conv_path(Engine::X86, &gconv, true, &avx_vnni),
+            KernelPath::FbgemmGroupwise
+        );
+    }
+
+    #[test]
+    fn cpu_classes_from_flags_and_unmodelled_ones_are_errors() {
+        let flags = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        let xeon = CpuFeatures::from_flags(&flags(
+            "sse4_2 avx avx2 fma f16c avx512f avx512bw avx512vl avx512dq avx512_vnni avx_vnni",
+        ));
+        assert!(xeon.avx512_vnni && xeon.avx512 && xeon.avx_vnni);
+        assert_eq!(xeon.class_name(), "AVX-512 VNNI");
+        let haswell = CpuFeatures::from_flags(&flags("sse4_2 avx avx2 fma f16c"));
+        assert_eq!(haswell, CpuFeatures::AVX2);
+        let skylake = CpuFeatures::from_flags(&flags("avx2 avx512f avx512bw avx512vl avx512dq"));
+        assert_eq!(skylake.class_name(), "AVX-512 without VNNI");
+        // x86 convs stay on FBGEMM without AVX512-VNNI, so only the onednn engine is refused.
+        for e in [Engine::Fbgemm, Engine::X86, Engine::Qnnpack] {
+            assert!(skylake.check_modelled(e).is_ok(), "{e:?}");
+        }
+        let err = skylake
+            .check_modelled(Engine::Onednn)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not modelled"), "{err}");
+        let none = CpuFeatures::from_flags(&flags("sse4_2 avx"));
+        assert!(none.check_modelled(Engine::Fbgemm).is_err());
+        assert!(none.check_modelled(Engine::Qnnpack).is_ok());
+        for cpu in [xeon, haswell, CpuFeatures::AVX512_VNNI] {
+            for e in Engine::ALL {
+                assert!(cpu.check_modelled(e).is_ok(), "{cpu:?} {e:?}");
+            }
+        }
     }
 
     /// Shapes whose oneDNN implementation was read from `ONEDNN_VERBOSE` on torch 2.15.0 (AVX2,
@@ -349,8 +627,10 @@ mod tests {
             (conv(17, 3, [7, 5], [4, 3], [5, 5], [3, 2], 1), sat),
         ];
         for (p, want) in cases {
-            assert_eq!(onednn_conv_accumulation(&p, Isa::Avx2), want, "{p:?}");
-            assert_eq!(onednn_conv_accumulation(&p, Isa::Vnni), exact, "{p:?}");
+            let avx2 = onednn_conv_accumulation(&p, &CpuFeatures::AVX2);
+            assert_eq!(avx2, want, "{p:?}");
+            let vnni = onednn_conv_accumulation(&p, &CpuFeatures::AVX512_VNNI);
+            assert_eq!(vnni, exact, "{p:?}");
         }
         assert_eq!(KernelPath::Onednn.padding_taps(), PaddingTaps::Exact);
         assert_eq!(
@@ -362,13 +642,14 @@ mod tests {
     #[test]
     fn x86_conv_uses_onednn_only_with_symmetric_weights_on_vnni() {
         let p = Conv2dParams::square(4, 8, 1, 3, 1);
-        assert_eq!(conv_path(Engine::X86, &p, true, true), KernelPath::Onednn);
+        let (vnni, avx2) = (&CpuFeatures::AVX512_VNNI, &CpuFeatures::AVX2);
+        assert_eq!(conv_path(Engine::X86, &p, true, vnni), KernelPath::Onednn);
         assert_eq!(
-            conv_path(Engine::X86, &p, false, true),
+            conv_path(Engine::X86, &p, false, vnni),
             KernelPath::FbgemmGemm
         );
         assert_eq!(
-            conv_path(Engine::X86, &p, true, false),
+            conv_path(Engine::X86, &p, true, avx2),
             KernelPath::FbgemmGemm
         );
         assert_eq!(linear_path(Engine::X86), KernelPath::FbgemmGemm);

@@ -200,7 +200,7 @@ pub fn check_flow_relation(c: &LayerCase) -> (usize, usize) {
         flow,
         engine: Engine::Fbgemm,
         isa: Isa::Avx2,
-        cpu_has_vnni: false,
+        cpu: crate::engine::CpuFeatures::AVX2,
     };
     let r = c
         .layer

@@ -43,36 +43,7 @@ impl Kind {
     }
 }
 
-/// `isa`: the FBGEMM instruction set a case was captured with.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum CaptureIsa {
-    /// Whatever FBGEMM picked on the capture CPU (see the manifest's CPU flags).
-    #[default]
-    Default,
-    /// Captured with `FBGEMM_ENABLE_INSTRUCTIONS=AVX2`.
-    Avx2,
-}
-
-impl CaptureIsa {
-    /// The golden name.
-    pub fn name(self) -> &'static str {
-        match self {
-            CaptureIsa::Default => "default",
-            CaptureIsa::Avx2 => "avx2",
-        }
-    }
-
-    /// The ISA of FBGEMM's GEMM kernels, given whether the capture CPU had AVX512-VNNI.
-    pub fn resolve(self, cpu_has_vnni: bool) -> crate::engine::Isa {
-        match self {
-            CaptureIsa::Default if cpu_has_vnni => crate::engine::Isa::Vnni,
-            _ => crate::engine::Isa::Avx2,
-        }
-    }
-}
+pub use crate::engine::CaptureIsa;
 
 /// The op registry: every op a primitive case can hold. Capture (`xtask/capture`), check, repro
 /// and diff-live all use these names.

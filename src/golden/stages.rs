@@ -11,7 +11,7 @@ use super::{
     PrimitiveCase, QArgs, QuantizedLinearArgs, QuantizedRecord, Source,
 };
 use crate::engine::flow::Flow;
-use crate::engine::{Ctx, Engine, Isa};
+use crate::engine::{fbgemm_gemm_isa, CpuFeatures, Ctx, Engine, Isa};
 use crate::geometry::Conv2dParams;
 use crate::numerics::bound::Pred;
 use crate::numerics::observer::{FusedConfig, ObserverConfig};
@@ -180,29 +180,34 @@ fn to_array(shape: &[usize], data: Vec<f64>) -> ArrayD<f64> {
 }
 
 impl Case {
-    /// The stages of this case. `cpu_has_vnni`: whether the capture CPU had AVX512-VNNI (from the
-    /// manifest), which decides FBGEMM's default kernels and the x86 engine's conv path.
-    pub fn stages(&self, cpu_has_vnni: bool) -> Result<Vec<Stage>> {
-        let isa = self.header.isa.resolve(cpu_has_vnni);
+    /// The stages of this case, captured on a CPU with these features (from the set's manifest):
+    /// they decide FBGEMM's default kernels and every kernel path that reads the CPU.
+    pub fn stages(&self, cpu: &CpuFeatures) -> Result<Vec<Stage>> {
+        let isa = fbgemm_gemm_isa(self.header.isa, cpu);
+        let cpu = *cpu;
+        if let Body::Model(m) = &self.body {
+            cpu.check_modelled(m.engine)
+                .map_err(|e| self.field_err("engine", e.to_string()))?;
+        }
         match &self.body {
-            Body::Primitive(p) => primitive_stages(self, p, isa, cpu_has_vnni),
-            Body::Model(m) => model_stages(self, m, isa, cpu_has_vnni),
+            Body::Primitive(p) => primitive_stages(self, p, isa, cpu),
+            Body::Model(m) => model_stages(self, m, isa, cpu),
         }
     }
 }
 
-fn ctx(flow: Flow, engine: Engine, isa: Isa, cpu_has_vnni: bool) -> Ctx {
+fn ctx(flow: Flow, engine: Engine, isa: Isa, cpu: CpuFeatures) -> Ctx {
     Ctx {
         flow,
         engine,
         isa,
-        cpu_has_vnni,
+        cpu,
     }
 }
 
 /// Primitives do not depend on the engine or flow; this context is never read.
-fn neutral_ctx(isa: Isa, cpu_has_vnni: bool) -> Ctx {
-    ctx(Flow::ConvertFx, Engine::Fbgemm, isa, cpu_has_vnni)
+fn neutral_ctx(isa: Isa, cpu: CpuFeatures) -> Ctx {
+    ctx(Flow::ConvertFx, Engine::Fbgemm, isa, cpu)
 }
 
 fn need<'a, T>(case: &Case, v: Option<&'a T>, field: &str) -> Result<&'a T> {
@@ -261,12 +266,12 @@ fn primitive_stages(
     case: &Case,
     p: &PrimitiveCase,
     isa: Isa,
-    cpu_has_vnni: bool,
+    cpu: CpuFeatures,
 ) -> Result<Vec<Stage>> {
     let stage = |group: String, op: Arc<dyn Op>, inputs, out, expected| Stage {
         location: p.op.name().to_string(),
         group,
-        ctx: neutral_ctx(isa, cpu_has_vnni),
+        ctx: neutral_ctx(isa, cpu),
         op,
         inputs,
         out,
@@ -384,7 +389,7 @@ fn primitive_stages(
                 exp,
             )])
         }
-        PrimArgs::QuantizedLinear(a) => quantized_linear_stage(case, p, a, isa, cpu_has_vnni),
+        PrimArgs::QuantizedLinear(a) => quantized_linear_stage(case, p, a, isa, cpu),
     }
 }
 
@@ -450,7 +455,7 @@ fn quantized_linear_stage(
     p: &PrimitiveCase,
     a: &QuantizedLinearArgs,
     isa: Isa,
-    cpu_has_vnni: bool,
+    cpu: CpuFeatures,
 ) -> Result<Vec<Stage>> {
     let [n, k] = a.weight_int_repr.shape[..] else {
         return Err(case.field_err(
@@ -501,7 +506,7 @@ fn quantized_linear_stage(
         a.input_scale,
         a.input_zero_point,
     )?;
-    let fctx = ctx(Flow::ConvertFx, a.engine, isa, cpu_has_vnni);
+    let fctx = ctx(Flow::ConvertFx, a.engine, isa, cpu);
     let quantize = Quantize {
         family: Family::Aten,
         qparams: QParams::PerTensor {
@@ -673,12 +678,12 @@ fn model_layers(case: &Case, m: &ModelCase) -> Result<Vec<Arc<QLayer>>> {
     Ok(out)
 }
 
-fn model_stages(case: &Case, m: &ModelCase, isa: Isa, cpu_has_vnni: bool) -> Result<Vec<Stage>> {
+fn model_stages(case: &Case, m: &ModelCase, isa: Isa, cpu: CpuFeatures) -> Result<Vec<Stage>> {
     let qat = m.mode == crate::engine::Mode::Qat;
     let act_cfg = observer_config(case, "qconfig.activation", &m.qconfig.activation)?;
     let w_cfg = observer_config(case, "qconfig.weight", &m.qconfig.weight)?;
     let layers = model_layers(case, m)?;
-    let base_ctx = ctx(Flow::ConvertFx, m.engine, isa, cpu_has_vnni);
+    let base_ctx = ctx(Flow::ConvertFx, m.engine, isa, cpu);
     let mut stages = Vec::new();
 
     // 1. Activation observers, fed exactly what PyTorch fed them.
@@ -763,7 +768,7 @@ fn model_stages(case: &Case, m: &ModelCase, isa: Isa, cpu_has_vnni: bool) -> Res
                 format!("{} runs for {} inputs", fr.runs.len(), m.inputs.len()),
             ));
         }
-        let fctx = ctx(flow, m.engine, isa, cpu_has_vnni);
+        let fctx = ctx(flow, m.engine, isa, cpu);
         for (ri, run) in fr.runs.iter().enumerate() {
             run_stages(case, m, &layers, fctx, act_range, ri, run, &mut stages)?;
         }

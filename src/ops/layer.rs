@@ -153,7 +153,7 @@ impl Geometry {
     pub fn path(&self, ctx: &Ctx, weight_symmetric: bool) -> KernelPath {
         match self {
             Geometry::Linear { .. } => linear_path(ctx.engine),
-            Geometry::Conv2d(p) => conv_path(ctx.engine, p, weight_symmetric, ctx.cpu_has_vnni),
+            Geometry::Conv2d(p) => conv_path(ctx.engine, p, weight_symmetric, &ctx.cpu),
         }
     }
 
@@ -162,9 +162,9 @@ impl Geometry {
     pub fn accumulation(&self, ctx: &Ctx, path: KernelPath) -> Accumulation {
         match self {
             Geometry::Conv2d(p) if path == KernelPath::Onednn => {
-                onednn_conv_accumulation(p, ctx.isa)
+                onednn_conv_accumulation(p, &ctx.cpu)
             }
-            _ => path.accumulation(ctx.isa),
+            _ => path.accumulation(ctx.isa, &ctx.cpu),
         }
     }
 
@@ -814,7 +814,7 @@ fn onednn_pred(rq: &FbgemmRequant, acc: i32, j: usize) -> Pred {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{Engine, Isa};
+    use crate::engine::{CpuFeatures, Engine, Isa};
 
     /// Verified on torch 2.15.0, engine `onednn`, AVX2 without VNNI (`ONEDNN_VERBOSE`:
     /// `jit_uni_int8:avx2`): a 2-channel 1×2 conv on a 1×2 image of 255s (zero point 200) with
@@ -860,7 +860,7 @@ mod tests {
             flow: Flow::ConvertFx,
             engine: Engine::Onednn,
             isa: Isa::Avx2,
-            cpu_has_vnni: false,
+            cpu: CpuFeatures::AVX2,
         };
         let run = |padding, ctx: &Ctx| {
             let l = layer(padding);
@@ -882,6 +882,7 @@ mod tests {
         // The exact accumulators (what `ref:any` or VNNI would give) are 13970, 27940, 13970.
         let exact = Ctx {
             isa: Isa::Vnni,
+            cpu: CpuFeatures::AVX512_VNNI,
             ..ctx
         };
         assert_eq!(run([0, 1], &exact).1, Predicted::exact([175, 221, 175]));

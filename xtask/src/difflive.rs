@@ -220,7 +220,7 @@ pub fn run(root: &Path, o: Opts) -> Result<()> {
         let v = golden_case(c, o.seed, &torch, isa, &xq, &y);
         let case = qparity::golden::parse_case(Path::new("diff-live.json"), &v.to_string())?;
         let opts = qparity::check::CheckOptions {
-            cpu_has_vnni: isa == Isa::Vnni,
+            cpu: qparity::engine::CpuFeatures::host(),
             ..Default::default()
         };
         let r = qparity::check::check_case(&case, &opts);
