@@ -5,6 +5,37 @@
 //! PyTorch recorded before it, so one ambiguous element cannot cascade and a mismatch names the op
 //! that caused it. This is also the library's interface for engine authors: iterate the stages,
 //! run your engine on [`Stage::inputs`], and compare with [`Stage::compare`].
+//!
+//! ```
+//! use qparity::golden::{manifest::Manifest, Case};
+//! use std::path::Path;
+//!
+//! let set = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/avx2-epyc-seed0");
+//! let cpu = Manifest::load(&set)?.cpu()?;
+//! let case = Case::load(&set.join("cases/model-linear-qnnpack-ptq-default-0032.json"))?;
+//! let mut flipped = 0;
+//! for stage in case.stages(&cpu)? {
+//!     // Inputs and PyTorch's outputs as ndarray arrays, with the qparams of quantized inputs.
+//!     let inputs = stage.input_arrays();
+//!     let qparams = stage.input_qparams();
+//!     assert_eq!(inputs.len(), qparams.len());
+//!     for (name, expected) in stage.expected_arrays() {
+//!         // Your engine's result for this output goes here; PyTorch's own is equal, and one
+//!         // element off by one is a mismatch with the rule that decides it.
+//!         let mut ours: Vec<f64> = expected.iter().copied().collect();
+//!         assert_eq!(stage.compare(&name, &ours)?.mismatches(), 0);
+//!         if stage.location.starts_with("convert_fx") && stage.location.contains("(linear)") {
+//!             ours[0] += 1.0;
+//!             let c = stage.compare(&name, &ours)?;
+//!             assert_eq!(c.mismatches(), 1);
+//!             assert!(c.rule.get("requant").unwrap().starts_with("QNNPACK"));
+//!             flipped += 1;
+//!         }
+//!     }
+//! }
+//! assert!(flipped > 0);
+//! # Ok::<(), qparity::Error>(())
+//! ```
 
 use super::{
     Body, Case, FusedArgs, Layer, ModelCase, ObserverDesc, PrimArgs, PrimExpected, PrimOp,
