@@ -205,6 +205,7 @@ fn planned(
     let meta = crate::ops::Meta {
         shape: &input_shape,
         qparams: Some((0.1, 0)),
+        memory_format: crate::ops::MemoryFormat::Contiguous,
     };
     let out = OutQParams {
         scale: 0.1,

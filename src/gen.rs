@@ -506,12 +506,7 @@ impl LayerCase {
             },
             relu,
         };
-        let input = QTensor {
-            shape: input_shape,
-            data: input,
-            scale: in_scale as f64,
-            zero_point: in_zp as i64,
-        };
+        let input = QTensor::new(input_shape, input, in_scale as f64, in_zp as i64);
         // Exact accumulators → float outputs → output range.
         let zeros = vec![0i32; oc];
         let exact = Reference::new(Accumulation::Exact);

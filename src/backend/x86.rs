@@ -146,12 +146,12 @@ mod tests {
             isa: Isa::Avx2,
             cpu: crate::engine::CpuFeatures::AVX2,
         };
-        let input = Value::Quantized(QTensor {
-            shape: vec![2, 3],
-            data: vec![0, 7, 200, 255, 128, 3],
-            scale: 0.05,
-            zero_point: 10,
-        });
+        let input = Value::Quantized(QTensor::new(
+            vec![2, 3],
+            vec![0, 7, 200, 255, 128, 3],
+            0.05,
+            10,
+        ));
         let out = OutQParams {
             scale: 0.1,
             zero_point: 100,
@@ -173,12 +173,7 @@ mod tests {
             assert!(good.plan(&ctx, &[input.meta()], Some(&o)).is_err());
         }
         // An input whose data does not fit the planned shape: an error, not a panic.
-        let short = Value::Quantized(QTensor {
-            shape: vec![2, 3],
-            data: vec![0; 5],
-            scale: 0.05,
-            zero_point: 10,
-        });
+        let short = Value::Quantized(QTensor::new(vec![2, 3], vec![0; 5], 0.05, 10));
         assert!(X86Backend.run(plan.lowered().unwrap(), &[&short]).is_err());
     }
 }

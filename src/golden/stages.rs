@@ -583,12 +583,7 @@ fn quantized(case: &Case, field: &str, t: &Tensor, scale: f64, zero_point: i64) 
         .into_iter()
         .map(|v| u8::try_from(v).map_err(|_| case.field_err(field, format!("{v} is not a uint8"))))
         .collect::<Result<Vec<u8>>>()?;
-    Ok(QTensor {
-        shape: t.shape.clone(),
-        data,
-        scale,
-        zero_point,
-    })
+    Ok(QTensor::new(t.shape.clone(), data, scale, zero_point))
 }
 
 /// Resolves an observer description into a configuration, and checks PyTorch's resolved range.

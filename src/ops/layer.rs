@@ -844,12 +844,7 @@ mod tests {
             },
             relu: false,
         };
-        let input = Value::Quantized(QTensor {
-            shape: vec![1, 2, 1, 2],
-            data: vec![255; 4],
-            scale: 1.0,
-            zero_point: 200,
-        });
+        let input = Value::Quantized(QTensor::new(vec![1, 2, 1, 2], vec![255; 4], 1.0, 200));
         let out = OutQParams {
             scale: 300.0,
             zero_point: 128,

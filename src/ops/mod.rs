@@ -23,13 +23,43 @@ use crate::tensor::Tensor;
 use crate::{Error, Result};
 use std::fmt;
 
-/// A quantized u8 activation (`quint8` / `uint8`): values in PyTorch's layout with their qparams.
+/// A tensor's memory format in PyTorch. Values are always held in logical (row-major, NCHW) order;
+/// the memory format only decides how PyTorch's kernels iterate (which elements a vector loop
+/// takes, which kernel a pool picks).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryFormat {
+    /// `torch.contiguous_format` (NCHW for 4-D tensors).
+    #[default]
+    Contiguous,
+    /// `torch.channels_last` (NHWC in memory), what quantized convs return.
+    ChannelsLast,
+}
+
+/// A quantized u8 activation (`quint8` / `uint8`): values in logical order with their qparams and
+/// the memory format PyTorch held them in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QTensor {
     pub shape: Vec<usize>,
     pub data: Vec<u8>,
     pub scale: f64,
     pub zero_point: i64,
+    pub memory_format: MemoryFormat,
+}
+
+impl QTensor {
+    /// A contiguous quantized tensor.
+    pub fn new(shape: Vec<usize>, data: Vec<u8>, scale: f64, zero_point: i64) -> Self {
+        Self {
+            shape,
+            data,
+            scale,
+            zero_point,
+            memory_format: MemoryFormat::Contiguous,
+        }
+    }
 }
 
 /// The qparams of a stage's quantized output and the clamp its quantize node recorded.
@@ -66,10 +96,12 @@ impl Value {
             Value::Tensor(t) => Meta {
                 shape: &t.shape,
                 qparams: None,
+                memory_format: MemoryFormat::Contiguous,
             },
             Value::Quantized(q) => Meta {
                 shape: &q.shape,
                 qparams: Some((q.scale, q.zero_point)),
+                memory_format: q.memory_format,
             },
         }
     }
@@ -109,6 +141,7 @@ pub struct Meta<'a> {
     pub shape: &'a [usize],
     /// `(scale, zero_point)` of a quantized input.
     pub qparams: Option<(f64, i64)>,
+    pub memory_format: MemoryFormat,
 }
 
 impl Meta<'_> {
