@@ -1,8 +1,13 @@
 //! Quantized engines: which kernel path runs a layer, how it accumulates and how it requantizes.
 //!
+//! Every decision is made from the capture CPU ([`CpuFeatures`], a golden set's manifest flags)
+//! and `FBGEMM_ENABLE_INSTRUCTIONS` (a case's `isa`), never from the CPU running qparity.
+//!
 //! Sources: PyTorch `aten/src/ATen/native/quantized/cpu/qlinear_prepack.cpp`,
-//! `qconv_prepack.cpp` (`onednn_utils::should_use_onednn_quant`), FBGEMM `src/FbgemmConv.cc`
-//! (`ConvFastPath`: depthwise, groupwise, pointwise, im2col) and `src/GenerateI8Depthwise.cc`.
+//! `qconv_prepack.cpp` and `OnednnUtils.h` (`should_use_onednn_quant`); FBGEMM `src/Utils.cc`
+//! (`fbgemmInstructionSet`), `src/FbgemmConv.cc` (`ConvFastPath`: depthwise, groupwise,
+//! pointwise, im2col), `src/GroupwiseConv.cc` and `src/GenerateI8Depthwise.cc`; oneDNN
+//! `src/cpu/cpu_convolution_list.cpp` and the `jit_*_x8s8s32x_conv_kernel.cpp` kernels.
 
 pub mod flow;
 

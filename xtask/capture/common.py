@@ -64,10 +64,12 @@ def f32_exact(x):
 
 
 def case_rng(seed, index):
-    """Per-case numpy Generator and torch seed: the draw depends on (seed, case index) only."""
-    rng = np.random.default_rng([seed, index])
+    """Per-case stream (see rng.py) and torch seed: the draw depends on (seed, case index) only,
+    and is the same on every CPU."""
+    from rng import Rng
+
     torch.manual_seed((seed * 1_000_003 + index) % (2**63))
-    return rng
+    return Rng(seed, index)
 
 
 # ---------------------------------------------------------------------------------------------

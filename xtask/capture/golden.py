@@ -4,12 +4,15 @@ Run by `cargo xtask golden`, once per ISA variant (FBGEMM reads FBGEMM_ENABLE_IN
 torch is imported, so each variant needs its own process), then once more to write the manifest:
 
     golden.py run --out DIR --seed S --cases N --isa default|avx2
-    golden.py manifest --out DIR --seed S
+    golden.py manifest --out DIR --seed S [--emulator "qemu-x86_64 -cpu Haswell"]
+    golden.py cpu          # the CPU as PyTorch's cpuinfo sees it (one JSON line)
 
 `run` writes DIR/cases/<id>.json for the cases of the plan that belong to its ISA and prints one
 line `CASE <plan index> <total> <id>` per case written (xtask turns these into a progress bar).
 The plan (which case index is which op/engine/mode/ISA) depends only on N; the data drawn for a
-case depends only on (seed, case index).
+case depends only on (seed, case index), and is the same on every CPU (rng.py). Under an emulator
+(`qemu-x86_64 -cpu Haswell`) every step runs inside it, so the manifest records the CPU the
+emulated process saw.
 """
 
 import argparse
@@ -138,26 +141,31 @@ def cmd_run(args):
         print(f"CASE {index} {len(plan)} {cid}", flush=True)
 
 
-CPU_FLAGS = ["sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq",
-             "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16"]
+# Manifest flag name (Linux /proc/cpuinfo spelling) -> torch.cpu.get_capabilities() key (cpuinfo).
+CPU_FLAGS = [("sse4_2", "sse4_2"), ("avx", "avx"), ("avx2", "avx2"), ("fma", "fma3"), ("f16c", "f16c"),
+             ("avx512f", "avx512_f"), ("avx512bw", "avx512_bw"), ("avx512vl", "avx512_vl"),
+             ("avx512dq", "avx512_dq"), ("avx512_vnni", "avx512_vnni"), ("avx_vnni", "avx_vnni"),
+             ("avx512_bf16", "avx512_bf16"), ("amx_int8", "amx_int8"), ("amx_bf16", "amx_bf16")]
 
 
-def cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return [fl for fl in CPU_FLAGS if fl in have]
-    except OSError:
-        pass
-    return []
+def cpu_description():
+    """The CPU as this process sees it through cpuinfo, the library FBGEMM and PyTorch dispatch
+    on (so under qemu-user: the emulated CPU, not the host's /proc/cpuinfo)."""
+    import torch
+
+    caps = torch.cpu.get_capabilities()
+    return {"cpu_flags": [name for name, key in CPU_FLAGS if caps.get(key) is True],
+            "cpu_flags_source": "cpuinfo",
+            "cpu_name": str(caps.get("cpu_name", "")),
+            "aten_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def cmd_manifest(args):
     import platform
 
     import torch
+
+    from rng import GENERATOR
 
     cases_dir = os.path.join(args.out, "cases")
     files = {}
@@ -181,7 +189,9 @@ def cmd_manifest(args):
         "torch_version": torch.__version__.split("+")[0],
         "torch_version_full": torch.__version__,
         "python_version": platform.python_version(),
-        "cpu_flags": cpu_flags(),
+        **cpu_description(),
+        "emulator": args.emulator or None,
+        "generator": GENERATOR,
         "seed": args.seed,
         "cases": len(files),
         "counts": dict(sorted(counts.items())),
@@ -205,6 +215,9 @@ def main():
     m = sub.add_parser("manifest")
     m.add_argument("--out", required=True)
     m.add_argument("--seed", type=int, required=True)
+    m.add_argument("--emulator", default="")
+    sub.add_parser("cpu")
+    sub.add_parser("self-test")
     p = sub.add_parser("plan")
     p.add_argument("--cases", type=int, required=True)
     args = ap.parse_args()
@@ -212,6 +225,12 @@ def main():
         cmd_run(args)
     elif args.cmd == "manifest":
         cmd_manifest(args)
+    elif args.cmd == "cpu":
+        print(json.dumps(cpu_description()))
+    elif args.cmd == "self-test":
+        from rng import self_test
+
+        print("SELFTEST " + json.dumps(self_test()))
     else:
         counts = {isa: 0 for isa in ISAS}
         for _, slot, _ in build_plan(args.cases):

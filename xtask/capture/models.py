@@ -51,19 +51,51 @@ def _conv_out(h, k, s, p, d):
 
 
 def _draw_conv(rng, op, flavour, composed=False):
+    """Conv shapes. conv2d_dw: depthwise, sometimes on FBGEMM's depthwise fast path (channels a
+    multiple of 8, 3x3 / 5x5 / 7x7 with same padding). conv2d / conv2d_relu: a quarter are FBGEMM
+    groupwise shapes (fbgemmOptimizedGConv: >= 8 groups of 2, 4, 8 or 16 channels, 3x3, pad 1,
+    stride 1 or 2), a quarter wide (up to 40 input / 24 output channels), the rest small with
+    arbitrary kernel, stride, padding, dilation and groups. Spatial sizes stay small: the goldens
+    record every tensor."""
+    kind = "small"
+    if op in ("conv2d", "conv2d_relu") and not composed:
+        kind = rng.choice(["groupwise", "wide", "small", "small"])
     while True:
         if op == "conv2d_dw":
-            c = int(rng.integers(3, 13))
+            c = int(rng.choice([3, 5, 6, 7, 9, 10, 12, 8, 8, 16, 16, 24]))
             cin, cout, groups = c, c, c
-            kh = kw = 3
+            kh = kw = int(rng.choice([3, 3, 5, 7]))
             stride = int(rng.integers(1, 3))
-            pad = int(rng.integers(0, 2))
-            dil = 1 if rng.integers(0, 4) else 2
+            same = rng.integers(0, 3) > 0
+            pad = (kh - 1) // 2 if same else int(rng.integers(0, kh // 2 + 1))
+            dil = 1 if (same or rng.integers(0, 4)) else 2
             sh = sw = stride
             ph = pw = pad
             dh = dw = dil
-            h = int(rng.integers(5, 10))
-            w = int(rng.integers(5, 10))
+            h = int(rng.integers(4, 9))
+            w = int(rng.integers(4, 9))
+        elif kind == "groupwise":
+            cpg = int(rng.choice([2, 2, 2, 4, 4, 8, 16]))
+            groups = int(rng.choice([8, 16])) if cpg == 2 else 8
+            cin = cout = groups * cpg
+            kh = kw = 3
+            sh = sw = int(rng.integers(1, 3))
+            ph = pw = 1
+            dh = dw = 1
+            h = int(rng.integers(3, 6 if cpg >= 8 else 7))
+            w = int(rng.integers(3, 6 if cpg >= 8 else 7))
+        elif kind == "wide":
+            groups = 1
+            cin = int(rng.integers(9, 41))
+            cout = int(rng.integers(9, 25))
+            kh = int(rng.integers(1, 4))
+            kw = kh if rng.integers(0, 3) else int(rng.integers(1, 4))
+            sh = sw = int(rng.integers(1, 3))
+            ph = int(rng.integers(0, 2))
+            pw = ph
+            dh = dw = 1
+            h = int(rng.integers(3, 7))
+            w = int(rng.integers(3, 7))
         else:
             groups = 1 if (composed or rng.integers(0, 3)) else int(rng.choice([2, 3, 4]))
             cin = groups * int(rng.integers(1 if groups > 1 else 3, (8 // groups if groups > 1 else 8) + 1))
@@ -95,10 +127,11 @@ def _draw_conv(rng, op, flavour, composed=False):
             conv.bias = None
         else:
             conv.bias.copy_(torch.from_numpy(b))
+    tags = {"groupwise": ["groupwise"], "wide": ["wide"]}.get(kind, [])
     spec = {"op": "conv2d", "in_channels": cin, "out_channels": cout, "kernel_size": [kh, kw],
             "stride": [sh, sw], "padding": [ph, pw], "dilation": [dh, dw], "groups": groups,
             "weight": tensor(wt), "bias": None if b is None else tensor(b)}
-    return conv, spec, [1, cin, h, w], cout * ho * wo
+    return conv, spec, [1, cin, h, w], cout * ho * wo, tags
 
 
 def _draw_linear(rng, flavour, k=None):
@@ -130,7 +163,7 @@ def build_model(rng, op, flavour):
             specs.append({"op": "relu"})
         shape = [int(rng.integers(1, 4)), spec["in_features"]]
     elif op in ("conv2d", "conv2d_relu", "conv2d_dw"):
-        conv, spec, shape, _ = _draw_conv(rng, op, flavour)
+        conv, spec, shape, _, tags = _draw_conv(rng, op, flavour)
         mods, specs = [conv], [spec]
         if spec["groups"] > 1:
             tags.append("depthwise" if spec["groups"] == spec["in_channels"] == spec["out_channels"] else "grouped")
@@ -138,7 +171,7 @@ def build_model(rng, op, flavour):
             mods.append(torch.nn.ReLU())
             specs.append({"op": "relu"})
     elif op == "composed":
-        conv, cspec, shape, flat = _draw_conv(rng, "conv2d", flavour, composed=True)
+        conv, cspec, shape, flat, _ = _draw_conv(rng, "conv2d", flavour, composed=True)
         lin, lspec = _draw_linear(rng, flavour, k=flat)
         mods = [conv, torch.nn.ReLU(), torch.nn.Flatten(), lin]
         specs = [cspec, {"op": "relu"}, {"op": "flatten"}, lspec]

@@ -26,8 +26,9 @@ def nice_scale(rng):
 
 
 def any_scale(rng, lo=1e-4, hi=1.0):
-    """A random double scale (usually not f32-exact: PyTorch rounds it to f32 itself)."""
-    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    """A random double scale, spread over binades (usually not f32-exact: PyTorch rounds it to f32
+    itself)."""
+    return rng.log_uniform(lo, hi)
 
 
 def ties(rng, scale, zp, qmin, qmax, n):
@@ -76,7 +77,8 @@ def data(rng, flavour, shape, scale=None, zp=0, qmin=0, qmax=255):
         if n > 1:
             x[1] = -0.0
     elif flavour == "huge":
-        x = f32(rng.uniform(-1, 1, n) * 10.0 ** rng.uniform(20, 37, n))
+        # |x| in [2^66, 2^123): ~1e20 .. 1e37, scaled by exact powers of two
+        x = f32(rng.uniform(-1, 1, n) * np.ldexp(1.0, rng.integers(66, 123, size=n)))
     elif flavour == "tiny":
         c = rng.uniform(-1, 1)
         x = f32(c + rng.uniform(-1e-7, 1e-7, n))

@@ -1,10 +1,13 @@
-//! `cargo xtask golden`: capture goldens from real PyTorch (format: golden/README.md).
+//! `cargo xtask golden`: capture goldens from real PyTorch (format: golden/README.md), regenerate
+//! the committed sets (`--check`), and compare two captures of one seed (`--compare`).
 //!
 //! Creates a Python venv once (default `target/golden-venv`, override with `QPARITY_VENV`),
 //! installs the pinned torch and numpy when missing, checks that the three FX convert flows
 //! exist, then runs `xtask/capture/golden.py` once per ISA variant (FBGEMM reads
 //! `FBGEMM_ENABLE_INSTRUCTIONS` when torch is imported, so each variant is its own process) and
-//! once more to write `MANIFEST.json`.
+//! once more to write `MANIFEST.json`. With `--emulate haswell` every step runs under
+//! `qemu-x86_64 -cpu Haswell`, which PyTorch, FBGEMM and oneDNN all see as an AVX2 CPU; the
+//! manifest then records the emulated CPU's flags (read by cpuinfo inside the process).
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -16,31 +19,47 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use qparity::engine::CpuFeatures;
 
 /// torch release the goldens are pinned to.
 const TORCH_VERSION: &str = "2.15.0";
-/// Number of cases when no committed manifest says otherwise.
+/// Number of cases of a capture unless --cases says otherwise.
 const DEFAULT_CASES: usize = 420;
 const FORMAT: &str = "qparity-golden/1";
+/// The data generator of `xtask/capture/rng.py`; sets drawn by another one cannot be regenerated.
+const GENERATOR: &str = "qparity-gen/2";
 /// ISA variants, each with the value of FBGEMM_ENABLE_INSTRUCTIONS it needs at import time.
 const ISAS: [(&str, Option<&str>); 2] = [("default", None), ("avx2", Some("AVX2"))];
+/// `--emulate` choices: name and the command prefix.
+const EMULATORS: [(&str, &str); 1] = [("haswell", "qemu-x86_64 -cpu Haswell")];
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Seed that draws shapes, qconfig variations and data (default 0; with --check: the
-    /// committed manifest's seed).
+    /// Seed that draws shapes, qconfig variations and data (default 0).
     #[arg(long)]
     seed: Option<u64>,
-    /// Total number of cases, cycling through the op x engine x mode x ISA matrix
-    /// (default: the committed set's size).
+    /// Total number of cases, cycling through the op x engine x mode x ISA matrix (default 420).
     #[arg(long)]
     cases: Option<usize>,
-    /// Output directory (default: golden/ in the workspace).
-    #[arg(long)]
+    /// Output directory of a capture, e.g. golden/<set> or a scratch folder.
+    #[arg(long, conflicts_with_all = ["check", "compare"])]
     out: Option<PathBuf>,
-    /// Regenerate into a temporary directory and diff byte for byte against golden/.
-    #[arg(long, conflicts_with_all = ["out", "force"])]
+    /// Run the capture under an emulated CPU: `haswell` (`qemu-x86_64 -cpu Haswell`, AVX2).
+    #[arg(long, value_parser = ["haswell"])]
+    emulate: Option<String>,
+    /// Regenerate every committed set under golden/ whose capture CPU this machine is (same
+    /// cpu_flags) and diff it byte for byte; sets from other CPUs are skipped with one line each.
+    #[arg(long, conflicts_with_all = ["force", "compare", "emulate"])]
     check: bool,
+    /// With --check: also regenerate sets captured under an emulator, under that emulator.
+    #[arg(long, requires = "check")]
+    emulated: bool,
+    /// Compare two captures of one seed: which cases differ, and in which tensors.
+    #[arg(long, num_args = 2, value_names = ["A", "B"], conflicts_with_all = ["force", "emulate"])]
+    compare: Option<Vec<PathBuf>>,
+    /// With --compare: list every differing case, not only the summary per op / engine / ISA.
+    #[arg(long, requires = "compare")]
+    per_case: bool,
     /// Allow writing into a non-empty directory that is not a previous golden output
     /// (its existing `cases/*.json` and `MANIFEST.json` are replaced).
     #[arg(long)]
@@ -48,81 +67,54 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let start = Instant::now();
     let root = workspace_root()?;
-    let golden = root.join("golden");
+    if let Some(dirs) = &args.compare {
+        return crate::compare::run(&dirs[0], &dirs[1], args.per_case);
+    }
     let script = root.join("xtask").join("capture").join("golden.py");
     if !script.is_file() {
         bail!("capture script not found at {}", script.display());
     }
-    let committed = read_manifest(&golden)?;
-    let cases = match (args.cases, &committed) {
-        (Some(0), _) => bail!("--cases must be at least 1"),
-        (Some(n), _) => n,
-        (None, Some(m)) => m.cases,
-        (None, None) => DEFAULT_CASES,
-    };
-    let seed = match (args.seed, args.check, &committed) {
-        (Some(s), _, _) => s,
-        (None, true, Some(m)) => m.seed,
-        _ => 0,
-    };
-
-    let python = ensure_venv(&root)?;
-
-    let tmp;
-    let out = if args.check {
-        if committed.is_none() {
-            bail!(
-                "--check: {} has no MANIFEST.json to compare with; generate it first with `cargo xtask golden`",
-                golden.display()
-            );
-        }
-        tmp = tempfile::Builder::new()
-            .prefix("qparity-golden-")
-            .tempdir()
-            .context("creating a temporary directory")?;
-        tmp.path().to_path_buf()
-    } else {
-        let out = args.out.clone().unwrap_or_else(|| golden.clone());
-        prepare_out_dir(&out, args.force)?;
-        out
-    };
-
-    eprintln!(
-        "capturing {cases} cases (seed {seed}) into {} with {}",
-        out.display(),
-        python.display()
-    );
-    capture(&python, &script, &out, seed, cases)?;
-    let gen_time = start.elapsed();
-
     if args.check {
-        let diffs = diff_dirs(&golden, &out)?;
-        eprintln!(
-            "generation took {:.1}s, total {:.1}s",
-            gen_time.as_secs_f64(),
-            start.elapsed().as_secs_f64()
-        );
-        if diffs.is_empty() {
-            eprintln!(
-                "golden --check: OK, {} matches the regenerated set byte for byte",
-                golden.display()
-            );
-            return Ok(());
-        }
-        for d in diffs.iter().take(30) {
-            eprintln!("  {d}");
-        }
-        if diffs.len() > 30 {
-            eprintln!("  ... and {} more", diffs.len() - 30);
-        }
-        bail!(
-            "golden --check: {} file(s) differ between {} and the regenerated set",
-            diffs.len(),
-            golden.display()
-        );
+        return check(&root, &script, args.emulated);
     }
+    let Some(out) = args.out.clone() else {
+        bail!(
+            "say where to write the capture: --out DIR (a committed set is golden/<name>; \
+             `--check` regenerates the committed sets)"
+        );
+    };
+    let start = Instant::now();
+    let cases = match args.cases {
+        Some(0) => bail!("--cases must be at least 1"),
+        Some(n) => n,
+        None => DEFAULT_CASES,
+    };
+    let seed = args.seed.unwrap_or(0);
+    let python = ensure_venv(&root)?;
+    let runner = match &args.emulate {
+        Some(name) => {
+            let prefix = EMULATORS
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, p)| *p)
+                .context("unknown emulator")?;
+            Runner::emulated(&python, prefix)?
+        }
+        None => Runner::native(&python),
+    };
+    prepare_out_dir(&out, args.force)?;
+    eprintln!(
+        "capturing {cases} cases (seed {seed}) into {} with {}{}",
+        out.display(),
+        python.display(),
+        runner
+            .emulator
+            .as_deref()
+            .map(|e| format!(" under {e}"))
+            .unwrap_or_default()
+    );
+    capture(&runner, &script, &out, seed, cases)?;
     eprintln!(
         "wrote {cases} cases and MANIFEST.json to {} in {:.1}s",
         out.display(),
@@ -137,30 +129,6 @@ fn workspace_root() -> Result<PathBuf> {
         .parent()
         .map(Path::to_path_buf)
         .context("xtask has no parent directory")
-}
-
-struct Committed {
-    cases: usize,
-    seed: u64,
-}
-
-fn read_manifest(dir: &Path) -> Result<Option<Committed>> {
-    let path = dir.join("MANIFEST.json");
-    if !path.exists() {
-        return Ok(None);
-    }
-    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not valid JSON", path.display()))?;
-    let cases = v["cases"]
-        .as_u64()
-        .with_context(|| format!("{}: field `cases` missing or not a number", path.display()))?;
-    let seed = v["seed"]
-        .as_u64()
-        .with_context(|| format!("{}: field `seed` missing or not a number", path.display()))?;
-    let cases =
-        usize::try_from(cases).with_context(|| format!("{}: `cases` too large", path.display()))?;
-    Ok(Some(Committed { cases, seed }))
 }
 
 /// A previous golden output: a manifest of our format, or (a fresh golden/ folder) nothing but
@@ -406,18 +374,106 @@ fn ensure_venv(root: &Path) -> Result<PathBuf> {
 // ------------------------------------------------------------------------------------------
 // capture
 
-fn base_command(python: &Path, script: &Path) -> Command {
-    let mut cmd = Command::new(python);
-    cmd.arg(script)
-        .env("OMP_NUM_THREADS", "1")
-        .env("MKL_NUM_THREADS", "1")
-        .env("PYTHONHASHSEED", "0")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env_remove("FBGEMM_ENABLE_INSTRUCTIONS");
-    cmd
+/// How the capture's Python steps run: natively, or under an emulator command prefix.
+struct Runner {
+    python: PathBuf,
+    /// E.g. `qemu-x86_64 -cpu Haswell` (recorded in the manifest).
+    emulator: Option<String>,
 }
 
-fn capture(python: &Path, script: &Path, out: &Path, seed: u64, cases: usize) -> Result<()> {
+impl Runner {
+    fn native(python: &Path) -> Self {
+        Runner {
+            python: python.to_path_buf(),
+            emulator: None,
+        }
+    }
+
+    /// Checks that the emulator's program runs before a long capture starts.
+    fn emulated(python: &Path, prefix: &str) -> Result<Self> {
+        let program = prefix.split_whitespace().next().context("empty emulator")?;
+        let ok = Command::new(program)
+            .arg("-version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            bail!(
+                "`{program}` not found or not runnable: install qemu-user (Debian/Ubuntu: \
+                 `apt-get install qemu-user`) to capture or regenerate under `{prefix}`"
+            );
+        }
+        Ok(Runner {
+            python: python.to_path_buf(),
+            emulator: Some(prefix.to_string()),
+        })
+    }
+
+    /// `python script` (under the emulator, if any) with the capture's fixed environment.
+    fn command(&self, script: &Path) -> Command {
+        let mut cmd = match &self.emulator {
+            Some(prefix) => {
+                let mut words = prefix.split_whitespace();
+                let mut c = Command::new(words.next().unwrap_or("qemu-x86_64"));
+                c.args(words).arg(&self.python);
+                c
+            }
+            None => Command::new(&self.python),
+        };
+        cmd.arg(script)
+            .env("OMP_NUM_THREADS", "1")
+            .env("MKL_NUM_THREADS", "1")
+            .env("PYTHONHASHSEED", "0")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env_remove("FBGEMM_ENABLE_INSTRUCTIONS");
+        if self.emulator.is_some() {
+            // qemu-user warns about every CPUID feature TCG cannot emulate; only those lines go.
+            cmd.stderr(Stdio::piped());
+        }
+        cmd
+    }
+
+    /// Spawns `cmd` and forwards its stderr, minus qemu's feature warnings.
+    fn spawn(&self, cmd: &mut Command) -> Result<std::process::Child> {
+        let mut child = cmd.spawn().context("starting the capture script")?;
+        if let Some(err) = child.stderr.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    if !line.contains("TCG doesn't support requested feature") {
+                        eprintln!("{line}");
+                    }
+                }
+            });
+        }
+        Ok(child)
+    }
+
+    /// The CPU as PyTorch's cpuinfo sees it in this runner (`golden.py cpu`).
+    fn cpu_flags(&self, script: &Path) -> Result<Vec<String>> {
+        let mut cmd = self.command(script);
+        cmd.arg("cpu").stdout(Stdio::piped());
+        let child = self.spawn(&mut cmd)?;
+        let out = child.wait_with_output().context("running golden.py cpu")?;
+        if !out.status.success() {
+            bail!("golden.py cpu failed ({})", out.status);
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("golden.py cpu did not print JSON")?;
+        v["cpu_flags"]
+            .as_array()
+            .context("golden.py cpu: no cpu_flags")?
+            .iter()
+            .map(|f| {
+                f.as_str()
+                    .map(String::from)
+                    .context("cpu flag not a string")
+            })
+            .collect()
+    }
+}
+
+fn capture(runner: &Runner, script: &Path, out: &Path, seed: u64, cases: usize) -> Result<()> {
     let tty = std::io::stderr().is_terminal();
     let bar = if tty {
         let b = ProgressBar::new(cases as u64);
@@ -432,7 +488,7 @@ fn capture(python: &Path, script: &Path, out: &Path, seed: u64, cases: usize) ->
     };
     let mut done = 0usize;
     for (isa, fbgemm_isa) in ISAS {
-        let mut cmd = base_command(python, script);
+        let mut cmd = runner.command(script);
         cmd.arg("run")
             .arg("--out")
             .arg(out)
@@ -446,8 +502,8 @@ fn capture(python: &Path, script: &Path, out: &Path, seed: u64, cases: usize) ->
         if let Some(v) = fbgemm_isa {
             cmd.env("FBGEMM_ENABLE_INSTRUCTIONS", v);
         }
-        let mut child = cmd
-            .spawn()
+        let mut child = runner
+            .spawn(&mut cmd)
             .with_context(|| format!("starting {}", script.display()))?;
         let stdout = child.stdout.take().context("capture script stdout")?;
         for line in BufReader::new(stdout).lines() {
@@ -476,14 +532,18 @@ fn capture(python: &Path, script: &Path, out: &Path, seed: u64, cases: usize) ->
     if done != cases {
         bail!("capture script reported {done} cases, expected {cases}");
     }
-    let status = base_command(python, script)
-        .arg("manifest")
+    let mut cmd = runner.command(script);
+    cmd.arg("manifest")
         .arg("--out")
         .arg(out)
         .arg("--seed")
         .arg(seed.to_string())
-        .stdout(Stdio::null())
-        .status()
+        .arg("--emulator")
+        .arg(runner.emulator.as_deref().unwrap_or(""))
+        .stdout(Stdio::null());
+    let status = runner
+        .spawn(&mut cmd)?
+        .wait()
         .context("running the manifest step")?;
     if !status.success() {
         bail!("writing MANIFEST.json failed ({status})");
@@ -494,12 +554,166 @@ fn capture(python: &Path, script: &Path, out: &Path, seed: u64, cases: usize) ->
 // ------------------------------------------------------------------------------------------
 // --check
 
-/// Files compared by --check: MANIFEST.json and cases/* (relative paths).
-fn golden_files(dir: &Path) -> Result<BTreeSet<PathBuf>> {
-    let mut files = BTreeSet::new();
-    if dir.join("MANIFEST.json").is_file() {
-        files.insert(PathBuf::from("MANIFEST.json"));
+/// What `--check` does with one committed set.
+#[derive(Debug, PartialEq)]
+enum Plan {
+    /// Regenerate natively or under this emulator.
+    Regenerate(Option<String>),
+    /// Skip, with the one-line reason.
+    Skip(String),
+}
+
+/// The committed set's capture facts `--check` needs.
+struct SetInfo {
+    generator: Option<String>,
+    flags: Vec<String>,
+    emulator: Option<String>,
+}
+
+/// `+flag` for flags only this machine has, `-flag` for flags only the set's CPU had.
+fn flag_diff(host: &[String], set: &[String]) -> String {
+    let h: BTreeSet<&str> = host.iter().map(String::as_str).collect();
+    let s: BTreeSet<&str> = set.iter().map(String::as_str).collect();
+    let mut parts: Vec<String> = h.difference(&s).map(|f| format!("+{f}")).collect();
+    parts.extend(s.difference(&h).map(|f| format!("-{f}")));
+    parts.join(" ")
+}
+
+/// Decides whether this machine can regenerate a set byte for byte: same generator, and the
+/// same CPU flags natively (or, with `--emulated`, under the set's emulator).
+fn plan_set(set: &SetInfo, host: &[String], emulated: bool) -> Plan {
+    if set.generator.as_deref() != Some(GENERATOR) {
+        return Plan::Skip(format!(
+            "drawn by {}, not {GENERATOR}: no machine regenerates it (it stays valid data)",
+            set.generator.as_deref().unwrap_or("an earlier generator")
+        ));
     }
+    let same = |a: &[String], b: &[String]| {
+        a.iter().collect::<BTreeSet<_>>() == b.iter().collect::<BTreeSet<_>>()
+    };
+    if same(host, &set.flags) {
+        return Plan::Regenerate(None);
+    }
+    if emulated {
+        if let Some(e) = &set.emulator {
+            return Plan::Regenerate(Some(e.clone()));
+        }
+    }
+    let class = |f: &[String]| CpuFeatures::from_flags(f).class_name();
+    let mut why = format!(
+        "captured on {}{}, this machine is {}; flags differ: {} (+ only here, - only there)",
+        class(&set.flags),
+        set.emulator
+            .as_deref()
+            .map(|e| format!(" under {e}"))
+            .unwrap_or_default(),
+        class(host),
+        flag_diff(host, &set.flags)
+    );
+    if set.emulator.is_some() {
+        why.push_str("; --emulated regenerates it under its emulator");
+    }
+    Plan::Skip(why)
+}
+
+fn check(root: &Path, script: &Path, emulated: bool) -> Result<()> {
+    let start = Instant::now();
+    let golden = root.join("golden");
+    let located = qparity::golden::manifest::locate(&golden)
+        .with_context(|| format!("reading {}", golden.display()))?;
+    if located.sets.is_empty() {
+        bail!(
+            "--check: no golden set (folder with MANIFEST.json) under {}",
+            golden.display()
+        );
+    }
+    let python = ensure_venv(root)?;
+    let native = Runner::native(&python);
+    let host = native.cpu_flags(script)?;
+    let (mut regenerated, mut skipped, mut failed) = (0, 0, Vec::new());
+    for set in &located.sets {
+        let name = set
+            .dir
+            .strip_prefix(root)
+            .unwrap_or(&set.dir)
+            .display()
+            .to_string();
+        let m = &set.manifest;
+        let info = SetInfo {
+            generator: m.generator.clone(),
+            flags: m.cpu_flags.clone(),
+            emulator: m.emulator.clone(),
+        };
+        let runner = match plan_set(&info, &host, emulated) {
+            Plan::Skip(why) => {
+                eprintln!("{name}: skipped: {why}");
+                skipped += 1;
+                continue;
+            }
+            Plan::Regenerate(None) => Runner::native(&python),
+            Plan::Regenerate(Some(e)) => {
+                let r = Runner::emulated(&python, &e)?;
+                let flags = r.cpu_flags(script)?;
+                if flags.iter().collect::<BTreeSet<_>>() != m.cpu_flags.iter().collect() {
+                    eprintln!(
+                        "{name}: skipped: under {e} this machine reports other flags ({})",
+                        flag_diff(&flags, &m.cpu_flags)
+                    );
+                    skipped += 1;
+                    continue;
+                }
+                r
+            }
+        };
+        let seed = m
+            .seed
+            .with_context(|| format!("{name}: manifest has no seed"))?;
+        let tmp = tempfile::Builder::new()
+            .prefix("qparity-golden-")
+            .tempdir()
+            .context("creating a temporary directory")?;
+        eprintln!(
+            "{name}: regenerating {} cases (seed {seed}){} ...",
+            m.cases,
+            runner
+                .emulator
+                .as_deref()
+                .map(|e| format!(" under {e}"))
+                .unwrap_or_default()
+        );
+        capture(&runner, script, tmp.path(), seed, m.cases)?;
+        let diffs = diff_sets(&set.dir, tmp.path())?;
+        regenerated += 1;
+        if diffs.is_empty() {
+            eprintln!("{name}: OK, {} case files identical byte for byte", m.cases);
+        } else {
+            eprintln!("{name}: {} file(s) differ:", diffs.len());
+            for d in diffs.iter().take(10) {
+                eprintln!("  {d}");
+            }
+            if diffs.len() > 10 {
+                eprintln!("  ... and {} more", diffs.len() - 10);
+            }
+            failed.push(name);
+        }
+    }
+    eprintln!(
+        "golden --check: {regenerated} set(s) regenerated, {skipped} skipped, {} differ ({:.1}s)",
+        failed.len(),
+        start.elapsed().as_secs_f64()
+    );
+    if !failed.is_empty() {
+        bail!(
+            "golden --check: regenerated sets differ: {}",
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Case files (relative paths under cases/).
+fn case_files(dir: &Path) -> Result<BTreeSet<PathBuf>> {
+    let mut files = BTreeSet::new();
     let cases = dir.join("cases");
     if cases.is_dir() {
         for entry in fs::read_dir(&cases).with_context(|| format!("listing {}", cases.display()))? {
@@ -510,10 +724,12 @@ fn golden_files(dir: &Path) -> Result<BTreeSet<PathBuf>> {
     Ok(files)
 }
 
-/// Byte-for-byte comparison; one line per differing, missing or extra file.
-fn diff_dirs(expected: &Path, actual: &Path) -> Result<Vec<String>> {
-    let want = golden_files(expected)?;
-    let have = golden_files(actual)?;
+/// Byte-for-byte comparison of the case files, and of the manifests' file hashes (the manifests'
+/// descriptive fields, such as the CPU name or Python version, may differ); one line per
+/// differing, missing or extra file.
+fn diff_sets(expected: &Path, actual: &Path) -> Result<Vec<String>> {
+    let want = case_files(expected)?;
+    let have = case_files(actual)?;
     let mut diffs = Vec::new();
     for f in want.union(&have) {
         match (want.contains(f), have.contains(f)) {
@@ -529,6 +745,14 @@ fn diff_dirs(expected: &Path, actual: &Path) -> Result<Vec<String>> {
                 }
             }
         }
+    }
+    let hashes = |d: &Path| -> Result<Option<String>> {
+        Ok(qparity::golden::manifest::Manifest::load(d)
+            .ok()
+            .map(|m| m.content_hash))
+    };
+    if diffs.is_empty() && hashes(expected)? != hashes(actual)? {
+        diffs.push("MANIFEST.json: content_hash differs".into());
     }
     Ok(diffs)
 }
@@ -583,11 +807,11 @@ mod tests {
             fs::write(d.join("MANIFEST.json"), "m").unwrap();
             fs::write(d.join("cases/same.json"), "1").unwrap();
         }
-        assert!(diff_dirs(a.path(), b.path()).unwrap().is_empty());
+        assert!(diff_sets(a.path(), b.path()).unwrap().is_empty());
         fs::write(a.path().join("cases/x.json"), "1").unwrap();
         fs::write(b.path().join("cases/y.json"), "1").unwrap();
         fs::write(b.path().join("cases/same.json"), "2").unwrap();
-        let d = diff_dirs(a.path(), b.path()).unwrap();
+        let d = diff_sets(a.path(), b.path()).unwrap();
         assert_eq!(d.len(), 3, "{d:?}");
         assert!(d
             .iter()
@@ -598,5 +822,52 @@ mod tests {
         assert!(d
             .iter()
             .any(|l| l.starts_with("not in") && l.contains("y.json")));
+    }
+
+    fn flags(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn check_regenerates_only_sets_this_machine_can_reproduce() {
+        let vnni = flags("sse4_2 avx avx2 fma f16c avx512f avx512bw avx512vl avx512dq avx512_vnni");
+        let avx2 = flags("sse4_2 avx avx2 fma f16c");
+        let set = |generator: Option<&str>, f: &[String], emulator: Option<&str>| SetInfo {
+            generator: generator.map(String::from),
+            flags: f.to_vec(),
+            emulator: emulator.map(String::from),
+        };
+        let gen = Some(GENERATOR);
+        assert_eq!(
+            plan_set(&set(gen, &vnni, None), &vnni, false),
+            Plan::Regenerate(None)
+        );
+        // An emulated AVX2 set regenerates natively on an AVX2 machine.
+        let emu = Some("qemu-x86_64 -cpu Haswell");
+        assert_eq!(
+            plan_set(&set(gen, &avx2, emu), &avx2, false),
+            Plan::Regenerate(None)
+        );
+        assert_eq!(
+            plan_set(&set(gen, &avx2, emu), &vnni, true),
+            Plan::Regenerate(emu.map(String::from))
+        );
+        let Plan::Skip(why) = plan_set(&set(gen, &avx2, emu), &vnni, false) else {
+            panic!("an AVX2 set must be skipped on a VNNI machine");
+        };
+        assert_eq!(
+            why,
+            "captured on AVX2 under qemu-x86_64 -cpu Haswell, this machine is AVX-512 VNNI; flags \
+             differ: +avx512_vnni +avx512bw +avx512dq +avx512f +avx512vl (+ only here, - only \
+             there); --emulated regenerates it under its emulator"
+        );
+        let Plan::Skip(why) = plan_set(&set(None, &vnni, None), &vnni, true) else {
+            panic!("a set of an earlier generator cannot be regenerated");
+        };
+        assert!(why.contains("earlier generator"), "{why}");
+        let Plan::Skip(why) = plan_set(&set(gen, &vnni, None), &avx2, true) else {
+            panic!("no emulator gives AVX-512");
+        };
+        assert!(!why.contains("--emulated"), "{why}");
     }
 }

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod arm;
 mod bench;
+mod compare;
 mod difflive;
 mod fuzz;
 mod golden;
@@ -17,7 +18,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Capture goldens from PyTorch into golden/ (or --out), or --check the committed set.
+    /// Capture goldens from PyTorch (--out), --check the committed sets, or --compare two captures.
     Golden(golden::Args),
     /// Cross-build for aarch64 and run the test suites under qemu (cortex-a53 and max CPUs).
     ArmTest(arm::ArmTestArgs),
