@@ -17,6 +17,9 @@ pub fn supports(op: PrimOp) -> bool {
 const PRELUDE: &str = r#"import json, os, struct, sys
 "#;
 
+/// How ops on quantized tensors are called: the capture's own table (one source for both).
+const QOP_CALLS: &str = include_str!("../xtask/capture/qop_calls.py");
+
 const COMMON: &str = r#"import torch
 import torch.ao.quantization.fx._decomposed  # registers quantized_decomposed ops
 torch.set_num_threads(1)
@@ -110,6 +113,14 @@ def run_primitive(case):
         y = torch.ops.quantized.linear(x, packed, a["output_scale"], a["output_zero_point"])
         n = compare("quantize_per_tensor(input)", x.int_repr(), T(e["input_int_repr"]))
         return n + compare(op + " (" + a["engine"] + ")", y.int_repr(), T(e["int_repr"]))
+    if op in QOP_CALLS:
+        torch.backends.quantized.engine = a["engine"]
+        xs = [qop_input(r, T) for r in a["inputs"]]
+        y = QOP_CALLS[op](xs, a.get("params"))
+        n = compare("%s (%s) output qparams" % (op, a["engine"]),
+                    torch.tensor([y.q_scale(), float(y.q_zero_point())], dtype=torch.float64),
+                    torch.tensor([a["output_scale"], float(a["output_zero_point"])], dtype=torch.float64))
+        return n + compare("%s (%s)" % (op, a["engine"]), y.int_repr().contiguous(), T(e["int_repr"]))
     raise SystemExit("op %r is not supported by this script" % op)
 
 
@@ -235,6 +246,7 @@ pub fn script_for(case: &Case, json_text: &str) -> Result<String> {
              os.environ.setdefault(\"FBGEMM_ENABLE_INSTRUCTIONS\", \"AVX2\")\n",
         );
     }
+    s.push_str(QOP_CALLS);
     s.push_str(COMMON);
     Ok(s)
 }

@@ -23,6 +23,14 @@ fn sets() -> Vec<GoldenSet> {
     located.sets
 }
 
+/// The sets of the core suite (primitives and small models, one per capture CPU).
+fn core_sets() -> Vec<GoldenSet> {
+    sets()
+        .into_iter()
+        .filter(|s| s.manifest.suite.as_deref().unwrap_or("core") == "core")
+        .collect()
+}
+
 #[test]
 fn manifests_match_every_golden_file_and_cover_both_cpu_classes() {
     let sets = sets();
@@ -103,7 +111,7 @@ fn assert_passes(set: &GoldenSet, opts: CheckOptions) -> Report {
 
 #[test]
 fn reference_engine_reproduces_every_golden_set() {
-    for set in sets() {
+    for set in core_sets() {
         let report = assert_passes(&set, CheckOptions::default());
         assert!(
             report.elements_exact > 500_000,
@@ -124,7 +132,7 @@ fn reference_engine_reproduces_every_golden_set() {
 /// forced-AVX2 hybrids fail as true AVX2, the AVX2 set fails as VNNI).
 #[test]
 fn a_set_modelled_as_the_other_cpu_class_fails() {
-    for set in sets() {
+    for set in core_sets() {
         let cpu = set.manifest.cpu().unwrap();
         let other = if cpu.avx512_vnni {
             CpuFeatures::AVX2
@@ -146,6 +154,40 @@ fn a_set_modelled_as_the_other_cpu_class_fails() {
             set.dir.display(),
             other.class_name()
         );
+    }
+}
+
+/// The ops suite: every op on quantized tensors under every engine, 0 mismatches, nothing
+/// ambiguous (these kernels are integer or exactly specified float arithmetic).
+#[test]
+fn every_op_on_quantized_tensors_reproduces_its_goldens() {
+    let ops: Vec<GoldenSet> = sets()
+        .into_iter()
+        .filter(|s| s.manifest.suite.as_deref() == Some("ops"))
+        .collect();
+    assert!(!ops.is_empty(), "no golden set of the ops suite");
+    for set in ops {
+        let report = assert_passes(&set, CheckOptions::default());
+        assert_eq!(report.elements_ambiguous, 0, "{}", set.dir.display());
+        // Every registered op on quantized tensors has cases under every engine.
+        for op in qparity::golden::PrimOp::ALL {
+            if !op.is_quantized_op() {
+                continue;
+            }
+            for engine in qparity::engine::Engine::ALL {
+                let n = report
+                    .cases
+                    .iter()
+                    .filter(|c| c.op == op.name() && c.passed && c.id.contains(engine.name()))
+                    .count();
+                assert!(
+                    n > 0,
+                    "{}: no {} case for {engine:?}",
+                    set.dir.display(),
+                    op.name()
+                );
+            }
+        }
     }
 }
 

@@ -40,6 +40,13 @@ pub struct Manifest {
     /// Provenance and whether the set can be regenerated.
     #[serde(default)]
     pub note: Option<String>,
+    /// Which capture plan drew the cases: `core` (primitives and small models, the default) or
+    /// `ops` (ops on quantized tensors under every engine).
+    #[serde(default)]
+    pub suite: Option<String>,
+    /// The `--cases` the set was captured with (for the ops suite: cases per op).
+    #[serde(default)]
+    pub plan_cases: Option<usize>,
     #[serde(default)]
     pub seed: Option<u64>,
     pub cases: usize,

@@ -64,11 +64,15 @@ pub enum PrimOp {
     Observer,
     /// `quantized::linear` on a recorded quantized input (what `cargo xtask diff-live` draws).
     QuantizedLinear,
+    /// `relu6` on a quantized tensor (`quantized::relu6`, `F.relu6`, `nn.ReLU6`).
+    Relu6,
+    /// `hardtanh` / `clamp` on a quantized tensor; params `{min_val, max_val}`.
+    Hardtanh,
 }
 
 impl PrimOp {
     /// Every registered primitive op.
-    pub const ALL: [PrimOp; 13] = [
+    pub const ALL: [PrimOp; 15] = [
         PrimOp::QuantizePerTensor,
         PrimOp::QuantizePerChannel,
         PrimOp::DequantizePerTensor,
@@ -82,6 +86,8 @@ impl PrimOp {
         PrimOp::FusedMovingAvgObsFakeQuant,
         PrimOp::Observer,
         PrimOp::QuantizedLinear,
+        PrimOp::Relu6,
+        PrimOp::Hardtanh,
     ];
 
     /// The golden name.
@@ -100,12 +106,19 @@ impl PrimOp {
             PrimOp::FusedMovingAvgObsFakeQuant => "fused_moving_avg_obs_fake_quant",
             PrimOp::Observer => "observer",
             PrimOp::QuantizedLinear => "quantized_linear",
+            PrimOp::Relu6 => "relu6",
+            PrimOp::Hardtanh => "hardtanh",
         }
     }
 
     /// Parses a golden name.
     pub fn from_name(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|o| o.name() == s)
+    }
+
+    /// An op on quantized tensors whose arguments are [`QOpArgs`].
+    pub fn is_quantized_op(self) -> bool {
+        matches!(self, PrimOp::Relu6 | PrimOp::Hardtanh)
     }
 }
 
@@ -158,6 +171,33 @@ pub enum PrimArgs {
     Fused(FusedArgs),
     Observer(ObserverCaseArgs),
     QuantizedLinear(QuantizedLinearArgs),
+    QuantizedOp(QOpArgs),
+}
+
+/// A quantized tensor as a case stores it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QTensorRecord {
+    /// u8 values in logical (NCHW) order.
+    pub int_repr: Tensor,
+    pub scale: f64,
+    pub zero_point: i64,
+    /// The memory format PyTorch held the tensor in.
+    #[serde(default)]
+    pub memory_format: crate::ops::MemoryFormat,
+}
+
+/// Arguments of an op on quantized tensors (`relu6`, `hardtanh`, …): the engine, the quantized
+/// inputs, the op's own parameters (decoded by the op) and the output qparams PyTorch reported.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QOpArgs {
+    pub engine: Engine,
+    pub inputs: Vec<QTensorRecord>,
+    #[serde(default)]
+    pub params: serde_json::Value,
+    pub output_scale: f64,
+    pub output_zero_point: i64,
 }
 
 /// Arguments of the quantize / dequantize / fake-quantize primitives.
@@ -510,6 +550,7 @@ fn decode_primitive(path: &Path, op_name: &str, v: &serde_json::Value) -> Result
         PrimOp::FusedMovingAvgObsFakeQuant => PrimArgs::Fused(decode(path, "args", args_v)?),
         PrimOp::Observer => PrimArgs::Observer(decode(path, "args", args_v)?),
         PrimOp::QuantizedLinear => PrimArgs::QuantizedLinear(decode(path, "args", args_v)?),
+        op if op.is_quantized_op() => PrimArgs::QuantizedOp(decode(path, "args", args_v)?),
         _ => PrimArgs::Quantize(decode(path, "args", args_v)?),
     };
     let expected = decode(path, "expected", v.get("expected").unwrap_or(&null))?;

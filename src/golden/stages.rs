@@ -39,13 +39,14 @@
 
 use super::{
     Body, Case, FusedArgs, Layer, ModelCase, ObserverDesc, PrimArgs, PrimExpected, PrimOp,
-    PrimitiveCase, QArgs, QuantizedLinearArgs, QuantizedRecord, Source,
+    PrimitiveCase, QArgs, QOpArgs, QuantizedLinearArgs, QuantizedRecord, Source,
 };
 use crate::engine::flow::Flow;
 use crate::engine::{fbgemm_gemm_isa, CpuFeatures, Ctx, Engine, Isa};
 use crate::geometry::Conv2dParams;
 use crate::numerics::bound::Pred;
 use crate::numerics::observer::{FusedConfig, ObserverConfig};
+use crate::ops::clamp::Clamp;
 use crate::ops::fake_quant::{FakeQuantize, FusedMovingAvgObsFakeQuant};
 use crate::ops::layer::{Geometry, QLayer, QWeight};
 use crate::ops::observe::{GraphQParams, Observe, WeightQuantize};
@@ -421,7 +422,64 @@ fn primitive_stages(
             )])
         }
         PrimArgs::QuantizedLinear(a) => quantized_linear_stage(case, p, a, isa, cpu),
+        PrimArgs::QuantizedOp(a) => Ok(vec![quantized_op_stage(case, p, a, isa, cpu)?]),
     }
+}
+
+/// The op a quantized-op primitive names, with its parameters.
+fn quantized_op(case: &Case, op: PrimOp, params: &serde_json::Value) -> Result<Arc<dyn Op>> {
+    fn decode<T: serde::de::DeserializeOwned>(case: &Case, v: &serde_json::Value) -> Result<T> {
+        super::decode(&case.path, "args.params", v)
+    }
+    Ok(match op {
+        PrimOp::Relu6 => Arc::new(Clamp::RELU6),
+        PrimOp::Hardtanh => Arc::new(decode::<Clamp>(case, params)?),
+        other => {
+            return Err(case.field_err(
+                "op",
+                format!("{} is not an op on quantized tensors", other.name()),
+            ))
+        }
+    })
+}
+
+fn quantized_op_stage(
+    case: &Case,
+    p: &PrimitiveCase,
+    a: &QOpArgs,
+    isa: Isa,
+    cpu: CpuFeatures,
+) -> Result<Stage> {
+    let inputs = a
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut q = quantized(
+                case,
+                &format!("args.inputs[{i}].int_repr"),
+                &r.int_repr,
+                r.scale,
+                r.zero_point,
+            )?;
+            q.memory_format = r.memory_format;
+            Ok(Value::Quantized(q))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Stage {
+        location: format!("{} ({})", p.op.name(), a.engine.name()),
+        group: p.op.name().to_string(),
+        ctx: ctx(Flow::ConvertFx, a.engine, isa, cpu),
+        op: quantized_op(case, p.op, &a.params)?,
+        inputs,
+        out: Some(OutQParams {
+            scale: a.output_scale,
+            zero_point: a.output_zero_point,
+            quant_min: 0,
+            quant_max: 255,
+        }),
+        expected: vec![expected_field(case, &p.expected, "int_repr")?],
+    })
 }
 
 type StageParts = (Arc<dyn Op>, Vec<Value>, Vec<Expected>);

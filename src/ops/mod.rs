@@ -11,6 +11,7 @@
 //! Adding an op is one new module here with its [`Op`] implementation, plus its registration in
 //! the golden schema ([`crate::golden`]); see `docs/ARCHITECTURE.md`.
 
+pub mod clamp;
 pub mod fake_quant;
 pub mod gemm;
 pub mod layer;
@@ -50,6 +51,27 @@ pub struct QTensor {
 }
 
 impl QTensor {
+    /// The values in the order they lie in PyTorch's memory: logical order for contiguous
+    /// tensors, NHWC for 4-D channels-last ones.
+    pub fn memory_order(&self) -> Vec<u8> {
+        match (self.memory_format, &self.shape[..]) {
+            (MemoryFormat::ChannelsLast, &[n, c, h, w]) => {
+                let mut out = Vec::with_capacity(self.data.len());
+                for b in 0..n {
+                    for y in 0..h {
+                        for x in 0..w {
+                            for ch in 0..c {
+                                out.push(self.data[((b * c + ch) * h + y) * w + x]);
+                            }
+                        }
+                    }
+                }
+                out
+            }
+            _ => self.data.clone(),
+        }
+    }
+
     /// A contiguous quantized tensor.
     pub fn new(shape: Vec<usize>, data: Vec<u8>, scale: f64, zero_point: i64) -> Self {
         Self {

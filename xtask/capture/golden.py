@@ -3,8 +3,8 @@
 Run by `cargo xtask golden`, once per ISA variant (FBGEMM reads FBGEMM_ENABLE_INSTRUCTIONS when
 torch is imported, so each variant needs its own process), then once more to write the manifest:
 
-    golden.py run --out DIR --seed S --cases N --isa default|avx2
-    golden.py manifest --out DIR --seed S [--emulator "qemu-x86_64 -cpu Haswell"]
+    golden.py run --out DIR --seed S --cases N --isa default|avx2 [--suite core|ops] [--registry OPS]
+    golden.py manifest --out DIR --seed S [--suite core|ops] [--emulator "qemu-x86_64 -cpu Haswell"]
     golden.py cpu          # the CPU as PyTorch's cpuinfo sees it (one JSON line)
 
 `run` writes DIR/cases/<id>.json for the cases of the plan that belong to its ISA and prints one
@@ -72,15 +72,48 @@ def build_plan(n_cases):
 
 def _case_id(index, slot):
     from prims import PRIMITIVES
+    from qops import QOPS
 
     if slot[0] == "primitive":
         return f"prim-{PRIMITIVES[slot[1]][1]}-{index:04d}"
+    if slot[0] == "qop":
+        return f"qop-{QOPS[slot[1]][0]}-{slot[2]}-{slot[3]:04d}"
     _, op, engine, mode, isa = slot
     return f"model-{op}-{engine}-{mode}-{isa}-{index:04d}"
 
 
+def build_ops_plan(n_per_op):
+    """The `ops` suite: n_per_op cases of every op in qops.QOPS, cycling through the engines.
+    A case's data depends only on (seed, op, k), so adding an op adds cases and changes none."""
+    from qops import ENGINES, QOPS
+
+    plan = []
+    for i, (op, _) in enumerate(QOPS):
+        key = int.from_bytes(hashlib.sha256(op.encode()).digest()[:4], "big") << 16
+        for k in range(n_per_op):
+            plan.append((key + k, ("qop", i, ENGINES[k % len(ENGINES)], k), k // len(ENGINES)))
+    return plan
+
+
+def _plan(suite, n_cases):
+    return build_ops_plan(n_cases) if suite == "ops" else build_plan(n_cases)
+
+
+def check_registry(registry):
+    """Every op this script writes must be one the Rust registry (`PrimOp`) knows."""
+    from prims import PRIMITIVES
+    from qops import QOPS
+
+    known = set(registry.split(","))
+    ours = {op for op, _, _ in PRIMITIVES} | {op for op, _ in QOPS}
+    unknown = sorted(ours - known)
+    if unknown:
+        sys.exit(f"golden.py: ops {unknown} are not in qparity's op registry (qparity::golden::PrimOp); "
+                 "register them there first")
+
+
 def _slot_isa(slot):
-    return "default" if slot[0] == "primitive" else slot[4]
+    return "default" if slot[0] in ("primitive", "qop") else slot[4]
 
 
 def _dump(obj, depth):
@@ -111,9 +144,13 @@ def cmd_run(args):
     from common import case_rng
     from models import model_case
     from prims import PRIMITIVES
+    from qops import QOPS
 
+    if args.registry:
+        check_registry(args.registry)
     version = torch.__version__.split("+")[0]
-    plan = build_plan(args.cases)
+    plan = _plan(args.suite, args.cases)
+    print(f"PLAN {len(plan)}", flush=True)
     cases_dir = os.path.join(args.out, "cases")
     os.makedirs(cases_dir, exist_ok=True)
     for index, slot, occ in plan:
@@ -126,6 +163,16 @@ def cmd_run(args):
         if slot[0] == "primitive":
             op, _, builder = PRIMITIVES[slot[1]]
             a, expected, tags = builder(rng, occ)
+            case["kind"] = "primitive"
+            case["tags"] = tags
+            case["op"] = op
+            case["args"] = a
+            case["expected"] = expected
+        elif slot[0] == "qop":
+            op, builder = QOPS[slot[1]]
+            torch.backends.quantized.engine = slot[2]
+            a, expected, tags = builder(rng, occ, slot[2])
+            case["kind"] = "primitive"
             case["tags"] = tags
             case["op"] = op
             case["args"] = a
@@ -179,7 +226,8 @@ def cmd_manifest(args):
         files["cases/" + name] = hashlib.sha256(raw).hexdigest()
         case = json.loads(raw)
         if case["kind"] == "primitive":
-            key = f"primitive/{case['op']}/-/-/{case['isa']}"
+            engine = case["args"].get("engine", "-") if isinstance(case.get("args"), dict) else "-"
+            key = f"primitive/{case['op']}/{engine}/-/{case['isa']}"
         else:
             key = f"model/{case['op']}/{case['engine']}/{case['mode']}/{case['isa']}"
         counts[key] = counts.get(key, 0) + 1
@@ -192,6 +240,8 @@ def cmd_manifest(args):
         **cpu_description(),
         "emulator": args.emulator or None,
         "generator": GENERATOR,
+        "suite": args.suite,
+        "plan_cases": args.plan_cases,
         "seed": args.seed,
         "cases": len(files),
         "counts": dict(sorted(counts.items())),
@@ -212,14 +262,19 @@ def main():
     r.add_argument("--seed", type=int, required=True)
     r.add_argument("--cases", type=int, required=True)
     r.add_argument("--isa", choices=ISAS, required=True)
+    r.add_argument("--suite", choices=("core", "ops"), default="core")
+    r.add_argument("--registry", default="")
     m = sub.add_parser("manifest")
     m.add_argument("--out", required=True)
     m.add_argument("--seed", type=int, required=True)
     m.add_argument("--emulator", default="")
+    m.add_argument("--suite", choices=("core", "ops"), default="core")
+    m.add_argument("--plan-cases", type=int, required=True)
     sub.add_parser("cpu")
     sub.add_parser("self-test")
     p = sub.add_parser("plan")
     p.add_argument("--cases", type=int, required=True)
+    p.add_argument("--suite", choices=("core", "ops"), default="core")
     args = ap.parse_args()
     if args.cmd == "run":
         cmd_run(args)
@@ -233,7 +288,7 @@ def main():
         print("SELFTEST " + json.dumps(self_test()))
     else:
         counts = {isa: 0 for isa in ISAS}
-        for _, slot, _ in build_plan(args.cases):
+        for _, slot, _ in _plan(args.suite, args.cases):
             counts[_slot_isa(slot)] += 1
         for isa, n in counts.items():
             print(f"ISA {isa} {n}")

@@ -38,7 +38,8 @@ pub struct Args {
     /// Seed that draws shapes, qconfig variations and data (default 0).
     #[arg(long)]
     seed: Option<u64>,
-    /// Total number of cases, cycling through the op x engine x mode x ISA matrix (default 420).
+    /// Total number of cases, cycling through the op x engine x mode x ISA matrix (default 420);
+    /// with `--suite ops`, the number of cases per op (cycling through the engines).
     #[arg(long)]
     cases: Option<usize>,
     /// Output directory of a capture, e.g. golden/<set> or a scratch folder.
@@ -60,6 +61,10 @@ pub struct Args {
     /// With --compare: list every differing case, not only the summary per op / engine / ISA.
     #[arg(long, requires = "compare")]
     per_case: bool,
+    /// Which capture plan: `core` (primitives and small models) or `ops` (ops on quantized
+    /// tensors under every engine).
+    #[arg(long, value_parser = ["core", "ops"], default_value = "core")]
+    suite: String,
     /// Allow writing into a non-empty directory that is not a previous golden output
     /// (its existing `cases/*.json` and `MANIFEST.json` are replaced).
     #[arg(long)]
@@ -114,9 +119,9 @@ pub fn run(args: Args) -> Result<()> {
             .map(|e| format!(" under {e}"))
             .unwrap_or_default()
     );
-    capture(&runner, &script, &out, seed, cases)?;
+    capture(&runner, &script, &out, &args.suite, seed, cases)?;
     eprintln!(
-        "wrote {cases} cases and MANIFEST.json to {} in {:.1}s",
+        "wrote the cases and MANIFEST.json to {} in {:.1}s",
         out.display(),
         start.elapsed().as_secs_f64()
     );
@@ -473,7 +478,23 @@ impl Runner {
     }
 }
 
-fn capture(runner: &Runner, script: &Path, out: &Path, seed: u64, cases: usize) -> Result<()> {
+/// The op registry (`qparity::golden::PrimOp`) as the capture script checks it.
+fn registry() -> String {
+    qparity::golden::PrimOp::ALL
+        .iter()
+        .map(|o| o.name())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn capture(
+    runner: &Runner,
+    script: &Path,
+    out: &Path,
+    suite: &str,
+    seed: u64,
+    cases: usize,
+) -> Result<()> {
     let tty = std::io::stderr().is_terminal();
     let bar = if tty {
         let b = ProgressBar::new(cases as u64);
@@ -487,6 +508,8 @@ fn capture(runner: &Runner, script: &Path, out: &Path, seed: u64, cases: usize) 
         ProgressBar::hidden()
     };
     let mut done = 0usize;
+    // The plan's size: `--cases` for the core suite, cases per op times ops for the ops suite.
+    let mut total = cases;
     for (isa, fbgemm_isa) in ISAS {
         let mut cmd = runner.command(script);
         cmd.arg("run")
@@ -498,6 +521,10 @@ fn capture(runner: &Runner, script: &Path, out: &Path, seed: u64, cases: usize) 
             .arg(cases.to_string())
             .arg("--isa")
             .arg(isa)
+            .arg("--suite")
+            .arg(suite)
+            .arg("--registry")
+            .arg(registry())
             .stdout(Stdio::piped());
         if let Some(v) = fbgemm_isa {
             cmd.env("FBGEMM_ENABLE_INSTRUCTIONS", v);
@@ -508,6 +535,14 @@ fn capture(runner: &Runner, script: &Path, out: &Path, seed: u64, cases: usize) 
         let stdout = child.stdout.take().context("capture script stdout")?;
         for line in BufReader::new(stdout).lines() {
             let line = line.context("reading the capture script's output")?;
+            if let Some(n) = line.strip_prefix("PLAN ") {
+                total = n
+                    .trim()
+                    .parse()
+                    .context("PLAN line of the capture script")?;
+                bar.set_length(total as u64);
+                continue;
+            }
             match line.strip_prefix("CASE ") {
                 Some(rest) => {
                     done += 1;
@@ -516,7 +551,7 @@ fn capture(runner: &Runner, script: &Path, out: &Path, seed: u64, cases: usize) 
                         bar.set_message(format!("{isa}: {id}"));
                         bar.inc(1);
                     } else {
-                        eprintln!("case {done} of {cases}: {id}");
+                        eprintln!("case {done} of {total}: {id}");
                     }
                 }
                 None => bar.println(line),
@@ -529,8 +564,8 @@ fn capture(runner: &Runner, script: &Path, out: &Path, seed: u64, cases: usize) 
         }
     }
     bar.finish_and_clear();
-    if done != cases {
-        bail!("capture script reported {done} cases, expected {cases}");
+    if done != total {
+        bail!("capture script reported {done} cases, expected {total}");
     }
     let mut cmd = runner.command(script);
     cmd.arg("manifest")
@@ -540,6 +575,10 @@ fn capture(runner: &Runner, script: &Path, out: &Path, seed: u64, cases: usize) 
         .arg(seed.to_string())
         .arg("--emulator")
         .arg(runner.emulator.as_deref().unwrap_or(""))
+        .arg("--suite")
+        .arg(suite)
+        .arg("--plan-cases")
+        .arg(cases.to_string())
         .stdout(Stdio::null());
     let status = runner
         .spawn(&mut cmd)?
@@ -681,7 +720,15 @@ fn check(root: &Path, script: &Path, emulated: bool) -> Result<()> {
                 .map(|e| format!(" under {e}"))
                 .unwrap_or_default()
         );
-        capture(&runner, script, tmp.path(), seed, m.cases)?;
+        let suite = m.suite.as_deref().unwrap_or("core");
+        capture(
+            &runner,
+            script,
+            tmp.path(),
+            suite,
+            seed,
+            m.plan_cases.unwrap_or(m.cases),
+        )?;
         let diffs = diff_sets(&set.dir, tmp.path())?;
         regenerated += 1;
         if diffs.is_empty() {

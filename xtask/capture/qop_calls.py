@@ -1,0 +1,18 @@
+# How each op on quantized tensors is called in PyTorch: `QOP_CALLS[op](inputs, params)` with the
+# quantized input tensors and the case's `args.params`. Used by the capture (xtask/capture/qops.py)
+# and embedded verbatim in `qparity repro` scripts, so both call PyTorch the same way.
+import torch
+import torch.nn.functional as F
+
+QOP_CALLS = {
+    "relu6": lambda xs, p: F.relu6(xs[0]),
+    "hardtanh": lambda xs, p: F.hardtanh(xs[0], p["min_val"], p["max_val"]),
+}
+
+
+def qop_input(rec, make_tensor):
+    """A case's quantized input record as a torch tensor in its memory format."""
+    x = torch._make_per_tensor_quantized_tensor(make_tensor(rec["int_repr"]), rec["scale"], rec["zero_point"])
+    if rec.get("memory_format") == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
