@@ -56,7 +56,9 @@ impl Op for Clamp {
         let (scale, zero_point) = input.qparams(self.name())?;
         validate_qparams("input qparams", scale, zero_point, 0, 255)?;
         let out = *expect_out(self.name(), out)?;
-        if !(self.min_val <= self.max_val) {
+        if self.min_val.partial_cmp(&self.max_val) != Some(std::cmp::Ordering::Less)
+            && self.min_val != self.max_val
+        {
             return Err(Error::invalid(
                 self.name(),
                 format!("min {} must not exceed max {}", self.min_val, self.max_val),
