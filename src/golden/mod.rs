@@ -68,11 +68,13 @@ pub enum PrimOp {
     Relu6,
     /// `hardtanh` / `clamp` on a quantized tensor; params `{min_val, max_val}`.
     Hardtanh,
+    /// `relu` on a quantized tensor.
+    Relu,
 }
 
 impl PrimOp {
     /// Every registered primitive op.
-    pub const ALL: [PrimOp; 15] = [
+    pub const ALL: [PrimOp; 16] = [
         PrimOp::QuantizePerTensor,
         PrimOp::QuantizePerChannel,
         PrimOp::DequantizePerTensor,
@@ -88,6 +90,7 @@ impl PrimOp {
         PrimOp::QuantizedLinear,
         PrimOp::Relu6,
         PrimOp::Hardtanh,
+        PrimOp::Relu,
     ];
 
     /// The golden name.
@@ -108,6 +111,7 @@ impl PrimOp {
             PrimOp::QuantizedLinear => "quantized_linear",
             PrimOp::Relu6 => "relu6",
             PrimOp::Hardtanh => "hardtanh",
+            PrimOp::Relu => "relu",
         }
     }
 
@@ -118,7 +122,7 @@ impl PrimOp {
 
     /// An op on quantized tensors whose arguments are [`QOpArgs`].
     pub fn is_quantized_op(self) -> bool {
-        matches!(self, PrimOp::Relu6 | PrimOp::Hardtanh)
+        matches!(self, PrimOp::Relu6 | PrimOp::Hardtanh | PrimOp::Relu)
     }
 }
 

@@ -434,6 +434,7 @@ fn quantized_op(case: &Case, op: PrimOp, params: &serde_json::Value) -> Result<A
     Ok(match op {
         PrimOp::Relu6 => Arc::new(Clamp::RELU6),
         PrimOp::Hardtanh => Arc::new(decode::<Clamp>(case, params)?),
+        PrimOp::Relu => Arc::new(crate::ops::relu::Relu),
         other => {
             return Err(case.field_err(
                 "op",

@@ -17,6 +17,7 @@ pub mod gemm;
 pub mod layer;
 pub mod observe;
 pub mod quantize;
+pub mod relu;
 
 use crate::engine::Ctx;
 use crate::numerics::bound::Pred;

@@ -80,7 +80,14 @@ def hardtanh(rng, rnd, engine):
     return args, expected, tags + (["tie_bounds"] if rnd % 2 else [])
 
 
+def relu(rng, rnd, engine):
+    x, rec, tags = qinput(rng, rnd)
+    args, expected = _result(engine, [rec], None, QOP_CALLS["relu"]([x], None))
+    return args, expected, tags
+
+
 QOPS = [
     ("relu6", relu6),
     ("hardtanh", hardtanh),
+    ("relu", relu),
 ]
