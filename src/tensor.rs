@@ -123,6 +123,71 @@ struct RawTensor {
     hex: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     data: Option<Vec<i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    z: Option<String>,
+}
+
+impl DType {
+    /// Bytes per element in the compact `z` payload.
+    fn width(self) -> usize {
+        match self {
+            DType::F64 | DType::I64 => 8,
+            DType::F32 | DType::I32 => 4,
+            DType::U8 | DType::I8 | DType::Bool => 1,
+        }
+    }
+}
+
+/// Decodes a compact payload: base64 of the zlib stream of the elements' little-endian bytes.
+fn decode_z(z: &str, dtype: DType, n: usize) -> Result<Data, String> {
+    use base64::Engine as _;
+    use std::io::Read as _;
+    let packed = base64::engine::general_purpose::STANDARD
+        .decode(z.trim())
+        .map_err(|e| format!("\"z\" payload is not base64: {e}"))?;
+    let want = n.checked_mul(dtype.width()).ok_or("shape overflows")?;
+    let mut raw = Vec::with_capacity(want);
+    flate2::read::ZlibDecoder::new(&packed[..])
+        .take(want as u64 + 1)
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("\"z\" payload is not a zlib stream: {e}"))?;
+    if raw.len() != want {
+        return Err(format!(
+            "\"z\" payload holds {} bytes, expected {want} ({n} elements × {})",
+            raw.len(),
+            dtype.width()
+        ));
+    }
+    Ok(match dtype {
+        DType::F32 => Data::F32(
+            raw.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        ),
+        DType::F64 => Data::F64(
+            raw.chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .collect(),
+        ),
+        DType::U8 => Data::Int(raw.iter().map(|&b| b as i64).collect()),
+        DType::I8 => Data::Int(raw.iter().map(|&b| b as i8 as i64).collect()),
+        DType::Bool => {
+            if let Some(i) = raw.iter().position(|&b| b > 1) {
+                return Err(format!("element {i} of a bool tensor is {}", raw[i]));
+            }
+            Data::Int(raw.iter().map(|&b| b as i64).collect())
+        }
+        DType::I32 => Data::Int(
+            raw.chunks_exact(4)
+                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64)
+                .collect(),
+        ),
+        DType::I64 => Data::Int(
+            raw.chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .collect(),
+        ),
+    })
 }
 
 fn decode_hex<const W: usize>(s: &str, n: usize) -> Result<Vec<u64>, String> {
@@ -152,6 +217,16 @@ impl TryFrom<RawTensor> for Tensor {
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
             .ok_or("shape overflows")?;
+        if let Some(z) = &r.z {
+            if r.hex.is_some() || r.data.is_some() {
+                return Err("a tensor has one payload: \"z\", \"hex\" or \"data\"".into());
+            }
+            return Ok(Tensor {
+                dtype: r.dtype,
+                data: decode_z(z, r.dtype, n)?,
+                shape: r.shape,
+            });
+        }
         let data = match r.dtype {
             DType::F32 | DType::F64 => {
                 if r.data.is_some() {
@@ -228,6 +303,7 @@ impl Serialize for Tensor {
             shape: self.shape.clone(),
             hex,
             data,
+            z: None,
         }
         .serialize(s)
     }
@@ -236,6 +312,31 @@ impl Serialize for Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Payloads written by Python's `base64.b64encode(zlib.compress(a.astype("<f4").tobytes()))`.
+    #[test]
+    fn compact_payloads_decode_bit_exactly_and_reject_bad_lengths() {
+        let t: Tensor = serde_json::from_str(
+            r#"{"dtype":"f32","shape":[3],"z":"eNpjYGiwZ2BgaGBgOFAPAAvCAn8="}"#,
+        )
+        .unwrap();
+        let v = t.as_f32().unwrap();
+        assert_eq!(v[0], 1.0);
+        assert_eq!(v[1].to_bits(), 0x8000_0000);
+        assert!(v[2].is_nan());
+        let t: Tensor =
+            serde_json::from_str(r#"{"dtype":"i8","shape":[3],"z":"eNprqGcAAAKBAQA="}"#).unwrap();
+        assert_eq!(t.as_int().unwrap(), &[-128, 127, 0]);
+        for bad in [
+            r#"{"dtype":"i8","shape":[4],"z":"eNprqGcAAAKBAQA="}"#,
+            r#"{"dtype":"i8","shape":[2],"z":"eNprqGcAAAKBAQA="}"#,
+            r#"{"dtype":"i8","shape":[3],"z":"not base64!"}"#,
+            r#"{"dtype":"i8","shape":[3],"z":"AAAA"}"#,
+            r#"{"dtype":"i8","shape":[3],"z":"eNprqGcAAAKBAQA=","data":[1,2,3]}"#,
+        ] {
+            assert!(serde_json::from_str::<Tensor>(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn f32_round_trip_is_bit_exact_for_special_values() {
