@@ -124,6 +124,7 @@ pub fn check_case(case: &Case, opts: &CheckOptions) -> CaseResult {
     let (engine, mode) = match &case.body {
         Body::Primitive(_) => ("-".to_string(), "-".to_string()),
         Body::Model(m) => (m.engine.name().to_string(), m.mode.name().to_string()),
+        Body::Graph(g) => (g.engine.name().to_string(), g.mode.name().to_string()),
     };
     let mut res = CaseResult {
         id: case.header.id.clone(),

@@ -6,7 +6,8 @@
 use crate::{Error, Result};
 
 /// Conv2d hyper-parameters (PyTorch's names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Conv2dParams {
     pub in_channels: usize,
     pub out_channels: usize,

@@ -6,7 +6,9 @@
 //! quantized-activation source, observer class, dtype, qscheme — is an enum: an unknown value is a
 //! load error naming the file and the field, never a string compared later.
 
+pub mod graph;
 pub mod manifest;
+pub mod prng;
 pub mod stages;
 
 use crate::engine::flow::Flow;
@@ -22,8 +24,11 @@ use std::path::{Path, PathBuf};
 
 pub use stages::{Expected, Stage};
 
-/// The format tag every case and manifest carries.
+/// The format tag of primitive and chain-model cases and of manifests.
 pub const FORMAT: &str = "qparity-golden/1";
+
+/// The format tag of graph cases (`kind: "graph"`).
+pub const FORMAT_V2: &str = "qparity-golden/2";
 
 /// `kind`: a primitive op or a small quantized model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -31,6 +36,7 @@ pub const FORMAT: &str = "qparity-golden/1";
 pub enum Kind {
     Primitive,
     Model,
+    Graph,
 }
 
 impl Kind {
@@ -39,6 +45,7 @@ impl Kind {
         match self {
             Kind::Primitive => "primitive",
             Kind::Model => "model",
+            Kind::Graph => "graph",
         }
     }
 }
@@ -158,6 +165,7 @@ pub struct Case {
 pub enum Body {
     Primitive(Box<PrimitiveCase>),
     Model(Box<ModelCase>),
+    Graph(Box<graph::GraphCase>),
 }
 
 /// `kind: "primitive"`: one op with its arguments and PyTorch's result.
@@ -577,22 +585,26 @@ pub fn parse_case(path: &Path, text: &str) -> Result<Case> {
             "a case must be a JSON object",
         ));
     }
-    if let Some(f) = v.get("format").and_then(|f| f.as_str()) {
-        if f != FORMAT {
-            return Err(case_err(
-                path,
-                "format",
-                format!("unsupported format {f:?} (expected {FORMAT:?})"),
-            ));
-        }
+    let format = v.get("format").and_then(|f| f.as_str()).unwrap_or("");
+    if format != FORMAT && format != FORMAT_V2 {
+        return Err(case_err(
+            path,
+            "format",
+            format!("unsupported format {format:?} (expected {FORMAT:?} or {FORMAT_V2:?})"),
+        ));
     }
     let header: Header = decode(path, "", &v)?;
-    if header.format != FORMAT {
+    let want = match header.kind {
+        Kind::Graph => FORMAT_V2,
+        _ => FORMAT,
+    };
+    if header.format != want {
         return Err(case_err(
             path,
             "format",
             format!(
-                "unsupported format {:?} (expected {FORMAT:?})",
+                "a {} case has format {want:?}, not {:?}",
+                header.kind.name(),
                 header.format
             ),
         ));
@@ -600,6 +612,24 @@ pub fn parse_case(path: &Path, text: &str) -> Result<Case> {
     let body = match header.kind {
         Kind::Primitive => Body::Primitive(Box::new(decode_primitive(path, &header.op, &v)?)),
         Kind::Model => Body::Model(Box::new(decode(path, "", &v)?)),
+        Kind::Graph => {
+            let mut body = v.clone();
+            if let Some(o) = body.as_object_mut() {
+                for k in [
+                    "format",
+                    "id",
+                    "kind",
+                    "op",
+                    "seed",
+                    "torch_version",
+                    "isa",
+                    "tags",
+                ] {
+                    o.remove(k);
+                }
+            }
+            Body::Graph(Box::new(decode(path, "", &body)?))
+        }
     };
     Ok(Case {
         path: path.to_path_buf(),
@@ -632,7 +662,7 @@ impl Case {
     pub fn op_name(&self) -> &str {
         match &self.body {
             Body::Primitive(p) => p.op.name(),
-            Body::Model(_) => &self.header.op,
+            Body::Model(_) | Body::Graph(_) => &self.header.op,
         }
     }
 }

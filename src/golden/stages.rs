@@ -217,13 +217,19 @@ impl Case {
     pub fn stages(&self, cpu: &CpuFeatures) -> Result<Vec<Stage>> {
         let isa = fbgemm_gemm_isa(self.header.isa, cpu);
         let cpu = *cpu;
-        if let Body::Model(m) = &self.body {
-            cpu.check_modelled(m.engine)
+        let engine = match &self.body {
+            Body::Model(m) => Some(m.engine),
+            Body::Graph(g) => Some(g.engine),
+            Body::Primitive(_) => None,
+        };
+        if let Some(engine) = engine {
+            cpu.check_modelled(engine)
                 .map_err(|e| self.field_err("engine", e.to_string()))?;
         }
         match &self.body {
             Body::Primitive(p) => primitive_stages(self, p, isa, cpu),
             Body::Model(m) => model_stages(self, m, isa, cpu),
+            Body::Graph(g) => graph_stages(self, g, isa, cpu),
         }
     }
 }
@@ -1086,6 +1092,28 @@ pub(crate) fn element_results<'a>(
                     })
                     .collect()
             }
+            Predicted::Ranges(ranges) => {
+                let theirs = e.tensor.as_f32().ok_or_else(|| {
+                    Error::invalid(
+                        e.field.clone(),
+                        format!("expected f32, got {:?}", e.tensor.dtype),
+                    )
+                })?;
+                ranges
+                    .iter()
+                    .zip(theirs)
+                    .map(|(&(lo, hi), &v)| {
+                        if lo <= v && v <= hi {
+                            ElementResult::Exact
+                        } else {
+                            ElementResult::Mismatch {
+                                expected: format!("{v:e} (0x{:08x})", v.to_bits()),
+                                got: format!("within [{lo:e}, {hi:e}] (proven bound)"),
+                            }
+                        }
+                    })
+                    .collect()
+            }
             Predicted::Floats(ours) => {
                 let theirs: Vec<f32> = match e.tensor.as_f32() {
                     Some(t) => t.to_vec(),
@@ -1126,4 +1154,340 @@ pub(crate) enum ElementResult {
     Ambiguous,
     Mismatch { expected: String, got: String },
     CountMismatch { ours: usize, theirs: usize },
+}
+
+// ---------------------------------------------------------------------------------------------
+// Graph cases
+
+use super::graph::{GraphCase, GraphFlow, GraphNode, IntRepr, ParamSet, ValueRec, WeightRec};
+
+/// A weighted module's float weight (shape and values) and bias.
+struct FloatParams {
+    shape: Vec<usize>,
+    weight: Vec<f32>,
+    bias: Option<Vec<f32>>,
+}
+
+/// The float weight and bias of a weighted module as the converted model quantizes them.
+fn module_float_params(case: &Case, module: &str, p: &ParamSet) -> Result<FloatParams> {
+    let field = format!("params.{module}");
+    let err = |why: String| case.field_err(&field, why);
+    let (shape, w) = p.weight.values().map_err(err)?;
+    let bias = match &p.bias {
+        Some(b) => Some(b.values().map_err(err)?.1),
+        None => None,
+    };
+    if p.bn.is_some() {
+        return Err(err(
+            "BatchNorm folding of graph parameters is not supported yet".into(),
+        ));
+    }
+    Ok(FloatParams {
+        shape,
+        weight: w,
+        bias,
+    })
+}
+
+/// The layer a weighted graph node computes, with the weight this flow quantized.
+fn graph_layer(
+    case: &Case,
+    g: &GraphCase,
+    fname: &str,
+    fr: &GraphFlow,
+    node: &GraphNode,
+) -> Result<QLayer> {
+    let module = node.module.as_deref().ok_or_else(|| {
+        case.field_err(
+            &format!("flows.{fname}.nodes.{}", node.name),
+            "a weighted op needs `module`",
+        )
+    })?;
+    let attr_field = format!("flows.{fname}.nodes.{}.attrs", node.name);
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct LayerAttrs {
+        #[serde(default)]
+        in_features: Option<usize>,
+        #[serde(default)]
+        out_features: Option<usize>,
+        #[serde(default)]
+        conv: Option<Conv2dParams>,
+        #[serde(default)]
+        relu: bool,
+    }
+    let a: LayerAttrs = super::decode(&case.path, &attr_field, &node.attrs)?;
+    let geometry = match (node.op.as_str(), a.conv, a.in_features, a.out_features) {
+        ("conv2d", Some(p), None, None) => Geometry::Conv2d(p),
+        ("linear", None, Some(in_features), Some(out_features)) => Geometry::Linear {
+            in_features,
+            out_features,
+        },
+        _ => {
+            return Err(case.field_err(
+                &attr_field,
+                "conv2d takes `conv`, linear `in_features` and `out_features`",
+            ))
+        }
+    };
+    let params = g.params.get(module).ok_or_else(|| {
+        case.field_err("params", format!("no float parameters for module {module}"))
+    })?;
+    let FloatParams {
+        shape,
+        weight: w,
+        bias,
+    } = module_float_params(case, module, params)?;
+    let rec = fr.weights.get(module).ok_or_else(|| {
+        case.field_err(
+            &format!("flows.{fname}.weights"),
+            format!("no weight record for module {module}"),
+        )
+    })?;
+    let weight = flow_weight(
+        case,
+        &format!("flows.{fname}.weights.{module}"),
+        rec,
+        &shape,
+        &w,
+    )?;
+    Ok(QLayer {
+        geometry,
+        bias,
+        weight,
+        relu: a.relu,
+    })
+}
+
+/// The int8 weight a flow used: stored, or re-derived from the float weight with the recorded
+/// qparams (FBGEMM's scalar quantize per channel, or QuantizeAvx2 per tensor) and checked against
+/// PyTorch's SHA-256.
+fn flow_weight(
+    case: &Case,
+    field: &str,
+    rec: &WeightRec,
+    shape: &[usize],
+    w: &[f32],
+) -> Result<QWeight> {
+    let scales: Vec<f64> = rec.scales.to_f64_vec();
+    let zero_points = int_vec(case, &format!("{field}.zero_points"), &rec.zero_points)?;
+    let per_channel = rec.qscheme.is_per_channel();
+    let channels = if per_channel {
+        shape.first().copied().unwrap_or(1)
+    } else {
+        1
+    };
+    if scales.len() != channels || zero_points.len() != channels {
+        return Err(case.field_err(
+            field,
+            format!(
+                "{} scales / {} zero points for {channels} channels",
+                scales.len(),
+                zero_points.len()
+            ),
+        ));
+    }
+    let ints: Vec<i64> = match &rec.int_repr {
+        IntRepr::Tensor(t) => int_vec(case, &format!("{field}.int_repr"), t)?,
+        IntRepr::Pinned { shape: s, sha256 } => {
+            if s != shape {
+                return Err(case.field_err(
+                    &format!("{field}.int_repr"),
+                    format!("shape {s:?}, the float weight has {shape:?}"),
+                ));
+            }
+            let inner: usize = shape.iter().skip(1).product();
+            let q = if per_channel {
+                crate::numerics::quantize::aten::quantize_per_channel(
+                    w,
+                    &scales,
+                    &zero_points,
+                    |i| i / inner.max(1),
+                    rec.dtype,
+                )
+            } else {
+                crate::numerics::quantize::aten::quantize_per_tensor(
+                    w,
+                    scales[0],
+                    zero_points[0],
+                    rec.dtype,
+                )
+            };
+            let q: Vec<i64> = q
+                .into_iter()
+                .collect::<Option<Vec<i64>>>()
+                .ok_or_else(|| case.field_err(field, "the float weight holds NaN"))?;
+            if super::graph::sha256_ints(&q, DType::I8) != *sha256 {
+                return Err(case.field_err(
+                    &format!("{field}.int_repr"),
+                    "qparity's int8 weights (the float weight quantized with PyTorch's scales \
+                     and zero points) differ from PyTorch's (SHA-256)",
+                ));
+            }
+            q
+        }
+    };
+    let int_repr = ints
+        .into_iter()
+        .map(|v| {
+            i8::try_from(v).map_err(|_| {
+                case.field_err(&format!("{field}.int_repr"), format!("{v} is not an int8"))
+            })
+        })
+        .collect::<Result<Vec<i8>>>()?;
+    Ok(QWeight {
+        shape: shape.to_vec(),
+        int_repr,
+        scales: scales.iter().map(|&s| s as f32).collect(),
+        zero_points,
+        per_channel,
+    })
+}
+
+fn value_qtensor(case: &Case, field: &str, v: &ValueRec) -> Result<QTensor> {
+    let mut q = quantized(case, field, &v.int_repr, v.scale, v.zero_point)?;
+    q.memory_format = v.memory_format;
+    Ok(q)
+}
+
+fn graph_stages(case: &Case, g: &GraphCase, isa: Isa, cpu: CpuFeatures) -> Result<Vec<Stage>> {
+    let mut stages = Vec::new();
+    for (&flow, fr) in &g.flows {
+        let fname = flow.name();
+        let fctx = ctx(flow, g.engine, isa, cpu);
+        if fr.runs.len() != g.inputs.len() {
+            return Err(case.field_err(
+                &format!("flows.{fname}.runs"),
+                format!("{} runs for {} inputs", fr.runs.len(), g.inputs.len()),
+            ));
+        }
+        // One op per node, shared by the runs.
+        let mut ops: Vec<Arc<dyn Op>> = Vec::with_capacity(fr.nodes.len());
+        let mut layers: Vec<Option<Arc<QLayer>>> = Vec::with_capacity(fr.nodes.len());
+        for node in &fr.nodes {
+            let (op, layer): (Arc<dyn Op>, Option<Arc<QLayer>>) = match node.op.as_str() {
+                "quantize" => (Arc::new(FlowQuantize), None),
+                "flatten" if PrimOp::from_name("flatten").is_none() => {
+                    (Arc::new(Requantize { name: "flatten" }), None)
+                }
+                "conv2d" | "linear" => {
+                    let l = Arc::new(graph_layer(case, g, fname, fr, node)?);
+                    (l.clone(), Some(l))
+                }
+                name => {
+                    let p = PrimOp::from_name(name)
+                        .filter(|p| p.is_quantized_op())
+                        .ok_or_else(|| {
+                            case.field_err(
+                                &format!("flows.{fname}.nodes.{}.op", node.name),
+                                format!("unknown op {name:?}"),
+                            )
+                        })?;
+                    (quantized_op(case, p, &node.attrs)?, None)
+                }
+            };
+            ops.push(op);
+            layers.push(layer);
+        }
+        for (ri, run) in fr.runs.iter().enumerate() {
+            let base = format!("flows.{fname}.runs[{ri}]");
+            let value = |name: &str, field: &str| -> Result<Value> {
+                if name == "input" {
+                    return Ok(Value::Tensor(g.inputs[ri].clone()));
+                }
+                let v = run.values.get(name).ok_or_else(|| {
+                    case.field_err(field, format!("no recorded value of node {name:?}"))
+                })?;
+                Ok(Value::Quantized(value_qtensor(
+                    case,
+                    &format!("{base}.values.{name}"),
+                    v,
+                )?))
+            };
+            for (ni, node) in fr.nodes.iter().enumerate() {
+                let nfield = format!("{base}.values.{}", node.name);
+                let rec = run.values.get(&node.name).ok_or_else(|| {
+                    case.field_err(&nfield, "the run recorded no value for this node")
+                })?;
+                let inputs = node
+                    .inputs
+                    .iter()
+                    .map(|n| value(n, &nfield))
+                    .collect::<Result<Vec<_>>>()?;
+                let out = OutQParams {
+                    scale: rec.scale,
+                    zero_point: rec.zero_point,
+                    quant_min: rec.quant_min,
+                    quant_max: rec.quant_max,
+                };
+                let location = format!("{fname} run {ri}, node {} ({})", node.name, node.op);
+                let int_expected = expected(
+                    "int_repr",
+                    format!("{nfield}.int_repr"),
+                    rec.int_repr.clone(),
+                );
+                match &rec.pre_quant {
+                    None => stages.push(Stage {
+                        location,
+                        group: fname.into(),
+                        ctx: fctx,
+                        op: ops[ni].clone(),
+                        inputs,
+                        out: Some(out),
+                        expected: vec![int_expected],
+                    }),
+                    Some(pq) => {
+                        // The float op against PyTorch's own float (within the proven bound), then
+                        // the quantize node exactly on that float.
+                        let floats = pq
+                            .decode(|| match (&layers[ni], inputs.first()) {
+                                (Some(l), Some(Value::Quantized(q))) => {
+                                    l.reference_float(flow, q).map_err(|e| e.to_string())
+                                }
+                                _ => Err("only conv2d and linear pre-quantize floats are \
+                                          delta-encoded"
+                                    .into()),
+                            })
+                            .map_err(|e| case.field_err(&format!("{nfield}.pre_quant"), e))?;
+                        stages.push(Stage {
+                            location: format!("{location}, float op"),
+                            group: format!("{fname}/float"),
+                            ctx: fctx,
+                            op: ops[ni].clone(),
+                            inputs,
+                            out: Some(out),
+                            expected: vec![expected(
+                                "pre_quant",
+                                format!("{nfield}.pre_quant"),
+                                floats.clone(),
+                            )],
+                        });
+                        stages.push(Stage {
+                            location: format!("{location}, quantize"),
+                            group: fname.into(),
+                            ctx: fctx,
+                            op: Arc::new(FlowQuantize),
+                            inputs: vec![Value::Tensor(floats)],
+                            out: Some(out),
+                            expected: vec![int_expected],
+                        });
+                    }
+                }
+            }
+            stages.push(Stage {
+                location: format!("{fname} run {ri}, output dequantize"),
+                group: fname.into(),
+                ctx: fctx,
+                op: Arc::new(FlowDequantize),
+                inputs: vec![value(&fr.output, &format!("flows.{fname}.output"))?],
+                out: None,
+                expected: vec![expected(
+                    "output",
+                    format!("{base}.output"),
+                    run.output.clone(),
+                )],
+            });
+        }
+    }
+    Ok(stages)
 }

@@ -137,33 +137,47 @@ impl Plan for ClampPlan {
 
     fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
         let q: &QTensor = inputs[0].quantized("input")?;
-        let values: Vec<i64> = if self.flow.is_integer() {
+        if self.flow.is_integer() {
             let (lo, hi) = self.bounds;
             let data = if self.memory_order {
                 q.memory_order()
             } else {
                 q.data.clone()
             };
-            data.iter().map(|&v| (v as i64).max(lo).min(hi)).collect()
-        } else {
-            let (qlo, qhi) = self.flow.clamp(self.out.quant_min, self.out.quant_max);
-            q.data
-                .iter()
-                .map(|&v| {
-                    let x = self.flow.dequantize(v as i64, q.scale, q.zero_point);
-                    // torch.clamp / hardtanh on floats: max then min, exact in f32.
-                    let y = x.max(self.op.min_val).min(self.op.max_val);
-                    self.flow
-                        .quantize(y, self.out.scale, self.out.zero_point, qlo, qhi)
-                        .ok_or_else(|| Error::invalid(self.op.name(), "NaN"))
-                })
-                .collect::<Result<_>>()?
-        };
-        Ok(vec![Output::new(
-            "int_repr",
-            self.shape.clone(),
-            Predicted::exact(values),
-        )])
+            let values = data.iter().map(|&v| (v as i64).max(lo).min(hi));
+            return Ok(vec![Output::new(
+                "int_repr",
+                self.shape.clone(),
+                Predicted::exact(values),
+            )]);
+        }
+        // The reference flows: torch.clamp / hardtanh on floats (max, then min: exact in f32),
+        // then the flow's quantize node.
+        let (qlo, qhi) = self.flow.clamp(self.out.quant_min, self.out.quant_max);
+        let ys: Vec<f32> = q
+            .data
+            .iter()
+            .map(|&v| {
+                let x = self.flow.dequantize(v as i64, q.scale, q.zero_point);
+                x.max(self.op.min_val).min(self.op.max_val)
+            })
+            .collect();
+        let values = ys
+            .iter()
+            .map(|&y| {
+                self.flow
+                    .quantize(y, self.out.scale, self.out.zero_point, qlo, qhi)
+                    .ok_or_else(|| Error::invalid(self.op.name(), "NaN"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(vec![
+            Output::new(
+                "pre_quant",
+                self.shape.clone(),
+                Predicted::Ranges(ys.iter().map(|&y| (y, y)).collect()),
+            ),
+            Output::new("int_repr", self.shape.clone(), Predicted::exact(values)),
+        ])
     }
 
     fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {

@@ -374,12 +374,42 @@ impl QLayer {
 }
 
 impl QLayer {
-    /// Plans and predicts in one call (tests, generators and live runs).
+    /// Plans and predicts the quantized output in one call (tests, generators and live runs).
     pub fn run(&self, ctx: &Ctx, input: &QTensor, out: &OutQParams) -> Result<Output> {
         let v = Value::Quantized(input.clone());
         let plan = self.plan(ctx, &[v.meta()], Some(out))?;
-        let mut outs = plan.predict(&[&v])?;
-        Ok(outs.remove(0))
+        plan.predict(&[&v])?
+            .into_iter()
+            .find(|o| o.name == "int_repr")
+            .ok_or_else(|| Error::invalid("layer", "no quantized output"))
+    }
+
+    /// The reference evaluation of the float op in a reference flow, the encoding base of
+    /// recorded pre-quantize floats (golden format `qparity-golden/2`): the input and weights
+    /// dequantized as `flow` dequantizes them, every output the f64 sum, in order, of the exact
+    /// products over `k = (kh·KW + kw)·ICg + c` (conv2d; linear: `k`), plus the bias, rounded to
+    /// f32, then `max(·, +0.0)` under a fused ReLU.
+    pub fn reference_float(&self, flow: Flow, input: &QTensor) -> Result<Vec<f32>> {
+        let x: Vec<f32> = input
+            .data
+            .iter()
+            .map(|&q| flow.dequantize(q as i64, input.scale, input.zero_point))
+            .collect();
+        let w = self.weight.dequantized(flow);
+        Ok(self
+            .geometry
+            .float_out(&x, &input.shape, &w, self.bias.as_deref())?
+            .iter()
+            .map(|y| {
+                let v = y.value as f32;
+                // max(·, +0.0): negatives and zeros of either sign become +0.0.
+                if self.relu && v.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+                    0.0
+                } else {
+                    v
+                }
+            })
+            .collect())
     }
 }
 
@@ -728,28 +758,37 @@ impl Plan for FloatPlan<'_> {
             )
     }
 
+    /// Two outputs: `pre_quant`, the interval every evaluation order of the f32 op can give
+    /// (what the flow's quantize node receives), and `int_repr`, quantized from its ends.
     fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
         let input = inputs
             .first()
             .ok_or_else(|| Error::invalid("layer", "no input"))?
             .quantized("layer input")?;
-        let ys = self.float_out(input)?;
-        let pred = ys
+        let ranges: Vec<(f32, f32)> = self
+            .float_out(input)?
             .iter()
             .map(|y| {
-                let (mut lo, mut hi) = y.f32_interval();
+                let (lo, hi) = y.f32_interval();
                 if self.layer.relu {
-                    lo = lo.max(0.0);
-                    hi = hi.max(0.0);
+                    (lo.max(0.0), hi.max(0.0))
+                } else {
+                    (lo, hi)
                 }
-                Ok(Pred::from_ends(self.quantize(lo)?, self.quantize(hi)?))
             })
+            .collect();
+        let pred = ranges
+            .iter()
+            .map(|&(lo, hi)| Ok(Pred::from_ends(self.quantize(lo)?, self.quantize(hi)?)))
             .collect::<Result<Vec<_>>>()?;
-        Ok(vec![Output::new(
-            "int_repr",
-            self.out_shape.clone(),
-            Predicted::Ints(pred),
-        )])
+        Ok(vec![
+            Output::new(
+                "pre_quant",
+                self.out_shape.clone(),
+                Predicted::Ranges(ranges),
+            ),
+            Output::new("int_repr", self.out_shape.clone(), Predicted::Ints(pred)),
+        ])
     }
 
     fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {

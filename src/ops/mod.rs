@@ -182,6 +182,9 @@ pub enum Predicted {
     Ints(Vec<Pred>),
     /// Floats, to be equal bit for bit (any NaN equals any NaN).
     Floats(Vec<f32>),
+    /// Floats a float op may produce in any evaluation order: each value must lie in its
+    /// `[lo, hi]` (the op's proven error bound around its exact value).
+    Ranges(Vec<(f32, f32)>),
 }
 
 impl Predicted {
@@ -190,6 +193,7 @@ impl Predicted {
         match self {
             Predicted::Ints(v) => v.len(),
             Predicted::Floats(v) => v.len(),
+            Predicted::Ranges(v) => v.len(),
         }
     }
 
@@ -232,7 +236,7 @@ impl Output {
     pub fn ints(&self) -> Option<&[Pred]> {
         match &self.values {
             Predicted::Ints(p) => Some(p),
-            Predicted::Floats(_) => None,
+            _ => None,
         }
     }
 

@@ -465,19 +465,29 @@ impl Plan for RequantizePlan {
             .with("quantize", flow_quantize_rule(self.flow, self.clamp))
     }
 
+    /// `pre_quant`: the dequantized values the shape op moves (exact); `int_repr`: them quantized
+    /// again.
     fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
         let q: &QTensor = inputs[0].quantized("input")?;
         let (lo, hi) = self.clamp;
-        Ok(vec![Output::new(
-            "int_repr",
-            self.shape.clone(),
-            Predicted::exact(q.data.iter().map(|&v| {
-                let f = self.flow.dequantize(v as i64, q.scale, q.zero_point);
-                self.flow
-                    .quantize(f, self.out.scale, self.out.zero_point, lo, hi)
-                    .unwrap_or(v as i64)
-            })),
-        )])
+        let f: Vec<f32> = q
+            .data
+            .iter()
+            .map(|&v| self.flow.dequantize(v as i64, q.scale, q.zero_point))
+            .collect();
+        let ints = f.iter().zip(&q.data).map(|(&x, &v)| {
+            self.flow
+                .quantize(x, self.out.scale, self.out.zero_point, lo, hi)
+                .unwrap_or(v as i64)
+        });
+        Ok(vec![
+            Output::new(
+                "pre_quant",
+                self.shape.clone(),
+                Predicted::Ranges(f.iter().map(|&x| (x, x)).collect()),
+            ),
+            Output::new("int_repr", self.shape.clone(), Predicted::exact(ints)),
+        ])
     }
 }
 

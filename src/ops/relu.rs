@@ -71,31 +71,40 @@ impl Plan for ReluPlan {
 
     fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
         let q = inputs[0].quantized("input")?;
-        let values: Vec<i64> = if self.flow.is_integer() {
-            q.data
-                .iter()
-                .map(|&v| (v as i64).max(q.zero_point))
-                .collect()
-        } else {
-            let (lo, hi) = self.flow.clamp(self.out.quant_min, self.out.quant_max);
-            q.data
-                .iter()
-                .map(|&v| {
-                    let x = self
-                        .flow
-                        .dequantize(v as i64, q.scale, q.zero_point)
-                        .max(0.0);
-                    self.flow
-                        .quantize(x, self.out.scale, self.out.zero_point, lo, hi)
-                        .ok_or_else(|| Error::invalid("relu", "NaN"))
-                })
-                .collect::<Result<_>>()?
-        };
-        Ok(vec![Output::new(
-            "int_repr",
-            self.shape.clone(),
-            Predicted::exact(values),
-        )])
+        if self.flow.is_integer() {
+            let values = q.data.iter().map(|&v| (v as i64).max(q.zero_point));
+            return Ok(vec![Output::new(
+                "int_repr",
+                self.shape.clone(),
+                Predicted::exact(values),
+            )]);
+        }
+        let (lo, hi) = self.flow.clamp(self.out.quant_min, self.out.quant_max);
+        let ys: Vec<f32> = q
+            .data
+            .iter()
+            .map(|&v| {
+                self.flow
+                    .dequantize(v as i64, q.scale, q.zero_point)
+                    .max(0.0)
+            })
+            .collect();
+        let values = ys
+            .iter()
+            .map(|&x| {
+                self.flow
+                    .quantize(x, self.out.scale, self.out.zero_point, lo, hi)
+                    .ok_or_else(|| Error::invalid("relu", "NaN"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(vec![
+            Output::new(
+                "pre_quant",
+                self.shape.clone(),
+                Predicted::Ranges(ys.iter().map(|&y| (y, y)).collect()),
+            ),
+            Output::new("int_repr", self.shape.clone(), Predicted::exact(values)),
+        ])
     }
 }
 
