@@ -186,9 +186,86 @@ pub struct ValueRec {
     pub quant_max: i64,
     #[serde(default)]
     pub memory_format: MemoryFormat,
-    pub int_repr: Tensor,
+    pub int_repr: Codes,
     #[serde(default)]
     pub pre_quant: Option<PreQuant>,
+}
+
+/// Another flow's recorded value of the same run, the base of a cross-flow delta.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaseRef {
+    pub flow: Flow,
+    pub node: String,
+}
+
+/// A quantized value's u8 codes: stored, or as differences from another flow's codes of the same
+/// run (`z`: base64 of the zlib stream of the bytes `(code − base) mod 256`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Codes {
+    Tensor(Tensor),
+    DeltaFrom {
+        shape: Vec<usize>,
+        delta_from: BaseRef,
+        z: String,
+    },
+}
+
+impl Codes {
+    /// The codes, given the base flow's codes for a cross-flow delta.
+    pub fn decode(&self, base: impl FnOnce(&BaseRef) -> Option<Tensor>) -> Result<Tensor, String> {
+        match self {
+            Codes::Tensor(t) => Ok(t.clone()),
+            Codes::DeltaFrom {
+                shape,
+                delta_from,
+                z,
+            } => {
+                let b = base(delta_from).ok_or_else(|| {
+                    format!(
+                        "no value of node {:?} in {} to take differences from",
+                        delta_from.node,
+                        delta_from.flow.name()
+                    )
+                })?;
+                let bv = b.as_int().ok_or("the base value is not integer")?;
+                let n: usize = shape.iter().product();
+                if bv.len() != n {
+                    return Err(format!(
+                        "base {} has {} values, this one {n}",
+                        delta_from.node,
+                        bv.len()
+                    ));
+                }
+                let d = unzlib(z, n)?;
+                let v = bv
+                    .iter()
+                    .zip(d)
+                    .map(|(&b, d)| ((b as u8).wrapping_add(d)) as i64)
+                    .collect();
+                Ok(Tensor::int(DType::U8, shape.clone(), v))
+            }
+        }
+    }
+}
+
+/// Decompresses a base64 zlib payload of at most `limit` bytes.
+fn unzlib(z: &str, limit: usize) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    use std::io::Read as _;
+    let packed = base64::engine::general_purpose::STANDARD
+        .decode(z.trim())
+        .map_err(|e| format!("payload is not base64: {e}"))?;
+    let mut raw = Vec::new();
+    flate2::read::ZlibDecoder::new(&packed[..])
+        .take(limit as u64 + 1)
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("payload is not a zlib stream: {e}"))?;
+    if raw.len() > limit {
+        return Err(format!("payload holds more than {limit} bytes"));
+    }
+    Ok(raw)
 }
 
 /// The f32 tensor a reference flow's quantize node received.
@@ -196,6 +273,13 @@ pub struct ValueRec {
 #[serde(untagged)]
 pub enum PreQuant {
     Plain(Tensor),
+    /// The same encoding with another flow's pre-quantize floats of the same run as the base.
+    DeltaFrom {
+        shape: Vec<usize>,
+        delta_from: BaseRef,
+        delta: String,
+        sha256: String,
+    },
     /// Differences from the reference evaluation of the node's float op
     /// ([`reference_float`](crate::ops::layer::QLayer::reference_float) for conv2d and linear):
     /// `delta` is base64 of the zlib stream of the zigzag LEB128 varints of
@@ -255,79 +339,87 @@ pub fn sha256_ints(v: &[i64], dtype: DType) -> String {
 }
 
 impl PreQuant {
-    /// PyTorch's f32 values, given the reference evaluation (needed for [`PreQuant::Delta`]).
+    /// PyTorch's f32 values, given the reference evaluation (for [`PreQuant::Delta`]) or the
+    /// base flow's floats (for [`PreQuant::DeltaFrom`]).
     pub fn decode(
         &self,
         reference: impl FnOnce() -> Result<Vec<f32>, String>,
+        base: impl FnOnce(&BaseRef) -> Option<Tensor>,
     ) -> Result<Tensor, String> {
-        match self {
+        let (shape, delta, sha256, r) = match self {
             PreQuant::Plain(t) => {
                 if t.as_f32().is_none() {
                     return Err("pre_quant must be an f32 tensor".into());
                 }
-                Ok(t.clone())
+                return Ok(t.clone());
             }
             PreQuant::Delta {
                 shape,
                 delta,
                 sha256,
+            } => (shape, delta, sha256, reference()?),
+            PreQuant::DeltaFrom {
+                shape,
+                delta_from,
+                delta,
+                sha256,
             } => {
-                use base64::Engine as _;
-                use std::io::Read as _;
-                let r = reference()?;
-                let n: usize = shape.iter().product();
-                if r.len() != n {
-                    return Err(format!(
-                        "reference evaluation has {} values for shape {shape:?}",
-                        r.len()
-                    ));
-                }
-                let packed = base64::engine::general_purpose::STANDARD
-                    .decode(delta.trim())
-                    .map_err(|e| format!("delta is not base64: {e}"))?;
-                let mut raw = Vec::new();
-                flate2::read::ZlibDecoder::new(&packed[..])
-                    .take(10 * n as u64 + 1)
-                    .read_to_end(&mut raw)
-                    .map_err(|e| format!("delta is not a zlib stream: {e}"))?;
-                let mut out = Vec::with_capacity(n);
-                let mut it = raw.iter();
-                for (i, &rv) in r.iter().enumerate() {
-                    let mut z: u64 = 0;
-                    let mut shift = 0;
-                    loop {
-                        let b = *it
-                            .next()
-                            .ok_or_else(|| format!("delta ends before element {i}"))?;
-                        if shift > 63 {
-                            return Err(format!("delta varint {i} is too long"));
-                        }
-                        z |= ((b & 0x7f) as u64) << shift;
-                        shift += 7;
-                        if b & 0x80 == 0 {
-                            break;
-                        }
-                    }
-                    let d = ((z >> 1) as i64) ^ -((z & 1) as i64);
-                    let v = f32_ord(rv)
-                        .checked_add(d)
-                        .and_then(f32_from_ord)
-                        .ok_or_else(|| format!("delta {d} of element {i} leaves the f32 range"))?;
-                    out.push(v);
-                }
-                if it.next().is_some() {
-                    return Err("delta holds more values than the shape".into());
-                }
-                if sha256_f32(&out) != *sha256 {
-                    return Err(
-                        "decoded pre-quantize floats do not match their SHA-256: qparity's \
-                         reference evaluation differs from the capture's"
-                            .into(),
-                    );
-                }
-                Ok(Tensor::f32(shape.clone(), out))
+                let b = base(delta_from).ok_or_else(|| {
+                    format!(
+                        "no pre-quantize floats of node {:?} in {} to take differences from",
+                        delta_from.node,
+                        delta_from.flow.name()
+                    )
+                })?;
+                let v = b.as_f32().ok_or("the base floats are not f32")?.to_vec();
+                (shape, delta, sha256, v)
             }
+        };
+        let n: usize = shape.iter().product();
+        if r.len() != n {
+            return Err(format!(
+                "the base of the differences has {} values for shape {shape:?}",
+                r.len()
+            ));
         }
+        let raw = unzlib(delta, 10 * n)?;
+        let mut out = Vec::with_capacity(n);
+        let mut it = raw.iter();
+        for (i, &rv) in r.iter().enumerate() {
+            let mut z: u64 = 0;
+            let mut shift = 0;
+            loop {
+                let b = *it
+                    .next()
+                    .ok_or_else(|| format!("delta ends before element {i}"))?;
+                if shift > 63 {
+                    return Err(format!("delta varint {i} is too long"));
+                }
+                z |= ((b & 0x7f) as u64) << shift;
+                shift += 7;
+                if b & 0x80 == 0 {
+                    break;
+                }
+            }
+            let d = ((z >> 1) as i64) ^ -((z & 1) as i64);
+            let v = f32_ord(rv)
+                .checked_add(d)
+                .and_then(f32_from_ord)
+                .ok_or_else(|| format!("delta {d} of element {i} leaves the f32 range"))?;
+            out.push(v);
+        }
+        if it.next().is_some() {
+            return Err("delta holds more values than the shape".into());
+        }
+        if sha256_f32(&out) != *sha256 {
+            return Err(
+                "decoded pre-quantize floats do not match their SHA-256: the base of the \
+                 differences (qparity's reference evaluation, or another flow's floats) differs \
+                 from the capture's"
+                    .into(),
+            );
+        }
+        Ok(Tensor::f32(shape.clone(), out))
     }
 }
 
@@ -384,19 +476,22 @@ mod tests {
             delta: delta.clone(),
             sha256: sha256_f32(&actual),
         };
-        let t = pq.decode(|| Ok(reference.clone())).unwrap();
+        let t = pq.decode(|| Ok(reference.clone()), |_| None).unwrap();
         let got: Vec<u32> = t.as_f32().unwrap().iter().map(|v| v.to_bits()).collect();
         let want: Vec<u32> = actual.iter().map(|v| v.to_bits()).collect();
         assert_eq!(got, want);
         // A different reference decodes to other floats, which the hash rejects.
         let mut other = reference.clone();
         other[3] = 4.0;
-        assert!(pq.decode(|| Ok(other)).unwrap_err().contains("SHA-256"));
+        assert!(pq
+            .decode(|| Ok(other), |_| None)
+            .unwrap_err()
+            .contains("SHA-256"));
         let wrong_shape = PreQuant::Delta {
             shape: vec![5],
             delta,
             sha256: sha256_f32(&actual),
         };
-        assert!(wrong_shape.decode(|| Ok(vec![0.0; 5])).is_err());
+        assert!(wrong_shape.decode(|| Ok(vec![0.0; 5]), |_| None).is_err());
     }
 }

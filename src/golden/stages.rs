@@ -1159,7 +1159,8 @@ pub(crate) enum ElementResult {
 // ---------------------------------------------------------------------------------------------
 // Graph cases
 
-use super::graph::{GraphCase, GraphFlow, GraphNode, IntRepr, ParamSet, ValueRec, WeightRec};
+use super::graph::{GraphCase, GraphFlow, GraphNode, IntRepr, ParamSet, WeightRec};
+use std::collections::BTreeMap;
 
 /// A weighted module's float weight (shape and values) and bias.
 struct FloatParams {
@@ -1344,14 +1345,13 @@ fn flow_weight(
     })
 }
 
-fn value_qtensor(case: &Case, field: &str, v: &ValueRec) -> Result<QTensor> {
-    let mut q = quantized(case, field, &v.int_repr, v.scale, v.zero_point)?;
-    q.memory_format = v.memory_format;
-    Ok(q)
-}
-
 fn graph_stages(case: &Case, g: &GraphCase, isa: Isa, cpu: CpuFeatures) -> Result<Vec<Stage>> {
     let mut stages = Vec::new();
+    // Decoded codes and pre-quantize floats by (flow, run, node): bases of later flows' deltas.
+    // Flows are visited in declaration order (convert_fx, reference, decomposed).
+    type Decoded = (Tensor, Option<Tensor>);
+    let mut decoded: std::collections::HashMap<(Flow, usize, String), Decoded> =
+        std::collections::HashMap::new();
     for (&flow, fr) in &g.flows {
         let fname = flow.name();
         let fctx = ctx(flow, g.engine, isa, cpu);
@@ -1391,24 +1391,32 @@ fn graph_stages(case: &Case, g: &GraphCase, isa: Isa, cpu: CpuFeatures) -> Resul
         }
         for (ri, run) in fr.runs.iter().enumerate() {
             let base = format!("flows.{fname}.runs[{ri}]");
-            let value = |name: &str, field: &str| -> Result<Value> {
-                if name == "input" {
-                    return Ok(Value::Tensor(g.inputs[ri].clone()));
-                }
-                let v = run.values.get(name).ok_or_else(|| {
-                    case.field_err(field, format!("no recorded value of node {name:?}"))
-                })?;
-                Ok(Value::Quantized(value_qtensor(
-                    case,
-                    &format!("{base}.values.{name}"),
-                    v,
-                )?))
-            };
-            for (ni, node) in fr.nodes.iter().enumerate() {
+            // Every node's codes (some stored as differences from another flow's).
+            let mut values: BTreeMap<&str, Value> = BTreeMap::new();
+            values.insert("input", Value::Tensor(g.inputs[ri].clone()));
+            for node in &fr.nodes {
                 let nfield = format!("{base}.values.{}", node.name);
                 let rec = run.values.get(&node.name).ok_or_else(|| {
                     case.field_err(&nfield, "the run recorded no value for this node")
                 })?;
+                let codes = rec
+                    .int_repr
+                    .decode(|b| decoded.get(&(b.flow, ri, b.node.clone())).map(|d| d.0.clone()))
+                    .map_err(|e| case.field_err(&format!("{nfield}.int_repr"), e))?;
+                let mut q = quantized(case, &format!("{nfield}.int_repr"), &codes, rec.scale, rec.zero_point)?;
+                q.memory_format = rec.memory_format;
+                values.insert(node.name.as_str(), Value::Quantized(q));
+                decoded.insert((flow, ri, node.name.clone()), (codes, None));
+            }
+            let value = |name: &str, field: &str| -> Result<Value> {
+                values
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| case.field_err(field, format!("no recorded value of node {name:?}")))
+            };
+            for (ni, node) in fr.nodes.iter().enumerate() {
+                let nfield = format!("{base}.values.{}", node.name);
+                let rec = &run.values[&node.name];
                 let inputs = node
                     .inputs
                     .iter()
@@ -1421,13 +1429,10 @@ fn graph_stages(case: &Case, g: &GraphCase, isa: Isa, cpu: CpuFeatures) -> Resul
                     quant_max: rec.quant_max,
                 };
                 let location = format!("{fname} run {ri}, node {} ({})", node.name, node.op);
-                let int_expected = expected(
-                    "int_repr",
-                    format!("{nfield}.int_repr"),
-                    rec.int_repr.clone(),
-                );
-                match &rec.pre_quant {
-                    None => stages.push(Stage {
+                let codes = decoded[&(flow, ri, node.name.clone())].0.clone();
+                let int_expected = expected("int_repr", format!("{nfield}.int_repr"), codes);
+                let Some(pq) = &rec.pre_quant else {
+                    stages.push(Stage {
                         location,
                         group: fname.into(),
                         ctx: fctx,
@@ -1435,44 +1440,53 @@ fn graph_stages(case: &Case, g: &GraphCase, isa: Isa, cpu: CpuFeatures) -> Resul
                         inputs,
                         out: Some(out),
                         expected: vec![int_expected],
-                    }),
-                    Some(pq) => {
-                        // The float op against PyTorch's own float (within the proven bound), then
-                        // the quantize node exactly on that float.
-                        let floats = pq
-                            .decode(|| match (&layers[ni], inputs.first()) {
-                                (Some(l), Some(Value::Quantized(q))) => {
-                                    l.reference_float(flow, q).map_err(|e| e.to_string())
-                                }
-                                _ => Err("only conv2d and linear pre-quantize floats are \
-                                          delta-encoded"
-                                    .into()),
-                            })
-                            .map_err(|e| case.field_err(&format!("{nfield}.pre_quant"), e))?;
-                        stages.push(Stage {
-                            location: format!("{location}, float op"),
-                            group: format!("{fname}/float"),
-                            ctx: fctx,
-                            op: ops[ni].clone(),
-                            inputs,
-                            out: Some(out),
-                            expected: vec![expected(
-                                "pre_quant",
-                                format!("{nfield}.pre_quant"),
-                                floats.clone(),
-                            )],
-                        });
-                        stages.push(Stage {
-                            location: format!("{location}, quantize"),
-                            group: fname.into(),
-                            ctx: fctx,
-                            op: Arc::new(FlowQuantize),
-                            inputs: vec![Value::Tensor(floats)],
-                            out: Some(out),
-                            expected: vec![int_expected],
-                        });
-                    }
+                    });
+                    continue;
+                };
+                // The float op against PyTorch's own float (within the proven bound), then the
+                // quantize node exactly on that float.
+                let floats = pq
+                    .decode(
+                        || match (&layers[ni], inputs.first()) {
+                            (Some(l), Some(Value::Quantized(q))) => {
+                                l.reference_float(flow, q).map_err(|e| e.to_string())
+                            }
+                            _ => Err("only conv2d and linear pre-quantize floats are \
+                                      delta-encoded against the reference evaluation"
+                                .into()),
+                        },
+                        |b| {
+                            decoded
+                                .get(&(b.flow, ri, b.node.clone()))
+                                .and_then(|d| d.1.clone())
+                        },
+                    )
+                    .map_err(|e| case.field_err(&format!("{nfield}.pre_quant"), e))?;
+                if let Some(d) = decoded.get_mut(&(flow, ri, node.name.clone())) {
+                    d.1 = Some(floats.clone());
                 }
+                stages.push(Stage {
+                    location: format!("{location}, float op"),
+                    group: format!("{fname}/float"),
+                    ctx: fctx,
+                    op: ops[ni].clone(),
+                    inputs,
+                    out: Some(out),
+                    expected: vec![expected(
+                        "pre_quant",
+                        format!("{nfield}.pre_quant"),
+                        floats.clone(),
+                    )],
+                });
+                stages.push(Stage {
+                    location: format!("{location}, quantize"),
+                    group: fname.into(),
+                    ctx: fctx,
+                    op: Arc::new(FlowQuantize),
+                    inputs: vec![Value::Tensor(floats)],
+                    out: Some(out),
+                    expected: vec![int_expected],
+                });
             }
             stages.push(Stage {
                 location: format!("{fname} run {ri}, output dequantize"),
@@ -1481,11 +1495,7 @@ fn graph_stages(case: &Case, g: &GraphCase, isa: Isa, cpu: CpuFeatures) -> Resul
                 op: Arc::new(FlowDequantize),
                 inputs: vec![value(&fr.output, &format!("flows.{fname}.output"))?],
                 out: None,
-                expected: vec![expected(
-                    "output",
-                    format!("{base}.output"),
-                    run.output.clone(),
-                )],
+                expected: vec![expected("output", format!("{base}.output"), run.output.clone())],
             });
         }
     }

@@ -184,11 +184,68 @@ def _module_op(gm, n):
         return "relu", None, None
     if cls == "Flatten":
         return "flatten", {"start_dim": m.start_dim, "end_dim": m.end_dim}, None
+    if cls == "MaxPool2d":
+        return "max_pool2d", _pool_attrs(m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode), None
+    if cls == "AvgPool2d":
+        return "avg_pool2d", {**_pool_attrs(m.kernel_size, m.stride, m.padding, 1, m.ceil_mode),
+                              "count_include_pad": bool(m.count_include_pad),
+                              "divisor_override": m.divisor_override}, None
+    if cls == "AdaptiveAvgPool2d":
+        return "adaptive_avg_pool2d", {"output_size": _pair(m.output_size)}, None
+    if cls == "Hardswish":
+        return "hardswish", None, None
+    if cls == "Hardsigmoid":
+        return "hardsigmoid", None, None
+    if cls == "Dropout":
+        return "dropout", None, None
     raise NotImplementedError(f"module {cls} ({n.target}) is not mapped to a qparity op")
+
+
+def _pair(v):
+    return [int(v), int(v)] if isinstance(v, int) else [int(x) for x in v]
+
+
+def _pool_attrs(k, s, p, d, ceil_mode):
+    k = _pair(k)
+    return {"kernel_size": k, "stride": _pair(s if s not in (None, []) else k), "padding": _pair(p),
+            "dilation": _pair(d), "ceil_mode": bool(ceil_mode)}
+
+
+def _arg(n, i, key, default):
+    if len(n.args) > i:
+        return n.args[i]
+    return n.kwargs.get(key, default)
 
 
 def _function_op(n):
     name = _target_name(n)
+    if name in ("add", "add_relu", "mul", "mul_relu"):
+        return name, None
+    if name == "cat":
+        return "cat", {"dim": int(_arg(n, 1, "dim", 0))}
+    if name == "max_pool2d":
+        k = _arg(n, 1, "kernel_size", None)
+        return "max_pool2d", _pool_attrs(k, _arg(n, 2, "stride", None) or k, _arg(n, 3, "padding", 0),
+                                         _arg(n, 4, "dilation", 1), _arg(n, 5, "ceil_mode", False))
+    if name == "avg_pool2d":
+        k = _arg(n, 1, "kernel_size", None)
+        return "avg_pool2d", {**_pool_attrs(k, _arg(n, 2, "stride", None) or k, _arg(n, 3, "padding", 0), 1,
+                                            _arg(n, 4, "ceil_mode", False)),
+                              "count_include_pad": bool(_arg(n, 5, "count_include_pad", True)),
+                              "divisor_override": _arg(n, 6, "divisor_override", None)}
+    if name == "adaptive_avg_pool2d":
+        return "adaptive_avg_pool2d", {"output_size": _pair(_arg(n, 1, "output_size", None))}
+    if name == "mean":
+        dim = _arg(n, 1, "dim", None)
+        return "mean", {"dim": [int(d) for d in (dim if isinstance(dim, (list, tuple)) else [dim])],
+                        "keepdim": bool(_arg(n, 2, "keepdim", False))}
+    if name in ("view", "reshape"):
+        shape = list(n.args[1:]) if len(n.args) > 2 else list(n.args[1])
+        return "reshape", {"shape": [int(v) if not isinstance(v, torch.fx.Node) else None for v in shape]}
+    if name == "transpose":
+        return "transpose", {"dim0": int(n.args[1]), "dim1": int(n.args[2])}
+    if name == "contiguous":
+        return "contiguous", None
     if name in ("relu", "relu_"):
         return "relu", None
     if name == "relu6":
@@ -201,17 +258,28 @@ def _function_op(n):
 
 
 def _chain_op(gm, chain):
-    """The op of a reference-flow float chain (the nodes between dequantize and quantize)."""
+    """The op of a float chain (the nodes between dequantize nodes and one quantize node)."""
     kinds = []
     for n in chain:
         if n.op == "call_module":
             kinds.append(_module_op(gm, n))
+        elif _target_name(n) == "getitem":
+            kinds.append(("getitem", {"index": int(n.args[1])}, None))
+        elif _target_name(n) == "chunk":
+            kinds.append(("chunk", {"chunks": int(_arg(n, 1, "chunks", None)), "dim": int(_arg(n, 2, "dim", 0))}, None))
         else:
             op, attrs = _function_op(n)
             kinds.append((op, attrs, None))
+    ops = [k[0] for k in kinds]
     if len(kinds) == 1:
         return kinds[0]
-    raise NotImplementedError(f"float chain {[k[0] for k in kinds]} is not mapped to a qparity op")
+    if ops == ["add", "relu"]:
+        return "add_relu", None, None
+    if ops == ["mul", "relu"]:
+        return "mul_relu", None, None
+    if ops == ["chunk", "getitem"]:
+        return "chunk", {**kinds[0][1], **kinds[1][1]}, None
+    raise NotImplementedError(f"float chain {ops} is not mapped to a qparity op")
 
 
 def _memory_format(t):
@@ -254,64 +322,88 @@ def _ref_weight(m, decomposed, pin):
     return _weight_record(w, qscheme=qs, quant_min=qmin, quant_max=qmax, pin=pin)
 
 
+def _float_chain(n, qname):
+    """The float nodes feeding quantize node n's input back to dequantize nodes (or the graph
+    input), in graph order, and the names of the quantized values they dequantize."""
+    chain, ins, stack, seen = [], [], [n.args[0]], set()
+    while stack:
+        m = stack.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        if _is_dequantize(m):
+            ins.append(qname[m.args[0]])
+            continue
+        if m.op in ("get_attr", "placeholder"):
+            continue
+        chain.append(m)
+        stack.extend(m.all_input_nodes)
+    return chain, ins
+
+
 def record_flow(flow, gm, inputs, pin_weights):
     """The nodes, weights and runs of one converted graph."""
     reference = flow != "convert_fx"
     decomposed = flow == "_convert_to_reference_decomposed_fx"
     graph_nodes = list(gm.graph.nodes)
+    index = {n: i for i, n in enumerate(graph_nodes)}
     placeholder = next(n for n in graph_nodes if n.op == "placeholder")
     out_node = next(n for n in graph_nodes if n.op == "output")
-    # Static structure: which fx nodes are golden nodes, with op, attrs, module and inputs.
-    golden = {}      # fx node -> golden node dict
-    qname = {placeholder: "input"}   # fx node holding a quantized value (or the input) -> name
+    recs = []
+    for x in inputs:
+        rec = _Recorder(gm)
+        with torch.no_grad():
+            y = rec.run(x)
+        recs.append((rec, y))
+    first = recs[0][0].values
+
+    def is_qvalue(n):
+        v = first.get(n)
+        return isinstance(v, torch.Tensor) and (v.is_quantized or (_is_quantize(n) and decomposed))
+
+    # Which fx nodes are golden nodes: quantize nodes (the end of a float chain, or the input's)
+    # and, in convert_fx, ops whose output is a quantized tensor.
+    golden = {}
+    qname = {placeholder: "input"}
     order = []
     for n in graph_nodes:
-        if n.op in ("placeholder", "output", "get_attr"):
+        if n.op in ("placeholder", "output", "get_attr") or _is_dequantize(n):
             continue
         if _is_quantize(n):
-            src = n.args[0]
-            if src is placeholder:
+            if n.args[0] is placeholder:
                 node = {"name": n.name, "op": "quantize", "inputs": ["input"], "attrs": None, "module": None}
             else:
-                chain, ins, stack = [], [], [src]
-                seen = set()
-                while stack:
-                    m = stack.pop()
-                    if m in seen:
-                        continue
-                    seen.add(m)
-                    if _is_dequantize(m):
-                        ins.append(qname[m.args[0]])
-                        continue
-                    if m.op in ("get_attr", "placeholder"):
-                        continue
-                    chain.append(m)
-                    stack.extend(a for a in m.all_input_nodes)
-                chain.sort(key=graph_nodes.index)
+                chain, ins = _float_chain(n, qname)
+                chain.sort(key=index.get)
                 op, attrs, module = _chain_op(gm, chain)
-                ins = sorted(set(ins), key=lambda s: [g["name"] for g in order].index(s) if s != "input" else -1)
-                node = {"name": src.name, "op": op, "inputs": ins, "attrs": attrs, "module": module,
-                        "_src": src}
-            golden[n] = node
-            qname[n] = node["name"]
-            order.append(node)
-        elif _is_dequantize(n):
-            continue
-        elif not reference:
-            # convert_fx: quantized modules and ops on quantized tensors
+                names = [g["name"] for g in order]
+                ins = sorted(set(ins), key=lambda s: names.index(s) if s in names else -1)
+                node = {"name": chain[-1].name, "op": op, "inputs": ins, "attrs": attrs, "module": module,
+                        "_src": n.args[0], "_chain": chain}
+        elif not reference and is_qvalue(n):
             qargs = [a for a in n.all_input_nodes if a in qname]
-            if not qargs:
-                continue
             if n.op == "call_module":
                 op, attrs, module = _module_op(gm, n)
             else:
                 op, attrs = _function_op(n)
                 module = None
-            node = {"name": n.name, "op": op, "inputs": [qname[a] for a in qargs], "attrs": attrs,
+            # positional order of quantized inputs (add(a, b), cat([a, b]))
+            flat = []
+            for a in n.args:
+                for x in (a if isinstance(a, (list, tuple)) else [a]):
+                    if isinstance(x, torch.fx.Node) and x in qname and qname[x] not in flat:
+                        flat.append(qname[x])
+            node = {"name": n.name, "op": op, "inputs": flat or [qname[a] for a in qargs], "attrs": attrs,
                     "module": module}
-            golden[n] = node
-            qname[n] = n.name
-            order.append(node)
+        else:
+            continue
+        if node["op"] == "reshape":
+            node["attrs"] = {"shape": list(first[n].shape)}
+        golden[n] = node
+        qname[n] = node["name"]
+        order.append(node)
+    if len({g["name"] for g in order}) != len(order):
+        raise AssertionError("golden node names are not unique")
     out_arg = out_node.args[0]
     if not _is_dequantize(out_arg):
         raise NotImplementedError("the graph's output is not a dequantize")
@@ -328,10 +420,7 @@ def record_flow(flow, gm, inputs, pin_weights):
         else:
             weights[mod] = _weight_record(m.weight(), pin=pin_weights)
     runs = []
-    for x in inputs:
-        rec = _Recorder(gm)
-        with torch.no_grad():
-            y = rec.run(x)
+    for rec, y in recs:
         vals = {}
         for fx_node, node in golden.items():
             v = rec.values[fx_node]
@@ -342,12 +431,13 @@ def record_flow(flow, gm, inputs, pin_weights):
             else:
                 scale, zp, qmin, qmax = float(v.q_scale()), int(v.q_zero_point()), 0, 255
                 ir = v.int_repr()
+            codes = ir.contiguous().numpy().astype(np.uint8)
             entry = {"scale": scale, "zero_point": zp, "quant_min": qmin, "quant_max": qmax,
-                     "memory_format": _memory_format(v), "int_repr": ztensor(ir.contiguous())}
+                     "memory_format": _memory_format(v), "int_repr": ztensor(codes), "_codes": codes}
             if reference and node["op"] != "quantize":
                 f = rec.values[node["_src"]].detach().contiguous().numpy().astype(np.float32)
+                entry["_pre"] = f
                 if node["op"] in ("conv2d", "linear"):
-                    ins = [rec.values[a] for a in fx_node.args[0].all_input_nodes] if False else None
                     entry["pre_quant"] = _pre_quant_delta(gm, node, rec, fx_node, f)
                 else:
                     entry["pre_quant"] = ztensor(f)
@@ -362,14 +452,41 @@ def record_flow(flow, gm, inputs, pin_weights):
     return {"graph": gm.code, "nodes": nodes, "output": output, "weights": weights, "runs": runs}
 
 
+def _delta_from(flows, name, base_name):
+    """Store `name`'s codes (and pre-quantize floats) as differences from `base_name`'s values of
+    the same node position and run, where the ops and shapes agree: most values are equal."""
+    fl, base = flows[name], flows[base_name]
+    if [n["op"] for n in fl["nodes"]] != [n["op"] for n in base["nodes"]]:
+        return
+    for run, brun in zip(fl["runs"], base["runs"]):
+        for node, bnode in zip(fl["nodes"], base["nodes"]):
+            e, b = run["values"][node["name"]], brun["values"][bnode["name"]]
+            ref = {"flow": base_name, "node": bnode["name"]}
+            if e["_codes"].shape == b["_codes"].shape and e["_codes"].size > COMPACT_OVER:
+                d = (e["_codes"].astype(np.int16) - b["_codes"]).astype(np.uint8)
+                e["int_repr"] = {"shape": list(e["_codes"].shape), "delta_from": ref,
+                                 "z": base64.b64encode(zlib.compress(d.tobytes(), 9)).decode("ascii")}
+            if "_pre" in e and "_pre" in b and e["_pre"].shape == b["_pre"].shape and e["_pre"].size > COMPACT_OVER:
+                enc = delta_encode(e["_pre"], b["_pre"])
+                e["pre_quant"] = {"shape": enc["shape"], "delta_from": ref, "delta": enc["delta"],
+                                  "sha256": enc["sha256"]}
+
+
+def _strip(flows):
+    for fl in flows.values():
+        for run in fl["runs"]:
+            for e in run["values"].values():
+                e.pop("_codes", None)
+                e.pop("_pre", None)
+
+
 def _pre_quant_delta(gm, node, rec, q_fx, f):
     """The delta encoding of a conv / linear node's pre-quantize floats, against the reference
     evaluation on the node's dequantized input and the module's dequantized weight."""
     m = gm.get_submodule(node["module"])
     c = m[0] if isinstance(m, torch.nn.Sequential) else m
-    src = node["_src"]
-    # the module call's input: a dequantize node
-    call = src if src.op == "call_module" else next(a for a in src.all_input_nodes if a.op == "call_module")
+    call = next(n for n in node["_chain"] if n.op == "call_module")
+    # the module call's input: the dequantized input
     x = rec.values[call.args[0]].detach().contiguous().numpy().astype(np.float32)
     w = c.get_weight().detach().contiguous().numpy().astype(np.float32)
     b = None if c.bias is None else c.bias.detach().numpy().astype(np.float32)
@@ -382,13 +499,24 @@ def _pre_quant_delta(gm, node, rec, q_fx, f):
 
 
 def weighted_params(prepared):
-    """Float parameters of every weighted module of the prepared model (what convert quantizes)."""
+    """Float parameters of every weighted module of the prepared model (what convert quantizes),
+    by the path the converted graphs use (a fused module's path, not its inner conv's)."""
+    mods = dict(prepared.named_modules())
     params = {}
-    for name, m in prepared.named_modules():
-        c = m[0] if isinstance(m, torch.nn.Sequential) and len(m) and hasattr(m[0], "weight") else m
-        if isinstance(c, (torch.nn.Conv2d, torch.nn.Linear)) and name:
-            params[name] = {"weight": ztensor(c.weight.detach().numpy().astype(np.float32)),
-                            "bias": None if c.bias is None else ztensor(c.bias.detach().numpy().astype(np.float32))}
+    for name, m in mods.items():
+        if not name:
+            continue
+        if isinstance(m, torch.nn.Sequential) and len(m) and isinstance(m[0], (torch.nn.Conv2d, torch.nn.Linear)):
+            c = m[0]
+        elif isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            parent = mods.get(name.rsplit(".", 1)[0]) if "." in name else None
+            if isinstance(parent, torch.nn.Sequential) and len(parent) and parent[0] is m:
+                continue
+            c = m
+        else:
+            continue
+        params[name] = {"weight": ztensor(c.weight.detach().numpy().astype(np.float32)),
+                        "bias": None if c.bias is None else ztensor(c.bias.detach().numpy().astype(np.float32))}
     return params
 
 
@@ -412,8 +540,136 @@ def graph_case(model, engine, mode, calib, tests, pin_weights=False):
         gm = fn(copy.deepcopy(prepared))
         gm.eval()
         flows[name] = record_flow(name, gm, tests, pin_weights)
+    # The decomposed flow's values from the reference flow's, the reference flow's codes from
+    # convert_fx's (decoded in that order).
+    _delta_from(flows, "_convert_to_reference_decomposed_fx", "convert_to_reference_fx")
+    _delta_from(flows, "convert_to_reference_fx", "convert_fx")
+    _strip(flows)
     return {"engine": engine, "mode": mode,
             "qconfig": {"activation": describe_partial(qconfig.activation),
                         "weight": describe_partial(qconfig.weight)},
             "params": params, "inputs": [ztensor(t.numpy().astype(np.float32)) for t in tests],
             "flows": flows}
+
+
+# ---------------------------------------------------------------------------------------------
+# torchvision's quantizable models with generated parameters
+
+# name -> (constructor keyword arguments, input height/width). shufflenet_v2 runs at 64x64: at
+# 32x32 its last conv is 1x1 and convert_fx's quantized mean raises on fbgemm / x86 / onednn.
+MODELS = {
+    "resnet18": ({}, 32),
+    "resnet50": ({}, 32),
+    "mobilenet_v2": ({}, 32),
+    "mobilenet_v3_large": ({}, 32),
+    "shufflenet_v2_x1_0": ({}, 64),
+    "googlenet": ({"aux_logits": False, "init_weights": False}, 32),
+    "inception_v3": ({"aux_logits": False, "init_weights": False}, 75),
+}
+
+
+def _stream(case_id, path, what):
+    return int.from_bytes(hashlib.sha256(f"{case_id}/{path}/{what}".encode()).digest()[:8], "big")
+
+
+def _draw(seed, case_id, path, what, shape, dist, a, b):
+    """Generated values and their golden description (rng.py; re-derived by qparity)."""
+    from rng import Rng
+
+    stream = _stream(case_id, path, what)
+    n = int(np.prod(shape))
+    r = Rng(seed, stream)
+    v = r.normal(a, b, n) if dist == "normal" else r.uniform(a, b, n)
+    desc = {"shape": list(shape), "prng": {"seed": seed, "stream": stream, "dist": dist, "a": a, "b": b}}
+    return torch.from_numpy(np.asarray(v, dtype=np.float64).astype(np.float32).reshape(shape)), desc
+
+
+def build_model(name, seed, case_id):
+    """The float model with every conv / linear weight and bias and every BatchNorm drawn by the
+    generator (He-uniform weights; BatchNorm statistics and affine parameters away from the
+    identity, so folding is not a no-op). Returns the model and the descriptions by
+    (module path, parameter name)."""
+    import torchvision.models.quantization as qm
+
+    kw, hw = MODELS[name]
+    model = getattr(qm, name)(weights=None, quantize=False, **kw)
+    desc = {}
+    with torch.no_grad():
+        for path, m in model.named_modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                fan_in = m.weight[0].numel()
+                bound = float(np.sqrt(6.0 / fan_in))
+                w, d = _draw(seed, case_id, path, "weight", tuple(m.weight.shape), "uniform", -bound, bound)
+                m.weight.copy_(w)
+                desc[(path, "weight")] = d
+                if m.bias is not None:
+                    b, d = _draw(seed, case_id, path, "bias", tuple(m.bias.shape), "uniform", -0.1, 0.1)
+                    m.bias.copy_(b)
+                    desc[(path, "bias")] = d
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                c = m.num_features
+                for what, dist, a, b in [("running_mean", "normal", 0.0, 0.1), ("running_var", "uniform", 0.5, 1.5),
+                                         ("weight", "uniform", 0.5, 1.5), ("bias", "normal", 0.0, 0.1)]:
+                    t, d = _draw(seed, case_id, path, what, (c,), dist, a, b)
+                    getattr(m, what).copy_(t)
+                    desc[(path, what)] = d
+    return model, desc, hw
+
+
+def _conv_bn_pairs(model):
+    """The float model's conv -> BatchNorm2d pairs FX fuses (conv module path -> bn module path)."""
+    gm = torch.fx.symbolic_trace(model)
+    pairs = {}
+    mods = dict(gm.named_modules())
+    for n in gm.graph.nodes:
+        if n.op == "call_module" and isinstance(mods.get(n.target), torch.nn.BatchNorm2d):
+            src = n.args[0]
+            if src.op == "call_module" and isinstance(mods.get(src.target), torch.nn.Conv2d) and len(src.users) == 1:
+                pairs[src.target] = n.target
+    return pairs
+
+
+def _inputs(seed, case_id, hw, n, mult=1.0):
+    from rng import Rng
+
+    r = Rng(seed, _stream(case_id, "input", str(n)))
+    x = np.asarray(r.normal(0.0, 1.0, 3 * hw * hw), dtype=np.float64) * mult
+    return torch.from_numpy(x.astype(np.float32).reshape(1, 3, hw, hw))
+
+
+def model_graph_case(name, engine, mode, seed, case_id):
+    """A torchvision model as a graph case: generated parameters (recorded as their generator
+    descriptions; QAT records the BatchNorm statistics its training-mode forwards moved), two
+    calibration batches (PTQ) or training-mode forwards (QAT), one test input 1.5x wider than
+    calibration. Weights are pinned by SHA-256."""
+    model, desc, hw = build_model(name, seed, case_id)
+    pairs = _conv_bn_pairs(model)
+    bns = dict(model.named_modules())
+    calib = [_inputs(seed, case_id, hw, i) for i in range(2)]
+    tests = [_inputs(seed, case_id, hw, 9, mult=1.5)]
+    body = graph_case(model, engine, mode, calib, tests, pin_weights=True)
+    # Parameters: the float model's conv / linear weights (generated) and the BatchNorm folded
+    # into each conv; the prepared model's module paths are the convs' paths.
+    params = {}
+    prepared_paths = set(body["params"])
+    for (path, what), d in desc.items():
+        if what != "weight" or path not in prepared_paths:
+            continue
+        entry = {"weight": d, "bias": desc.get((path, "bias"))}
+        if path in pairs:
+            bn_path = pairs[path]
+            bn = bns[bn_path]
+            entry["bn"] = {"eps": float(bn.eps)}
+            for what2 in ("running_mean", "running_var", "weight", "bias"):
+                if mode == "qat" and what2.startswith("running"):
+                    entry["bn"][what2] = ztensor(getattr(bn, what2).detach().numpy().astype(np.float32))
+                else:
+                    entry["bn"][what2] = desc[(bn_path, what2)]
+        else:
+            entry["bn"] = None
+        params[path] = entry
+    missing = prepared_paths - set(params)
+    if missing:
+        raise AssertionError(f"weighted modules without generated parameters: {sorted(missing)}")
+    body["params"] = params
+    return body
