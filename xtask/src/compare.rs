@@ -232,12 +232,13 @@ pub fn run(a: &Path, b: &Path, per_case: bool) -> Result<()> {
         Manifest::load(b).with_context(|| format!("{}: no golden set", b.display()))?,
     );
     if ma.seed != mb.seed {
+        let seed = |s: Option<u64>| s.map_or("none".to_string(), |s| s.to_string());
         bail!(
-            "{} has seed {:?} and {} seed {:?}: --compare needs two captures of one seed",
+            "{} has seed {} and {} seed {}: --compare needs two captures of one seed",
             a.display(),
-            ma.seed,
+            seed(ma.seed),
             b.display(),
-            mb.seed
+            seed(mb.seed)
         );
     }
     println!("A: {}", describe(a, &ma));

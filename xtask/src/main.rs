@@ -59,8 +59,15 @@ fn parse_cpu(s: &str) -> Result<Option<usize>, String> {
         .map_err(|_| format!("{s:?} is neither a core number nor `none`"))
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Errors end the run with one message (the cause chain, no backtrace) and exit code 1.
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Golden(args) => golden::run(args),
         Cmd::ArmTest(a) => arm::run(a),
