@@ -10,7 +10,7 @@
 //! use qparity::golden::{manifest::Manifest, Case};
 //! use std::path::Path;
 //!
-//! let set = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/avx2-epyc-seed0");
+//! let set = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/avx2-seed0");
 //! let cpu = Manifest::load(&set)?.cpu()?;
 //! let case = Case::load(&set.join("cases/model-linear-qnnpack-ptq-default-0032.json"))?;
 //! let mut flipped = 0;
