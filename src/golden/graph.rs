@@ -291,6 +291,13 @@ pub enum PreQuant {
         delta: String,
         sha256: String,
     },
+    /// Only the SHA-256 of PyTorch's f32 values (little-endian bytes), for float ops qparity
+    /// reproduces bit for bit: its own values must hash the same. (Untagged variants are tried in
+    /// order; this one, a subset of the others' fields, comes last.)
+    Pinned {
+        shape: Vec<usize>,
+        sha256: String,
+    },
 }
 
 /// `ord` of the delta encoding: a monotone bijection from f32 bit patterns to integers.
@@ -352,6 +359,13 @@ impl PreQuant {
                     return Err("pre_quant must be an f32 tensor".into());
                 }
                 return Ok(t.clone());
+            }
+            PreQuant::Pinned { .. } => {
+                return Err(
+                    "pinned pre-quantize floats are checked against qparity's own \
+                            values, not decoded"
+                        .into(),
+                )
             }
             PreQuant::Delta {
                 shape,

@@ -1345,6 +1345,39 @@ fn flow_weight(
     })
 }
 
+/// A float op's pre-quantize values where qparity's plan claims them exactly (every predicted
+/// interval a single value); an error otherwise.
+fn exact_floats(
+    case: &Case,
+    field: &str,
+    op: &dyn Op,
+    ctx: &Ctx,
+    inputs: &[Value],
+    out: &OutQParams,
+) -> Result<Vec<f32>> {
+    let metas: Vec<_> = inputs.iter().map(Value::meta).collect();
+    let refs: Vec<&Value> = inputs.iter().collect();
+    let err = |e: Error| case.field_err(field, e.to_string());
+    let plan = op.plan(ctx, &metas, Some(out)).map_err(err)?;
+    let outs = plan.predict(&refs).map_err(err)?;
+    match outs
+        .iter()
+        .find(|o| o.name == "pre_quant")
+        .map(|o| &o.values)
+    {
+        Some(Predicted::Ranges(r)) if r.iter().all(|(lo, hi)| lo.to_bits() == hi.to_bits()) => {
+            Ok(r.iter().map(|&(v, _)| v).collect())
+        }
+        _ => Err(case.field_err(
+            &format!("{field}.pre_quant"),
+            format!(
+                "only a SHA-256 is stored, but qparity's {} float op is not exact",
+                op.name()
+            ),
+        )),
+    }
+}
+
 fn graph_stages(case: &Case, g: &GraphCase, isa: Isa, cpu: CpuFeatures) -> Result<Vec<Stage>> {
     let mut stages = Vec::new();
     // Decoded codes and pre-quantize floats by (flow, run, node): bases of later flows' deltas.
@@ -1401,18 +1434,27 @@ fn graph_stages(case: &Case, g: &GraphCase, isa: Isa, cpu: CpuFeatures) -> Resul
                 })?;
                 let codes = rec
                     .int_repr
-                    .decode(|b| decoded.get(&(b.flow, ri, b.node.clone())).map(|d| d.0.clone()))
+                    .decode(|b| {
+                        decoded
+                            .get(&(b.flow, ri, b.node.clone()))
+                            .map(|d| d.0.clone())
+                    })
                     .map_err(|e| case.field_err(&format!("{nfield}.int_repr"), e))?;
-                let mut q = quantized(case, &format!("{nfield}.int_repr"), &codes, rec.scale, rec.zero_point)?;
+                let mut q = quantized(
+                    case,
+                    &format!("{nfield}.int_repr"),
+                    &codes,
+                    rec.scale,
+                    rec.zero_point,
+                )?;
                 q.memory_format = rec.memory_format;
                 values.insert(node.name.as_str(), Value::Quantized(q));
                 decoded.insert((flow, ri, node.name.clone()), (codes, None));
             }
             let value = |name: &str, field: &str| -> Result<Value> {
-                values
-                    .get(name)
-                    .cloned()
-                    .ok_or_else(|| case.field_err(field, format!("no recorded value of node {name:?}")))
+                values.get(name).cloned().ok_or_else(|| {
+                    case.field_err(field, format!("no recorded value of node {name:?}"))
+                })
             };
             for (ni, node) in fr.nodes.iter().enumerate() {
                 let nfield = format!("{base}.values.{}", node.name);
@@ -1443,6 +1485,50 @@ fn graph_stages(case: &Case, g: &GraphCase, isa: Isa, cpu: CpuFeatures) -> Resul
                     });
                     continue;
                 };
+                // Pinned floats: qparity's float op must be exact and hash like PyTorch's.
+                if let super::graph::PreQuant::Pinned { shape, sha256 } = pq {
+                    let floats = exact_floats(case, &nfield, &*ops[ni], &fctx, &inputs, &out)?;
+                    if floats.len() != shape.iter().product::<usize>()
+                        || super::graph::sha256_f32(&floats) != *sha256
+                    {
+                        return Err(case.field_err(
+                            &format!("{nfield}.pre_quant"),
+                            format!(
+                                "PyTorch's pre-quantize floats (SHA-256) differ from qparity's \
+                                 exact evaluation of {} (first values: {:?})",
+                                node.op,
+                                &floats[..floats.len().min(4)]
+                            ),
+                        ));
+                    }
+                    let t = Tensor::f32(shape.clone(), floats);
+                    if let Some(d) = decoded.get_mut(&(flow, ri, node.name.clone())) {
+                        d.1 = Some(t.clone());
+                    }
+                    stages.push(Stage {
+                        location: format!("{location}, float op"),
+                        group: format!("{fname}/float"),
+                        ctx: fctx,
+                        op: ops[ni].clone(),
+                        inputs,
+                        out: Some(out),
+                        expected: vec![expected(
+                            "pre_quant",
+                            format!("{nfield}.pre_quant"),
+                            t.clone(),
+                        )],
+                    });
+                    stages.push(Stage {
+                        location: format!("{location}, quantize"),
+                        group: fname.into(),
+                        ctx: fctx,
+                        op: Arc::new(FlowQuantize),
+                        inputs: vec![Value::Tensor(t)],
+                        out: Some(out),
+                        expected: vec![int_expected],
+                    });
+                    continue;
+                }
                 // The float op against PyTorch's own float (within the proven bound), then the
                 // quantize node exactly on that float.
                 let floats = pq
@@ -1495,7 +1581,11 @@ fn graph_stages(case: &Case, g: &GraphCase, isa: Isa, cpu: CpuFeatures) -> Resul
                 op: Arc::new(FlowDequantize),
                 inputs: vec![value(&fr.output, &format!("flows.{fname}.output"))?],
                 out: None,
-                expected: vec![expected("output", format!("{base}.output"), run.output.clone())],
+                expected: vec![expected(
+                    "output",
+                    format!("{base}.output"),
+                    run.output.clone(),
+                )],
             });
         }
     }

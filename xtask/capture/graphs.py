@@ -28,6 +28,12 @@ FLOWS = [("convert_fx", convert_fx), ("convert_to_reference_fx", convert_to_refe
          ("_convert_to_reference_decomposed_fx", _convert_to_reference_decomposed_fx)]
 # Tensors with more elements than this are stored compactly ("z") instead of as hex / lists.
 COMPACT_OVER = 64
+# Reference-flow float ops qparity evaluates bit for bit: their pre-quantize floats are stored as
+# a SHA-256 only (qparity's own values must hash the same). Conv and linear are stored as
+# differences from a reference evaluation; every other op's floats are stored.
+PINNED_FLOAT_OPS = {"relu", "relu6", "hardtanh", "flatten", "dropout", "reshape", "transpose", "contiguous",
+                    "chunk", "cat", "max_pool2d", "add", "add_relu", "mul", "mul_relu", "hardswish",
+                    "hardsigmoid", "avg_pool2d", "adaptive_avg_pool2d", "mean"}
 
 
 def ztensor(a):
@@ -439,6 +445,10 @@ def record_flow(flow, gm, inputs, pin_weights):
                 entry["_pre"] = f
                 if node["op"] in ("conv2d", "linear"):
                     entry["pre_quant"] = _pre_quant_delta(gm, node, rec, fx_node, f)
+                elif node["op"] in PINNED_FLOAT_OPS:
+                    entry["pre_quant"] = {"shape": list(f.shape),
+                                          "sha256": hashlib.sha256(f.astype("<f4").tobytes()).hexdigest()}
+                    del entry["_pre"]
                 else:
                     entry["pre_quant"] = ztensor(f)
             vals[node["name"]] = entry
