@@ -34,12 +34,23 @@ def qscheme_name(qs):
     return _QSCHEME_NAMES[qs]
 
 
+# Tensors with more elements than this are stored compactly: "z" = base64 of the zlib stream of
+# the elements' little-endian bytes (lossless); smaller ones stay readable (hex bits / integers).
+COMPACT_OVER = 64
+_LE = {np.float32: ("f32", "<f4"), np.float64: ("f64", "<f8"), np.uint8: ("u8", "u1"), np.int8: ("i8", "i1"),
+       np.int32: ("i32", "<i4"), np.int64: ("i64", "<i8"), np.bool_: ("bool", "u1")}
+
+
 def tensor(t):
     """Encode a tensor (torch or numpy) as a format tensor object.
 
-    f32/f64 go through their raw bit patterns (never decimal strings), big-endian hex.
-    Quantized torch tensors are rejected: callers must pass `int_repr()` explicitly.
+    f32/f64 go through their raw bit patterns (never decimal strings): big-endian hex, or the
+    compact "z" payload for tensors of more than COMPACT_OVER elements. Quantized torch tensors are
+    rejected: callers must pass `int_repr()` explicitly.
     """
+    import base64
+    import zlib
+
     if isinstance(t, torch.Tensor):
         if t.is_quantized:
             raise TypeError("encode int_repr() of quantized tensors explicitly")
@@ -47,6 +58,11 @@ def tensor(t):
     else:
         a = np.ascontiguousarray(t)
     shape = list(a.shape)
+    if a.size > COMPACT_OVER:
+        for np_t, (name, le) in _LE.items():
+            if a.dtype == np_t:
+                raw = a.astype(le).tobytes()
+                return {"dtype": name, "shape": shape, "z": base64.b64encode(zlib.compress(raw, 9)).decode("ascii")}
     if a.dtype == np.float32:
         return {"dtype": "f32", "shape": shape, "hex": a.view(np.uint32).astype(">u4").tobytes().hex()}
     if a.dtype == np.float64:

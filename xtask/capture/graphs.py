@@ -21,13 +21,11 @@ from torch.ao.quantization import get_default_qat_qconfig_mapping, get_default_q
 from torch.ao.quantization.quantize_fx import (_convert_to_reference_decomposed_fx, convert_fx,
                                                convert_to_reference_fx, prepare_fx, prepare_qat_fx)
 
-from common import describe_partial, dtype_name, qscheme_name, tensor
+from common import COMPACT_OVER, describe_partial, dtype_name, qscheme_name, tensor
 
 FORMAT2 = "qparity-golden/2"
 FLOWS = [("convert_fx", convert_fx), ("convert_to_reference_fx", convert_to_reference_fx),
          ("_convert_to_reference_decomposed_fx", _convert_to_reference_decomposed_fx)]
-# Tensors with more elements than this are stored compactly ("z") instead of as hex / lists.
-COMPACT_OVER = 64
 # Reference-flow float ops qparity evaluates bit for bit: their pre-quantize floats are stored as
 # a SHA-256 only (qparity's own values must hash the same). Conv and linear are stored as
 # differences from a reference evaluation; every other op's floats are stored.
@@ -37,20 +35,8 @@ PINNED_FLOAT_OPS = {"relu", "relu6", "hardtanh", "flatten", "dropout", "reshape"
 
 
 def ztensor(a):
-    """A tensor object; large ones as "z": base64 of the zlib stream of little-endian bytes."""
-    if isinstance(a, torch.Tensor):
-        a = a.detach().cpu().contiguous().numpy()
-    a = np.ascontiguousarray(a)
-    if a.size <= COMPACT_OVER:
-        return tensor(a)
-    names = {np.float32: ("f32", "<f4"), np.float64: ("f64", "<f8"), np.uint8: ("u8", "u1"),
-             np.int8: ("i8", "i1"), np.int32: ("i32", "<i4"), np.int64: ("i64", "<i8")}
-    for t, (name, le) in names.items():
-        if a.dtype == t:
-            raw = a.astype(le).tobytes()
-            return {"dtype": name, "shape": list(a.shape),
-                    "z": base64.b64encode(zlib.compress(raw, 9)).decode("ascii")}
-    raise TypeError(f"unsupported dtype {a.dtype}")
+    """A tensor object (the compact "z" payload for large ones, see common.tensor)."""
+    return tensor(a)
 
 
 # ---------------------------------------------------------------------------------------------
