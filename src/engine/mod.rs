@@ -423,7 +423,7 @@ pub fn conv_path(
 ) -> KernelPath {
     match engine {
         Engine::X86 if cpu.avx512_vnni && p.groups <= 100 && weight_symmetric => KernelPath::Onednn,
-        Engine::Fbgemm | Engine::X86 => fbgemm_conv_path(p),
+        Engine::Fbgemm | Engine::X86 => fbgemm_conv_path(p, cpu),
         Engine::Qnnpack => KernelPath::Qnnpack,
         Engine::Onednn => KernelPath::Onednn,
     }
@@ -467,9 +467,12 @@ pub fn onednn_conv_accumulation(p: &Conv2dParams, cpu: &CpuFeatures) -> Accumula
 }
 
 /// FBGEMM `ConvFastPath` (`src/FbgemmConv.cc`) for 2D convolutions: `takeDepthWiseFastPath`
-/// (3×3, 5×5 or 7×7), then `fbgemmOptimizedGConv` (`src/GroupwiseConv.cc`), then pointwise and
+/// (3×3, 5×5 or 7×7), then `fbgemmOptimizedGConv` (`src/Fbgemm.cc`), then pointwise and
 /// im2col, which both run the packed GEMM. The direct-conv path only takes transposed convs.
-pub fn fbgemm_conv_path(p: &Conv2dParams) -> KernelPath {
+/// The groupwise kernel needs at least `numOfGroupsTogether` groups
+/// (`src/PackWeightMatrixForGConv.cc`): `max(1, W / (OC/G) / max(IC/G, 4))` with the vector width
+/// `W` = 64 bytes on AVX-512 CPUs and 32 otherwise (the CPU, not `FBGEMM_ENABLE_INSTRUCTIONS`).
+pub fn fbgemm_conv_path(p: &Conv2dParams, cpu: &CpuFeatures) -> KernelPath {
     let g = p.groups;
     let (ic, oc) = (p.in_channels, p.out_channels);
     let k = p.kernel_size;
@@ -494,11 +497,24 @@ pub fn fbgemm_conv_path(p: &Conv2dParams) -> KernelPath {
         && p.dilation == [1, 1]
         && p.stride[0] == p.stride[1]
         && (p.stride[0] == 1 || p.stride[0] == 2)
-        && g >= 8;
+        && g >= groups_together(cpg, kpg, cpu);
     if groupwise {
         return KernelPath::FbgemmGroupwise;
     }
     KernelPath::FbgemmGemm
+}
+
+/// FBGEMM `PackWeightMatrixForGConv::numOfGroupsTogether`.
+fn groups_together(cpg: usize, kpg: usize, cpu: &CpuFeatures) -> usize {
+    let width = if cpu.avx512 || cpu.avx512_vnni {
+        64
+    } else {
+        32
+    };
+    if kpg == 0 {
+        return 1;
+    }
+    (width / kpg / cpg.max(4)).max(1)
 }
 
 #[cfg(test)]
@@ -508,25 +524,49 @@ mod tests {
     #[test]
     fn fbgemm_depthwise_needs_multiple_of_8_channels_and_same_padding() {
         assert_eq!(
-            fbgemm_conv_path(&Conv2dParams::square(16, 16, 16, 3, 1)),
+            fbgemm_conv_path(&Conv2dParams::square(16, 16, 16, 3, 1), &CpuFeatures::AVX2),
             KernelPath::FbgemmDepthwise
         );
         assert_eq!(
-            fbgemm_conv_path(&Conv2dParams::square(6, 6, 6, 3, 1)),
+            fbgemm_conv_path(&Conv2dParams::square(6, 6, 6, 3, 1), &CpuFeatures::AVX2),
             KernelPath::FbgemmGemm
         );
         assert_eq!(
-            fbgemm_conv_path(&Conv2dParams::square(16, 16, 16, 3, 0)),
+            fbgemm_conv_path(&Conv2dParams::square(16, 16, 16, 3, 0), &CpuFeatures::AVX2),
             KernelPath::FbgemmGemm
         );
         assert_eq!(
-            fbgemm_conv_path(&Conv2dParams::square(16, 16, 16, 7, 3)),
+            fbgemm_conv_path(&Conv2dParams::square(16, 16, 16, 7, 3), &CpuFeatures::AVX2),
             KernelPath::FbgemmDepthwise
         );
         assert_eq!(
             KernelPath::FbgemmDepthwise.accumulation(Isa::Vnni, &CpuFeatures::AVX512_VNNI),
             Accumulation::PairSaturatingI16
         );
+    }
+
+    /// FBGEMM's groupwise kernel needs `numOfGroupsTogether` groups, which depends on the CPU's
+    /// vector width: 2 channels per group need 8 groups on AVX-512 and 4 on AVX2.
+    #[test]
+    fn fbgemm_groupwise_needs_the_groups_one_vector_holds() {
+        let (avx2, avx512) = (CpuFeatures::AVX2, CpuFeatures::AVX512_VNNI);
+        let path = |cpg: usize, g: usize, cpu: &CpuFeatures| {
+            fbgemm_conv_path(&Conv2dParams::square(cpg * g, cpg * g, g, 3, 1), cpu)
+        };
+        for (cpg, min_avx2, min_avx512) in [(2, 4, 8), (4, 2, 4), (8, 1, 1), (16, 1, 1)] {
+            for g in 1..=9 {
+                for (cpu, min) in [(&avx2, min_avx2), (&avx512, min_avx512)] {
+                    let want = if g >= min {
+                        KernelPath::FbgemmGroupwise
+                    } else {
+                        KernelPath::FbgemmGemm
+                    };
+                    // One group of 8 or 16 channels is a plain conv, still groupwise.
+                    assert_eq!(path(cpg, g, cpu), want, "cpg {cpg} g {g} {cpu:?}");
+                }
+            }
+        }
+        assert_eq!(path(3, 8, &avx512), KernelPath::FbgemmGemm);
     }
 
     /// A forced-AVX2 capture on a VNNI CPU is a hybrid: only FBGEMM's GEMM follows the variable.
@@ -550,7 +590,7 @@ mod tests {
         assert_eq!(KernelPath::FbgemmGroupwise.accumulation(forced, &avx2), sat);
         assert_eq!(KernelPath::Onednn.accumulation(forced, &avx2), sat);
         let gconv = Conv2dParams::square(16, 16, 8, 3, 1);
-        assert_eq!(fbgemm_conv_path(&gconv), KernelPath::FbgemmGroupwise);
+        assert_eq!(fbgemm_conv_path(&gconv, &vnni), KernelPath::FbgemmGroupwise);
         assert_eq!(onednn_conv_accumulation(&gconv, &vnni), exact);
         // AVX-VNNI without AVX-512: FBGEMM pairs, oneDNN is exact, x86 conv stays on FBGEMM.
         let avx_vnni = CpuFeatures {
