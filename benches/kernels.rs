@@ -13,7 +13,7 @@ mod x86 {
     use criterion::{BenchmarkGroup, Criterion, Throughput};
     use qparity::gen::SplitMix64 as Rng;
     use qparity::kernels::x86::conv::{Conv2d, Conv2dParams, Depthwise3x3, Layout};
-    use qparity::kernels::x86::{peak, Isa, KernelId, PackedLinear};
+    use qparity::kernels::x86::{peak, Isa, Kernel, PackedLinear};
     use qparity::kernels::{Accumulation, Requant};
     use qparity::numerics::requant::FbgemmRequant;
     use std::hint::black_box;
@@ -70,7 +70,7 @@ mod x86 {
             Ok("exact") => Accumulation::Exact,
             _ => Accumulation::PairSaturatingI16,
         };
-        let kernel = KernelId::best(acc);
+        let kernel = Kernel::best(acc);
         eprintln!("qparity kernel under benchmark: {}", kernel.name());
         let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
         let mut g = c.benchmark_group("qparity");

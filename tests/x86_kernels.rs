@@ -9,15 +9,15 @@ use qparity::kernels::reference::{dot, Reference};
 use qparity::kernels::x86::conv::{
     conv2d_reference_raw, Conv2d, Conv2dParams, Depthwise3x3, Layout,
 };
-use qparity::kernels::x86::{Isa, KernelId, PackedLinear, X86Gemm};
+use qparity::kernels::x86::{Isa, Kernel, PackedLinear};
 use qparity::kernels::{Accumulation, Int8Gemm, Requant};
 use qparity::numerics::requant::{FbgemmRequant, QnnpackRequant};
 
 /// Every kernel under test: all SIMD kernels this CPU has, plus the portable ones.
-fn kernels() -> Vec<KernelId> {
-    let mut v = KernelId::all_supported();
-    v.push(KernelId::Portable(Accumulation::Exact));
-    v.push(KernelId::Portable(Accumulation::PairSaturatingI16));
+fn kernels() -> Vec<Kernel> {
+    let mut v = Kernel::supported();
+    v.push(Kernel::portable(Accumulation::Exact));
+    v.push(Kernel::portable(Accumulation::PairSaturatingI16));
     v
 }
 
@@ -26,13 +26,13 @@ fn required_isas_are_exercised() {
     let Ok(req) = std::env::var("QPARITY_REQUIRE_ISA") else {
         eprintln!(
             "QPARITY_REQUIRE_ISA not set; SIMD kernels tested here: {:?}",
-            KernelId::all_supported()
+            Kernel::supported()
         );
         return;
     };
     for name in req.split(',').filter(|s| !s.trim().is_empty()) {
         let isa = Isa::parse(name).expect("QPARITY_REQUIRE_ISA entry");
-        let ks: Vec<_> = KernelId::all_supported()
+        let ks: Vec<_> = Kernel::supported()
             .into_iter()
             .filter(|k| k.isa() == Some(isa))
             .collect();
@@ -42,7 +42,7 @@ fn required_isas_are_exercised() {
         );
         // Exercise each now, so "required" means "ran".
         for k in ks {
-            let g = X86Gemm::new(k).expect("supported");
+            let g = k;
             let (m, n, kk) = (3, 17, 9);
             let a: Vec<u8> = (0..m * kk).map(|i| (i * 37 % 256) as u8).collect();
             let b: Vec<i8> = (0..n * kk).map(|i| (i * 91 % 256) as u8 as i8).collect();
@@ -60,7 +60,7 @@ fn available_lists_every_supported_kernel() {
         .iter()
         .map(|k| k.name())
         .collect();
-    for k in KernelId::all_supported() {
+    for k in Kernel::supported() {
         assert!(
             names.contains(&k.name()),
             "{} missing from kernels::available()",
@@ -76,7 +76,7 @@ fn available_lists_every_supported_kernel() {
 fn check_gemm(m: usize, n: usize, k: usize, a: &[u8], b: &[i8]) -> usize {
     let mut bad = 0;
     for id in kernels() {
-        let g = X86Gemm::new(id).expect("supported");
+        let g = id;
         let (mut c, mut r) = (vec![0; m * n], vec![0; m * n]);
         g.gemm(m, n, k, a, b, &mut c);
         Reference::new(id.accumulation()).gemm(m, n, k, a, b, &mut r);
@@ -426,7 +426,7 @@ fn conv2d_in_place_feed_saturates_like_fbgemm() {
     let (h, w) = (9, 11);
     let t = saturating_problem(16, 20, 1, h, w, 17);
     let mut checked = 0;
-    for id in KernelId::all_supported() {
+    for id in Kernel::supported() {
         let conv = Conv2d::with_kernel(id, &t.wt, t.p, &[0], t.rule.clone()).unwrap();
         assert!(conv.is_implicit(), "{} should feed A in place", id.name());
         let want = t.want(id.accumulation());

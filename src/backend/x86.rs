@@ -5,7 +5,7 @@
 use crate::engine::flow::{LayerOp, OutQParams, QLayer, QTensor, StageCtx};
 use crate::engine::KernelPath;
 use crate::kernels::x86::conv::{Conv2d, Depthwise3x3, Layout};
-use crate::kernels::x86::{KernelId, PackedLinear};
+use crate::kernels::x86::{Kernel, PackedLinear};
 use crate::kernels::{FusedOut, Requant};
 use crate::Result;
 
@@ -23,7 +23,7 @@ pub fn run_convert_fx(
     if path == KernelPath::Onednn {
         return Ok(None);
     }
-    let kernel = KernelId::best(layer.accumulation(ctx, path));
+    let kernel = Kernel::best(layer.accumulation(ctx, path));
     let requant = if path.uses_fbgemm_requant() {
         Requant::Fbgemm(layer.fbgemm_requant(input, out))
     } else {

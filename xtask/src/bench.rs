@@ -73,12 +73,12 @@ fn criterion_results(dir: &Path) -> Result<Vec<(String, f64)>> {
 
 #[cfg(target_arch = "x86_64")]
 fn kernel_name() -> &'static str {
-    use qparity::kernels::{x86::KernelId, Accumulation};
+    use qparity::kernels::{x86::Kernel, Accumulation};
     let acc = match std::env::var("QPARITY_BENCH_ACC").as_deref() {
         Ok("exact") => Accumulation::Exact,
         _ => Accumulation::PairSaturatingI16,
     };
-    KernelId::best(acc).name()
+    Kernel::best(acc).name()
 }
 
 #[cfg(not(target_arch = "x86_64"))]

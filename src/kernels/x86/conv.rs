@@ -30,7 +30,7 @@
 
 use super::avx2::{self, DwChannel};
 use super::{
-    weight_zero_points_for, AOperand, DenseA, Format, Isa, KernelId, PackedLinear, RowMap, Sink,
+    weight_zero_points_for, AOperand, DenseA, Format, Isa, Kernel, PackedLinear, RowMap, Sink,
 };
 pub use crate::geometry::Conv2dParams;
 use crate::kernels::reference::dot;
@@ -190,7 +190,7 @@ impl Conv2d {
         accumulation: Accumulation,
     ) -> Result<Self> {
         Self::with_kernel(
-            KernelId::best(accumulation),
+            Kernel::best(accumulation),
             weights,
             p,
             weight_zero_points,
@@ -200,7 +200,7 @@ impl Conv2d {
 
     /// As [`Conv2d::new`] with an explicit kernel.
     pub fn with_kernel(
-        kernel: KernelId,
+        kernel: Kernel,
         weights: &[i8],
         p: Conv2dParams,
         weight_zero_points: &[i32],
@@ -270,7 +270,7 @@ impl Conv2d {
     }
 
     /// The kernel in use.
-    pub fn kernel(&self) -> KernelId {
+    pub fn kernel(&self) -> Kernel {
         self.groups[0].kernel()
     }
 

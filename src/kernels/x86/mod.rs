@@ -3,15 +3,15 @@
 //! # Kernels
 //! | kernel | instructions | accumulation model |
 //! |---|---|---|
-//! | [`KernelId::Avx2PairSat`] | `vpmaddubsw` → `vpmaddwd(·, 1)` → `vpaddd` | [`Accumulation::PairSaturatingI16`] (FBGEMM's non-VNNI acc32 path, `GenerateKernelU8S8S32ACC32.cc`) |
-//! | [`KernelId::Avx2Exact`] | u8/i8 widened to i16, `vpmaddwd` → `vpaddd` | [`Accumulation::Exact`] without VNNI |
-//! | [`KernelId::Avx512Vnni`] | `vpdpbusd` | [`Accumulation::Exact`] (FBGEMM's VNNI path) |
-//! | [`KernelId::Portable`] | the `reference` kernel | either |
+//! | [`KernelKind::Avx2PairSat`] | `vpmaddubsw` → `vpmaddwd(·, 1)` → `vpaddd` | [`Accumulation::PairSaturatingI16`] (FBGEMM's non-VNNI acc32 path, `GenerateKernelU8S8S32ACC32.cc`) |
+//! | [`KernelKind::Avx2Exact`] | u8/i8 widened to i16, `vpmaddwd` → `vpaddd` | [`Accumulation::Exact`] without VNNI |
+//! | [`KernelKind::Avx512Vnni`] | `vpdpbusd` | [`Accumulation::Exact`] (FBGEMM's VNNI path) |
+//! | [`KernelKind::Portable`] | the `reference` kernel | either |
 //!
 //! `#[target_feature]` appears only on the `unsafe` entry points inside `avx2`/`avx512vnni`;
-//! a [`KernelId`] can only be obtained for a CPU that supports it ([`KernelId::new`] returns
-//! `None` otherwise), and the best kernel per accumulation model is detected once and cached
-//! ([`KernelId::best`]).
+//! they are reached only through a [`Kernel`], which can only be obtained for a CPU that supports
+//! it ([`Kernel::new`] returns `None` otherwise), and the best kernel per accumulation model is
+//! detected once and cached ([`Kernel::best`]).
 //!
 //! # Packing layout (and why)
 //! The weights `B` (PyTorch's `[N, K]` = `[out, in]`, i8) are packed once into column panels of
@@ -49,7 +49,7 @@
 //! lower clamp, exactly like `requantizeOutputProcessingAvx2` (FBGEMM `src/QuantUtilsAvx2.cc`).
 //! Column tails narrower than a vector use the scalar rule itself ([`Requant::apply`]).
 
-use super::reference::{self, Reference};
+use super::reference;
 use super::{Accumulation, Int8Gemm, Requant};
 use crate::{Error, Result};
 use std::sync::OnceLock;
@@ -112,10 +112,10 @@ enum Format {
     Plain,
 }
 
-/// A GEMM kernel choice. Values other than `Portable` can only be constructed on CPUs that
-/// support them, which is what makes the `unsafe` SIMD calls behind them sound.
+/// The name of an x86 kernel. A name alone runs nothing: the entry points take a [`Kernel`],
+/// which only CPU detection hands out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum KernelId {
+pub enum KernelKind {
     /// AVX2 `vpmaddubsw`/`vpmaddwd`, pair-saturating (FBGEMM without VNNI).
     Avx2PairSat,
     /// AVX2 exact kernel (operands widened to i16, `vpmaddwd`).
@@ -126,79 +126,159 @@ pub enum KernelId {
     Portable(Accumulation),
 }
 
-impl KernelId {
-    /// `Some(id)` iff this CPU can run `id`.
-    pub fn new(id: KernelId) -> Option<KernelId> {
-        match id.isa() {
-            Some(isa) if !isa.detected() => None,
-            _ => Some(id),
-        }
-    }
+impl KernelKind {
+    /// Every SIMD kernel, AVX2 first.
+    pub const SIMD: [KernelKind; 3] = [
+        KernelKind::Avx2PairSat,
+        KernelKind::Avx2Exact,
+        KernelKind::Avx512Vnni,
+    ];
 
     /// The ISA the kernel needs (`None` for the portable one).
     pub fn isa(self) -> Option<Isa> {
         match self {
-            KernelId::Avx2PairSat | KernelId::Avx2Exact => Some(Isa::Avx2),
-            KernelId::Avx512Vnni => Some(Isa::Avx512Vnni),
-            KernelId::Portable(_) => None,
+            KernelKind::Avx2PairSat | KernelKind::Avx2Exact => Some(Isa::Avx2),
+            KernelKind::Avx512Vnni => Some(Isa::Avx512Vnni),
+            KernelKind::Portable(_) => None,
         }
     }
 
     /// The accumulation model the kernel implements.
     pub fn accumulation(self) -> Accumulation {
         match self {
-            KernelId::Avx2PairSat => Accumulation::PairSaturatingI16,
-            KernelId::Avx2Exact | KernelId::Avx512Vnni => Accumulation::Exact,
-            KernelId::Portable(a) => a,
+            KernelKind::Avx2PairSat => Accumulation::PairSaturatingI16,
+            KernelKind::Avx2Exact | KernelKind::Avx512Vnni => Accumulation::Exact,
+            KernelKind::Portable(a) => a,
         }
     }
 
     /// Stable name for reports.
     pub fn name(self) -> &'static str {
         match self {
-            KernelId::Avx2PairSat => "x86-avx2-pair-sat16",
-            KernelId::Avx2Exact => "x86-avx2-exact",
-            KernelId::Avx512Vnni => "x86-avx512vnni",
-            KernelId::Portable(Accumulation::Exact) => "portable-exact",
-            KernelId::Portable(Accumulation::PairSaturatingI16) => "portable-pair-sat16",
+            KernelKind::Avx2PairSat => "x86-avx2-pair-sat16",
+            KernelKind::Avx2Exact => "x86-avx2-exact",
+            KernelKind::Avx512Vnni => "x86-avx512vnni",
+            KernelKind::Portable(Accumulation::Exact) => "portable-exact",
+            KernelKind::Portable(Accumulation::PairSaturatingI16) => "portable-pair-sat16",
         }
-    }
-
-    /// The fastest kernel for `acc` on this CPU; detected once and cached.
-    pub fn best(acc: Accumulation) -> KernelId {
-        static EXACT: OnceLock<KernelId> = OnceLock::new();
-        static PAIR: OnceLock<KernelId> = OnceLock::new();
-        let (cell, order): (_, &[KernelId]) = match acc {
-            Accumulation::Exact => (&EXACT, &[KernelId::Avx512Vnni, KernelId::Avx2Exact]),
-            Accumulation::PairSaturatingI16 => (&PAIR, &[KernelId::Avx2PairSat]),
-        };
-        *cell.get_or_init(|| {
-            order
-                .iter()
-                .find_map(|&k| KernelId::new(k))
-                .unwrap_or(KernelId::Portable(acc))
-        })
-    }
-
-    /// Every SIMD kernel this CPU supports.
-    pub fn all_supported() -> Vec<KernelId> {
-        [
-            KernelId::Avx2PairSat,
-            KernelId::Avx2Exact,
-            KernelId::Avx512Vnni,
-        ]
-        .into_iter()
-        .filter_map(KernelId::new)
-        .collect()
     }
 
     fn format(self) -> Format {
         match self {
-            KernelId::Avx2PairSat => Format::Quad8 { nr: avx2::NR },
-            KernelId::Avx2Exact => Format::Pair16 { nr: avx2::NR },
-            KernelId::Avx512Vnni => Format::Quad8 { nr: avx512vnni::NR },
-            KernelId::Portable(_) => Format::Plain,
+            KernelKind::Avx2PairSat => Format::Quad8 { nr: avx2::NR },
+            KernelKind::Avx2Exact => Format::Pair16 { nr: avx2::NR },
+            KernelKind::Avx512Vnni => Format::Quad8 { nr: avx512vnni::NR },
+            KernelKind::Portable(_) => Format::Plain,
         }
+    }
+}
+
+/// An x86 kernel that this CPU can run: the proof of CPU detection that makes the `unsafe`
+/// SIMD calls behind [`PackedLinear`] and [`conv::Conv2d`] sound.
+///
+/// The field is private, so the only ways to hold one are [`Kernel::new`] (which returns `None`
+/// when the CPU lacks the kernel's ISA), [`Kernel::best`], [`Kernel::supported`] and
+/// [`Kernel::portable`]. Naming a kernel into existence does not compile:
+///
+/// ```compile_fail
+/// use qparity::kernels::x86::{Kernel, KernelKind, PackedLinear};
+/// use qparity::kernels::Requant;
+/// use qparity::numerics::requant::FbgemmRequant;
+/// let rule = Requant::Fbgemm(FbgemmRequant::new(0.02, &[0.01], false, None, 2, 0.05, 10, false));
+/// let vnni = Kernel { kind: KernelKind::Avx512Vnni }; // error: private field
+/// let lin = PackedLinear::with_kernel(vnni, &[1, 2, 3, 4], 2, 2, &[0], rule);
+/// ```
+///
+/// nor does passing the bare name where a kernel is expected:
+///
+/// ```compile_fail
+/// use qparity::kernels::x86::{KernelKind, PackedLinear};
+/// use qparity::kernels::Requant;
+/// use qparity::numerics::requant::FbgemmRequant;
+/// let rule = Requant::Fbgemm(FbgemmRequant::new(0.02, &[0.01], false, None, 2, 0.05, 10, false));
+/// let lin = PackedLinear::with_kernel(KernelKind::Avx512Vnni, &[1, 2, 3, 4], 2, 2, &[0], rule);
+/// ```
+///
+/// The same program with the kernel obtained the only legal way compiles, and runs the VNNI
+/// kernel exactly when the CPU has it:
+///
+/// ```
+/// use qparity::kernels::x86::{Kernel, KernelKind, PackedLinear};
+/// use qparity::kernels::Requant;
+/// use qparity::numerics::requant::FbgemmRequant;
+/// let rule = Requant::Fbgemm(FbgemmRequant::new(0.02, &[0.01], false, None, 2, 0.05, 10, false));
+/// if let Some(vnni) = Kernel::new(KernelKind::Avx512Vnni) {
+///     let lin = PackedLinear::with_kernel(vnni, &[1, 2, 3, 4], 2, 2, &[0], rule).unwrap();
+///     assert_eq!(lin.kernel().kind(), KernelKind::Avx512Vnni);
+/// }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Kernel {
+    kind: KernelKind,
+}
+
+impl Kernel {
+    /// `Some` iff this CPU can run `kind`.
+    pub fn new(kind: KernelKind) -> Option<Kernel> {
+        match kind.isa() {
+            Some(isa) if !isa.detected() => None,
+            _ => Some(Kernel { kind }),
+        }
+    }
+
+    /// The portable kernel of `acc` (runs on every CPU).
+    pub fn portable(acc: Accumulation) -> Kernel {
+        Kernel {
+            kind: KernelKind::Portable(acc),
+        }
+    }
+
+    /// The fastest kernel for `acc` on this CPU; detected once and cached.
+    pub fn best(acc: Accumulation) -> Kernel {
+        static EXACT: OnceLock<Kernel> = OnceLock::new();
+        static PAIR: OnceLock<Kernel> = OnceLock::new();
+        let (cell, order): (_, &[KernelKind]) = match acc {
+            Accumulation::Exact => (&EXACT, &[KernelKind::Avx512Vnni, KernelKind::Avx2Exact]),
+            Accumulation::PairSaturatingI16 => (&PAIR, &[KernelKind::Avx2PairSat]),
+        };
+        *cell.get_or_init(|| {
+            order
+                .iter()
+                .find_map(|&k| Kernel::new(k))
+                .unwrap_or(Kernel::portable(acc))
+        })
+    }
+
+    /// Every SIMD kernel this CPU supports.
+    pub fn supported() -> Vec<Kernel> {
+        KernelKind::SIMD
+            .into_iter()
+            .filter_map(Kernel::new)
+            .collect()
+    }
+
+    /// Which kernel this is.
+    pub fn kind(self) -> KernelKind {
+        self.kind
+    }
+
+    /// The ISA the kernel needs (`None` for the portable one).
+    pub fn isa(self) -> Option<Isa> {
+        self.kind.isa()
+    }
+
+    /// The accumulation model the kernel implements.
+    pub fn accumulation(self) -> Accumulation {
+        self.kind.accumulation()
+    }
+
+    /// Stable name for reports.
+    pub fn name(self) -> &'static str {
+        self.kind.name()
+    }
+
+    fn format(self) -> Format {
+        self.kind.format()
     }
 }
 
@@ -256,7 +336,7 @@ fn panels<T: Copy + Default>(
 /// A weight matrix packed for one kernel (layout in the module docs).
 #[derive(Debug, Clone)]
 pub struct PackedB {
-    kernel: KernelId,
+    kernel: Kernel,
     n: usize,
     k: usize,
     kp: usize,
@@ -268,7 +348,7 @@ pub struct PackedB {
 
 impl PackedB {
     /// Packs the `n × k` row-major weights `b` for `kernel`.
-    pub fn new(kernel: KernelId, b: &[i8], n: usize, k: usize) -> Result<Self> {
+    pub fn new(kernel: Kernel, b: &[i8], n: usize, k: usize) -> Result<Self> {
         if b.len()
             != n.checked_mul(k)
                 .ok_or_else(|| Error::shape("weights", "n·k overflows"))?
@@ -300,7 +380,7 @@ impl PackedB {
     }
 
     /// The kernel this matrix is packed for.
-    pub fn kernel(&self) -> KernelId {
+    pub fn kernel(&self) -> Kernel {
         self.kernel
     }
 
@@ -450,7 +530,7 @@ pub(crate) struct DenseA<'a> {
 impl<'a> DenseA<'a> {
     /// `a` is `m` rows of `ld_in` bytes whose first `k` are the row (`ld_in ≥ k`).
     fn new(
-        kernel: KernelId,
+        kernel: Kernel,
         a: &'a [u8],
         m: usize,
         k: usize,
@@ -658,22 +738,22 @@ fn run_packed(b: &PackedB, a: &AOperand, epi: &mut Epilogue) {
             "activation rows longer than the packed weights"
         );
     }
-    match b.kernel {
-        KernelId::Avx2PairSat => {
-            // SAFETY: a KernelId other than Portable exists only if its ISA was detected
-            // (KernelId::new / best), `b` was packed for this kernel's format and `a` checked its
+    match b.kernel.kind() {
+        KernelKind::Avx2PairSat => {
+            // SAFETY: a `Kernel` of a SIMD kind exists only if its ISA was detected (its field
+            // is private; `Kernel::new` checks), `b` was packed for this kernel's format and `a` checked its
             // reads when it was built (AOperand::new).
             unsafe { avx2::gemm_pairsat(a, b, epi) }
         }
-        KernelId::Avx2Exact => {
+        KernelKind::Avx2Exact => {
             // SAFETY: as above (AVX2 detected; Pair16 format).
             unsafe { avx2::gemm_exact(a, b, epi) }
         }
-        KernelId::Avx512Vnni => {
+        KernelKind::Avx512Vnni => {
             // SAFETY: as above (AVX-512 F/BW/VNNI and AVX2 detected; Quad8 format, NR = 32).
             unsafe { avx512vnni::gemm_vnni(a, b, epi) }
         }
-        KernelId::Portable(acc) => {
+        KernelKind::Portable(acc) => {
             let k = b.k;
             let mut t = vec![0i32; b.n];
             for i in 0..a.m {
@@ -727,7 +807,7 @@ impl PackedLinear {
         accumulation: Accumulation,
     ) -> Result<Self> {
         Self::with_kernel(
-            KernelId::best(accumulation),
+            Kernel::best(accumulation),
             weights,
             n,
             k,
@@ -736,9 +816,9 @@ impl PackedLinear {
         )
     }
 
-    /// As [`PackedLinear::new`], for an explicit kernel (from [`KernelId::new`]).
+    /// As [`PackedLinear::new`], for an explicit kernel (from [`Kernel::new`]).
     pub fn with_kernel(
-        kernel: KernelId,
+        kernel: Kernel,
         weights: &[i8],
         n: usize,
         k: usize,
@@ -769,7 +849,7 @@ impl PackedLinear {
     }
 
     /// The kernel in use.
-    pub fn kernel(&self) -> KernelId {
+    pub fn kernel(&self) -> Kernel {
         self.packed.kernel
     }
 
@@ -858,31 +938,14 @@ impl PackedLinear {
     }
 }
 
-/// An [`Int8Gemm`] view of one x86 kernel (packs B on every call; for tests and the trait).
-#[derive(Debug, Clone, Copy)]
-pub struct X86Gemm {
-    id: KernelId,
-}
-
-impl X86Gemm {
-    /// `None` when this CPU lacks the kernel's ISA.
-    pub fn new(id: KernelId) -> Option<Self> {
-        KernelId::new(id).map(|id| Self { id })
-    }
-
-    /// The kernel.
-    pub fn id(&self) -> KernelId {
-        self.id
-    }
-}
-
-impl Int8Gemm for X86Gemm {
+/// Each kernel is also an [`Int8Gemm`] (B is packed on every call; for tests and the trait).
+impl Int8Gemm for Kernel {
     fn name(&self) -> &'static str {
-        self.id.name()
+        self.kind.name()
     }
 
     fn accumulation(&self) -> Accumulation {
-        self.id.accumulation()
+        self.kind.accumulation()
     }
 
     fn gemm(&self, m: usize, n: usize, k: usize, a: &[u8], b: &[i8], c: &mut [i32]) {
@@ -896,8 +959,8 @@ impl Int8Gemm for X86Gemm {
             c.fill(0);
             return;
         }
-        let packed = PackedB::new(self.id, b, n, k).expect("shapes checked above");
-        let dense = DenseA::new(self.id, a, m, k, k, false);
+        let packed = PackedB::new(*self, b, n, k).expect("shapes checked above");
+        let dense = DenseA::new(*self, a, m, k, k, false);
         let zc = vec![0i32; n];
         let mut epi = Epilogue {
             n,
@@ -916,14 +979,8 @@ impl Int8Gemm for X86Gemm {
 
 /// The x86 SIMD kernels this CPU supports, as [`Int8Gemm`]s.
 pub fn available() -> Vec<Box<dyn Int8Gemm>> {
-    KernelId::all_supported()
+    Kernel::supported()
         .into_iter()
-        .filter_map(X86Gemm::new)
-        .map(|g| Box::new(g) as Box<dyn Int8Gemm>)
+        .map(|k| Box::new(k) as Box<dyn Int8Gemm>)
         .collect()
-}
-
-/// The portable fallback used when no SIMD kernel fits (re-exported for symmetry).
-pub fn portable(acc: Accumulation) -> Reference {
-    Reference::new(acc)
 }
