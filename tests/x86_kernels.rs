@@ -9,8 +9,8 @@ use qparity::kernels::reference::{dot, Reference};
 use qparity::kernels::x86::conv::{
     conv2d_reference_raw, Conv2d, Conv2dParams, Depthwise3x3, Layout,
 };
-use qparity::kernels::x86::{Isa, Kernel, PackedLinear};
-use qparity::kernels::{Accumulation, Int8Gemm, Requant};
+use qparity::kernels::x86::{Kernel, PackedLinear};
+use qparity::kernels::{Accumulation, Int8Gemm, Isa, Requant};
 use qparity::numerics::requant::{FbgemmRequant, QnnpackRequant};
 
 /// Every kernel under test: all SIMD kernels this CPU has, plus the portable ones.

@@ -5,7 +5,10 @@
 //! kernels (x86 AVX2 / AVX-512 VNNI, ARM NEON) must equal it bit for bit and are listed by
 //! [`available`] so the property suites and fuzz targets cover each of them.
 
+pub mod isa;
 pub mod reference;
+
+pub use isa::{Arch, Isa};
 
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
@@ -35,6 +38,10 @@ pub trait Int8Gemm: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &'static str;
     /// The accumulation model this kernel implements.
     fn accumulation(&self) -> Accumulation;
+    /// The instruction-set extension the kernel runs on (`None` for portable code).
+    fn isa(&self) -> Option<Isa> {
+        None
+    }
     /// Computes `c = a · bᵀ`. Panics if a slice length disagrees with `m`, `n`, `k`
     /// (callers validate shapes; this is an internal contract).
     fn gemm(&self, m: usize, n: usize, k: usize, a: &[u8], b: &[i8], c: &mut [i32]);

@@ -50,7 +50,7 @@
 //! Column tails narrower than a vector use the scalar rule itself ([`Requant::apply`]).
 
 use super::reference;
-use super::{Accumulation, Int8Gemm, Requant};
+use super::{Accumulation, Int8Gemm, Isa, Requant};
 use crate::{Error, Result};
 use std::sync::OnceLock;
 
@@ -59,50 +59,6 @@ mod avx512vnni;
 pub mod conv;
 
 pub mod peak;
-
-/// An instruction-set extension an x86 kernel needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Isa {
-    /// AVX2 (`vpmaddubsw`, `vpmaddwd`).
-    Avx2,
-    /// AVX-512 F/BW + VNNI (`vpdpbusd`).
-    Avx512Vnni,
-}
-
-impl Isa {
-    /// Name used by `QPARITY_REQUIRE_ISA` (`avx2`, `avx512vnni`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Isa::Avx2 => "avx2",
-            Isa::Avx512Vnni => "avx512vnni",
-        }
-    }
-
-    /// Parses a `QPARITY_REQUIRE_ISA` entry.
-    pub fn parse(s: &str) -> Result<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "avx2" => Ok(Isa::Avx2),
-            "avx512vnni" | "avx512_vnni" | "vnni" => Ok(Isa::Avx512Vnni),
-            other => Err(Error::invalid(
-                "ISA name",
-                format!("{other:?} (known: avx2, avx512vnni)"),
-            )),
-        }
-    }
-
-    /// Whether this CPU supports the extension (std caches the CPUID probe).
-    pub fn detected(self) -> bool {
-        match self {
-            Isa::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
-            Isa::Avx512Vnni => {
-                std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512bw")
-                    && std::arch::is_x86_feature_detected!("avx512vnni")
-                    && std::arch::is_x86_feature_detected!("avx2")
-            }
-        }
-    }
-}
 
 /// Weight layout of a packed matrix (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -946,6 +902,10 @@ impl Int8Gemm for Kernel {
 
     fn accumulation(&self) -> Accumulation {
         self.kind.accumulation()
+    }
+
+    fn isa(&self) -> Option<Isa> {
+        self.kind.isa()
     }
 
     fn gemm(&self, m: usize, n: usize, k: usize, a: &[u8], b: &[i8], c: &mut [i32]) {
