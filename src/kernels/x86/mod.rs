@@ -47,10 +47,11 @@
 //! requantization rule: FBGEMM `f32(f32(f32(raw) + bterm[j]) · mult[j])` or QNNPACK
 //! `f32(f32(raw + bq[j]) · scale[j])`, `cvtps2dq` (RNE), `packs`/`adds(zp)`/`packus`, ReLU via the
 //! lower clamp, exactly like `requantizeOutputProcessingAvx2` (FBGEMM `src/QuantUtilsAvx2.cc`).
-//! Column tails narrower than a vector use the scalar rule itself ([`Requant::apply`]).
+//! Column tails narrower than a vector evaluate the same per-channel form in scalar code.
 
+use super::quant::{self, check_activation_zero_point, PerChannel};
 use super::reference;
-use super::{Accumulation, Int8Gemm, Isa, Requant};
+use super::{Accumulation, Int8Gemm, Isa, Output, QConv, QGemm, QuantConv, QuantGemm, Requant};
 use crate::{Error, Result};
 use std::sync::OnceLock;
 
@@ -241,27 +242,6 @@ impl Kernel {
 /// Rounds `k` up to a multiple of 4.
 fn pad4(k: usize) -> usize {
     k.div_ceil(4) * 4
-}
-
-/// Expands 1 (per-tensor) or `n` (per-channel) weight zero points to `n`, each in -128..=127.
-pub(crate) fn weight_zero_points_for(z: &[i32], n: usize) -> Result<Vec<i32>> {
-    let zps = match z.len() {
-        1 => vec![z[0]; n],
-        l if l == n => z.to_vec(),
-        l => {
-            return Err(Error::shape(
-                "weight zero points",
-                format!("{l} given for {n} output channels (need 1 or {n})"),
-            ))
-        }
-    };
-    if let Some(v) = zps.iter().find(|v| !(-128..=127).contains(*v)) {
-        return Err(Error::invalid(
-            "weight zero point",
-            format!("{v} not in -128..=127"),
-        ));
-    }
-    Ok(zps)
 }
 
 /// Packs `b` (`n × k`) into column panels of `nr` channels, `kp` deep, with groups of `group`
@@ -567,76 +547,9 @@ pub(crate) struct Epilogue<'a> {
     zc: &'a [i32],
     /// `b_zp[j]`, or `None` when every weight zero point is 0 (the row-sum term vanishes).
     b_zp: Option<&'a [i32]>,
-    rq: Option<&'a RequantVec>,
-    requant: Option<&'a Requant>,
+    /// The rule of the GEMM's `n` columns (`None` for a raw sink).
+    rq: Option<&'a PerChannel>,
     sink: Sink<'a>,
-}
-
-/// A requantization rule in the unified per-channel form
-/// `q = clamp(RNE(f32(f32(f32(raw + add_i[j]) + add_f[j]) · mult[j])) + zp, lo, 255)`:
-/// FBGEMM has `add_i = 0`, QNNPACK `add_f = 0` (adding +0.0 leaves the rounded value unchanged).
-#[derive(Debug, Clone)]
-pub(crate) struct RequantVec {
-    add_i: Vec<i32>,
-    add_f: Vec<f32>,
-    mult: Vec<f32>,
-    zp: i32,
-    lo: i32,
-}
-
-impl RequantVec {
-    fn new(r: &Requant, n: usize) -> Result<Self> {
-        let zp = match r {
-            Requant::Fbgemm(f) => f.out_zero_point,
-            Requant::Qnnpack(q) => q.out_zero_point,
-        };
-        if !(0..=255).contains(&zp) {
-            return Err(Error::invalid(
-                "output zero point",
-                format!("{zp} not in 0..=255"),
-            ));
-        }
-        let bad = |what: &str, len: usize| {
-            Error::shape(
-                "requantization",
-                format!("{what} has {len} entries for {n} output channels"),
-            )
-        };
-        match r {
-            Requant::Fbgemm(f) => {
-                if f.bias_term.len() != n {
-                    return Err(bad("bias_term", f.bias_term.len()));
-                }
-                let mult = match f.multiplier.len() {
-                    1 => vec![f.multiplier[0]; n],
-                    l if l == n => f.multiplier.clone(),
-                    l => return Err(bad("multiplier", l)),
-                };
-                Ok(Self {
-                    add_i: vec![0; n],
-                    add_f: f.bias_term.clone(),
-                    mult,
-                    zp: f.out_zero_point,
-                    lo: if f.relu { f.out_zero_point } else { 0 },
-                })
-            }
-            Requant::Qnnpack(q) => {
-                if q.scale.len() != n {
-                    return Err(bad("scale", q.scale.len()));
-                }
-                if q.bias_q.len() != n {
-                    return Err(bad("bias_q", q.bias_q.len()));
-                }
-                Ok(Self {
-                    add_i: q.bias_q.clone(),
-                    add_f: vec![0.0; n],
-                    mult: q.scale.clone(),
-                    zp: q.out_zero_point,
-                    lo: if q.relu { q.out_zero_point } else { 0 },
-                })
-            }
-        }
-    }
 }
 
 impl Epilogue<'_> {
@@ -678,7 +591,7 @@ impl Epilogue<'_> {
                 let at = self.at(i, j);
                 match &mut self.sink {
                     Sink::Raw(o) => o[at] = raw,
-                    Sink::U8(o) => o[at] = self.requant.expect("u8 sink has a rule").apply(raw, j),
+                    Sink::U8(o) => o[at] = self.rq.expect("u8 sink has a rule").apply(raw, j),
                 }
             }
         }
@@ -747,8 +660,8 @@ pub struct PackedLinear {
     col_off: Vec<i32>,
     b_zp: Vec<i32>,
     symmetric: bool,
-    requant: Requant,
-    rq: RequantVec,
+    /// The fused rule (`None`: raw output only).
+    rq: Option<PerChannel>,
 }
 
 impl PackedLinear {
@@ -781,14 +694,27 @@ impl PackedLinear {
         weight_zero_points: &[i32],
         requant: Requant,
     ) -> Result<Self> {
+        Self::build(kernel, weights, n, k, weight_zero_points, Some(&requant))
+    }
+
+    /// [`PackedLinear::with_kernel`] with an optional rule (without one, only
+    /// [`PackedLinear::run_raw`] works).
+    pub(crate) fn build(
+        kernel: Kernel,
+        weights: &[i8],
+        n: usize,
+        k: usize,
+        weight_zero_points: &[i32],
+        requant: Option<&Requant>,
+    ) -> Result<Self> {
         if n == 0 || k == 0 {
             return Err(Error::shape(
                 "linear",
                 format!("n = {n}, k = {k} must be ≥ 1"),
             ));
         }
-        let b_zp = weight_zero_points_for(weight_zero_points, n)?;
-        let rq = RequantVec::new(&requant, n)?;
+        let b_zp = quant::weight_zero_points(weight_zero_points, n)?;
+        let rq = requant.map(|r| PerChannel::new(r, 0, n, n)).transpose()?;
         let packed = PackedB::new(kernel, weights, n, k)?;
         let col_off = (0..n)
             .map(|j| packed.col_sums[j].wrapping_sub((k as i32).wrapping_mul(b_zp[j])))
@@ -799,7 +725,6 @@ impl PackedLinear {
             col_off,
             b_zp,
             symmetric,
-            requant,
             rq,
         })
     }
@@ -838,13 +763,14 @@ impl PackedLinear {
                 format!("expected {m}×{n} = {} values, got {out_len}", m * n),
             ));
         }
-        if !(0..=255).contains(&a_zp) {
-            return Err(Error::invalid(
-                "input zero point",
-                format!("{a_zp} not in 0..=255"),
-            ));
-        }
-        Ok(())
+        check_activation_zero_point(a_zp)
+    }
+
+    /// The fused rule, or an error for a matrix packed without one.
+    pub(crate) fn rule(&self) -> Result<&PerChannel> {
+        self.rq.as_ref().ok_or_else(|| {
+            Error::invalid("requantization", "packed without a rule: raw output only")
+        })
     }
 
     fn epilogue_run(&self, a: &[u8], m: usize, a_zp: i32, sink: Sink<'_>) {
@@ -853,8 +779,8 @@ impl PackedLinear {
         self.run_operand(&dense.operand(&[0]), a_zp, sink, self.packed.n, 0);
     }
 
-    /// Runs on an activation operand (`a_zp` validated by the caller), writing output `(i, j)` at
-    /// `out_off + i·out_ld + j` of `sink`.
+    /// Runs on an activation operand (`a_zp` validated by the caller; a u8 sink only when the
+    /// matrix has a rule), writing output `(i, j)` at `out_off + i·out_ld + j` of `sink`.
     pub(crate) fn run_operand(
         &self,
         a: &AOperand,
@@ -871,8 +797,7 @@ impl PackedLinear {
             row_sums: a.row_sums,
             zc: &zc,
             b_zp: (!self.symmetric).then_some(&self.b_zp[..]),
-            rq: Some(&self.rq),
-            requant: Some(&self.requant),
+            rq: self.rq.as_ref(),
             sink,
         };
         run_packed(&self.packed, a, &mut epi);
@@ -882,6 +807,7 @@ impl PackedLinear {
     /// (accumulated under the kernel's model). `a` is `m × k` row-major raw u8, `out` is `m × n`.
     pub fn run(&self, a: &[u8], m: usize, a_zp: i32, out: &mut [u8]) -> Result<()> {
         self.check(a, m, a_zp, out.len())?;
+        self.rule()?;
         self.epilogue_run(a, m, a_zp, Sink::U8(out));
         Ok(())
     }
@@ -930,10 +856,90 @@ impl Int8Gemm for Kernel {
             zc: &zc,
             b_zp: None,
             rq: None,
-            requant: None,
             sink: Sink::Raw(c),
         };
         run_packed(&packed, &dense.operand(&[0]), &mut epi);
+    }
+
+    fn quant_gemm(&self) -> Option<&dyn QuantGemm> {
+        Some(self)
+    }
+
+    fn quant_conv(&self) -> Option<&dyn QuantConv> {
+        Some(self)
+    }
+}
+
+impl QuantGemm for Kernel {
+    fn name(&self) -> &'static str {
+        self.kind.name()
+    }
+
+    fn accumulation(&self) -> Accumulation {
+        self.kind.accumulation()
+    }
+
+    /// Packs B on every call (a layer packs once with [`PackedLinear`]).
+    fn qgemm(&self, p: &QGemm<'_>, out: Output<'_>) -> Result<()> {
+        let zb = p.validate()?;
+        p.check_output(out.len())?;
+        let rule = match &out {
+            Output::Requantized(r, _) => Some(*r),
+            Output::Raw(_) => None,
+        };
+        if let Some(r) = rule {
+            r.validate(p.n)?;
+        }
+        if p.m == 0 || p.n == 0 {
+            return Ok(());
+        }
+        if p.k == 0 {
+            // Every sum is empty: raw = 0.
+            match out {
+                Output::Raw(o) => o.fill(0),
+                Output::Requantized(r, o) => {
+                    for (i, v) in o.iter_mut().enumerate() {
+                        *v = r.apply(0, i % p.n);
+                    }
+                }
+            }
+            return Ok(());
+        }
+        let lin = PackedLinear::build(*self, p.b, p.n, p.k, &zb, rule)?;
+        match out {
+            Output::Raw(o) => lin.run_raw(p.a, p.m, p.a_zero_point, o),
+            Output::Requantized(_, o) => lin.run(p.a, p.m, p.a_zero_point, o),
+        }
+    }
+}
+
+impl QuantConv for Kernel {
+    fn name(&self) -> &'static str {
+        self.kind.name()
+    }
+
+    fn accumulation(&self) -> Accumulation {
+        self.kind.accumulation()
+    }
+
+    fn supports(&self, _: &crate::geometry::Conv2dParams, _: super::Layout) -> bool {
+        true
+    }
+
+    /// Packs the weights on every call (a layer packs once with [`conv::Conv2d`]).
+    fn qconv(&self, c: &QConv<'_>, out: Output<'_>) -> Result<(usize, usize)> {
+        let hw = c.validate()?;
+        c.check_output(out.len(), hw)?;
+        let rule = match &out {
+            Output::Requantized(r, _) => Some(*r),
+            Output::Raw(_) => None,
+        };
+        let conv = conv::Conv2d::build(*self, c.weight, c.params, c.w_zero_points, rule)?;
+        let (x, nb, h, w, zp) = (c.input, c.batch, c.height, c.width, c.a_zero_point);
+        match out {
+            Output::Raw(o) => conv.run_raw(c.layout, x, nb, h, w, zp, o),
+            Output::Requantized(_, o) => conv.run(c.layout, x, nb, h, w, zp, o),
+        }
     }
 }
 
