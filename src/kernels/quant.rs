@@ -332,8 +332,9 @@ impl PerChannel {
         })
     }
 
-    /// The rule on one accumulator of (local) channel `j`.
+    /// The rule on one accumulator of (local) channel `j` (the x86 epilogue's scalar tails).
     #[inline]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn apply(&self, raw: i32, j: usize) -> u8 {
         let f = (raw.wrapping_add(self.add_i[j]) as f32 + self.add_f[j]) * self.mult[j];
         (round_ne_i32(f) as i64 + self.zp as i64).clamp(self.lo as i64, 255) as u8
@@ -391,4 +392,102 @@ pub trait QuantConv: Send + Sync {
     /// Runs `c`, writing `batch × OC × OH × OW` outputs in `c.layout`; returns `(OH, OW)`.
     /// Bad shapes, zero points or rules, and unsupported geometry, are errors.
     fn qconv(&self, c: &QConv<'_>, out: Output<'_>) -> Result<(usize, usize)>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_channel_form_equals_both_scalar_rules() {
+        let n = 5;
+        let ws = [0.003f32, 0.01, 0.02, 0.0005, 0.007];
+        let bias = [1.5f32, -20.0, 0.0, 3e4, -0.25];
+        let mut rules = Vec::new();
+        for relu in [false, true] {
+            for per_channel in [false, true] {
+                let w = if per_channel { &ws[..] } else { &ws[..1] };
+                rules.push(Requant::Fbgemm(FbgemmRequant::new(
+                    0.02,
+                    w,
+                    per_channel,
+                    Some(&bias),
+                    n,
+                    0.07,
+                    100,
+                    relu,
+                )));
+                rules.push(Requant::Qnnpack(QnnpackRequant::new(
+                    0.02,
+                    w,
+                    Some(&bias),
+                    n,
+                    0.07,
+                    17,
+                    relu,
+                )));
+            }
+        }
+        let mut odd = FbgemmRequant::new(0.02, &ws, true, Some(&bias), n, 0.07, 3, false);
+        odd.multiplier[1] = f32::NAN;
+        odd.bias_term[2] = f32::INFINITY;
+        rules.push(Requant::Fbgemm(odd));
+        let raws = [
+            i32::MIN,
+            -1 << 20,
+            -32769,
+            -5,
+            0,
+            1,
+            77,
+            32768,
+            1 << 28,
+            i32::MAX,
+        ];
+        for r in &rules {
+            for j0 in 0..2 {
+                let pc = PerChannel::new(r, j0, n - j0, 8).unwrap();
+                for j in 0..n - j0 {
+                    for &raw in &raws {
+                        assert_eq!(
+                            pc.apply(raw, j),
+                            r.apply(raw, j0 + j),
+                            "{r:?} j={j} raw={raw}"
+                        );
+                    }
+                }
+            }
+            assert!(
+                PerChannel::new(r, 1, n, n).is_err(),
+                "channels past the rule"
+            );
+        }
+    }
+
+    #[test]
+    fn problems_reject_what_they_cannot_describe() {
+        assert!(weight_zero_points(&[1, 2], 3).is_err());
+        assert!(weight_zero_points(&[-129], 3).is_err());
+        assert_eq!(weight_zero_points(&[-128], 2).unwrap(), vec![-128, -128]);
+        assert!(check_activation_zero_point(256).is_err());
+        let ok = QGemm {
+            m: 1,
+            n: 1,
+            k: 1,
+            a: &[1],
+            a_zero_point: 0,
+            b: &[1],
+            b_zero_points: &[0],
+        };
+        assert!(ok.validate().is_ok());
+        assert!(QGemm {
+            k: usize::MAX,
+            ..ok
+        }
+        .validate()
+        .is_err());
+        let r = Requant::Qnnpack(QnnpackRequant::new(1.0, &[1.0], None, 2, 1.0, 0, false));
+        assert!(r.validate(3).is_err());
+        assert!(r.channels(1, 2).unwrap().validate(1).is_ok());
+    }
 }
