@@ -1,5 +1,5 @@
 //! The kernel conformance suite: one set of checks, written once, that every kernel must pass
-//! bit for bit against the [`reference`] models, whatever its instruction set.
+//! bit for bit against the [`reference`](mod@reference) models, whatever its instruction set.
 //!
 //! Three levels, each a set of public check functions returning an [`Outcome`]:
 //!
@@ -683,138 +683,53 @@ fn conv_params(
     }
 }
 
-/// The conv geometries of the suite: plain, strided, dilated, padded, grouped, groupwise (8 to
-/// 16 groups of 2–16 channels), depthwise 3×3 (stride 1 and 2, pad 0 and 1), 1×1, 1×3, 5×5, and
-/// random ones. Each is run in both layouts.
+/// Fixed conv geometries, one per row: `[IC, OC, groups, KH, KW, stride (h, w), padding (h, w),
+/// dilation (h, w), batch, H, W]`.
+const CONVS: [[usize; 14]; 21] = [
+    [3, 4, 1, 3, 3, 1, 1, 1, 1, 1, 1, 2, 7, 6],
+    [16, 20, 1, 3, 3, 1, 1, 1, 1, 1, 1, 1, 9, 11],
+    [8, 12, 1, 3, 3, 2, 2, 1, 1, 1, 1, 1, 9, 8],
+    [4, 6, 1, 3, 3, 1, 1, 2, 2, 2, 2, 1, 7, 9],
+    [6, 4, 2, 3, 3, 1, 2, 1, 0, 1, 1, 2, 6, 7],
+    [9, 6, 3, 2, 3, 1, 1, 0, 1, 2, 1, 1, 8, 8],
+    // Groupwise: 8 to 16 groups of 2, 4, 8, 16 channels.
+    [16, 16, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 8, 8],
+    [64, 64, 16, 3, 3, 2, 2, 1, 1, 1, 1, 1, 9, 9],
+    [32, 32, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 6, 7],
+    [128, 128, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 5, 5],
+    // Depthwise 3×3.
+    [8, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 2, 9, 40],
+    [5, 5, 5, 3, 3, 1, 1, 0, 0, 1, 1, 1, 12, 35],
+    [4, 4, 4, 3, 3, 2, 2, 1, 1, 1, 1, 1, 11, 13],
+    [33, 33, 33, 3, 3, 1, 1, 1, 1, 1, 1, 1, 4, 70],
+    [16, 16, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 7, 33],
+    [3, 3, 3, 3, 3, 2, 1, 0, 1, 1, 1, 2, 10, 9],
+    [1, 1, 1, 3, 3, 1, 1, 1, 1, 1, 1, 1, 3, 3],
+    // 1×1, 1×3, 5×5, stride larger than the kernel.
+    [24, 40, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 5, 6],
+    [7, 9, 1, 1, 3, 1, 1, 0, 1, 1, 1, 1, 4, 9],
+    [4, 8, 1, 5, 5, 1, 1, 2, 2, 1, 1, 1, 8, 8],
+    [2, 3, 1, 3, 3, 3, 3, 0, 0, 1, 1, 1, 3, 3],
+];
+
+/// The conv geometries of the suite ([`CONVS`] and 40 random ones): `(params, batch, H, W)`.
+/// Each is run in both layouts.
 fn conv_cases(rng: &mut Rng) -> Vec<(Conv2dParams, usize, usize, usize)> {
-    let mut v = vec![
-        (
-            conv_params(3, 4, 1, [3, 3], [1, 1], [1, 1], [1, 1]),
-            2,
-            7,
-            6,
-        ),
-        (
-            conv_params(16, 20, 1, [3, 3], [1, 1], [1, 1], [1, 1]),
-            1,
-            9,
-            11,
-        ),
-        (
-            conv_params(8, 12, 1, [3, 3], [2, 2], [1, 1], [1, 1]),
-            1,
-            9,
-            8,
-        ),
-        (
-            conv_params(4, 6, 1, [3, 3], [1, 1], [2, 2], [2, 2]),
-            1,
-            7,
-            9,
-        ),
-        (
-            conv_params(6, 4, 2, [3, 3], [1, 2], [1, 0], [1, 1]),
-            2,
-            6,
-            7,
-        ),
-        (
-            conv_params(9, 6, 3, [2, 3], [1, 1], [0, 1], [2, 1]),
-            1,
-            8,
-            8,
-        ),
-        (
-            conv_params(16, 16, 8, [3, 3], [1, 1], [1, 1], [1, 1]),
-            1,
-            8,
-            8,
-        ),
-        (
-            conv_params(64, 64, 16, [3, 3], [2, 2], [1, 1], [1, 1]),
-            1,
-            9,
-            9,
-        ),
-        (
-            conv_params(32, 32, 8, [3, 3], [1, 1], [1, 1], [1, 1]),
-            1,
-            6,
-            7,
-        ),
-        (
-            conv_params(128, 128, 8, [3, 3], [1, 1], [1, 1], [1, 1]),
-            1,
-            5,
-            5,
-        ),
-        (
-            conv_params(8, 8, 8, [3, 3], [1, 1], [1, 1], [1, 1]),
-            2,
-            9,
-            40,
-        ),
-        (
-            conv_params(5, 5, 5, [3, 3], [1, 1], [0, 0], [1, 1]),
-            1,
-            12,
-            35,
-        ),
-        (
-            conv_params(4, 4, 4, [3, 3], [2, 2], [1, 1], [1, 1]),
-            1,
-            11,
-            13,
-        ),
-        (
-            conv_params(33, 33, 33, [3, 3], [1, 1], [1, 1], [1, 1]),
-            1,
-            4,
-            70,
-        ),
-        (
-            conv_params(16, 16, 16, [3, 3], [1, 1], [1, 1], [1, 1]),
-            1,
-            7,
-            33,
-        ),
-        (
-            conv_params(3, 3, 3, [3, 3], [2, 1], [0, 1], [1, 1]),
-            2,
-            10,
-            9,
-        ),
-        (
-            conv_params(1, 1, 1, [3, 3], [1, 1], [1, 1], [1, 1]),
-            1,
-            3,
-            3,
-        ),
-        (
-            conv_params(24, 40, 1, [1, 1], [1, 1], [0, 0], [1, 1]),
-            1,
-            5,
-            6,
-        ),
-        (
-            conv_params(7, 9, 1, [1, 3], [1, 1], [0, 1], [1, 1]),
-            1,
-            4,
-            9,
-        ),
-        (
-            conv_params(4, 8, 1, [5, 5], [1, 1], [2, 2], [1, 1]),
-            1,
-            8,
-            8,
-        ),
-        (
-            conv_params(2, 3, 1, [3, 3], [3, 3], [0, 0], [1, 1]),
-            1,
-            3,
-            3,
-        ),
-    ];
+    let mut v: Vec<_> = CONVS
+        .iter()
+        .map(|r| {
+            let p = conv_params(
+                r[0],
+                r[1],
+                r[2],
+                [r[3], r[4]],
+                [r[5], r[6]],
+                [r[7], r[8]],
+                [r[9], r[10]],
+            );
+            (p, r[11], r[12], r[13])
+        })
+        .collect();
     for _ in 0..40 {
         let groups = [1, 1, 2, 3, 4][rng.below(5) as usize];
         let icg = [1, 2, 3, 4, 8, 16][rng.below(6) as usize];
@@ -855,6 +770,30 @@ fn to_nhwc(x: &[u8], (nb, c, h, w): (usize, usize, usize, usize)) -> Vec<u8> {
         }
     }
     y
+}
+
+/// Calls `f` with `base` (an NCHW problem) in every layout the kernel supports for its geometry.
+fn for_each_layout(
+    k: &dyn QuantConv,
+    base: &QConv<'_>,
+    mut f: impl FnMut(&QConv<'_>) -> Result<(), Failure>,
+) -> Result<(), Failure> {
+    for layout in [Layout::Nchw, Layout::Nhwc] {
+        if !k.supports(&base.params, layout) {
+            continue;
+        }
+        let dims = (base.batch, base.params.in_channels, base.height, base.width);
+        let input = match layout {
+            Layout::Nchw => base.input.to_vec(),
+            Layout::Nhwc => to_nhwc(base.input, dims),
+        };
+        f(&QConv {
+            layout,
+            input: &input,
+            ..*base
+        })?;
+    }
+    Ok(())
 }
 
 /// Runs conv `c` on `k` (raw if the kernel writes raw accumulators, and through every rule)
@@ -959,30 +898,24 @@ pub fn qconv_layouts(k: &dyn QuantConv) -> Outcome {
                 .map(|_| rng.range(-128, 127) as i32)
                 .collect(),
         };
-        for layout in [Layout::Nchw, Layout::Nhwc] {
-            if !k.supports(&p, layout) {
-                continue;
-            }
-            let input = match layout {
-                Layout::Nchw => x.clone(),
-                Layout::Nhwc => to_nhwc(&x, (nb, p.in_channels, h, w)),
-            };
-            let c = QConv {
-                params: p,
-                layout,
-                batch: nb,
-                height: h,
-                width: w,
-                input: &input,
-                a_zero_point: za,
-                weight: &wt,
-                w_zero_points: &zw,
-            };
-            let (e, r, i) = check_conv(k, CHECK, &c, &mut rng, t)?;
+        let base = QConv {
+            params: p,
+            layout: Layout::Nchw,
+            batch: nb,
+            height: h,
+            width: w,
+            input: &x,
+            a_zero_point: za,
+            weight: &wt,
+            w_zero_points: &zw,
+        };
+        for_each_layout(k, &base, |c| {
+            let (e, r, i) = check_conv(k, CHECK, c, &mut rng, t)?;
             st.add(e);
             requantized += r;
             inside += i;
-        }
+            Ok(())
+        })?;
     }
     if st.problems == 0 {
         return Err(fail(
@@ -1023,26 +956,19 @@ pub fn qconv_saturation(k: &dyn QuantConv) -> Outcome {
         let wt: Vec<i8> = (0..p.weight_shape().iter().product())
             .map(|_| rng.range(90, 127) as i8)
             .collect();
-        for layout in [Layout::Nchw, Layout::Nhwc] {
-            if !k.supports(&p, layout) {
-                continue;
-            }
-            let input = match layout {
-                Layout::Nchw => x.clone(),
-                Layout::Nhwc => to_nhwc(&x, (1, p.in_channels, h, w)),
-            };
-            let c = QConv {
-                params: p,
-                layout,
-                batch: 1,
-                height: h,
-                width: w,
-                input: &input,
-                a_zero_point: 0,
-                weight: &wt,
-                w_zero_points: &[0],
-            };
-            let model = |acc| reference::conv2d(acc, &c).map(|r| r.0);
+        let base = QConv {
+            params: p,
+            layout: Layout::Nchw,
+            batch: 1,
+            height: h,
+            width: w,
+            input: &x,
+            a_zero_point: 0,
+            weight: &wt,
+            w_zero_points: &[0],
+        };
+        for_each_layout(k, &base, |c| {
+            let model = |acc| reference::conv2d(acc, c).map(|r| r.0);
             let (Ok(sat), Ok(exact)) = (
                 model(Accumulation::PairSaturatingI16),
                 model(Accumulation::Exact),
@@ -1060,8 +986,9 @@ pub fn qconv_saturation(k: &dyn QuantConv) -> Outcome {
                     ),
                 ));
             }
-            st.add(check_conv(k, CHECK, &c, &mut rng, 0)?.0);
-        }
+            st.add(check_conv(k, CHECK, c, &mut rng, 0)?.0);
+            Ok(())
+        })?;
     }
     if st.problems == 0 {
         return Err(fail(
