@@ -15,8 +15,10 @@
 //! Without `--pair`/`--peaks` every pair this CPU can run and the peaks are measured. Timing is
 //! the method of `torch_bench.py`, so the two sides are measured alike: after three warm-up calls
 //! the batch size is doubled until a batch takes a twentieth of the measuring time, then batches
-//! run until that time is spent; each line reports the fastest and the median per-call time of
-//! the batches. `cargo xtask bench` runs this and PyTorch shape by shape, alternating.
+//! run until that time is spent; each line reports the fastest and the median per-call wall time
+//! of the batches and the fastest per-call on-CPU time: wall time minus the time the thread
+//! waited for the CPU (`/proc/thread-self/schedstat`), which leaves out the time slices other
+//! processes get on a shared machine. `cargo xtask bench` runs this and PyTorch shape by shape, alternating.
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -90,8 +92,21 @@ mod x86 {
         ))
     }
 
-    /// `(fastest, median)` seconds per call (the method of `torch_bench.py`).
-    fn measure(min_time: f64, mut f: impl FnMut()) -> (f64, f64) {
+    /// Nanoseconds this thread has waited for a CPU while runnable (`/proc/thread-self/schedstat`,
+    /// field 2; accounted when the thread gets the CPU back, so exact at the end of a batch).
+    fn wait_ns() -> Option<u64> {
+        std::fs::read_to_string("/proc/thread-self/schedstat")
+            .ok()?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    /// Per-call seconds: `(fastest wall, median wall, fastest on-CPU)` over batches of calls
+    /// (the method of `torch_bench.py`). On-CPU is wall time minus the time the thread waited for
+    /// the CPU (NaN where the kernel does not report it).
+    fn measure(min_time: f64, mut f: impl FnMut()) -> (f64, f64, f64) {
         for _ in 0..3 {
             f();
         }
@@ -106,30 +121,50 @@ mod x86 {
             }
             n *= 2;
         }
-        let mut samples = Vec::new();
+        let (mut wall, mut cpu) = (Vec::new(), Vec::new());
         let start = Instant::now();
-        while start.elapsed().as_secs_f64() < min_time || samples.len() < 5 {
+        while start.elapsed().as_secs_f64() < min_time || wall.len() < 5 {
+            // Waits read inside the timed interval: a wait can only be counted if it happened
+            // within it, so on-CPU time is never underestimated.
             let t = Instant::now();
+            let w0 = wait_ns();
             for _ in 0..n {
                 f();
             }
-            samples.push(t.elapsed().as_secs_f64() / n as f64);
+            let w1 = wait_ns();
+            let dt = t.elapsed().as_secs_f64();
+            wall.push(dt / n as f64);
+            if let (Some(w0), Some(w1)) = (w0, w1) {
+                cpu.push((dt - w1.saturating_sub(w0) as f64 * 1e-9) / n as f64);
+            }
         }
-        samples.sort_by(f64::total_cmp);
-        (samples[0], samples[samples.len() / 2])
+        wall.sort_by(f64::total_cmp);
+        let cpu_min = cpu.iter().copied().fold(f64::NAN, f64::min);
+        (wall[0], wall[wall.len() / 2], cpu_min)
     }
 
-    fn report(json: bool, fields: &[(&str, String)], ops: f64, (best, median): (f64, f64)) {
+    fn report(
+        json: bool,
+        fields: &[(&str, String)],
+        ops: f64,
+        (best, median, cpu): (f64, f64, f64),
+    ) {
         let gops = ops / best / 1e9;
         if json {
-            let body: Vec<String> = fields
+            let mut body: Vec<String> = fields
                 .iter()
                 .map(|(k, v)| format!("\"{k}\": \"{v}\""))
                 .collect();
-            println!(
-                "{{{}, \"ops\": {ops}, \"min_s\": {best:e}, \"median_s\": {median:e}, \"gops\": {gops}}}",
-                body.join(", ")
-            );
+            body.push(format!("\"ops\": {ops}"));
+            body.push(format!("\"min_s\": {best:e}"));
+            body.push(format!("\"median_s\": {median:e}"));
+            body.push(if cpu.is_nan() {
+                "\"cpu_min_s\": null".to_string()
+            } else {
+                format!("\"cpu_min_s\": {cpu:e}")
+            });
+            body.push(format!("\"gops\": {gops}"));
+            println!("{{{}}}", body.join(", "));
         } else {
             let widths = [26, 5, 11, 22, 15];
             let label: String = fields
@@ -138,8 +173,9 @@ mod x86 {
                 .map(|((_, v), w)| format!("{v:<w$} "))
                 .collect();
             println!(
-                "{label:<84} {gops:8.1} GOPS (median {:8.1})",
-                ops / median / 1e9
+                "{label:<84} {gops:8.1} GOPS (median {:8.1}, on-CPU {:8.1})",
+                ops / median / 1e9,
+                ops / cpu / 1e9
             );
         }
     }

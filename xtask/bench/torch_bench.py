@@ -3,7 +3,7 @@
 Usage: python torch_bench.py [--min-time SECONDS] [--serve]
 
 Without --serve, times every shape and prints one JSON object per line:
-  {"name", "ops", "min_s", "median_s", "gops"}   (gops from the fastest batch)
+  {"name", "ops", "min_s", "median_s", "cpu_min_s", "gops"}   (gops from the fastest batch)
 With --serve (used by `cargo xtask bench`), first prints {"probe": numerics} and then, for each
 shape name read from stdin, one such line, so the shapes can alternate with qparity's.
 
@@ -31,8 +31,19 @@ torch.backends.quantized.engine = "fbgemm"
 LINEAR = [(1, 1024, 1024), (16, 1024, 1024), (128, 1024, 1024), (256, 4096, 4096)]
 
 
+def wait_s():
+    """Seconds this thread has waited for a CPU while runnable (/proc/thread-self/schedstat field 2,
+    as benches/kernels.rs)."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) * 1e-9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def measure(fn, min_time):
-    """(fastest, median) seconds per call over batches of calls (benches/kernels.rs does the same)."""
+    """(fastest wall, median wall, fastest on-CPU) seconds per call over batches of calls, on-CPU
+    being wall time minus the time spent waiting for the CPU (benches/kernels.rs does the same)."""
     for _ in range(3):
         fn()
     n = 1
@@ -43,14 +54,21 @@ def measure(fn, min_time):
         if time.perf_counter() - t0 > min_time / 20:
             break
         n *= 2
-    samples = []
+    samples, cpu = [], []
     deadline = time.perf_counter() + min_time
     while time.perf_counter() < deadline or len(samples) < 5:
+        # Waits read inside the timed interval: a wait can only be counted if it happened
+        # within it, so on-CPU time is never underestimated.
         t0 = time.perf_counter()
+        w0 = wait_s()
         for _ in range(n):
             fn()
-        samples.append((time.perf_counter() - t0) / n)
-    return min(samples), statistics.median(samples)
+        w1 = wait_s()
+        dt = time.perf_counter() - t0
+        samples.append(dt / n)
+        if w0 is not None and w1 is not None:
+            cpu.append((dt - max(w1 - w0, 0.0)) / n)
+    return min(samples), statistics.median(samples), (min(cpu) if cpu else None)
 
 
 def per_channel_weight(shape, gen):
@@ -102,8 +120,10 @@ def probe():
 
 
 def line(name, ops, t):
-    best, median = t
-    return json.dumps({"name": name, "ops": ops, "min_s": best, "median_s": median, "gops": ops / best / 1e9})
+    best, median, cpu = t
+    return json.dumps(
+        {"name": name, "ops": ops, "min_s": best, "median_s": median, "cpu_min_s": cpu, "gops": ops / best / 1e9}
+    )
 
 
 def main():
