@@ -5,7 +5,7 @@
 use super::Backend;
 use crate::engine::KernelPath;
 use crate::kernels::x86::conv::{Conv2d, Depthwise3x3, Layout};
-use crate::kernels::x86::{KernelId, PackedLinear};
+use crate::kernels::x86::{Kernel, PackedLinear};
 use crate::ops::layer::{Geometry, IntegerLayer};
 use crate::ops::{Lowered, Output, Predicted, QTensor, Value};
 use crate::{Error, Result};
@@ -54,7 +54,7 @@ pub fn run_layer(l: &IntegerLayer, input: &QTensor) -> Result<Option<(Vec<u8>, &
             "data length, shape or zero point differ from the planned input",
         ));
     }
-    let kernel = KernelId::best(l.accumulation);
+    let kernel = Kernel::best(l.accumulation);
     let w = &l.weight;
     let zps: Vec<i32> = w.zero_points.iter().map(|&z| z as i32).collect();
     let a_zp = i32::try_from(input.zero_point).unwrap_or(i32::MAX);

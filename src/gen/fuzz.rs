@@ -152,7 +152,7 @@ pub fn check_conv(c: &ConvCase) {
 #[cfg(target_arch = "x86_64")]
 fn check_x86_conv<'a>(c: &ConvCase, want: impl Fn(Accumulation) -> &'a Vec<i32>) {
     use crate::kernels::x86::conv::{Conv2d, Layout};
-    use crate::kernels::x86::KernelId;
+    use crate::kernels::x86::Kernel;
     use crate::kernels::Requant;
     let [nb, _, h, w] = c.input_shape;
     let p = c.params;
@@ -167,7 +167,7 @@ fn check_x86_conv<'a>(c: &ConvCase, want: impl Fn(Accumulation) -> &'a Vec<i32>)
         false,
     ));
     // The SIMD kernels (the portable one is the reference dot product itself).
-    for id in KernelId::all_supported() {
+    for id in Kernel::supported() {
         let want = want(id.accumulation());
         let conv = Conv2d::with_kernel(id, &c.weight, p, &c.w_zp, rule.clone())
             .unwrap_or_else(|e| panic!("x86 conv rejected a valid case: {e}\n{}", c.repro()));

@@ -5,7 +5,13 @@
 //! kernels (x86 AVX2 / AVX-512 VNNI, ARM NEON) must equal it bit for bit and are listed by
 //! [`available`] so the property suites and fuzz targets cover each of them.
 
+pub mod conformance;
+pub mod isa;
+pub mod quant;
 pub mod reference;
+
+pub use isa::{Arch, Isa};
+pub use quant::{Layout, Output, QConv, QGemm, QuantConv, QuantGemm, Requant};
 
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
@@ -35,31 +41,21 @@ pub trait Int8Gemm: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &'static str;
     /// The accumulation model this kernel implements.
     fn accumulation(&self) -> Accumulation;
+    /// The instruction-set extension the kernel runs on (`None` for portable code).
+    fn isa(&self) -> Option<Isa> {
+        None
+    }
+    /// The kernel's GEMM with zero points and fused requantization, if it has one.
+    fn quant_gemm(&self) -> Option<&dyn QuantGemm> {
+        None
+    }
+    /// The kernel's conv2d with zero points and fused requantization, if it has one.
+    fn quant_conv(&self) -> Option<&dyn QuantConv> {
+        None
+    }
     /// Computes `c = a · bᵀ`. Panics if a slice length disagrees with `m`, `n`, `k`
     /// (callers validate shapes; this is an internal contract).
     fn gemm(&self, m: usize, n: usize, k: usize, a: &[u8], b: &[i8], c: &mut [i32]);
-}
-
-/// A requantization rule used by fused epilogues (e.g. `kernels::x86::PackedLinear`): maps
-/// `raw = Σ_k (a − a_zp)·(b − b_zp)` of output channel `j` to a u8.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Requant {
-    /// FBGEMM's `ReQuantizeOutput` ([`crate::numerics::requant::FbgemmRequant`]).
-    Fbgemm(crate::numerics::requant::FbgemmRequant),
-    /// QNNPACK's fp32 requantization ([`crate::numerics::requant::QnnpackRequant`]).
-    Qnnpack(crate::numerics::requant::QnnpackRequant),
-}
-
-impl Requant {
-    /// The scalar rule, exactly [`crate::numerics::requant::FbgemmRequant::apply`] or
-    /// [`crate::numerics::requant::QnnpackRequant::apply`].
-    #[inline]
-    pub fn apply(&self, raw: i32, j: usize) -> u8 {
-        match self {
-            Requant::Fbgemm(r) => r.apply(raw, j),
-            Requant::Qnnpack(r) => r.apply(raw, j),
-        }
-    }
 }
 
 /// A quantized layer's output computed end to end by an optimized backend (packed weights,

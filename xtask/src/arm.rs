@@ -182,7 +182,7 @@ pub fn run(args: ArmTestArgs) -> Result<()> {
             &[
                 ("QEMU_CPU", cpu.clone()),
                 ("QPARITY_REQUIRE_ISA", require.clone()),
-                ("QPARITY_ARM_REPORT", report.display().to_string()),
+                ("QPARITY_CONFORMANCE_REPORT", report.display().to_string()),
             ],
             &cmd,
         );
@@ -203,7 +203,7 @@ pub fn run(args: ArmTestArgs) -> Result<()> {
     for (cpu, text) in &summaries {
         eprintln!("QEMU_CPU={cpu}:");
         if text.is_empty() {
-            eprintln!("  (the ARM kernel suite wrote no report; was it filtered out?)");
+            eprintln!("  (the conformance suite wrote no report; was it filtered out?)");
         }
         for line in text.lines() {
             eprintln!("  {line}");

@@ -24,7 +24,7 @@ enum Cmd {
     ArmTest(arm::ArmTestArgs),
     /// Benchmark the x86 kernels against PyTorch fbgemm (GOPS per shape).
     Bench {
-        /// Print a JSON list instead of a table.
+        /// Print one JSON object (rows, peaks, pairs, load) instead of a table.
         #[arg(long)]
         json: bool,
         /// Alternating rounds of qparity and PyTorch; each side reports its best round.

@@ -1,9 +1,11 @@
 //! The driver shared by the ARM kernels: packing, tiling, zero-point corrections and the fused
-//! requantization epilogue.
+//! requantization epilogue. Micro-kernels implement [`Micro`]; the driver does not know them
+//! (the parent module picks one per kernel).
 
 use core::arch::aarch64::*;
 
-use super::{dot, mmla, neon, ArmKernel, QGemm, Requant, MR, NR};
+use super::{MR, NR};
+use crate::kernels::quant::{PerChannel, QGemm};
 
 /// What a micro-kernel needs from the driver.
 pub(super) trait Micro {
@@ -31,92 +33,73 @@ pub(super) trait Micro {
     unsafe fn tile(a: *const u8, b: *const Self::B, kblocks: usize, za: u8) -> [int32x4_t; 8];
 }
 
-/// Where a finished tile goes.
-pub(super) enum Sink<'a> {
-    /// Raw int32 accumulators, row-major with leading dimension `ldc`.
-    I32 { c: &'a mut [i32], ldc: usize },
-    /// Requantized bytes: element (i, j) goes to `out[base + i·rs + j·cs]`.
-    U8 {
+/// Where a finished tile goes: element (i, j) to `base + i·rs + j·cs` of the buffer.
+pub(super) struct Sink<'a> {
+    base: usize,
+    rs: usize,
+    cs: usize,
+    buf: Buf<'a>,
+}
+
+enum Buf<'a> {
+    /// Raw int32 accumulators.
+    I32(&'a mut [i32]),
+    /// Requantized bytes, by the rule expanded to whole NEON registers (padded to NR columns).
+    U8(&'a mut [u8], PerChannel),
+}
+
+impl<'a> Sink<'a> {
+    pub(super) fn raw(c: &'a mut [i32], base: usize, rs: usize, cs: usize) -> Self {
+        Sink {
+            base,
+            rs,
+            cs,
+            buf: Buf::I32(c),
+        }
+    }
+
+    /// `epi` must cover the GEMM's columns padded to a multiple of NR.
+    pub(super) fn requantized(
         out: &'a mut [u8],
         base: usize,
         rs: usize,
         cs: usize,
-        epi: Epilogue,
-    },
-}
-
-/// A requantization rule expanded into per-column vectors (padded to a multiple of NR) so that
-/// the epilogue runs on whole NEON registers.
-pub(super) struct Epilogue {
-    /// QNNPACK adds the int32 bias before converting; FBGEMM adds an f32 bias after.
-    qnnpack: bool,
-    add_i: Vec<i32>,
-    add_f: Vec<f32>,
-    mul: Vec<f32>,
-    zp: i32,
-    lo: i32,
-}
-
-impl Epilogue {
-    /// The rule for output channels `j0 .. j0 + n` (already validated to cover them).
-    pub(super) fn new(rule: Requant<'_>, j0: usize, n: usize) -> Self {
-        let len = n.div_ceil(NR) * NR;
-        let mut add_i = vec![0i32; len];
-        let mut add_f = vec![0f32; len];
-        let mut mul = vec![0f32; len];
-        let (qnnpack, zp, relu) = match rule {
-            Requant::Qnnpack(q) => {
-                add_i[..n].copy_from_slice(&q.bias_q[j0..j0 + n]);
-                mul[..n].copy_from_slice(&q.scale[j0..j0 + n]);
-                (true, q.out_zero_point, q.relu)
-            }
-            Requant::Fbgemm(f) => {
-                for j in 0..n {
-                    add_f[j] = f.bias_term[j0 + j];
-                    mul[j] = f.multiplier[if f.multiplier.len() == 1 { 0 } else { j0 + j }];
-                }
-                (false, f.out_zero_point, f.relu)
-            }
-        };
-        Self {
-            qnnpack,
-            add_i,
-            add_f,
-            mul,
-            zp,
-            lo: if relu { zp } else { 0 },
+        epi: PerChannel,
+    ) -> Self {
+        Sink {
+            base,
+            rs,
+            cs,
+            buf: Buf::U8(out, epi),
         }
     }
+}
 
-    /// Requantizes four accumulators of columns `j .. j + 4` to `clamp(q + zp, lo, 255)`.
-    ///
-    /// Bit-identical to `QnnpackRequant::apply` / `FbgemmRequant::apply`: the same f32 operations
-    /// in the same order (no fused multiply-add), `fcvtns` (round half to even) for in-range
-    /// values, and — unlike `fcvtns`, which saturates — `i32::MIN` for NaN and values outside
-    /// the int32 range, which is what the x86 `cvtps2dq` modelled by the scalar rule returns.
-    #[inline(always)]
-    fn apply4(&self, acc: int32x4_t, j: usize) -> int32x4_t {
-        debug_assert!(j + 4 <= self.mul.len());
-        // SAFETY: `j + 4 <= len` of every vector (len is the padded column count and j is a
-        // multiple of 4 below it); NEON is part of the aarch64 baseline.
-        unsafe {
-            let mul = vld1q_f32(self.mul.as_ptr().add(j));
-            let f = if self.qnnpack {
-                let bias = vld1q_s32(self.add_i.as_ptr().add(j));
-                vmulq_f32(vcvtq_f32_s32(vaddq_s32(acc, bias)), mul)
-            } else {
-                let bias = vld1q_f32(self.add_f.as_ptr().add(j));
-                vmulq_f32(vaddq_f32(vcvtq_f32_s32(acc), bias), mul)
-            };
-            let in_range = vandq_u32(
-                vcgeq_f32(f, vdupq_n_f32(-2147483648.0)),
-                vcltq_f32(f, vdupq_n_f32(2147483648.0)),
-            );
-            let q = vbslq_s32(in_range, vcvtnq_s32_f32(f), vdupq_n_s32(i32::MIN));
-            // q + zp cannot wrap below (zp ≥ 0); saturating at i32::MAX clamps to 255 anyway.
-            let v = vqaddq_s32(q, vdupq_n_s32(self.zp));
-            vminq_s32(vmaxq_s32(v, vdupq_n_s32(self.lo)), vdupq_n_s32(255))
-        }
+/// Requantizes four accumulators of columns `j .. j + 4` with the per-channel form
+/// `clamp(RNE(f32(f32(f32(acc + add_i) + add_f) · mult)) + zp, lo, 255)`.
+///
+/// Bit-identical to `QnnpackRequant::apply` / `FbgemmRequant::apply`: the same f32 operations
+/// in the same order (no fused multiply-add), `fcvtns` (round half to even) for in-range
+/// values, and — unlike `fcvtns`, which saturates — `i32::MIN` for NaN and values outside
+/// the int32 range, which is what the x86 `cvtps2dq` modelled by the scalar rule returns.
+#[inline(always)]
+fn apply4(epi: &PerChannel, acc: int32x4_t, j: usize) -> int32x4_t {
+    assert!(j + 4 <= epi.mult.len());
+    // SAFETY: `j + 4 <= len` of every vector (asserted; all three have the same length); NEON is
+    // part of the aarch64 baseline.
+    unsafe {
+        let mul = vld1q_f32(epi.mult.as_ptr().add(j));
+        let add_i = vld1q_s32(epi.add_i.as_ptr().add(j));
+        let add_f = vld1q_f32(epi.add_f.as_ptr().add(j));
+        let f = vmulq_f32(vaddq_f32(vcvtq_f32_s32(vaddq_s32(acc, add_i)), add_f), mul);
+        let in_range = vandq_u32(
+            vcgeq_f32(f, vdupq_n_f32(-2147483648.0)),
+            vcltq_f32(f, vdupq_n_f32(2147483648.0)),
+        );
+        let q = vbslq_s32(in_range, vcvtnq_s32_f32(f), vdupq_n_s32(i32::MIN));
+        // q + zp cannot wrap below (zp ≥ 0); saturating at i32::MAX clamps to 255 anyway.
+        let v = vqaddq_s32(q, vdupq_n_s32(epi.zp));
+        vminq_s32(vmaxq_s32(v, vdupq_n_s32(epi.lo)), vdupq_n_s32(255))
     }
 }
 
@@ -132,23 +115,22 @@ impl Sink<'_> {
                     break;
                 }
                 let w = (cols - c0).min(4);
-                let v = match self {
-                    Sink::I32 { .. } => tile[2 * r + h],
-                    Sink::U8 { epi, .. } => epi.apply4(tile[2 * r + h], j0 + c0),
+                let v = match &self.buf {
+                    Buf::I32(_) => tile[2 * r + h],
+                    Buf::U8(_, epi) => apply4(epi, tile[2 * r + h], j0 + c0),
                 };
                 // SAFETY: `buf` holds exactly four i32.
                 unsafe { vst1q_s32(buf.as_mut_ptr(), v) };
-                let i = i0 + r;
-                match self {
-                    Sink::I32 { c, ldc } => {
-                        let at = i * *ldc + j0 + c0;
-                        c[at..at + w].copy_from_slice(&buf[..w]);
-                    }
-                    Sink::U8 {
-                        out, base, rs, cs, ..
-                    } => {
+                let at = self.base + (i0 + r) * self.rs + (j0 + c0) * self.cs;
+                match &mut self.buf {
+                    Buf::I32(c) => {
                         for (t, &x) in buf[..w].iter().enumerate() {
-                            out[*base + i * *rs + (j0 + c0 + t) * *cs] = x as u8;
+                            c[at + t * self.cs] = x;
+                        }
+                    }
+                    Buf::U8(out, _) => {
+                        for (t, &x) in buf[..w].iter().enumerate() {
+                            out[at + t * self.cs] = x as u8;
                         }
                     }
                 }
@@ -157,24 +139,12 @@ impl Sink<'_> {
     }
 }
 
-/// Runs `kernel` on `p` (validated by the caller) and stores into `sink`.
+/// Runs micro-kernel `M` on `p` (validated by the caller; `zbs` = the weight zero point of every
+/// column) and stores into `sink`.
 ///
-/// Panics if the CPU lacks the kernel's feature (callers check first and return an error).
-pub(super) fn run(kernel: ArmKernel, p: &QGemm<'_>, sink: Sink<'_>) {
-    assert!(
-        kernel.supported(),
-        "{} is not supported here",
-        kernel.name()
-    );
-    match kernel {
-        ArmKernel::Neon => run_with::<neon::Neon>(p, sink),
-        ArmKernel::DotprodSdot => run_with::<dot::Sdot>(p, sink),
-        ArmKernel::I8mmSudot => run_with::<dot::Sudot>(p, sink),
-        ArmKernel::I8mmUsmmla => run_with::<mmla::Usmmla>(p, sink),
-    }
-}
-
-fn run_with<M: Micro>(p: &QGemm<'_>, mut sink: Sink<'_>) {
+/// # Safety
+/// The CPU must have `M`'s extension (callers hold a [`super::Kernel`] of it).
+pub(super) unsafe fn run<M: Micro>(p: &QGemm<'_>, zbs: &[i32], mut sink: Sink<'_>) {
     let (m, n, k) = (p.m, p.n, p.k);
     if m == 0 || n == 0 {
         return;
@@ -189,7 +159,7 @@ fn run_with<M: Micro>(p: &QGemm<'_>, mut sink: Sink<'_>) {
     let mut col = vec![0i32; panels * NR];
     let mut zbv = vec![0i32; panels * NR];
     for j in 0..n {
-        let zb = p.b_zp(j);
+        let zb = zbs[j];
         let panel = &mut pb[(j / NR) * kp * NR..][..kp * NR];
         let mut colsum = 0i32;
         for (kk, &v) in p.b[j * k..(j + 1) * k].iter().enumerate() {
@@ -217,8 +187,8 @@ fn run_with<M: Micro>(p: &QGemm<'_>, mut sink: Sink<'_>) {
         }
         for pj in 0..panels {
             let j0 = pj * NR;
-            // SAFETY: `run` asserted the CPU feature; `pa` has kp·MR bytes and the panel slice
-            // kp·NR elements, both laid out by the kernel's own offset functions.
+            // SAFETY: the caller guarantees the CPU feature; `pa` has kp·MR bytes and the panel
+            // slice kp·NR elements, both laid out by the kernel's own offset functions.
             let mut tile = unsafe {
                 M::tile(
                     pa.as_ptr(),

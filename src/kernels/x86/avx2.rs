@@ -268,7 +268,7 @@ pub(super) unsafe fn dw3x3_plane(
     ch: &DwChannel,
     out: &mut [u8],
 ) {
-    assert!(ps >= ow + 34 && plane.len() >= (oh + 2) * ps && out.len() >= oh * ow);
+    assert!(ps >= ow + 34 && plane.len() >= (oh + 2) * ps && out.len() == oh * ow);
     let quad = |t: &[i8]| i32::from_le_bytes([t[0] as u8, t[1] as u8, t[2] as u8, t[3] as u8]);
     let w0123 = _mm256_set1_epi32(quad(&ch.w[0..4]));
     let w4567 = _mm256_set1_epi32(quad(&ch.w[4..8]));
@@ -324,7 +324,9 @@ pub(super) unsafe fn dw3x3_plane(
             let s01 = _mm256_adds_epi16(_mm256_packs_epi32(q[0], q[1]), zpv);
             let s23 = _mm256_adds_epi16(_mm256_packs_epi32(q[2], q[3]), zpv);
             let b = _mm256_max_epu8(_mm256_packus_epi16(s01, s23), lov);
-            let dst = &mut out[oy * ow + x..(oy + 1) * ow];
+            // A store past the row's end spills into the next row, which is written after this
+            // one; only the last row keeps its tail inside.
+            let dst = &mut out[oy * ow + x..];
             if dst.len() >= 32 {
                 // SAFETY: 32 writable bytes at dst.
                 unsafe { _mm256_storeu_si256(dst.as_mut_ptr() as *mut __m256i, b) };

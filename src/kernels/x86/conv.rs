@@ -26,16 +26,14 @@
 //! interleaved with `vpunpck*` like FBGEMM); other strides and the exact model use the scalar
 //! reference path below.
 //!
-//! The `*_reference_raw` functions are plain scalar models used to test both.
+//! Both are checked against [`reference::conv2d`], the one scalar conv model.
 
 use super::avx2::{self, DwChannel};
-use super::{
-    weight_zero_points_for, AOperand, DenseA, Format, Isa, KernelId, PackedLinear, RowMap, Sink,
-};
+use super::{AOperand, DenseA, Format, Kernel, PackedLinear, RowMap, Sink};
 pub use crate::geometry::Conv2dParams;
-use crate::kernels::reference::dot;
-use crate::kernels::{Accumulation, Requant};
-use crate::numerics::requant::{FbgemmRequant, QnnpackRequant};
+pub use crate::kernels::quant::Layout;
+use crate::kernels::quant::{self, check_activation_zero_point, PerChannel};
+use crate::kernels::{reference, Accumulation, Isa, Output, QConv, QuantConv, Requant};
 use crate::{Error, Result};
 
 /// Checks conv geometry that does not depend on the input.
@@ -75,43 +73,6 @@ fn out_hw(p: &Conv2dParams, nb: usize, h: usize, w: usize) -> Result<(usize, usi
     Ok((oh, ow))
 }
 
-/// The sub-rule of `r` for output channels `lo..hi`.
-fn slice_requant(r: &Requant, lo: usize, hi: usize) -> Result<Requant> {
-    let sl = |v: &Vec<f32>| -> Result<Vec<f32>> {
-        if v.len() == 1 {
-            Ok(v.clone())
-        } else {
-            v.get(lo..hi).map(|s| s.to_vec()).ok_or_else(|| {
-                Error::shape(
-                    "requantization",
-                    format!("{} channel entries, need ≥ {hi}", v.len()),
-                )
-            })
-        }
-    };
-    Ok(match r {
-        Requant::Fbgemm(f) => Requant::Fbgemm(FbgemmRequant {
-            act_times_w_scale: sl(&f.act_times_w_scale)?,
-            multiplier: sl(&f.multiplier)?,
-            bias_term: sl(&f.bias_term)?,
-            out_zero_point: f.out_zero_point,
-            relu: f.relu,
-        }),
-        Requant::Qnnpack(q) => Requant::Qnnpack(QnnpackRequant {
-            scale: sl(&q.scale)?,
-            bias_q: q
-                .bias_q
-                .get(lo..hi)
-                .ok_or_else(|| {
-                    Error::shape("requantization", "bias_q shorter than the channel count")
-                })?
-                .to_vec(),
-            out_zero_point: q.out_zero_point,
-            relu: q.relu,
-        }),
-    })
-}
-
 fn check_input(x: &[u8], nb: usize, c: usize, h: usize, w: usize, a_zp: i32) -> Result<()> {
     if x.len() != nb * c * h * w {
         return Err(Error::shape(
@@ -123,22 +84,7 @@ fn check_input(x: &[u8], nb: usize, c: usize, h: usize, w: usize, a_zp: i32) -> 
             ),
         ));
     }
-    if !(0..=255).contains(&a_zp) {
-        return Err(Error::invalid(
-            "input zero point",
-            format!("{a_zp} not in 0..=255"),
-        ));
-    }
-    Ok(())
-}
-
-/// Memory layout of a conv's input and output tensors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Layout {
-    /// PyTorch's logical layout, `N × C × H × W`.
-    Nchw,
-    /// Channels-last, `N × H × W × C` (FBGEMM's native layout).
-    Nhwc,
+    check_activation_zero_point(a_zp)
 }
 
 /// Output element types of a conv: requantized u8, or the int32 accumulators before it.
@@ -190,7 +136,7 @@ impl Conv2d {
         accumulation: Accumulation,
     ) -> Result<Self> {
         Self::with_kernel(
-            KernelId::best(accumulation),
+            Kernel::best(accumulation),
             weights,
             p,
             weight_zero_points,
@@ -200,13 +146,27 @@ impl Conv2d {
 
     /// As [`Conv2d::new`] with an explicit kernel.
     pub fn with_kernel(
-        kernel: KernelId,
+        kernel: Kernel,
         weights: &[i8],
         p: Conv2dParams,
         weight_zero_points: &[i32],
         requant: Requant,
     ) -> Result<Self> {
+        Self::build(kernel, weights, p, weight_zero_points, Some(&requant))
+    }
+
+    /// [`Conv2d::with_kernel`] with an optional rule (without one, only [`Conv2d::run_raw`]).
+    pub(crate) fn build(
+        kernel: Kernel,
+        weights: &[i8],
+        p: Conv2dParams,
+        weight_zero_points: &[i32],
+        requant: Option<&Requant>,
+    ) -> Result<Self> {
         check_params(&p)?;
+        if let Some(r) = requant {
+            r.validate(p.out_channels)?;
+        }
         let [kh, kw] = p.kernel_size;
         let (icg, ocg) = (p.in_channels / p.groups, p.out_channels / p.groups);
         let k = kh * kw * icg;
@@ -224,7 +184,7 @@ impl Conv2d {
                 ),
             ));
         }
-        let zps = weight_zero_points_for(weight_zero_points, p.out_channels)?;
+        let zps = quant::weight_zero_points(weight_zero_points, p.out_channels)?;
         let mut groups = Vec::with_capacity(p.groups);
         for g in 0..p.groups {
             // Reorder [oc][ic][ky][kx] → [oc][ky][kx][ic].
@@ -239,14 +199,16 @@ impl Conv2d {
                     }
                 }
             }
-            let rq = slice_requant(&requant, g * ocg, (g + 1) * ocg)?;
-            groups.push(PackedLinear::with_kernel(
+            let rq = requant
+                .map(|r| r.channels(g * ocg, (g + 1) * ocg))
+                .transpose()?;
+            groups.push(PackedLinear::build(
                 kernel,
                 &wg,
                 ocg,
                 k,
                 &zps[g * ocg..(g + 1) * ocg],
-                rq,
+                rq.as_ref(),
             )?);
         }
         let (elem, per_step) = match kernel.format() {
@@ -270,7 +232,7 @@ impl Conv2d {
     }
 
     /// The kernel in use.
-    pub fn kernel(&self) -> KernelId {
+    pub fn kernel(&self) -> Kernel {
         self.groups[0].kernel()
     }
 
@@ -293,6 +255,7 @@ impl Conv2d {
         a_zp: i32,
         out: &mut [u8],
     ) -> Result<(usize, usize)> {
+        self.groups[0].rule()?;
         self.run_layout(layout, x, nb, h, w, a_zp, out)
     }
 
@@ -443,80 +406,22 @@ impl Conv2d {
     }
 }
 
-/// Scalar model of a quantized conv2d's folded accumulators `raw` (NCHW, `nb × OC × OH × OW`):
-/// for each output the `(ky, kx, ic)`-ordered vectors of raw inputs (padding = `a_zp`) and raw
-/// weights are multiplied under `acc` ([`dot`]), then zero points are folded
-/// (`raw = acc − a_zp·(Σw − K·w_zp) − Σa·w_zp`). Returns `(raw, OH, OW)`.
-#[allow(clippy::too_many_arguments)]
-pub fn conv2d_reference_raw(
-    x: &[u8],
-    nb: usize,
-    h: usize,
-    w: usize,
-    a_zp: i32,
-    weights: &[i8],
-    p: &Conv2dParams,
-    weight_zero_points: &[i32],
-    acc: Accumulation,
-) -> Result<(Vec<i32>, usize, usize)> {
-    check_params(p)?;
-    check_input(x, nb, p.in_channels, h, w, a_zp)?;
-    let (oh, ow) = out_hw(p, nb, h, w)?;
-    let [kh, kw] = p.kernel_size;
-    let (icg, ocg) = (p.in_channels / p.groups, p.out_channels / p.groups);
-    let k = kh * kw * icg;
-    if weights.len() != p.out_channels * k {
-        return Err(Error::shape(
-            "conv2d weights",
-            "length is not OC·IC/groups·KH·KW",
-        ));
+/// `dst.copy_from_slice(src)` in 8-byte pieces of constant size (the last one overlapping),
+/// which the compiler inlines: image rows are short, and a `memcpy` call per row cost a sixth of
+/// the depthwise kernel's time.
+#[inline]
+fn copy_row(dst: &mut [u8], src: &[u8]) {
+    let n = src.len();
+    if n < 8 || dst.len() != n {
+        dst.copy_from_slice(src);
+        return;
     }
-    let zps = weight_zero_points_for(weight_zero_points, p.out_channels)?;
-    let mut raw = vec![0i32; nb * p.out_channels * oh * ow];
-    let (mut av, mut wv) = (vec![0u8; k], vec![0i8; k]);
-    for b in 0..nb {
-        for oc in 0..p.out_channels {
-            let g = oc / ocg;
-            for ky in 0..kh {
-                for kx in 0..kw {
-                    for ic in 0..icg {
-                        wv[(ky * kw + kx) * icg + ic] =
-                            weights[((oc * icg + ic) * kh + ky) * kw + kx];
-                    }
-                }
-            }
-            let wsum: i32 = wv.iter().map(|&v| v as i32).sum();
-            let col_off = wsum.wrapping_sub((k as i32).wrapping_mul(zps[oc]));
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    for ky in 0..kh {
-                        for kx in 0..kw {
-                            let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize
-                                - p.padding[0] as isize;
-                            let ix = (ox * p.stride[1] + kx * p.dilation[1]) as isize
-                                - p.padding[1] as isize;
-                            for ic in 0..icg {
-                                let inside =
-                                    iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w;
-                                av[(ky * kw + kx) * icg + ic] = if inside {
-                                    x[((b * p.in_channels + g * icg + ic) * h + iy as usize) * w
-                                        + ix as usize]
-                                } else {
-                                    a_zp as u8
-                                };
-                            }
-                        }
-                    }
-                    let asum: i32 = av.iter().map(|&v| v as i32).sum();
-                    let r = dot(acc, &av, &wv)
-                        .wrapping_sub(a_zp.wrapping_mul(col_off))
-                        .wrapping_sub(asum.wrapping_mul(zps[oc]));
-                    raw[((b * p.out_channels + oc) * oh + oy) * ow + ox] = r;
-                }
-            }
-        }
+    for (d, s) in dst.chunks_exact_mut(8).zip(src.chunks_exact(8)) {
+        d.copy_from_slice(s);
     }
-    Ok((raw, oh, ow))
+    if !n.is_multiple_of(8) {
+        dst[n - 8..].copy_from_slice(&src[n - 8..]);
+    }
 }
 
 /// Geometry of a depthwise 3×3 conv over `c` channels.
@@ -543,8 +448,7 @@ pub struct Depthwise3x3 {
     w: Vec<i8>,
     b_zp: Vec<i32>,
     col_off: Vec<i32>,
-    requant: Requant,
-    rq: super::RequantVec,
+    rq: PerChannel,
 }
 
 impl Depthwise3x3 {
@@ -589,7 +493,7 @@ impl Depthwise3x3 {
                 ),
             ));
         }
-        let b_zp = weight_zero_points_for(weight_zero_points, channels)?;
+        let b_zp = quant::weight_zero_points(weight_zero_points, channels)?;
         let col_off = (0..channels)
             .map(|c| {
                 weights[c * 9..c * 9 + 9]
@@ -599,7 +503,7 @@ impl Depthwise3x3 {
                     - 9 * b_zp[c]
             })
             .collect();
-        let rq = super::RequantVec::new(&requant, channels)?;
+        let rq = PerChannel::new(&requant, 0, channels, channels)?;
         Ok(Self {
             c: channels,
             stride,
@@ -608,7 +512,6 @@ impl Depthwise3x3 {
             w: weights.to_vec(),
             b_zp,
             col_off,
-            requant,
             rq,
         })
     }
@@ -646,10 +549,22 @@ impl Depthwise3x3 {
             ));
         }
         if !self.is_simd() {
-            let (raw, _, _) =
-                conv2d_reference_raw(x, nb, h, w, a_zp, &self.w, &p, &self.b_zp, self.acc)?;
+            let c = QConv {
+                params: p,
+                layout: Layout::Nchw,
+                batch: nb,
+                height: h,
+                width: w,
+                input: x,
+                a_zero_point: a_zp,
+                weight: &self.w,
+                w_zero_points: &self.b_zp,
+            };
+            let (raw, hw) = reference::conv2d(self.acc, &c)?;
             for (i, (o, r)) in out.iter_mut().zip(raw).enumerate() {
-                *o = self.requant.apply(r, (i / (oh * ow)) % self.c);
+                *o = self
+                    .rq
+                    .apply(r, reference::conv_channel(Layout::Nchw, i, self.c, hw));
             }
             return Ok((oh, ow));
         }
@@ -661,8 +576,10 @@ impl Depthwise3x3 {
             for c in 0..self.c {
                 let xc = &x[(b * self.c + c) * h * w..(b * self.c + c + 1) * h * w];
                 for y in 0..h {
-                    plane[(y + pt) * ps + pl..(y + pt) * ps + pl + w]
-                        .copy_from_slice(&xc[y * w..(y + 1) * w]);
+                    copy_row(
+                        &mut plane[(y + pt) * ps + pl..(y + pt) * ps + pl + w],
+                        &xc[y * w..(y + 1) * w],
+                    );
                 }
                 let mut wc = [0i8; 9];
                 wc.copy_from_slice(&self.w[c * 9..c * 9 + 9]);
@@ -683,5 +600,60 @@ impl Depthwise3x3 {
             }
         }
         Ok((oh, ow))
+    }
+}
+
+/// FBGEMM's depthwise 3×3 conv ([`Depthwise3x3`], pair-saturating) as a [`QuantConv`]: 3×3
+/// kernels, `groups = in = out channels`, no dilation, NCHW, requantized output only.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DepthwiseKernel;
+
+impl QuantConv for DepthwiseKernel {
+    fn name(&self) -> &'static str {
+        "x86-depthwise3x3"
+    }
+
+    fn accumulation(&self) -> Accumulation {
+        Accumulation::PairSaturatingI16
+    }
+
+    fn supports(&self, p: &Conv2dParams, layout: Layout) -> bool {
+        layout == Layout::Nchw
+            && p.kernel_size == [3, 3]
+            && p.dilation == [1, 1]
+            && p.groups == p.in_channels
+            && p.out_channels == p.in_channels
+    }
+
+    fn raw_output(&self) -> bool {
+        false
+    }
+
+    /// Prepares the weights on every call (a layer does it once with [`Depthwise3x3`]).
+    fn qconv(&self, c: &QConv<'_>, out: Output<'_>) -> Result<(usize, usize)> {
+        let hw = c.validate()?;
+        c.check_output(out.len(), hw)?;
+        let p = &c.params;
+        if !self.supports(p, c.layout) {
+            return Err(Error::invalid(
+                "depthwise 3×3 conv",
+                format!("{p:?} in {:?} is not a depthwise 3×3 NCHW conv", c.layout),
+            ));
+        }
+        let Output::Requantized(rule, out) = out else {
+            return Err(Error::invalid(
+                "depthwise 3×3 conv",
+                "requantization is fused: no raw output",
+            ));
+        };
+        let dw = Depthwise3x3::new(
+            c.weight,
+            p.in_channels,
+            (p.stride[0], p.stride[1]),
+            (p.padding[0], p.padding[1]),
+            c.w_zero_points,
+            rule.clone(),
+        )?;
+        dw.run(c.input, c.batch, c.height, c.width, c.a_zero_point, out)
     }
 }

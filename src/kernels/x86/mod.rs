@@ -3,15 +3,15 @@
 //! # Kernels
 //! | kernel | instructions | accumulation model |
 //! |---|---|---|
-//! | [`KernelId::Avx2PairSat`] | `vpmaddubsw` → `vpmaddwd(·, 1)` → `vpaddd` | [`Accumulation::PairSaturatingI16`] (FBGEMM's non-VNNI acc32 path, `GenerateKernelU8S8S32ACC32.cc`) |
-//! | [`KernelId::Avx2Exact`] | u8/i8 widened to i16, `vpmaddwd` → `vpaddd` | [`Accumulation::Exact`] without VNNI |
-//! | [`KernelId::Avx512Vnni`] | `vpdpbusd` | [`Accumulation::Exact`] (FBGEMM's VNNI path) |
-//! | [`KernelId::Portable`] | the `reference` kernel | either |
+//! | [`KernelKind::Avx2PairSat`] | `vpmaddubsw` → `vpmaddwd(·, 1)` → `vpaddd` | [`Accumulation::PairSaturatingI16`] (FBGEMM's non-VNNI acc32 path, `GenerateKernelU8S8S32ACC32.cc`) |
+//! | [`KernelKind::Avx2Exact`] | u8/i8 widened to i16, `vpmaddwd` → `vpaddd` | [`Accumulation::Exact`] without VNNI |
+//! | [`KernelKind::Avx512Vnni`] | `vpdpbusd` | [`Accumulation::Exact`] (FBGEMM's VNNI path) |
+//! | [`KernelKind::Portable`] | the `reference` kernel | either |
 //!
 //! `#[target_feature]` appears only on the `unsafe` entry points inside `avx2`/`avx512vnni`;
-//! a [`KernelId`] can only be obtained for a CPU that supports it ([`KernelId::new`] returns
-//! `None` otherwise), and the best kernel per accumulation model is detected once and cached
-//! ([`KernelId::best`]).
+//! they are reached only through a [`Kernel`], which can only be obtained for a CPU that supports
+//! it ([`Kernel::new`] returns `None` otherwise), and the best kernel per accumulation model is
+//! detected once and cached ([`Kernel::best`]).
 //!
 //! # Packing layout (and why)
 //! The weights `B` (PyTorch's `[N, K]` = `[out, in]`, i8) are packed once into column panels of
@@ -47,10 +47,11 @@
 //! requantization rule: FBGEMM `f32(f32(f32(raw) + bterm[j]) · mult[j])` or QNNPACK
 //! `f32(f32(raw + bq[j]) · scale[j])`, `cvtps2dq` (RNE), `packs`/`adds(zp)`/`packus`, ReLU via the
 //! lower clamp, exactly like `requantizeOutputProcessingAvx2` (FBGEMM `src/QuantUtilsAvx2.cc`).
-//! Column tails narrower than a vector use the scalar rule itself ([`Requant::apply`]).
+//! Column tails narrower than a vector evaluate the same per-channel form in scalar code.
 
-use super::reference::{self, Reference};
-use super::{Accumulation, Int8Gemm, Requant};
+use super::quant::{self, check_activation_zero_point, PerChannel};
+use super::reference;
+use super::{Accumulation, Int8Gemm, Isa, Output, QConv, QGemm, QuantConv, QuantGemm, Requant};
 use crate::{Error, Result};
 use std::sync::OnceLock;
 
@@ -60,50 +61,6 @@ pub mod conv;
 
 pub mod peak;
 
-/// An instruction-set extension an x86 kernel needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Isa {
-    /// AVX2 (`vpmaddubsw`, `vpmaddwd`).
-    Avx2,
-    /// AVX-512 F/BW + VNNI (`vpdpbusd`).
-    Avx512Vnni,
-}
-
-impl Isa {
-    /// Name used by `QPARITY_REQUIRE_ISA` (`avx2`, `avx512vnni`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Isa::Avx2 => "avx2",
-            Isa::Avx512Vnni => "avx512vnni",
-        }
-    }
-
-    /// Parses a `QPARITY_REQUIRE_ISA` entry.
-    pub fn parse(s: &str) -> Result<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "avx2" => Ok(Isa::Avx2),
-            "avx512vnni" | "avx512_vnni" | "vnni" => Ok(Isa::Avx512Vnni),
-            other => Err(Error::invalid(
-                "ISA name",
-                format!("{other:?} (known: avx2, avx512vnni)"),
-            )),
-        }
-    }
-
-    /// Whether this CPU supports the extension (std caches the CPUID probe).
-    pub fn detected(self) -> bool {
-        match self {
-            Isa::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
-            Isa::Avx512Vnni => {
-                std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512bw")
-                    && std::arch::is_x86_feature_detected!("avx512vnni")
-                    && std::arch::is_x86_feature_detected!("avx2")
-            }
-        }
-    }
-}
-
 /// Weight layout of a packed matrix (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
@@ -112,10 +69,10 @@ enum Format {
     Plain,
 }
 
-/// A GEMM kernel choice. Values other than `Portable` can only be constructed on CPUs that
-/// support them, which is what makes the `unsafe` SIMD calls behind them sound.
+/// The name of an x86 kernel. A name alone runs nothing: the entry points take a [`Kernel`],
+/// which only CPU detection hands out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum KernelId {
+pub enum KernelKind {
     /// AVX2 `vpmaddubsw`/`vpmaddwd`, pair-saturating (FBGEMM without VNNI).
     Avx2PairSat,
     /// AVX2 exact kernel (operands widened to i16, `vpmaddwd`).
@@ -126,106 +83,165 @@ pub enum KernelId {
     Portable(Accumulation),
 }
 
-impl KernelId {
-    /// `Some(id)` iff this CPU can run `id`.
-    pub fn new(id: KernelId) -> Option<KernelId> {
-        match id.isa() {
-            Some(isa) if !isa.detected() => None,
-            _ => Some(id),
-        }
-    }
+impl KernelKind {
+    /// Every SIMD kernel, AVX2 first.
+    pub const SIMD: [KernelKind; 3] = [
+        KernelKind::Avx2PairSat,
+        KernelKind::Avx2Exact,
+        KernelKind::Avx512Vnni,
+    ];
 
     /// The ISA the kernel needs (`None` for the portable one).
     pub fn isa(self) -> Option<Isa> {
         match self {
-            KernelId::Avx2PairSat | KernelId::Avx2Exact => Some(Isa::Avx2),
-            KernelId::Avx512Vnni => Some(Isa::Avx512Vnni),
-            KernelId::Portable(_) => None,
+            KernelKind::Avx2PairSat | KernelKind::Avx2Exact => Some(Isa::Avx2),
+            KernelKind::Avx512Vnni => Some(Isa::Avx512Vnni),
+            KernelKind::Portable(_) => None,
         }
     }
 
     /// The accumulation model the kernel implements.
     pub fn accumulation(self) -> Accumulation {
         match self {
-            KernelId::Avx2PairSat => Accumulation::PairSaturatingI16,
-            KernelId::Avx2Exact | KernelId::Avx512Vnni => Accumulation::Exact,
-            KernelId::Portable(a) => a,
+            KernelKind::Avx2PairSat => Accumulation::PairSaturatingI16,
+            KernelKind::Avx2Exact | KernelKind::Avx512Vnni => Accumulation::Exact,
+            KernelKind::Portable(a) => a,
         }
     }
 
     /// Stable name for reports.
     pub fn name(self) -> &'static str {
         match self {
-            KernelId::Avx2PairSat => "x86-avx2-pair-sat16",
-            KernelId::Avx2Exact => "x86-avx2-exact",
-            KernelId::Avx512Vnni => "x86-avx512vnni",
-            KernelId::Portable(Accumulation::Exact) => "portable-exact",
-            KernelId::Portable(Accumulation::PairSaturatingI16) => "portable-pair-sat16",
+            KernelKind::Avx2PairSat => "x86-avx2-pair-sat16",
+            KernelKind::Avx2Exact => "x86-avx2-exact",
+            KernelKind::Avx512Vnni => "x86-avx512vnni",
+            KernelKind::Portable(Accumulation::Exact) => "portable-exact",
+            KernelKind::Portable(Accumulation::PairSaturatingI16) => "portable-pair-sat16",
         }
-    }
-
-    /// The fastest kernel for `acc` on this CPU; detected once and cached.
-    pub fn best(acc: Accumulation) -> KernelId {
-        static EXACT: OnceLock<KernelId> = OnceLock::new();
-        static PAIR: OnceLock<KernelId> = OnceLock::new();
-        let (cell, order): (_, &[KernelId]) = match acc {
-            Accumulation::Exact => (&EXACT, &[KernelId::Avx512Vnni, KernelId::Avx2Exact]),
-            Accumulation::PairSaturatingI16 => (&PAIR, &[KernelId::Avx2PairSat]),
-        };
-        *cell.get_or_init(|| {
-            order
-                .iter()
-                .find_map(|&k| KernelId::new(k))
-                .unwrap_or(KernelId::Portable(acc))
-        })
-    }
-
-    /// Every SIMD kernel this CPU supports.
-    pub fn all_supported() -> Vec<KernelId> {
-        [
-            KernelId::Avx2PairSat,
-            KernelId::Avx2Exact,
-            KernelId::Avx512Vnni,
-        ]
-        .into_iter()
-        .filter_map(KernelId::new)
-        .collect()
     }
 
     fn format(self) -> Format {
         match self {
-            KernelId::Avx2PairSat => Format::Quad8 { nr: avx2::NR },
-            KernelId::Avx2Exact => Format::Pair16 { nr: avx2::NR },
-            KernelId::Avx512Vnni => Format::Quad8 { nr: avx512vnni::NR },
-            KernelId::Portable(_) => Format::Plain,
+            KernelKind::Avx2PairSat => Format::Quad8 { nr: avx2::NR },
+            KernelKind::Avx2Exact => Format::Pair16 { nr: avx2::NR },
+            KernelKind::Avx512Vnni => Format::Quad8 { nr: avx512vnni::NR },
+            KernelKind::Portable(_) => Format::Plain,
         }
+    }
+}
+
+/// An x86 kernel that this CPU can run: the proof of CPU detection that makes the `unsafe`
+/// SIMD calls behind [`PackedLinear`] and [`conv::Conv2d`] sound.
+///
+/// The field is private, so the only ways to hold one are [`Kernel::new`] (which returns `None`
+/// when the CPU lacks the kernel's ISA), [`Kernel::best`], [`Kernel::supported`] and
+/// [`Kernel::portable`]. Naming a kernel into existence does not compile:
+///
+/// ```compile_fail
+/// use qparity::kernels::x86::{Kernel, KernelKind, PackedLinear};
+/// use qparity::kernels::Requant;
+/// use qparity::numerics::requant::FbgemmRequant;
+/// let rule = Requant::Fbgemm(FbgemmRequant::new(0.02, &[0.01], false, None, 2, 0.05, 10, false));
+/// let vnni = Kernel { kind: KernelKind::Avx512Vnni }; // error: private field
+/// let lin = PackedLinear::with_kernel(vnni, &[1, 2, 3, 4], 2, 2, &[0], rule);
+/// ```
+///
+/// nor does passing the bare name where a kernel is expected:
+///
+/// ```compile_fail
+/// use qparity::kernels::x86::{KernelKind, PackedLinear};
+/// use qparity::kernels::Requant;
+/// use qparity::numerics::requant::FbgemmRequant;
+/// let rule = Requant::Fbgemm(FbgemmRequant::new(0.02, &[0.01], false, None, 2, 0.05, 10, false));
+/// let lin = PackedLinear::with_kernel(KernelKind::Avx512Vnni, &[1, 2, 3, 4], 2, 2, &[0], rule);
+/// ```
+///
+/// The same program with the kernel obtained the only legal way compiles, and runs the VNNI
+/// kernel exactly when the CPU has it:
+///
+/// ```
+/// use qparity::kernels::x86::{Kernel, KernelKind, PackedLinear};
+/// use qparity::kernels::Requant;
+/// use qparity::numerics::requant::FbgemmRequant;
+/// let rule = Requant::Fbgemm(FbgemmRequant::new(0.02, &[0.01], false, None, 2, 0.05, 10, false));
+/// if let Some(vnni) = Kernel::new(KernelKind::Avx512Vnni) {
+///     let lin = PackedLinear::with_kernel(vnni, &[1, 2, 3, 4], 2, 2, &[0], rule).unwrap();
+///     assert_eq!(lin.kernel().kind(), KernelKind::Avx512Vnni);
+/// }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Kernel {
+    kind: KernelKind,
+}
+
+impl Kernel {
+    /// `Some` iff this CPU can run `kind`.
+    pub fn new(kind: KernelKind) -> Option<Kernel> {
+        match kind.isa() {
+            Some(isa) if !isa.detected() => None,
+            _ => Some(Kernel { kind }),
+        }
+    }
+
+    /// The portable kernel of `acc` (runs on every CPU).
+    pub fn portable(acc: Accumulation) -> Kernel {
+        Kernel {
+            kind: KernelKind::Portable(acc),
+        }
+    }
+
+    /// The fastest kernel for `acc` on this CPU; detected once and cached.
+    pub fn best(acc: Accumulation) -> Kernel {
+        static EXACT: OnceLock<Kernel> = OnceLock::new();
+        static PAIR: OnceLock<Kernel> = OnceLock::new();
+        let (cell, order): (_, &[KernelKind]) = match acc {
+            Accumulation::Exact => (&EXACT, &[KernelKind::Avx512Vnni, KernelKind::Avx2Exact]),
+            Accumulation::PairSaturatingI16 => (&PAIR, &[KernelKind::Avx2PairSat]),
+        };
+        *cell.get_or_init(|| {
+            order
+                .iter()
+                .find_map(|&k| Kernel::new(k))
+                .unwrap_or(Kernel::portable(acc))
+        })
+    }
+
+    /// Every SIMD kernel this CPU supports.
+    pub fn supported() -> Vec<Kernel> {
+        KernelKind::SIMD
+            .into_iter()
+            .filter_map(Kernel::new)
+            .collect()
+    }
+
+    /// Which kernel this is.
+    pub fn kind(self) -> KernelKind {
+        self.kind
+    }
+
+    /// The ISA the kernel needs (`None` for the portable one).
+    pub fn isa(self) -> Option<Isa> {
+        self.kind.isa()
+    }
+
+    /// The accumulation model the kernel implements.
+    pub fn accumulation(self) -> Accumulation {
+        self.kind.accumulation()
+    }
+
+    /// Stable name for reports.
+    pub fn name(self) -> &'static str {
+        self.kind.name()
+    }
+
+    fn format(self) -> Format {
+        self.kind.format()
     }
 }
 
 /// Rounds `k` up to a multiple of 4.
 fn pad4(k: usize) -> usize {
     k.div_ceil(4) * 4
-}
-
-/// Expands 1 (per-tensor) or `n` (per-channel) weight zero points to `n`, each in -128..=127.
-pub(crate) fn weight_zero_points_for(z: &[i32], n: usize) -> Result<Vec<i32>> {
-    let zps = match z.len() {
-        1 => vec![z[0]; n],
-        l if l == n => z.to_vec(),
-        l => {
-            return Err(Error::shape(
-                "weight zero points",
-                format!("{l} given for {n} output channels (need 1 or {n})"),
-            ))
-        }
-    };
-    if let Some(v) = zps.iter().find(|v| !(-128..=127).contains(*v)) {
-        return Err(Error::invalid(
-            "weight zero point",
-            format!("{v} not in -128..=127"),
-        ));
-    }
-    Ok(zps)
 }
 
 /// Packs `b` (`n × k`) into column panels of `nr` channels, `kp` deep, with groups of `group`
@@ -256,7 +272,7 @@ fn panels<T: Copy + Default>(
 /// A weight matrix packed for one kernel (layout in the module docs).
 #[derive(Debug, Clone)]
 pub struct PackedB {
-    kernel: KernelId,
+    kernel: Kernel,
     n: usize,
     k: usize,
     kp: usize,
@@ -268,7 +284,7 @@ pub struct PackedB {
 
 impl PackedB {
     /// Packs the `n × k` row-major weights `b` for `kernel`.
-    pub fn new(kernel: KernelId, b: &[i8], n: usize, k: usize) -> Result<Self> {
+    pub fn new(kernel: Kernel, b: &[i8], n: usize, k: usize) -> Result<Self> {
         if b.len()
             != n.checked_mul(k)
                 .ok_or_else(|| Error::shape("weights", "n·k overflows"))?
@@ -300,7 +316,7 @@ impl PackedB {
     }
 
     /// The kernel this matrix is packed for.
-    pub fn kernel(&self) -> KernelId {
+    pub fn kernel(&self) -> Kernel {
         self.kernel
     }
 
@@ -450,7 +466,7 @@ pub(crate) struct DenseA<'a> {
 impl<'a> DenseA<'a> {
     /// `a` is `m` rows of `ld_in` bytes whose first `k` are the row (`ld_in ≥ k`).
     fn new(
-        kernel: KernelId,
+        kernel: Kernel,
         a: &'a [u8],
         m: usize,
         k: usize,
@@ -531,76 +547,9 @@ pub(crate) struct Epilogue<'a> {
     zc: &'a [i32],
     /// `b_zp[j]`, or `None` when every weight zero point is 0 (the row-sum term vanishes).
     b_zp: Option<&'a [i32]>,
-    rq: Option<&'a RequantVec>,
-    requant: Option<&'a Requant>,
+    /// The rule of the GEMM's `n` columns (`None` for a raw sink).
+    rq: Option<&'a PerChannel>,
     sink: Sink<'a>,
-}
-
-/// A requantization rule in the unified per-channel form
-/// `q = clamp(RNE(f32(f32(f32(raw + add_i[j]) + add_f[j]) · mult[j])) + zp, lo, 255)`:
-/// FBGEMM has `add_i = 0`, QNNPACK `add_f = 0` (adding +0.0 leaves the rounded value unchanged).
-#[derive(Debug, Clone)]
-pub(crate) struct RequantVec {
-    add_i: Vec<i32>,
-    add_f: Vec<f32>,
-    mult: Vec<f32>,
-    zp: i32,
-    lo: i32,
-}
-
-impl RequantVec {
-    fn new(r: &Requant, n: usize) -> Result<Self> {
-        let zp = match r {
-            Requant::Fbgemm(f) => f.out_zero_point,
-            Requant::Qnnpack(q) => q.out_zero_point,
-        };
-        if !(0..=255).contains(&zp) {
-            return Err(Error::invalid(
-                "output zero point",
-                format!("{zp} not in 0..=255"),
-            ));
-        }
-        let bad = |what: &str, len: usize| {
-            Error::shape(
-                "requantization",
-                format!("{what} has {len} entries for {n} output channels"),
-            )
-        };
-        match r {
-            Requant::Fbgemm(f) => {
-                if f.bias_term.len() != n {
-                    return Err(bad("bias_term", f.bias_term.len()));
-                }
-                let mult = match f.multiplier.len() {
-                    1 => vec![f.multiplier[0]; n],
-                    l if l == n => f.multiplier.clone(),
-                    l => return Err(bad("multiplier", l)),
-                };
-                Ok(Self {
-                    add_i: vec![0; n],
-                    add_f: f.bias_term.clone(),
-                    mult,
-                    zp: f.out_zero_point,
-                    lo: if f.relu { f.out_zero_point } else { 0 },
-                })
-            }
-            Requant::Qnnpack(q) => {
-                if q.scale.len() != n {
-                    return Err(bad("scale", q.scale.len()));
-                }
-                if q.bias_q.len() != n {
-                    return Err(bad("bias_q", q.bias_q.len()));
-                }
-                Ok(Self {
-                    add_i: q.bias_q.clone(),
-                    add_f: vec![0.0; n],
-                    mult: q.scale.clone(),
-                    zp: q.out_zero_point,
-                    lo: if q.relu { q.out_zero_point } else { 0 },
-                })
-            }
-        }
-    }
 }
 
 impl Epilogue<'_> {
@@ -642,7 +591,7 @@ impl Epilogue<'_> {
                 let at = self.at(i, j);
                 match &mut self.sink {
                     Sink::Raw(o) => o[at] = raw,
-                    Sink::U8(o) => o[at] = self.requant.expect("u8 sink has a rule").apply(raw, j),
+                    Sink::U8(o) => o[at] = self.rq.expect("u8 sink has a rule").apply(raw, j),
                 }
             }
         }
@@ -658,22 +607,22 @@ fn run_packed(b: &PackedB, a: &AOperand, epi: &mut Epilogue) {
             "activation rows longer than the packed weights"
         );
     }
-    match b.kernel {
-        KernelId::Avx2PairSat => {
-            // SAFETY: a KernelId other than Portable exists only if its ISA was detected
-            // (KernelId::new / best), `b` was packed for this kernel's format and `a` checked its
+    match b.kernel.kind() {
+        KernelKind::Avx2PairSat => {
+            // SAFETY: a `Kernel` of a SIMD kind exists only if its ISA was detected (its field
+            // is private; `Kernel::new` checks), `b` was packed for this kernel's format and `a` checked its
             // reads when it was built (AOperand::new).
             unsafe { avx2::gemm_pairsat(a, b, epi) }
         }
-        KernelId::Avx2Exact => {
+        KernelKind::Avx2Exact => {
             // SAFETY: as above (AVX2 detected; Pair16 format).
             unsafe { avx2::gemm_exact(a, b, epi) }
         }
-        KernelId::Avx512Vnni => {
+        KernelKind::Avx512Vnni => {
             // SAFETY: as above (AVX-512 F/BW/VNNI and AVX2 detected; Quad8 format, NR = 32).
             unsafe { avx512vnni::gemm_vnni(a, b, epi) }
         }
-        KernelId::Portable(acc) => {
+        KernelKind::Portable(acc) => {
             let k = b.k;
             let mut t = vec![0i32; b.n];
             for i in 0..a.m {
@@ -711,8 +660,8 @@ pub struct PackedLinear {
     col_off: Vec<i32>,
     b_zp: Vec<i32>,
     symmetric: bool,
-    requant: Requant,
-    rq: RequantVec,
+    /// The fused rule (`None`: raw output only).
+    rq: Option<PerChannel>,
 }
 
 impl PackedLinear {
@@ -727,7 +676,7 @@ impl PackedLinear {
         accumulation: Accumulation,
     ) -> Result<Self> {
         Self::with_kernel(
-            KernelId::best(accumulation),
+            Kernel::best(accumulation),
             weights,
             n,
             k,
@@ -736,14 +685,27 @@ impl PackedLinear {
         )
     }
 
-    /// As [`PackedLinear::new`], for an explicit kernel (from [`KernelId::new`]).
+    /// As [`PackedLinear::new`], for an explicit kernel (from [`Kernel::new`]).
     pub fn with_kernel(
-        kernel: KernelId,
+        kernel: Kernel,
         weights: &[i8],
         n: usize,
         k: usize,
         weight_zero_points: &[i32],
         requant: Requant,
+    ) -> Result<Self> {
+        Self::build(kernel, weights, n, k, weight_zero_points, Some(&requant))
+    }
+
+    /// [`PackedLinear::with_kernel`] with an optional rule (without one, only
+    /// [`PackedLinear::run_raw`] works).
+    pub(crate) fn build(
+        kernel: Kernel,
+        weights: &[i8],
+        n: usize,
+        k: usize,
+        weight_zero_points: &[i32],
+        requant: Option<&Requant>,
     ) -> Result<Self> {
         if n == 0 || k == 0 {
             return Err(Error::shape(
@@ -751,8 +713,8 @@ impl PackedLinear {
                 format!("n = {n}, k = {k} must be ≥ 1"),
             ));
         }
-        let b_zp = weight_zero_points_for(weight_zero_points, n)?;
-        let rq = RequantVec::new(&requant, n)?;
+        let b_zp = quant::weight_zero_points(weight_zero_points, n)?;
+        let rq = requant.map(|r| PerChannel::new(r, 0, n, n)).transpose()?;
         let packed = PackedB::new(kernel, weights, n, k)?;
         let col_off = (0..n)
             .map(|j| packed.col_sums[j].wrapping_sub((k as i32).wrapping_mul(b_zp[j])))
@@ -763,13 +725,12 @@ impl PackedLinear {
             col_off,
             b_zp,
             symmetric,
-            requant,
             rq,
         })
     }
 
     /// The kernel in use.
-    pub fn kernel(&self) -> KernelId {
+    pub fn kernel(&self) -> Kernel {
         self.packed.kernel
     }
 
@@ -802,13 +763,14 @@ impl PackedLinear {
                 format!("expected {m}×{n} = {} values, got {out_len}", m * n),
             ));
         }
-        if !(0..=255).contains(&a_zp) {
-            return Err(Error::invalid(
-                "input zero point",
-                format!("{a_zp} not in 0..=255"),
-            ));
-        }
-        Ok(())
+        check_activation_zero_point(a_zp)
+    }
+
+    /// The fused rule, or an error for a matrix packed without one.
+    pub(crate) fn rule(&self) -> Result<&PerChannel> {
+        self.rq.as_ref().ok_or_else(|| {
+            Error::invalid("requantization", "packed without a rule: raw output only")
+        })
     }
 
     fn epilogue_run(&self, a: &[u8], m: usize, a_zp: i32, sink: Sink<'_>) {
@@ -817,8 +779,8 @@ impl PackedLinear {
         self.run_operand(&dense.operand(&[0]), a_zp, sink, self.packed.n, 0);
     }
 
-    /// Runs on an activation operand (`a_zp` validated by the caller), writing output `(i, j)` at
-    /// `out_off + i·out_ld + j` of `sink`.
+    /// Runs on an activation operand (`a_zp` validated by the caller; a u8 sink only when the
+    /// matrix has a rule), writing output `(i, j)` at `out_off + i·out_ld + j` of `sink`.
     pub(crate) fn run_operand(
         &self,
         a: &AOperand,
@@ -835,8 +797,7 @@ impl PackedLinear {
             row_sums: a.row_sums,
             zc: &zc,
             b_zp: (!self.symmetric).then_some(&self.b_zp[..]),
-            rq: Some(&self.rq),
-            requant: Some(&self.requant),
+            rq: self.rq.as_ref(),
             sink,
         };
         run_packed(&self.packed, a, &mut epi);
@@ -846,6 +807,7 @@ impl PackedLinear {
     /// (accumulated under the kernel's model). `a` is `m × k` row-major raw u8, `out` is `m × n`.
     pub fn run(&self, a: &[u8], m: usize, a_zp: i32, out: &mut [u8]) -> Result<()> {
         self.check(a, m, a_zp, out.len())?;
+        self.rule()?;
         self.epilogue_run(a, m, a_zp, Sink::U8(out));
         Ok(())
     }
@@ -858,31 +820,18 @@ impl PackedLinear {
     }
 }
 
-/// An [`Int8Gemm`] view of one x86 kernel (packs B on every call; for tests and the trait).
-#[derive(Debug, Clone, Copy)]
-pub struct X86Gemm {
-    id: KernelId,
-}
-
-impl X86Gemm {
-    /// `None` when this CPU lacks the kernel's ISA.
-    pub fn new(id: KernelId) -> Option<Self> {
-        KernelId::new(id).map(|id| Self { id })
-    }
-
-    /// The kernel.
-    pub fn id(&self) -> KernelId {
-        self.id
-    }
-}
-
-impl Int8Gemm for X86Gemm {
+/// Each kernel is also an [`Int8Gemm`] (B is packed on every call; for tests and the trait).
+impl Int8Gemm for Kernel {
     fn name(&self) -> &'static str {
-        self.id.name()
+        self.kind.name()
     }
 
     fn accumulation(&self) -> Accumulation {
-        self.id.accumulation()
+        self.kind.accumulation()
+    }
+
+    fn isa(&self) -> Option<Isa> {
+        self.kind.isa()
     }
 
     fn gemm(&self, m: usize, n: usize, k: usize, a: &[u8], b: &[i8], c: &mut [i32]) {
@@ -896,8 +845,8 @@ impl Int8Gemm for X86Gemm {
             c.fill(0);
             return;
         }
-        let packed = PackedB::new(self.id, b, n, k).expect("shapes checked above");
-        let dense = DenseA::new(self.id, a, m, k, k, false);
+        let packed = PackedB::new(*self, b, n, k).expect("shapes checked above");
+        let dense = DenseA::new(*self, a, m, k, k, false);
         let zc = vec![0i32; n];
         let mut epi = Epilogue {
             n,
@@ -907,23 +856,97 @@ impl Int8Gemm for X86Gemm {
             zc: &zc,
             b_zp: None,
             rq: None,
-            requant: None,
             sink: Sink::Raw(c),
         };
         run_packed(&packed, &dense.operand(&[0]), &mut epi);
+    }
+
+    fn quant_gemm(&self) -> Option<&dyn QuantGemm> {
+        Some(self)
+    }
+
+    fn quant_conv(&self) -> Option<&dyn QuantConv> {
+        Some(self)
+    }
+}
+
+impl QuantGemm for Kernel {
+    fn name(&self) -> &'static str {
+        self.kind.name()
+    }
+
+    fn accumulation(&self) -> Accumulation {
+        self.kind.accumulation()
+    }
+
+    /// Packs B on every call (a layer packs once with [`PackedLinear`]).
+    fn qgemm(&self, p: &QGemm<'_>, out: Output<'_>) -> Result<()> {
+        let zb = p.validate()?;
+        p.check_output(out.len())?;
+        let rule = match &out {
+            Output::Requantized(r, _) => Some(*r),
+            Output::Raw(_) => None,
+        };
+        if let Some(r) = rule {
+            r.validate(p.n)?;
+        }
+        if p.m == 0 || p.n == 0 {
+            return Ok(());
+        }
+        if p.k == 0 {
+            // Every sum is empty: raw = 0.
+            match out {
+                Output::Raw(o) => o.fill(0),
+                Output::Requantized(r, o) => {
+                    for (i, v) in o.iter_mut().enumerate() {
+                        *v = r.apply(0, i % p.n);
+                    }
+                }
+            }
+            return Ok(());
+        }
+        let lin = PackedLinear::build(*self, p.b, p.n, p.k, &zb, rule)?;
+        match out {
+            Output::Raw(o) => lin.run_raw(p.a, p.m, p.a_zero_point, o),
+            Output::Requantized(_, o) => lin.run(p.a, p.m, p.a_zero_point, o),
+        }
+    }
+}
+
+impl QuantConv for Kernel {
+    fn name(&self) -> &'static str {
+        self.kind.name()
+    }
+
+    fn accumulation(&self) -> Accumulation {
+        self.kind.accumulation()
+    }
+
+    fn supports(&self, _: &crate::geometry::Conv2dParams, _: super::Layout) -> bool {
+        true
+    }
+
+    /// Packs the weights on every call (a layer packs once with [`conv::Conv2d`]).
+    fn qconv(&self, c: &QConv<'_>, out: Output<'_>) -> Result<(usize, usize)> {
+        let hw = c.validate()?;
+        c.check_output(out.len(), hw)?;
+        let rule = match &out {
+            Output::Requantized(r, _) => Some(*r),
+            Output::Raw(_) => None,
+        };
+        let conv = conv::Conv2d::build(*self, c.weight, c.params, c.w_zero_points, rule)?;
+        let (x, nb, h, w, zp) = (c.input, c.batch, c.height, c.width, c.a_zero_point);
+        match out {
+            Output::Raw(o) => conv.run_raw(c.layout, x, nb, h, w, zp, o),
+            Output::Requantized(_, o) => conv.run(c.layout, x, nb, h, w, zp, o),
+        }
     }
 }
 
 /// The x86 SIMD kernels this CPU supports, as [`Int8Gemm`]s.
 pub fn available() -> Vec<Box<dyn Int8Gemm>> {
-    KernelId::all_supported()
+    Kernel::supported()
         .into_iter()
-        .filter_map(X86Gemm::new)
-        .map(|g| Box::new(g) as Box<dyn Int8Gemm>)
+        .map(|k| Box::new(k) as Box<dyn Int8Gemm>)
         .collect()
-}
-
-/// The portable fallback used when no SIMD kernel fits (re-exported for symmetry).
-pub fn portable(acc: Accumulation) -> Reference {
-    Reference::new(acc)
 }
