@@ -14,7 +14,7 @@ pub fn supports(op: PrimOp) -> bool {
     !matches!(op, PrimOp::Observer | PrimOp::FusedMovingAvgObsFakeQuant)
 }
 
-const PRELUDE: &str = r#"import json, os, struct, sys
+const PRELUDE: &str = r#"import base64, json, os, struct, sys, zlib
 "#;
 
 /// How ops on quantized tensors are called: the capture's own table (one source for both).
@@ -28,17 +28,19 @@ _INT = {"u8": torch.uint8, "i8": torch.int8, "i32": torch.int32, "i64": torch.in
 
 
 def T(t):
-    """Decodes a golden tensor (hex IEEE-754 bits or an integer list)."""
+    """Decodes a golden tensor: hex IEEE-754 bits, an integer list, or "z" (zlib of LE bytes)."""
     shape = t["shape"]
-    if t["dtype"] in ("f32", "f64"):
+    code = {"f32": "f", "f64": "d", "u8": "B", "i8": "b", "i32": "i", "i64": "q", "bool": "B"}[t["dtype"]]
+    if "z" in t:
+        raw = zlib.decompress(base64.b64decode(t["z"]))
+        vals = struct.unpack("<%d%s" % (len(raw) // struct.calcsize(code), code), raw)
+    elif t["dtype"] in ("f32", "f64"):
         h = t["hex"]
-        w = 8 if t["dtype"] == "f32" else 16
-        n = len(h) // w
-        code = "f" if t["dtype"] == "f32" else "d"
-        vals = struct.unpack(">%d%s" % (n, code), bytes.fromhex(h))
-        dt = torch.float32 if t["dtype"] == "f32" else torch.float64
-        return torch.tensor(vals, dtype=dt).reshape(shape)
-    return torch.tensor(t["data"], dtype=_INT[t["dtype"]]).reshape(shape)
+        vals = struct.unpack(">%d%s" % (len(h) // (2 * struct.calcsize(code)), code), bytes.fromhex(h))
+    else:
+        vals = t["data"]
+    dt = {"f32": torch.float32, "f64": torch.float64}.get(t["dtype"]) or _INT[t["dtype"]]
+    return torch.tensor(vals, dtype=dt).reshape(shape)
 
 
 def bits(x):

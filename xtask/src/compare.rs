@@ -10,6 +10,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use qparity::engine::CpuFeatures;
 use qparity::golden::manifest::Manifest;
+use qparity::tensor::{Data, Tensor};
 use serde_json::Value;
 
 /// One differing leaf: a tensor (elements that differ, elements compared) or another value.
@@ -27,29 +28,17 @@ fn is_tensor(v: &Value) -> bool {
     v.get("dtype").is_some() && v.get("shape").is_some()
 }
 
-/// Elements of a tensor as comparable strings (hex digits per element, or the integers).
+/// Elements of a tensor as comparable strings (the bit pattern of each float, or the integer),
+/// whatever its payload encoding (readable or compact "z").
 fn elements(t: &Value) -> Option<Vec<String>> {
-    if let Some(h) = t.get("hex").and_then(Value::as_str) {
-        let width = match t.get("dtype").and_then(Value::as_str) {
-            Some("f64") => 16,
-            _ => 8,
-        };
-        if h.len() % width != 0 {
-            return None;
-        }
-        return Some(
-            h.as_bytes()
-                .chunks(width)
-                .map(|c| String::from_utf8_lossy(c).into_owned())
-                .collect(),
-        );
-    }
-    t.get("data")
-        .and_then(Value::as_array)
-        .map(|d| d.iter().map(Value::to_string).collect())
+    let t: Tensor = serde_json::from_value(t.clone()).ok()?;
+    Some(match &t.data {
+        Data::F32(v) => v.iter().map(|x| format!("{:08x}", x.to_bits())).collect(),
+        Data::F64(v) => v.iter().map(|x| format!("{:016x}", x.to_bits())).collect(),
+        Data::Int(v) => v.iter().map(i64::to_string).collect(),
+    })
 }
 
-/// Walks two values in step and records what differs under `path`.
 fn walk(a: &Value, b: &Value, path: &str, out: &mut Diffs) {
     let mut add = |differ: u64, total: u64| {
         let c = out.entry(path.to_string()).or_default();
@@ -344,6 +333,22 @@ pub fn run(a: &Path, b: &Path, per_case: bool) -> Result<()> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn compact_and_readable_payloads_compare_by_value() {
+        let readable = json!({"dtype": "i8", "shape": [3], "data": [1, 2, 3]});
+        let compact = json!({"dtype": "i8", "shape": [3], "z": "eNpjZGIGAAANAAc="});
+        assert_eq!(elements(&readable), elements(&compact));
+        let mut d = Diffs::new();
+        walk(&readable, &compact, "t", &mut d);
+        assert_eq!(
+            d["t"],
+            Count {
+                differ: 0,
+                total: 3
+            }
+        );
+    }
 
     #[test]
     fn walk_counts_differing_elements_per_path_without_indices() {
