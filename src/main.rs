@@ -32,9 +32,10 @@ enum Cmd {
         /// Show up to this many failing cases in detail.
         #[arg(long, default_value_t = 20)]
         max_failures: usize,
-        /// Also run every convert_fx fbgemm/x86/qnnpack layer on qparity's optimized x86 backend
-        /// (packed weights, fused requantization) and compare its u8 output (groups
-        /// `<flow>[x86-fused]`).
+        /// Also run every convert_fx layer the native optimized backend implements on it (x86:
+        /// packed weights and fused requantization on the AVX2 / AVX-512 VNNI kernels; aarch64: the
+        /// best NEON / dotprod / i8mm kernel) and compare its u8 output (groups
+        /// `<flow>[x86-fused]` or `<flow>[arm-fused]`).
         #[arg(long)]
         fused: bool,
     },

@@ -300,3 +300,48 @@ fn fused_x86_backend_reproduces_golden_models() {
         assert!(engines.contains(e), "no {e} layer ran on the fused backend");
     }
 }
+
+/// Every optimized kernel with fused entry points, wrapped in the generic kernel backend (the ARM
+/// backend on aarch64, and how an outside kernel is checked), runs every golden convert_fx layer
+/// it implements end to end and equals PyTorch's output bit for bit.
+#[test]
+fn kernel_backend_reproduces_golden_models_on_every_fused_kernel() {
+    let kernels: Vec<_> = qparity::kernels::available()
+        .into_iter()
+        .filter(|k| k.quant_gemm().is_some() && k.quant_conv().is_some())
+        .collect();
+    assert!(!kernels.is_empty(), "no kernel with fused entry points");
+    for kernel in kernels {
+        let name = kernel.name();
+        let backend: &'static qparity::backend::KernelBackend = Box::leak(Box::new(
+            qparity::backend::KernelBackend::new("kernel-fused", kernel),
+        ));
+        let mut fused = qparity::check::Stats::default();
+        let mut engines = std::collections::BTreeSet::new();
+        for set in core_sets() {
+            let report = assert_passes(
+                &set,
+                CheckOptions {
+                    backend: Some(backend),
+                    ..CheckOptions::default()
+                },
+            );
+            for c in &report.cases {
+                if let Some(s) = c.groups.get("convert_fx[kernel-fused]") {
+                    fused.exact += s.exact;
+                    fused.ambiguous += s.ambiguous;
+                    fused.mismatched += s.mismatched;
+                    engines.insert(c.engine.clone());
+                }
+            }
+        }
+        eprintln!("kernel backend on {name}: {fused:?} over engines {engines:?}");
+        assert_eq!(fused.mismatched, 0, "{name}");
+        assert_eq!(fused.ambiguous, 0, "{name}: fused runs are exact");
+        assert!(
+            fused.exact > 10_000,
+            "{name}: only {} fused elements",
+            fused.exact
+        );
+    }
+}

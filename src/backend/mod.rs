@@ -3,8 +3,11 @@
 //! `qparity check --fused` puts every golden stage a backend implements through it and compares
 //! bit for bit; what it does not implement is counted as a fallback.
 
+pub mod kernel;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
+
+pub use kernel::KernelBackend;
 
 use crate::ops::{Lowered, Output, Value};
 use crate::Result;
@@ -23,6 +26,13 @@ pub trait Backend: fmt::Debug + Send + Sync {
 pub fn native() -> Option<&'static dyn Backend> {
     #[cfg(target_arch = "x86_64")]
     return Some(&x86::X86Backend);
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    {
+        static ARM: std::sync::OnceLock<KernelBackend> = std::sync::OnceLock::new();
+        return Some(ARM.get_or_init(|| {
+            KernelBackend::new("arm-fused", Box::new(crate::kernels::arm::Kernel::best()))
+        }));
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     None
 }

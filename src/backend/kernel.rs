@@ -1,0 +1,146 @@
+//! A backend over any kernel with fused entry points ([`Int8Gemm::quant_gemm`] and
+//! [`Int8Gemm::quant_conv`]): the ARM backend, and the way an outside kernel (an engine author's
+//! own) runs every golden `convert_fx` layer end to end with `check`'s comparison.
+//!
+//! A layer runs on the kernel when the kernel computes the plan's accumulation for that path:
+//! exact kernels take every exact path (the sum of exact products does not depend on their
+//! order); pair-saturating kernels only FBGEMM's packed GEMM, whose pairs run along K in im2col
+//! order `(ky, kx, ic)` as [`QuantConv::accumulation`] specifies (FBGEMM's depthwise kernel pairs
+//! taps instead). oneDNN layers never run: their requantization order is not modelled bit for bit.
+//! Everything else is left to the reference model and counted as a fallback.
+
+use super::Backend;
+use crate::engine::KernelPath;
+use crate::kernels::{Accumulation, Int8Gemm, Layout, Output as KOut, QConv, QGemm};
+use crate::ops::layer::{Geometry, IntegerLayer};
+use crate::ops::{Lowered, Output, Predicted, QTensor, Value};
+use crate::{Error, Result};
+
+/// A [`Backend`] that runs planned layers on one kernel's fused entry points.
+#[derive(Debug)]
+pub struct KernelBackend {
+    name: &'static str,
+    kernel: Box<dyn Int8Gemm>,
+}
+
+impl KernelBackend {
+    /// A backend named `name` (report groups read `convert_fx[<name>]`) over `kernel`.
+    pub fn new(name: &'static str, kernel: Box<dyn Int8Gemm>) -> KernelBackend {
+        KernelBackend { name, kernel }
+    }
+
+    /// Whether the kernel computes this layer's accumulation bit for bit.
+    pub fn implements(&self, l: &IntegerLayer) -> bool {
+        let acc = self.kernel.accumulation();
+        acc == l.accumulation
+            && match l.path {
+                KernelPath::Onednn => false,
+                KernelPath::FbgemmGemm => true,
+                _ => acc == Accumulation::Exact,
+            }
+    }
+
+    /// Runs a planned layer: the u8 output in PyTorch's layout, or `None` where the kernel does
+    /// not implement it (see the module docs).
+    pub fn run_layer(&self, l: &IntegerLayer, input: &QTensor) -> Result<Option<Vec<u8>>> {
+        if !self.implements(l) {
+            return Ok(None);
+        }
+        if input.data.len() != input.shape.iter().product::<usize>()
+            || input.zero_point != l.input_zero_point
+        {
+            return Err(Error::shape(
+                "layer input",
+                "data length, shape or zero point differ from the planned input",
+            ));
+        }
+        let w = &l.weight;
+        let zps = w
+            .zero_points
+            .iter()
+            .map(|&z| {
+                i32::try_from(z)
+                    .map_err(|_| Error::invalid("weight zero point", format!("{z} is not an i32")))
+            })
+            .collect::<Result<Vec<i32>>>()?;
+        let a_zero_point = i32::try_from(input.zero_point).map_err(|_| {
+            Error::invalid(
+                "input zero point",
+                format!("{} is not an i32", input.zero_point),
+            )
+        })?;
+        let mut data = vec![0u8; l.out_shape.iter().product()];
+        let out = KOut::Requantized(&l.requant, &mut data);
+        match l.geometry {
+            Geometry::Linear {
+                in_features,
+                out_features,
+            } => {
+                let Some(k) = self.kernel.quant_gemm() else {
+                    return Ok(None);
+                };
+                let p = QGemm {
+                    m: input.data.len() / in_features.max(1),
+                    n: out_features,
+                    k: in_features,
+                    a: &input.data,
+                    a_zero_point,
+                    b: &w.int_repr,
+                    b_zero_points: &zps,
+                };
+                k.qgemm(&p, out)?;
+            }
+            Geometry::Conv2d(params) => {
+                let Some(k) = self.kernel.quant_conv() else {
+                    return Ok(None);
+                };
+                if !k.supports(&params, Layout::Nchw) {
+                    return Ok(None);
+                }
+                let [batch, _, height, width] = input.shape[..] else {
+                    return Err(Error::shape(
+                        "conv2d input",
+                        format!("{:?} is not NCHW", input.shape),
+                    ));
+                };
+                let c = QConv {
+                    params,
+                    layout: Layout::Nchw,
+                    batch,
+                    height,
+                    width,
+                    input: &input.data,
+                    a_zero_point,
+                    weight: &w.int_repr,
+                    w_zero_points: &zps,
+                };
+                k.qconv(&c, out)?;
+            }
+        }
+        Ok(Some(data))
+    }
+}
+
+impl Backend for KernelBackend {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn run(&self, stage: Lowered<'_>, inputs: &[&Value]) -> Result<Option<Output>> {
+        match stage {
+            Lowered::IntegerLayer(l) => {
+                let input = inputs
+                    .first()
+                    .ok_or_else(|| Error::invalid("layer", "no input"))?
+                    .quantized("layer input")?;
+                Ok(self.run_layer(l, input)?.map(|data| {
+                    Output::new(
+                        "int_repr",
+                        l.out_shape.clone(),
+                        Predicted::exact(data.into_iter().map(i64::from)),
+                    )
+                }))
+            }
+        }
+    }
+}
