@@ -1178,16 +1178,92 @@ fn module_float_params(case: &Case, module: &str, p: &ParamSet) -> Result<FloatP
         Some(b) => Some(b.values().map_err(err)?.1),
         None => None,
     };
-    if p.bn.is_some() {
-        return Err(err(
-            "BatchNorm folding of graph parameters is not supported yet".into(),
-        ));
-    }
+    let Some(bn) = &p.bn else {
+        return Ok(FloatParams {
+            shape,
+            weight: w,
+            bias,
+        });
+    };
+    let channels = shape.first().copied().unwrap_or(0);
+    let stat = |name: &str, v: &super::graph::Param| -> Result<Vec<f32>> {
+        let (_, v) = v
+            .values()
+            .map_err(|e| case.field_err(&format!("{field}.bn.{name}"), e))?;
+        if v.len() != channels {
+            return Err(case.field_err(
+                &format!("{field}.bn.{name}"),
+                format!("{} values for {channels} output channels", v.len()),
+            ));
+        }
+        Ok(v)
+    };
+    let folded = fold_batch_norm(
+        &w,
+        bias.as_deref(),
+        &BatchNorm {
+            running_mean: stat("running_mean", &bn.running_mean)?,
+            running_var: stat("running_var", &bn.running_var)?,
+            weight: stat("weight", &bn.weight)?,
+            bias: stat("bias", &bn.bias)?,
+            eps: bn.eps,
+        },
+    )
+    .map_err(|e| case.field_err(&format!("{field}.bn"), e.to_string()))?;
     Ok(FloatParams {
         shape,
-        weight: w,
-        bias,
+        weight: folded.0,
+        bias: Some(folded.1),
     })
+}
+
+/// A BatchNorm2d's running statistics and affine parameters (one value per channel).
+struct BatchNorm {
+    running_mean: Vec<f32>,
+    running_var: Vec<f32>,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    eps: f64,
+}
+
+/// Folds a BatchNorm into the conv before it, as `torch/nn/utils/fusion.py`
+/// `fuse_conv_bn_weights` does for PTQ fusion and for QAT `ConvBn2d.to_float` at convert, in f32
+/// with each step correctly rounded (ATen's `rsqrt` is `1 / sqrt` in both its vector and scalar
+/// kernels; `eps` is cast to f32 first):
+/// `r = rsqrt(var + eps)`, `w' = w · (γ · r)` per output channel,
+/// `b' = ((b − mean) · r) · γ + β` with `b = 0` when the conv has no bias.
+fn fold_batch_norm(w: &[f32], b: Option<&[f32]>, bn: &BatchNorm) -> Result<(Vec<f32>, Vec<f32>)> {
+    let c = bn.running_mean.len();
+    if c == 0 || w.len() % c != 0 || b.is_some_and(|b| b.len() != c) {
+        return Err(Error::shape(
+            "conv weight and BatchNorm",
+            format!("{} weights, {c} BatchNorm channels", w.len()),
+        ));
+    }
+    if !bn.eps.is_finite() || bn.eps < 0.0 {
+        return Err(Error::invalid("BatchNorm eps", format!("{}", bn.eps)));
+    }
+    let eps = bn.eps as f32;
+    let rsqrt: Vec<f32> = bn
+        .running_var
+        .iter()
+        .map(|&v| 1.0 / (v + eps).sqrt())
+        .collect();
+    let inner = w.len() / c;
+    let weight = w
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            let j = i / inner;
+            x * (bn.weight[j] * rsqrt[j])
+        })
+        .collect();
+    let bias = (0..c)
+        .map(|j| {
+            (b.map_or(0.0, |b| b[j]) - bn.running_mean[j]) * rsqrt[j] * bn.weight[j] + bn.bias[j]
+        })
+        .collect();
+    Ok((weight, bias))
 }
 
 /// The layer a weighted graph node computes, with the weight this flow quantized.
@@ -1590,4 +1666,58 @@ fn graph_stages(case: &Case, g: &GraphCase, isa: Isa, cpu: CpuFeatures) -> Resul
         }
     }
     Ok(stages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bn(mean: [f32; 2], var: [f32; 2], gamma: [f32; 2], beta: [f32; 2], eps: f64) -> BatchNorm {
+        BatchNorm {
+            running_mean: mean.to_vec(),
+            running_var: var.to_vec(),
+            weight: gamma.to_vec(),
+            bias: beta.to_vec(),
+            eps,
+        }
+    }
+
+    #[test]
+    fn batch_norm_folds_per_output_channel() {
+        // rsqrt(4) = 0.5 and rsqrt(0.25) = 2: γ·r = [1, 6].
+        let b = bn([0.5, -1.0], [4.0, 0.25], [2.0, 3.0], [0.1, -1.0], 0.0);
+        let (w, bias) = fold_batch_norm(&[1.0, 2.0, 3.0, 4.0], None, &b).unwrap();
+        assert_eq!(w, [1.0, 2.0, 18.0, 24.0]);
+        assert_eq!(bias, [-0.5f32 + 0.1, 5.0]);
+        // A conv bias is shifted by the mean before scaling.
+        let (_, bias) = fold_batch_norm(&[1.0, 2.0, 3.0, 4.0], Some(&[1.5, 1.0]), &b).unwrap();
+        assert_eq!(bias, [1.1, 11.0]);
+    }
+
+    #[test]
+    fn batch_norm_fold_multiplies_the_weight_by_gamma_times_rsqrt() {
+        // w·(γ·r) and (w·γ)·r differ for some f32 values: the fold must take the first.
+        let mut seen = false;
+        for k in 1..2000u32 {
+            let w = 1.0 + k as f32 * 0.000_123;
+            let (gamma, var) = (1.0 + k as f32 * 0.0007, 0.3 + k as f32 * 0.001);
+            let b = bn([0.0; 2], [var; 2], [gamma; 2], [0.0; 2], 1e-5);
+            let (f, _) = fold_batch_norm(&[w, w], None, &b).unwrap();
+            let r = 1.0 / (var + 1e-5f32).sqrt();
+            assert_eq!(f[0], w * (gamma * r));
+            seen |= f[0] != (w * gamma) * r;
+        }
+        assert!(seen, "no input told the two orders apart");
+    }
+
+    #[test]
+    fn batch_norm_fold_rejects_bad_parameters() {
+        let b = bn([0.0; 2], [1.0; 2], [1.0; 2], [0.0; 2], 1e-5);
+        assert!(fold_batch_norm(&[1.0, 2.0, 3.0], None, &b).is_err());
+        assert!(fold_batch_norm(&[1.0, 2.0], Some(&[1.0]), &b).is_err());
+        for eps in [f64::NAN, -1.0, f64::INFINITY] {
+            let b = bn([0.0; 2], [1.0; 2], [1.0; 2], [0.0; 2], eps);
+            assert!(fold_batch_norm(&[1.0, 2.0], None, &b).is_err());
+        }
+    }
 }
