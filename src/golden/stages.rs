@@ -1234,7 +1234,7 @@ struct BatchNorm {
 /// `b' = ((b − mean) · r) · γ + β` with `b = 0` when the conv has no bias.
 fn fold_batch_norm(w: &[f32], b: Option<&[f32]>, bn: &BatchNorm) -> Result<(Vec<f32>, Vec<f32>)> {
     let c = bn.running_mean.len();
-    if c == 0 || w.len() % c != 0 || b.is_some_and(|b| b.len() != c) {
+    if c == 0 || !w.len().is_multiple_of(c) || b.is_some_and(|b| b.len() != c) {
         return Err(Error::shape(
             "conv weight and BatchNorm",
             format!("{} weights, {c} BatchNorm channels", w.len()),
