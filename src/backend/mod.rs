@@ -25,14 +25,15 @@ pub trait Backend: fmt::Debug + Send + Sync {
 /// The backend for this CPU architecture, if there is one.
 pub fn native() -> Option<&'static dyn Backend> {
     #[cfg(target_arch = "x86_64")]
-    return Some(&x86::X86Backend);
+    let native: Option<&'static dyn Backend> = Some(&x86::X86Backend);
     #[cfg(target_arch = "aarch64")]
-    {
+    let native: Option<&'static dyn Backend> = {
         static ARM: std::sync::OnceLock<KernelBackend> = std::sync::OnceLock::new();
-        return Some(ARM.get_or_init(|| {
+        Some(ARM.get_or_init(|| {
             KernelBackend::new("arm-fused", Box::new(crate::kernels::arm::Kernel::best()))
-        }));
-    }
+        }))
+    };
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    None
+    let native: Option<&'static dyn Backend> = None;
+    native
 }
