@@ -3,8 +3,8 @@
 Run by `cargo xtask golden`, once per ISA variant (FBGEMM reads FBGEMM_ENABLE_INSTRUCTIONS when
 torch is imported, so each variant needs its own process), then once more to write the manifest:
 
-    golden.py run --out DIR --seed S --cases N --isa default|avx2 [--suite core|ops] [--registry OPS]
-    golden.py manifest --out DIR --seed S [--suite core|ops] [--emulator "qemu-x86_64 -cpu Haswell"]
+    golden.py run --out DIR --seed S --cases N --isa default|avx2 [--suite core|ops|graphs] [--registry OPS]
+    golden.py manifest --out DIR --seed S [--suite core|ops|graphs] [--emulator "qemu-x86_64 -cpu Haswell"]
     golden.py cpu          # the CPU as PyTorch's cpuinfo sees it (one JSON line)
 
 `run` writes DIR/cases/<id>.json for the cases of the plan that belong to its ISA and prints one
@@ -78,6 +78,8 @@ def _case_id(index, slot):
         return f"prim-{PRIMITIVES[slot[1]][1]}-{index:04d}"
     if slot[0] == "qop":
         return f"qop-{QOPS[slot[1]][0]}-{slot[2]}-{slot[3]:04d}"
+    if slot[0] == "graph":
+        return f"graph-{slot[1]}-{slot[2]}-{slot[3]}-default-{index:04d}"
     _, op, engine, mode, isa = slot
     return f"model-{op}-{engine}-{mode}-{isa}-{index:04d}"
 
@@ -95,7 +97,24 @@ def build_ops_plan(n_per_op):
     return plan
 
 
+# The graphs suite: engines and modes each model is captured with (QAT on the two engines whose
+# QAT qconfigs differ: fbgemm's reduce_range and qnnpack's full range).
+GRAPH_VARIANTS = [("fbgemm", "ptq"), ("qnnpack", "ptq"), ("x86", "ptq"), ("onednn", "ptq"),
+                  ("fbgemm", "qat"), ("qnnpack", "qat")]
+
+
+def build_graphs_plan(n_cases):
+    """The `graphs` suite: torchvision's quantizable models (graphs.MODELS) under GRAPH_VARIANTS,
+    variant-major so that a small N still covers every model; at most one case per slot."""
+    from graphs import MODELS
+
+    slots = [("graph", model, engine, mode) for engine, mode in GRAPH_VARIANTS for model in MODELS]
+    return [(i, s, 0) for i, s in enumerate(slots[:n_cases])]
+
+
 def _plan(suite, n_cases):
+    if suite == "graphs":
+        return build_graphs_plan(n_cases)
     return build_ops_plan(n_cases) if suite == "ops" else build_plan(n_cases)
 
 
@@ -113,7 +132,7 @@ def check_registry(registry):
 
 
 def _slot_isa(slot):
-    return "default" if slot[0] in ("primitive", "qop") else slot[4]
+    return "default" if slot[0] in ("primitive", "qop", "graph") else slot[4]
 
 
 def _dump(obj, depth):
@@ -168,6 +187,14 @@ def cmd_run(args):
             case["op"] = op
             case["args"] = a
             case["expected"] = expected
+        elif slot[0] == "graph":
+            from graphs import FORMAT2, model_graph_case
+
+            _, model, engine, mode = slot
+            case["format"] = FORMAT2
+            case["tags"] = []
+            case["op"] = model
+            case.update(model_graph_case(model, engine, mode, args.seed, cid))
         elif slot[0] == "qop":
             op, builder = QOPS[slot[1]]
             torch.backends.quantized.engine = slot[2]
@@ -262,19 +289,19 @@ def main():
     r.add_argument("--seed", type=int, required=True)
     r.add_argument("--cases", type=int, required=True)
     r.add_argument("--isa", choices=ISAS, required=True)
-    r.add_argument("--suite", choices=("core", "ops"), default="core")
+    r.add_argument("--suite", choices=("core", "ops", "graphs"), default="core")
     r.add_argument("--registry", default="")
     m = sub.add_parser("manifest")
     m.add_argument("--out", required=True)
     m.add_argument("--seed", type=int, required=True)
     m.add_argument("--emulator", default="")
-    m.add_argument("--suite", choices=("core", "ops"), default="core")
+    m.add_argument("--suite", choices=("core", "ops", "graphs"), default="core")
     m.add_argument("--plan-cases", type=int, required=True)
     sub.add_parser("cpu")
     sub.add_parser("self-test")
     p = sub.add_parser("plan")
     p.add_argument("--cases", type=int, required=True)
-    p.add_argument("--suite", choices=("core", "ops"), default="core")
+    p.add_argument("--suite", choices=("core", "ops", "graphs"), default="core")
     args = ap.parse_args()
     if args.cmd == "run":
         cmd_run(args)

@@ -23,6 +23,8 @@ use qparity::engine::CpuFeatures;
 
 /// torch release the goldens are pinned to.
 const TORCH_VERSION: &str = "2.15.0";
+/// The torchvision the graph suite's models come from (the release beside torch 2.15.0).
+const TORCHVISION_VERSION: &str = "0.29.2";
 /// Number of cases of a capture unless --cases says otherwise.
 const DEFAULT_CASES: usize = 420;
 const FORMAT: &str = "qparity-golden/1";
@@ -61,9 +63,11 @@ pub struct Args {
     /// With --compare: list every differing case, not only the summary per op / engine / ISA.
     #[arg(long, requires = "compare")]
     per_case: bool,
-    /// Which capture plan: `core` (primitives and small models) or `ops` (ops on quantized
-    /// tensors under every engine).
-    #[arg(long, value_parser = ["core", "ops"], default_value = "core")]
+    /// Which capture plan: `core` (primitives and small models), `ops` (ops on quantized
+    /// tensors under every engine) or `graphs` (torchvision's quantizable models as graph cases,
+    /// each under fbgemm / qnnpack / x86 / onednn PTQ and fbgemm / qnnpack QAT; `--cases` takes
+    /// the first N of those slots, variant by variant).
+    #[arg(long, value_parser = ["core", "ops", "graphs"], default_value = "core")]
     suite: String,
     /// Allow writing into a non-empty directory that is not a previous golden output
     /// (its existing `cases/*.json` and `MANIFEST.json` are replaced).
@@ -221,6 +225,7 @@ fn venv_python(venv: &Path) -> PathBuf {
 struct Probe {
     torch: Option<String>,
     numpy: Option<String>,
+    torchvision: Option<String>,
     missing_flows: Vec<String>,
 }
 
@@ -231,6 +236,11 @@ try:
     print("numpy=" + numpy.__version__)
 except Exception:
     print("numpy=")
+try:
+    import torchvision
+    print("torchvision=" + torchvision.__version__)
+except Exception:
+    print("torchvision=")
 try:
     import torch
     print("torch=" + torch.__version__)
@@ -251,6 +261,7 @@ fn parse_probe(out: &str) -> Probe {
     let mut p = Probe {
         torch: None,
         numpy: None,
+        torchvision: None,
         missing_flows: Vec::new(),
     };
     for line in out.lines() {
@@ -258,6 +269,8 @@ fn parse_probe(out: &str) -> Probe {
             p.torch = (!v.is_empty()).then(|| v.to_string());
         } else if let Some(v) = line.strip_prefix("numpy=") {
             p.numpy = (!v.is_empty()).then(|| v.to_string());
+        } else if let Some(v) = line.strip_prefix("torchvision=") {
+            p.torchvision = (!v.is_empty()).then(|| v.to_string());
         } else if let Some(v) = line.strip_prefix("missing=") {
             p.missing_flows.push(v.to_string());
         }
@@ -318,10 +331,13 @@ fn ensure_venv(root: &Path) -> Result<PathBuf> {
         }
     }
     let mut p = probe(&python)?;
-    if p.torch.is_none() || p.numpy.is_none() {
+    if p.torch.is_none() || p.numpy.is_none() || p.torchvision.is_none() {
         let mut pkgs = Vec::new();
         if p.torch.is_none() {
             pkgs.push(format!("torch=={TORCH_VERSION}"));
+        }
+        if p.torchvision.is_none() {
+            pkgs.push(format!("torchvision=={TORCHVISION_VERSION}"));
         }
         if p.numpy.is_none() {
             pkgs.push("numpy".to_string());
@@ -364,6 +380,17 @@ fn ensure_venv(root: &Path) -> Result<PathBuf> {
             venv.display(),
             python.display()
         );
+    }
+    match p.torchvision.as_deref().map(public_version) {
+        Some(TORCHVISION_VERSION) => {}
+        v => bail!(
+            "{} has torchvision {}, but the graph goldens are pinned to \
+             torchvision=={TORCHVISION_VERSION}: run `{} -m pip install \
+             torchvision=={TORCHVISION_VERSION}` or set QPARITY_VENV to another venv",
+            venv.display(),
+            v.unwrap_or("(none)"),
+            python.display()
+        ),
     }
     if !p.missing_flows.is_empty() {
         bail!(
@@ -810,8 +837,9 @@ mod tests {
 
     #[test]
     fn probe_output_is_parsed() {
-        let p = parse_probe("numpy=2.4.6\ntorch=2.15.0+cu132\n");
+        let p = parse_probe("numpy=2.4.6\ntorchvision=0.29.2+cpu\ntorch=2.15.0+cu132\n");
         assert_eq!(p.torch.as_deref(), Some("2.15.0+cu132"));
+        assert_eq!(p.torchvision.as_deref(), Some("0.29.2+cpu"));
         assert_eq!(p.numpy.as_deref(), Some("2.4.6"));
         assert!(p.missing_flows.is_empty());
         let p = parse_probe("numpy=\ntorch=2.0.0\nmissing=_convert_to_reference_decomposed_fx\n");
