@@ -1160,6 +1160,7 @@ pub(crate) enum ElementResult {
 // Graph cases
 
 use super::graph::{GraphCase, GraphFlow, GraphNode, IntRepr, ParamSet, WeightRec};
+use crate::ops::movement::{Movement, Step};
 use std::collections::BTreeMap;
 
 /// A weighted module's float weight (shape and values) and bias.
@@ -1454,6 +1455,38 @@ fn exact_floats(
     }
 }
 
+/// A data-movement node: `movement` with its `steps`, or one step named by the node's op with
+/// the step's attributes.
+fn graph_movement(case: &Case, fname: &str, node: &GraphNode) -> Result<Movement> {
+    let field = format!("flows.{fname}.nodes.{}.attrs", node.name);
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Steps {
+        steps: Vec<Step>,
+    }
+    let steps = if node.op == "movement" {
+        super::decode::<Steps>(&case.path, &field, &node.attrs)?.steps
+    } else {
+        let mut attrs = match &node.attrs {
+            serde_json::Value::Object(m) => m.clone(),
+            serde_json::Value::Null => serde_json::Map::new(),
+            _ => return Err(case.field_err(&field, "attributes must be an object")),
+        };
+        attrs.insert("op".into(), serde_json::Value::String(node.op.clone()));
+        vec![super::decode::<Step>(&case.path, &field, &serde_json::Value::Object(attrs))?]
+    };
+    let name = match node.op.as_str() {
+        "flatten" => "flatten",
+        "dropout" => "dropout",
+        "reshape" => "reshape",
+        "transpose" => "transpose",
+        "contiguous" => "contiguous",
+        "chunk" => "chunk",
+        _ => "movement",
+    };
+    Ok(Movement::new(name, steps))
+}
+
 fn graph_stages(case: &Case, g: &GraphCase, isa: Isa, cpu: CpuFeatures) -> Result<Vec<Stage>> {
     let mut stages = Vec::new();
     // Decoded codes and pre-quantize floats by (flow, run, node): bases of later flows' deltas.
@@ -1476,9 +1509,8 @@ fn graph_stages(case: &Case, g: &GraphCase, isa: Isa, cpu: CpuFeatures) -> Resul
         for node in &fr.nodes {
             let (op, layer): (Arc<dyn Op>, Option<Arc<QLayer>>) = match node.op.as_str() {
                 "quantize" => (Arc::new(FlowQuantize), None),
-                "flatten" if PrimOp::from_name("flatten").is_none() => {
-                    (Arc::new(Requantize { name: "flatten" }), None)
-                }
+                "movement" | "flatten" | "dropout" | "reshape" | "transpose" | "contiguous"
+                | "chunk" => (Arc::new(graph_movement(case, fname, node)?), None),
                 "conv2d" | "linear" => {
                     let l = Arc::new(graph_layer(case, g, fname, fr, node)?);
                     (l.clone(), Some(l))

@@ -15,6 +15,7 @@ pub mod clamp;
 pub mod fake_quant;
 pub mod gemm;
 pub mod layer;
+pub mod movement;
 pub mod observe;
 pub mod quantize;
 pub mod relu;

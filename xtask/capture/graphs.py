@@ -30,7 +30,7 @@ FLOWS = [("convert_fx", convert_fx), ("convert_to_reference_fx", convert_to_refe
 # a SHA-256 only (qparity's own values must hash the same). Conv and linear are stored as
 # differences from a reference evaluation; every other op's floats are stored.
 PINNED_FLOAT_OPS = {"relu", "relu6", "hardtanh", "flatten", "dropout", "reshape", "transpose", "contiguous",
-                    "chunk", "cat", "max_pool2d", "add", "add_relu", "mul", "mul_relu", "hardswish",
+                    "chunk", "movement", "cat", "max_pool2d", "add", "add_relu", "mul", "mul_relu", "hardswish",
                     "hardsigmoid", "avg_pool2d", "adaptive_avg_pool2d", "mean"}
 
 
@@ -249,8 +249,28 @@ def _function_op(n):
     raise NotImplementedError(f"function {name} is not mapped to a qparity op")
 
 
-def _chain_op(gm, chain):
-    """The op of a float chain (the nodes between dequantize nodes and one quantize node)."""
+# Ops that only move values (the data of their output is a permutation or a selection of their
+# input's): a float chain of several of them is one `movement` node with explicit steps.
+MOVEMENT_OPS = {"reshape", "transpose", "contiguous", "flatten", "dropout"}
+
+
+def _movement_step(op, attrs, out):
+    if op == "reshape":
+        return {"op": "reshape", "shape": list(out.shape)}
+    if op == "flatten":
+        return {"op": "reshape", "shape": list(out.shape)}
+    return {"op": op, **(attrs or {})}
+
+
+def _chain_op(gm, chain, values):
+    """The op of a float chain (the nodes between dequantize nodes and one quantize node); nodes
+    that compute sizes rather than tensors (`x.size()`, its items, arithmetic on them) are
+    dropped."""
+    def holds_tensors(v):
+        return isinstance(v, torch.Tensor) or (
+            isinstance(v, (tuple, list)) and len(v) > 0 and all(isinstance(t, torch.Tensor) for t in v))
+
+    chain = [n for n in chain if holds_tensors(values.get(n))]
     kinds = []
     for n in chain:
         if n.op == "call_module":
@@ -265,6 +285,9 @@ def _chain_op(gm, chain):
     ops = [k[0] for k in kinds]
     if len(kinds) == 1:
         return kinds[0]
+    if all(op in MOVEMENT_OPS for op in ops):
+        steps = [_movement_step(k[0], k[1], values[n]) for k, n in zip(kinds, chain)]
+        return "movement", {"steps": steps}, None
     if ops == ["add", "relu"]:
         return "add_relu", None, None
     if ops == ["mul", "relu"]:
@@ -367,7 +390,7 @@ def record_flow(flow, gm, inputs, pin_weights):
             else:
                 chain, ins = _float_chain(n, qname)
                 chain.sort(key=index.get)
-                op, attrs, module = _chain_op(gm, chain)
+                op, attrs, module = _chain_op(gm, chain, first)
                 names = [g["name"] for g in order]
                 ins = sorted(set(ins), key=lambda s: names.index(s) if s in names else -1)
                 node = {"name": chain[-1].name, "op": op, "inputs": ins, "attrs": attrs, "module": module,
