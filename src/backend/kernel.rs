@@ -5,8 +5,8 @@
 //! A layer runs on the kernel when the kernel computes the plan's accumulation for that path:
 //! exact kernels take every exact path (the sum of exact products does not depend on their
 //! order); pair-saturating kernels only FBGEMM's packed GEMM, whose pairs run along K in im2col
-//! order `(ky, kx, ic)` as [`QuantConv::accumulation`] specifies (FBGEMM's depthwise kernel pairs
-//! taps instead). oneDNN layers never run: their requantization order is not modelled bit for bit.
+//! order `(ky, kx, ic)` as [`crate::kernels::QuantConv::accumulation`] specifies (FBGEMM's
+//! depthwise kernel pairs taps instead). oneDNN layers never run: their requantization order is not modelled bit for bit.
 //! Everything else is left to the reference model and counted as a fallback.
 
 use super::Backend;

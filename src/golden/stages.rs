@@ -1473,7 +1473,11 @@ fn graph_movement(case: &Case, fname: &str, node: &GraphNode) -> Result<Movement
             _ => return Err(case.field_err(&field, "attributes must be an object")),
         };
         attrs.insert("op".into(), serde_json::Value::String(node.op.clone()));
-        vec![super::decode::<Step>(&case.path, &field, &serde_json::Value::Object(attrs))?]
+        vec![super::decode::<Step>(
+            &case.path,
+            &field,
+            &serde_json::Value::Object(attrs),
+        )?]
     };
     let name = match node.op.as_str() {
         "flatten" => "flatten",

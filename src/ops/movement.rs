@@ -11,7 +11,9 @@
 //!
 //! Values are in logical row-major order (the golden's `int_repr` is contiguous).
 
-use super::{expect_inputs, expect_out, Meta, Op, OutQParams, Output, Plan, Predicted, Rule, Value};
+use super::{
+    expect_inputs, expect_out, Meta, Op, OutQParams, Output, Plan, Predicted, Rule, Value,
+};
 use crate::engine::flow::Flow;
 use crate::engine::Ctx;
 use crate::numerics::qparams::validate_qparams;
@@ -34,7 +36,11 @@ pub enum Step {
     Dropout,
     /// `chunk(chunks, dim)[index]`: chunks of `ceil(size / chunks)` along `dim`, the last one
     /// shorter.
-    Chunk { chunks: usize, dim: i64, index: usize },
+    Chunk {
+        chunks: usize,
+        dim: i64,
+        index: usize,
+    },
 }
 
 /// A chain of movement steps applied to one quantized input.
@@ -106,7 +112,10 @@ fn apply(
             if shape.is_empty() {
                 return Ok((vec![n], index));
             }
-            let (a, b) = (dim(name, *start_dim, shape.len())?, dim(name, *end_dim, shape.len())?);
+            let (a, b) = (
+                dim(name, *start_dim, shape.len())?,
+                dim(name, *end_dim, shape.len())?,
+            );
             if a > b {
                 return Err(Error::invalid(name, "flatten: start_dim after end_dim"));
             }
@@ -116,7 +125,10 @@ fn apply(
             (to, index)
         }
         Step::Transpose { dim0, dim1 } => {
-            let (a, b) = (dim(name, *dim0, shape.len())?, dim(name, *dim1, shape.len())?);
+            let (a, b) = (
+                dim(name, *dim0, shape.len())?,
+                dim(name, *dim1, shape.len())?,
+            );
             let mut to = shape.clone();
             to.swap(a, b);
             let src = strides(&shape);
@@ -230,13 +242,19 @@ impl Plan for MovementPlan {
     fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
         let q = inputs[0].quantized("input")?;
         if q.data.len() < self.index.len() || q.data.len() != q.shape.iter().product::<usize>() {
-            return Err(Error::shape("movement input", "data length differs from the plan"));
+            return Err(Error::shape(
+                "movement input",
+                "data length differs from the plan",
+            ));
         }
         let (lo, hi) = self.clamp;
         let f: Vec<f32> = self
             .index
             .iter()
-            .map(|&i| self.flow.dequantize(q.data[i] as i64, q.scale, q.zero_point))
+            .map(|&i| {
+                self.flow
+                    .dequantize(q.data[i] as i64, q.scale, q.zero_point)
+            })
             .collect();
         let ints = f
             .iter()
@@ -292,8 +310,14 @@ mod tests {
             dim: 1,
             index,
         };
-        assert_eq!(gather(vec![c(0)], &[1, 5, 2]), (vec![1, 3, 2], (0..6).collect()));
-        assert_eq!(gather(vec![c(1)], &[1, 5, 2]), (vec![1, 2, 2], (6..10).collect()));
+        assert_eq!(
+            gather(vec![c(0)], &[1, 5, 2]),
+            (vec![1, 3, 2], (0..6).collect())
+        );
+        assert_eq!(
+            gather(vec![c(1)], &[1, 5, 2]),
+            (vec![1, 2, 2], (6..10).collect())
+        );
         let f = Step::Flatten {
             start_dim: 1,
             end_dim: -1,
