@@ -46,14 +46,7 @@ impl KernelBackend {
         if !self.implements(l) {
             return Ok(None);
         }
-        if input.data.len() != input.shape.iter().product::<usize>()
-            || input.zero_point != l.input_zero_point
-        {
-            return Err(Error::shape(
-                "layer input",
-                "data length, shape or zero point differ from the planned input",
-            ));
-        }
+        super::check_planned_input(l, input)?;
         let w = &l.weight;
         let zps = w
             .zero_points

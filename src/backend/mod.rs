@@ -37,3 +37,19 @@ pub fn native() -> Option<&'static dyn Backend> {
     let native: Option<&'static dyn Backend> = None;
     native
 }
+
+/// Checks that a layer's input is the one it was planned for (data length, shape, zero point).
+fn check_planned_input(
+    l: &crate::ops::layer::IntegerLayer,
+    input: &crate::ops::QTensor,
+) -> Result<()> {
+    if input.data.len() != input.shape.iter().product::<usize>()
+        || input.zero_point != l.input_zero_point
+    {
+        return Err(crate::Error::shape(
+            "layer input",
+            "data length, shape or zero point differ from the planned input",
+        ));
+    }
+    Ok(())
+}

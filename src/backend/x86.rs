@@ -46,14 +46,7 @@ pub fn run_layer(l: &IntegerLayer, input: &QTensor) -> Result<Option<(Vec<u8>, &
     if l.path == KernelPath::Onednn {
         return Ok(None);
     }
-    if input.data.len() != input.shape.iter().product::<usize>()
-        || input.zero_point != l.input_zero_point
-    {
-        return Err(Error::shape(
-            "layer input",
-            "data length, shape or zero point differ from the planned input",
-        ));
-    }
+    super::check_planned_input(l, input)?;
     let kernel = Kernel::best(l.accumulation);
     let w = &l.weight;
     let zps: Vec<i32> = w.zero_points.iter().map(|&z| z as i32).collect();

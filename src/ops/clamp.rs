@@ -153,7 +153,6 @@ impl Plan for ClampPlan {
         }
         // The reference flows: torch.clamp / hardtanh on floats (max, then min: exact in f32),
         // then the flow's quantize node.
-        let (qlo, qhi) = self.flow.clamp(self.out.quant_min, self.out.quant_max);
         let ys: Vec<f32> = q
             .data
             .iter()
@@ -162,22 +161,7 @@ impl Plan for ClampPlan {
                 x.max(self.op.min_val).min(self.op.max_val)
             })
             .collect();
-        let values = ys
-            .iter()
-            .map(|&y| {
-                self.flow
-                    .quantize(y, self.out.scale, self.out.zero_point, qlo, qhi)
-                    .ok_or_else(|| Error::invalid(self.op.name(), "NaN"))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(vec![
-            Output::new(
-                "pre_quant",
-                self.shape.clone(),
-                Predicted::Ranges(ys.iter().map(|&y| (y, y)).collect()),
-            ),
-            Output::new("int_repr", self.shape.clone(), Predicted::exact(values)),
-        ])
+        super::exact_float_then_quantize(self.op.name(), self.flow, &self.out, &self.shape, ys)
     }
 
     fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {

@@ -343,3 +343,31 @@ pub(crate) fn expect_inputs<'a, 'b>(
 pub(crate) fn expect_out<'a>(op: &str, out: Option<&'a OutQParams>) -> Result<&'a OutQParams> {
     out.ok_or_else(|| Error::invalid(op, "needs output qparams"))
 }
+
+/// The reference flows' tail of an op whose float result is exact: `pre_quant` (the floats, each
+/// a single-value range) and `int_repr` (the flow's quantize node with the output qparams, clamped
+/// to the flow's range).
+pub(crate) fn exact_float_then_quantize(
+    op: &str,
+    flow: crate::engine::flow::Flow,
+    out: &OutQParams,
+    shape: &[usize],
+    floats: Vec<f32>,
+) -> Result<Vec<Output>> {
+    let (lo, hi) = flow.clamp(out.quant_min, out.quant_max);
+    let ints = floats
+        .iter()
+        .map(|&x| {
+            flow.quantize(x, out.scale, out.zero_point, lo, hi)
+                .ok_or_else(|| Error::invalid(op, "NaN before the quantize node"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(vec![
+        Output::new(
+            "pre_quant",
+            shape.to_vec(),
+            Predicted::Ranges(floats.into_iter().map(|x| (x, x)).collect()),
+        ),
+        Output::new("int_repr", shape.to_vec(), Predicted::exact(ints)),
+    ])
+}

@@ -11,9 +11,7 @@
 //!
 //! Values are in logical row-major order (the golden's `int_repr` is contiguous).
 
-use super::{
-    expect_inputs, expect_out, Meta, Op, OutQParams, Output, Plan, Predicted, Rule, Value,
-};
+use super::{expect_inputs, expect_out, Meta, Op, OutQParams, Output, Plan, Rule, Value};
 use crate::engine::flow::Flow;
 use crate::engine::Ctx;
 use crate::numerics::qparams::validate_qparams;
@@ -247,7 +245,6 @@ impl Plan for MovementPlan {
                 "data length differs from the plan",
             ));
         }
-        let (lo, hi) = self.clamp;
         let f: Vec<f32> = self
             .index
             .iter()
@@ -256,22 +253,7 @@ impl Plan for MovementPlan {
                     .dequantize(q.data[i] as i64, q.scale, q.zero_point)
             })
             .collect();
-        let ints = f
-            .iter()
-            .map(|&x| {
-                self.flow
-                    .quantize(x, self.out.scale, self.out.zero_point, lo, hi)
-                    .ok_or_else(|| Error::invalid("movement", "NaN"))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(vec![
-            Output::new(
-                "pre_quant",
-                self.shape.clone(),
-                Predicted::Ranges(f.iter().map(|&x| (x, x)).collect()),
-            ),
-            Output::new("int_repr", self.shape.clone(), Predicted::exact(ints)),
-        ])
+        super::exact_float_then_quantize("movement", self.flow, &self.out, &self.shape, f)
     }
 }
 

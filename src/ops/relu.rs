@@ -79,7 +79,6 @@ impl Plan for ReluPlan {
                 Predicted::exact(values),
             )]);
         }
-        let (lo, hi) = self.flow.clamp(self.out.quant_min, self.out.quant_max);
         let ys: Vec<f32> = q
             .data
             .iter()
@@ -89,22 +88,7 @@ impl Plan for ReluPlan {
                     .max(0.0)
             })
             .collect();
-        let values = ys
-            .iter()
-            .map(|&x| {
-                self.flow
-                    .quantize(x, self.out.scale, self.out.zero_point, lo, hi)
-                    .ok_or_else(|| Error::invalid("relu", "NaN"))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(vec![
-            Output::new(
-                "pre_quant",
-                self.shape.clone(),
-                Predicted::Ranges(ys.iter().map(|&y| (y, y)).collect()),
-            ),
-            Output::new("int_repr", self.shape.clone(), Predicted::exact(values)),
-        ])
+        super::exact_float_then_quantize("relu", self.flow, &self.out, &self.shape, ys)
     }
 }
 
