@@ -70,11 +70,16 @@ pub enum PrimOp {
     Hardtanh,
     /// `relu` on a quantized tensor.
     Relu,
+    /// `quantized::add(a, b, scale, zero_point)`; params `{scale, zero_point}` (the output
+    /// qparams it is called with, also the case's output qparams).
+    Add,
+    /// `quantized::add_relu(a, b, scale, zero_point)`; params as [`PrimOp::Add`].
+    AddRelu,
 }
 
 impl PrimOp {
     /// Every registered primitive op.
-    pub const ALL: [PrimOp; 16] = [
+    pub const ALL: [PrimOp; 18] = [
         PrimOp::QuantizePerTensor,
         PrimOp::QuantizePerChannel,
         PrimOp::DequantizePerTensor,
@@ -91,6 +96,8 @@ impl PrimOp {
         PrimOp::Relu6,
         PrimOp::Hardtanh,
         PrimOp::Relu,
+        PrimOp::Add,
+        PrimOp::AddRelu,
     ];
 
     /// The golden name.
@@ -112,6 +119,8 @@ impl PrimOp {
             PrimOp::Relu6 => "relu6",
             PrimOp::Hardtanh => "hardtanh",
             PrimOp::Relu => "relu",
+            PrimOp::Add => "add",
+            PrimOp::AddRelu => "add_relu",
         }
     }
 
@@ -122,7 +131,10 @@ impl PrimOp {
 
     /// An op on quantized tensors whose arguments are [`QOpArgs`].
     pub fn is_quantized_op(self) -> bool {
-        matches!(self, PrimOp::Relu6 | PrimOp::Hardtanh | PrimOp::Relu)
+        matches!(
+            self,
+            PrimOp::Relu6 | PrimOp::Hardtanh | PrimOp::Relu | PrimOp::Add | PrimOp::AddRelu
+        )
     }
 }
 

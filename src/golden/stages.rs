@@ -435,6 +435,8 @@ fn quantized_op(case: &Case, op: PrimOp, params: &serde_json::Value) -> Result<A
         PrimOp::Relu6 => Arc::new(Clamp::RELU6),
         PrimOp::Hardtanh => Arc::new(decode::<Clamp>(case, params)?),
         PrimOp::Relu => Arc::new(crate::ops::relu::Relu),
+        PrimOp::Add => Arc::new(crate::ops::add::Add { relu: false }),
+        PrimOp::AddRelu => Arc::new(crate::ops::add::Add { relu: true }),
         other => {
             return Err(case.field_err(
                 "op",

@@ -142,6 +142,63 @@ pub fn broadcast_shape(op: &str, a: &[usize], b: &[usize]) -> Result<Vec<usize>>
         .collect()
 }
 
+/// For every element of `out_shape` (logical order), the logical index of the element of an input
+/// of `in_shape` broadcast to it (numpy rules; `in_shape` must broadcast to `out_shape`).
+pub fn broadcast_indices(out_shape: &[usize], in_shape: &[usize]) -> Result<Vec<usize>> {
+    let nd = out_shape.len();
+    if in_shape.len() > nd {
+        return Err(Error::shape(
+            "broadcast",
+            format!("{in_shape:?} has more dims than {out_shape:?}"),
+        ));
+    }
+    let off = nd - in_shape.len();
+    // Input stride per output dim (0 where broadcast).
+    let mut stride = vec![0usize; nd];
+    let mut acc = 1usize;
+    for i in (0..in_shape.len()).rev() {
+        let (size, o) = (in_shape[i], out_shape[off + i]);
+        if size == o {
+            stride[off + i] = acc;
+        } else if size != 1 {
+            return Err(Error::shape(
+                "broadcast",
+                format!("{in_shape:?} does not broadcast to {out_shape:?}"),
+            ));
+        }
+        acc *= size;
+    }
+    let numel: usize = out_shape.iter().product();
+    let mut out = Vec::with_capacity(numel);
+    let mut idx = vec![0usize; nd];
+    let mut at = 0usize;
+    for _ in 0..numel {
+        out.push(at);
+        for d in (0..nd).rev() {
+            idx[d] += 1;
+            at += stride[d];
+            if idx[d] < out_shape[d] {
+                break;
+            }
+            at -= stride[d] * out_shape[d];
+            idx[d] = 0;
+        }
+    }
+    Ok(out)
+}
+
+/// The output of a loop.
+#[derive(Debug, Clone, Copy)]
+pub enum LoopOut<'a> {
+    /// Allocated by the op before the loop, with the shape the inputs broadcast to; its strides
+    /// take part in ordering the dims.
+    Given(&'a Operand),
+    /// Of this shape, allocated by `TensorIterator` itself (no output given, or one of another
+    /// shape that it resizes): left out when ordering the dims, then allocated dense in
+    /// iteration order (`allocate_or_resize_outputs`, `compatible_stride`).
+    Allocated(&'a [usize]),
+}
+
 /// Which elements of an output ATen's `cpu_kernel_vec` computes with the vector lambda (one
 /// thread, AVX2 kernel; see the module documentation).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,7 +214,7 @@ pub struct Lanes {
 impl Lanes {
     /// Replays `TensorIterator`'s dim ordering and coalescing for an output and its inputs (each
     /// broadcast to the output's shape), and `VectorizedLoop2d`'s choice per row.
-    pub fn new(op: &str, out: &Operand, inputs: &[Operand], cpu: &CpuFeatures) -> Result<Self> {
+    pub fn new(op: &str, out: LoopOut<'_>, inputs: &[Operand], cpu: &CpuFeatures) -> Result<Self> {
         if !cpu.avx2 {
             return Err(Error::invalid(
                 op,
@@ -165,13 +222,17 @@ impl Lanes {
                  AVX2 kernel also runs on AVX-512 CPUs); this capture CPU has no AVX2",
             ));
         }
-        let shape = &out.shape;
+        let (shape, given) = match out {
+            LoopOut::Given(o) => (&o.shape[..], Some(o)),
+            LoopOut::Allocated(s) => (s, None),
+        };
         let nd = shape.len();
-        if out.strides.len() != nd {
+        if given.is_some_and(|o| o.strides.len() != nd) {
             return Err(Error::shape(op, "output strides do not match its shape"));
         }
-        // Element strides of every operand over the output's dims (output first).
-        let mut strides: Vec<Vec<usize>> = vec![out.strides.clone()];
+        // Element strides of every operand over the output's dims (output first; an output
+        // TensorIterator allocates has none yet and takes no part in ordering the dims).
+        let mut strides: Vec<Vec<usize>> = vec![given.map_or(vec![0; nd], |o| o.strides.clone())];
         for (k, inp) in inputs.iter().enumerate() {
             if inp.shape.len() > nd || inp.strides.len() != inp.shape.len() {
                 return Err(Error::shape(
@@ -211,8 +272,9 @@ impl Lanes {
         }
         // reorder_dimensions: perm[0] is the fastest dim.
         let mut perm: Vec<usize> = (0..nd).rev().collect();
+        let skip = usize::from(given.is_none());
         let should_swap = |d0: usize, d1: usize| -> i32 {
-            for s in &strides {
+            for s in &strides[skip..] {
                 let (s0, s1) = (s[d0], s[d1]);
                 if s0 == 0 || s1 == 0 {
                     continue;
@@ -242,6 +304,14 @@ impl Lanes {
                         _ => {}
                     }
                 }
+            }
+        }
+        // allocate_or_resize_outputs: an allocated output is dense in iteration order.
+        if given.is_none() {
+            let mut next = 1;
+            for &d in &perm {
+                strides[0][d] = next;
+                next *= shape[d];
             }
         }
         // coalesce_dimensions, as far as the first (innermost) merged dim goes.
@@ -310,7 +380,7 @@ impl Lanes {
         cpu: &CpuFeatures,
     ) -> Result<Self> {
         let out = Operand::new(input.shape, out_format)?;
-        Self::new(op, &out, &[Operand::of(input)?], cpu)
+        Self::new(op, LoopOut::Given(&out), &[Operand::of(input)?], cpu)
     }
 
     /// Whether output element `i` (logical order) takes the vector lambda.
@@ -454,7 +524,7 @@ mod tests {
             .iter()
             .map(|(s, f)| Operand::new(s, *f).unwrap())
             .collect();
-        Lanes::new("t", &out, &ins, &CpuFeatures::AVX512_VNNI).unwrap()
+        Lanes::new("t", LoopOut::Given(&out), &ins, &CpuFeatures::AVX512_VNNI).unwrap()
     }
 
     fn vector_indices(l: &Lanes) -> Vec<usize> {
@@ -531,11 +601,26 @@ mod tests {
             vec![2, 3, 4]
         );
         assert!(broadcast_shape("t", &[2, 3], &[4]).is_err());
+        assert_eq!(
+            broadcast_indices(&[2, 2, 3], &[2, 1]).unwrap(),
+            vec![0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1]
+        );
+        assert_eq!(
+            broadcast_indices(&[2, 3], &[2, 3]).unwrap(),
+            (0..6).collect::<Vec<_>>()
+        );
+        assert!(broadcast_indices(&[2, 3], &[3, 1]).is_err());
         let out = Operand::new(&[1, 2, 1, 1], NC).unwrap();
         let big = Operand::new(&[1, 2, 3, 3], NC).unwrap();
-        assert!(Lanes::new("t", &out, &[out.clone(), big], &CpuFeatures::AVX512_VNNI).is_err());
+        let given = LoopOut::Given(&out);
+        let vnni = CpuFeatures::AVX512_VNNI;
+        assert!(Lanes::new("t", given, &[out.clone(), big.clone()], &vnni).is_err());
+        // An output TensorIterator allocates takes the broadcast shape.
+        let shape = big.shape.clone();
+        let l = Lanes::new("t", LoopOut::Allocated(&shape), &[out.clone(), big], &vnni);
+        assert_eq!(l.unwrap().len(), 18);
         let no_avx2 = CpuFeatures::default();
-        assert!(Lanes::new("t", &out, std::slice::from_ref(&out), &no_avx2).is_err());
+        assert!(Lanes::new("t", given, std::slice::from_ref(&out), &no_avx2).is_err());
     }
 
     #[test]

@@ -8,6 +8,8 @@ QOP_CALLS = {
     "relu6": lambda xs, p: F.relu6(xs[0]),
     "hardtanh": lambda xs, p: F.hardtanh(xs[0], p["min_val"], p["max_val"]),
     "relu": lambda xs, p: F.relu(xs[0]),
+    "add": lambda xs, p: torch.ops.quantized.add(xs[0], xs[1], p["scale"], p["zero_point"]),
+    "add_relu": lambda xs, p: torch.ops.quantized.add_relu(xs[0], xs[1], p["scale"], p["zero_point"]),
 }
 
 

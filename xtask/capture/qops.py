@@ -86,8 +86,131 @@ def relu(rng, rnd, engine):
     return args, expected, tags
 
 
+# ---------------------------------------------------------------------------------------------
+# Elementwise ops on quantized tensors (add, mul, their scalar forms, cat, hardswish, hardsigmoid,
+# leaky_relu): layouts, broadcasts and inputs that tell ATen's vector and scalar lambdas apart.
+
+import ties
+
+
+def _qtensor(codes, scale, zp, channels_last):
+    """A quint8 tensor from codes in logical order, in the given memory format, and its record."""
+    codes = np.ascontiguousarray(np.asarray(codes, dtype=np.uint8))
+    x = torch._make_per_tensor_quantized_tensor(torch.from_numpy(codes), scale, zp)
+    channels_last = channels_last and codes.ndim == 4
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    rec = {"int_repr": tensor(x.int_repr().contiguous()), "scale": scale, "zero_point": zp,
+           "memory_format": "channels_last" if channels_last else "contiguous"}
+    return x, rec
+
+
+def _codes(rng, shape, flavour, zp):
+    n = int(np.prod(shape))
+    if flavour == "band":
+        c = np.clip(zp + rng.integers(-8, 9, size=n), 0, 255)
+    elif flavour == "saturated":
+        c = rng.integers(0, 2, size=n) * 255
+    else:
+        c = rng.integers(0, 256, size=n)
+    return np.asarray(c, dtype=np.int64).reshape(shape)
+
+
+def _f32(x):
+    return float(np.float32(x))
+
+
+def _scale_near(rng, s, lo=1 / 8, hi=8):
+    """An f32 scale within a factor [lo, hi] of s."""
+    return _f32(s * rng.log_uniform(lo, hi))
+
+
+def _binary_shapes(rng, rnd):
+    """(shape_a, shape_b, channels_last_a, channels_last_b, tag), cycling by round through equal
+    shapes (contiguous, channels-last, mixed), the squeeze-excite broadcast [N,C,H,W] x [N,C,1,1]
+    in both layouts, and other broadcasts (lower rank, size-1 dims)."""
+    shape = qshape(rng)
+    n, c, h, w = shape
+    kind = rnd % 6
+    if kind == 0:
+        return shape, shape, False, False, "same_contiguous"
+    if kind == 1:
+        return shape, shape, True, True, "same_channels_last"
+    if kind == 2:
+        return shape, [n, c, 1, 1], False, False, "broadcast_nc11_contiguous"
+    if kind == 3:
+        return shape, [n, c, 1, 1], True, True, "broadcast_nc11_channels_last"
+    if kind == 4:
+        cl = bool(rng.random() < 0.5)
+        return shape, shape, cl, not cl, "mixed_layouts"
+    b = [[c, 1, 1], [1, 1, 1, w], [1], [n, 1, h, w], [1, c, h, w], [n, c, 1, 1]][int(rng.integers(0, 6))]
+    cl_a = bool(rng.random() < 0.5)
+    cl_b = bool(len(b) == 4 and rng.random() < 0.5)
+    if rng.random() < 0.5:  # the smaller input first: qa itself is broadcast
+        return b, shape, cl_b, cl_a, "broadcast_first"
+    return shape, b, cl_a, cl_b, "broadcast_other"
+
+
+def _binary_case(rng, rnd, engine, op):
+    """add / add_relu / mul / mul_relu: two inputs, output qparams passed to the op."""
+    relu = op.endswith("_relu")
+    shape_a, shape_b, cl_a, cl_b, layout = _binary_shapes(rng, rnd)
+    flavour = ["uniform", "uniform", "band", "saturated"][int(rng.integers(0, 4))]
+    pow2 = bool(rng.random() < 0.25)
+    tags = [layout, flavour]
+    for attempt in range(24):
+        if pow2:
+            so = 2.0 ** -int(rng.integers(2, 9))
+            sa, sb = so * 2.0 ** -int(rng.integers(0, 3)), so * 2.0 ** -int(rng.integers(0, 3))
+        else:
+            so = _f32(rng.log_uniform(2.0**-9, 2.0**-2))
+            sa, sb = _scale_near(rng, so), _scale_near(rng, so)
+        if op.startswith("mul"):
+            so = _f32(sa * sb * rng.log_uniform(4.0, 256.0))
+        za, zb, zo = (int(rng.integers(0, 256)) for _ in range(3))
+        if relu and engine == "qnnpack":
+            zo = min(zo, 254)  # qnnpack add_relu rejects an empty [255, 255] output range
+        pairs = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+        if op.startswith("add") and not pow2:
+            pairs = ties.add_pairs(sa, za, sb, zb, so, zo, relu)
+            if len(pairs[0]) == 0:
+                continue
+        break
+    a = _codes(rng, shape_a, flavour, za)
+    b = _codes(rng, shape_b, flavour, zb)
+    if len(pairs[0]):
+        full = np.broadcast_shapes(tuple(shape_a), tuple(shape_b))
+        if tuple(shape_a) == tuple(shape_b):
+            planted = ties.plant_pairs(rng, a, b, pairs)
+        elif tuple(shape_a) == full:
+            b = pairs[1][rng.integers(0, len(pairs[1]), size=b.size)].reshape(shape_b)
+            planted = ties.plant_pairs(rng, a, np.broadcast_to(b, full), pairs)
+        else:  # a is broadcast: fix its codes from the pairs, plant b's half
+            a = pairs[0][rng.integers(0, len(pairs[0]), size=a.size)].reshape(shape_a)
+            planted = ties.plant_pairs(rng, b, np.broadcast_to(a, full), (pairs[1], pairs[0]))
+        if planted:
+            tags.append("lambda_ties")
+    if pow2:
+        tags.append("pow2_scales")
+    xa, ra = _qtensor(a, sa, za, cl_a)
+    xb, rb = _qtensor(b, sb, zb, cl_b)
+    params = {"scale": so, "zero_point": zo}
+    args, expected = _result(engine, [ra, rb], params, QOP_CALLS[op]([xa, xb], params))
+    return args, expected, tags
+
+
+def add(rng, rnd, engine):
+    return _binary_case(rng, rnd, engine, "add")
+
+
+def add_relu(rng, rnd, engine):
+    return _binary_case(rng, rnd, engine, "add_relu")
+
+
 QOPS = [
     ("relu6", relu6),
     ("hardtanh", hardtanh),
     ("relu", relu),
+    ("add", add),
+    ("add_relu", add_relu),
 ]

@@ -1,0 +1,94 @@
+"""Data that makes the goldens of elementwise ops discriminating: inputs where ATen's vector
+lambda (FMA dequantize) and scalar lambda (plain dequantize) of a kernel give different outputs.
+
+Random qparams almost never hit such inputs (an FMA rounds differently from a multiply only
+near a rounding boundary), so the builders in qops.py search qparams and codes with these
+helpers and plant the codes that tell the two lambdas apart at random positions; whether a
+position takes the vector or the scalar lambda is then what the golden pins. Only exactly
+rounded IEEE operations are used (numpy f32/f64 +, -, *, /; an FMA emulated in f64 where its
+operands make the f64 sum exact), so a seed draws the same data on every CPU.
+"""
+
+import numpy as np
+
+F32 = np.float32
+
+
+def deq_plain(q, s, z):
+    """f32(s * f32(q - z)): the scalar lambda's dequantize (FBGEMM Dequantize)."""
+    return F32(s) * (np.asarray(q, np.int64) - int(z)).astype(F32)
+
+
+def deq_fma(q, s, z):
+    """fma(s, f32(q), f32(s * -z)): the vector lambda's dequantize. s * q and the premultiplied
+    offset are multiples of ulp(s) below 2^33 ulp(s), so their f64 sum is exact and the cast to
+    f32 is the FMA's single rounding."""
+    s = F32(s)
+    pre = F32(s * F32(-int(z)))
+    return (np.float64(s) * np.asarray(q, np.float64) + np.float64(pre)).astype(F32)
+
+
+def quant_vec(x, inv, zo):
+    """QuantizeAvx2 for finite in-range values: RNE(f32(x * inv)) + zo, saturated."""
+    t = np.asarray(x, F32) * F32(inv)
+    return np.clip(np.rint(t.astype(np.float64)) + zo, 0, 255).astype(np.int64)
+
+
+def quant_val(x, so, zo):
+    """quantize_val (FBGEMM Quantize): zo + nearbyint(f32(x * f32(1/f32(so)))), clamped."""
+    inv = F32(1.0) / F32(so)
+    t = np.asarray(x, F32) * inv
+    return np.clip(np.rint(t.astype(np.float64)) + zo, 0, 255).astype(np.int64)
+
+
+def inv32(s):
+    return F32(1.0) / F32(s)
+
+
+def inv64(s):
+    return F32(1.0 / float(s))
+
+
+def add_pairs(sa, za, sb, zb, so, zo, relu):
+    """All (qa, qb) where qadd_kernel's vector and scalar lambdas give different outputs."""
+    qa, qb = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    qa, qb = qa.ravel(), qb.ravel()
+    cv = deq_fma(qa, sa, za) + deq_fma(qb, sb, zb)
+    cs = deq_plain(qa, sa, za) + deq_plain(qb, sb, zb)
+    if relu:
+        cv, cs = np.maximum(cv, F32(0)), np.maximum(cs, F32(0))
+    d = quant_vec(cv, inv32(so), zo) != quant_val(cs, so, zo)
+    return qa[d], qb[d]
+
+
+def unary_codes(vec_fn, scalar_fn):
+    """The codes 0..255 whose vector and scalar results differ."""
+    q = np.arange(256)
+    return q[vec_fn(q) != scalar_fn(q)]
+
+
+def plant_pairs(rng, a, b_full, pairs, frac=0.5):
+    """Overwrites a fraction of the elements of `a` (and of `b`, when it has a's shape) with the
+    discriminating pairs. `b_full` is b broadcast to a's shape (a view; only written when b has
+    a's shape, which the caller signals by passing a writable array). Returns the number planted."""
+    pa, pb = pairs
+    if len(pa) == 0:
+        return 0
+    flat_a = a.reshape(-1)
+    n = flat_a.size
+    pos = np.nonzero(rng.random(n) < frac)[0]
+    if b_full.flags.writeable:
+        pick = rng.integers(0, len(pa), size=len(pos))
+        flat_a[pos] = pa[pick]
+        b_full.reshape(-1)[pos] = pb[pick]
+        return len(pos)
+    # b is broadcast: plant a's half of the pairs whose b value is already there.
+    flat_b = np.ascontiguousarray(b_full).reshape(-1)
+    by_b = {int(v): pa[pb == v] for v in np.unique(flat_b[pos])}
+    planted = 0
+    for i in pos:
+        match = by_b[int(flat_b[i])]
+        if len(match):
+            flat_a[i] = match[rng.integers(0, len(match))]
+            planted += 1
+    return planted
