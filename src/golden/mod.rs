@@ -75,11 +75,15 @@ pub enum PrimOp {
     Add,
     /// `quantized::add_relu(a, b, scale, zero_point)`; params as [`PrimOp::Add`].
     AddRelu,
+    /// `quantized::mul(a, b, scale, zero_point)`; params as [`PrimOp::Add`].
+    Mul,
+    /// `quantized::mul_relu(a, b, scale, zero_point)`; params as [`PrimOp::Add`].
+    MulRelu,
 }
 
 impl PrimOp {
     /// Every registered primitive op.
-    pub const ALL: [PrimOp; 18] = [
+    pub const ALL: [PrimOp; 20] = [
         PrimOp::QuantizePerTensor,
         PrimOp::QuantizePerChannel,
         PrimOp::DequantizePerTensor,
@@ -98,6 +102,8 @@ impl PrimOp {
         PrimOp::Relu,
         PrimOp::Add,
         PrimOp::AddRelu,
+        PrimOp::Mul,
+        PrimOp::MulRelu,
     ];
 
     /// The golden name.
@@ -121,6 +127,8 @@ impl PrimOp {
             PrimOp::Relu => "relu",
             PrimOp::Add => "add",
             PrimOp::AddRelu => "add_relu",
+            PrimOp::Mul => "mul",
+            PrimOp::MulRelu => "mul_relu",
         }
     }
 
@@ -133,7 +141,13 @@ impl PrimOp {
     pub fn is_quantized_op(self) -> bool {
         matches!(
             self,
-            PrimOp::Relu6 | PrimOp::Hardtanh | PrimOp::Relu | PrimOp::Add | PrimOp::AddRelu
+            PrimOp::Relu6
+                | PrimOp::Hardtanh
+                | PrimOp::Relu
+                | PrimOp::Add
+                | PrimOp::AddRelu
+                | PrimOp::Mul
+                | PrimOp::MulRelu
         )
     }
 }

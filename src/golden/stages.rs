@@ -437,6 +437,8 @@ fn quantized_op(case: &Case, op: PrimOp, params: &serde_json::Value) -> Result<A
         PrimOp::Relu => Arc::new(crate::ops::relu::Relu),
         PrimOp::Add => Arc::new(crate::ops::add::Add { relu: false }),
         PrimOp::AddRelu => Arc::new(crate::ops::add::Add { relu: true }),
+        PrimOp::Mul => Arc::new(crate::ops::mul::Mul { relu: false }),
+        PrimOp::MulRelu => Arc::new(crate::ops::mul::Mul { relu: true }),
         other => {
             return Err(case.field_err(
                 "op",

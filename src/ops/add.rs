@@ -275,20 +275,77 @@ impl AddPlan {
                 )
             }
             Kernel::Float => {
-                let (lo, hi) = self.flow.clamp(self.out.quant_min, self.out.quant_max);
-                let x = self.flow.dequantize(qa as i64, a.scale, a.zero_point);
-                let y = self.flow.dequantize(qb as i64, b.scale, b.zero_point);
-                let c = relu(x + y);
-                let q = self
-                    .flow
-                    .quantize(c, self.out.scale, self.out.zero_point, lo, hi);
-                (
-                    q,
-                    format!("qa {qa}, qb {qb}: x {x:e} + y {y:e} = {c:e} → {q:?}"),
-                )
+                float_binary(self.flow, &self.out, self.op.relu, (qa, a), (qb, b), '+')
             }
         }
     }
+}
+
+/// The reference flows' float binary op on one element: the flow's dequantize of both inputs,
+/// `x + y` or `x * y` in f32 (one rounding, exact), `max(·, 0)` if `relu`, the flow's quantize.
+pub(crate) fn float_binary(
+    flow: Flow,
+    out: &OutQParams,
+    relu: bool,
+    (qa, a): (u8, &QTensor),
+    (qb, b): (u8, &QTensor),
+    op: char,
+) -> (Option<i64>, String) {
+    let (lo, hi) = flow.clamp(out.quant_min, out.quant_max);
+    let x = flow.dequantize(qa as i64, a.scale, a.zero_point);
+    let y = flow.dequantize(qb as i64, b.scale, b.zero_point);
+    let c = if op == '*' { x * y } else { x + y };
+    let c = if relu { c.max(0.0) } else { c };
+    let q = flow.quantize(c, out.scale, out.zero_point, lo, hi);
+    (
+        q,
+        format!("qa {qa}, qb {qb}: x {x:e} {op} y {y:e} = {c:e} → {q:?}"),
+    )
+}
+
+/// `Plan::predict` of a binary elementwise op: one `int_repr` output of `shape`, element `i` from
+/// `element(a, b, i)`.
+pub(crate) fn binary_predict(
+    inputs: &[&Value],
+    shape: &[usize],
+    element: impl Fn(&QTensor, &QTensor, usize) -> (Option<i64>, String),
+) -> Result<Vec<Output>> {
+    let (a, b) = (inputs[0].quantized("a")?, inputs[1].quantized("b")?);
+    let n: usize = shape.iter().product();
+    let values = (0..n).map(|i| element(a, b, i).0);
+    Ok(vec![Output::new(
+        "int_repr",
+        shape.to_vec(),
+        Predicted::from_options(values),
+    )])
+}
+
+/// `Plan::trace` of a binary elementwise op: element `i`'s derivation, then the rule.
+pub(crate) fn binary_trace(
+    op: &str,
+    inputs: &[&Value],
+    shape: &[usize],
+    i: usize,
+    rule: Rule,
+    element: impl Fn(&QTensor, &QTensor, usize) -> (Option<i64>, String),
+) -> Result<Vec<String>> {
+    let (a, b) = (inputs[0].quantized("a")?, inputs[1].quantized("b")?);
+    if i >= shape.iter().product::<usize>() {
+        return Err(Error::invalid(op, "element index out of range"));
+    }
+    Ok(vec![element(a, b, i).1, format!("rule: {rule}")])
+}
+
+/// The rule lines of [`float_binary`].
+pub(crate) fn float_binary_rule(flow: Flow, out: &OutQParams, relu: bool, op: char) -> Rule {
+    let (lo, hi) = flow.clamp(out.quant_min, out.quant_max);
+    let relu = if relu { ", max(c, 0)" } else { "" };
+    Rule::default()
+        .with(
+            "float op",
+            format!("c = dequantize(a) {op} dequantize(b) in f32{relu} (exact)"),
+        )
+        .with("quantize", format!("{}, clamp {lo}..{hi}", flow.name()))
 }
 
 impl Plan for AddPlan {
@@ -319,43 +376,19 @@ impl Plan for AddPlan {
                     ),
                 )
                 .with("layout", lanes.describe()),
-            Kernel::Float => {
-                let (lo, hi) = self.flow.clamp(self.out.quant_min, self.out.quant_max);
-                Rule::default()
-                    .with(
-                        "float op",
-                        format!("dequantize(a) + dequantize(b) in f32{relu} (exact)"),
-                    )
-                    .with(
-                        "quantize",
-                        format!("{}, clamp {lo}..{hi}", self.flow.name()),
-                    )
-            }
+            Kernel::Float => float_binary_rule(self.flow, &self.out, self.op.relu, '+'),
         }
     }
 
     fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
-        let (a, b) = (inputs[0].quantized("a")?, inputs[1].quantized("b")?);
-        let values = (0..self.a_index.len()).map(|i| self.element(a, b, i).0);
-        Ok(vec![Output::new(
-            "int_repr",
-            self.shape.clone(),
-            Predicted::from_options(values),
-        )])
+        binary_predict(inputs, &self.shape, |a, b, i| self.element(a, b, i))
     }
 
     fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
-        let (a, b) = (inputs[0].quantized("a")?, inputs[1].quantized("b")?);
-        if i >= self.a_index.len() {
-            return Err(Error::invalid(
-                self.op.op_name(),
-                "element index out of range",
-            ));
-        }
-        Ok(vec![
-            self.element(a, b, i).1,
-            format!("rule: {}", self.rule()),
-        ])
+        let (op, rule) = (self.op.op_name(), self.rule());
+        binary_trace(op, inputs, &self.shape, i, rule, |a, b, i| {
+            self.element(a, b, i)
+        })
     }
 }
 

@@ -17,6 +17,7 @@ pub mod clamp;
 pub mod fake_quant;
 pub mod gemm;
 pub mod layer;
+pub mod mul;
 pub mod observe;
 pub mod quantize;
 pub mod relu;

@@ -10,6 +10,8 @@ QOP_CALLS = {
     "relu": lambda xs, p: F.relu(xs[0]),
     "add": lambda xs, p: torch.ops.quantized.add(xs[0], xs[1], p["scale"], p["zero_point"]),
     "add_relu": lambda xs, p: torch.ops.quantized.add_relu(xs[0], xs[1], p["scale"], p["zero_point"]),
+    "mul": lambda xs, p: torch.ops.quantized.mul(xs[0], xs[1], p["scale"], p["zero_point"]),
+    "mul_relu": lambda xs, p: torch.ops.quantized.mul_relu(xs[0], xs[1], p["scale"], p["zero_point"]),
 }
 
 

@@ -166,7 +166,14 @@ def _binary_case(rng, rnd, engine, op):
             so = _f32(rng.log_uniform(2.0**-9, 2.0**-2))
             sa, sb = _scale_near(rng, so), _scale_near(rng, so)
         if op.startswith("mul"):
-            so = _f32(sa * sb * rng.log_uniform(4.0, 256.0))
+            # Occasionally so tiny enough that |c·m| reaches 2^31 (the vector body gives 0 there).
+            huge = attempt == 0 and not pow2 and rng.random() < 0.15
+            if pow2:  # m = 2^-k: c·m lands on exact halves
+                so = sa * sb * 2.0 ** int(rng.integers(1, 7))
+            else:
+                so = _f32(sa * sb * (2.0**-20 if huge else rng.log_uniform(4.0, 256.0)))
+            if huge:
+                tags.append("multiplier_overflow")
         za, zb, zo = (int(rng.integers(0, 256)) for _ in range(3))
         if relu and engine == "qnnpack":
             zo = min(zo, 254)  # qnnpack add_relu rejects an empty [255, 255] output range
@@ -175,6 +182,12 @@ def _binary_case(rng, rnd, engine, op):
             pairs = ties.add_pairs(sa, za, sb, zb, so, zo, relu)
             if len(pairs[0]) == 0:
                 continue
+        if op.startswith("mul") and not pow2:
+            sensitive, near = ties.mul_pairs(sa, za, sb, zb, so, zo, relu)
+            if len(sensitive[0]) == 0 and attempt < 23 and not huge:
+                continue
+            k = 256 // max(1, len(sensitive[0]))  # as many sensitive plants as near-tie ones
+            pairs = tuple(np.concatenate([np.repeat(s_, k), n_]) for s_, n_ in zip(sensitive, near))
         break
     a = _codes(rng, shape_a, flavour, za)
     b = _codes(rng, shape_b, flavour, zb)
@@ -189,7 +202,7 @@ def _binary_case(rng, rnd, engine, op):
             a = pairs[0][rng.integers(0, len(pairs[0]), size=a.size)].reshape(shape_a)
             planted = ties.plant_pairs(rng, b, np.broadcast_to(a, full), (pairs[1], pairs[0]))
         if planted:
-            tags.append("lambda_ties")
+            tags.append("lambda_ties" if op.startswith("add") else "requant_ties")
     if pow2:
         tags.append("pow2_scales")
     xa, ra = _qtensor(a, sa, za, cl_a)
@@ -207,10 +220,20 @@ def add_relu(rng, rnd, engine):
     return _binary_case(rng, rnd, engine, "add_relu")
 
 
+def mul(rng, rnd, engine):
+    return _binary_case(rng, rnd, engine, "mul")
+
+
+def mul_relu(rng, rnd, engine):
+    return _binary_case(rng, rnd, engine, "mul_relu")
+
+
 QOPS = [
     ("relu6", relu6),
     ("hardtanh", hardtanh),
     ("relu", relu),
     ("add", add),
     ("add_relu", add_relu),
+    ("mul", mul),
+    ("mul_relu", mul_relu),
 ]

@@ -61,6 +61,23 @@ def add_pairs(sa, za, sb, zb, so, zo, relu):
     return qa[d], qb[d]
 
 
+def mul_pairs(sa, za, sb, zb, so, zo, relu, count=256):
+    """(sensitive, near): the (qa, qb) whose requantized product (clamped as the op clamps) changes
+    when qmul_kernel's f32 multiplier m = f32(f32(sa*sb) * f32(1/so)) moves by one ulp either
+    way (they pin how m is rounded), and those whose product times sa*sb/so lies closest to a
+    half-integer (RNE ties)."""
+    qa, qb = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    qa, qb = qa.ravel(), qb.ravel()
+    c = ((qa - za) * (qb - zb)).astype(F32)
+    m = F32(F32(F32(sa) * F32(sb)) * inv32(so))
+    r = [np.clip(np.rint((c * F32(mm)).astype(np.float64)) + zo, zo if relu else 0, 255) for mm in
+         (m, np.nextafter(m, F32(np.inf)), np.nextafter(m, F32(-np.inf)))]
+    sensitive = np.nonzero((r[0] != r[1]) | (r[0] != r[2]))[0][:count]
+    t = c.astype(np.float64) * (float(sa) * float(sb) / float(so))
+    near = np.argsort(np.abs(t - np.floor(t) - 0.5), kind="stable")[:count]
+    return (qa[sensitive], qb[sensitive]), (qa[near], qb[near])
+
+
 def unary_codes(vec_fn, scalar_fn):
     """The codes 0..255 whose vector and scalar results differ."""
     q = np.arange(256)
