@@ -79,11 +79,15 @@ pub enum PrimOp {
     Mul,
     /// `quantized::mul_relu(a, b, scale, zero_point)`; params as [`PrimOp::Add`].
     MulRelu,
+    /// `quantized::cat(xs, dim, scale, zero_point)`; params `dim`, `scale`, `zero_point`.
+    Cat,
+    /// `quantized::cat_relu(xs, dim, scale, zero_point)`; params as [`PrimOp::Cat`].
+    CatRelu,
 }
 
 impl PrimOp {
     /// Every registered primitive op.
-    pub const ALL: [PrimOp; 20] = [
+    pub const ALL: [PrimOp; 22] = [
         PrimOp::QuantizePerTensor,
         PrimOp::QuantizePerChannel,
         PrimOp::DequantizePerTensor,
@@ -104,6 +108,8 @@ impl PrimOp {
         PrimOp::AddRelu,
         PrimOp::Mul,
         PrimOp::MulRelu,
+        PrimOp::Cat,
+        PrimOp::CatRelu,
     ];
 
     /// The golden name.
@@ -129,6 +135,8 @@ impl PrimOp {
             PrimOp::AddRelu => "add_relu",
             PrimOp::Mul => "mul",
             PrimOp::MulRelu => "mul_relu",
+            PrimOp::Cat => "cat",
+            PrimOp::CatRelu => "cat_relu",
         }
     }
 
@@ -148,6 +156,8 @@ impl PrimOp {
                 | PrimOp::AddRelu
                 | PrimOp::Mul
                 | PrimOp::MulRelu
+                | PrimOp::Cat
+                | PrimOp::CatRelu
         )
     }
 }

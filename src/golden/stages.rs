@@ -439,6 +439,11 @@ fn quantized_op(case: &Case, op: PrimOp, params: &serde_json::Value) -> Result<A
         PrimOp::AddRelu => Arc::new(crate::ops::add::Add { relu: true }),
         PrimOp::Mul => Arc::new(crate::ops::mul::Mul { relu: false }),
         PrimOp::MulRelu => Arc::new(crate::ops::mul::Mul { relu: true }),
+        PrimOp::Cat => Arc::new(decode::<crate::ops::cat::Cat>(case, params)?),
+        PrimOp::CatRelu => Arc::new(crate::ops::cat::Cat {
+            relu: true,
+            ..decode(case, params)?
+        }),
         other => {
             return Err(case.field_err(
                 "op",

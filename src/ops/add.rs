@@ -61,6 +61,11 @@ pub(crate) fn binary_inputs<'m, 'a>(
         validate_qparams(&format!("{op} input {k} qparams"), s, z, 0, 255)?;
         aten_vec::alloc_strides(m.shape, m.memory_format)?;
     }
+    Ok((&ins[0], &ins[1], checked_out(op, out)?))
+}
+
+/// The output qparams of a quint8 elementwise op, validated.
+pub(crate) fn checked_out(op: &str, out: Option<&OutQParams>) -> Result<OutQParams> {
     let out = *expect_out(op, out)?;
     validate_qparams(
         &format!("{op} output qparams"),
@@ -72,7 +77,7 @@ pub(crate) fn binary_inputs<'m, 'a>(
     if out.quant_min > out.quant_max {
         return Err(Error::invalid(op, "output quant_min exceeds quant_max"));
     }
-    Ok((&ins[0], &ins[1], out))
+    Ok(out)
 }
 
 impl Op for Add {

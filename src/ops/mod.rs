@@ -13,6 +13,7 @@
 
 pub mod add;
 pub mod aten_vec;
+pub mod cat;
 pub mod clamp;
 pub mod fake_quant;
 pub mod gemm;

@@ -12,6 +12,8 @@ QOP_CALLS = {
     "add_relu": lambda xs, p: torch.ops.quantized.add_relu(xs[0], xs[1], p["scale"], p["zero_point"]),
     "mul": lambda xs, p: torch.ops.quantized.mul(xs[0], xs[1], p["scale"], p["zero_point"]),
     "mul_relu": lambda xs, p: torch.ops.quantized.mul_relu(xs[0], xs[1], p["scale"], p["zero_point"]),
+    "cat": lambda xs, p: torch.ops.quantized.cat(xs, p["dim"], p["scale"], p["zero_point"]),
+    "cat_relu": lambda xs, p: torch.ops.quantized.cat_relu(xs, p["dim"], p["scale"], p["zero_point"]),
 }
 
 

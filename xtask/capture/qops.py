@@ -228,6 +228,74 @@ def mul_relu(rng, rnd, engine):
     return _binary_case(rng, rnd, engine, "mul_relu")
 
 
+def _cat_differs(so, zo, relu):
+    """Per code: whether qcat_nhwc_kernel's vector channels (FMA dequantize, QuantizeAvx2 with
+    f32(1.0/so)) and scalar channels (plain dequantize, quantize_val) give different outputs."""
+    def differs(q, s, z):
+        xv, xs = ties.deq_fma(q, s, z), ties.deq_plain(q, s, z)
+        if relu:
+            xv, xs = np.maximum(xv, ties.F32(0)), np.maximum(xs, ties.F32(0))
+        return ties.quant_vec(xv, ties.inv64(so), zo) != ties.quant_val(xs, so, zo)
+    return differs
+
+
+def _cat_case(rng, rnd, engine, op):
+    """cat / cat_relu: 1-4 inputs with channel counts around the kernel's 8 / 32 blocks. By
+    round: all channels-last along dim 1 (the NHWC kernel), all contiguous along dim 1, mixed
+    layouts, other dims and ranks. Each input's qparams are the output's (copied by the NHWC
+    kernel unless relu), constructed so that its vector and scalar channels round some codes
+    apart (those codes planted in half its elements), or random."""
+    relu = op.endswith("_relu")
+    kind = rnd % 4
+    k = int(rng.integers(1, 5))
+    so = _f32(rng.log_uniform(2.0**-9, 2.0**-1))
+    zo = int(rng.integers(0, 256))
+    n, h, w = int(rng.integers(1, 3)), int(rng.integers(1, 9)), int(rng.integers(1, 9))
+    if rng.random() < 0.15:
+        h = w = 1  # NCHW-strided and still channels-last contiguous
+    dim, rank = 1, 4
+    if kind == 3:
+        rank = int(rng.integers(2, 5))
+        dim = int(rng.integers(-rank, rank))
+    base = [n, 0, h, w][:rank] if rank == 4 else [int(rng.integers(1, 9)) for _ in range(rank)]
+    differs = _cat_differs(so, zo, relu)
+    xs, recs, tags = [], [], ["dim1_channels_last", "dim1_contiguous", "dim1_mixed", "other_dims"][kind:kind + 1]
+    for i in range(k):
+        shape = list(base)
+        shape[dim] = int(CHANNELS[int(rng.integers(0, len(CHANNELS)))])
+        cl = {0: True, 1: False, 2: bool(rng.random() < 0.5), 3: bool(rng.random() < 0.5)}[kind]
+        flavour = ["uniform", "band", "saturated"][int(rng.integers(0, 3))]
+        u = rng.random()
+        tie = ties.half_tie_qparams(rng, so, zo, differs) if u < 0.45 else None
+        if tie is not None:
+            s, z, codes = tie
+            c = _codes(rng, shape, flavour, z)
+            plant = rng.random(c.shape) < 0.5
+            c[plant] = codes[rng.integers(0, len(codes), size=int(plant.sum()))]
+            tags.append("tie_input")
+        elif u < 0.75:
+            s, z = so, zo
+            c = _codes(rng, shape, flavour, z)
+            tags.append("output_qparams_input")
+        else:
+            s, z = qscale(rng), int(rng.integers(0, 256))
+            c = _codes(rng, shape, flavour, z)
+        x, rec = _qtensor(c, s, z, cl)
+        xs.append(x)
+        recs.append(rec)
+    params = {"dim": dim, "scale": so, "zero_point": zo}
+    args, expected = _result(engine, recs, params, QOP_CALLS[op](xs, params))
+    return args, expected, sorted(set(tags))
+
+
+def cat(rng, rnd, engine):
+    return _cat_case(rng, rnd, engine, "cat")
+
+
+def cat_relu(rng, rnd, engine):
+    return _cat_case(rng, rnd, engine, "cat_relu")
+
+
 QOPS = [
     ("relu6", relu6),
     ("hardtanh", hardtanh),
@@ -236,4 +304,6 @@ QOPS = [
     ("add_relu", add_relu),
     ("mul", mul),
     ("mul_relu", mul_relu),
+    ("cat", cat),
+    ("cat_relu", cat_relu),
 ]

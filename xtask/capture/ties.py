@@ -15,17 +15,17 @@ F32 = np.float32
 
 
 def deq_plain(q, s, z):
-    """f32(s * f32(q - z)): the scalar lambda's dequantize (FBGEMM Dequantize)."""
-    return F32(s) * (np.asarray(q, np.int64) - int(z)).astype(F32)
+    """f32(s * f32(q - z)): the scalar lambda's dequantize (FBGEMM Dequantize); z may be per code."""
+    return F32(s) * (np.asarray(q, np.int64) - np.asarray(z, np.int64)).astype(F32)
 
 
 def deq_fma(q, s, z):
     """fma(s, f32(q), f32(s * -z)): the vector lambda's dequantize. s * q and the premultiplied
     offset are multiples of ulp(s) below 2^33 ulp(s), so their f64 sum is exact and the cast to
-    f32 is the FMA's single rounding."""
+    f32 is the FMA's single rounding. z may be per code."""
     s = F32(s)
-    pre = F32(s * F32(-int(z)))
-    return (np.float64(s) * np.asarray(q, np.float64) + np.float64(pre)).astype(F32)
+    pre = (s * (-np.asarray(z, np.int64)).astype(F32)).astype(F32)
+    return (np.float64(s) * np.asarray(q, np.float64) + pre.astype(np.float64)).astype(F32)
 
 
 def quant_vec(x, inv, zo):
@@ -76,6 +76,31 @@ def mul_pairs(sa, za, sb, zb, so, zo, relu, count=256):
     t = c.astype(np.float64) * (float(sa) * float(sb) / float(so))
     near = np.argsort(np.abs(t - np.floor(t) - 0.5), kind="stable")[:count]
     return (qa[sensitive], qb[sensitive]), (qa[near], qb[near])
+
+
+def half_tie_qparams(rng, so, zo, differs, tries=400):
+    """Input qparams (s, z) and codes where a unary kernel's vector and scalar paths differ, built
+    so that the plain dequantize of code z + d lands on a value whose quantization with
+    (so, zo) is an exact half (the scalar path's tie) while the FMA dequantize may round off it.
+    `differs(q, s, z)` says, per code, whether the two paths differ. None if nothing was found."""
+    inv = inv32(so)
+    for _ in range(tries):
+        t = F32(int(rng.integers(-zo, 255 - zo)) + 0.5)
+        c0 = F32(t * F32(so))
+        cands = [c0, np.nextafter(c0, F32(np.inf)), np.nextafter(c0, F32(-np.inf))]
+        c = next((x for x in cands if F32(x * inv) == t and x != 0), None)
+        if c is None:
+            continue
+        d = int(rng.integers(1, 4)) * (1 if c > 0 else -1)
+        s = F32(c / F32(d))
+        if s <= 0 or F32(s * F32(d)) != c:
+            continue
+        zs = np.arange(max(0, -d), min(256, 256 - d))
+        good = zs[differs(zs + d, s, zs)]
+        if len(good):
+            z = int(rng.choice(good))
+            return float(s), z, np.arange(256)[differs(np.arange(256), s, z)]
+    return None
 
 
 def unary_codes(vec_fn, scalar_fn):
