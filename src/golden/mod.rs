@@ -83,11 +83,13 @@ pub enum PrimOp {
     Cat,
     /// `quantized::cat_relu(xs, dim, scale, zero_point)`; params as [`PrimOp::Cat`].
     CatRelu,
+    /// `quantized::hardswish(x, scale, zero_point)`; params `scale`, `zero_point`.
+    Hardswish,
 }
 
 impl PrimOp {
     /// Every registered primitive op.
-    pub const ALL: [PrimOp; 22] = [
+    pub const ALL: [PrimOp; 23] = [
         PrimOp::QuantizePerTensor,
         PrimOp::QuantizePerChannel,
         PrimOp::DequantizePerTensor,
@@ -110,6 +112,7 @@ impl PrimOp {
         PrimOp::MulRelu,
         PrimOp::Cat,
         PrimOp::CatRelu,
+        PrimOp::Hardswish,
     ];
 
     /// The golden name.
@@ -137,6 +140,7 @@ impl PrimOp {
             PrimOp::MulRelu => "mul_relu",
             PrimOp::Cat => "cat",
             PrimOp::CatRelu => "cat_relu",
+            PrimOp::Hardswish => "hardswish",
         }
     }
 
@@ -158,6 +162,7 @@ impl PrimOp {
                 | PrimOp::MulRelu
                 | PrimOp::Cat
                 | PrimOp::CatRelu
+                | PrimOp::Hardswish
         )
     }
 }

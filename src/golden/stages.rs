@@ -444,6 +444,7 @@ fn quantized_op(case: &Case, op: PrimOp, params: &serde_json::Value) -> Result<A
             relu: true,
             ..decode(case, params)?
         }),
+        PrimOp::Hardswish => Arc::new(crate::ops::piecewise::Piecewise::Hardswish),
         other => {
             return Err(case.field_err(
                 "op",

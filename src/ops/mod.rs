@@ -20,6 +20,7 @@ pub mod gemm;
 pub mod layer;
 pub mod mul;
 pub mod observe;
+pub mod piecewise;
 pub mod quantize;
 pub mod relu;
 

@@ -14,6 +14,7 @@ QOP_CALLS = {
     "mul_relu": lambda xs, p: torch.ops.quantized.mul_relu(xs[0], xs[1], p["scale"], p["zero_point"]),
     "cat": lambda xs, p: torch.ops.quantized.cat(xs, p["dim"], p["scale"], p["zero_point"]),
     "cat_relu": lambda xs, p: torch.ops.quantized.cat_relu(xs, p["dim"], p["scale"], p["zero_point"]),
+    "hardswish": lambda xs, p: torch.ops.quantized.hardswish(xs[0], p["scale"], p["zero_point"]),
 }
 
 

@@ -296,6 +296,68 @@ def cat_relu(rng, rnd, engine):
     return _cat_case(rng, rnd, engine, "cat_relu")
 
 
+F32 = np.float32
+
+
+def _hardswish_f(x):
+    """f32(f32(x * min(max(f32(x + 3), 0), 6)) / 6), elementwise in f32."""
+    c = np.minimum(np.maximum(x + F32(3), F32(0)), F32(6))
+    return (x * c) / F32(6)
+
+
+def _unary_paths(s, z, f, vec_inv, so, zo):
+    """For input qparams s, z (arrays of shape (D, 1)) and every code 0..255: the outputs of an
+    ATen unary kernel's vector lambda (FMA dequantize, f, QuantizeAvx2 with vec_inv) and scalar
+    lambda (plain dequantize, f, quantize_val), each of shape (D, 256). The FMA is emulated in
+    f64, exactly (see ties.deq_fma)."""
+    q = np.arange(256)
+    pre = (s * (-z).astype(F32)).astype(F32)
+    xv = (s.astype(np.float64) * q + pre.astype(np.float64)).astype(F32)
+    xs = s * (q - z).astype(F32)
+    return ties.quant_vec(f(xv), vec_inv, zo), ties.quant_val(f(xs), so, zo)
+
+
+def _unary_tie_qparams(rng, f, vec_inv, so, zo, draws=4096):
+    """Input qparams near so whose vector and scalar lambdas give different outputs for some
+    codes (drawing up to 4 batches of `draws` candidates), and those codes; None if none."""
+    for _ in range(4):
+        m = 1.0 + rng.random(size=draws)
+        e = rng.integers(-4, 4, size=draws)
+        s = (so * np.ldexp(m, e)).astype(F32).reshape(-1, 1)
+        z = rng.integers(0, 256, size=draws).reshape(-1, 1)
+        v, sc = _unary_paths(s, z, f, vec_inv, so, zo)
+        hits = np.nonzero((v != sc).any(axis=1))[0]
+        if len(hits):
+            i = int(hits[int(rng.integers(0, len(hits)))])
+            return float(s[i, 0]), int(z[i, 0]), np.nonzero(v[i] != sc[i])[0]
+    return None
+
+
+def _unary_input(rng, rnd, f, vec_inv, so, zo):
+    """A unary op's input by round: on rounds 0, 1 (mod 3) qparams whose vector and scalar
+    lambdas round some codes apart, those codes planted in half the elements; else qinput's
+    flavours. Channels-last on odd rounds. Returns (tensor, record, tags)."""
+    tie = _unary_tie_qparams(rng, f, vec_inv, so, zo) if rnd % 3 != 2 else None
+    if tie is None:
+        return qinput(rng, rnd)
+    s, z, codes = tie
+    shape = qshape(rng)
+    c = rng.integers(0, 256, size=int(np.prod(shape)))
+    plant = rng.random(size=c.size) < 0.5
+    c[plant] = codes[rng.integers(0, len(codes), size=int(plant.sum()))]
+    x, rec = _qtensor(c.reshape(shape), s, z, rnd % 2 == 1)
+    return x, rec, ["lambda_ties", rec["memory_format"]]
+
+
+def hardswish(rng, rnd, engine):
+    so = _f32(rng.log_uniform(2.0**-8, 2.0**-1))
+    zo = int(rng.integers(0, 256))
+    x, rec, tags = _unary_input(rng, rnd, _hardswish_f, ties.inv64(so), so, zo)
+    params = {"scale": so, "zero_point": zo}
+    args, expected = _result(engine, [rec], params, QOP_CALLS["hardswish"]([x], params))
+    return args, expected, tags
+
+
 QOPS = [
     ("relu6", relu6),
     ("hardtanh", hardtanh),
@@ -306,4 +368,5 @@ QOPS = [
     ("mul_relu", mul_relu),
     ("cat", cat),
     ("cat_relu", cat_relu),
+    ("hardswish", hardswish),
 ]
