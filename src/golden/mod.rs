@@ -85,11 +85,13 @@ pub enum PrimOp {
     CatRelu,
     /// `quantized::hardswish(x, scale, zero_point)`; params `scale`, `zero_point`.
     Hardswish,
+    /// `hardsigmoid` on a quantized tensor (output qparams fixed by the kernel).
+    Hardsigmoid,
 }
 
 impl PrimOp {
     /// Every registered primitive op.
-    pub const ALL: [PrimOp; 23] = [
+    pub const ALL: [PrimOp; 24] = [
         PrimOp::QuantizePerTensor,
         PrimOp::QuantizePerChannel,
         PrimOp::DequantizePerTensor,
@@ -113,6 +115,7 @@ impl PrimOp {
         PrimOp::Cat,
         PrimOp::CatRelu,
         PrimOp::Hardswish,
+        PrimOp::Hardsigmoid,
     ];
 
     /// The golden name.
@@ -141,6 +144,7 @@ impl PrimOp {
             PrimOp::Cat => "cat",
             PrimOp::CatRelu => "cat_relu",
             PrimOp::Hardswish => "hardswish",
+            PrimOp::Hardsigmoid => "hardsigmoid",
         }
     }
 
@@ -163,7 +167,15 @@ impl PrimOp {
                 | PrimOp::Cat
                 | PrimOp::CatRelu
                 | PrimOp::Hardswish
+                | PrimOp::Hardsigmoid
         )
+    }
+
+    /// An op on quantized tensors whose kernel picks its output qparams: the case's
+    /// `output_scale` / `output_zero_point` are PyTorch's choice, predicted and compared like
+    /// the values (`output_scale`, `output_zero_point` outputs), not given to the op.
+    pub fn kernel_picks_output_qparams(self) -> bool {
+        matches!(self, PrimOp::Hardsigmoid)
     }
 }
 

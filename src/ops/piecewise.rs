@@ -1,9 +1,11 @@
 //! Piecewise-linear activations on a quint8 tensor: `quantized::hardswish(x, so, zo)` (FX:
-//! `nnq.Hardswish`).
+//! `nnq.Hardswish`) and `hardsigmoid` (`F.hardsigmoid`, `nn.Hardsigmoid` on a quantized tensor;
+//! the kernel picks the output qparams `(1/256, 0)`).
 //!
 //! Each output code depends on its input code only, through an f32 function `f` of the
 //! dequantized value that is the same in every path:
-//! - hardswish `f(x) = f32(f32(x · min(max(f32(x + 3), 0), 6)) / 6)`.
+//! - hardswish `f(x) = f32(f32(x · min(max(f32(x + 3), 0), 6)) / 6)`;
+//! - hardsigmoid `f(x) = f32(min(max(f32(x + 3), 0), 6) / 6)`.
 //!
 //! Kernels:
 //! - **ATen** (fbgemm, x86, onednn; `aten/src/ATen/native/quantized/cpu/qhardswish.cpp` →
@@ -12,13 +14,17 @@
 //!   `fma(s, q, f32(s·(−z)))` and quantizes `f(x)` with `QuantizeAvx2` and `f32(1.0/so)` (double
 //!   division); the scalar lambda dequantizes `f32(s·(q − z))` and quantizes with `quantize_val`
 //!   (`f32(1/f32(so))`). Which element takes which lambda: [`super::aten_vec::Lanes`].
-//! - **QNNPACK** (qnnpack, quint8; `qnnpack_hardswish` → `qnnpack/src/hardswish.c`): a 256-entry
+//!   hardsigmoid (`qhardsigmoid.cpp: hardsigmoid_quantized_cpu` → `qhardsigmoid_kernel`) is the
+//!   same with `(so, zo) = (0.00390625, 0)` and the vector reciprocal `f32(1.0/0.00390625) = 256`.
+//! - **QNNPACK** (qnnpack, quint8; `qnnpack_hardswish` → `qnnpack/src/hardswish.c`,
+//!   `qnnpack_hardsigmoid` → `qnnpack/src/hardsigmoid.c`): a 256-entry
 //!   table, `x = f32(s·f32(i − z))`, `v = f32(f32(f32(1/so)·f(x)) + zo)` (the zero point added
 //!   before rounding), entry `RNE(clamp(v, 0, 255))`. QNNPACK refuses scales that are not
 //!   normal f32 values.
 //!
-//! Reference flows: the flow's dequantize, the float op (`nn.Hardswish` computes the same `f`
-//! in f32: exact), the flow's quantize node.
+//! Reference flows: the flow's dequantize, the float op (`nn.Hardswish` / `nn.Hardsigmoid`
+//! compute the same `f` in f32: exact), the flow's quantize node with the given qparams
+//! (hardsigmoid's fixed-qparams observer gives `(1/256, 0)`, 0..255).
 
 use super::add::checked_out;
 use super::aten_vec::{self, Dequant, Lanes, Operand};
@@ -33,12 +39,18 @@ use crate::{Error, Result};
 pub enum Piecewise {
     /// `quantized::hardswish(x, output_scale, output_zero_point)`.
     Hardswish,
+    /// `hardsigmoid` on a quantized tensor.
+    Hardsigmoid,
 }
+
+/// hardsigmoid's output qparams for quint8 (`1.0 / 2^8`, 0).
+const HARDSIGMOID_QPARAMS: (f64, i64) = (0.00390625, 0);
 
 impl Piecewise {
     fn op_name(&self) -> &'static str {
         match self {
             Piecewise::Hardswish => "hardswish",
+            Piecewise::Hardsigmoid => "hardsigmoid",
         }
     }
 
@@ -46,25 +58,35 @@ impl Piecewise {
     fn f(&self, x: f32) -> f32 {
         match self {
             Piecewise::Hardswish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
+            Piecewise::Hardsigmoid => (x + 3.0).clamp(0.0, 6.0) / 6.0,
         }
     }
 
     fn describe_f(&self) -> &'static str {
         match self {
             Piecewise::Hardswish => "f(x) = f32(f32(x·min(max(f32(x+3), 0), 6))/6)",
+            Piecewise::Hardsigmoid => "f(x) = f32(min(max(f32(x+3), 0), 6)/6)",
         }
     }
 
     /// The reciprocal the ATen vector lambda quantizes with.
     fn vector_inv(&self, so: f64) -> f32 {
         match self {
-            Piecewise::Hardswish => aten_vec::inv64(so),
+            Piecewise::Hardswish | Piecewise::Hardsigmoid => aten_vec::inv64(so),
         }
     }
 
     /// Whether QNNPACK has its own table kernel for the op under the qnnpack engine.
     fn has_qnnpack_table(&self) -> bool {
-        matches!(self, Piecewise::Hardswish)
+        matches!(self, Piecewise::Hardswish | Piecewise::Hardsigmoid)
+    }
+
+    /// The output qparams the quantized kernel picks itself.
+    fn kernel_qparams(&self) -> Option<(f64, i64)> {
+        match self {
+            Piecewise::Hardsigmoid => Some(HARDSIGMOID_QPARAMS),
+            Piecewise::Hardswish => None,
+        }
     }
 
     /// The QNNPACK table entry of code `i`.
@@ -106,7 +128,26 @@ impl Op for Piecewise {
         let (s, z) = input.qparams(op)?;
         validate_qparams(&format!("{op} input qparams"), s, z, 0, 255)?;
         let format = Operand::of(input)?.suggest_memory_format();
-        let out = checked_out(op, out)?;
+        let out = match (ctx.flow.is_integer(), self.kernel_qparams()) {
+            (true, Some((scale, zero_point))) => {
+                let fixed = OutQParams {
+                    scale,
+                    zero_point,
+                    quant_min: 0,
+                    quant_max: 255,
+                };
+                if out.is_some_and(|o| (o.scale, o.zero_point) != (scale, zero_point)) {
+                    return Err(Error::invalid(
+                        op,
+                        format!(
+                            "the quantized kernel's output qparams are ({scale}, {zero_point})"
+                        ),
+                    ));
+                }
+                fixed
+            }
+            _ => checked_out(op, out)?,
+        };
         let (so, zo) = (out.scale, out.zero_point);
         let d = Dequant::new(s, z);
         let codes = || (0..=255u8).map(|q| q as usize);
@@ -230,15 +271,31 @@ impl Plan for PiecewisePlan {
             ));
         }
         let values = t.data.iter().enumerate().map(|(i, &q)| self.value(q, i));
-        Ok(vec![Output::new(
+        let mut outs = vec![Output::new(
             "int_repr",
             self.shape.clone(),
             Predicted::from_options(values),
-        )])
+        )];
+        if self.flow.is_integer() && self.op.kernel_qparams().is_some() {
+            outs.push(Output::new(
+                "output_scale",
+                vec![1],
+                Predicted::Floats(vec![self.out.scale as f32]),
+            ));
+            outs.push(Output::new(
+                "output_zero_point",
+                vec![1],
+                Predicted::exact([self.out.zero_point]),
+            ));
+        }
+        Ok(outs)
     }
 
-    fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
+    fn trace(&self, inputs: &[&Value], output: usize, i: usize) -> Result<Vec<String>> {
         let t = inputs[0].quantized("input")?;
+        if output != 0 {
+            return Ok(vec![format!("rule: {}", self.rule())]);
+        }
         let q = *t
             .data
             .get(i)
@@ -348,6 +405,37 @@ mod tests {
         assert_eq!(
             run(Piecewise::Hardswish, qnn, x, o1).unwrap(),
             [Pred::Exact(4)]
+        );
+    }
+
+    #[test]
+    fn hardsigmoid_picks_its_output_qparams() {
+        // s = 0.25, z = 12: q 0 → x −3 → 0; q 12 → 0 → 0.5 → 128; q 13 → 0.25 → f32(3.25/6)
+        // → ·256 = 138.67 → 139; q 30 → 4.5 → 1 → 256 → 255.
+        let x = QTensor::new(vec![4], vec![0, 12, 13, 30], 0.25, 12);
+        for engine in [Engine::Onednn, Engine::Qnnpack] {
+            let c = ctx(Flow::ConvertFx, engine);
+            let v = Value::Quantized(x.clone());
+            let plan = Piecewise::Hardsigmoid.plan(&c, &[v.meta()], None).unwrap();
+            let outs = plan.predict(&[&v]).unwrap();
+            let want = [0, 128, 139, 255].map(Pred::Exact).to_vec();
+            assert_eq!(outs[0].ints().unwrap(), &want[..]);
+            assert_eq!(outs[1].values, Predicted::Floats(vec![0.00390625]));
+            assert_eq!(outs[2].values, Predicted::exact([0]));
+            // Given qparams must be the kernel's.
+            assert!(Piecewise::Hardsigmoid
+                .plan(&c, &[v.meta()], Some(&out(0.5, 0)))
+                .is_err());
+        }
+        // Reference flows take the observer's qparams and return only the values.
+        let c = ctx(Flow::ConvertToReferenceFx, Engine::Fbgemm);
+        let v = Value::Quantized(x);
+        let plan = Piecewise::Hardsigmoid.plan(&c, &[v.meta()], Some(&out(0.00390625, 0)));
+        let outs = plan.unwrap().predict(&[&v]).unwrap();
+        assert_eq!(outs.len(), 1);
+        assert_eq!(
+            outs[0].ints().unwrap(),
+            &[0, 128, 139, 255].map(Pred::Exact)[..]
         );
     }
 

@@ -15,6 +15,7 @@ QOP_CALLS = {
     "cat": lambda xs, p: torch.ops.quantized.cat(xs, p["dim"], p["scale"], p["zero_point"]),
     "cat_relu": lambda xs, p: torch.ops.quantized.cat_relu(xs, p["dim"], p["scale"], p["zero_point"]),
     "hardswish": lambda xs, p: torch.ops.quantized.hardswish(xs[0], p["scale"], p["zero_point"]),
+    "hardsigmoid": lambda xs, p: F.hardsigmoid(xs[0]),
 }
 
 

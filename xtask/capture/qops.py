@@ -358,6 +358,18 @@ def hardswish(rng, rnd, engine):
     return args, expected, tags
 
 
+def _hardsigmoid_f(x):
+    """f32(min(max(f32(x + 3), 0), 6) / 6), elementwise in f32."""
+    return np.minimum(np.maximum(x + F32(3), F32(0)), F32(6)) / F32(6)
+
+
+def hardsigmoid(rng, rnd, engine):
+    # The kernel picks (1/256, 0): the case records PyTorch's choice, qparity predicts it.
+    x, rec, tags = _unary_input(rng, rnd, _hardsigmoid_f, F32(256), 0.00390625, 0)
+    args, expected = _result(engine, [rec], None, QOP_CALLS["hardsigmoid"]([x], None))
+    return args, expected, tags
+
+
 QOPS = [
     ("relu6", relu6),
     ("hardtanh", hardtanh),
@@ -369,4 +381,5 @@ QOPS = [
     ("cat", cat),
     ("cat_relu", cat_relu),
     ("hardswish", hardswish),
+    ("hardsigmoid", hardsigmoid),
 ]
