@@ -87,11 +87,14 @@ pub enum PrimOp {
     Hardswish,
     /// `hardsigmoid` on a quantized tensor (output qparams fixed by the kernel).
     Hardsigmoid,
+    /// `quantized::leaky_relu(x, negative_slope, False, scale, zero_point)`; params
+    /// `negative_slope`, `scale`, `zero_point`.
+    LeakyRelu,
 }
 
 impl PrimOp {
     /// Every registered primitive op.
-    pub const ALL: [PrimOp; 24] = [
+    pub const ALL: [PrimOp; 25] = [
         PrimOp::QuantizePerTensor,
         PrimOp::QuantizePerChannel,
         PrimOp::DequantizePerTensor,
@@ -116,6 +119,7 @@ impl PrimOp {
         PrimOp::CatRelu,
         PrimOp::Hardswish,
         PrimOp::Hardsigmoid,
+        PrimOp::LeakyRelu,
     ];
 
     /// The golden name.
@@ -145,6 +149,7 @@ impl PrimOp {
             PrimOp::CatRelu => "cat_relu",
             PrimOp::Hardswish => "hardswish",
             PrimOp::Hardsigmoid => "hardsigmoid",
+            PrimOp::LeakyRelu => "leaky_relu",
         }
     }
 
@@ -168,6 +173,7 @@ impl PrimOp {
                 | PrimOp::CatRelu
                 | PrimOp::Hardswish
                 | PrimOp::Hardsigmoid
+                | PrimOp::LeakyRelu
         )
     }
 

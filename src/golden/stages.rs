@@ -446,6 +446,14 @@ fn quantized_op(case: &Case, op: PrimOp, params: &serde_json::Value) -> Result<A
         }),
         PrimOp::Hardswish => Arc::new(crate::ops::piecewise::Piecewise::Hardswish),
         PrimOp::Hardsigmoid => Arc::new(crate::ops::piecewise::Piecewise::Hardsigmoid),
+        PrimOp::LeakyRelu => {
+            #[derive(serde::Deserialize)]
+            struct P {
+                negative_slope: f64,
+            }
+            let negative_slope = decode::<P>(case, params)?.negative_slope;
+            Arc::new(crate::ops::piecewise::Piecewise::LeakyRelu { negative_slope })
+        }
         other => {
             return Err(case.field_err(
                 "op",

@@ -1,11 +1,13 @@
 //! Piecewise-linear activations on a quint8 tensor: `quantized::hardswish(x, so, zo)` (FX:
 //! `nnq.Hardswish`) and `hardsigmoid` (`F.hardsigmoid`, `nn.Hardsigmoid` on a quantized tensor;
-//! the kernel picks the output qparams `(1/256, 0)`).
+//! the kernel picks the output qparams `(1/256, 0)`), `quantized::leaky_relu(x, slope, inplace,
+//! so, zo)` (FX: `nnq.LeakyReLU`).
 //!
 //! Each output code depends on its input code only, through an f32 function `f` of the
 //! dequantized value that is the same in every path:
 //! - hardswish `f(x) = f32(f32(x · min(max(f32(x + 3), 0), 6)) / 6)`;
-//! - hardsigmoid `f(x) = f32(min(max(f32(x + 3), 0), 6) / 6)`.
+//! - hardsigmoid `f(x) = f32(min(max(f32(x + 3), 0), 6) / 6)`;
+//! - leaky_relu `f(x) = x > 0 ? x : f32(x · f32(slope))`.
 //!
 //! Kernels:
 //! - **ATen** (fbgemm, x86, onednn; `aten/src/ATen/native/quantized/cpu/qhardswish.cpp` →
@@ -15,7 +17,9 @@
 //!   division); the scalar lambda dequantizes `f32(s·(q − z))` and quantizes with `quantize_val`
 //!   (`f32(1/f32(so))`). Which element takes which lambda: [`super::aten_vec::Lanes`].
 //!   hardsigmoid (`qhardsigmoid.cpp: hardsigmoid_quantized_cpu` → `qhardsigmoid_kernel`) is the
-//!   same with `(so, zo) = (0.00390625, 0)` and the vector reciprocal `f32(1.0/0.00390625) = 256`.
+//!   same with `(so, zo) = (0.00390625, 0)` and the vector reciprocal `f32(1.0/0.00390625) = 256`;
+//!   leaky_relu (`qrelu.cpp: quantized_leaky_relu` → `leaky_qrelu_out_kernel`, every engine)
+//!   with the vector reciprocal `f32(1/f32(so))`.
 //! - **QNNPACK** (qnnpack, quint8; `qnnpack_hardswish` → `qnnpack/src/hardswish.c`,
 //!   `qnnpack_hardsigmoid` → `qnnpack/src/hardsigmoid.c`): a 256-entry
 //!   table, `x = f32(s·f32(i − z))`, `v = f32(f32(f32(1/so)·f(x)) + zo)` (the zero point added
@@ -41,6 +45,8 @@ pub enum Piecewise {
     Hardswish,
     /// `hardsigmoid` on a quantized tensor.
     Hardsigmoid,
+    /// `quantized::leaky_relu(x, negative_slope, inplace, output_scale, output_zero_point)`.
+    LeakyRelu { negative_slope: f64 },
 }
 
 /// hardsigmoid's output qparams for quint8 (`1.0 / 2^8`, 0).
@@ -51,6 +57,7 @@ impl Piecewise {
         match self {
             Piecewise::Hardswish => "hardswish",
             Piecewise::Hardsigmoid => "hardsigmoid",
+            Piecewise::LeakyRelu { .. } => "leaky_relu",
         }
     }
 
@@ -59,6 +66,13 @@ impl Piecewise {
         match self {
             Piecewise::Hardswish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
             Piecewise::Hardsigmoid => (x + 3.0).clamp(0.0, 6.0) / 6.0,
+            Piecewise::LeakyRelu { negative_slope } => {
+                if x > 0.0 {
+                    x
+                } else {
+                    x * *negative_slope as f32
+                }
+            }
         }
     }
 
@@ -66,6 +80,7 @@ impl Piecewise {
         match self {
             Piecewise::Hardswish => "f(x) = f32(f32(x·min(max(f32(x+3), 0), 6))/6)",
             Piecewise::Hardsigmoid => "f(x) = f32(min(max(f32(x+3), 0), 6)/6)",
+            Piecewise::LeakyRelu { .. } => "f(x) = x > 0 ? x : f32(x·f32(slope))",
         }
     }
 
@@ -73,6 +88,7 @@ impl Piecewise {
     fn vector_inv(&self, so: f64) -> f32 {
         match self {
             Piecewise::Hardswish | Piecewise::Hardsigmoid => aten_vec::inv64(so),
+            Piecewise::LeakyRelu { .. } => aten_vec::inv32(so),
         }
     }
 
@@ -85,7 +101,7 @@ impl Piecewise {
     fn kernel_qparams(&self) -> Option<(f64, i64)> {
         match self {
             Piecewise::Hardsigmoid => Some(HARDSIGMOID_QPARAMS),
-            Piecewise::Hardswish => None,
+            Piecewise::Hardswish | Piecewise::LeakyRelu { .. } => None,
         }
     }
 
@@ -127,6 +143,14 @@ impl Op for Piecewise {
         let input = &expect_inputs(op, inputs, 1)?[0];
         let (s, z) = input.qparams(op)?;
         validate_qparams(&format!("{op} input qparams"), s, z, 0, 255)?;
+        if let Piecewise::LeakyRelu { negative_slope } = self {
+            if !(*negative_slope as f32).is_finite() {
+                return Err(Error::invalid(
+                    op,
+                    format!("negative_slope {negative_slope} is not a finite f32"),
+                ));
+            }
+        }
         let format = Operand::of(input)?.suggest_memory_format();
         let out = match (ctx.flow.is_integer(), self.kernel_qparams()) {
             (true, Some((scale, zero_point))) => {
@@ -437,6 +461,24 @@ mod tests {
             outs[0].ints().unwrap(),
             &[0, 128, 139, 255].map(Pred::Exact)[..]
         );
+    }
+
+    #[test]
+    fn leaky_relu_scales_negative_values() {
+        // s = 0.5, z = 100, slope 0.25: q 90 → −5 → −1.25; q 110 → 5. so = 0.25, zo = 50:
+        // −5 + 50 = 45, 20 + 50 = 70; q 99 → −0.5 → −0.125 → −0.5 → RNE −0 → 50.
+        let x = QTensor::new(vec![3], vec![90, 110, 99], 0.5, 100);
+        let op = Piecewise::LeakyRelu {
+            negative_slope: 0.25,
+        };
+        for flow in [Flow::ConvertFx, Flow::ConvertToReferenceFx] {
+            let p = run(op, ctx(flow, Engine::Qnnpack), x.clone(), out(0.25, 50));
+            assert_eq!(p.unwrap(), [45, 70, 50].map(Pred::Exact).to_vec());
+        }
+        let nan = Piecewise::LeakyRelu {
+            negative_slope: f64::NAN,
+        };
+        assert!(run(nan, ctx(Flow::ConvertFx, Engine::X86), x, out(0.25, 50)).is_err());
     }
 
     #[test]

@@ -16,6 +16,8 @@ QOP_CALLS = {
     "cat_relu": lambda xs, p: torch.ops.quantized.cat_relu(xs, p["dim"], p["scale"], p["zero_point"]),
     "hardswish": lambda xs, p: torch.ops.quantized.hardswish(xs[0], p["scale"], p["zero_point"]),
     "hardsigmoid": lambda xs, p: F.hardsigmoid(xs[0]),
+    "leaky_relu": lambda xs, p: torch.ops.quantized.leaky_relu(
+        xs[0], p["negative_slope"], False, p["scale"], p["zero_point"]),
 }
 
 

@@ -370,6 +370,20 @@ def hardsigmoid(rng, rnd, engine):
     return args, expected, tags
 
 
+def leaky_relu(rng, rnd, engine):
+    slope = [0.01, 0.1, 0.2, 1.0 / 3.0, rng.uniform(0.0, 1.0)][int(rng.integers(0, 5))]
+    so = _f32(rng.log_uniform(2.0**-8, 2.0**-1))
+    zo = int(rng.integers(0, 256))
+
+    def f(x):
+        return np.where(x > F32(0), x, x * F32(slope)).astype(F32)
+
+    x, rec, tags = _unary_input(rng, rnd, f, ties.inv32(so), so, zo)
+    params = {"negative_slope": float(slope), "scale": so, "zero_point": zo}
+    args, expected = _result(engine, [rec], params, QOP_CALLS["leaky_relu"]([x], params))
+    return args, expected, tags
+
+
 QOPS = [
     ("relu6", relu6),
     ("hardtanh", hardtanh),
@@ -382,4 +396,5 @@ QOPS = [
     ("cat_relu", cat_relu),
     ("hardswish", hardswish),
     ("hardsigmoid", hardsigmoid),
+    ("leaky_relu", leaky_relu),
 ]
