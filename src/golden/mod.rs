@@ -77,11 +77,31 @@ pub enum PrimOp {
     Hardtanh,
     /// `relu` on a quantized tensor.
     Relu,
+    /// `quantized::add(a, b, scale, zero_point)`; params `{scale, zero_point}` (the output
+    /// qparams it is called with, also the case's output qparams).
+    Add,
+    /// `quantized::add_relu(a, b, scale, zero_point)`; params as [`PrimOp::Add`].
+    AddRelu,
+    /// `quantized::mul(a, b, scale, zero_point)`; params as [`PrimOp::Add`].
+    Mul,
+    /// `quantized::mul_relu(a, b, scale, zero_point)`; params as [`PrimOp::Add`].
+    MulRelu,
+    /// `quantized::cat(xs, dim, scale, zero_point)`; params `dim`, `scale`, `zero_point`.
+    Cat,
+    /// `quantized::cat_relu(xs, dim, scale, zero_point)`; params as [`PrimOp::Cat`].
+    CatRelu,
+    /// `quantized::hardswish(x, scale, zero_point)`; params `scale`, `zero_point`.
+    Hardswish,
+    /// `hardsigmoid` on a quantized tensor (output qparams fixed by the kernel).
+    Hardsigmoid,
+    /// `quantized::leaky_relu(x, negative_slope, False, scale, zero_point)`; params
+    /// `negative_slope`, `scale`, `zero_point`.
+    LeakyRelu,
 }
 
 impl PrimOp {
     /// Every registered primitive op.
-    pub const ALL: [PrimOp; 16] = [
+    pub const ALL: [PrimOp; 25] = [
         PrimOp::QuantizePerTensor,
         PrimOp::QuantizePerChannel,
         PrimOp::DequantizePerTensor,
@@ -98,6 +118,15 @@ impl PrimOp {
         PrimOp::Relu6,
         PrimOp::Hardtanh,
         PrimOp::Relu,
+        PrimOp::Add,
+        PrimOp::AddRelu,
+        PrimOp::Mul,
+        PrimOp::MulRelu,
+        PrimOp::Cat,
+        PrimOp::CatRelu,
+        PrimOp::Hardswish,
+        PrimOp::Hardsigmoid,
+        PrimOp::LeakyRelu,
     ];
 
     /// The golden name.
@@ -119,6 +148,15 @@ impl PrimOp {
             PrimOp::Relu6 => "relu6",
             PrimOp::Hardtanh => "hardtanh",
             PrimOp::Relu => "relu",
+            PrimOp::Add => "add",
+            PrimOp::AddRelu => "add_relu",
+            PrimOp::Mul => "mul",
+            PrimOp::MulRelu => "mul_relu",
+            PrimOp::Cat => "cat",
+            PrimOp::CatRelu => "cat_relu",
+            PrimOp::Hardswish => "hardswish",
+            PrimOp::Hardsigmoid => "hardsigmoid",
+            PrimOp::LeakyRelu => "leaky_relu",
         }
     }
 
@@ -129,7 +167,28 @@ impl PrimOp {
 
     /// An op on quantized tensors whose arguments are [`QOpArgs`].
     pub fn is_quantized_op(self) -> bool {
-        matches!(self, PrimOp::Relu6 | PrimOp::Hardtanh | PrimOp::Relu)
+        matches!(
+            self,
+            PrimOp::Relu6
+                | PrimOp::Hardtanh
+                | PrimOp::Relu
+                | PrimOp::Add
+                | PrimOp::AddRelu
+                | PrimOp::Mul
+                | PrimOp::MulRelu
+                | PrimOp::Cat
+                | PrimOp::CatRelu
+                | PrimOp::Hardswish
+                | PrimOp::Hardsigmoid
+                | PrimOp::LeakyRelu
+        )
+    }
+
+    /// An op on quantized tensors whose kernel picks its output qparams: the case's
+    /// `output_scale` / `output_zero_point` are PyTorch's choice, predicted and compared like
+    /// the values (`output_scale`, `output_zero_point` outputs), not given to the op.
+    pub fn kernel_picks_output_qparams(self) -> bool {
+        matches!(self, PrimOp::Hardsigmoid)
     }
 }
 

@@ -11,12 +11,17 @@
 //! Adding an op is one new module here with its [`Op`] implementation, plus its registration in
 //! the golden schema ([`crate::golden`]); see `docs/ARCHITECTURE.md`.
 
+pub mod add;
+pub mod aten_vec;
+pub mod cat;
 pub mod clamp;
 pub mod fake_quant;
 pub mod gemm;
 pub mod layer;
 pub mod movement;
+pub mod mul;
 pub mod observe;
+pub mod piecewise;
 pub mod quantize;
 pub mod relu;
 

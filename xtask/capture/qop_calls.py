@@ -8,6 +8,16 @@ QOP_CALLS = {
     "relu6": lambda xs, p: F.relu6(xs[0]),
     "hardtanh": lambda xs, p: F.hardtanh(xs[0], p["min_val"], p["max_val"]),
     "relu": lambda xs, p: F.relu(xs[0]),
+    "add": lambda xs, p: torch.ops.quantized.add(xs[0], xs[1], p["scale"], p["zero_point"]),
+    "add_relu": lambda xs, p: torch.ops.quantized.add_relu(xs[0], xs[1], p["scale"], p["zero_point"]),
+    "mul": lambda xs, p: torch.ops.quantized.mul(xs[0], xs[1], p["scale"], p["zero_point"]),
+    "mul_relu": lambda xs, p: torch.ops.quantized.mul_relu(xs[0], xs[1], p["scale"], p["zero_point"]),
+    "cat": lambda xs, p: torch.ops.quantized.cat(xs, p["dim"], p["scale"], p["zero_point"]),
+    "cat_relu": lambda xs, p: torch.ops.quantized.cat_relu(xs, p["dim"], p["scale"], p["zero_point"]),
+    "hardswish": lambda xs, p: torch.ops.quantized.hardswish(xs[0], p["scale"], p["zero_point"]),
+    "hardsigmoid": lambda xs, p: F.hardsigmoid(xs[0]),
+    "leaky_relu": lambda xs, p: torch.ops.quantized.leaky_relu(
+        xs[0], p["negative_slope"], False, p["scale"], p["zero_point"]),
 }
 
 

@@ -86,8 +86,315 @@ def relu(rng, rnd, engine):
     return args, expected, tags
 
 
+# ---------------------------------------------------------------------------------------------
+# Elementwise ops on quantized tensors (add, mul, their scalar forms, cat, hardswish, hardsigmoid,
+# leaky_relu): layouts, broadcasts and inputs that tell ATen's vector and scalar lambdas apart.
+
+import ties
+
+
+def _qtensor(codes, scale, zp, channels_last):
+    """A quint8 tensor from codes in logical order, in the given memory format, and its record."""
+    codes = np.ascontiguousarray(np.asarray(codes, dtype=np.uint8))
+    x = torch._make_per_tensor_quantized_tensor(torch.from_numpy(codes), scale, zp)
+    channels_last = channels_last and codes.ndim == 4
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    rec = {"int_repr": tensor(x.int_repr().contiguous()), "scale": scale, "zero_point": zp,
+           "memory_format": "channels_last" if channels_last else "contiguous"}
+    return x, rec
+
+
+def _codes(rng, shape, flavour, zp):
+    n = int(np.prod(shape))
+    if flavour == "band":
+        c = np.clip(zp + rng.integers(-8, 9, size=n), 0, 255)
+    elif flavour == "saturated":
+        c = rng.integers(0, 2, size=n) * 255
+    else:
+        c = rng.integers(0, 256, size=n)
+    return np.asarray(c, dtype=np.int64).reshape(shape)
+
+
+def _f32(x):
+    return float(np.float32(x))
+
+
+def _scale_near(rng, s, lo=1 / 8, hi=8):
+    """An f32 scale within a factor [lo, hi] of s."""
+    return _f32(s * rng.log_uniform(lo, hi))
+
+
+def _binary_shapes(rng, rnd):
+    """(shape_a, shape_b, channels_last_a, channels_last_b, tag), cycling by round through equal
+    shapes (contiguous, channels-last, mixed), the squeeze-excite broadcast [N,C,H,W] x [N,C,1,1]
+    in both layouts, and other broadcasts (lower rank, size-1 dims)."""
+    shape = qshape(rng)
+    n, c, h, w = shape
+    kind = rnd % 6
+    if kind == 0:
+        return shape, shape, False, False, "same_contiguous"
+    if kind == 1:
+        return shape, shape, True, True, "same_channels_last"
+    if kind == 2:
+        return shape, [n, c, 1, 1], False, False, "broadcast_nc11_contiguous"
+    if kind == 3:
+        return shape, [n, c, 1, 1], True, True, "broadcast_nc11_channels_last"
+    if kind == 4:
+        cl = bool(rng.random() < 0.5)
+        return shape, shape, cl, not cl, "mixed_layouts"
+    b = [[c, 1, 1], [1, 1, 1, w], [1], [n, 1, h, w], [1, c, h, w], [n, c, 1, 1]][int(rng.integers(0, 6))]
+    cl_a = bool(rng.random() < 0.5)
+    cl_b = bool(len(b) == 4 and rng.random() < 0.5)
+    if rng.random() < 0.5:  # the smaller input first: qa itself is broadcast
+        return b, shape, cl_b, cl_a, "broadcast_first"
+    return shape, b, cl_a, cl_b, "broadcast_other"
+
+
+def _binary_case(rng, rnd, engine, op):
+    """add / add_relu / mul / mul_relu: two inputs, output qparams passed to the op."""
+    relu = op.endswith("_relu")
+    shape_a, shape_b, cl_a, cl_b, layout = _binary_shapes(rng, rnd)
+    flavour = ["uniform", "uniform", "band", "saturated"][int(rng.integers(0, 4))]
+    pow2 = bool(rng.random() < 0.25)
+    tags = [layout, flavour]
+    for attempt in range(24):
+        if pow2:
+            so = 2.0 ** -int(rng.integers(2, 9))
+            sa, sb = so * 2.0 ** -int(rng.integers(0, 3)), so * 2.0 ** -int(rng.integers(0, 3))
+        else:
+            so = _f32(rng.log_uniform(2.0**-9, 2.0**-2))
+            sa, sb = _scale_near(rng, so), _scale_near(rng, so)
+        if op.startswith("mul"):
+            # Occasionally so tiny enough that |c·m| reaches 2^31 (the vector body gives 0 there).
+            huge = attempt == 0 and not pow2 and rng.random() < 0.15
+            if pow2:  # m = 2^-k: c·m lands on exact halves
+                so = sa * sb * 2.0 ** int(rng.integers(1, 7))
+            else:
+                so = _f32(sa * sb * (2.0**-20 if huge else rng.log_uniform(4.0, 256.0)))
+            if huge:
+                tags.append("multiplier_overflow")
+        za, zb, zo = (int(rng.integers(0, 256)) for _ in range(3))
+        if relu and engine == "qnnpack":
+            zo = min(zo, 254)  # qnnpack add_relu rejects an empty [255, 255] output range
+        pairs = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+        if op.startswith("add") and not pow2:
+            pairs = ties.add_pairs(sa, za, sb, zb, so, zo, relu)
+            if len(pairs[0]) == 0:
+                continue
+        if op.startswith("mul") and not pow2:
+            sensitive, near = ties.mul_pairs(sa, za, sb, zb, so, zo, relu)
+            if len(sensitive[0]) == 0 and attempt < 23 and not huge:
+                continue
+            k = 256 // max(1, len(sensitive[0]))  # as many sensitive plants as near-tie ones
+            pairs = tuple(np.concatenate([np.repeat(s_, k), n_]) for s_, n_ in zip(sensitive, near))
+        break
+    a = _codes(rng, shape_a, flavour, za)
+    b = _codes(rng, shape_b, flavour, zb)
+    if len(pairs[0]):
+        full = np.broadcast_shapes(tuple(shape_a), tuple(shape_b))
+        if tuple(shape_a) == tuple(shape_b):
+            planted = ties.plant_pairs(rng, a, b, pairs)
+        elif tuple(shape_a) == full:
+            b = pairs[1][rng.integers(0, len(pairs[1]), size=b.size)].reshape(shape_b)
+            planted = ties.plant_pairs(rng, a, np.broadcast_to(b, full), pairs)
+        else:  # a is broadcast: fix its codes from the pairs, plant b's half
+            a = pairs[0][rng.integers(0, len(pairs[0]), size=a.size)].reshape(shape_a)
+            planted = ties.plant_pairs(rng, b, np.broadcast_to(a, full), (pairs[1], pairs[0]))
+        if planted:
+            tags.append("lambda_ties" if op.startswith("add") else "requant_ties")
+    if pow2:
+        tags.append("pow2_scales")
+    xa, ra = _qtensor(a, sa, za, cl_a)
+    xb, rb = _qtensor(b, sb, zb, cl_b)
+    params = {"scale": so, "zero_point": zo}
+    args, expected = _result(engine, [ra, rb], params, QOP_CALLS[op]([xa, xb], params))
+    return args, expected, tags
+
+
+def add(rng, rnd, engine):
+    return _binary_case(rng, rnd, engine, "add")
+
+
+def add_relu(rng, rnd, engine):
+    return _binary_case(rng, rnd, engine, "add_relu")
+
+
+def mul(rng, rnd, engine):
+    return _binary_case(rng, rnd, engine, "mul")
+
+
+def mul_relu(rng, rnd, engine):
+    return _binary_case(rng, rnd, engine, "mul_relu")
+
+
+def _cat_differs(so, zo, relu):
+    """Per code: whether qcat_nhwc_kernel's vector channels (FMA dequantize, QuantizeAvx2 with
+    f32(1.0/so)) and scalar channels (plain dequantize, quantize_val) give different outputs."""
+    def differs(q, s, z):
+        xv, xs = ties.deq_fma(q, s, z), ties.deq_plain(q, s, z)
+        if relu:
+            xv, xs = np.maximum(xv, ties.F32(0)), np.maximum(xs, ties.F32(0))
+        return ties.quant_vec(xv, ties.inv64(so), zo) != ties.quant_val(xs, so, zo)
+    return differs
+
+
+def _cat_case(rng, rnd, engine, op):
+    """cat / cat_relu: 1-4 inputs with channel counts around the kernel's 8 / 32 blocks. By
+    round: all channels-last along dim 1 (the NHWC kernel), all contiguous along dim 1, mixed
+    layouts, other dims and ranks. Each input's qparams are the output's (copied by the NHWC
+    kernel unless relu), constructed so that its vector and scalar channels round some codes
+    apart (those codes planted in half its elements), or random."""
+    relu = op.endswith("_relu")
+    kind = rnd % 4
+    k = int(rng.integers(1, 5))
+    so = _f32(rng.log_uniform(2.0**-9, 2.0**-1))
+    zo = int(rng.integers(0, 256))
+    n, h, w = int(rng.integers(1, 3)), int(rng.integers(1, 9)), int(rng.integers(1, 9))
+    if rng.random() < 0.15:
+        h = w = 1  # NCHW-strided and still channels-last contiguous
+    dim, rank = 1, 4
+    if kind == 3:
+        rank = int(rng.integers(2, 5))
+        dim = int(rng.integers(-rank, rank))
+    base = [n, 0, h, w][:rank] if rank == 4 else [int(rng.integers(1, 9)) for _ in range(rank)]
+    differs = _cat_differs(so, zo, relu)
+    xs, recs, tags = [], [], ["dim1_channels_last", "dim1_contiguous", "dim1_mixed", "other_dims"][kind:kind + 1]
+    for i in range(k):
+        shape = list(base)
+        shape[dim] = int(CHANNELS[int(rng.integers(0, len(CHANNELS)))])
+        cl = {0: True, 1: False, 2: bool(rng.random() < 0.5), 3: bool(rng.random() < 0.5)}[kind]
+        flavour = ["uniform", "band", "saturated"][int(rng.integers(0, 3))]
+        u = rng.random()
+        tie = ties.half_tie_qparams(rng, so, zo, differs) if u < 0.45 else None
+        if tie is not None:
+            s, z, codes = tie
+            c = _codes(rng, shape, flavour, z)
+            plant = rng.random(c.shape) < 0.5
+            c[plant] = codes[rng.integers(0, len(codes), size=int(plant.sum()))]
+            tags.append("tie_input")
+        elif u < 0.75:
+            s, z = so, zo
+            c = _codes(rng, shape, flavour, z)
+            tags.append("output_qparams_input")
+        else:
+            s, z = qscale(rng), int(rng.integers(0, 256))
+            c = _codes(rng, shape, flavour, z)
+        x, rec = _qtensor(c, s, z, cl)
+        xs.append(x)
+        recs.append(rec)
+    params = {"dim": dim, "scale": so, "zero_point": zo}
+    args, expected = _result(engine, recs, params, QOP_CALLS[op](xs, params))
+    return args, expected, sorted(set(tags))
+
+
+def cat(rng, rnd, engine):
+    return _cat_case(rng, rnd, engine, "cat")
+
+
+def cat_relu(rng, rnd, engine):
+    return _cat_case(rng, rnd, engine, "cat_relu")
+
+
+F32 = np.float32
+
+
+def _hardswish_f(x):
+    """f32(f32(x * min(max(f32(x + 3), 0), 6)) / 6), elementwise in f32."""
+    c = np.minimum(np.maximum(x + F32(3), F32(0)), F32(6))
+    return (x * c) / F32(6)
+
+
+def _unary_paths(s, z, f, vec_inv, so, zo):
+    """For input qparams s, z (arrays of shape (D, 1)) and every code 0..255: the outputs of an
+    ATen unary kernel's vector lambda (FMA dequantize, f, QuantizeAvx2 with vec_inv) and scalar
+    lambda (plain dequantize, f, quantize_val), each of shape (D, 256). The FMA is emulated in
+    f64, exactly (see ties.deq_fma)."""
+    q = np.arange(256)
+    pre = (s * (-z).astype(F32)).astype(F32)
+    xv = (s.astype(np.float64) * q + pre.astype(np.float64)).astype(F32)
+    xs = s * (q - z).astype(F32)
+    return ties.quant_vec(f(xv), vec_inv, zo), ties.quant_val(f(xs), so, zo)
+
+
+def _unary_tie_qparams(rng, f, vec_inv, so, zo, draws=4096):
+    """Input qparams near so whose vector and scalar lambdas give different outputs for some
+    codes (drawing up to 4 batches of `draws` candidates), and those codes; None if none."""
+    for _ in range(4):
+        m = 1.0 + rng.random(size=draws)
+        e = rng.integers(-4, 4, size=draws)
+        s = (so * np.ldexp(m, e)).astype(F32).reshape(-1, 1)
+        z = rng.integers(0, 256, size=draws).reshape(-1, 1)
+        v, sc = _unary_paths(s, z, f, vec_inv, so, zo)
+        hits = np.nonzero((v != sc).any(axis=1))[0]
+        if len(hits):
+            i = int(hits[int(rng.integers(0, len(hits)))])
+            return float(s[i, 0]), int(z[i, 0]), np.nonzero(v[i] != sc[i])[0]
+    return None
+
+
+def _unary_input(rng, rnd, f, vec_inv, so, zo):
+    """A unary op's input by round: on rounds 0, 1 (mod 3) qparams whose vector and scalar
+    lambdas round some codes apart, those codes planted in half the elements; else qinput's
+    flavours. Channels-last on odd rounds. Returns (tensor, record, tags)."""
+    tie = _unary_tie_qparams(rng, f, vec_inv, so, zo) if rnd % 3 != 2 else None
+    if tie is None:
+        return qinput(rng, rnd)
+    s, z, codes = tie
+    shape = qshape(rng)
+    c = rng.integers(0, 256, size=int(np.prod(shape)))
+    plant = rng.random(size=c.size) < 0.5
+    c[plant] = codes[rng.integers(0, len(codes), size=int(plant.sum()))]
+    x, rec = _qtensor(c.reshape(shape), s, z, rnd % 2 == 1)
+    return x, rec, ["lambda_ties", rec["memory_format"]]
+
+
+def hardswish(rng, rnd, engine):
+    so = _f32(rng.log_uniform(2.0**-8, 2.0**-1))
+    zo = int(rng.integers(0, 256))
+    x, rec, tags = _unary_input(rng, rnd, _hardswish_f, ties.inv64(so), so, zo)
+    params = {"scale": so, "zero_point": zo}
+    args, expected = _result(engine, [rec], params, QOP_CALLS["hardswish"]([x], params))
+    return args, expected, tags
+
+
+def _hardsigmoid_f(x):
+    """f32(min(max(f32(x + 3), 0), 6) / 6), elementwise in f32."""
+    return np.minimum(np.maximum(x + F32(3), F32(0)), F32(6)) / F32(6)
+
+
+def hardsigmoid(rng, rnd, engine):
+    # The kernel picks (1/256, 0): the case records PyTorch's choice, qparity predicts it.
+    x, rec, tags = _unary_input(rng, rnd, _hardsigmoid_f, F32(256), 0.00390625, 0)
+    args, expected = _result(engine, [rec], None, QOP_CALLS["hardsigmoid"]([x], None))
+    return args, expected, tags
+
+
+def leaky_relu(rng, rnd, engine):
+    slope = [0.01, 0.1, 0.2, 1.0 / 3.0, rng.uniform(0.0, 1.0)][int(rng.integers(0, 5))]
+    so = _f32(rng.log_uniform(2.0**-8, 2.0**-1))
+    zo = int(rng.integers(0, 256))
+
+    def f(x):
+        return np.where(x > F32(0), x, x * F32(slope)).astype(F32)
+
+    x, rec, tags = _unary_input(rng, rnd, f, ties.inv32(so), so, zo)
+    params = {"negative_slope": float(slope), "scale": so, "zero_point": zo}
+    args, expected = _result(engine, [rec], params, QOP_CALLS["leaky_relu"]([x], params))
+    return args, expected, tags
+
+
 QOPS = [
     ("relu6", relu6),
     ("hardtanh", hardtanh),
     ("relu", relu),
+    ("add", add),
+    ("add_relu", add_relu),
+    ("mul", mul),
+    ("mul_relu", mul_relu),
+    ("cat", cat),
+    ("cat_relu", cat_relu),
+    ("hardswish", hardswish),
+    ("hardsigmoid", hardsigmoid),
+    ("leaky_relu", leaky_relu),
 ]
