@@ -70,11 +70,13 @@ pub enum PrimOp {
     Hardtanh,
     /// `relu` on a quantized tensor.
     Relu,
+    /// `sigmoid` on a quantized tensor (output qparams fixed by the kernel).
+    Sigmoid,
 }
 
 impl PrimOp {
     /// Every registered primitive op.
-    pub const ALL: [PrimOp; 16] = [
+    pub const ALL: [PrimOp; 17] = [
         PrimOp::QuantizePerTensor,
         PrimOp::QuantizePerChannel,
         PrimOp::DequantizePerTensor,
@@ -91,6 +93,7 @@ impl PrimOp {
         PrimOp::Relu6,
         PrimOp::Hardtanh,
         PrimOp::Relu,
+        PrimOp::Sigmoid,
     ];
 
     /// The golden name.
@@ -112,6 +115,7 @@ impl PrimOp {
             PrimOp::Relu6 => "relu6",
             PrimOp::Hardtanh => "hardtanh",
             PrimOp::Relu => "relu",
+            PrimOp::Sigmoid => "sigmoid",
         }
     }
 
@@ -122,7 +126,17 @@ impl PrimOp {
 
     /// An op on quantized tensors whose arguments are [`QOpArgs`].
     pub fn is_quantized_op(self) -> bool {
-        matches!(self, PrimOp::Relu6 | PrimOp::Hardtanh | PrimOp::Relu)
+        matches!(
+            self,
+            PrimOp::Relu6 | PrimOp::Hardtanh | PrimOp::Relu | PrimOp::Sigmoid
+        )
+    }
+
+    /// An op on quantized tensors whose kernel picks its output qparams: the case's
+    /// `output_scale` / `output_zero_point` are PyTorch's choice, predicted and compared like
+    /// the values (`output_scale`, `output_zero_point` outputs), not given to the op.
+    pub fn kernel_picks_output_qparams(self) -> bool {
+        matches!(self, PrimOp::Sigmoid)
     }
 }
 

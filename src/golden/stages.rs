@@ -435,6 +435,7 @@ fn quantized_op(case: &Case, op: PrimOp, params: &serde_json::Value) -> Result<A
         PrimOp::Relu6 => Arc::new(Clamp::RELU6),
         PrimOp::Hardtanh => Arc::new(decode::<Clamp>(case, params)?),
         PrimOp::Relu => Arc::new(crate::ops::relu::Relu),
+        PrimOp::Sigmoid => Arc::new(crate::ops::activation::Sigmoid),
         other => {
             return Err(case.field_err(
                 "op",
@@ -467,20 +468,40 @@ fn quantized_op_stage(
             Ok(Value::Quantized(q))
         })
         .collect::<Result<Vec<_>>>()?;
+    let mut expected = vec![expected_field(case, &p.expected, "int_repr")?];
+    let out = if p.op.kernel_picks_output_qparams() {
+        // PyTorch's choice is an output to predict, not an input to the op.
+        expected.push(expected_qparam(
+            "output_scale",
+            Tensor::f64(vec![1], vec![a.output_scale]),
+        ));
+        expected.push(expected_qparam(
+            "output_zero_point",
+            Tensor::int(DType::I64, vec![1], vec![a.output_zero_point]),
+        ));
+        None
+    } else {
+        Some(OutQParams {
+            scale: a.output_scale,
+            zero_point: a.output_zero_point,
+            quant_min: 0,
+            quant_max: 255,
+        })
+    };
     Ok(Stage {
         location: format!("{} ({})", p.op.name(), a.engine.name()),
         group: p.op.name().to_string(),
         ctx: ctx(Flow::ConvertFx, a.engine, isa, cpu),
         op: quantized_op(case, p.op, &a.params)?,
         inputs,
-        out: Some(OutQParams {
-            scale: a.output_scale,
-            zero_point: a.output_zero_point,
-            quant_min: 0,
-            quant_max: 255,
-        }),
-        expected: vec![expected_field(case, &p.expected, "int_repr")?],
+        out,
+        expected,
     })
+}
+
+/// An output qparam PyTorch's kernel chose, from the case's `args`.
+fn expected_qparam(name: &str, tensor: Tensor) -> Expected {
+    expected(name, format!("args.{name}"), tensor)
 }
 
 type StageParts = (Arc<dyn Op>, Vec<Value>, Vec<Expected>);

@@ -8,6 +8,7 @@ QOP_CALLS = {
     "relu6": lambda xs, p: F.relu6(xs[0]),
     "hardtanh": lambda xs, p: F.hardtanh(xs[0], p["min_val"], p["max_val"]),
     "relu": lambda xs, p: F.relu(xs[0]),
+    "sigmoid": lambda xs, p: torch.sigmoid(xs[0]),
 }
 
 

@@ -1,0 +1,621 @@
+//! `sigmoid` on quantized tensors: the ops whose kernels call `exp`-family functions.
+//!
+//! **fbgemm, x86, onednn** (and qnnpack where it has no kernel of its own) run ATen's kernels in
+//! `aten/src/ATen/native/quantized/cpu/kernels/QuantizedOpKernels.cpp` through `cpu_kernel_vec`
+//! (`aten/src/ATen/native/cpu/Loops.h`). The quantized elementwise kernels are only registered
+//! for the AVX2 build (`REGISTER_DISPATCH`; an AVX-512 CPU falls back to it), so on every AVX2
+//! or AVX-512 CPU `Vectorized<quint8>` has 32 lanes and the vector lambda takes blocks of 64
+//! elements: in a row of `L` elements (input and output in the same memory layout coalesce into
+//! one row of `numel`, in memory order), element `p` takes the vector body iff
+//! `p < ⌊L/64⌋·64`, the rest the scalar tail. When the output's layout differs from the input's
+//! (a channels-last input of an op that returns a contiguous tensor), no row is contiguous for
+//! both and every element takes the scalar tail. With several threads and `numel ≥ 32768`,
+//! `TensorIterator::for_each` cuts the range into per-thread chunks, each restarting the block
+//! count; goldens run one thread, and this module models one thread.
+//!
+//! Per element (`s` the input scale as f32, `z` its zero point, [`sleef`] and [`glibc`] the
+//! functions each path calls):
+//!
+//! - `sigmoid` (`qsigmoid.cpp: sigmoid_quantized_cpu` → `qsigmoid_kernel`, output qparams fixed
+//!   to `(1/256, 0)`): body `x = f32((f32(q) − f32(z))·s)` (the 2-argument dequantize: no FMA),
+//!   `y = f32(1/f32(1 + Sleef_expf8_u10(−x)))`, `q' = sat(RNE(f32(y·256)))`; tail `x` the same,
+//!   `y = f32(1.0/(1.0 + (double)expf(−x)))` in double, `q' = quantize_val(1/256, 0, y)`.
+//!
+//! **qnnpack** (quint8) builds a 256-entry lookup table when the operator is created
+//! (`qnnpack/src/sigmoid.c`): `x = f32(s·f32(i − z))`, `v = f32(256/f32(1 + expf(−x)))` with
+//! glibc `expf`, clamped to `[0, 255]` and rounded by `lrintf` (half to even). The output keeps
+//! the input's memory format.
+//!
+//! **Reference flows** (`convert_to_reference_fx`, `_convert_to_reference_decomposed_fx`):
+//! the flow's dequantize, the float op, then the flow's quantize with the observer's qparams.
+//! Which `exp` the float op calls (SLEEF's AVX-512 or AVX2 build for the vector body, glibc for
+//! the tail, at PyTorch's choice of CPU capability) is not pinned, so qparity evaluates the
+//! function exactly (f64) and bounds PyTorch's f32 result (see [`Sigmoid::float_bound`]); an
+//! element is exact or honestly ambiguous.
+
+use super::{expect_inputs, MemoryFormat, Meta, Op, OutQParams, Output, Plan, Predicted, Rule};
+use super::{QTensor, Value};
+use crate::engine::flow::Flow;
+use crate::engine::{Ctx, Engine};
+use crate::numerics::bound::{f32_down, f32_up, Pred};
+use crate::numerics::qparams::validate_qparams;
+use crate::numerics::quantize::aten;
+use crate::numerics::transcendental::glibc::{self, ExpfBuild};
+use crate::numerics::transcendental::sleef;
+use crate::{Error, Result};
+use std::fmt;
+
+/// Elements per iteration of ATen's vectorized loop for `Vectorized<quint8>` (2 × 32 lanes).
+const VECTOR_BLOCK: usize = 64;
+
+/// Relative slack for the f64 evaluation of a float op's exact value (glibc's double `exp`,
+/// `expm1` and `tanh` are within a few ulp of 2^-52; this is far above that and far below an
+/// f32 ulp).
+const F64_EVAL_SLACK: f64 = 1.0 / (1u64 << 40) as f64;
+
+/// The smallest normal f32, 2^-126: absolute slack for results that underflow.
+const F32_MIN_NORMAL: f64 = f32::MIN_POSITIVE as f64;
+
+/// What an activation computes on each path; the plan around it is shared.
+trait Activation: fmt::Debug + Send + Sync {
+    /// The op's registry name.
+    fn name(&self) -> &'static str;
+    /// The output qparams the quantized kernel picks itself, or `None` when it takes the
+    /// caller's.
+    fn kernel_qparams(&self) -> Option<(f64, i64)>;
+    /// Whether ATen's output keeps the input's memory format (else it is contiguous).
+    fn keeps_memory_format(&self) -> bool;
+    /// ATen: the inverse output scale the vector body's quantize multiplies by.
+    fn vector_inv_scale(&self, out_scale: f64) -> f32;
+    /// ATen vector body: the f32 fed to the vector quantize, with the steps for traces.
+    fn vector_body(&self, q: u8, s: f32, z: i64) -> (f32, String);
+    /// ATen scalar tail: the f32 fed to `quantize_val`, with the steps for traces.
+    fn scalar_tail(&self, q: u8, s: f32, z: i64) -> (f32, String);
+    /// QNNPACK's lookup-table entry before clamping and `lrintf`, if QNNPACK has a kernel.
+    fn qnnpack_entry(&self, i: u8, s: f32, z: i64, expf: ExpfBuild) -> Option<(f32, String)>;
+    /// The float op of the reference flows at `x`: its exact value (f64) and a bound on
+    /// |PyTorch's f32 result − exact value|.
+    fn float_op(&self, x: f32) -> (f64, f64);
+    /// The rule lines of each path, for reports.
+    fn describe_vector(&self) -> String;
+    fn describe_scalar(&self) -> String;
+    fn describe_qnnpack(&self) -> String;
+    fn describe_float(&self) -> String;
+}
+
+/// `torch.sigmoid` / `nn.Sigmoid` on a quantized tensor. Output qparams `(1/256, 0)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sigmoid;
+
+impl Sigmoid {
+    /// The fixed output qparams of the quantized kernels (`qsigmoid.cpp`, quint8).
+    pub const QPARAMS: (f64, i64) = (0.00390625, 0);
+
+    /// Bound on |PyTorch's float sigmoid − σ(x)| for an f32 `x`, given σ(x) = `y`.
+    ///
+    /// PyTorch's CPU `sigmoid_kernel` (`aten/src/ATen/native/cpu/UnaryOpsKernel.cpp`) computes
+    /// `1/(1 + exp(−x))` in f32 on both of its paths; only the `exp` varies (SLEEF u10, at most
+    /// 1 ulp, in the vector body; glibc `expf`, at most 0.502 ulp, in the tail). With
+    /// `e = exp(−x)(1 + δ₁)`, `|δ₁| ≤ 2^-23`, then two roundings `(1 + δ₂)`, `(1 + δ₃)` with
+    /// `|δ| ≤ 2^-24`: `ŷ/y = (1 + δ₃)/((1 + δ₁·e/(1 + e))(1 + δ₂))`, so
+    /// `|ŷ − y| ≤ (2^-22 + 2^-44)·y`. Where `exp(−x)` overflows or the result is subnormal
+    /// (`x < −87`) the error is below 2^-126 absolute. Hence `2^-22·y·(1 + 2^-20) + 2^-126`,
+    /// plus the f64 evaluation slack.
+    pub fn float_bound(y: f64) -> f64 {
+        let rel = (2.0f64).powi(-22) * (1.0 + (2.0f64).powi(-20)) + F64_EVAL_SLACK;
+        rel * y.abs() + F32_MIN_NORMAL
+    }
+}
+
+impl Activation for Sigmoid {
+    fn name(&self) -> &'static str {
+        "sigmoid"
+    }
+
+    fn kernel_qparams(&self) -> Option<(f64, i64)> {
+        Some(Self::QPARAMS)
+    }
+
+    fn keeps_memory_format(&self) -> bool {
+        true
+    }
+
+    fn vector_inv_scale(&self, out_scale: f64) -> f32 {
+        // `float inv_output_scale = 1.0 / output_scale;` (double division).
+        (1.0 / out_scale) as f32
+    }
+
+    fn vector_body(&self, q: u8, s: f32, z: i64) -> (f32, String) {
+        // Vectorized<quint8>::dequantize(scale, zero_point): (f32(q) − f32(z))·s.
+        let x = (q as f32 - z as f32) * s;
+        let e = sleef::expf_u10(-x);
+        let y = 1.0 / (1.0 + e);
+        (
+            y,
+            format!("x = {x:e} (no FMA), Sleef_expf8_u10(-x) = {e:e}, y = 1/(1+e) = {y:e}"),
+        )
+    }
+
+    fn scalar_tail(&self, q: u8, s: f32, z: i64) -> (f32, String) {
+        let x = aten::dequantize(q as i64, s as f64, z);
+        // ATen's path is modelled on AVX2 CPUs only, where glibc runs its FMA build of expf.
+        let e = glibc::expf(-x, ExpfBuild::Fma);
+        let y = (1.0 / (1.0 + e as f64)) as f32;
+        (
+            y,
+            format!("x = {x:e}, expf(-x) = {e:e}, y = f32(1.0/(1.0 + (double)e)) = {y:e}"),
+        )
+    }
+
+    fn qnnpack_entry(&self, i: u8, s: f32, z: i64, expf: ExpfBuild) -> Option<(f32, String)> {
+        let x = s * (i as i32 - z as i32) as f32;
+        let e = glibc::expf(-x, expf);
+        let v = 256.0f32 / (1.0 + e);
+        Some((v, format!("x = {x:e}, expf(-x) = {e:e}, 256/(1+e) = {v:e}")))
+    }
+
+    fn float_op(&self, x: f32) -> (f64, f64) {
+        let y = 1.0 / (1.0 + (-(x as f64)).exp());
+        (y, Self::float_bound(y))
+    }
+
+    fn describe_vector(&self) -> String {
+        "x = f32((f32(q) - f32(zp))·s) (no FMA), y = f32(1/f32(1 + Sleef_expf8_u10(-x))), \
+         q' = sat(RNE(f32(y·256)))"
+            .into()
+    }
+
+    fn describe_scalar(&self) -> String {
+        "x = f32(s·(q - zp)), y = f32(1.0/(1.0 + (double)expf(-x))), q' = quantize_val(1/256, 0, y)"
+            .into()
+    }
+
+    fn describe_qnnpack(&self) -> String {
+        "LUT[i] = lrintf(clamp(f32(256/f32(1 + expf(-f32(s·f32(i - zp))))), 0, 255)), glibc expf"
+            .into()
+    }
+
+    fn describe_float(&self) -> String {
+        "σ(x) = 1/(1 + e^-x) evaluated in f64; PyTorch's f32 within 2^-22·σ + 2^-126".into()
+    }
+}
+
+impl Op for Sigmoid {
+    fn name(&self) -> &'static str {
+        "sigmoid"
+    }
+
+    fn plan<'a>(
+        &'a self,
+        ctx: &Ctx,
+        inputs: &[Meta<'_>],
+        out: Option<&OutQParams>,
+    ) -> Result<Box<dyn Plan + 'a>> {
+        plan_activation(self, ctx, inputs, out)
+    }
+}
+
+/// How a plan computes each element.
+#[derive(Debug)]
+enum Path {
+    /// ATen's kernel: elements at memory positions below `body` take the vector lambda.
+    Aten {
+        body: usize,
+        vector: Box<[i64; 256]>,
+        scalar: Box<[i64; 256]>,
+    },
+    /// QNNPACK's lookup table.
+    Qnnpack { lut: Box<[i64; 256]> },
+    /// A reference flow: dequantize, float op (bounded), quantize.
+    Float { preds: Box<[Pred; 256]> },
+}
+
+#[derive(Debug)]
+struct ActivationPlan<'a, A: Activation> {
+    op: &'a A,
+    flow: Flow,
+    engine: Engine,
+    expf: ExpfBuild,
+    path: Path,
+    /// Input scale (double, as PyTorch holds it) and zero point.
+    in_qparams: (f64, i64),
+    /// Output scale, zero point and the quantize node's clamp.
+    out: OutQParams,
+    shape: Vec<usize>,
+    format: MemoryFormat,
+}
+
+/// Position in memory of each logical (NCHW) element of a tensor in `format`.
+fn memory_position(shape: &[usize], format: MemoryFormat, i: usize) -> usize {
+    match (format, shape) {
+        (MemoryFormat::ChannelsLast, &[_, c, h, w]) => {
+            let (x, rest) = (i % w, i / w);
+            let (y, rest) = (rest % h, rest / h);
+            let (ch, b) = (rest % c, rest / c);
+            ((b * h + y) * w + x) * c + ch
+        }
+        _ => i,
+    }
+}
+
+/// Whether a tensor's memory order is its logical order (contiguous, or channels-last with one
+/// channel or one pixel).
+fn memory_is_logical(shape: &[usize], format: MemoryFormat) -> bool {
+    match (format, shape) {
+        (MemoryFormat::ChannelsLast, &[_, c, h, w]) => c == 1 || h * w == 1,
+        _ => true,
+    }
+}
+
+fn plan_activation<'a, A: Activation>(
+    op: &'a A,
+    ctx: &Ctx,
+    inputs: &[Meta<'_>],
+    out: Option<&OutQParams>,
+) -> Result<Box<dyn Plan + 'a>> {
+    let name = op.name();
+    let input = expect_inputs(name, inputs, 1)?[0];
+    let (scale, zero_point) = input.qparams(name)?;
+    validate_qparams("input qparams", scale, zero_point, 0, 255)?;
+    let s = scale as f32;
+    let expf = ExpfBuild::for_cpu(ctx.cpu.avx2);
+    let numel: usize = input.shape.iter().product();
+    let (out, path) = if ctx.flow.is_integer() {
+        let (out_scale, out_zp) = match (op.kernel_qparams(), out) {
+            (Some(fixed), _) => fixed,
+            (None, Some(o)) => (o.scale, o.zero_point),
+            (None, None) => return Err(Error::invalid(name, "needs output qparams")),
+        };
+        validate_qparams("output qparams", out_scale, out_zp, 0, 255)?;
+        let out = OutQParams {
+            scale: out_scale,
+            zero_point: out_zp,
+            quant_min: 0,
+            quant_max: 255,
+        };
+        let entry = |i: u8| op.qnnpack_entry(i, s, zero_point, expf);
+        let path = if ctx.engine == Engine::Qnnpack && entry(0).is_some() {
+            if !s.is_normal() {
+                return Err(Error::invalid(
+                    name,
+                    format!("QNNPACK refuses the input scale {scale}: not a normal f32"),
+                ));
+            }
+            let mut lut = Box::new([0i64; 256]);
+            for (i, l) in lut.iter_mut().enumerate() {
+                let (v, _) = entry(i as u8).expect("QNNPACK entry");
+                *l = v.clamp(0.0, 255.0).round_ties_even() as i64;
+            }
+            Path::Qnnpack { lut }
+        } else {
+            if !ctx.cpu.avx2 {
+                return Err(Error::invalid(
+                    name,
+                    "ATen's kernels on CPUs without AVX2 (DEFAULT capability) are not modelled",
+                ));
+            }
+            let inv = op.vector_inv_scale(out_scale);
+            let mut vector = Box::new([0i64; 256]);
+            let mut scalar = Box::new([0i64; 256]);
+            for q in 0..=255u8 {
+                let (y, _) = op.vector_body(q, s, zero_point);
+                vector[q as usize] = aten::quantize_avx2(y, inv, out_zp as i32, 0, 255) as i64;
+                let (y, _) = op.scalar_tail(q, s, zero_point);
+                scalar[q as usize] =
+                    aten::quantize_scalar(y, out_scale as f32, out_zp as i32, 0, 255)
+                        .ok_or_else(|| Error::invalid(name, "NaN before quantize_val"))?;
+            }
+            let same_layout =
+                op.keeps_memory_format() || memory_is_logical(input.shape, input.memory_format);
+            let body = if same_layout {
+                numel / VECTOR_BLOCK * VECTOR_BLOCK
+            } else {
+                0
+            };
+            Path::Aten {
+                body,
+                vector,
+                scalar,
+            }
+        };
+        (out, path)
+    } else {
+        let out = *out.ok_or_else(|| Error::invalid(name, "needs output qparams"))?;
+        validate_qparams("output qparams", out.scale, out.zero_point, 0, 255)?;
+        if out.quant_min > out.quant_max {
+            return Err(Error::invalid(
+                name,
+                format!("quant range {}..{} is empty", out.quant_min, out.quant_max),
+            ));
+        }
+        let (lo, hi) = ctx.flow.clamp(out.quant_min, out.quant_max);
+        let mut preds = Box::new([Pred::Exact(0); 256]);
+        for (q, p) in preds.iter_mut().enumerate() {
+            let x = ctx.flow.dequantize(q as i64, scale, zero_point);
+            let (y, err) = op.float_op(x);
+            let quant = |v: f32| {
+                ctx.flow
+                    .quantize(v, out.scale, out.zero_point, lo, hi)
+                    .ok_or_else(|| Error::invalid(name, "NaN before the quantize node"))
+            };
+            *p = Pred::from_ends(quant(f32_down(y - err))?, quant(f32_up(y + err))?);
+        }
+        (out, Path::Float { preds })
+    };
+    Ok(Box::new(ActivationPlan {
+        op,
+        flow: ctx.flow,
+        engine: ctx.engine,
+        expf,
+        path,
+        in_qparams: (scale, zero_point),
+        out,
+        shape: input.shape.to_vec(),
+        format: input.memory_format,
+    }))
+}
+
+impl<A: Activation> ActivationPlan<'_, A> {
+    /// Whether logical element `i` takes ATen's vector body.
+    fn in_body(&self, i: usize) -> bool {
+        match self.path {
+            Path::Aten { body, .. } => memory_position(&self.shape, self.format, i) < body,
+            _ => false,
+        }
+    }
+}
+
+impl<A: Activation> Plan for ActivationPlan<'_, A> {
+    fn rule(&self) -> Rule {
+        let (s, z) = (self.out.scale, self.out.zero_point);
+        match &self.path {
+            Path::Aten { body, .. } => Rule::default()
+                .with(
+                    "path",
+                    format!(
+                        "ATen {} kernel ({}): elements at memory positions < {body} take the AVX2 \
+                         vector body, the rest the scalar tail",
+                        self.op.name(),
+                        self.engine.name()
+                    ),
+                )
+                .with("vector body", self.op.describe_vector())
+                .with("scalar tail", self.op.describe_scalar())
+                .with("output qparams", format!("({s}, {z})")),
+            Path::Qnnpack { .. } => Rule::default()
+                .with("path", "QNNPACK 256-entry lookup table")
+                .with("table", self.op.describe_qnnpack())
+                .with("output qparams", format!("({s}, {z})")),
+            Path::Float { .. } => {
+                let (lo, hi) = self.flow.clamp(self.out.quant_min, self.out.quant_max);
+                Rule::default()
+                    .with("float op", self.op.describe_float())
+                    .with(
+                        "quantize",
+                        format!("{} ({s}, {z}), clamp {lo}..{hi}", self.flow.name()),
+                    )
+            }
+        }
+    }
+
+    fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
+        let q: &QTensor = inputs[0].quantized("input")?;
+        if q.shape != self.shape {
+            return Err(Error::shape(
+                self.op.name(),
+                format!("planned for {:?}, got {:?}", self.shape, q.shape),
+            ));
+        }
+        let values = match &self.path {
+            Path::Aten { vector, scalar, .. } => {
+                Predicted::exact(q.data.iter().enumerate().map(|(i, &v)| {
+                    if self.in_body(i) {
+                        vector[v as usize]
+                    } else {
+                        scalar[v as usize]
+                    }
+                }))
+            }
+            Path::Qnnpack { lut } => Predicted::exact(q.data.iter().map(|&v| lut[v as usize])),
+            Path::Float { preds } => {
+                Predicted::Ints(q.data.iter().map(|&v| preds[v as usize]).collect())
+            }
+        };
+        let mut outs = vec![Output::new("int_repr", self.shape.clone(), values)];
+        if self.flow.is_integer() && self.op.kernel_qparams().is_some() {
+            outs.push(Output::new(
+                "output_scale",
+                vec![1],
+                Predicted::Floats(vec![self.out.scale as f32]),
+            ));
+            outs.push(Output::new(
+                "output_zero_point",
+                vec![1],
+                Predicted::exact([self.out.zero_point]),
+            ));
+        }
+        Ok(outs)
+    }
+
+    fn trace(&self, inputs: &[&Value], output: usize, i: usize) -> Result<Vec<String>> {
+        let q = inputs[0].quantized("input")?;
+        if output != 0 {
+            return Ok(vec![format!("rule: {}", self.rule())]);
+        }
+        let v = *q
+            .data
+            .get(i)
+            .ok_or_else(|| Error::invalid(self.op.name(), format!("no element {i}")))?;
+        let (scale, zp) = self.in_qparams;
+        let s = scale as f32;
+        let mut lines = vec![format!("q = {v}, input scale {scale}, zero point {zp}")];
+        match &self.path {
+            Path::Aten { .. } => {
+                let p = memory_position(&self.shape, self.format, i);
+                if self.in_body(i) {
+                    lines.push(format!("memory position {p}: vector body"));
+                    lines.push(self.op.vector_body(v, s, zp).1);
+                } else {
+                    lines.push(format!("memory position {p}: scalar tail"));
+                    lines.push(self.op.scalar_tail(v, s, zp).1);
+                }
+            }
+            Path::Qnnpack { .. } => {
+                if let Some((_, steps)) = self.op.qnnpack_entry(v, s, zp, self.expf) {
+                    lines.push(steps);
+                }
+            }
+            Path::Float { preds } => {
+                let x = self.flow.dequantize(v as i64, scale, zp);
+                let (y, err) = self.op.float_op(x);
+                lines.push(format!(
+                    "x = {x:e}, exact {y:e} ± {err:e}, prediction {:?}",
+                    preds[v as usize]
+                ));
+            }
+        }
+        lines.push(format!("rule: {}", self.rule()));
+        Ok(lines)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{CpuFeatures, Isa};
+
+    fn ctx(flow: Flow, engine: Engine) -> Ctx {
+        Ctx {
+            flow,
+            engine,
+            isa: Isa::Vnni,
+            cpu: CpuFeatures::AVX512_VNNI,
+        }
+    }
+
+    fn run(op: &dyn Op, ctx: &Ctx, x: &QTensor, out: Option<&OutQParams>) -> Vec<Output> {
+        let v = Value::Quantized(x.clone());
+        op.plan(ctx, &[v.meta()], out)
+            .unwrap()
+            .predict(&[&v])
+            .unwrap()
+    }
+
+    fn ints(o: &Output) -> Vec<i64> {
+        o.ints().unwrap().iter().map(|p| p.value()).collect()
+    }
+
+    #[test]
+    fn memory_positions_follow_the_layout() {
+        // [1, 2, 2, 3] channels-last: logical (c, h, w) sits at ((h·3 + w)·2 + c).
+        let shape = [1, 2, 2, 3];
+        let cl = MemoryFormat::ChannelsLast;
+        assert_eq!(memory_position(&shape, cl, 0), 0);
+        assert_eq!(memory_position(&shape, cl, 1), 2); // c0 h0 w1
+        assert_eq!(memory_position(&shape, cl, 6), 1); // c1 h0 w0
+        assert_eq!(memory_position(&shape, cl, 11), 11);
+        assert!(memory_is_logical(&[2, 1, 3, 3], cl));
+        assert!(!memory_is_logical(&shape, cl));
+    }
+
+    #[test]
+    fn sigmoid_quantizes_to_its_fixed_qparams() {
+        // scale 1/16, zero point 128: q = 128 is x = 0, σ = 0.5 → 128; large |x| saturates.
+        let x = QTensor::new(vec![4], vec![0, 128, 255, 144], 0.0625, 128);
+        for engine in Engine::ALL {
+            let o = run(&Sigmoid, &ctx(Flow::ConvertFx, engine), &x, None);
+            // σ(-8)·256 = 0.0858 → 0, σ(0)·256 = 128, σ(7.9375)·256 = 255.9 → 255,
+            // σ(1)·256 = 187.1 → 187.
+            assert_eq!(ints(&o[0]), [0, 128, 255, 187], "{engine:?}");
+            assert_eq!(o[1].values, Predicted::Floats(vec![1.0 / 256.0]));
+            assert_eq!(o[2].values, Predicted::exact([0]));
+        }
+    }
+
+    #[test]
+    fn sigmoid_body_and_tail_use_their_own_exp() {
+        // Input scale f32 0x3e8d354c, zero point 133: q = 128 is x = -1.37899, where
+        // 256·σ(x) lies next to 51.5; SLEEF's exp (body) gives 52, glibc's expf with the
+        // double division (tail) gives 51. In a 65-element row positions 0..64 take the body.
+        let s = f32::from_bits(0x3e8d354c);
+        let x = QTensor::new(vec![65], vec![128; 65], s as f64, 133);
+        let o = run(&Sigmoid, &ctx(Flow::ConvertFx, Engine::X86), &x, None);
+        let v = ints(&o[0]);
+        assert!(v[..64].iter().all(|&a| a == 52), "{v:?}");
+        assert_eq!(v[64], 51);
+        // Channels-last: the memory position decides, not the logical index. [1, 65, 1, 1]
+        // has one pixel, so memory order is logical order; [1, 5, 13, 1] does not.
+        let mut cl = QTensor::new(vec![1, 5, 13, 1], vec![128; 65], s as f64, 133);
+        cl.memory_format = MemoryFormat::ChannelsLast;
+        let v = ints(&run(&Sigmoid, &ctx(Flow::ConvertFx, Engine::Onednn), &cl, None)[0]);
+        // The last byte in memory is channel 4 of the last pixel: logical index 4·13 + 12.
+        let last = 4 * 13 + 12;
+        assert_eq!(v[last], 51);
+        assert_eq!(v.iter().filter(|&&a| a == 52).count(), 64);
+        // QNNPACK's table uses glibc's expf in f32: 256/(1 + e) rounds to 52 here as well.
+        let v = ints(&run(&Sigmoid, &ctx(Flow::ConvertFx, Engine::Qnnpack), &x, None)[0]);
+        assert_eq!(v, vec![52; 65]);
+    }
+
+    #[test]
+    fn sigmoid_reference_flow_is_exact_or_ambiguous() {
+        let x = QTensor::new(vec![3], vec![100, 128, 160], 0.05, 128);
+        let out = OutQParams {
+            scale: 1.0 / 256.0,
+            zero_point: 0,
+            quant_min: 0,
+            quant_max: 255,
+        };
+        let o = run(
+            &Sigmoid,
+            &ctx(Flow::ConvertToReferenceFx, Engine::Fbgemm),
+            &x,
+            Some(&out),
+        );
+        // σ(-1.4)·256 = 50.64, σ(0)·256 = 128 exactly, σ(1.6)·256 = 212.997.
+        assert_eq!(
+            o[0].values,
+            Predicted::Ints(vec![Pred::Exact(51), Pred::Exact(128), Pred::Exact(213)])
+        );
+        // The decomposed flow clamps to the observer's range.
+        let narrow = OutQParams {
+            quant_max: 127,
+            ..out
+        };
+        let o = run(
+            &Sigmoid,
+            &ctx(Flow::ConvertToReferenceDecomposedFx, Engine::Fbgemm),
+            &x,
+            Some(&narrow),
+        );
+        assert_eq!(ints(&o[0]), [51, 127, 127]);
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let c = ctx(Flow::ConvertFx, Engine::Fbgemm);
+        let x = Value::Quantized(QTensor::new(vec![2], vec![1, 2], 0.1, 3));
+        assert!(Sigmoid.plan(&c, &[], None).is_err());
+        assert!(Sigmoid.plan(&c, &[x.meta(), x.meta()], None).is_err());
+        let nan = Value::Quantized(QTensor::new(vec![2], vec![1, 2], f64::NAN, 3));
+        assert!(Sigmoid.plan(&c, &[nan.meta()], None).is_err());
+        let zero = Value::Quantized(QTensor::new(vec![2], vec![1, 2], 0.0, 3));
+        assert!(Sigmoid.plan(&c, &[zero.meta()], None).is_err());
+        // Reference flows need the observer's qparams.
+        let r = ctx(Flow::ConvertToReferenceFx, Engine::Fbgemm);
+        assert!(Sigmoid.plan(&r, &[x.meta()], None).is_err());
+        // QNNPACK refuses subnormal input scales.
+        let tiny = Value::Quantized(QTensor::new(vec![2], vec![1, 2], 1e-40, 3));
+        let q = ctx(Flow::ConvertFx, Engine::Qnnpack);
+        assert!(Sigmoid.plan(&q, &[tiny.meta()], None).is_err());
+        // Without AVX2 ATen runs kernels qparity does not model.
+        let old = Ctx {
+            cpu: CpuFeatures {
+                avx2: false,
+                ..CpuFeatures::AVX2
+            },
+            ..c
+        };
+        assert!(Sigmoid.plan(&old, &[x.meta()], None).is_err());
+    }
+}
