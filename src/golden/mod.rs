@@ -72,11 +72,13 @@ pub enum PrimOp {
     Relu,
     /// `sigmoid` on a quantized tensor (output qparams fixed by the kernel).
     Sigmoid,
+    /// `tanh` on a quantized tensor (output qparams fixed by the kernel).
+    Tanh,
 }
 
 impl PrimOp {
     /// Every registered primitive op.
-    pub const ALL: [PrimOp; 17] = [
+    pub const ALL: [PrimOp; 18] = [
         PrimOp::QuantizePerTensor,
         PrimOp::QuantizePerChannel,
         PrimOp::DequantizePerTensor,
@@ -94,6 +96,7 @@ impl PrimOp {
         PrimOp::Hardtanh,
         PrimOp::Relu,
         PrimOp::Sigmoid,
+        PrimOp::Tanh,
     ];
 
     /// The golden name.
@@ -116,6 +119,7 @@ impl PrimOp {
             PrimOp::Hardtanh => "hardtanh",
             PrimOp::Relu => "relu",
             PrimOp::Sigmoid => "sigmoid",
+            PrimOp::Tanh => "tanh",
         }
     }
 
@@ -128,7 +132,7 @@ impl PrimOp {
     pub fn is_quantized_op(self) -> bool {
         matches!(
             self,
-            PrimOp::Relu6 | PrimOp::Hardtanh | PrimOp::Relu | PrimOp::Sigmoid
+            PrimOp::Relu6 | PrimOp::Hardtanh | PrimOp::Relu | PrimOp::Sigmoid | PrimOp::Tanh
         )
     }
 
@@ -136,7 +140,7 @@ impl PrimOp {
     /// `output_scale` / `output_zero_point` are PyTorch's choice, predicted and compared like
     /// the values (`output_scale`, `output_zero_point` outputs), not given to the op.
     pub fn kernel_picks_output_qparams(self) -> bool {
-        matches!(self, PrimOp::Sigmoid)
+        matches!(self, PrimOp::Sigmoid | PrimOp::Tanh)
     }
 }
 

@@ -436,6 +436,7 @@ fn quantized_op(case: &Case, op: PrimOp, params: &serde_json::Value) -> Result<A
         PrimOp::Hardtanh => Arc::new(decode::<Clamp>(case, params)?),
         PrimOp::Relu => Arc::new(crate::ops::relu::Relu),
         PrimOp::Sigmoid => Arc::new(crate::ops::activation::Sigmoid),
+        PrimOp::Tanh => Arc::new(crate::ops::activation::Tanh),
         other => {
             return Err(case.field_err(
                 "op",

@@ -1,4 +1,4 @@
-//! `sigmoid` on quantized tensors: the ops whose kernels call `exp`-family functions.
+//! `sigmoid` and `tanh` on quantized tensors: the ops whose kernels call `exp`-family functions.
 //!
 //! **fbgemm, x86, onednn** (and qnnpack where it has no kernel of its own) run ATen's kernels in
 //! `aten/src/ATen/native/quantized/cpu/kernels/QuantizedOpKernels.cpp` through `cpu_kernel_vec`
@@ -20,18 +20,23 @@
 //!   to `(1/256, 0)`): body `x = f32((f32(q) − f32(z))·s)` (the 2-argument dequantize: no FMA),
 //!   `y = f32(1/f32(1 + Sleef_expf8_u10(−x)))`, `q' = sat(RNE(f32(y·256)))`; tail `x` the same,
 //!   `y = f32(1.0/(1.0 + (double)expf(−x)))` in double, `q' = quantize_val(1/256, 0, y)`.
+//! - `tanh` (`qtanh.cpp: tanh_quantized_cpu` → `qtanh_kernel`, output qparams fixed to
+//!   `(2/256, 128)`): body `x = fma(s, f32(q), f32(s·−f32(z)))` (the 3-argument dequantize),
+//!   `q' = sat(RNE(f32(Sleef_tanhf8_u10(x)·128)) + 128)`; tail `x = f32(s·(q − z))`,
+//!   `q' = quantize_val(2/256, 128, tanhf(x))`.
 //!
-//! **qnnpack** (quint8) builds a 256-entry lookup table when the operator is created
-//! (`qnnpack/src/sigmoid.c`): `x = f32(s·f32(i − z))`, `v = f32(256/f32(1 + expf(−x)))` with
-//! glibc `expf`, clamped to `[0, 255]` and rounded by `lrintf` (half to even). The output keeps
-//! the input's memory format.
+//! **qnnpack** (quint8) builds a 256-entry lookup table when the operator is created, with
+//! `x = f32(s·f32(i − z))`, clamped to `[0, 255]` and rounded by `lrintf` (half to even):
+//! `qnnpack/src/sigmoid.c` `v = f32(256/f32(1 + expf(−x)))`, `qnnpack/src/tanh.c`
+//! `v = f32(f32(128·tanhf(x)) + 128)` (glibc `expf`, `tanhf`, no FMA). The output keeps the
+//! input's memory format.
 //!
 //! **Reference flows** (`convert_to_reference_fx`, `_convert_to_reference_decomposed_fx`):
 //! the flow's dequantize, the float op, then the flow's quantize with the observer's qparams.
-//! Which `exp` the float op calls (SLEEF's AVX-512 or AVX2 build for the vector body, glibc for
-//! the tail, at PyTorch's choice of CPU capability) is not pinned, so qparity evaluates the
-//! function exactly (f64) and bounds PyTorch's f32 result (see [`Sigmoid::float_bound`]); an
-//! element is exact or honestly ambiguous.
+//! Which `exp` or `tanh` the float op calls (SLEEF's AVX-512 or AVX2 build, MKL's `vsTanh`,
+//! glibc, at PyTorch's choice of CPU capability and path) is not pinned, so qparity evaluates
+//! the function exactly (f64) and bounds PyTorch's f32 result ([`Sigmoid::float_bound`],
+//! [`Tanh::float_bound`]); an element is exact or honestly ambiguous.
 
 use super::{expect_inputs, MemoryFormat, Meta, Op, OutQParams, Output, Plan, Predicted, Rule};
 use super::{QTensor, Value};
@@ -180,20 +185,116 @@ impl Activation for Sigmoid {
     }
 }
 
-impl Op for Sigmoid {
-    fn name(&self) -> &'static str {
-        "sigmoid"
-    }
+/// `torch.tanh` / `nn.Tanh` on a quantized tensor. Output qparams `(2/256, 128)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tanh;
 
-    fn plan<'a>(
-        &'a self,
-        ctx: &Ctx,
-        inputs: &[Meta<'_>],
-        out: Option<&OutQParams>,
-    ) -> Result<Box<dyn Plan + 'a>> {
-        plan_activation(self, ctx, inputs, out)
+impl Tanh {
+    /// The fixed output qparams of the quantized kernels (`qtanh.cpp`, quint8).
+    pub const QPARAMS: (f64, i64) = (0.0078125, 128);
+
+    /// Bound on |PyTorch's float tanh − tanh(x)| for an f32 `x`, given tanh(x) = `y`.
+    ///
+    /// PyTorch's CPU `tanh` evaluates one library function per element: MKL's `vsTanh` in its
+    /// high-accuracy mode (`aten/src/ATen/cpu/vml.h`, `VML_HA`), SLEEF's `tanhf` u10, or glibc's
+    /// `tanhf`, each documented within 1 ulp (glibc's SunPro `tanhf` within 2 in its own test
+    /// tables). Two ulps of an f32 result are at most `2^-22·|y|`; results below 2^-126 are
+    /// `x` itself, within 2^-149. Hence `2^-22·|y|·(1 + 2^-20) + 2^-149`, plus the f64
+    /// evaluation slack.
+    pub fn float_bound(y: f64) -> f64 {
+        let rel = (2.0f64).powi(-22) * (1.0 + (2.0f64).powi(-20)) + F64_EVAL_SLACK;
+        rel * y.abs() + f64::from(f32::from_bits(1))
     }
 }
+
+impl Activation for Tanh {
+    fn name(&self) -> &'static str {
+        "tanh"
+    }
+
+    fn kernel_qparams(&self) -> Option<(f64, i64)> {
+        Some(Self::QPARAMS)
+    }
+
+    fn keeps_memory_format(&self) -> bool {
+        true
+    }
+
+    fn vector_inv_scale(&self, out_scale: f64) -> f32 {
+        // `float inv_output_scale = 1.0 / output_scale;` with a float output scale.
+        (1.0 / (out_scale as f32) as f64) as f32
+    }
+
+    fn vector_body(&self, q: u8, s: f32, z: i64) -> (f32, String) {
+        // Vectorized<quint8>::dequantize(scale, zero_point, scale·(−zero_point)).
+        let x = s.mul_add(q as f32, s * -(z as f32));
+        let t = sleef::tanhf_u10(x);
+        (
+            t,
+            format!("x = fma(s, q, s·-zp) = {x:e}, Sleef_tanhf8_u10(x) = {t:e}"),
+        )
+    }
+
+    fn scalar_tail(&self, q: u8, s: f32, z: i64) -> (f32, String) {
+        let x = aten::dequantize(q as i64, s as f64, z);
+        let t = glibc::tanhf(x);
+        (t, format!("x = {x:e}, tanhf(x) = {t:e}"))
+    }
+
+    fn qnnpack_entry(&self, i: u8, s: f32, z: i64, _expf: ExpfBuild) -> Option<(f32, String)> {
+        let x = s * (i as i32 - z as i32) as f32;
+        let t = glibc::tanhf(x);
+        let v = 128.0f32 * t + 128.0;
+        Some((
+            v,
+            format!("x = {x:e}, tanhf(x) = {t:e}, 128·t + 128 = {v:e}"),
+        ))
+    }
+
+    fn float_op(&self, x: f32) -> (f64, f64) {
+        let y = (x as f64).tanh();
+        (y, Self::float_bound(y))
+    }
+
+    fn describe_vector(&self) -> String {
+        "x = fma(s, f32(q), f32(s·-zp)), q' = sat(RNE(f32(Sleef_tanhf8_u10(x)·128)) + 128)".into()
+    }
+
+    fn describe_scalar(&self) -> String {
+        "x = f32(s·(q - zp)), q' = quantize_val(2/256, 128, tanhf(x))".into()
+    }
+
+    fn describe_qnnpack(&self) -> String {
+        "LUT[i] = lrintf(clamp(f32(f32(128·tanhf(f32(s·f32(i - zp)))) + 128), 0, 255)), glibc tanhf"
+            .into()
+    }
+
+    fn describe_float(&self) -> String {
+        "tanh(x) evaluated in f64; PyTorch's f32 within 2^-22·|tanh| + 2^-149".into()
+    }
+}
+
+/// `Op` for each activation: the shared plan around its [`Activation`] paths.
+macro_rules! activation_ops {
+    ($($op:ty),*) => {$(
+        impl Op for $op {
+            fn name(&self) -> &'static str {
+                Activation::name(self)
+            }
+
+            fn plan<'a>(
+                &'a self,
+                ctx: &Ctx,
+                inputs: &[Meta<'_>],
+                out: Option<&OutQParams>,
+            ) -> Result<Box<dyn Plan + 'a>> {
+                plan_activation(self, ctx, inputs, out)
+            }
+        }
+    )*};
+}
+
+activation_ops!(Sigmoid, Tanh);
 
 /// How a plan computes each element.
 #[derive(Debug)]
@@ -589,6 +690,65 @@ mod tests {
             Some(&narrow),
         );
         assert_eq!(ints(&o[0]), [51, 127, 127]);
+    }
+
+    #[test]
+    fn tanh_quantizes_to_its_fixed_qparams() {
+        // scale 1/32, zero point 100: q = 100 is x = 0 → 128; q = 132 is x = 1,
+        // 128·tanh(1) + 128 = 225.48 → 225; q = 68 is x = -1 → 30.52 → 31.
+        let x = QTensor::new(vec![3], vec![100, 132, 68], 0.03125, 100);
+        for engine in Engine::ALL {
+            let o = run(&Tanh, &ctx(Flow::ConvertFx, engine), &x, None);
+            assert_eq!(ints(&o[0]), [128, 225, 31], "{engine:?}");
+            assert_eq!(o[1].values, Predicted::Floats(vec![2.0 / 256.0]));
+            assert_eq!(o[2].values, Predicted::exact([128]));
+        }
+    }
+
+    #[test]
+    fn tanh_body_dequantizes_with_fma() {
+        // Input scale f32 0x3f850adc, zero point 131: q = 128 is x = -3.1181817, where
+        // 128·tanh(x) + 128 lies next to 0.5. The vector body (FMA dequantize, SLEEF) gives 1,
+        // the scalar tail (glibc tanhf) and QNNPACK's table give 0.
+        let s = f32::from_bits(0x3f850adc);
+        let x = QTensor::new(vec![65], vec![128; 65], s as f64, 131);
+        let v = ints(&run(&Tanh, &ctx(Flow::ConvertFx, Engine::Fbgemm), &x, None)[0]);
+        assert!(v[..64].iter().all(|&a| a == 1), "{v:?}");
+        assert_eq!(v[64], 0);
+        let v = ints(&run(&Tanh, &ctx(Flow::ConvertFx, Engine::Qnnpack), &x, None)[0]);
+        assert_eq!(v, vec![0; 65]);
+    }
+
+    #[test]
+    fn tanh_reference_flow_bounds_the_float_op() {
+        let out = OutQParams {
+            scale: 2.0 / 256.0,
+            zero_point: 128,
+            quant_min: 0,
+            quant_max: 255,
+        };
+        // q = 128 + k with scale 1/64: x = k/64, 128·tanh(x) + 128 far from .5 except where the
+        // bound straddles a boundary; every element must be exact or an interval of width 1.
+        let x = QTensor::new(vec![256], (0..=255).collect(), 1.0 / 64.0, 128);
+        let o = run(
+            &Tanh,
+            &ctx(Flow::ConvertToReferenceDecomposedFx, Engine::Qnnpack),
+            &x,
+            Some(&out),
+        );
+        let preds = o[0].ints().unwrap();
+        for (k, p) in preds.iter().enumerate() {
+            let exact = 128.0 * ((k as f64 - 128.0) / 64.0).tanh() + 128.0;
+            match *p {
+                Pred::Exact(v) => assert_eq!(v, exact.round_ties_even() as i64, "k {k}"),
+                Pred::Ambiguous { lo, hi } => {
+                    assert_eq!(hi - lo, 1);
+                    assert!((exact - (lo as f64 + 0.5)).abs() < 1e-4, "k {k}");
+                }
+            }
+        }
+        // x = 0 gives exactly 128 (tanh(0) = 0, no error).
+        assert_eq!(preds[128], Pred::Exact(128));
     }
 
     #[test]

@@ -9,6 +9,7 @@ QOP_CALLS = {
     "hardtanh": lambda xs, p: F.hardtanh(xs[0], p["min_val"], p["max_val"]),
     "relu": lambda xs, p: F.relu(xs[0]),
     "sigmoid": lambda xs, p: torch.sigmoid(xs[0]),
+    "tanh": lambda xs, p: torch.tanh(xs[0]),
 }
 
 

@@ -112,6 +112,17 @@ SIGMOID_TIES = [
     "3db47971:108", "3ca40a3b:159", "3c9847ac:120", "3d8087fd:115", "3ed0dcfb:126", "3df8dfdb:114",
 ]
 
+TANH_TIES = [
+    "3cfdb7ea:91", "3c8087fe:154", "3dc42fda:107", "3c667841:157", "3dc223fa:133", "3d07edc3:146",
+    "3bb90c4e:119", "3cff621c:153", "3d40df4d:140", "3a06c105:90", "3c9443ff:175", "3c40884b:170",
+    "3f0df590:129", "3d1243a8:151", "3d2b94bc:142", "3b631d39:86", "3a124de8:163", "3e14d864:133",
+    "3d1fb6d5:160", "3d284d19:110", "3e329008:135", "3c01dec1:91", "3ccfa6f2:104", "3c750a8d:161",
+    "3b6f944c:170", "3d5e9741:99", "3d275f0f:112", "3da008cc:109", "3aa1036d:93", "3a41c72a:91",
+    "3c79f0ad:82", "3bfa7dfd:84", "3c8608da:82", "3cc1cc57:105", "3b844d23:170", "3c7c9344:139",
+    "3bd02dd8:120", "3b8c91c9:107", "3d13c5de:90", "3e0a2917:120", "3d767821:152", "3d1c3e06:96",
+    "3bde8346:91", "3cc4327e:87", "3b801c34:115", "3daa601b:120", "3ac0023d:120", "3ce849b4:162",
+]
+
 
 def _f32_from_hex(h):
     return float(np.array([int(h, 16)], dtype=np.uint32).view(np.float32)[0])
@@ -140,9 +151,16 @@ def sigmoid(rng, rnd, engine):
     return args, expected, tags
 
 
+def tanh(rng, rnd, engine):
+    x, rec, tags, _ = act_input(rng, rnd, TANH_TIES)
+    args, expected = _result(engine, [rec], None, QOP_CALLS["tanh"]([x], None))
+    return args, expected, tags
+
+
 QOPS = [
     ("relu6", relu6),
     ("hardtanh", hardtanh),
     ("relu", relu),
     ("sigmoid", sigmoid),
+    ("tanh", tanh),
 ]
