@@ -74,11 +74,13 @@ pub enum PrimOp {
     Sigmoid,
     /// `tanh` on a quantized tensor (output qparams fixed by the kernel).
     Tanh,
+    /// `quantized::elu` (params: alpha, scale, input_scale; output qparams).
+    Elu,
 }
 
 impl PrimOp {
     /// Every registered primitive op.
-    pub const ALL: [PrimOp; 18] = [
+    pub const ALL: [PrimOp; 19] = [
         PrimOp::QuantizePerTensor,
         PrimOp::QuantizePerChannel,
         PrimOp::DequantizePerTensor,
@@ -97,6 +99,7 @@ impl PrimOp {
         PrimOp::Relu,
         PrimOp::Sigmoid,
         PrimOp::Tanh,
+        PrimOp::Elu,
     ];
 
     /// The golden name.
@@ -120,6 +123,7 @@ impl PrimOp {
             PrimOp::Relu => "relu",
             PrimOp::Sigmoid => "sigmoid",
             PrimOp::Tanh => "tanh",
+            PrimOp::Elu => "elu",
         }
     }
 
@@ -132,7 +136,12 @@ impl PrimOp {
     pub fn is_quantized_op(self) -> bool {
         matches!(
             self,
-            PrimOp::Relu6 | PrimOp::Hardtanh | PrimOp::Relu | PrimOp::Sigmoid | PrimOp::Tanh
+            PrimOp::Relu6
+                | PrimOp::Hardtanh
+                | PrimOp::Relu
+                | PrimOp::Sigmoid
+                | PrimOp::Tanh
+                | PrimOp::Elu
         )
     }
 

@@ -437,6 +437,7 @@ fn quantized_op(case: &Case, op: PrimOp, params: &serde_json::Value) -> Result<A
         PrimOp::Relu => Arc::new(crate::ops::relu::Relu),
         PrimOp::Sigmoid => Arc::new(crate::ops::activation::Sigmoid),
         PrimOp::Tanh => Arc::new(crate::ops::activation::Tanh),
+        PrimOp::Elu => Arc::new(decode::<crate::ops::activation::Elu>(case, params)?),
         other => {
             return Err(case.field_err(
                 "op",

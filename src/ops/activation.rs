@@ -1,4 +1,5 @@
-//! `sigmoid` and `tanh` on quantized tensors: the ops whose kernels call `exp`-family functions.
+//! `sigmoid`, `tanh` and `elu` on quantized tensors: the ops whose kernels call `exp`-family
+//! functions.
 //!
 //! **fbgemm, x86, onednn** (and qnnpack where it has no kernel of its own) run ATen's kernels in
 //! `aten/src/ATen/native/quantized/cpu/kernels/QuantizedOpKernels.cpp` through `cpu_kernel_vec`
@@ -24,6 +25,13 @@
 //!   `(2/256, 128)`): body `x = fma(s, f32(q), f32(s·−f32(z)))` (the 3-argument dequantize),
 //!   `q' = sat(RNE(f32(Sleef_tanhf8_u10(x)·128)) + 128)`; tail `x = f32(s·(q − z))`,
 //!   `q' = quantize_val(2/256, 128, tanhf(x))`.
+//! - `elu` (`qelu.cpp: quantized_elu` → `qelu_kernel`, the caller's output qparams `(so, zo)`,
+//!   coefficients `α`, `sc`, `isc` as f32; the output is contiguous whatever the input's
+//!   layout): body `x` the 3-argument dequantize, `y = f32((x > 0 ? x :
+//!   f32(Sleef_expm1f8_u10(f32(x·isc))·α))·sc)`, `q' = sat(RNE(f32(y·f32(1.0/so))) + zo)`;
+//!   tail `x = f32(s·(q − z))`, `y = x ≥ 0 ? f32(x·sc) : f32(f32(expm1f(f32(x·isc))·α)·sc)`,
+//!   `q' = quantize_val(so, zo, y)`. torch 2.15 calls `expm1` (older sources `exp(·) − 1`).
+//!   QNNPACK has no ELU: every engine runs this kernel.
 //!
 //! **qnnpack** (quint8) builds a 256-entry lookup table when the operator is created, with
 //! `x = f32(s·f32(i − z))`, clamped to `[0, 255]` and rounded by `lrintf` (half to even):
@@ -33,10 +41,10 @@
 //!
 //! **Reference flows** (`convert_to_reference_fx`, `_convert_to_reference_decomposed_fx`):
 //! the flow's dequantize, the float op, then the flow's quantize with the observer's qparams.
-//! Which `exp` or `tanh` the float op calls (SLEEF's AVX-512 or AVX2 build, MKL's `vsTanh`,
+//! Which `exp`, `expm1` or `tanh` the float op calls (SLEEF's AVX-512 or AVX2 build, MKL's `vsTanh`,
 //! glibc, at PyTorch's choice of CPU capability and path) is not pinned, so qparity evaluates
 //! the function exactly (f64) and bounds PyTorch's f32 result ([`Sigmoid::float_bound`],
-//! [`Tanh::float_bound`]); an element is exact or honestly ambiguous.
+//! [`Tanh::float_bound`], [`Elu::float_bound`]); an element is exact or honestly ambiguous.
 
 use super::{expect_inputs, MemoryFormat, Meta, Op, OutQParams, Output, Plan, Predicted, Rule};
 use super::{QTensor, Value};
@@ -65,6 +73,10 @@ const F32_MIN_NORMAL: f64 = f32::MIN_POSITIVE as f64;
 trait Activation: fmt::Debug + Send + Sync {
     /// The op's registry name.
     fn name(&self) -> &'static str;
+    /// Checks the op's own parameters.
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
     /// The output qparams the quantized kernel picks itself, or `None` when it takes the
     /// caller's.
     fn kernel_qparams(&self) -> Option<(f64, i64)>;
@@ -274,6 +286,173 @@ impl Activation for Tanh {
     }
 }
 
+/// `quantized::elu(x, output_scale, output_zero_point, alpha, scale, input_scale)` (FX: `nnq.ELU`):
+/// `ELU(x) = x·scale` for `x > 0`, `expm1(x·input_scale)·alpha·scale` otherwise, with the
+/// caller's output qparams. The coefficients are PyTorch `Scalar`s, used as f32.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Elu {
+    pub alpha: f64,
+    #[serde(default = "one")]
+    pub scale: f64,
+    #[serde(default = "one")]
+    pub input_scale: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl Elu {
+    /// `nn.ELU(alpha)`: scale and input scale 1.
+    pub fn new(alpha: f64) -> Self {
+        Elu {
+            alpha,
+            scale: 1.0,
+            input_scale: 1.0,
+        }
+    }
+
+    /// The f32 coefficients the kernels use (`Scalar::to<float>()`): alpha, scale, input scale.
+    fn coefs(&self) -> (f32, f32, f32) {
+        (
+            self.alpha as f32,
+            self.scale as f32,
+            self.input_scale as f32,
+        )
+    }
+
+    /// Bound on |PyTorch's float ELU − ELU(x)| for an f32 `x` on the negative branch, given
+    /// the exact `y = f32(alpha)·f32(scale)·expm1(x·f32(input_scale))`.
+    ///
+    /// The float kernel (`aten/src/ATen/native/cpu/Elu.h`, scalar and vectorized) computes
+    /// `expm1(f32(x·input_scale))·f32(alpha·scale)` in f32, with SLEEF's `expm1f` u10 or glibc's
+    /// `expm1f` (each within 1 ulp, ≤ 2^-23 relative). Rounding `x·input_scale` moves the
+    /// argument `u` by ≤ 2^-24·|u|, which moves `expm1(u)` for `u ≤ 0` by at most
+    /// `e^u·|u|·2^-24 ≤ |expm1(u)|·2^-24`; the two products add 2^-24 each. Relative total
+    /// `2^-23 + 3·2^-24` plus second-order terms, below 2^-21. Subnormal intermediates add
+    /// at most a few 2^-149 scaled by `|alpha·scale|`: `2^-126·(1 + |alpha·scale|)` covers them.
+    pub fn float_bound(&self, y: f64) -> f64 {
+        let (alpha, scale, _) = self.coefs();
+        let negcoef = (alpha as f64 * scale as f64).abs();
+        ((2.0f64).powi(-21) + F64_EVAL_SLACK) * y.abs() + F32_MIN_NORMAL * (1.0 + negcoef)
+    }
+}
+
+impl Activation for Elu {
+    fn name(&self) -> &'static str {
+        "elu"
+    }
+
+    fn validate(&self) -> Result<()> {
+        let (alpha, scale, input_scale) = self.coefs();
+        for (name, v) in [
+            ("alpha", alpha),
+            ("scale", scale),
+            ("input_scale", input_scale),
+        ] {
+            if !v.is_finite() {
+                return Err(Error::invalid(
+                    "elu",
+                    format!("{name} must be a finite f32, got {v}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn kernel_qparams(&self) -> Option<(f64, i64)> {
+        None
+    }
+
+    fn keeps_memory_format(&self) -> bool {
+        // `quantized_elu` allocates `_empty_affine_quantized(qx.sizes(), ...)` without a memory
+        // format: the output is contiguous.
+        false
+    }
+
+    fn vector_inv_scale(&self, out_scale: f64) -> f32 {
+        // `float inv_o_scale = static_cast<float>(1.0 / o_scale);` with a float `o_scale`.
+        (1.0 / (out_scale as f32) as f64) as f32
+    }
+
+    fn vector_body(&self, q: u8, s: f32, z: i64) -> (f32, String) {
+        let (alpha, scale, input_scale) = self.coefs();
+        let x = s.mul_add(q as f32, s * -(z as f32));
+        let e = sleef::expm1f_u10(x * input_scale);
+        let neg = e * alpha;
+        let y = (if x > 0.0 { x } else { neg }) * scale;
+        (
+            y,
+            format!(
+                "x = fma(s, q, s·-zp) = {x:e}, Sleef_expm1f8_u10(x·input_scale) = {e:e}, \
+                 ·alpha = {neg:e}, y = (x > 0 ? x : that)·scale = {y:e}"
+            ),
+        )
+    }
+
+    fn scalar_tail(&self, q: u8, s: f32, z: i64) -> (f32, String) {
+        let (alpha, scale, input_scale) = self.coefs();
+        let x = aten::dequantize(q as i64, s as f64, z);
+        if x >= 0.0 {
+            let y = x * scale;
+            (y, format!("x = {x:e} >= 0, y = x·scale = {y:e}"))
+        } else {
+            let e = glibc::expm1f(x * input_scale);
+            let y = e * alpha * scale;
+            (
+                y,
+                format!("x = {x:e} < 0, expm1f(x·input_scale) = {e:e}, y = e·alpha·scale = {y:e}"),
+            )
+        }
+    }
+
+    fn qnnpack_entry(&self, _: u8, _: f32, _: i64, _: ExpfBuild) -> Option<(f32, String)> {
+        // No QNNPACK kernel: every engine runs ATen's.
+        None
+    }
+
+    fn float_op(&self, x: f32) -> (f64, f64) {
+        let (alpha, scale, input_scale) = self.coefs();
+        if x > 0.0 {
+            // One rounding of x·scale; none when scale is 1.
+            let y = x as f64 * scale as f64;
+            let err = if scale == 1.0 {
+                0.0
+            } else {
+                (2.0f64).powi(-24) * y.abs() + f64::from(f32::from_bits(1))
+            };
+            (y, err)
+        } else {
+            let y = alpha as f64 * scale as f64 * (x as f64 * input_scale as f64).exp_m1();
+            (y, self.float_bound(y))
+        }
+    }
+
+    fn describe_vector(&self) -> String {
+        "x = fma(s, f32(q), f32(s·-zp)), y = f32((x > 0 ? x : f32(Sleef_expm1f8_u10(f32(x·isc))·α))·sc), \
+         q' = sat(RNE(f32(y·f32(1.0/so))) + zo)"
+            .into()
+    }
+
+    fn describe_scalar(&self) -> String {
+        "x = f32(s·(q - zp)), y = x >= 0 ? f32(x·sc) : f32(f32(expm1f(f32(x·isc))·α)·sc), \
+         q' = quantize_val(so, zo, y)"
+            .into()
+    }
+
+    fn describe_qnnpack(&self) -> String {
+        "no QNNPACK kernel".into()
+    }
+
+    fn describe_float(&self) -> String {
+        format!(
+            "ELU(x) = x > 0 ? x·sc : α·sc·expm1(x·isc) (α {}, sc {}, isc {}) evaluated in f64; \
+             PyTorch's f32 within 2^-21·|y| + 2^-126·(1 + |α·sc|) on the negative branch",
+            self.alpha, self.scale, self.input_scale
+        )
+    }
+}
+
 /// `Op` for each activation: the shared plan around its [`Activation`] paths.
 macro_rules! activation_ops {
     ($($op:ty),*) => {$(
@@ -294,7 +473,7 @@ macro_rules! activation_ops {
     )*};
 }
 
-activation_ops!(Sigmoid, Tanh);
+activation_ops!(Sigmoid, Tanh, Elu);
 
 /// How a plan computes each element.
 #[derive(Debug)]
@@ -355,6 +534,7 @@ fn plan_activation<'a, A: Activation>(
     out: Option<&OutQParams>,
 ) -> Result<Box<dyn Plan + 'a>> {
     let name = op.name();
+    op.validate()?;
     let input = expect_inputs(name, inputs, 1)?[0];
     let (scale, zero_point) = input.qparams(name)?;
     validate_qparams("input qparams", scale, zero_point, 0, 255)?;
@@ -749,6 +929,149 @@ mod tests {
         }
         // x = 0 gives exactly 128 (tanh(0) = 0, no error).
         assert_eq!(preds[128], Pred::Exact(128));
+    }
+
+    fn elu_out(scale: f64, zero_point: i64) -> OutQParams {
+        OutQParams {
+            scale,
+            zero_point,
+            quant_min: 0,
+            quant_max: 255,
+        }
+    }
+
+    #[test]
+    fn elu_by_hand() {
+        // Input scale 1/2, zero point 128; output (1/4, 128). q = 130 is x = 1 → 4 steps up;
+        // q = 126 is x = -1, expm1(-1) = -0.632 → -2.53 steps → 125; q = 0 is x = -64,
+        // expm1 = -1 → 124; q = 255 is x = 63.5 → 382 → saturates at 255.
+        let codes = [130u8, 128, 126, 0, 255];
+        let out = elu_out(0.25, 128);
+        for n in [5, 64 * 5] {
+            // 5 elements: all scalar tail; 320: all vector body.
+            let x = QTensor::new(vec![n], codes.repeat(n / 5), 0.5, 128);
+            for engine in Engine::ALL {
+                let o = run(
+                    &Elu::new(1.0),
+                    &ctx(Flow::ConvertFx, engine),
+                    &x,
+                    Some(&out),
+                );
+                assert_eq!(
+                    ints(&o[0])[..5],
+                    [132, 128, 125, 124, 255],
+                    "{engine:?} {n}"
+                );
+                assert_eq!(o.len(), 1, "the caller's qparams are not predicted outputs");
+            }
+        }
+        // alpha 2, scale 2, input scale 0.5: x = -1 gives 4·expm1(-0.5) = -1.574 → -6.3 steps
+        // → 122; x = 1 gives 2 → 136.
+        let op = Elu {
+            alpha: 2.0,
+            scale: 2.0,
+            input_scale: 0.5,
+        };
+        let x = QTensor::new(vec![2], vec![126, 130], 0.5, 128);
+        let o = run(&op, &ctx(Flow::ConvertFx, Engine::X86), &x, Some(&out));
+        assert_eq!(ints(&o[0]), [122, 136]);
+    }
+
+    #[test]
+    fn elu_body_and_tail_and_the_output_layout() {
+        let elu1 = |engine, x: &QTensor, out: &OutQParams| {
+            ints(&run(&Elu::new(1.0), &ctx(Flow::ConvertFx, engine), x, Some(out))[0])
+        };
+        // Input scale f32 0x3b90f58b, zero point 159, output (f32 0x3b066000, 217): q = 128 is
+        // x = -0.137138, whose exact output code is 154.4999989. The body (FMA dequantize, SLEEF
+        // expm1f) gives 154, the tail (plain dequantize, glibc expm1f) 155.
+        let (s, so) = (f32::from_bits(0x3b90f58b), f32::from_bits(0x3b066000));
+        let out = elu_out(so as f64, 217);
+        let x = QTensor::new(vec![65], vec![128; 65], s as f64, 159);
+        let v = elu1(Engine::Qnnpack, &x, &out);
+        assert!(v[..64].iter().all(|&a| a == 154), "{v:?}");
+        assert_eq!(v[64], 155);
+        // The output is contiguous: a channels-last input shares no contiguous row with it, so
+        // every element takes the tail, unless its memory order is the logical one.
+        let mut cl = QTensor::new(vec![1, 5, 13, 1], vec![128; 65], s as f64, 159);
+        cl.memory_format = MemoryFormat::ChannelsLast;
+        let v = elu1(Engine::Fbgemm, &cl, &out);
+        assert_eq!(v, vec![155; 65]);
+        cl.shape = vec![1, 65, 1, 1];
+        let v = elu1(Engine::Fbgemm, &cl, &out);
+        assert_eq!(v.iter().filter(|&&a| a == 154).count(), 64);
+        // Input scale f32 0x3daf2270, zero point 150, output (f32 0x3ba9e000, 186): x = -1.88133,
+        // exact code 22.50000034; SLEEF's expm1f (body) rounds to 23 where glibc's gives 22.
+        let (s, so) = (f32::from_bits(0x3daf2270), f32::from_bits(0x3ba9e000));
+        let out = elu_out(so as f64, 186);
+        let x = QTensor::new(vec![65], vec![128; 65], s as f64, 150);
+        let v = elu1(Engine::Onednn, &x, &out);
+        assert!(v[..64].iter().all(|&a| a == 23), "{v:?}");
+        assert_eq!(v[64], 22);
+    }
+
+    #[test]
+    fn elu_reference_flow_is_exact_or_ambiguous() {
+        let out = elu_out(1.0 / 64.0, 160);
+        let x = QTensor::new(vec![256], (0..=255).collect(), 1.0 / 32.0, 128);
+        for (flow, alpha) in [
+            (Flow::ConvertToReferenceFx, 1.0),
+            (Flow::ConvertToReferenceDecomposedFx, 0.7),
+        ] {
+            let o = run(&Elu::new(alpha), &ctx(flow, Engine::Fbgemm), &x, Some(&out));
+            let preds = o[0].ints().unwrap();
+            for (q, p) in preds.iter().enumerate() {
+                let xv = (q as f64 - 128.0) / 32.0;
+                let y = if xv > 0.0 {
+                    xv
+                } else {
+                    (alpha as f32) as f64 * xv.exp_m1()
+                };
+                let exact = (y * 64.0 + 160.0).clamp(0.0, 255.0);
+                match *p {
+                    Pred::Exact(v) => assert_eq!(v, exact.round_ties_even() as i64, "q {q}"),
+                    Pred::Ambiguous { lo, hi } => {
+                        assert_eq!(hi - lo, 1, "q {q}");
+                        assert!((exact - (lo as f64 + 0.5)).abs() < 1e-4, "q {q}");
+                    }
+                }
+                // Positive inputs are exact: x·1 is x.
+                if q > 128 {
+                    assert!(matches!(p, Pred::Exact(_)), "q {q}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn elu_params_and_errors() {
+        let p: Elu = serde_json::from_value(serde_json::json!({
+            "alpha": 0.5, "output_scale": 0.1, "output_zero_point": 3
+        }))
+        .unwrap();
+        assert_eq!(p, Elu::new(0.5));
+        let x = Value::Quantized(QTensor::new(vec![2], vec![1, 2], 0.1, 0));
+        let c = ctx(Flow::ConvertFx, Engine::Fbgemm);
+        let out = elu_out(0.1, 0);
+        for bad in [f64::NAN, f64::INFINITY, 1e39] {
+            let op = Elu::new(bad);
+            let e = op.plan(&c, &[x.meta()], Some(&out)).unwrap_err();
+            assert!(e.to_string().contains("alpha"), "{e}");
+            let op = Elu {
+                input_scale: bad,
+                ..Elu::new(1.0)
+            };
+            assert!(op.plan(&c, &[x.meta()], Some(&out)).is_err());
+        }
+        // The caller's output qparams are required and checked.
+        let e = Elu::new(1.0).plan(&c, &[x.meta()], None).unwrap_err();
+        assert!(e.to_string().contains("output qparams"), "{e}");
+        assert!(Elu::new(1.0)
+            .plan(&c, &[x.meta()], Some(&elu_out(f64::NAN, 0)))
+            .is_err());
+        assert!(Elu::new(1.0)
+            .plan(&c, &[x.meta()], Some(&elu_out(0.1, 256)))
+            .is_err());
     }
 
     #[test]

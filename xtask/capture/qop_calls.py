@@ -10,6 +10,8 @@ QOP_CALLS = {
     "relu": lambda xs, p: F.relu(xs[0]),
     "sigmoid": lambda xs, p: torch.sigmoid(xs[0]),
     "tanh": lambda xs, p: torch.tanh(xs[0]),
+    "elu": lambda xs, p: torch.ops.quantized.elu(xs[0], p["output_scale"], p["output_zero_point"], p["alpha"],
+                                                 p["scale"], p["input_scale"]),
 }
 
 

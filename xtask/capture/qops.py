@@ -123,6 +123,36 @@ TANH_TIES = [
     "3bde8346:91", "3cc4327e:87", "3b801c34:115", "3daa601b:120", "3ac0023d:120", "3ce849b4:162",
 ]
 
+# "scale bits:zero point:alpha:output scale bits:output zero point", where code 128 sits on a
+# rounding boundary of qelu_kernel: the first 24 measured with torch (its vector body and scalar
+# tail give different codes), the last 24 where SLEEF's expm1f (the body's) and glibc's expm1f
+# round differently (found with the real functions through ctypes, the body checked with torch).
+ELU_TIES = [
+    "3b46a671:251:1.3010567426681519:3b5e1000:207", "3b90f58b:159:1.0:3b066000:217",
+    "3c02be72:160:1.0:3bdc7000:187", "3ad7be49:188:0.3511398136615753:3b2d2000:99",
+    "3d3bfc91:181:1.0:3c074000:169", "3da4549e:140:1.5979981422424316:3c5f4000:249",
+    "3b7eab5e:173:0.2708456516265869:3a0d8000:213", "3e06129a:98:0.8290973901748657:3d797000:97",
+    "380e2e8c:29:1.8724536895751953:38380000:145", "3d158cfd:143:1.723891258239746:3bbdd000:220",
+    "3b10faf9:23:0.3184942603111267:3b9cf000:175", "3938cb1c:203:1.8496819734573364:3b74e000:64",
+    "3d9e0fe2:133:1.2585358619689941:3c451000:206", "3bd17367:183:1.0:3bd0e000:201",
+    "3bf35f20:188:0.8975013494491577:3b0ab000:169", "3ae78b47:194:1.6055001020431519:3b587000:134",
+    "3b7ce7ba:158:0.21519044041633606:39d68000:80", "3b4609db:219:1.0:3d178000:175",
+    "3db58cab:132:1.0:3c8bc000:190", "3a6a8140:163:0.5271479487419128:39998000:242",
+    "3a88cbdd:189:1.0:3bd4c000:198", "3bca1982:135:1.0:3a88c000:187", "3b5cef1b:158:1.0:3bd96000:71",
+    "3c1d3112:252:0.40086594223976135:3c6a5000:188",
+    "3daf2270:150:1.0:3ba9e000:186", "3b8bb2a8:216:1.0:3b788000:208", "3b1af31a:235:1.0:3c7c9000:77",
+    "3ba1e3b7:198:0.49972647428512573:3c1a7000:63", "3bd39f0d:212:1.0:3b20f000:175",
+    "3b55d77c:206:1.0:3bad4000:237", "3c2a124f:248:1.686140775680542:3c148000:253",
+    "3bd03fd0:183:1.1562780141830444:3d56f000:95", "3ba7931a:147:1.0:3a3a0000:141",
+    "3bd22148:211:1.0:3b4db000:231", "3be44fff:199:1.0:3d552000:107", "3b84d8e9:204:1.0:3bc7c000:87",
+    "3c3b852b:167:0.7497919201850891:3b31d000:212", "3c2e7b13:242:1.4989601373672485:3c81d000:176",
+    "3bfa1314:242:1.8242313861846924:3bb38000:194", "3ca19716:156:1.2650105953216553:3b8b1000:248",
+    "3b60b437:249:1.263284683227539:3cc8d000:38", "3c759728:221:1.0:3c1cf000:167",
+    "3b536198:210:1.0:3b73b000:187", "3b7f39bc:233:1.988787055015564:3ca84000:34",
+    "3b683dab:236:1.0:3bbbc000:183", "3c1edbd3:163:1.0:3afe0000:213",
+    "3a9bf116:237:1.4960423707962036:3bd8d000:79", "3dff3df5:138:1.0:3e507000:121",
+]
+
 
 def _f32_from_hex(h):
     return float(np.array([int(h, 16)], dtype=np.uint32).view(np.float32)[0])
@@ -157,10 +187,33 @@ def tanh(rng, rnd, engine):
     return args, expected, tags
 
 
+def elu(rng, rnd, engine):
+    x, rec, tags, tie = act_input(rng, rnd, ELU_TIES)
+    if tie:
+        alpha, so, zo = float(tie[0]), _f32_from_hex(tie[1]), int(tie[2])
+        coef, in_coef = 1.0, 1.0
+    else:
+        # Output scale 0.5 to 2 times the input's so the outputs span the codes; alpha as a
+        # double (the kernel casts it to f32). Rounds 3 (mod 4) also set ELU's scale and input
+        # scale.
+        alpha = 1.0 if rng.integers(0, 2) == 0 else float(rng.uniform(0.1, 2.0))
+        so = float(np.float32(rec["scale"] * int(rng.integers(8, 33)) / 16))
+        zo = int(rng.integers(0, 256))
+        coef, in_coef = 1.0, 1.0
+        if rnd % 4 == 3:
+            coef, in_coef = float(rng.uniform(0.5, 2.0)), float(rng.uniform(0.5, 2.0))
+            tags = tags + ["coefs"]
+    params = {"output_scale": so, "output_zero_point": zo, "alpha": alpha, "scale": coef,
+              "input_scale": in_coef}
+    args, expected = _result(engine, [rec], params, QOP_CALLS["elu"]([x], params))
+    return args, expected, tags
+
+
 QOPS = [
     ("relu6", relu6),
     ("hardtanh", hardtanh),
     ("relu", relu),
     ("sigmoid", sigmoid),
     ("tanh", tanh),
+    ("elu", elu),
 ]
