@@ -97,11 +97,17 @@ pub enum PrimOp {
     /// `quantized::leaky_relu(x, negative_slope, False, scale, zero_point)`; params
     /// `negative_slope`, `scale`, `zero_point`.
     LeakyRelu,
+    /// `sigmoid` on a quantized tensor (output qparams fixed by the kernel).
+    Sigmoid,
+    /// `tanh` on a quantized tensor (output qparams fixed by the kernel).
+    Tanh,
+    /// `quantized::elu` (params: alpha, scale, input_scale; output qparams).
+    Elu,
 }
 
 impl PrimOp {
     /// Every registered primitive op.
-    pub const ALL: [PrimOp; 25] = [
+    pub const ALL: [PrimOp; 28] = [
         PrimOp::QuantizePerTensor,
         PrimOp::QuantizePerChannel,
         PrimOp::DequantizePerTensor,
@@ -127,6 +133,9 @@ impl PrimOp {
         PrimOp::Hardswish,
         PrimOp::Hardsigmoid,
         PrimOp::LeakyRelu,
+        PrimOp::Sigmoid,
+        PrimOp::Tanh,
+        PrimOp::Elu,
     ];
 
     /// The golden name.
@@ -157,6 +166,9 @@ impl PrimOp {
             PrimOp::Hardswish => "hardswish",
             PrimOp::Hardsigmoid => "hardsigmoid",
             PrimOp::LeakyRelu => "leaky_relu",
+            PrimOp::Sigmoid => "sigmoid",
+            PrimOp::Tanh => "tanh",
+            PrimOp::Elu => "elu",
         }
     }
 
@@ -181,6 +193,9 @@ impl PrimOp {
                 | PrimOp::Hardswish
                 | PrimOp::Hardsigmoid
                 | PrimOp::LeakyRelu
+                | PrimOp::Sigmoid
+                | PrimOp::Tanh
+                | PrimOp::Elu
         )
     }
 
@@ -188,7 +203,7 @@ impl PrimOp {
     /// `output_scale` / `output_zero_point` are PyTorch's choice, predicted and compared like
     /// the values (`output_scale`, `output_zero_point` outputs), not given to the op.
     pub fn kernel_picks_output_qparams(self) -> bool {
-        matches!(self, PrimOp::Hardsigmoid)
+        matches!(self, PrimOp::Hardsigmoid | PrimOp::Sigmoid | PrimOp::Tanh)
     }
 }
 

@@ -460,6 +460,9 @@ fn quantized_op(case: &Case, op: PrimOp, params: &serde_json::Value) -> Result<A
             let negative_slope = decode::<P>(case, params)?.negative_slope;
             Arc::new(crate::ops::piecewise::Piecewise::LeakyRelu { negative_slope })
         }
+        PrimOp::Sigmoid => Arc::new(crate::ops::activation::Sigmoid),
+        PrimOp::Tanh => Arc::new(crate::ops::activation::Tanh),
+        PrimOp::Elu => Arc::new(decode::<crate::ops::activation::Elu>(case, params)?),
         other => {
             return Err(case.field_err(
                 "op",

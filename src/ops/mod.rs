@@ -11,6 +11,7 @@
 //! Adding an op is one new module here with its [`Op`] implementation, plus its registration in
 //! the golden schema ([`crate::golden`]); see `docs/ARCHITECTURE.md`.
 
+pub mod activation;
 pub mod add;
 pub mod aten_vec;
 pub mod cat;

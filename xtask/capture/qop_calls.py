@@ -18,6 +18,10 @@ QOP_CALLS = {
     "hardsigmoid": lambda xs, p: F.hardsigmoid(xs[0]),
     "leaky_relu": lambda xs, p: torch.ops.quantized.leaky_relu(
         xs[0], p["negative_slope"], False, p["scale"], p["zero_point"]),
+    "sigmoid": lambda xs, p: torch.sigmoid(xs[0]),
+    "tanh": lambda xs, p: torch.tanh(xs[0]),
+    "elu": lambda xs, p: torch.ops.quantized.elu(xs[0], p["output_scale"], p["output_zero_point"], p["alpha"],
+                                                 p["scale"], p["input_scale"]),
 }
 
 
