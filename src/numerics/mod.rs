@@ -7,3 +7,4 @@ pub mod observer;
 pub mod qparams;
 pub mod quantize;
 pub mod requant;
+pub mod sum;
