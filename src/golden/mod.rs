@@ -70,11 +70,14 @@ pub enum PrimOp {
     Hardtanh,
     /// `relu` on a quantized tensor.
     Relu,
+    /// `max_pool2d` on a quantized tensor; params `{kernel_size, stride, padding, dilation,
+    /// ceil_mode}`.
+    MaxPool2d,
 }
 
 impl PrimOp {
     /// Every registered primitive op.
-    pub const ALL: [PrimOp; 16] = [
+    pub const ALL: [PrimOp; 17] = [
         PrimOp::QuantizePerTensor,
         PrimOp::QuantizePerChannel,
         PrimOp::DequantizePerTensor,
@@ -91,6 +94,7 @@ impl PrimOp {
         PrimOp::Relu6,
         PrimOp::Hardtanh,
         PrimOp::Relu,
+        PrimOp::MaxPool2d,
     ];
 
     /// The golden name.
@@ -112,6 +116,7 @@ impl PrimOp {
             PrimOp::Relu6 => "relu6",
             PrimOp::Hardtanh => "hardtanh",
             PrimOp::Relu => "relu",
+            PrimOp::MaxPool2d => "max_pool2d",
         }
     }
 
@@ -122,7 +127,10 @@ impl PrimOp {
 
     /// An op on quantized tensors whose arguments are [`QOpArgs`].
     pub fn is_quantized_op(self) -> bool {
-        matches!(self, PrimOp::Relu6 | PrimOp::Hardtanh | PrimOp::Relu)
+        matches!(
+            self,
+            PrimOp::Relu6 | PrimOp::Hardtanh | PrimOp::Relu | PrimOp::MaxPool2d
+        )
     }
 }
 

@@ -435,6 +435,7 @@ fn quantized_op(case: &Case, op: PrimOp, params: &serde_json::Value) -> Result<A
         PrimOp::Relu6 => Arc::new(Clamp::RELU6),
         PrimOp::Hardtanh => Arc::new(decode::<Clamp>(case, params)?),
         PrimOp::Relu => Arc::new(crate::ops::relu::Relu),
+        PrimOp::MaxPool2d => Arc::new(decode::<crate::ops::pool::max::MaxPool2d>(case, params)?),
         other => {
             return Err(case.field_err(
                 "op",

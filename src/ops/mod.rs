@@ -16,6 +16,7 @@ pub mod fake_quant;
 pub mod gemm;
 pub mod layer;
 pub mod observe;
+pub mod pool;
 pub mod quantize;
 pub mod relu;
 

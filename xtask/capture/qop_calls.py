@@ -8,12 +8,24 @@ QOP_CALLS = {
     "relu6": lambda xs, p: F.relu6(xs[0]),
     "hardtanh": lambda xs, p: F.hardtanh(xs[0], p["min_val"], p["max_val"]),
     "relu": lambda xs, p: F.relu(xs[0]),
+    "max_pool2d": lambda xs, p: F.max_pool2d(xs[0], p["kernel_size"], p["stride"], p["padding"],
+                                             p["dilation"], ceil_mode=p["ceil_mode"]),
 }
+
+
+def channels_last(x):
+    """A quantized tensor in channels-last memory format with channels-last strides, also when it
+    is contiguous both ways (N×C×1×1, C = 1), where `.contiguous(memory_format=...)` would keep
+    its NCHW strides."""
+    y = torch._empty_affine_quantized(tuple(x.shape), scale=x.q_scale(), zero_point=x.q_zero_point(),
+                                      dtype=x.dtype, memory_format=torch.channels_last)
+    y.copy_(x)
+    return y
 
 
 def qop_input(rec, make_tensor):
     """A case's quantized input record as a torch tensor in its memory format."""
     x = torch._make_per_tensor_quantized_tensor(make_tensor(rec["int_repr"]), rec["scale"], rec["zero_point"])
     if rec.get("memory_format") == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = channels_last(x)
     return x

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from common import tensor
-from qop_calls import QOP_CALLS
+from qop_calls import QOP_CALLS, channels_last as to_channels_last
 
 ENGINES = ["fbgemm", "x86", "qnnpack", "onednn"]
 # Channel counts around the kernels' vector widths (8, 16, 32, 64 lanes).
@@ -49,7 +49,7 @@ def qinput(rng, rnd, shape=None):
     x = torch._make_per_tensor_quantized_tensor(torch.from_numpy(codes), scale, zp)
     channels_last = rnd % 2 == 1 and len(shape) == 4
     if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = to_channels_last(x)
     rec = {"int_repr": tensor(x.int_repr().contiguous()), "scale": scale, "zero_point": zp,
            "memory_format": "channels_last" if channels_last else "contiguous"}
     return x, rec, [flavour, "channels_last" if channels_last else "contiguous"]
@@ -86,8 +86,65 @@ def relu(rng, rnd, engine):
     return args, expected, tags
 
 
+def _pool_out(i, k, s, p, d, ceil):
+    """Pool.h: pooling_output_shape."""
+    o = (i + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil else 0)) // s + 1
+    if ceil and (o - 1) * s >= i + p:
+        o -= 1
+    return o
+
+
+def pool_input(rng, rnd):
+    """A pool input: rounds 4 and 5 (of every 6) are N×C×1×1, NCHW-strided (whose padded pools
+    come back scrambled from ATen's NHWC kernels) and channels-last-strided."""
+    if rnd % 6 in (4, 5):
+        c = int(CHANNELS[int(rng.integers(0, len(CHANNELS)))])
+        return qinput(rng, rnd, [int(rng.integers(1, 3)), c, 1, 1])
+    return qinput(rng, rnd)
+
+
+def pool_window(rng, rnd, engine, shape, dilation):
+    """Kernel, stride, padding (p ≤ k/2), dilation and ceil_mode giving a non-empty output; a
+    1×1 input gets kernel 2, stride 1, padding 1 (a 2×2 output of one pixel)."""
+    if shape[2] == shape[3] == 1:
+        return [2, 2], [1, 1], [1, 1], [1, 1], False
+    # Every third round: kernel ≥ 3 with the largest padding (and dilation 2 where allowed),
+    # where padding taps matter most (QNNPACK's clamped max taps, count_include_pad).
+    wide = rnd % 3 == 0
+    for attempt in range(1000):
+        wide = wide and attempt < 20  # small inputs may not fit a wide window
+        k = [int(rng.integers(3 if wide else 1, 5)), int(rng.integers(3 if wide else 1, 5))]
+        s = [int(rng.integers(1, 4)), int(rng.integers(1, 4))]
+        if wide:
+            p = [k[0] // 2, k[1] // 2]
+        else:
+            p = [int(rng.integers(0, k[0] // 2 + 1)), int(rng.integers(0, k[1] // 2 + 1))]
+        if not dilation:
+            d = [1, 1]
+        elif wide:
+            d = [2, 2]
+        else:
+            d = [int(rng.integers(1, 3)), int(rng.integers(1, 3))]
+        ceil = bool(rng.integers(0, 2)) and not (wide and engine == "qnnpack")
+        if engine == "qnnpack" and not ceil and k == [1, 1]:
+            continue  # QNNPACK rejects 1x1 pooling
+        if all(_pool_out(shape[2 + i], k[i], s[i], p[i], d[i], ceil) >= 1
+               and p[i] <= ((k[i] - 1) * d[i] + 1) // 2 for i in range(2)):
+            return k, s, p, d, ceil
+    raise RuntimeError(f"no pool window fits {shape}")
+
+
+def max_pool2d(rng, rnd, engine):
+    x, rec, tags = pool_input(rng, rnd)
+    k, s, p, d, ceil = pool_window(rng, rnd, engine, rec["int_repr"]["shape"], True)
+    params = {"kernel_size": k, "stride": s, "padding": p, "dilation": d, "ceil_mode": ceil}
+    args, expected = _result(engine, [rec], params, QOP_CALLS["max_pool2d"]([x], params))
+    return args, expected, tags + (["ceil_mode"] if ceil else [])
+
+
 QOPS = [
     ("relu6", relu6),
     ("hardtanh", hardtanh),
     ("relu", relu),
+    ("max_pool2d", max_pool2d),
 ]
