@@ -73,11 +73,14 @@ pub enum PrimOp {
     /// `max_pool2d` on a quantized tensor; params `{kernel_size, stride, padding, dilation,
     /// ceil_mode}`.
     MaxPool2d,
+    /// `avg_pool2d` on a quantized tensor; params `{kernel_size, stride, padding, ceil_mode,
+    /// count_include_pad, divisor_override}`.
+    AvgPool2d,
 }
 
 impl PrimOp {
     /// Every registered primitive op.
-    pub const ALL: [PrimOp; 17] = [
+    pub const ALL: [PrimOp; 18] = [
         PrimOp::QuantizePerTensor,
         PrimOp::QuantizePerChannel,
         PrimOp::DequantizePerTensor,
@@ -95,6 +98,7 @@ impl PrimOp {
         PrimOp::Hardtanh,
         PrimOp::Relu,
         PrimOp::MaxPool2d,
+        PrimOp::AvgPool2d,
     ];
 
     /// The golden name.
@@ -117,6 +121,7 @@ impl PrimOp {
             PrimOp::Hardtanh => "hardtanh",
             PrimOp::Relu => "relu",
             PrimOp::MaxPool2d => "max_pool2d",
+            PrimOp::AvgPool2d => "avg_pool2d",
         }
     }
 
@@ -129,7 +134,7 @@ impl PrimOp {
     pub fn is_quantized_op(self) -> bool {
         matches!(
             self,
-            PrimOp::Relu6 | PrimOp::Hardtanh | PrimOp::Relu | PrimOp::MaxPool2d
+            PrimOp::Relu6 | PrimOp::Hardtanh | PrimOp::Relu | PrimOp::MaxPool2d | PrimOp::AvgPool2d
         )
     }
 }

@@ -10,6 +10,10 @@ QOP_CALLS = {
     "relu": lambda xs, p: F.relu(xs[0]),
     "max_pool2d": lambda xs, p: F.max_pool2d(xs[0], p["kernel_size"], p["stride"], p["padding"],
                                              p["dilation"], ceil_mode=p["ceil_mode"]),
+    "avg_pool2d": lambda xs, p: F.avg_pool2d(xs[0], p["kernel_size"], p["stride"], p["padding"],
+                                             ceil_mode=p["ceil_mode"],
+                                             count_include_pad=p["count_include_pad"],
+                                             divisor_override=p["divisor_override"]),
 }
 
 

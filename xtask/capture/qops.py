@@ -142,9 +142,22 @@ def max_pool2d(rng, rnd, engine):
     return args, expected, tags + (["ceil_mode"] if ceil else [])
 
 
+def avg_pool2d(rng, rnd, engine):
+    x, rec, tags = pool_input(rng, rnd)
+    k, s, p, _, ceil = pool_window(rng, rnd, engine, rec["int_repr"]["shape"], False)
+    cip = bool(rng.integers(0, 2))
+    override = int(rng.integers(1, 20)) if rng.integers(0, 4) == 0 else None
+    params = {"kernel_size": k, "stride": s, "padding": p, "ceil_mode": ceil,
+              "count_include_pad": cip, "divisor_override": override}
+    args, expected = _result(engine, [rec], params, QOP_CALLS["avg_pool2d"]([x], params))
+    extra = (["ceil_mode"] if ceil else []) + ([] if cip else ["exclude_pad"])
+    return args, expected, tags + extra + (["divisor_override"] if override else [])
+
+
 QOPS = [
     ("relu6", relu6),
     ("hardtanh", hardtanh),
     ("relu", relu),
     ("max_pool2d", max_pool2d),
+    ("avg_pool2d", avg_pool2d),
 ]

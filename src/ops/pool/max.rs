@@ -17,12 +17,12 @@
 //! - Reference flows: the float `max_pool2d` (`native/cpu/MaxPoolKernel.cpp`, ATen's taps, an
 //!   empty window giving −inf) on the dequantized input, exact, then the flow's quantize node.
 
-use super::{check_qparams, input, nchw, quantize_out, quantize_rule, AtenLayout};
+use super::{check_qparams, input, nchw, predict_ints, quantize_out, quantize_rule, AtenLayout};
 use crate::engine::flow::Flow;
 use crate::engine::{Ctx, Engine};
 use crate::geometry::Pool2dParams;
-use crate::ops::{expect_inputs, expect_out, Meta, Op, OutQParams, Output, Plan, Predicted, Rule};
-use crate::ops::{QTensor, Value};
+use crate::ops::{expect_inputs, expect_out, Meta, Op, OutQParams, Output, Plan, Rule};
+use crate::ops::{Pred, QTensor, Value};
 use crate::{Error, Result};
 
 /// `max_pool2d` with PyTorch's arguments (`stride` absent = the kernel size).
@@ -212,16 +212,14 @@ impl Plan for MaxPoolPlan {
     }
 
     fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
-        let q = input("max_pool2d", inputs[0], &self.in_dims)?;
-        let n: usize = self.out_dims.iter().product();
-        let values = (0..n)
-            .map(|i| self.element(q, self.source(i)))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(vec![Output::new(
-            "int_repr",
-            self.out_dims.to_vec(),
-            Predicted::exact(values),
-        )])
+        predict_ints(
+            "max_pool2d",
+            inputs[0],
+            self.in_dims,
+            self.out_dims,
+            |i| self.source(i),
+            |q, j| self.element(q, j).map(Pred::Exact),
+        )
     }
 
     fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
@@ -250,18 +248,9 @@ impl Plan for MaxPoolPlan {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_ctx as ctx;
     use super::*;
-    use crate::engine::{CpuFeatures, Isa};
     use crate::ops::MemoryFormat;
-
-    fn ctx(flow: Flow, engine: Engine) -> Ctx {
-        Ctx {
-            flow,
-            engine,
-            isa: Isa::Vnni,
-            cpu: CpuFeatures::AVX512_VNNI,
-        }
-    }
 
     fn out(scale: f64, zero_point: i64) -> OutQParams {
         OutQParams {

@@ -22,11 +22,13 @@
 //! Every pool keeps the input's qparams in `convert_fx`. In the reference flows the op is the
 //! float pool on the dequantized input, then the flow's quantize node with the output qparams.
 
+pub mod avg;
 pub mod max;
 
-use super::{MemoryFormat, Meta, OutQParams, QTensor};
+use super::{MemoryFormat, Meta, OutQParams, Output, Predicted, QTensor};
 use crate::engine::flow::Flow;
 use crate::engine::Ctx;
+use crate::numerics::bound::Pred;
 use crate::numerics::qparams::validate_qparams;
 use crate::{Error, Result};
 
@@ -136,6 +138,28 @@ pub(crate) fn input<'v>(op: &str, v: &'v super::Value, shape: &[usize]) -> Resul
     Ok(q)
 }
 
+/// A pool's `int_repr` output: at each logical output position `i` lands the prediction of the
+/// logical result `source(i)` (see [`AtenLayout::source_index`]).
+pub(crate) fn predict_ints(
+    op: &str,
+    v: &super::Value,
+    in_dims: [usize; 4],
+    out_dims: [usize; 4],
+    source: impl Fn(usize) -> usize,
+    element: impl Fn(&QTensor, usize) -> Result<Pred>,
+) -> Result<Vec<Output>> {
+    let q = input(op, v, &in_dims)?;
+    let n: usize = out_dims.iter().product();
+    let values = (0..n)
+        .map(|i| element(q, source(i)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(vec![Output::new(
+        "int_repr",
+        out_dims.to_vec(),
+        Predicted::Ints(values),
+    )])
+}
+
 /// The reference flows' quantize node after the float op.
 pub(crate) fn quantize_out(op: &str, flow: Flow, out: &OutQParams, x: f32) -> Result<i64> {
     let (lo, hi) = flow.clamp(out.quant_min, out.quant_max);
@@ -152,6 +176,18 @@ pub(crate) fn quantize_rule(flow: Flow, out: &OutQParams) -> String {
         out.scale,
         out.zero_point
     )
+}
+
+/// The context the pool unit tests run under (AVX-512 VNNI CPU).
+#[cfg(test)]
+pub(crate) fn test_ctx(flow: Flow, engine: crate::engine::Engine) -> Ctx {
+    use crate::engine::{CpuFeatures, Isa};
+    Ctx {
+        flow,
+        engine,
+        isa: Isa::Vnni,
+        cpu: CpuFeatures::AVX512_VNNI,
+    }
 }
 
 #[cfg(test)]
