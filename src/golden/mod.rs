@@ -76,11 +76,13 @@ pub enum PrimOp {
     /// `avg_pool2d` on a quantized tensor; params `{kernel_size, stride, padding, ceil_mode,
     /// count_include_pad, divisor_override}`.
     AvgPool2d,
+    /// `adaptive_avg_pool2d` on a quantized tensor; params `{output_size}`.
+    AdaptiveAvgPool2d,
 }
 
 impl PrimOp {
     /// Every registered primitive op.
-    pub const ALL: [PrimOp; 18] = [
+    pub const ALL: [PrimOp; 19] = [
         PrimOp::QuantizePerTensor,
         PrimOp::QuantizePerChannel,
         PrimOp::DequantizePerTensor,
@@ -99,6 +101,7 @@ impl PrimOp {
         PrimOp::Relu,
         PrimOp::MaxPool2d,
         PrimOp::AvgPool2d,
+        PrimOp::AdaptiveAvgPool2d,
     ];
 
     /// The golden name.
@@ -122,6 +125,7 @@ impl PrimOp {
             PrimOp::Relu => "relu",
             PrimOp::MaxPool2d => "max_pool2d",
             PrimOp::AvgPool2d => "avg_pool2d",
+            PrimOp::AdaptiveAvgPool2d => "adaptive_avg_pool2d",
         }
     }
 
@@ -134,7 +138,12 @@ impl PrimOp {
     pub fn is_quantized_op(self) -> bool {
         matches!(
             self,
-            PrimOp::Relu6 | PrimOp::Hardtanh | PrimOp::Relu | PrimOp::MaxPool2d | PrimOp::AvgPool2d
+            PrimOp::Relu6
+                | PrimOp::Hardtanh
+                | PrimOp::Relu
+                | PrimOp::MaxPool2d
+                | PrimOp::AvgPool2d
+                | PrimOp::AdaptiveAvgPool2d
         )
     }
 }

@@ -437,6 +437,9 @@ fn quantized_op(case: &Case, op: PrimOp, params: &serde_json::Value) -> Result<A
         PrimOp::Relu => Arc::new(crate::ops::relu::Relu),
         PrimOp::MaxPool2d => Arc::new(decode::<crate::ops::pool::max::MaxPool2d>(case, params)?),
         PrimOp::AvgPool2d => Arc::new(decode::<crate::ops::pool::avg::AvgPool2d>(case, params)?),
+        PrimOp::AdaptiveAvgPool2d => Arc::new(decode::<
+            crate::ops::pool::adaptive::AdaptiveAvgPool2d,
+        >(case, params)?),
         other => {
             return Err(case.field_err(
                 "op",

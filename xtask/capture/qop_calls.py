@@ -14,6 +14,7 @@ QOP_CALLS = {
                                              ceil_mode=p["ceil_mode"],
                                              count_include_pad=p["count_include_pad"],
                                              divisor_override=p["divisor_override"]),
+    "adaptive_avg_pool2d": lambda xs, p: F.adaptive_avg_pool2d(xs[0], p["output_size"]),
 }
 
 

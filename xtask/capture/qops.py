@@ -154,10 +154,33 @@ def avg_pool2d(rng, rnd, engine):
     return args, expected, tags + extra + (["divisor_override"] if override else [])
 
 
+def adaptive_avg_pool2d(rng, rnd, engine):
+    x, rec, tags = pool_input(rng, rnd)
+    h, w = rec["int_repr"]["shape"][2:]
+    # 1×1 (the models' heads; rounds 0, 1 of every 6: both layouts), divisors of the input
+    # (QNNPACK's path unless the identity), any size up to the input's, larger than the input
+    # (round 4: an NCHW-strided N×C×1×1 input, scrambled by ATen's NHWC kernel).
+    kind = {0: "global", 1: "global", 4: "larger"}.get(
+        rnd % 6, ["global", "divisor", "any", "larger"][int(rng.integers(0, 4))])
+    if kind == "global":
+        size = [1, 1]
+    elif kind == "divisor":
+        size = [int(rng.choice([d for d in range(1, n + 1) if n % d == 0])) for n in (h, w)]
+    elif kind == "any":
+        size = [int(rng.integers(1, h + 1)), int(rng.integers(1, w + 1))]
+    else:
+        size = [int(rng.integers(1, h + 3)), int(rng.integers(w + 1, w + 3))]
+    params = {"output_size": size}
+    y = QOP_CALLS["adaptive_avg_pool2d"]([x], params)
+    args, expected = _result(engine, [rec], params, y)
+    return args, expected, tags + [kind]
+
+
 QOPS = [
     ("relu6", relu6),
     ("hardtanh", hardtanh),
     ("relu", relu),
     ("max_pool2d", max_pool2d),
     ("avg_pool2d", avg_pool2d),
+    ("adaptive_avg_pool2d", adaptive_avg_pool2d),
 ]

@@ -29,13 +29,13 @@
 //!
 //! `divisor_override` is modelled for `1 ≤ D ≤ 2^24`; larger, negative or zero values are errors.
 
-use super::{check_qparams, input, nchw, predict_ints, quantize_out, quantize_rule, AtenLayout};
+use super::{input, plan_input, predict_ints, quantize_out, quantize_rule, AtenLayout, PoolInput};
 use crate::engine::flow::Flow;
 use crate::engine::{Ctx, Engine};
 use crate::geometry::{AvgSpan, Pool2dParams};
 use crate::numerics::bound::Pred;
 use crate::numerics::quantize::{aten, rne};
-use crate::ops::{expect_inputs, expect_out, Meta, Op, OutQParams, Output, Plan, Rule};
+use crate::ops::{Meta, Op, OutQParams, Output, Plan, Rule};
 use crate::ops::{QTensor, Value};
 use crate::{Error, Result};
 
@@ -95,10 +95,12 @@ impl Op for AvgPool2d {
         out: Option<&OutQParams>,
     ) -> Result<Box<dyn Plan + 'a>> {
         let op = self.name();
-        let x = expect_inputs(op, inputs, 1)?[0];
-        let out = *expect_out(op, out)?;
-        let (scale, _) = check_qparams(op, ctx, &x, &out)?;
-        let dims = nchw(op, x.shape)?;
+        let PoolInput {
+            format,
+            dims,
+            scale,
+            out,
+        } = plan_input(op, ctx, inputs, out)?;
         let p = self.params();
         if let Some(d) = self.divisor_override {
             if !(1..=1 << 24).contains(&d) {
@@ -129,7 +131,7 @@ impl Op for AvgPool2d {
                 scale: qnnpack_scale(scale, out.scale, area),
             }
         } else {
-            Path::Aten(AtenLayout::of(x.memory_format, dims))
+            Path::Aten(AtenLayout::of(format, dims))
         };
         Ok(Box::new(AvgPoolPlan {
             op: *self,
@@ -354,18 +356,9 @@ impl Plan for AvgPoolPlan {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_ctx as ctx;
+    use super::super::{same_qparams as same, test_ctx as ctx};
     use super::*;
     use crate::ops::{MemoryFormat, Predicted};
-
-    fn same(x: &QTensor) -> OutQParams {
-        OutQParams {
-            scale: x.scale,
-            zero_point: x.zero_point,
-            quant_min: 0,
-            quant_max: 255,
-        }
-    }
 
     fn run(op: &AvgPool2d, c: Ctx, x: &QTensor) -> Result<Vec<Pred>> {
         let v = Value::Quantized(x.clone());

@@ -17,11 +17,11 @@
 //! - Reference flows: the float `max_pool2d` (`native/cpu/MaxPoolKernel.cpp`, ATen's taps, an
 //!   empty window giving −inf) on the dequantized input, exact, then the flow's quantize node.
 
-use super::{check_qparams, input, nchw, predict_ints, quantize_out, quantize_rule, AtenLayout};
+use super::{input, plan_input, predict_ints, quantize_out, quantize_rule, AtenLayout, PoolInput};
 use crate::engine::flow::Flow;
 use crate::engine::{Ctx, Engine};
 use crate::geometry::Pool2dParams;
-use crate::ops::{expect_inputs, expect_out, Meta, Op, OutQParams, Output, Plan, Rule};
+use crate::ops::{Meta, Op, OutQParams, Output, Plan, Rule};
 use crate::ops::{Pred, QTensor, Value};
 use crate::{Error, Result};
 
@@ -78,10 +78,12 @@ impl Op for MaxPool2d {
         out: Option<&OutQParams>,
     ) -> Result<Box<dyn Plan + 'a>> {
         let op = self.name();
-        let x = expect_inputs(op, inputs, 1)?[0];
-        let out = *expect_out(op, out)?;
-        check_qparams(op, ctx, &x, &out)?;
-        let dims = nchw(op, x.shape)?;
+        let PoolInput {
+            format,
+            dims,
+            scale: _,
+            out,
+        } = plan_input(op, ctx, inputs, out)?;
         let p = self.params();
         let [oh, ow] = p.output_size(op, [dims[2], dims[3]])?;
         let path = if !ctx.flow.is_integer() {
@@ -96,7 +98,7 @@ impl Op for MaxPool2d {
             Path::Qnnpack
         } else {
             p.check_half_kernel_padding(op)?;
-            Path::Aten(AtenLayout::of(x.memory_format, dims))
+            Path::Aten(AtenLayout::of(format, dims))
         };
         Ok(Box::new(MaxPoolPlan {
             p,

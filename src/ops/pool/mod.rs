@@ -22,6 +22,7 @@
 //! Every pool keeps the input's qparams in `convert_fx`. In the reference flows the op is the
 //! float pool on the dequantized input, then the flow's quantize node with the output qparams.
 
+pub mod adaptive;
 pub mod avg;
 pub mod max;
 
@@ -103,13 +104,36 @@ impl AtenLayout {
     }
 }
 
-/// Checks the input and output qparams of a pool: the quantized kernels keep the input's.
-pub(crate) fn check_qparams(
+/// The checked input of a one-input pool.
+pub(crate) struct PoolInput {
+    pub format: MemoryFormat,
+    /// `N, C, H, W`.
+    pub dims: [usize; 4],
+    /// The input scale.
+    pub scale: f64,
+    pub out: OutQParams,
+}
+
+/// Checks a pool's single 4-D input and its qparams against the output's.
+pub(crate) fn plan_input(
     op: &str,
     ctx: &Ctx,
-    input: &Meta<'_>,
-    out: &OutQParams,
-) -> Result<(f64, i64)> {
+    inputs: &[Meta<'_>],
+    out: Option<&OutQParams>,
+) -> Result<PoolInput> {
+    let x = super::expect_inputs(op, inputs, 1)?[0];
+    let out = *super::expect_out(op, out)?;
+    let (scale, _) = check_qparams(op, ctx, &x, &out)?;
+    Ok(PoolInput {
+        format: x.memory_format,
+        dims: nchw(op, x.shape)?,
+        scale,
+        out,
+    })
+}
+
+/// Checks the input and output qparams of a pool: the quantized kernels keep the input's.
+fn check_qparams(op: &str, ctx: &Ctx, input: &Meta<'_>, out: &OutQParams) -> Result<(f64, i64)> {
     let (scale, zero_point) = input.qparams(op)?;
     validate_qparams("input qparams", scale, zero_point, 0, 255)?;
     validate_qparams("output qparams", out.scale, out.zero_point, 0, 255)?;
@@ -187,6 +211,17 @@ pub(crate) fn test_ctx(flow: Flow, engine: crate::engine::Engine) -> Ctx {
         engine,
         isa: Isa::Vnni,
         cpu: CpuFeatures::AVX512_VNNI,
+    }
+}
+
+/// Output qparams equal to the input's, full quint8 range (the pool unit tests).
+#[cfg(test)]
+pub(crate) fn same_qparams(x: &QTensor) -> OutQParams {
+    OutQParams {
+        scale: x.scale,
+        zero_point: x.zero_point,
+        quant_min: 0,
+        quant_max: 255,
     }
 }
 
