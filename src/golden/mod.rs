@@ -78,11 +78,13 @@ pub enum PrimOp {
     AvgPool2d,
     /// `adaptive_avg_pool2d` on a quantized tensor; params `{output_size}`.
     AdaptiveAvgPool2d,
+    /// `mean` over dimensions 2 and 3 of a quantized tensor; params `{dim, keepdim}`.
+    MeanHw,
 }
 
 impl PrimOp {
     /// Every registered primitive op.
-    pub const ALL: [PrimOp; 19] = [
+    pub const ALL: [PrimOp; 20] = [
         PrimOp::QuantizePerTensor,
         PrimOp::QuantizePerChannel,
         PrimOp::DequantizePerTensor,
@@ -102,6 +104,7 @@ impl PrimOp {
         PrimOp::MaxPool2d,
         PrimOp::AvgPool2d,
         PrimOp::AdaptiveAvgPool2d,
+        PrimOp::MeanHw,
     ];
 
     /// The golden name.
@@ -126,6 +129,7 @@ impl PrimOp {
             PrimOp::MaxPool2d => "max_pool2d",
             PrimOp::AvgPool2d => "avg_pool2d",
             PrimOp::AdaptiveAvgPool2d => "adaptive_avg_pool2d",
+            PrimOp::MeanHw => "mean",
         }
     }
 
@@ -144,6 +148,7 @@ impl PrimOp {
                 | PrimOp::MaxPool2d
                 | PrimOp::AvgPool2d
                 | PrimOp::AdaptiveAvgPool2d
+                | PrimOp::MeanHw
         )
     }
 }

@@ -440,6 +440,7 @@ fn quantized_op(case: &Case, op: PrimOp, params: &serde_json::Value) -> Result<A
         PrimOp::AdaptiveAvgPool2d => Arc::new(decode::<
             crate::ops::pool::adaptive::AdaptiveAvgPool2d,
         >(case, params)?),
+        PrimOp::MeanHw => Arc::new(decode::<crate::ops::pool::mean::MeanHw>(case, params)?),
         other => {
             return Err(case.field_err(
                 "op",

@@ -15,6 +15,7 @@ QOP_CALLS = {
                                              count_include_pad=p["count_include_pad"],
                                              divisor_override=p["divisor_override"]),
     "adaptive_avg_pool2d": lambda xs, p: F.adaptive_avg_pool2d(xs[0], p["output_size"]),
+    "mean": lambda xs, p: xs[0].mean(p["dim"], keepdim=p["keepdim"]),
 }
 
 

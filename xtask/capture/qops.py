@@ -176,6 +176,23 @@ def adaptive_avg_pool2d(rng, rnd, engine):
     return args, expected, tags + [kind]
 
 
+def mean(rng, rnd, engine):
+    x, rec, tags = pool_input(rng, rnd)
+    _, c, h, w = rec["int_repr"]["shape"]
+    # [2, 3] mostly (QNNPACK's spelling); other spellings take ATen's paths under qnnpack too.
+    dim = [[2, 3], [2, 3], [-1, -2], [3, 2]][int(rng.integers(0, 4))]
+    keepdim = bool(rng.integers(0, 2))
+    # PyTorch raises for channels-last N×C×1×1 (or C = 1) inputs without keepdim on ATen's
+    # inner-dim kernel (qparity predicts the error): keep those cases runnable.
+    both_ways = c == 1 or h * w == 1
+    qnnpack = engine == "qnnpack" and dim == [2, 3]
+    if rec["memory_format"] == "channels_last" and both_ways and not qnnpack:
+        keepdim = True
+    params = {"dim": dim, "keepdim": keepdim}
+    args, expected = _result(engine, [rec], params, QOP_CALLS["mean"]([x], params))
+    return args, expected, tags + (["keepdim"] if keepdim else [])
+
+
 QOPS = [
     ("relu6", relu6),
     ("hardtanh", hardtanh),
@@ -183,4 +200,5 @@ QOPS = [
     ("max_pool2d", max_pool2d),
     ("avg_pool2d", avg_pool2d),
     ("adaptive_avg_pool2d", adaptive_avg_pool2d),
+    ("mean", mean),
 ]

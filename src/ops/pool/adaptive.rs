@@ -27,13 +27,14 @@
 
 use super::avg::{qnnpack_requant, qnnpack_scale};
 use super::AtenLayout;
-use super::{input, plan_input, predict_ints, quantize_out, quantize_rule, PoolInput};
+use super::{
+    float_mean_hw, input, plan_input, predict_ints, quantize_out, quantize_rule, PoolInput,
+};
 use crate::engine::flow::Flow;
 use crate::engine::{Ctx, Engine};
 use crate::geometry::{adaptive_bounds, adaptive_bounds_f32};
 use crate::numerics::bound::Pred;
 use crate::numerics::quantize::{aten, rne};
-use crate::numerics::sum::sum_hw;
 use crate::ops::{MemoryFormat, Meta, Op, OutQParams, Output, Plan};
 use crate::ops::{QTensor, Rule, Value};
 use crate::{Error, Result};
@@ -173,19 +174,15 @@ impl AdaptivePlan {
 
     /// The reference flows' float op on the dequantized input: every logical result, in f32.
     fn float_results(&self, q: &QTensor, channels_last: bool) -> Vec<f32> {
+        if self.out_dims[2..] == [1, 1] {
+            return float_mean_hw(self.flow, q, self.in_dims);
+        }
         let dq: Vec<f32> = q
             .data
             .iter()
             .map(|&v| self.flow.dequantize(v as i64, q.scale, q.zero_point))
             .collect();
         let [_, c, h, w] = self.in_dims;
-        if self.out_dims[2..] == [1, 1] {
-            let n = (h * w) as f32;
-            return sum_hw(&dq, self.in_dims, channels_last)
-                .into_iter()
-                .map(|s| s / n)
-                .collect();
-        }
         let vector_channels = if channels_last { c / 8 * 8 } else { 0 };
         let n: usize = self.out_dims.iter().product();
         (0..n)

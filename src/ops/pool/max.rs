@@ -264,9 +264,7 @@ mod tests {
     }
 
     fn run(op: &MaxPool2d, c: Ctx, x: &QTensor, o: OutQParams) -> Result<Output> {
-        let v = Value::Quantized(x.clone());
-        let plan = op.plan(&c, &[v.meta()], Some(&o))?;
-        Ok(plan.predict(&[&v])?.remove(0))
+        super::super::test_run(op, c, x, o)
     }
 
     fn ints(o: &Output) -> Vec<i64> {

@@ -25,6 +25,7 @@
 pub mod adaptive;
 pub mod avg;
 pub mod max;
+pub mod mean;
 
 use super::{MemoryFormat, Meta, OutQParams, Output, Predicted, QTensor};
 use crate::engine::flow::Flow;
@@ -184,6 +185,22 @@ pub(crate) fn predict_ints(
     )])
 }
 
+/// `torch.mean(dequantize(q), (2, 3))` in f32 as ATen computes it for the tensor's layout: the
+/// cascade sum of [`crate::numerics::sum::sum_hw`], then `f32(sum / f32(H·W))`. `N·C` values.
+pub(crate) fn float_mean_hw(flow: Flow, q: &QTensor, dims: [usize; 4]) -> Vec<f32> {
+    let dq: Vec<f32> = q
+        .data
+        .iter()
+        .map(|&v| flow.dequantize(v as i64, q.scale, q.zero_point))
+        .collect();
+    let n = (dims[2] * dims[3]) as f32;
+    let channels_last = q.memory_format == MemoryFormat::ChannelsLast;
+    crate::numerics::sum::sum_hw(&dq, dims, channels_last)
+        .into_iter()
+        .map(|s| s / n)
+        .collect()
+}
+
 /// The reference flows' quantize node after the float op.
 pub(crate) fn quantize_out(op: &str, flow: Flow, out: &OutQParams, x: f32) -> Result<i64> {
     let (lo, hi) = flow.clamp(out.quant_min, out.quant_max);
@@ -212,6 +229,19 @@ pub(crate) fn test_ctx(flow: Flow, engine: crate::engine::Engine) -> Ctx {
         isa: Isa::Vnni,
         cpu: CpuFeatures::AVX512_VNNI,
     }
+}
+
+/// Plans `op` on one quantized input and predicts its first output (the pool unit tests).
+#[cfg(test)]
+pub(crate) fn test_run(
+    op: &dyn super::Op,
+    ctx: Ctx,
+    x: &QTensor,
+    out: OutQParams,
+) -> Result<Output> {
+    let v = super::Value::Quantized(x.clone());
+    let plan = op.plan(&ctx, &[v.meta()], Some(&out))?;
+    Ok(plan.predict(&[&v])?.remove(0))
 }
 
 /// Output qparams equal to the input's, full quint8 range (the pool unit tests).
