@@ -80,11 +80,14 @@ pub enum PrimOp {
     AdaptiveAvgPool2d,
     /// `mean` over dimensions 2 and 3 of a quantized tensor; params `{dim, keepdim}`.
     MeanHw,
+    /// `quantized::batch_norm2d` (`_relu` with `relu`) in eval mode; params `{weight, bias,
+    /// running_mean, running_var, eps, relu}`.
+    BatchNorm2d,
 }
 
 impl PrimOp {
     /// Every registered primitive op.
-    pub const ALL: [PrimOp; 20] = [
+    pub const ALL: [PrimOp; 21] = [
         PrimOp::QuantizePerTensor,
         PrimOp::QuantizePerChannel,
         PrimOp::DequantizePerTensor,
@@ -105,6 +108,7 @@ impl PrimOp {
         PrimOp::AvgPool2d,
         PrimOp::AdaptiveAvgPool2d,
         PrimOp::MeanHw,
+        PrimOp::BatchNorm2d,
     ];
 
     /// The golden name.
@@ -130,6 +134,7 @@ impl PrimOp {
             PrimOp::AvgPool2d => "avg_pool2d",
             PrimOp::AdaptiveAvgPool2d => "adaptive_avg_pool2d",
             PrimOp::MeanHw => "mean",
+            PrimOp::BatchNorm2d => "batch_norm2d",
         }
     }
 
@@ -149,6 +154,7 @@ impl PrimOp {
                 | PrimOp::AvgPool2d
                 | PrimOp::AdaptiveAvgPool2d
                 | PrimOp::MeanHw
+                | PrimOp::BatchNorm2d
         )
     }
 }

@@ -441,6 +441,9 @@ fn quantized_op(case: &Case, op: PrimOp, params: &serde_json::Value) -> Result<A
             crate::ops::pool::adaptive::AdaptiveAvgPool2d,
         >(case, params)?),
         PrimOp::MeanHw => Arc::new(decode::<crate::ops::pool::mean::MeanHw>(case, params)?),
+        PrimOp::BatchNorm2d => {
+            Arc::new(decode::<crate::ops::batch_norm::BatchNorm2d>(case, params)?)
+        }
         other => {
             return Err(case.field_err(
                 "op",

@@ -11,6 +11,7 @@
 //! Adding an op is one new module here with its [`Op`] implementation, plus its registration in
 //! the golden schema ([`crate::golden`]); see `docs/ARCHITECTURE.md`.
 
+pub mod batch_norm;
 pub mod clamp;
 pub mod fake_quant;
 pub mod gemm;

@@ -16,6 +16,11 @@ QOP_CALLS = {
                                              divisor_override=p["divisor_override"]),
     "adaptive_avg_pool2d": lambda xs, p: F.adaptive_avg_pool2d(xs[0], p["output_size"]),
     "mean": lambda xs, p: xs[0].mean(p["dim"], keepdim=p["keepdim"]),
+    "batch_norm2d": lambda xs, p: (torch.ops.quantized.batch_norm2d_relu if p["relu"]
+                                   else torch.ops.quantized.batch_norm2d)(
+        xs[0], *(torch.tensor(p[k], dtype=torch.float32)
+                 for k in ("weight", "bias", "running_mean", "running_var")),
+        p["eps"], p["scale"], p["zero_point"]),
 }
 
 

@@ -193,6 +193,48 @@ def mean(rng, rnd, engine):
     return args, expected, tags + (["keepdim"] if keepdim else [])
 
 
+def batch_norm2d(rng, rnd, engine):
+    """Eval-mode quantized BatchNorm2d (relu on odd rounds of every 4) with its own output qparams
+    (an f32-exact or an arbitrary double scale). Rounds 2, 3 of every 4: near-tie channels — mean
+    0, a bias putting alpha·x + beta within a few ulps of k + 0.5 for one planted code x per
+    channel (half the pixels), where one FMA and a separate multiply-add round apart."""
+    x, rec, tags = qinput(rng, rnd)
+    n, c, h, w = rec["int_repr"]["shape"]
+    sc, zp = rec["scale"], rec["zero_point"]
+    f32 = np.float32
+    span = 255 * sc
+    weight = f32(rng.normal(1, 0.5, c))
+    bias = f32(rng.normal(0, 0.3, c) * span)
+    mean = f32(rng.normal(0, 0.3, c) * span + (128 - zp) * sc)
+    var = f32([rng.log_uniform(0.1, 10.0) * (span / 4) ** 2 for _ in range(c)])
+    eps = [1e-5, 1e-3, 0.1][int(rng.integers(0, 3))]
+    out_s = qscale(rng) if rng.integers(0, 2) else float(rng.log_uniform(1e-3, 3.0))
+    out_zp = int(rng.integers(0, 256))
+    near_tie = rnd % 4 in (2, 3)
+    if near_tie:
+        mean[:] = 0
+        # compute_fused_params' alpha (Normalization.cpp), in the same roundings.
+        inv = f32(1.0 / np.sqrt(f32(var + f32(eps))).astype(np.float64))
+        alpha = f32(f32(inv * weight).astype(np.float64) * (sc / out_s))
+        xs = rng.integers(-zp, 256 - zp, size=c)
+        t = alpha.astype(np.float64) * xs
+        target = (np.floor(t) + 0.5 - t) * (1 + rng.integers(-4, 5, size=c) * 2.0**-24)
+        bias = f32(target * out_s)
+        codes = x.int_repr().contiguous().numpy().copy()
+        plant = rng.random(codes.shape) < 0.5
+        codes = np.where(plant, (xs + zp).reshape(1, c, 1, 1), codes).astype(np.uint8)
+        x = torch._make_per_tensor_quantized_tensor(torch.from_numpy(codes), sc, zp)
+        if rec["memory_format"] == "channels_last":
+            x = to_channels_last(x)
+        rec["int_repr"] = tensor(x.int_repr().contiguous())
+    relu = rnd % 2 == 1
+    params = {"weight": [float(v) for v in weight], "bias": [float(v) for v in bias],
+              "running_mean": [float(v) for v in mean], "running_var": [float(v) for v in var],
+              "eps": eps, "relu": relu, "scale": out_s, "zero_point": out_zp}
+    args, expected = _result(engine, [rec], params, QOP_CALLS["batch_norm2d"]([x], params))
+    return args, expected, tags + (["near_tie"] if near_tie else []) + (["relu"] if relu else [])
+
+
 QOPS = [
     ("relu6", relu6),
     ("hardtanh", hardtanh),
@@ -201,4 +243,5 @@ QOPS = [
     ("avg_pool2d", avg_pool2d),
     ("adaptive_avg_pool2d", adaptive_avg_pool2d),
     ("mean", mean),
+    ("batch_norm2d", batch_norm2d),
 ]
