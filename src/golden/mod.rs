@@ -83,11 +83,13 @@ pub enum PrimOp {
     /// `quantized::batch_norm2d` (`_relu` with `relu`) in eval mode; params `{weight, bias,
     /// running_mean, running_var, eps, relu}`.
     BatchNorm2d,
+    /// `flatten` of a quantized tensor; params `{start_dim, end_dim}`.
+    Flatten,
 }
 
 impl PrimOp {
     /// Every registered primitive op.
-    pub const ALL: [PrimOp; 21] = [
+    pub const ALL: [PrimOp; 22] = [
         PrimOp::QuantizePerTensor,
         PrimOp::QuantizePerChannel,
         PrimOp::DequantizePerTensor,
@@ -109,6 +111,7 @@ impl PrimOp {
         PrimOp::AdaptiveAvgPool2d,
         PrimOp::MeanHw,
         PrimOp::BatchNorm2d,
+        PrimOp::Flatten,
     ];
 
     /// The golden name.
@@ -135,6 +138,7 @@ impl PrimOp {
             PrimOp::AdaptiveAvgPool2d => "adaptive_avg_pool2d",
             PrimOp::MeanHw => "mean",
             PrimOp::BatchNorm2d => "batch_norm2d",
+            PrimOp::Flatten => "flatten",
         }
     }
 
@@ -155,6 +159,7 @@ impl PrimOp {
                 | PrimOp::AdaptiveAvgPool2d
                 | PrimOp::MeanHw
                 | PrimOp::BatchNorm2d
+                | PrimOp::Flatten
         )
     }
 }

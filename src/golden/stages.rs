@@ -444,6 +444,7 @@ fn quantized_op(case: &Case, op: PrimOp, params: &serde_json::Value) -> Result<A
         PrimOp::BatchNorm2d => {
             Arc::new(decode::<crate::ops::batch_norm::BatchNorm2d>(case, params)?)
         }
+        PrimOp::Flatten => Arc::new(decode::<crate::ops::flatten::Flatten>(case, params)?),
         other => {
             return Err(case.field_err(
                 "op",

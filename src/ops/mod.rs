@@ -14,6 +14,7 @@
 pub mod batch_norm;
 pub mod clamp;
 pub mod fake_quant;
+pub mod flatten;
 pub mod gemm;
 pub mod layer;
 pub mod observe;

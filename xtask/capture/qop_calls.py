@@ -21,6 +21,7 @@ QOP_CALLS = {
         xs[0], *(torch.tensor(p[k], dtype=torch.float32)
                  for k in ("weight", "bias", "running_mean", "running_var")),
         p["eps"], p["scale"], p["zero_point"]),
+    "flatten": lambda xs, p: torch.flatten(xs[0], p["start_dim"], p["end_dim"]),
 }
 
 

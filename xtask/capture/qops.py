@@ -235,6 +235,14 @@ def batch_norm2d(rng, rnd, engine):
     return args, expected, tags + (["near_tie"] if near_tie else []) + (["relu"] if relu else [])
 
 
+def flatten(rng, rnd, engine):
+    x, rec, tags = pool_input(rng, rnd)
+    start, end = [(1, -1), (1, -1), (0, -1), (1, 2), (2, 3), (-3, -2)][int(rng.integers(0, 6))]
+    params = {"start_dim": start, "end_dim": end}
+    args, expected = _result(engine, [rec], params, QOP_CALLS["flatten"]([x], params))
+    return args, expected, tags
+
+
 QOPS = [
     ("relu6", relu6),
     ("hardtanh", hardtanh),
@@ -244,4 +252,5 @@ QOPS = [
     ("adaptive_avg_pool2d", adaptive_avg_pool2d),
     ("mean", mean),
     ("batch_norm2d", batch_norm2d),
+    ("flatten", flatten),
 ]
