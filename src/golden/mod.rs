@@ -103,11 +103,26 @@ pub enum PrimOp {
     Tanh,
     /// `quantized::elu` (params: alpha, scale, input_scale; output qparams).
     Elu,
+    /// `max_pool2d` on a quantized tensor; params `{kernel_size, stride, padding, dilation,
+    /// ceil_mode}`.
+    MaxPool2d,
+    /// `avg_pool2d` on a quantized tensor; params `{kernel_size, stride, padding, ceil_mode,
+    /// count_include_pad, divisor_override}`.
+    AvgPool2d,
+    /// `adaptive_avg_pool2d` on a quantized tensor; params `{output_size}`.
+    AdaptiveAvgPool2d,
+    /// `mean` over dimensions 2 and 3 of a quantized tensor; params `{dim, keepdim}`.
+    MeanHw,
+    /// `quantized::batch_norm2d` (`_relu` with `relu`) in eval mode; params `{weight, bias,
+    /// running_mean, running_var, eps, relu}`.
+    BatchNorm2d,
+    /// `flatten` of a quantized tensor; params `{start_dim, end_dim}`.
+    Flatten,
 }
 
 impl PrimOp {
     /// Every registered primitive op.
-    pub const ALL: [PrimOp; 28] = [
+    pub const ALL: [PrimOp; 34] = [
         PrimOp::QuantizePerTensor,
         PrimOp::QuantizePerChannel,
         PrimOp::DequantizePerTensor,
@@ -136,6 +151,12 @@ impl PrimOp {
         PrimOp::Sigmoid,
         PrimOp::Tanh,
         PrimOp::Elu,
+        PrimOp::MaxPool2d,
+        PrimOp::AvgPool2d,
+        PrimOp::AdaptiveAvgPool2d,
+        PrimOp::MeanHw,
+        PrimOp::BatchNorm2d,
+        PrimOp::Flatten,
     ];
 
     /// The golden name.
@@ -169,6 +190,12 @@ impl PrimOp {
             PrimOp::Sigmoid => "sigmoid",
             PrimOp::Tanh => "tanh",
             PrimOp::Elu => "elu",
+            PrimOp::MaxPool2d => "max_pool2d",
+            PrimOp::AvgPool2d => "avg_pool2d",
+            PrimOp::AdaptiveAvgPool2d => "adaptive_avg_pool2d",
+            PrimOp::MeanHw => "mean",
+            PrimOp::BatchNorm2d => "batch_norm2d",
+            PrimOp::Flatten => "flatten",
         }
     }
 
@@ -196,6 +223,12 @@ impl PrimOp {
                 | PrimOp::Sigmoid
                 | PrimOp::Tanh
                 | PrimOp::Elu
+                | PrimOp::MaxPool2d
+                | PrimOp::AvgPool2d
+                | PrimOp::AdaptiveAvgPool2d
+                | PrimOp::MeanHw
+                | PrimOp::BatchNorm2d
+                | PrimOp::Flatten
         )
     }
 

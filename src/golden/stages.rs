@@ -463,6 +463,16 @@ fn quantized_op(case: &Case, op: PrimOp, params: &serde_json::Value) -> Result<A
         PrimOp::Sigmoid => Arc::new(crate::ops::activation::Sigmoid),
         PrimOp::Tanh => Arc::new(crate::ops::activation::Tanh),
         PrimOp::Elu => Arc::new(decode::<crate::ops::activation::Elu>(case, params)?),
+        PrimOp::MaxPool2d => Arc::new(decode::<crate::ops::pool::max::MaxPool2d>(case, params)?),
+        PrimOp::AvgPool2d => Arc::new(decode::<crate::ops::pool::avg::AvgPool2d>(case, params)?),
+        PrimOp::AdaptiveAvgPool2d => Arc::new(decode::<
+            crate::ops::pool::adaptive::AdaptiveAvgPool2d,
+        >(case, params)?),
+        PrimOp::MeanHw => Arc::new(decode::<crate::ops::pool::mean::MeanHw>(case, params)?),
+        PrimOp::BatchNorm2d => {
+            Arc::new(decode::<crate::ops::batch_norm::BatchNorm2d>(case, params)?)
+        }
+        PrimOp::Flatten => Arc::new(decode::<crate::ops::flatten::Flatten>(case, params)?),
         other => {
             return Err(case.field_err(
                 "op",

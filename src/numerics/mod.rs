@@ -7,4 +7,5 @@ pub mod observer;
 pub mod qparams;
 pub mod quantize;
 pub mod requant;
+pub mod sum;
 pub mod transcendental;

@@ -14,15 +14,18 @@
 pub mod activation;
 pub mod add;
 pub mod aten_vec;
+pub mod batch_norm;
 pub mod cat;
 pub mod clamp;
 pub mod fake_quant;
+pub mod flatten;
 pub mod gemm;
 pub mod layer;
 pub mod movement;
 pub mod mul;
 pub mod observe;
 pub mod piecewise;
+pub mod pool;
 pub mod quantize;
 pub mod relu;
 

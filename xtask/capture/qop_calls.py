@@ -22,12 +22,36 @@ QOP_CALLS = {
     "tanh": lambda xs, p: torch.tanh(xs[0]),
     "elu": lambda xs, p: torch.ops.quantized.elu(xs[0], p["output_scale"], p["output_zero_point"], p["alpha"],
                                                  p["scale"], p["input_scale"]),
+    "max_pool2d": lambda xs, p: F.max_pool2d(xs[0], p["kernel_size"], p["stride"], p["padding"],
+                                             p["dilation"], ceil_mode=p["ceil_mode"]),
+    "avg_pool2d": lambda xs, p: F.avg_pool2d(xs[0], p["kernel_size"], p["stride"], p["padding"],
+                                             ceil_mode=p["ceil_mode"],
+                                             count_include_pad=p["count_include_pad"],
+                                             divisor_override=p["divisor_override"]),
+    "adaptive_avg_pool2d": lambda xs, p: F.adaptive_avg_pool2d(xs[0], p["output_size"]),
+    "mean": lambda xs, p: xs[0].mean(p["dim"], keepdim=p["keepdim"]),
+    "batch_norm2d": lambda xs, p: (torch.ops.quantized.batch_norm2d_relu if p["relu"]
+                                   else torch.ops.quantized.batch_norm2d)(
+        xs[0], *(torch.tensor(p[k], dtype=torch.float32)
+                 for k in ("weight", "bias", "running_mean", "running_var")),
+        p["eps"], p["scale"], p["zero_point"]),
+    "flatten": lambda xs, p: torch.flatten(xs[0], p["start_dim"], p["end_dim"]),
 }
+
+
+def channels_last(x):
+    """A quantized tensor in channels-last memory format with channels-last strides, also when it
+    is contiguous both ways (N×C×1×1, C = 1), where `.contiguous(memory_format=...)` would keep
+    its NCHW strides."""
+    y = torch._empty_affine_quantized(tuple(x.shape), scale=x.q_scale(), zero_point=x.q_zero_point(),
+                                      dtype=x.dtype, memory_format=torch.channels_last)
+    y.copy_(x)
+    return y
 
 
 def qop_input(rec, make_tensor):
     """A case's quantized input record as a torch tensor in its memory format."""
     x = torch._make_per_tensor_quantized_tensor(make_tensor(rec["int_repr"]), rec["scale"], rec["zero_point"])
     if rec.get("memory_format") == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = channels_last(x)
     return x

@@ -16,7 +16,8 @@
 //!   element `i < steps/2` is `fma(step, i, start)`, the others `fma(−step, steps − 1 − i, end)`:
 //!   the compiler contracts both into FMAs.
 //! * `torch.sum` of an f32 vector (ATen `cpu/SumKernel.cpp: cascade_sum`) is a cascade of 8-lane
-//!   vector partial sums (AVX2 `Vectorized<float>`), 4-way ILP, 16-step levels; see [`torch_sum_f32`].
+//!   vector partial sums (AVX2 `Vectorized<float>`), 4-way ILP, 16-step levels; see
+//!   [`crate::numerics::sum`].
 //! * `torch.cumsum` of f32 accumulates in `f64` and rounds each prefix to `f32`.
 //! * A 0-dim f32 tensor compared with a Python float (`cSum[l] < next_alpha * total`) compares in
 //!   `f32`: the double is rounded to f32 first.
@@ -35,6 +36,7 @@ use crate::numerics::qparams::{
     calculate_qmin_qmax, observer_qparams, torch_max, torch_min, ObserverQParamsConfig, QDType,
     QScheme,
 };
+use crate::numerics::sum::{torch_sum_f32, LANES};
 use crate::{Error, Result};
 
 /// Configuration of a [`HistogramObserver`]: its bins, and the quant range, dtype, qscheme and
@@ -616,127 +618,6 @@ fn cumsum_f32(x: &[f32]) -> Vec<f32> {
         .collect()
 }
 
-/// Number of f32 lanes in ATen's `Vectorized<float>` under the AVX2 CPU capability.
-const LANES: usize = 8;
-
-type Lanes = [f32; LANES];
-
-/// Addition used by the cascade: a scalar or an 8-lane vector.
-trait CascadeValue: Copy {
-    const ZERO: Self;
-    fn add(self, other: Self) -> Self;
-}
-
-impl CascadeValue for f32 {
-    const ZERO: Self = 0.0;
-    fn add(self, other: Self) -> Self {
-        self + other
-    }
-}
-
-impl CascadeValue for Lanes {
-    const ZERO: Self = [0.0; LANES];
-    fn add(self, other: Self) -> Self {
-        let mut out = self;
-        for (o, b) in out.iter_mut().zip(other) {
-            *o += b;
-        }
-        out
-    }
-}
-
-/// `utils::CeilLog2`.
-fn ceil_log2(x: usize) -> usize {
-    if x <= 2 {
-        1
-    } else {
-        (usize::BITS - (x - 1).leading_zeros()) as usize
-    }
-}
-
-/// ATen `multi_row_sum<acc, 4>` over rows `0..size`, where `load(i, k)` is row `i` column `k`.
-fn multi_row_sum4<T: CascadeValue>(size: usize, load: impl Fn(usize, usize) -> T) -> [T; 4] {
-    const NUM_LEVELS: usize = 4;
-    let level_power = 4.max(ceil_log2(size) / NUM_LEVELS);
-    let level_step = 1usize << level_power;
-    let level_mask = level_step - 1;
-    let mut acc = [[T::ZERO; 4]; NUM_LEVELS];
-    let mut i = 0usize;
-    while i + level_step <= size {
-        for _ in 0..level_step {
-            for (k, a) in acc[0].iter_mut().enumerate() {
-                *a = a.add(load(i, k));
-            }
-            i += 1;
-        }
-        for j in 1..NUM_LEVELS {
-            let (lower, upper) = acc.split_at_mut(j);
-            for (hi, lo) in upper[0].iter_mut().zip(lower[j - 1].iter_mut()) {
-                *hi = hi.add(*lo);
-                *lo = T::ZERO;
-            }
-            let mask = level_mask << (j * level_power);
-            if i & mask != 0 {
-                break;
-            }
-        }
-    }
-    while i < size {
-        for (k, a) in acc[0].iter_mut().enumerate() {
-            *a = a.add(load(i, k));
-        }
-        i += 1;
-    }
-    for j in 1..NUM_LEVELS {
-        let level = acc[j];
-        for (a, l) in acc[0].iter_mut().zip(level) {
-            *a = a.add(l);
-        }
-    }
-    acc[0]
-}
-
-/// ATen `row_sum` (4-way ILP over `multi_row_sum`) of `size` values `load(i)`.
-fn row_sum<T: CascadeValue>(size: usize, load: impl Fn(usize) -> T) -> T {
-    let size_ilp = size / 4;
-    let mut partial = multi_row_sum4(size_ilp, |i, k| load(i * 4 + k));
-    for i in size_ilp * 4..size {
-        partial[0] = partial[0].add(load(i));
-    }
-    for k in 1..4 {
-        partial[0] = partial[0].add(partial[k]);
-    }
-    partial[0]
-}
-
-/// `torch.sum` of a contiguous f32 vector on CPU (ATen `cpu/SumKernel.cpp: cascade_sum`,
-/// single thread, AVX2 lanes). Exposed for tests and the lead's other reductions.
-pub fn torch_sum_f32(x: &[f32]) -> f32 {
-    let n = x.len();
-    let total = if n >= LANES {
-        // vectorized_inner_sum: vector cascade over whole vectors, scalar tail, then the lanes.
-        let vec_size = n / LANES;
-        let v: Lanes = row_sum(vec_size, |i| {
-            let mut l = [0.0f32; LANES];
-            l.copy_from_slice(&x[i * LANES..(i + 1) * LANES]);
-            l
-        });
-        let mut fin = 0.0f32;
-        for &t in &x[vec_size * LANES..] {
-            fin += t;
-        }
-        for lane in v {
-            fin += lane;
-        }
-        fin
-    } else {
-        // scalar_outer_sum with a single output: scalar row_sum.
-        row_sum(n, |i| x[i])
-    };
-    // The output is zero-filled, then accumulated into.
-    0.0f32 + total
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -946,20 +827,6 @@ mod tests {
             f32::EPSILON
         )
         .is_err());
-    }
-
-    #[test]
-    fn cascade_sum_is_a_sum() {
-        for n in [0usize, 1, 5, 7, 8, 9, 63, 64, 65, 2048, 5000] {
-            let x: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
-            let exact: f64 = x.iter().map(|&v| v as f64).sum();
-            assert_eq!(torch_sum_f32(&x) as f64, exact, "n = {n}");
-        }
-        // Order matters for inexact sums: 1 + 2^-24·k is not summed left to right.
-        let mut x = vec![2f32.powi(-25); 64];
-        x[0] = 1.0;
-        let left_to_right = x.iter().fold(0.0f32, |a, &b| a + b);
-        assert_ne!(torch_sum_f32(&x), left_to_right);
     }
 
     #[test]

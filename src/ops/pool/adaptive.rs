@@ -1,0 +1,423 @@
+//! `adaptive_avg_pool2d` on a quantized tensor (`nn.AdaptiveAvgPool2d`, `F.adaptive_avg_pool2d`;
+//! `output_size`), output qparams equal to the input's.
+//!
+//! Window of output `(oh, ow)`: rows `[⌊oh·H/OH⌋, ⌈(oh+1)·H/OH⌉)`, columns likewise (the quantized
+//! kernels compute the bounds in f32, the float kernels in integers; equal for these sizes,
+//! [`crate::geometry::adaptive_bounds_f32`]), `kh × kw` elements, never padded. The output may
+//! be larger than the input.
+//!
+//! - ATen NCHW (`quantized/cpu/AdaptiveAveragePooling.cpp: adaptive_avg_pool_single_out_frame`):
+//!   the raw codes, no zero point: `q' = RNE(f32(f32(Σ q) · r))`, `r = f32(f32(1/kh)/kw)`; no
+//!   clamp (the result stays in 0..255).
+//! - ATen NHWC (`kernels/QuantizedOpKernels.cpp: _qadaptive_avg_pool_kernel`, the AVX2 build):
+//!   `m = f32(f32(in_s/out_s) / (kh·kw))`, `acc = Σ q − kh·kw·zp`; vector channels
+//!   (`quantize_vec`) and the others (`quantize_val`) both run FBGEMM's `Quantize` with scale
+//!   `1/m`: `q' = clamp(zp + RNE(f32(acc · f32(1/f32(1/m)))), 0, 255)`. See [`super`] for the
+//!   scrambled output of NCHW-strided `N×C×1×1` inputs.
+//! - QNNPACK (qnnpack engine, quint8, `H % OH == 0`, `W % OW == 0` and not the identity;
+//!   `enable_qnnpack_for_ada_avgpool`): the QNNPACK average pool with kernel = stride =
+//!   `(H/OH, W/OW)`, no padding ([`super::avg`]).
+//! - Reference flows (`native/AdaptiveAveragePooling.cpp: adaptive_avg_pool2d_symint`): a 1×1
+//!   output is `x.mean((-1, -2), keepdim=True)` — ATen's cascade sum in its layout's order
+//!   ([`crate::numerics::sum::sum_hw`]) then `f32(sum / f32(H·W))`; other sizes run
+//!   `native/cpu/AdaptiveAvgPoolKernel.cpp`: an f32 window sum from 0 (rows outer), then
+//!   `f32(f32(sum/kh)/kw)` (NCHW) or, channels-last, `f32(sum/f32(kh·kw))` for the first
+//!   `C/8·8` channels (8-lane vectors of the AVX2 build) and `/kh/kw` for the rest. Then the
+//!   flow's quantize node. Exact.
+
+use super::avg::{qnnpack_requant, qnnpack_scale};
+use super::AtenLayout;
+use super::{
+    float_mean_hw, input, plan_input, predict_ints, quantize_out, quantize_rule, PoolInput,
+};
+use crate::engine::flow::Flow;
+use crate::engine::{Ctx, Engine};
+use crate::geometry::{adaptive_bounds, adaptive_bounds_f32};
+use crate::numerics::bound::Pred;
+use crate::numerics::quantize::{aten, rne};
+use crate::ops::{MemoryFormat, Meta, Op, OutQParams, Output, Plan};
+use crate::ops::{QTensor, Rule, Value};
+use crate::{Error, Result};
+
+/// `adaptive_avg_pool2d` with PyTorch's `output_size` `(OH, OW)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveAvgPool2d {
+    pub output_size: [usize; 2],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Path {
+    Aten(AtenLayout),
+    /// QNNPACK average pooling with kernel = stride `kernel` and its fp32 scale.
+    Qnnpack {
+        kernel: [usize; 2],
+        scale: f32,
+    },
+    /// Reference flows; `channels_last`: the input's memory format.
+    Float {
+        channels_last: bool,
+    },
+}
+
+impl Op for AdaptiveAvgPool2d {
+    fn name(&self) -> &'static str {
+        "adaptive_avg_pool2d"
+    }
+
+    fn plan<'a>(
+        &'a self,
+        ctx: &Ctx,
+        inputs: &[Meta<'_>],
+        out: Option<&OutQParams>,
+    ) -> Result<Box<dyn Plan + 'a>> {
+        let op = self.name();
+        let PoolInput {
+            format,
+            dims,
+            scale,
+            out,
+        } = plan_input(op, ctx, inputs, out)?;
+        let [oh, ow] = self.output_size;
+        if oh == 0 || ow == 0 {
+            return Err(Error::invalid(
+                op,
+                format!("output_size {:?}: empty outputs are not modelled", [oh, ow]),
+            ));
+        }
+        let [h, w] = [dims[2], dims[3]];
+        let path = if !ctx.flow.is_integer() {
+            Path::Float {
+                channels_last: format == MemoryFormat::ChannelsLast,
+            }
+        } else if ctx.engine == Engine::Qnnpack
+            && !(h == oh && w == ow)
+            && h % oh == 0
+            && w % ow == 0
+        {
+            if !(scale as f32).is_normal() {
+                return Err(Error::invalid(op, "QNNPACK requires a normal f32 scale"));
+            }
+            let kernel = [h / oh, w / ow];
+            Path::Qnnpack {
+                kernel,
+                scale: qnnpack_scale(scale, out.scale, kernel[0] * kernel[1]),
+            }
+        } else {
+            Path::Aten(AtenLayout::of(format, dims))
+        };
+        Ok(Box::new(AdaptivePlan {
+            path,
+            flow: ctx.flow,
+            out,
+            in_dims: dims,
+            out_dims: [dims[0], dims[1], oh, ow],
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct AdaptivePlan {
+    path: Path,
+    flow: Flow,
+    out: OutQParams,
+    in_dims: [usize; 4],
+    out_dims: [usize; 4],
+}
+
+/// Logical output element `j`: image, channel, window rows and columns.
+struct Window {
+    b: usize,
+    c: usize,
+    rows: (usize, usize),
+    cols: (usize, usize),
+}
+
+impl Window {
+    fn area(&self) -> usize {
+        (self.rows.1 - self.rows.0) * (self.cols.1 - self.cols.0)
+    }
+}
+
+impl AdaptivePlan {
+    fn window(&self, j: usize) -> Window {
+        let [_, c, oh, ow] = self.out_dims;
+        let [_, _, h, w] = self.in_dims;
+        let (x, y) = (j % ow, (j / ow) % oh);
+        let bounds = match self.path {
+            Path::Float { .. } => adaptive_bounds,
+            _ => adaptive_bounds_f32,
+        };
+        Window {
+            b: j / (ow * oh * c),
+            c: (j / (ow * oh)) % c,
+            rows: bounds(y, oh, h),
+            cols: bounds(x, ow, w),
+        }
+    }
+
+    /// The window's values in order (rows outer).
+    fn codes<'q>(&self, q: &'q QTensor, win: &Window) -> impl Iterator<Item = u8> + 'q {
+        let [_, c, h, w] = self.in_dims;
+        let base = (win.b * c + win.c) * h;
+        let (cols, rows) = (win.cols, win.rows);
+        (rows.0..rows.1)
+            .flat_map(move |y| (cols.0..cols.1).map(move |x| q.data[(base + y) * w + x]))
+    }
+
+    fn source(&self, i: usize) -> usize {
+        match self.path {
+            Path::Aten(l) => l.source_index(i, self.out_dims),
+            _ => i,
+        }
+    }
+
+    /// The reference flows' float op on the dequantized input: every logical result, in f32.
+    fn float_results(&self, q: &QTensor, channels_last: bool) -> Vec<f32> {
+        if self.out_dims[2..] == [1, 1] {
+            return float_mean_hw(self.flow, q, self.in_dims);
+        }
+        let dq: Vec<f32> = q
+            .data
+            .iter()
+            .map(|&v| self.flow.dequantize(v as i64, q.scale, q.zero_point))
+            .collect();
+        let [_, c, h, w] = self.in_dims;
+        let vector_channels = if channels_last { c / 8 * 8 } else { 0 };
+        let n: usize = self.out_dims.iter().product();
+        (0..n)
+            .map(|j| {
+                let win = self.window(j);
+                let base = (win.b * c + win.c) * h;
+                let mut sum = 0.0f32;
+                for y in win.rows.0..win.rows.1 {
+                    for x in win.cols.0..win.cols.1 {
+                        sum += dq[(base + y) * w + x];
+                    }
+                }
+                let (kh, kw) = (win.rows.1 - win.rows.0, win.cols.1 - win.cols.0);
+                if win.c < vector_channels {
+                    sum / (kh * kw) as f32
+                } else {
+                    sum / kh as f32 / kw as f32
+                }
+            })
+            .collect()
+    }
+
+    /// The integer kernels' prediction for logical result `j`.
+    fn element(&self, q: &QTensor, j: usize) -> Result<Pred> {
+        let win = self.window(j);
+        let area = win.area();
+        let sum: i64 = self.codes(q, &win).map(i64::from).sum();
+        let zp = q.zero_point;
+        let acc = sum - area as i64 * zp;
+        Ok(Pred::Exact(match self.path {
+            Path::Aten(AtenLayout::Nchw) => {
+                let r =
+                    1.0f32 / (win.rows.1 - win.rows.0) as f32 / (win.cols.1 - win.cols.0) as f32;
+                rne(sum as f32 * r) as i64
+            }
+            Path::Aten(AtenLayout::Nhwc { .. }) => {
+                let m = (q.scale as f32 / self.out.scale as f32) / area as f32;
+                aten::quantize_scalar(acc as f32, 1.0f32 / m, zp as i32, 0, 255)
+                    .ok_or_else(|| Error::invalid("adaptive_avg_pool2d", "NaN multiplier"))?
+            }
+            Path::Qnnpack { scale, .. } => qnnpack_requant(acc, scale, self.out.zero_point),
+            Path::Float { .. } => {
+                return Err(Error::invalid(
+                    "adaptive_avg_pool2d",
+                    "the reference flows are predicted as a whole",
+                ))
+            }
+        }))
+    }
+
+    /// Every logical result.
+    fn results(&self, q: &QTensor) -> Result<Vec<Pred>> {
+        match self.path {
+            Path::Float { channels_last } => self
+                .float_results(q, channels_last)
+                .into_iter()
+                .map(|v| {
+                    quantize_out("adaptive_avg_pool2d", self.flow, &self.out, v).map(Pred::Exact)
+                })
+                .collect(),
+            _ => {
+                let n: usize = self.out_dims.iter().product();
+                (0..n).map(|j| self.element(q, j)).collect()
+            }
+        }
+    }
+}
+
+impl Plan for AdaptivePlan {
+    fn rule(&self) -> Rule {
+        let size = format!("output_size {:?}", &self.out_dims[2..]);
+        match self.path {
+            Path::Aten(AtenLayout::Nchw) => Rule::default()
+                .with("path", AtenLayout::Nchw.describe())
+                .with("window", size)
+                .with(
+                    "average",
+                    "q' = RNE(f32(f32(Σ q)·r)), r = f32(f32(1/kh)/kw), raw codes (no zero point)",
+                ),
+            Path::Aten(l) => Rule::default()
+                .with("path", l.describe())
+                .with("window", size)
+                .with(
+                    "average",
+                    "q' = clamp(zp + RNE(f32(acc·f32(1/f32(1/m)))), 0, 255), acc = Σ q − kh·kw·zp, \
+                     m = f32(f32(in_s/out_s)/(kh·kw))",
+                ),
+            Path::Qnnpack { kernel, scale } => Rule::default()
+                .with("path", "QNNPACK average pooling")
+                .with("window", format!("{size}: kernel = stride = {kernel:?}, no padding"))
+                .with(
+                    "average",
+                    format!(
+                        "q' = clamp(RNE(f32(acc·{scale:e})) + zp, 0, 255), acc = Σ (q − zp), \
+                         scale = f32(in_s / f32(out_s·kh·kw))"
+                    ),
+                ),
+            Path::Float { channels_last } => Rule::default()
+                .with("window", size)
+                .with(
+                    "float op",
+                    if self.out_dims[2..] == [1, 1] {
+                        "mean over (H, W) of dequantize(q): ATen's cascade sum, then f32(sum / f32(H·W))"
+                    } else if channels_last {
+                        "f32 window sum (rows outer), f32(sum/f32(kh·kw)) for the first C/8·8 channels, \
+                         f32(f32(sum/kh)/kw) for the others"
+                    } else {
+                        "f32 window sum (rows outer), then f32(f32(sum/kh)/kw)"
+                    },
+                )
+                .with("quantize", quantize_rule(self.flow, &self.out)),
+        }
+    }
+
+    fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
+        let q = input("adaptive_avg_pool2d", inputs[0], &self.in_dims)?;
+        let all = self.results(q)?;
+        predict_ints(
+            "adaptive_avg_pool2d",
+            inputs[0],
+            self.in_dims,
+            self.out_dims,
+            |i| self.source(i),
+            |_, j| Ok(all[j]),
+        )
+    }
+
+    fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
+        let q = input("adaptive_avg_pool2d", inputs[0], &self.in_dims)?;
+        let j = self.source(i);
+        let win = self.window(j);
+        let codes: Vec<u8> = self.codes(q, &win).collect();
+        Ok(vec![
+            format!(
+                "result {j} (n {}, c {}): rows {}..{}, cols {}..{}, codes {codes:?}",
+                win.b, win.c, win.rows.0, win.rows.1, win.cols.0, win.cols.1
+            ),
+            format!("prediction {:?}", self.results(q)?[j]),
+            format!("rule: {}", self.rule()),
+        ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{same_qparams as same, test_ctx as ctx};
+    use super::*;
+
+    fn run(size: [usize; 2], c: Ctx, x: &QTensor, out: OutQParams) -> Result<Vec<i64>> {
+        let op = AdaptiveAvgPool2d { output_size: size };
+        let v = Value::Quantized(x.clone());
+        let plan = op.plan(&c, &[v.meta()], Some(&out))?;
+        let o = plan.predict(&[&v])?.remove(0);
+        Ok(o.ints()
+            .unwrap()
+            .iter()
+            .map(|p| match p {
+                Pred::Exact(v) => *v,
+                other => panic!("ambiguous {other:?}"),
+            })
+            .collect())
+    }
+
+    #[test]
+    fn nchw_averages_raw_codes_nhwc_and_qnnpack_subtract_the_zero_point() {
+        // Channel 0: codes 2, 2, 2, 4, zp 1. NCHW: RNE(10/4 = 2.5) = 2 (raw codes); NHWC:
+        // 1 + RNE((10 − 4)/4 = 1.5) = 3; QNNPACK (2 % 1 == 0: kernel 2×2): 1 + RNE(1.5) = 3.
+        let mut x = QTensor::new(vec![1, 2, 2, 2], vec![2, 2, 2, 4, 1, 1, 1, 1], 0.1, 1);
+        let fx = |e| ctx(Flow::ConvertFx, e);
+        assert_eq!(
+            run([1, 1], fx(Engine::Fbgemm), &x, same(&x)).unwrap(),
+            [2, 1]
+        );
+        assert_eq!(
+            run([1, 1], fx(Engine::Qnnpack), &x, same(&x)).unwrap(),
+            [3, 1]
+        );
+        // The identity 2×2 → 2×2 is not QNNPACK's: the ATen NCHW kernel copies.
+        assert_eq!(
+            run([2, 2], fx(Engine::Qnnpack), &x, same(&x)).unwrap(),
+            [2, 2, 2, 4, 1, 1, 1, 1]
+        );
+        x.memory_format = MemoryFormat::ChannelsLast;
+        assert_eq!(run([1, 1], fx(Engine::X86), &x, same(&x)).unwrap(), [3, 1]);
+    }
+
+    #[test]
+    fn windows_overlap_and_outputs_may_grow() {
+        // 1×1×1×3 row [0, 10, 30] to width 2: windows [0, 2) and [1, 3): 5 and 20.
+        let x = QTensor::new(vec![1, 1, 1, 3], vec![0, 10, 30], 1.0, 0);
+        let fx = ctx(Flow::ConvertFx, Engine::Qnnpack);
+        assert_eq!(run([1, 2], fx, &x, same(&x)).unwrap(), [5, 20]);
+        // Width 3 → 5: windows [0,1) [0,2) [1,2) [1,3) [2,3).
+        assert_eq!(run([1, 5], fx, &x, same(&x)).unwrap(), [0, 5, 10, 20, 30]);
+        // An NCHW-strided N×C×1×1 input takes the NHWC kernel; a larger output lands in NHWC
+        // order in an NCHW buffer.
+        let one = QTensor::new(vec![1, 2, 1, 1], vec![10, 20], 1.0, 0);
+        let got = run(
+            [2, 2],
+            ctx(Flow::ConvertFx, Engine::Fbgemm),
+            &one,
+            same(&one),
+        )
+        .unwrap();
+        assert_eq!(got, [10, 20, 10, 20, 10, 20, 10, 20]);
+    }
+
+    #[test]
+    fn reference_flows_take_the_float_mean_then_quantize() {
+        // Codes 0, 1, 2, 4 with scale 0.5, zp 0: mean 0.875 → code 1.75 → 2; output scale 0.25
+        // → 3.5 → 4 (RNE). Decomposed with quant_max 3 clamps to 3.
+        let x = QTensor::new(vec![1, 1, 2, 2], vec![0, 1, 2, 4], 0.5, 0);
+        let mut out = same(&x);
+        let reference = ctx(Flow::ConvertToReferenceFx, Engine::X86);
+        assert_eq!(run([1, 1], reference, &x, out).unwrap(), [2]);
+        out.scale = 0.25;
+        assert_eq!(run([1, 1], reference, &x, out).unwrap(), [4]);
+        out.quant_max = 3;
+        let dec = ctx(Flow::ConvertToReferenceDecomposedFx, Engine::X86);
+        assert_eq!(run([1, 1], dec, &x, out).unwrap(), [3]);
+        // General sizes: a 2×2 → 1×2 pool averages columns: codes 0, 2 → (0 + 1)/2 = 0.5 → 2;
+        // codes 1, 4 → (0.5 + 2)/2 = 1.25 → 5.
+        out.quant_max = 255;
+        assert_eq!(run([1, 2], dec, &x, out).unwrap(), [2, 5]);
+        // convert_fx keeps the input's qparams: others are an error; so are empty outputs and
+        // 3-D inputs.
+        assert!(run([1, 1], ctx(Flow::ConvertFx, Engine::X86), &x, out).is_err());
+        assert!(run([0, 1], ctx(Flow::ConvertFx, Engine::X86), &x, same(&x)).is_err());
+        let flat = QTensor::new(vec![1, 2, 2], vec![0; 4], 1.0, 0);
+        assert!(run(
+            [1, 1],
+            ctx(Flow::ConvertFx, Engine::X86),
+            &flat,
+            same(&flat)
+        )
+        .is_err());
+    }
+}

@@ -1,0 +1,497 @@
+//! `avg_pool2d` on a quantized tensor (`F.avg_pool2d`, `nn.AvgPool2d`; kernel, stride, padding,
+//! `ceil_mode`, `count_include_pad`, `divisor_override`), output qparams equal to the input's.
+//!
+//! Window (all paths): rows `[o·s − p, min(o·s − p + k, H + p))` clipped to the input; `size` is
+//! the clipped area, the divisor `D` is `divisor_override`, else the unclipped (padding
+//! included, never beyond `H + p`) area with `count_include_pad`, else `size`
+//! ([`crate::geometry::Pool2dParams::avg_span`]). The integer accumulator is
+//! `acc = Σ q − size·zp` (exact in int32).
+//!
+//! - ATen NCHW (`AveragePool2d.cpp: avg_pool2d_out_frame`): `m = f32(f64(in_s/out_s) / D)`,
+//!   `q' = clamp(RNE(f32(f32(acc)·m) + f32(zp)), 0, 255)`: the zero point is added in float
+//!   before rounding (no FMA: generic translation unit).
+//! - ATen NHWC (`kernels/QuantizedOpKernels.cpp: _qavg_pool_nhwc_kernel`):
+//!   `m = f32(f32(f32(in_s)/f32(out_s)) / f32(D))`. The vector channels (`C/8·8` in the AVX2
+//!   build, `C/16·16` in the AVX512 build, `do_avg_pool_nhwc_on_AVX_n` → `QuantizeAvx2/512`)
+//!   compute `RNE(f32(acc·m)) + zp`, the others `quantize_val(1/m, zp, acc)` =
+//!   `zp + RNE(f32(acc·f32(1/f32(1/m))))`; clamp 0..255. Both multipliers are equal for every
+//!   `D` up to 2·10⁶ (exhaustive check in the research behind this module), so the vector width
+//!   does not matter; where they differ the element is predicted ambiguous between the two.
+//! - QNNPACK (qnnpack engine, no `ceil_mode`; `qnnpack/src/average-pooling.c`,
+//!   `q8avgpool/*-sse2.c` in PyTorch's fork): the same `acc` (padding taps read a buffer of
+//!   zero points), `scale = f32(f32(in_s) / f32(f32(out_s)·f32(kH·kW)))` — always the full
+//!   kernel area: `count_include_pad = False` and `divisor_override` are ignored —
+//!   `q' = clamp(RNE(f32(f32(acc)·scale)) + zp, 0, 255)` in fp32 (no fixed point). A 1×1 kernel
+//!   is rejected.
+//! - Reference flows (`native/cpu/AvgPoolKernel.cpp: cpu_avg_pool`, `_channels_last`): the f32 sum
+//!   of the dequantized window from 0, rows outer, columns inner, then `f32(sum / f32(D))`,
+//!   then the flow's quantize node. Exact.
+//!
+//! `divisor_override` is modelled for `1 ≤ D ≤ 2^24`; larger, negative or zero values are errors.
+
+use super::{input, plan_input, predict_ints, quantize_out, quantize_rule, AtenLayout, PoolInput};
+use crate::engine::flow::Flow;
+use crate::engine::{Ctx, Engine};
+use crate::geometry::{AvgSpan, Pool2dParams};
+use crate::numerics::bound::Pred;
+use crate::numerics::quantize::{aten, rne};
+use crate::ops::{Meta, Op, OutQParams, Output, Plan, Rule};
+use crate::ops::{QTensor, Value};
+use crate::{Error, Result};
+
+/// `avg_pool2d` with PyTorch's arguments (`stride` absent = the kernel size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AvgPool2d {
+    pub kernel_size: [usize; 2],
+    #[serde(default)]
+    pub stride: Option<[usize; 2]>,
+    #[serde(default)]
+    pub padding: [usize; 2],
+    #[serde(default)]
+    pub ceil_mode: bool,
+    #[serde(default = "yes")]
+    pub count_include_pad: bool,
+    #[serde(default)]
+    pub divisor_override: Option<i64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl AvgPool2d {
+    /// The window geometry (no dilation).
+    pub fn params(&self) -> Pool2dParams {
+        Pool2dParams {
+            kernel_size: self.kernel_size,
+            stride: self.stride.unwrap_or(self.kernel_size),
+            padding: self.padding,
+            dilation: [1, 1],
+            ceil_mode: self.ceil_mode,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Path {
+    Aten(AtenLayout),
+    /// QNNPACK with its fp32 requantization scale.
+    Qnnpack {
+        scale: f32,
+    },
+    Float,
+}
+
+impl Op for AvgPool2d {
+    fn name(&self) -> &'static str {
+        "avg_pool2d"
+    }
+
+    fn plan<'a>(
+        &'a self,
+        ctx: &Ctx,
+        inputs: &[Meta<'_>],
+        out: Option<&OutQParams>,
+    ) -> Result<Box<dyn Plan + 'a>> {
+        let op = self.name();
+        let PoolInput {
+            format,
+            dims,
+            scale,
+            out,
+        } = plan_input(op, ctx, inputs, out)?;
+        let p = self.params();
+        if let Some(d) = self.divisor_override {
+            if !(1..=1 << 24).contains(&d) {
+                return Err(Error::invalid(
+                    op,
+                    format!(
+                        "divisor_override {d} (zero is rejected by PyTorch; modelled: 1..2^24)"
+                    ),
+                ));
+            }
+        }
+        p.check_half_kernel_padding(op)?;
+        let [oh, ow] = p.output_size(op, [dims[2], dims[3]])?;
+        let path = if !ctx.flow.is_integer() {
+            Path::Float
+        } else if ctx.engine == Engine::Qnnpack && !p.ceil_mode {
+            let area = p.kernel_size[0] * p.kernel_size[1];
+            if area == 1 {
+                return Err(Error::invalid(
+                    op,
+                    "QNNPACK rejects a 1x1 average pool (\"1x1 pooling is meaningless\")",
+                ));
+            }
+            if !(scale as f32).is_normal() || !(out.scale as f32).is_normal() {
+                return Err(Error::invalid(op, "QNNPACK requires normal f32 scales"));
+            }
+            Path::Qnnpack {
+                scale: qnnpack_scale(scale, out.scale, area),
+            }
+        } else {
+            Path::Aten(AtenLayout::of(format, dims))
+        };
+        Ok(Box::new(AvgPoolPlan {
+            op: *self,
+            p,
+            path,
+            flow: ctx.flow,
+            out,
+            in_dims: dims,
+            out_dims: [dims[0], dims[1], oh, ow],
+        }))
+    }
+}
+
+/// QNNPACK's fp32 requantization scale of an average pool over `area` elements
+/// (`average-pooling.c`, `global-average-pooling.c`): `f32(in_s / f32(out_s · f32(area)))`.
+pub(crate) fn qnnpack_scale(in_scale: f64, out_scale: f64, area: usize) -> f32 {
+    in_scale as f32 / (out_scale as f32 * area as f32)
+}
+
+/// QNNPACK's fp32 requantization (`q8avgpool`, `q8gavgpool` SSE2 kernels): `cvtps_epi32`
+/// (RNE), saturating int16 pack and zero-point add, unsigned saturating pack: for these
+/// magnitudes `clamp(RNE(f32(acc · scale)) + zp, 0, 255)`.
+pub(crate) fn qnnpack_requant(acc: i64, scale: f32, zero_point: i64) -> i64 {
+    (rne(acc as f32 * scale) as i64 + zero_point).clamp(0, 255)
+}
+
+#[derive(Debug)]
+struct AvgPoolPlan {
+    op: AvgPool2d,
+    p: Pool2dParams,
+    path: Path,
+    flow: Flow,
+    out: OutQParams,
+    in_dims: [usize; 4],
+    out_dims: [usize; 4],
+}
+
+/// One output element's window.
+struct Window {
+    b: usize,
+    c: usize,
+    rows: AvgSpan,
+    cols: AvgSpan,
+}
+
+impl AvgPoolPlan {
+    fn window(&self, j: usize) -> Window {
+        let [_, c, oh, ow] = self.out_dims;
+        let [_, _, h, w] = self.in_dims;
+        let (x, y) = (j % ow, (j / ow) % oh);
+        Window {
+            b: j / (ow * oh * c),
+            c: (j / (ow * oh)) % c,
+            rows: self.p.avg_span(0, y, h),
+            cols: self.p.avg_span(1, x, w),
+        }
+    }
+
+    /// `size` and the divisor `D` of a window (ATen's rule).
+    fn divisor(&self, win: &Window) -> (i64, i64) {
+        let size = (win.rows.len() * win.cols.len()) as i64;
+        let d = match self.op.divisor_override {
+            Some(d) => d,
+            None if self.op.count_include_pad => (win.rows.padded * win.cols.padded) as i64,
+            None => size,
+        };
+        (size, d)
+    }
+
+    fn codes<'q>(&self, q: &'q QTensor, win: &Window) -> impl Iterator<Item = u8> + 'q {
+        let [_, c, h, w] = self.in_dims;
+        let (b, ch) = (win.b, win.c);
+        let (rows, cols) = (win.rows, win.cols);
+        (rows.start..rows.end).flat_map(move |y| {
+            (cols.start..cols.end).map(move |x| q.data[((b * c + ch) * h + y) * w + x])
+        })
+    }
+
+    fn source(&self, i: usize) -> usize {
+        match self.path {
+            Path::Aten(l) => l.source_index(i, self.out_dims),
+            _ => i,
+        }
+    }
+
+    /// The prediction for the result at logical position `j`.
+    fn element(&self, q: &QTensor, j: usize) -> Result<Pred> {
+        let win = self.window(j);
+        let (size, d) = self.divisor(&win);
+        let zp = q.zero_point;
+        let acc = || self.codes(q, &win).map(i64::from).sum::<i64>() - size * zp;
+        Ok(match self.path {
+            Path::Aten(AtenLayout::Nchw) => {
+                let m = ((q.scale / self.out.scale) / d as f64) as f32;
+                let y = rne(acc() as f32 * m + zp as f32);
+                Pred::Exact((y as i64).clamp(0, 255))
+            }
+            Path::Aten(AtenLayout::Nhwc { .. }) => {
+                let m = (q.scale as f32 / self.out.scale as f32) / d as f32;
+                let inv = 1.0f32 / (1.0f32 / m);
+                let a = acc() as f32;
+                let vector = aten::quantize_avx2(a, m, zp as i32, 0, 255) as i64;
+                let tail = aten::quantize_scalar(a, 1.0f32 / m, zp as i32, 0, 255)
+                    .ok_or_else(|| Error::invalid("avg_pool2d", "NaN multiplier"))?;
+                debug_assert!(inv != m || vector == tail);
+                Pred::from_ends(vector, tail)
+            }
+            Path::Qnnpack { scale } => {
+                Pred::Exact(qnnpack_requant(acc(), scale, self.out.zero_point))
+            }
+            Path::Float => {
+                let [_, c, h, w] = self.in_dims;
+                let mut sum = 0.0f32;
+                for y in win.rows.start..win.rows.end {
+                    for x in win.cols.start..win.cols.end {
+                        let v = q.data[((win.b * c + win.c) * h + y) * w + x];
+                        sum += self.flow.dequantize(v as i64, q.scale, zp);
+                    }
+                }
+                Pred::Exact(quantize_out(
+                    "avg_pool2d",
+                    self.flow,
+                    &self.out,
+                    sum / d as f32,
+                )?)
+            }
+        })
+    }
+}
+
+impl Plan for AvgPoolPlan {
+    fn rule(&self) -> Rule {
+        let p = &self.p;
+        let o = &self.op;
+        let geo = format!(
+            "kernel {:?}, stride {:?}, padding {:?}, ceil_mode {}, count_include_pad {}, \
+             divisor_override {:?}",
+            p.kernel_size,
+            p.stride,
+            p.padding,
+            p.ceil_mode,
+            o.count_include_pad,
+            o.divisor_override
+        );
+        let acc = "acc = Σ q − size·zp over the window clipped to the input";
+        match self.path {
+            Path::Aten(AtenLayout::Nchw) => Rule::default()
+                .with("path", AtenLayout::Nchw.describe())
+                .with("window", geo)
+                .with("accumulation", acc)
+                .with(
+                    "requant",
+                    "q' = clamp(RNE(f32(f32(acc)·m) + f32(zp)), 0, 255), m = f32(f64(in_s/out_s)/D)",
+                ),
+            Path::Aten(l) => Rule::default()
+                .with("path", l.describe())
+                .with("window", geo)
+                .with("accumulation", acc)
+                .with(
+                    "requant",
+                    "q' = clamp(RNE(f32(acc·m)) + zp, 0, 255), m = f32(f32(in_s/out_s)/f32(D)) \
+                     (vector channels; other channels f32(1/f32(1/m)))",
+                ),
+            Path::Qnnpack { scale } => Rule::default()
+                .with("path", "QNNPACK average pooling")
+                .with("window", geo)
+                .with(
+                    "accumulation",
+                    "acc = Σ (q − zp) over the whole kernel (padding taps are zero points)",
+                )
+                .with(
+                    "requant",
+                    format!(
+                        "q' = clamp(RNE(f32(acc·{scale:e})) + zp, 0, 255), scale = \
+                         f32(in_s / f32(out_s·kH·kW)) (count_include_pad and divisor_override \
+                         ignored)"
+                    ),
+                ),
+            Path::Float => Rule::default()
+                .with("window", geo)
+                .with(
+                    "float op",
+                    "f32 sum of dequantize(q) over the clipped window (rows outer, from 0), then \
+                     f32(sum / f32(D)) (exact)",
+                )
+                .with("quantize", quantize_rule(self.flow, &self.out)),
+        }
+    }
+
+    fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
+        predict_ints(
+            "avg_pool2d",
+            inputs[0],
+            self.in_dims,
+            self.out_dims,
+            |i| self.source(i),
+            |q, j| self.element(q, j),
+        )
+    }
+
+    fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
+        let q = input("avg_pool2d", inputs[0], &self.in_dims)?;
+        let j = self.source(i);
+        let win = self.window(j);
+        let (size, d) = self.divisor(&win);
+        let codes: Vec<u8> = self.codes(q, &win).collect();
+        let sum: i64 = codes.iter().map(|&v| v as i64).sum();
+        Ok(vec![
+            format!(
+                "result {j} (n {}, c {}): rows {}..{}, cols {}..{}, codes {codes:?}",
+                win.b, win.c, win.rows.start, win.rows.end, win.cols.start, win.cols.end
+            ),
+            format!(
+                "Σq = {sum}, size {size}, acc = {}, D = {d}",
+                sum - size * q.zero_point
+            ),
+            format!("prediction {:?}", self.element(q, j)?),
+            format!("rule: {}", self.rule()),
+        ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{same_qparams as same, test_ctx as ctx};
+    use super::*;
+    use crate::ops::{MemoryFormat, Predicted};
+
+    fn run(op: &AvgPool2d, c: Ctx, x: &QTensor) -> Result<Vec<Pred>> {
+        let v = Value::Quantized(x.clone());
+        let plan = op.plan(&c, &[v.meta()], Some(&same(x)))?;
+        Ok(plan.predict(&[&v])?.remove(0).ints().unwrap().to_vec())
+    }
+
+    fn exact(v: &[Pred]) -> Vec<i64> {
+        v.iter()
+            .map(|p| match p {
+                Pred::Exact(x) => *x,
+                other => panic!("ambiguous {other:?}"),
+            })
+            .collect()
+    }
+
+    fn pool(k: usize, s: usize, p: usize) -> AvgPool2d {
+        AvgPool2d {
+            kernel_size: [k, k],
+            stride: Some([s, s]),
+            padding: [p, p],
+            ceil_mode: false,
+            count_include_pad: true,
+            divisor_override: None,
+        }
+    }
+
+    #[test]
+    fn nchw_adds_the_zero_point_before_rounding_nhwc_after() {
+        // Two channels, 2×2 window, zp 1. Channel 0: codes 2, 2, 2, 4 → acc = 10 − 4 = 6,
+        // 6/4 = 1.5 (a tie). NCHW: RNE(1.5 + 1) = RNE(2.5) = 2; NHWC: RNE(1.5) + 1 = 3.
+        // Channel 1: codes 1, 1, 1, 1 → acc 0 → 1 on every path.
+        let mut x = QTensor::new(vec![1, 2, 2, 2], vec![2, 2, 2, 4, 1, 1, 1, 1], 0.1, 1);
+        let op = pool(2, 2, 0);
+        let fx = |e| ctx(Flow::ConvertFx, e);
+        assert_eq!(exact(&run(&op, fx(Engine::Fbgemm), &x).unwrap()), [2, 1]);
+        // QNNPACK: fp32 scale 1/4, RNE(1.5) + 1 = 3.
+        assert_eq!(exact(&run(&op, fx(Engine::Qnnpack), &x).unwrap()), [3, 1]);
+        x.memory_format = MemoryFormat::ChannelsLast;
+        assert_eq!(exact(&run(&op, fx(Engine::Onednn), &x).unwrap()), [3, 1]);
+        // C = 1 is channels-last-contiguous in either format: the NHWC kernel runs.
+        let one = QTensor::new(vec![1, 1, 2, 2], vec![2, 2, 2, 4], 0.1, 1);
+        assert_eq!(exact(&run(&op, fx(Engine::X86), &one).unwrap()), [3]);
+    }
+
+    #[test]
+    fn divisors_follow_count_include_pad_and_override_except_in_qnnpack() {
+        // 1×1×2×2 input, kernel 3, padding 1, stride 1: 2×2 outputs, each window clipped to
+        // the 4 pixels (size 4), padded area 3·3 = 9.
+        let x = QTensor::new(vec![1, 1, 2, 2], vec![10, 20, 30, 40], 1.0, 0);
+        let op = pool(3, 1, 1);
+        // 100/9 = 11.1 → 11 everywhere.
+        assert_eq!(
+            exact(&run(&op, ctx(Flow::ConvertFx, Engine::Fbgemm), &x).unwrap()),
+            [11; 4]
+        );
+        let no_pad = AvgPool2d {
+            count_include_pad: false,
+            ..op
+        };
+        assert_eq!(
+            exact(&run(&no_pad, ctx(Flow::ConvertFx, Engine::Fbgemm), &x).unwrap()),
+            [25; 4]
+        );
+        let over = AvgPool2d {
+            divisor_override: Some(3),
+            ..op
+        };
+        assert_eq!(
+            exact(&run(&over, ctx(Flow::ConvertFx, Engine::Fbgemm), &x).unwrap()),
+            [33; 4]
+        );
+        // QNNPACK always divides by kH·kW = 9.
+        for o in [no_pad, over] {
+            assert_eq!(
+                exact(&run(&o, ctx(Flow::ConvertFx, Engine::Qnnpack), &x).unwrap()),
+                [11; 4]
+            );
+        }
+        // ceil_mode leaves QNNPACK: the ATen kernel with count_include_pad = False.
+        let ceil = AvgPool2d {
+            ceil_mode: true,
+            ..no_pad
+        };
+        assert_eq!(
+            exact(&run(&ceil, ctx(Flow::ConvertFx, Engine::Qnnpack), &x).unwrap()),
+            [25; 4]
+        );
+        // The reference flows: f32 sum / D, then quantize.
+        let r = run(&over, ctx(Flow::ConvertToReferenceFx, Engine::Qnnpack), &x).unwrap();
+        assert_eq!(exact(&r), [33; 4]);
+        // Errors: zero divisor, padding beyond k/2, 1x1 QNNPACK pools, 3-D inputs.
+        let zero = AvgPool2d {
+            divisor_override: Some(0),
+            ..op
+        };
+        assert!(run(&zero, ctx(Flow::ConvertFx, Engine::Fbgemm), &x).is_err());
+        assert!(run(&pool(2, 1, 2), ctx(Flow::ConvertFx, Engine::Fbgemm), &x).is_err());
+        assert!(run(&pool(1, 1, 0), ctx(Flow::ConvertFx, Engine::Qnnpack), &x).is_err());
+        let flat = QTensor::new(vec![1, 2, 2], vec![0; 4], 1.0, 0);
+        assert!(run(&op, ctx(Flow::ConvertFx, Engine::Fbgemm), &flat).is_err());
+    }
+
+    #[test]
+    fn decomposed_reference_clamps_to_its_quant_range() {
+        let x = QTensor::new(vec![1, 1, 1, 3], vec![250, 250, 251], 1.0, 0);
+        let op = AvgPool2d {
+            kernel_size: [1, 3],
+            ..pool(1, 1, 0)
+        };
+        let v = Value::Quantized(x.clone());
+        let out = OutQParams {
+            quant_max: 127,
+            ..same(&x)
+        };
+        for (flow, want) in [
+            (Flow::ConvertToReferenceDecomposedFx, 127),
+            (Flow::ConvertToReferenceFx, 250),
+        ] {
+            let plan = op
+                .plan(&ctx(flow, Engine::X86), &[v.meta()], Some(&out))
+                .unwrap();
+            let o = plan.predict(&[&v]).unwrap().remove(0);
+            assert_eq!(o.values, Predicted::exact([want]), "{flow:?}");
+        }
+        // The quantized op keeps the input's qparams: others are an error.
+        let other = OutQParams { scale: 2.0, ..out };
+        assert!(op
+            .plan(
+                &ctx(Flow::ConvertFx, Engine::X86),
+                &[v.meta()],
+                Some(&other)
+            )
+            .is_err());
+    }
+}
