@@ -1507,6 +1507,18 @@ fn exact_floats(
     }
 }
 
+/// A graph node's attributes as the op's parameters: the capture records `avg_pool2d`'s
+/// dilation (always 1, which `F.avg_pool2d` does not take); everything else is passed as is.
+fn graph_op_attrs(op: PrimOp, attrs: &serde_json::Value) -> serde_json::Value {
+    let mut attrs = attrs.clone();
+    if let (PrimOp::AvgPool2d, serde_json::Value::Object(m)) = (op, &mut attrs) {
+        if m.get("dilation") == Some(&serde_json::json!([1, 1])) {
+            m.remove("dilation");
+        }
+    }
+    attrs
+}
+
 /// A data-movement node: `movement` with its `steps`, or one step named by the node's op with
 /// the step's attributes.
 fn graph_movement(case: &Case, fname: &str, node: &GraphNode) -> Result<Movement> {
@@ -1580,7 +1592,10 @@ fn graph_stages(case: &Case, g: &GraphCase, isa: Isa, cpu: CpuFeatures) -> Resul
                                 format!("unknown op {name:?}"),
                             )
                         })?;
-                    (quantized_op(case, p, &node.attrs)?, None)
+                    (
+                        quantized_op(case, p, &graph_op_attrs(p, &node.attrs))?,
+                        None,
+                    )
                 }
             };
             ops.push(op);

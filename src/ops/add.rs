@@ -299,8 +299,7 @@ pub(crate) fn float_binary(
     let (lo, hi) = flow.clamp(out.quant_min, out.quant_max);
     let x = flow.dequantize(qa as i64, a.scale, a.zero_point);
     let y = flow.dequantize(qb as i64, b.scale, b.zero_point);
-    let c = if op == '*' { x * y } else { x + y };
-    let c = if relu { c.max(0.0) } else { c };
+    let c = float_binary_value(flow, relu, (qa, a), (qb, b), op);
     let q = flow.quantize(c, out.scale, out.zero_point, lo, hi);
     (
         q,
@@ -308,21 +307,48 @@ pub(crate) fn float_binary(
     )
 }
 
+/// The reference flows' float result of [`float_binary`] (before the quantize node).
+pub(crate) fn float_binary_value(
+    flow: Flow,
+    relu: bool,
+    (qa, a): (u8, &QTensor),
+    (qb, b): (u8, &QTensor),
+    op: char,
+) -> f32 {
+    let x = flow.dequantize(qa as i64, a.scale, a.zero_point);
+    let y = flow.dequantize(qb as i64, b.scale, b.zero_point);
+    let c = if op == '*' { x * y } else { x + y };
+    if relu {
+        c.max(0.0)
+    } else {
+        c
+    }
+}
+
 /// `Plan::predict` of a binary elementwise op: one `int_repr` output of `shape`, element `i` from
-/// `element(a, b, i)`.
+/// `element(a, b, i)`; in the reference flows (`float` given) also `pre_quant`, element `i` from
+/// `float(a, b, i)` (exact).
 pub(crate) fn binary_predict(
     inputs: &[&Value],
     shape: &[usize],
     element: impl Fn(&QTensor, &QTensor, usize) -> (Option<i64>, String),
+    float: super::BinaryFloat<'_>,
 ) -> Result<Vec<Output>> {
     let (a, b) = (inputs[0].quantized("a")?, inputs[1].quantized("b")?);
     let n: usize = shape.iter().product();
     let values = (0..n).map(|i| element(a, b, i).0);
-    Ok(vec![Output::new(
-        "int_repr",
-        shape.to_vec(),
-        Predicted::from_options(values),
-    )])
+    let ints = Output::new("int_repr", shape.to_vec(), Predicted::from_options(values));
+    Ok(match float {
+        Some(f) => vec![
+            ints,
+            Output::new(
+                "pre_quant",
+                shape.to_vec(),
+                Predicted::Ranges((0..n).map(|i| f(a, b, i)).map(|x| (x, x)).collect()),
+            ),
+        ],
+        None => vec![ints],
+    })
 }
 
 /// `Plan::trace` of a binary elementwise op: element `i`'s derivation, then the rule.
@@ -386,7 +412,12 @@ impl Plan for AddPlan {
     }
 
     fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
-        binary_predict(inputs, &self.shape, |a, b, i| self.element(a, b, i))
+        let float = |a: &QTensor, b: &QTensor, i: usize| {
+            let (qa, qb) = (a.data[self.a_index[i]], b.data[self.b_index[i]]);
+            float_binary_value(self.flow, self.op.relu, (qa, a), (qb, b), '+')
+        };
+        let float: super::BinaryFloat<'_> = matches!(self.kernel, Kernel::Float).then_some(&float);
+        binary_predict(inputs, &self.shape, |a, b, i| self.element(a, b, i), float)
     }
 
     fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {

@@ -302,6 +302,31 @@ impl Plan for CatPlan {
     fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
         let ins = self.quantized(inputs)?;
         let n: usize = self.shape.iter().product();
+        if let Kernel::Float = self.kernel {
+            // torch.cat of the dequantized inputs (exact), then the quantize node.
+            let floats = (0..n)
+                .map(|i| {
+                    let (j, idx, _) = self.source(i);
+                    let t = ins[j];
+                    let x = self
+                        .flow
+                        .dequantize(t.data[idx] as i64, t.scale, t.zero_point);
+                    if self.op.relu {
+                        x.max(0.0)
+                    } else {
+                        x
+                    }
+                })
+                .collect();
+            let name = self.op.op_name();
+            return super::exact_float_then_quantize(
+                name,
+                self.flow,
+                &self.out,
+                &self.shape,
+                floats,
+            );
+        }
         let values = (0..n).map(|i| self.element(&ins, i).0);
         Ok(vec![Output::new(
             "int_repr",

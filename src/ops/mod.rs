@@ -353,9 +353,12 @@ pub(crate) fn expect_out<'a>(op: &str, out: Option<&'a OutQParams>) -> Result<&'
     out.ok_or_else(|| Error::invalid(op, "needs output qparams"))
 }
 
-/// The reference flows' tail of an op whose float result is exact: `pre_quant` (the floats, each
-/// a single-value range) and `int_repr` (the flow's quantize node with the output qparams, clamped
-/// to the flow's range).
+/// The reference flows' tail of an op whose float result is exact: `int_repr` (the flow's quantize
+/// node with the output qparams, clamped to the flow's range) and `pre_quant` (the floats, each a
+/// single-value range).
+/// An optional per-element float function of a binary op's inputs.
+pub(crate) type BinaryFloat<'a> = Option<&'a dyn Fn(&QTensor, &QTensor, usize) -> f32>;
+
 pub(crate) fn exact_float_then_quantize(
     op: &str,
     flow: crate::engine::flow::Flow,
@@ -372,11 +375,11 @@ pub(crate) fn exact_float_then_quantize(
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(vec![
+        Output::new("int_repr", shape.to_vec(), Predicted::exact(ints)),
         Output::new(
             "pre_quant",
             shape.to_vec(),
             Predicted::Ranges(floats.into_iter().map(|x| (x, x)).collect()),
         ),
-        Output::new("int_repr", shape.to_vec(), Predicted::exact(ints)),
     ])
 }

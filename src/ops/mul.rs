@@ -13,7 +13,10 @@
 //! Reference flows: the flow's dequantize of both inputs, the float `a * b` (broadcasting; one
 //! f32 rounding, exact), `relu` for `mul_relu`, then the flow's quantize node.
 
-use super::add::{binary_inputs, binary_predict, binary_trace, float_binary, float_binary_rule};
+use super::add::{
+    binary_inputs, binary_predict, binary_trace, float_binary, float_binary_rule,
+    float_binary_value,
+};
 use super::aten_vec::{self, broadcast_indices, Lanes, LoopOut, Operand};
 use super::{Meta, Op, OutQParams, Output, Plan, QTensor, Rule, Value};
 use crate::engine::flow::Flow;
@@ -127,7 +130,12 @@ impl Plan for MulPlan {
     }
 
     fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
-        binary_predict(inputs, &self.shape, |a, b, i| self.element(a, b, i))
+        let float = |a: &QTensor, b: &QTensor, i: usize| {
+            let (qa, qb) = (a.data[self.a_index[i]], b.data[self.b_index[i]]);
+            float_binary_value(self.flow, self.op.relu, (qa, a), (qb, b), '*')
+        };
+        let float: super::BinaryFloat<'_> = self.kernel.is_none().then_some(&float);
+        binary_predict(inputs, &self.shape, |a, b, i| self.element(a, b, i), float)
     }
 
     fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {

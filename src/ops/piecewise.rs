@@ -300,6 +300,22 @@ impl Plan for PiecewisePlan {
             self.shape.clone(),
             Predicted::from_options(values),
         )];
+        if let Path::Float { .. } = self.path {
+            // The float op before the quantize node (exact: one f32 function of the code).
+            let floats = t.data.iter().map(|&q| {
+                let x = self.flow.dequantize(q as i64, t.scale, t.zero_point);
+                let y = self.op.f(x);
+                (y, y)
+            });
+            outs.insert(
+                1,
+                Output::new(
+                    "pre_quant",
+                    self.shape.clone(),
+                    Predicted::Ranges(floats.collect()),
+                ),
+            );
+        }
         if self.flow.is_integer() && self.op.kernel_qparams().is_some() {
             outs.push(Output::new(
                 "output_scale",
@@ -451,12 +467,18 @@ mod tests {
                 .plan(&c, &[v.meta()], Some(&out(0.5, 0)))
                 .is_err());
         }
-        // Reference flows take the observer's qparams and return only the values.
+        // Reference flows take the observer's qparams and return the values and the floats
+        // before the quantize node (hardsigmoid of -3, 0, 0.25, 4.5).
         let c = ctx(Flow::ConvertToReferenceFx, Engine::Fbgemm);
         let v = Value::Quantized(x);
         let plan = Piecewise::Hardsigmoid.plan(&c, &[v.meta()], Some(&out(0.00390625, 0)));
         let outs = plan.unwrap().predict(&[&v]).unwrap();
-        assert_eq!(outs.len(), 1);
+        assert_eq!(outs.len(), 2);
+        let floats = [0.0f32, 0.5, 0.25f32 / 6.0 + 0.5, 1.0];
+        assert_eq!(
+            outs[1].values,
+            Predicted::Ranges(floats.iter().map(|&f| (f, f)).collect())
+        );
         assert_eq!(
             outs[0].ints().unwrap(),
             &[0, 128, 139, 255].map(Pred::Exact)[..]

@@ -351,6 +351,9 @@ def _float_chain(n, qname):
             continue
         if m.op in ("get_attr", "placeholder"):
             continue
+        if (m.op == "call_method" and m.target == "size") or (m.op == "call_function" and _target_name(m) == "size"):
+            # x.size() feeds shapes, not values: the tensor it reads is not an input of the chain.
+            continue
         chain.append(m)
         stack.extend(m.all_input_nodes)
     return chain, ins

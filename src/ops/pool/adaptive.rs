@@ -299,6 +299,15 @@ impl Plan for AdaptivePlan {
 
     fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
         let q = input("adaptive_avg_pool2d", inputs[0], &self.in_dims)?;
+        if let Path::Float { channels_last } = self.path {
+            return crate::ops::exact_float_then_quantize(
+                "adaptive_avg_pool2d",
+                self.flow,
+                &self.out,
+                &self.out_dims,
+                self.float_results(q, channels_last),
+            );
+        }
         let all = self.results(q)?;
         predict_ints(
             "adaptive_avg_pool2d",

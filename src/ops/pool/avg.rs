@@ -242,23 +242,29 @@ impl AvgPoolPlan {
             Path::Qnnpack { scale } => {
                 Pred::Exact(qnnpack_requant(acc(), scale, self.out.zero_point))
             }
-            Path::Float => {
-                let [_, c, h, w] = self.in_dims;
-                let mut sum = 0.0f32;
-                for y in win.rows.start..win.rows.end {
-                    for x in win.cols.start..win.cols.end {
-                        let v = q.data[((win.b * c + win.c) * h + y) * w + x];
-                        sum += self.flow.dequantize(v as i64, q.scale, zp);
-                    }
-                }
-                Pred::Exact(quantize_out(
-                    "avg_pool2d",
-                    self.flow,
-                    &self.out,
-                    sum / d as f32,
-                )?)
-            }
+            Path::Float => Pred::Exact(quantize_out(
+                "avg_pool2d",
+                self.flow,
+                &self.out,
+                self.float_at(q, j),
+            )?),
         })
+    }
+
+    /// The reference flows' float average at logical position `j`: the window's dequantized
+    /// values summed in f32 in row order, divided by the divisor.
+    fn float_at(&self, q: &QTensor, j: usize) -> f32 {
+        let win = self.window(j);
+        let (_, d) = self.divisor(&win);
+        let [_, c, h, w] = self.in_dims;
+        let mut sum = 0.0f32;
+        for y in win.rows.start..win.rows.end {
+            for x in win.cols.start..win.cols.end {
+                let v = q.data[((win.b * c + win.c) * h + y) * w + x];
+                sum += self.flow.dequantize(v as i64, q.scale, q.zero_point);
+            }
+        }
+        sum / d as f32
     }
 }
 
@@ -322,6 +328,18 @@ impl Plan for AvgPoolPlan {
     }
 
     fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
+        if self.path == Path::Float {
+            let q = input("avg_pool2d", inputs[0], &self.in_dims)?;
+            let n: usize = self.out_dims.iter().product();
+            let floats = (0..n).map(|j| self.float_at(q, j)).collect();
+            return crate::ops::exact_float_then_quantize(
+                "avg_pool2d",
+                self.flow,
+                &self.out,
+                &self.out_dims,
+                floats,
+            );
+        }
         predict_ints(
             "avg_pool2d",
             inputs[0],

@@ -173,10 +173,23 @@ impl MaxPoolPlan {
             // accumulator's initial value, `numeric_limits<uint8_t>::lowest()` = 0.
             return Ok(codes.max().map_or(0, i64::from));
         }
-        let m = codes
+        quantize_out("max_pool2d", self.flow, &self.out, self.float_at(q, j))
+    }
+
+    /// The reference flows' float maximum over the window at logical position `j`.
+    fn float_at(&self, q: &QTensor, j: usize) -> f32 {
+        let [_, c, oh, ow] = self.out_dims;
+        let (x, y, ch, b) = (
+            j % ow,
+            (j / ow) % oh,
+            (j / (ow * oh)) % c,
+            j / (ow * oh * c),
+        );
+        self.taps(y, x)
+            .iter()
+            .map(|&(ty, tx)| q.data[self.in_index(b, ch, ty, tx)])
             .map(|v| self.flow.dequantize(v as i64, q.scale, q.zero_point))
-            .fold(f32::NEG_INFINITY, f32::max);
-        quantize_out("max_pool2d", self.flow, &self.out, m)
+            .fold(f32::NEG_INFINITY, f32::max)
     }
 }
 
@@ -214,6 +227,18 @@ impl Plan for MaxPoolPlan {
     }
 
     fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
+        if self.path == Path::Float {
+            let q = input("max_pool2d", inputs[0], &self.in_dims)?;
+            let n: usize = self.out_dims.iter().product();
+            let floats = (0..n).map(|j| self.float_at(q, j)).collect();
+            return crate::ops::exact_float_then_quantize(
+                "max_pool2d",
+                self.flow,
+                &self.out,
+                &self.out_dims,
+                floats,
+            );
+        }
         predict_ints(
             "max_pool2d",
             inputs[0],

@@ -204,6 +204,15 @@ impl Plan for MeanPlan {
 
     fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
         let q = input("mean", inputs[0], &self.in_dims)?;
+        if matches!(self.path, Path::Float) {
+            return crate::ops::exact_float_then_quantize(
+                "mean",
+                self.flow,
+                &self.out,
+                &self.out_shape,
+                float_mean_hw(self.flow, q, self.in_dims),
+            );
+        }
         Ok(vec![Output::new(
             "int_repr",
             self.out_shape.clone(),
