@@ -160,9 +160,44 @@ pub fn check_case(case: &Case, opts: &CheckOptions) -> CaseResult {
     }
     res.passed = res.error.is_none() && rec.groups.values().all(|s| s.mismatched == 0);
     res.groups = rec.groups;
+    if let Some(m) = rec.first.as_mut() {
+        // A case built to pin a rule says which one: the rule or the engine has drifted.
+        let pins = case
+            .header
+            .tags
+            .iter()
+            .filter_map(|t| t.strip_prefix("pins:"));
+        let lines: Vec<String> = pins.map(pinned_rule).collect();
+        m.detail.splice(0..0, lines);
+    }
     res.first_mismatch = rec.first;
     res.backend_fallbacks = rec.fallbacks;
     res
+}
+
+/// The diagnosis line of a case tagged `pins:<rule>` (docs/NUMERICS.md, golden/README.md): the
+/// rule on which this case's data make the rule and its nearest alternative disagree.
+fn pinned_rule(tag: &str) -> String {
+    let what = match tag {
+        "R21-fbgemm-multiplier-division" => {
+            "the FBGEMM multiplier divides, mult = f32(atws / f32(s_y)) \
+             (nearest alternative: f32(atws · f32(1/s_y)))"
+        }
+        "R22-fbgemm-bias-per-tensor-reciprocal" => {
+            "FBGEMM with per-tensor weights multiplies the bias by rcp = f32(1.0 / (double)atws) \
+             (nearest alternative: divides, f32(bias / atws))"
+        }
+        "R22-fbgemm-bias-per-tensor-fma" => {
+            "FBGEMM with per-tensor weights adds bias · rcp to f32(acc) in one fused multiply-add \
+             (nearest alternative: two roundings, f32(f32(acc) + f32(bias · rcp)))"
+        }
+        "R25-qnnpack-bias-reciprocal" => {
+            "QNNPACK's int32 bias is RNE(f32(bias · f32(1/sb))), sb = f32(w_s · s_x) \
+             (nearest alternative: RNE(f32(bias / sb)))"
+        }
+        _ => "(a rule this build does not describe)",
+    };
+    format!("this case pins {tag} (docs/NUMERICS.md): {what}")
 }
 
 /// Runs one stage: plan, predict (on the backend or kernel asked for, where it applies), compare.

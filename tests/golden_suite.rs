@@ -191,6 +191,38 @@ fn every_op_on_quantized_tensors_reproduces_its_goldens() {
     }
 }
 
+/// The pins suite: `quantized_linear` cases on which a requantization rule and its nearest
+/// alternative give different outputs (xtask/capture/pins.py); every one reproduced exactly, and
+/// every rule the capture pins has cases on every engine it runs on.
+#[test]
+fn every_pinning_golden_reproduces() {
+    let pins: Vec<GoldenSet> = sets()
+        .into_iter()
+        .filter(|s| s.manifest.suite.as_deref() == Some("pins"))
+        .collect();
+    assert!(!pins.is_empty(), "no golden set of the pins suite");
+    let rules = [
+        ("R21-fbgemm-multiplier-division", &["fbgemm", "x86"][..]),
+        ("R22-fbgemm-bias-per-tensor-reciprocal", &["fbgemm", "x86"]),
+        ("R22-fbgemm-bias-per-tensor-fma", &["fbgemm", "x86"]),
+        ("R25-qnnpack-bias-reciprocal", &["qnnpack"]),
+    ];
+    for set in pins {
+        let report = assert_passes(&set, CheckOptions::default());
+        assert_eq!(report.elements_ambiguous, 0, "{}", set.dir.display());
+        for (rule, engines) in rules {
+            for engine in engines {
+                let n = report
+                    .cases
+                    .iter()
+                    .filter(|c| c.id.contains(rule) && c.id.contains(&format!("-{engine}-")))
+                    .count();
+                assert!(n > 0, "{}: no {rule} case on {engine}", set.dir.display());
+            }
+        }
+    }
+}
+
 #[test]
 fn malformed_case_is_a_failed_result_not_a_panic() {
     let tmp = tempfile::tempdir().unwrap();
