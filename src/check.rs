@@ -69,6 +69,9 @@ pub struct CaseResult {
     /// checked on the reference model instead).
     #[serde(default)]
     pub backend_fallbacks: u64,
+    /// The rules this case was built to pin (its `pins:<rule>` tags).
+    #[serde(default)]
+    pub pins: Vec<String>,
 }
 
 impl CaseResult {
@@ -160,14 +163,16 @@ pub fn check_case(case: &Case, opts: &CheckOptions) -> CaseResult {
     }
     res.passed = res.error.is_none() && rec.groups.values().all(|s| s.mismatched == 0);
     res.groups = rec.groups;
+    res.pins = case
+        .header
+        .tags
+        .iter()
+        .filter_map(|t| t.strip_prefix("pins:"))
+        .map(String::from)
+        .collect();
     if let Some(m) = rec.first.as_mut() {
         // A case built to pin a rule says which one: the rule or the engine has drifted.
-        let pins = case
-            .header
-            .tags
-            .iter()
-            .filter_map(|t| t.strip_prefix("pins:"));
-        let lines: Vec<String> = pins.map(pinned_rule).collect();
+        let lines: Vec<String> = res.pins.iter().map(|t| pinned_rule(t)).collect();
         m.detail.splice(0..0, lines);
     }
     res.first_mismatch = rec.first;
@@ -326,7 +331,19 @@ pub struct Report {
     pub backend_fallbacks: u64,
     /// Element counts per "op / engine / group / isa" row.
     pub table: BTreeMap<String, Stats>,
+    /// Per pinned rule (cases tagged `pins:<rule>`): its cases and how many failed.
+    #[serde(default)]
+    pub pinned: BTreeMap<String, PinStats>,
     pub cases: Vec<CaseResult>,
+}
+
+/// The cases that pin one rule.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinStats {
+    pub cases: usize,
+    pub failed: usize,
+    /// Mismatched elements over those cases.
+    pub mismatched: u64,
 }
 
 impl Report {
@@ -340,6 +357,12 @@ impl Report {
                 r.failed += 1;
             }
             r.backend_fallbacks += c.backend_fallbacks;
+            for rule in &c.pins {
+                let p = r.pinned.entry(rule.clone()).or_default();
+                p.cases += 1;
+                p.failed += usize::from(!c.passed);
+                p.mismatched += c.totals().mismatched;
+            }
             for (g, s) in &c.groups {
                 let key = format!("{} / {} / {} / {}", c.op, c.engine, g, c.isa);
                 r.table.entry(key).or_default().add(s);
