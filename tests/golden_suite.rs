@@ -23,6 +23,14 @@ fn sets() -> Vec<GoldenSet> {
     located.sets
 }
 
+/// The sets of one named suite (e.g. `pins`).
+fn suite_sets(name: &str) -> Vec<GoldenSet> {
+    sets()
+        .into_iter()
+        .filter(|s| s.manifest.suite.as_deref() == Some(name))
+        .collect()
+}
+
 /// The sets of the core suite (primitives and small models, one per capture CPU).
 fn core_sets() -> Vec<GoldenSet> {
     sets()
@@ -196,10 +204,7 @@ fn every_op_on_quantized_tensors_reproduces_its_goldens() {
 /// every rule the capture pins has cases on every engine it runs on.
 #[test]
 fn every_pinning_golden_reproduces() {
-    let pins: Vec<GoldenSet> = sets()
-        .into_iter()
-        .filter(|s| s.manifest.suite.as_deref() == Some("pins"))
-        .collect();
+    let pins = suite_sets("pins");
     assert!(!pins.is_empty(), "no golden set of the pins suite");
     let rules = [
         ("R21-fbgemm-multiplier-division", &["fbgemm", "x86"][..]),
