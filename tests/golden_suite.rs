@@ -340,7 +340,7 @@ fn fused_x86_backend_reproduces_golden_models() {
 
 /// Every optimized kernel with fused entry points, wrapped in the generic kernel backend (the ARM
 /// backend on aarch64, and how an outside kernel is checked), runs every golden convert_fx layer
-/// it implements end to end and equals PyTorch's output bit for bit.
+/// and pins-suite linear it implements end to end and equals PyTorch's output bit for bit.
 #[test]
 fn kernel_backend_reproduces_golden_models_on_every_fused_kernel() {
     let kernels: Vec<_> = qparity::kernels::available()
@@ -354,8 +354,9 @@ fn kernel_backend_reproduces_golden_models_on_every_fused_kernel() {
             qparity::backend::KernelBackend::new("kernel-fused", kernel),
         ));
         let mut fused = qparity::check::Stats::default();
+        let mut pinned = 0u64;
         let mut engines = std::collections::BTreeSet::new();
-        for set in core_sets() {
+        for set in core_sets().into_iter().chain(suite_sets("pins")) {
             let report = assert_passes(
                 &set,
                 CheckOptions {
@@ -370,9 +371,19 @@ fn kernel_backend_reproduces_golden_models_on_every_fused_kernel() {
                     fused.mismatched += s.mismatched;
                     engines.insert(c.engine.clone());
                 }
+                // The pins suite's quantized_linear cases: per-tensor FBGEMM bias by FMA.
+                if let Some(s) = c.groups.get("quantized_linear[kernel-fused]") {
+                    pinned += s.exact;
+                }
             }
         }
-        eprintln!("kernel backend on {name}: {fused:?} over engines {engines:?}");
+        eprintln!(
+            "kernel backend on {name}: {fused:?} over engines {engines:?}; {pinned} pins elements"
+        );
+        assert!(
+            pinned > 0 || suite_sets("pins").is_empty(),
+            "{name}: ran no pins case"
+        );
         assert_eq!(fused.mismatched, 0, "{name}");
         assert_eq!(fused.ambiguous, 0, "{name}: fused runs are exact");
         assert!(
