@@ -69,6 +69,9 @@ pub struct CaseResult {
     /// checked on the reference model instead).
     #[serde(default)]
     pub backend_fallbacks: u64,
+    /// The rules this case was built to pin (its `pins:<rule>` tags).
+    #[serde(default)]
+    pub pins: Vec<String>,
 }
 
 impl CaseResult {
@@ -160,9 +163,46 @@ pub fn check_case(case: &Case, opts: &CheckOptions) -> CaseResult {
     }
     res.passed = res.error.is_none() && rec.groups.values().all(|s| s.mismatched == 0);
     res.groups = rec.groups;
+    res.pins = case
+        .header
+        .tags
+        .iter()
+        .filter_map(|t| t.strip_prefix("pins:"))
+        .map(String::from)
+        .collect();
+    if let Some(m) = rec.first.as_mut() {
+        // A case built to pin a rule says which one: the rule or the engine has drifted.
+        let lines: Vec<String> = res.pins.iter().map(|t| pinned_rule(t)).collect();
+        m.detail.splice(0..0, lines);
+    }
     res.first_mismatch = rec.first;
     res.backend_fallbacks = rec.fallbacks;
     res
+}
+
+/// The diagnosis line of a case tagged `pins:<rule>` (docs/NUMERICS.md, golden/README.md): the
+/// rule on which this case's data make the rule and its nearest alternative disagree.
+fn pinned_rule(tag: &str) -> String {
+    let what = match tag {
+        "R21-fbgemm-multiplier-division" => {
+            "the FBGEMM multiplier divides, mult = f32(atws / f32(s_y)) \
+             (nearest alternative: f32(atws · f32(1/s_y)))"
+        }
+        "R22-fbgemm-bias-per-tensor-reciprocal" => {
+            "FBGEMM with per-tensor weights multiplies the bias by rcp = f32(1.0 / (double)atws) \
+             (nearest alternative: divides, f32(bias / atws))"
+        }
+        "R22-fbgemm-bias-per-tensor-fma" => {
+            "FBGEMM with per-tensor weights adds bias · rcp to f32(acc) in one fused multiply-add \
+             (nearest alternative: two roundings, f32(f32(acc) + f32(bias · rcp)))"
+        }
+        "R25-qnnpack-bias-reciprocal" => {
+            "QNNPACK's int32 bias is RNE(f32(bias · f32(1/sb))), sb = f32(w_s · s_x) \
+             (nearest alternative: RNE(f32(bias / sb)))"
+        }
+        _ => "(a rule this build does not describe)",
+    };
+    format!("this case pins {tag} (docs/NUMERICS.md): {what}")
 }
 
 /// Runs one stage: plan, predict (on the backend or kernel asked for, where it applies), compare.
@@ -291,7 +331,19 @@ pub struct Report {
     pub backend_fallbacks: u64,
     /// Element counts per "op / engine / group / isa" row.
     pub table: BTreeMap<String, Stats>,
+    /// Per pinned rule (cases tagged `pins:<rule>`): its cases and how many failed.
+    #[serde(default)]
+    pub pinned: BTreeMap<String, PinStats>,
     pub cases: Vec<CaseResult>,
+}
+
+/// The cases that pin one rule.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinStats {
+    pub cases: usize,
+    pub failed: usize,
+    /// Mismatched elements over those cases.
+    pub mismatched: u64,
 }
 
 impl Report {
@@ -305,6 +357,12 @@ impl Report {
                 r.failed += 1;
             }
             r.backend_fallbacks += c.backend_fallbacks;
+            for rule in &c.pins {
+                let p = r.pinned.entry(rule.clone()).or_default();
+                p.cases += 1;
+                p.failed += usize::from(!c.passed);
+                p.mismatched += c.totals().mismatched;
+            }
             for (g, s) in &c.groups {
                 let key = format!("{} / {} / {} / {}", c.op, c.engine, g, c.isa);
                 r.table.entry(key).or_default().add(s);

@@ -313,6 +313,13 @@ fn print_report(out: &mut impl Write, r: &Report, max_failures: usize) -> Result
             r.backend_fallbacks
         )?;
     }
+    for (rule, p) in &r.pinned {
+        writeln!(
+            out,
+            "pinned rule {rule}: {} of {} cases fail, {} elements mismatched",
+            p.failed, p.cases, p.mismatched
+        )?;
+    }
     let failing: Vec<_> = r.cases.iter().filter(|c| !c.passed).collect();
     for c in failing.iter().take(max_failures) {
         writeln!(out, "\nFAILED {} ({})", c.id, c.path)?;

@@ -23,6 +23,14 @@ fn sets() -> Vec<GoldenSet> {
     located.sets
 }
 
+/// The sets of one named suite (e.g. `pins`).
+fn suite_sets(name: &str) -> Vec<GoldenSet> {
+    sets()
+        .into_iter()
+        .filter(|s| s.manifest.suite.as_deref() == Some(name))
+        .collect()
+}
+
 /// The sets of the core suite (primitives and small models, one per capture CPU).
 fn core_sets() -> Vec<GoldenSet> {
     sets()
@@ -191,6 +199,35 @@ fn every_op_on_quantized_tensors_reproduces_its_goldens() {
     }
 }
 
+/// The pins suite: `quantized_linear` cases on which a requantization rule and its nearest
+/// alternative give different outputs (xtask/capture/pins.py); every one reproduced exactly, and
+/// every rule the capture pins has cases on every engine it runs on.
+#[test]
+fn every_pinning_golden_reproduces() {
+    let pins = suite_sets("pins");
+    assert!(!pins.is_empty(), "no golden set of the pins suite");
+    let rules = [
+        ("R21-fbgemm-multiplier-division", &["fbgemm", "x86"][..]),
+        ("R22-fbgemm-bias-per-tensor-reciprocal", &["fbgemm", "x86"]),
+        ("R22-fbgemm-bias-per-tensor-fma", &["fbgemm", "x86"]),
+        ("R25-qnnpack-bias-reciprocal", &["qnnpack"]),
+    ];
+    for set in pins {
+        let report = assert_passes(&set, CheckOptions::default());
+        assert_eq!(report.elements_ambiguous, 0, "{}", set.dir.display());
+        for (rule, engines) in rules {
+            for engine in engines {
+                let n = report
+                    .cases
+                    .iter()
+                    .filter(|c| c.id.contains(rule) && c.id.contains(&format!("-{engine}-")))
+                    .count();
+                assert!(n > 0, "{}: no {rule} case on {engine}", set.dir.display());
+            }
+        }
+    }
+}
+
 #[test]
 fn malformed_case_is_a_failed_result_not_a_panic() {
     let tmp = tempfile::tempdir().unwrap();
@@ -303,7 +340,7 @@ fn fused_x86_backend_reproduces_golden_models() {
 
 /// Every optimized kernel with fused entry points, wrapped in the generic kernel backend (the ARM
 /// backend on aarch64, and how an outside kernel is checked), runs every golden convert_fx layer
-/// it implements end to end and equals PyTorch's output bit for bit.
+/// and pins-suite linear it implements end to end and equals PyTorch's output bit for bit.
 #[test]
 fn kernel_backend_reproduces_golden_models_on_every_fused_kernel() {
     let kernels: Vec<_> = qparity::kernels::available()
@@ -317,8 +354,9 @@ fn kernel_backend_reproduces_golden_models_on_every_fused_kernel() {
             qparity::backend::KernelBackend::new("kernel-fused", kernel),
         ));
         let mut fused = qparity::check::Stats::default();
+        let mut pinned = 0u64;
         let mut engines = std::collections::BTreeSet::new();
-        for set in core_sets() {
+        for set in core_sets().into_iter().chain(suite_sets("pins")) {
             let report = assert_passes(
                 &set,
                 CheckOptions {
@@ -333,9 +371,19 @@ fn kernel_backend_reproduces_golden_models_on_every_fused_kernel() {
                     fused.mismatched += s.mismatched;
                     engines.insert(c.engine.clone());
                 }
+                // The pins suite's quantized_linear cases: per-tensor FBGEMM bias by FMA.
+                if let Some(s) = c.groups.get("quantized_linear[kernel-fused]") {
+                    pinned += s.exact;
+                }
             }
         }
-        eprintln!("kernel backend on {name}: {fused:?} over engines {engines:?}");
+        eprintln!(
+            "kernel backend on {name}: {fused:?} over engines {engines:?}; {pinned} pins elements"
+        );
+        assert!(
+            pinned > 0 || suite_sets("pins").is_empty(),
+            "{name}: ran no pins case"
+        );
         assert_eq!(fused.mismatched, 0, "{name}");
         assert_eq!(fused.ambiguous, 0, "{name}: fused runs are exact");
         assert!(

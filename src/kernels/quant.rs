@@ -243,6 +243,7 @@ impl Requant {
                 act_times_w_scale: sl(&f.act_times_w_scale),
                 multiplier: sl(&f.multiplier),
                 bias_term: f.bias_term[lo..hi].to_vec(),
+                bias_scale: f.bias_scale,
                 out_zero_point: f.out_zero_point,
                 relu: f.relu,
             }),
@@ -288,14 +289,18 @@ impl Requant {
 }
 
 /// A requantization rule in the one per-channel form every SIMD epilogue evaluates:
-/// `q = clamp(RNE(f32(f32(f32(raw + add_i[j]) + add_f[j]) · mult[j])) + zp, lo, 255)`, RNE giving
-/// `i32::MIN` for NaN and out-of-range values (`cvtps2dq`). FBGEMM has `add_i = 0` and QNNPACK
-/// `add_f = 0` (adding +0.0 to a converted integer changes nothing), so both rules are this one
-/// formula, bit for bit ([`PerChannel::apply`] is its scalar evaluation).
+/// `q = clamp(RNE(f32(fma(add_f[j], add_s[j], f32(raw + add_i[j])) · mult[j])) + zp, lo, 255)`,
+/// the fused multiply-add rounding once and RNE giving `i32::MIN` for NaN and out-of-range values
+/// (`cvtps2dq`). FBGEMM has `add_i = 0`, and with per-channel weights `add_s = 1` (so the FMA is
+/// the plain f32 addition of the quotient), with per-tensor weights `add_f = bias`,
+/// `add_s = rcp`; QNNPACK has `add_f = 0` (adding +0.0 to a converted integer changes nothing).
+/// So every rule is this one formula, bit for bit ([`PerChannel::apply`] is its scalar
+/// evaluation).
 #[derive(Debug, Clone)]
 pub(crate) struct PerChannel {
     pub(crate) add_i: Vec<i32>,
     pub(crate) add_f: Vec<f32>,
+    pub(crate) add_s: Vec<f32>,
     pub(crate) mult: Vec<f32>,
     pub(crate) zp: i32,
     /// The lower clamp: the zero point under a fused ReLU, else 0.
@@ -309,10 +314,12 @@ impl PerChannel {
         rule.validate(j0 + n)?;
         let len = len.max(n);
         let (mut add_i, mut add_f, mut mult) = (vec![0; len], vec![0.0; len], vec![0.0; len]);
+        let mut add_s = vec![1.0; len];
         let (zp, relu) = match rule {
             Requant::Fbgemm(f) => {
                 for j in 0..n {
                     add_f[j] = f.bias_term[j0 + j];
+                    add_s[j] = f.bias_scale.unwrap_or(1.0);
                     mult[j] = f.multiplier[if f.multiplier.len() == 1 { 0 } else { j0 + j }];
                 }
                 (f.out_zero_point, f.relu)
@@ -326,6 +333,7 @@ impl PerChannel {
         Ok(Self {
             add_i,
             add_f,
+            add_s,
             mult,
             zp,
             lo: if relu { zp } else { 0 },
@@ -336,7 +344,8 @@ impl PerChannel {
     #[inline]
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn apply(&self, raw: i32, j: usize) -> u8 {
-        let f = (raw.wrapping_add(self.add_i[j]) as f32 + self.add_f[j]) * self.mult[j];
+        let x = raw.wrapping_add(self.add_i[j]) as f32;
+        let f = self.add_f[j].mul_add(self.add_s[j], x) * self.mult[j];
         (round_ne_i32(f) as i64 + self.zp as i64).clamp(self.lo as i64, 255) as u8
     }
 }

@@ -15,10 +15,16 @@ pub struct FbgemmRequant {
     pub act_times_w_scale: Vec<f32>,
     /// `mult[j] = f32(atws[j] / f32(s_y))` (f32 division).
     pub multiplier: Vec<f32>,
-    /// Bias term added to the float accumulator, per output channel:
-    /// per-tensor weights `f32(bias[j] · f32(1.0 / (f64)atws[0]))`, per-channel `f32(bias[j] / atws[j])`.
+    /// Bias per output channel, as the epilogue adds it to the float accumulator. Per-channel
+    /// weights (`bias_scale` None): the quotient `f32(bias[j] / atws[j])`, added with one f32
+    /// addition. Per-tensor weights with a bias (`bias_scale` Some): the f32 `bias[j]` itself.
     /// Zero when the layer has no bias.
     pub bias_term: Vec<f32>,
+    /// Per-tensor weights with a bias: `f32(1.0 / (f64)atws[0])`, by which `bias_term[j]` is
+    /// multiplied in a fused multiply-add with the accumulator,
+    /// `f32(f32(raw) + bias[j] · rcp)` rounded once (the compiled AVX2 / AVX-512 epilogue
+    /// contracts its `mul_ps(bias, rcp)` and `add_ps` into one FMA).
+    pub bias_scale: Option<f32>,
     /// Output zero point.
     pub out_zero_point: i32,
     /// Fused ReLU: the lower clamp becomes the output zero point.
@@ -47,23 +53,44 @@ impl FbgemmRequant {
             .map(|j| match bias {
                 None => 0.0,
                 Some(b) if per_channel => b[j] / atws[j],
-                Some(b) => b[j] * ((1.0f64 / atws[0] as f64) as f32),
+                Some(b) => b[j],
             })
             .collect();
+        let bias_scale = match bias {
+            Some(_) if !per_channel => Some((1.0f64 / atws[0] as f64) as f32),
+            _ => None,
+        };
         Self {
             act_times_w_scale: atws,
             multiplier,
             bias_term,
+            bias_scale,
             out_zero_point,
             relu,
         }
     }
 
-    /// The f32 value that is rounded: `f32(f32(f32(raw) + bterm[j]) · mult[j])`.
+    /// The float accumulator before the multiplier: `f32(raw) + bterm[j]` in f32, or for
+    /// per-tensor weights `fma(bias[j], rcp, f32(raw))` (one rounding).
+    #[inline]
+    pub fn biased(&self, raw: i32, j: usize) -> f32 {
+        match self.bias_scale {
+            Some(rcp) => self.bias_term[j].mul_add(rcp, raw as f32),
+            None => raw as f32 + self.bias_term[j],
+        }
+    }
+
+    /// The exact (unrounded) bias term added to channel `j`'s accumulator, as an f64.
+    pub fn bias_term_f64(&self, j: usize) -> f64 {
+        // An f32 · f32 product is exact in f64.
+        self.bias_term[j] as f64 * self.bias_scale.map_or(1.0, f64::from)
+    }
+
+    /// The f32 value that is rounded: `f32(biased(raw, j) · mult[j])`.
     #[inline]
     pub fn pre_round(&self, raw: i32, j: usize) -> f32 {
         let idx = if self.multiplier.len() == 1 { 0 } else { j };
-        (raw as f32 + self.bias_term[j]) * self.multiplier[idx]
+        self.biased(raw, j) * self.multiplier[idx]
     }
 
     /// Requantizes one accumulator of output channel `j`.

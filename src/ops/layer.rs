@@ -567,8 +567,9 @@ fn bias_rule(rq: &Requant, per_channel: bool) -> &'static str {
              (per-channel weights: division)"
         }
         (Requant::Fbgemm(_), false) => {
-            "float bias, added to the f32 accumulator as bterm[j] = f32(bias[j] · \
-             f32(1.0/(double)atws)) (per-tensor weights: reciprocal multiply)"
+            "float bias, added to the f32 accumulator by one FMA: f32(f32(acc) + bias[j] · \
+             f32(1.0/(double)atws)) rounded once (per-tensor weights: reciprocal multiply, \
+             contracted with the add)"
         }
         (Requant::Qnnpack(_), _) => {
             "int32 bias: bq[j] = clamp(RNE(f32(bias[j] · f32(1/f32(w_s·s_x)))), int32), added \
@@ -583,7 +584,7 @@ fn requant_rule(rq: &Requant, relu: bool, order_unknown: bool) -> String {
     match rq {
         Requant::Fbgemm(_) => format!(
             "FBGEMM ReQuantizeOutput: atws = f32(f32(s_x)·w_s); mult = f32(atws / f32(s_y)); \
-             q = clamp(RNE(f32(f32(f32(acc) + bterm)·mult)) + zp_y, {lo}, 255){}",
+             q = clamp(RNE(f32((f32(acc) + bias)·mult)) + zp_y, {lo}, 255){}",
             if order_unknown {
                 "; oneDNN's own operation order is not pinned down, so results within a few f32 \
                  roundings of a tie are ambiguous"
@@ -672,7 +673,7 @@ impl Plan for IntegerPlan {
             Requant::Fbgemm(rq) => {
                 let idx = if rq.multiplier.len() == 1 { 0 } else { j };
                 (
-                    rq.bias_term[j] as f64,
+                    rq.bias_term_f64(j),
                     rq.multiplier[idx] as f64,
                     rq.pre_round(acc, j) as f64,
                 )
@@ -830,9 +831,9 @@ impl Plan for FloatPlan<'_> {
 /// oneDNN: the FBGEMM formula, with elements within a few f32 roundings of a tie ambiguous.
 fn onednn_pred(rq: &FbgemmRequant, acc: i32, j: usize) -> Pred {
     let idx = if rq.multiplier.len() == 1 { 0 } else { j };
-    let exact = (acc as f64 + rq.bias_term[j] as f64) * rq.multiplier[idx] as f64;
+    let exact = (acc as f64 + rq.bias_term_f64(j)) * rq.multiplier[idx] as f64;
     let mag = (acc as f64).abs() * rq.multiplier[idx] as f64
-        + (rq.bias_term[j] as f64 * rq.multiplier[idx] as f64).abs();
+        + (rq.bias_term_f64(j) * rq.multiplier[idx] as f64).abs();
     // Up to ~6 f32 roundings in any order (scales product, bias scaling, add, multiply, FMA or not).
     let w = 8.0 * (f32::EPSILON as f64 / 2.0) * mag.max(1e-30);
     let lo_z = if rq.relu { rq.out_zero_point } else { 0 };

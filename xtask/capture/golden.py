@@ -3,8 +3,8 @@
 Run by `cargo xtask golden`, once per ISA variant (FBGEMM reads FBGEMM_ENABLE_INSTRUCTIONS when
 torch is imported, so each variant needs its own process), then once more to write the manifest:
 
-    golden.py run --out DIR --seed S --cases N --isa default|avx2 [--suite core|ops|graphs] [--registry OPS]
-    golden.py manifest --out DIR --seed S [--suite core|ops|graphs] [--emulator "qemu-x86_64 -cpu Haswell"]
+    golden.py run --out DIR --seed S --cases N --isa default|avx2 [--suite core|ops|graphs|pins] [--registry OPS]
+    golden.py manifest --out DIR --seed S [--suite core|ops|graphs|pins] [--emulator "qemu-x86_64 -cpu Haswell"]
     golden.py cpu          # the CPU as PyTorch's cpuinfo sees it (one JSON line)
 
 `run` writes DIR/cases/<id>.json for the cases of the plan that belong to its ISA and prints one
@@ -80,6 +80,10 @@ def _case_id(index, slot):
         return f"qop-{QOPS[slot[1]][0]}-{slot[2]}-{slot[3]:04d}"
     if slot[0] == "graph":
         return f"graph-{slot[1]}-{slot[2]}-{slot[3]}-default-{index:04d}"
+    if slot[0] == "pin":
+        from pins import RULES
+
+        return f"pin-{RULES[slot[1]][0]}-{slot[2]}-{slot[3]}-{slot[4]:04d}"
     _, op, engine, mode, isa = slot
     return f"model-{op}-{engine}-{mode}-{isa}-{index:04d}"
 
@@ -112,9 +116,25 @@ def build_graphs_plan(n_cases):
     return [(i, s, 0) for i, s in enumerate(slots[:n_cases])]
 
 
+def build_pins_plan(n_per_rule):
+    """The `pins` suite: n_per_rule cases of every rule in pins.RULES, cycling through its engine /
+    ISA combinations. A case's data depends only on (seed, rule, k)."""
+    from pins import RULES
+
+    plan = []
+    for i, (rule, combos) in enumerate(RULES):
+        key = int.from_bytes(hashlib.sha256(rule.encode()).digest()[:4], "big") << 16
+        for k in range(n_per_rule):
+            engine, isa = combos[k % len(combos)]
+            plan.append((key + k, ("pin", i, engine, isa, k), k))
+    return plan
+
+
 def _plan(suite, n_cases):
     if suite == "graphs":
         return build_graphs_plan(n_cases)
+    if suite == "pins":
+        return build_pins_plan(n_cases)
     return build_ops_plan(n_cases) if suite == "ops" else build_plan(n_cases)
 
 
@@ -124,7 +144,7 @@ def check_registry(registry):
     from qops import QOPS
 
     known = set(registry.split(","))
-    ours = {op for op, _, _ in PRIMITIVES} | {op for op, _ in QOPS}
+    ours = {op for op, _, _ in PRIMITIVES} | {op for op, _ in QOPS} | {"quantized_linear"}
     unknown = sorted(ours - known)
     if unknown:
         sys.exit(f"golden.py: ops {unknown} are not in qparity's op registry (qparity::golden::PrimOp); "
@@ -132,6 +152,8 @@ def check_registry(registry):
 
 
 def _slot_isa(slot):
+    if slot[0] == "pin":
+        return slot[3]
     return "default" if slot[0] in ("primitive", "qop", "graph") else slot[4]
 
 
@@ -162,6 +184,7 @@ def cmd_run(args):
     torch.set_num_threads(1)
     from common import case_rng
     from models import model_case
+    from pins import pin_case
     from prims import PRIMITIVES
     from qops import QOPS
 
@@ -204,6 +227,15 @@ def cmd_run(args):
             case["op"] = op
             case["args"] = a
             case["expected"] = expected
+        elif slot[0] == "pin":
+            a, expected, tags, (ours, alt, n) = pin_case(rng, slot[1], slot[2])
+            case["kind"] = "primitive"
+            case["tags"] = tags
+            case["op"] = "quantized_linear"
+            case["args"] = a
+            case["expected"] = expected
+            print(f"PIN {cid}: PyTorch equals the rule on {ours}/{n} outputs, the alternative on {alt}/{n}",
+                  file=sys.stderr, flush=True)
         else:
             _, op, engine, mode, _ = slot
             body, tags = model_case(rng, op, engine, mode, occ)
@@ -289,19 +321,19 @@ def main():
     r.add_argument("--seed", type=int, required=True)
     r.add_argument("--cases", type=int, required=True)
     r.add_argument("--isa", choices=ISAS, required=True)
-    r.add_argument("--suite", choices=("core", "ops", "graphs"), default="core")
+    r.add_argument("--suite", choices=("core", "ops", "graphs", "pins"), default="core")
     r.add_argument("--registry", default="")
     m = sub.add_parser("manifest")
     m.add_argument("--out", required=True)
     m.add_argument("--seed", type=int, required=True)
     m.add_argument("--emulator", default="")
-    m.add_argument("--suite", choices=("core", "ops", "graphs"), default="core")
+    m.add_argument("--suite", choices=("core", "ops", "graphs", "pins"), default="core")
     m.add_argument("--plan-cases", type=int, required=True)
     sub.add_parser("cpu")
     sub.add_parser("self-test")
     p = sub.add_parser("plan")
     p.add_argument("--cases", type=int, required=True)
-    p.add_argument("--suite", choices=("core", "ops", "graphs"), default="core")
+    p.add_argument("--suite", choices=("core", "ops", "graphs", "pins"), default="core")
     args = ap.parse_args()
     if args.cmd == "run":
         cmd_run(args)

@@ -41,7 +41,8 @@ pub struct Args {
     #[arg(long)]
     seed: Option<u64>,
     /// Total number of cases, cycling through the op x engine x mode x ISA matrix (default 420);
-    /// with `--suite ops`, the number of cases per op (cycling through the engines).
+    /// with `--suite ops`, the number of cases per op (cycling through the engines); with
+    /// `--suite pins`, the number of cases per pinned rule.
     #[arg(long)]
     cases: Option<usize>,
     /// Output directory of a capture, e.g. golden/<set> or a scratch folder.
@@ -64,10 +65,11 @@ pub struct Args {
     #[arg(long, requires = "compare")]
     per_case: bool,
     /// Which capture plan: `core` (primitives and small models), `ops` (ops on quantized
-    /// tensors under every engine) or `graphs` (torchvision's quantizable models as graph cases,
+    /// tensors under every engine), `graphs` (torchvision's quantizable models as graph cases,
     /// each under fbgemm / qnnpack / x86 / onednn PTQ and fbgemm / qnnpack QAT; `--cases` takes
-    /// the first N of those slots, variant by variant).
-    #[arg(long, value_parser = ["core", "ops", "graphs"], default_value = "core")]
+    /// the first N of those slots, variant by variant) or `pins` (`quantized_linear` cases on
+    /// which a numerics rule and its nearest alternative differ, `xtask/capture/pins.py`).
+    #[arg(long, value_parser = ["core", "ops", "graphs", "pins"], default_value = "core")]
     suite: String,
     /// Allow writing into a non-empty directory that is not a previous golden output
     /// (its existing `cases/*.json` and `MANIFEST.json` are replaced).

@@ -76,22 +76,27 @@ impl<'a> Sink<'a> {
 }
 
 /// Requantizes four accumulators of columns `j .. j + 4` with the per-channel form
-/// `clamp(RNE(f32(f32(f32(acc + add_i) + add_f) · mult)) + zp, lo, 255)`.
+/// `clamp(RNE(f32(fma(add_f, add_s, f32(acc + add_i)) · mult)) + zp, lo, 255)`.
 ///
 /// Bit-identical to `QnnpackRequant::apply` / `FbgemmRequant::apply`: the same f32 operations
-/// in the same order (no fused multiply-add), `fcvtns` (round half to even) for in-range
+/// in the same order (the bias by one fused multiply-add, the multiplier not fused), `fcvtns` (round half to even) for in-range
 /// values, and — unlike `fcvtns`, which saturates — `i32::MIN` for NaN and values outside
 /// the int32 range, which is what the x86 `cvtps2dq` modelled by the scalar rule returns.
 #[inline(always)]
 fn apply4(epi: &PerChannel, acc: int32x4_t, j: usize) -> int32x4_t {
     assert!(j + 4 <= epi.mult.len());
-    // SAFETY: `j + 4 <= len` of every vector (asserted; all three have the same length); NEON is
+    // SAFETY: `j + 4 <= len` of every vector (asserted; all four have the same length); NEON is
     // part of the aarch64 baseline.
     unsafe {
         let mul = vld1q_f32(epi.mult.as_ptr().add(j));
         let add_i = vld1q_s32(epi.add_i.as_ptr().add(j));
         let add_f = vld1q_f32(epi.add_f.as_ptr().add(j));
-        let f = vmulq_f32(vaddq_f32(vcvtq_f32_s32(vaddq_s32(acc, add_i)), add_f), mul);
+        let add_s = vld1q_f32(epi.add_s.as_ptr().add(j));
+        // vfmaq_f32(a, b, c) = a + b·c, rounded once.
+        let f = vmulq_f32(
+            vfmaq_f32(vcvtq_f32_s32(vaddq_s32(acc, add_i)), add_f, add_s),
+            mul,
+        );
         let in_range = vandq_u32(
             vcgeq_f32(f, vdupq_n_f32(-2147483648.0)),
             vcltq_f32(f, vdupq_n_f32(2147483648.0)),

@@ -16,7 +16,7 @@ const NV: usize = NR / 8;
 /// otherwise Pair16 panel, u16 pairs, exact `vpmaddwd` (u8·i8 products fit the i16 operands and
 /// their pair sum, at most 2·255·128, fits i32).
 #[inline]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn micro<const R: usize, const SAT: bool>(
     a: &[*const u8; MR],
     segs: &[usize],
@@ -55,7 +55,7 @@ unsafe fn micro<const R: usize, const SAT: bool>(
 }
 
 #[inline]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 fn store_tile<const R: usize>(acc: &[[__m256i; NV]; R], tile: &mut [i32; MR * NR]) {
     for (r, accr) in acc.iter().enumerate() {
         for (v, x) in accr.iter().enumerate() {
@@ -76,7 +76,7 @@ type Micro = unsafe fn(&[*const u8; MR], &[usize], usize, *const i8, &mut [i32; 
 /// panels must hold at least `a.k_steps()` steps, and `a` must have been checked by
 /// `AOperand::new`.
 #[inline]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn gemm_with(a: &AOperand, b: &PackedB, epi: &mut Epilogue, micro: [Micro; MR], wide: bool) {
     let mut tile = [0i32; MR * NR];
     drive::<MR>(a, b.n, NR, |ptrs, rows, i, p| {
@@ -98,7 +98,7 @@ unsafe fn gemm_with(a: &AOperand, b: &PackedB, epi: &mut Epilogue, micro: [Micro
 ///
 /// # Safety
 /// AVX2 must be available; `b` packed as Quad8 with NR = 16 and at least `a.k_steps()` steps.
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn gemm_pairsat(a: &AOperand, b: &PackedB, epi: &mut Epilogue) {
     let micro: [Micro; MR] = [
         micro::<4, true>,
@@ -114,7 +114,7 @@ pub(super) unsafe fn gemm_pairsat(a: &AOperand, b: &PackedB, epi: &mut Epilogue)
 ///
 /// # Safety
 /// AVX2 must be available; `b` packed as Pair16 with NR = 16 and at least `a.k_steps()` steps.
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn gemm_exact(a: &AOperand, b: &PackedB, epi: &mut Epilogue) {
     let micro: [Micro; MR] = [
         micro::<4, false>,
@@ -128,21 +128,25 @@ pub(super) unsafe fn gemm_exact(a: &AOperand, b: &PackedB, epi: &mut Epilogue) {
 
 /// Requantizes 8 folded accumulators (unified rule, see `RequantVec`) into 8 u8 stored at `dst`.
 ///
-/// FBGEMM `requantizeOutputProcessingAvx2`: `cvtepi32_ps`, add, mul (no FMA), `cvtps_epi32`
-/// (RNE), `packs_epi32`, `adds_epi16(zp)`, `packus_epi16`, `max_epu8(lo)`.
+/// FBGEMM `requantizeOutputProcessingAvx2`: `cvtepi32_ps`, the bias by one FMA
+/// (`add_f · add_s + x`; as compiled, FBGEMM's `mul_ps(bias, rcp)` + `add_ps` is contracted), mul
+/// by the multiplier (not fused), `cvtps_epi32` (RNE), `packs_epi32`, `adds_epi16(zp)`,
+/// `packus_epi16`, `max_epu8(lo)`.
 #[inline]
-#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn requant8(
     raw: __m256i,
     add_i: __m256i,
     add_f: __m256,
+    add_s: __m256,
     mult: __m256,
     zp: __m256i,
     lo: __m256i,
     dst: *mut u8,
 ) {
     let x = _mm256_add_epi32(raw, add_i);
-    let f = _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(x), add_f), mult);
+    let f = _mm256_mul_ps(_mm256_fmadd_ps(add_f, add_s, _mm256_cvtepi32_ps(x)), mult);
     let q = _mm256_cvtps_epi32(f);
     let w = _mm256_adds_epi16(_mm256_packs_epi32(q, q), zp);
     let b = _mm256_max_epu8(_mm256_packus_epi16(w, w), lo);
@@ -157,7 +161,7 @@ pub(super) unsafe fn requant8(
 ///
 /// # Safety
 /// AVX2 must be available.
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn epilogue_tile(
     epi: &mut Epilogue,
     i0: usize,
@@ -199,6 +203,7 @@ pub(super) unsafe fn epilogue_tile(
                                 raw,
                                 _mm256_loadu_si256(rq.add_i.as_ptr().add(j) as *const __m256i),
                                 _mm256_loadu_ps(rq.add_f.as_ptr().add(j)),
+                                _mm256_loadu_ps(rq.add_s.as_ptr().add(j)),
                                 _mm256_loadu_ps(rq.mult.as_ptr().add(j)),
                                 _mm256_set1_epi16(rq.zp as i16),
                                 _mm256_set1_epi8(rq.lo as u8 as i8),
@@ -228,6 +233,7 @@ pub(super) struct DwChannel {
     pub zc: i32,
     pub add_i: i32,
     pub add_f: f32,
+    pub add_s: f32,
     pub mult: f32,
     pub zp: i32,
     pub lo: i32,
@@ -236,7 +242,7 @@ pub(super) struct DwChannel {
 /// Interleaves four 32-pixel tap vectors into four vectors of `[t0,t1,t2,t3]` byte quads; the
 /// pixel order is (0..4|16..20), (4..8|20..24), (8..12|24..28), (12..16|28..32).
 #[inline]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 fn interleave4(t0: __m256i, t1: __m256i, t2: __m256i, t3: __m256i) -> [__m256i; 4] {
     let lo01 = _mm256_unpacklo_epi8(t0, t1);
     let hi01 = _mm256_unpackhi_epi8(t0, t1);
@@ -259,7 +265,7 @@ fn interleave4(t0: __m256i, t1: __m256i, t2: __m256i, t3: __m256i) -> [__m256i; 
 ///
 /// # Safety
 /// AVX2 must be available and the buffer sizes above must hold.
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn dw3x3_plane(
     plane: &[u8],
     ps: usize,
@@ -280,6 +286,7 @@ pub(super) unsafe fn dw3x3_plane(
     let bzp = _mm256_set1_epi32(ch.b_zp);
     let add_i = _mm256_set1_epi32(ch.add_i);
     let add_f = _mm256_set1_ps(ch.add_f);
+    let add_s = _mm256_set1_ps(ch.add_s);
     let mult = _mm256_set1_ps(ch.mult);
     let zpv = _mm256_set1_epi16(ch.zp as i16);
     let lov = _mm256_set1_epi8(ch.lo as u8 as i8);
@@ -316,7 +323,11 @@ pub(super) unsafe fn dw3x3_plane(
                     raw = _mm256_sub_epi32(raw, _mm256_mullo_epi32(rs, bzp));
                 }
                 let f = _mm256_mul_ps(
-                    _mm256_add_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(raw, add_i)), add_f),
+                    _mm256_fmadd_ps(
+                        add_f,
+                        add_s,
+                        _mm256_cvtepi32_ps(_mm256_add_epi32(raw, add_i)),
+                    ),
                     mult,
                 );
                 q[v] = _mm256_cvtps_epi32(f);

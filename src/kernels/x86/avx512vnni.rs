@@ -56,7 +56,7 @@ type Micro = unsafe fn(&[*const u8; MR], &[usize], usize, *const i8, &mut [i32; 
 /// # Safety
 /// AVX-512 F/BW/VNNI and AVX2 must be available; `b` packed as Quad8 with NR = 32 and at least
 /// `a.k_steps()` steps per panel; `a` checked by `AOperand::new`.
-#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vnni")]
 pub(super) unsafe fn gemm_vnni(a: &AOperand, b: &PackedB, epi: &mut Epilogue) {
     let micro: [Micro; MR] = [
         micro::<6>, micro::<5>, micro::<4>, micro::<3>, micro::<2>, micro::<1>,

@@ -589,12 +589,13 @@ impl Depthwise3x3 {
                     zc: a_zp.wrapping_mul(self.col_off[c]),
                     add_i: self.rq.add_i[c],
                     add_f: self.rq.add_f[c],
+                    add_s: self.rq.add_s[c],
                     mult: self.rq.mult[c],
                     zp: self.rq.zp,
                     lo: self.rq.lo,
                 };
                 let o = &mut out[(b * self.c + c) * oh * ow..(b * self.c + c + 1) * oh * ow];
-                // SAFETY: is_simd() checked AVX2; ps = w + 2·pl + 34 = ow + 36 ≥ ow + 34 for
+                // SAFETY: is_simd() checked AVX2 and FMA (`Isa::Avx2`); ps = w + 2·pl + 34 = ow + 36 ≥ ow + 34 for
                 // stride 1, the plane has h + 2·pt = oh + 2 rows, `o` has oh·ow bytes.
                 unsafe { avx2::dw3x3_plane(&plane, ps, oh, ow, &ch, o) };
             }

@@ -615,11 +615,11 @@ fn run_packed(b: &PackedB, a: &AOperand, epi: &mut Epilogue) {
             unsafe { avx2::gemm_pairsat(a, b, epi) }
         }
         KernelKind::Avx2Exact => {
-            // SAFETY: as above (AVX2 detected; Pair16 format).
+            // SAFETY: as above (AVX2 and FMA detected, `Isa::Avx2`; Pair16 format).
             unsafe { avx2::gemm_exact(a, b, epi) }
         }
         KernelKind::Avx512Vnni => {
-            // SAFETY: as above (AVX-512 F/BW/VNNI and AVX2 detected; Quad8 format, NR = 32).
+            // SAFETY: as above (AVX-512 F/BW/VNNI, AVX2 and FMA detected; Quad8 format, NR = 32).
             unsafe { avx512vnni::gemm_vnni(a, b, epi) }
         }
         KernelKind::Portable(acc) => {

@@ -1,0 +1,203 @@
+"""The `pins` suite: `quantized_linear` cases (golden/README.md) built so that one requantization
+rule of docs/NUMERICS.md and its nearest alternative give different outputs, captured from PyTorch.
+
+For each case the script quantizes the input with PyTorch, computes the exact int32 accumulators
+(small weights, symmetric weight zero point: no int16 pair can saturate on any FBGEMM path), then
+chooses every output channel's f32 bias (and, for R21, the scales) by searching the f32 values
+near a rounding tie with a numpy float32 emulation of both the rule and its alternative, keeping a
+bias only where the two give different u8 outputs. PyTorch's `quantized::linear` then decides;
+which of the two it matched is printed per case (`PIN ...`), and the case is tagged
+`pins:<rule>`. numpy float32 scalar arithmetic rounds every operation to nearest even, with no
+FMA, as the C kernels do.
+
+Rules (docs/NUMERICS.md):
+- R25-qnnpack-bias-reciprocal: QNNPACK's int32 bias `RNE(f32(b · f32(1/sb)))`, alternative
+  `RNE(f32(b / sb))`, `sb = f32(w_s · s_x)` (PyTorch `QuantUtils.h` `QuantizeBias` →
+  `quantize_per_tensor(..., kQInt32)`, FBGEMM `Quantize<int32_t>`).
+- R22-fbgemm-bias-per-tensor-reciprocal: FBGEMM's per-tensor bias is multiplied by
+  `rcp = f32(1.0 / f64(atws))`, alternative: divided, `f32(raw) + f32(b / atws)` (FBGEMM
+  `QuantUtilsAvx2.cc` `requantizeOutputProcessingAvx2`).
+- R22-fbgemm-bias-per-tensor-fma: that product and the addition to the accumulator are one fused
+  multiply-add, `f32(f32(raw) + b · rcp)` rounded once (the compiled epilogue contracts
+  `_mm256_mul_ps` and `_mm256_add_ps`), alternative: two roundings, `f32(f32(raw) + f32(b · rcp))`.
+- R21-fbgemm-multiplier-division: FBGEMM's multiplier `f32(atws / f32(s_y))`, alternative
+  `f32(atws · f32(1/s_y))` (PyTorch `qlinear.cpp` `PackedLinearWeight::apply_impl`).
+"""
+
+import numpy as np
+import torch
+
+from common import tensor
+
+F = np.float32
+FBGEMM_ISAS = [("fbgemm", "default"), ("x86", "default"), ("fbgemm", "avx2"), ("x86", "avx2")]
+# (tag, the engine / ISA combinations its cases cycle through)
+RULES = [
+    ("R25-qnnpack-bias-reciprocal", [("qnnpack", "default")]),
+    ("R22-fbgemm-bias-per-tensor-reciprocal", FBGEMM_ISAS),
+    ("R22-fbgemm-bias-per-tensor-fma", FBGEMM_ISAS),
+    ("R21-fbgemm-multiplier-division", FBGEMM_ISAS),
+]
+M, K, N = 2, 16, 8
+WINDOW = 96  # f32 steps searched on each side of a tie
+
+
+def _u8(y, zp):
+    """cvt32 (half to even) of the f32 y, plus the zero point, clamped to [0, 255]."""
+    return int(min(max(int(np.rint(y)) + zp, 0), 255))
+
+
+def fma32(a, b, c):
+    """f32(a · b + c) rounded once, for f32 a, b, c: the product is exact in f64, the f64 sum's
+    error comes from TwoSum, and only an f64 sum that lands exactly on an f32 midpoint needs it."""
+    p, x = float(a) * float(b), float(c)
+    s = x + p
+    bb = s - x
+    e = (x - (s - bb)) + (p - bb)
+    f = F(s)
+    if e == 0 or not np.isfinite(s) or float(f) == s:
+        return f
+    g = np.nextafter(f, F(np.inf) if s > float(f) else F(-np.inf))
+    if s != (float(f) + float(g)) / 2:
+        return f
+    return g if (e > 0) == (float(g) > float(f)) else f
+
+
+def fbgemm_q(raw, b, sx, ws, sy, yz, bias_alt=None, mult_alt=False):
+    """FBGEMM's requantization of one accumulator (R20) with per-tensor weights; bias_alt "div"
+    or "no_fma" for the alternatives of R22, mult_alt for R21's."""
+    atws = F(F(sx) * F(ws))
+    mult = F(atws * F(F(1.0) / F(sy))) if mult_alt else F(atws / F(sy))
+    rcp = F(1.0 / float(atws))
+    if bias_alt == "div":
+        xf = F(F(raw) + F(F(b) / atws))
+    elif bias_alt == "no_fma":
+        xf = F(F(raw) + F(F(b) * rcp))
+    else:
+        xf = fma32(F(b), rcp, F(raw))
+    return _u8(F(xf * mult), yz)
+
+
+def qnnpack_q(raw, b, sx, ws, sy, yz, bias_alt=False):
+    """QNNPACK's requantization of one accumulator (R25) with per-tensor weights."""
+    sb = F(float(ws) * sx)
+    v = F(F(b) / sb) if bias_alt else F(F(b) * F(F(1.0) / sb))
+    bq = int(min(max(np.rint(v), -(2**31)), 2**31 - 1))
+    req = F(sb * F(F(1.0) / F(sy)))
+    return _u8(F(F(np.int32(np.int64(raw) + bq)) * req), yz)
+
+
+def _rule_and_alt(tag):
+    """(rule, alternative) as functions of (raw, b, sx, ws, sy, yz)."""
+    if tag.startswith("R25"):
+        return qnnpack_q, lambda *a: qnnpack_q(*a, bias_alt=True)
+    if tag.startswith("R22") and tag.endswith("fma"):
+        return fbgemm_q, lambda *a: fbgemm_q(*a, bias_alt="no_fma")
+    if tag.startswith("R22"):
+        return fbgemm_q, lambda *a: fbgemm_q(*a, bias_alt="div")
+    return fbgemm_q, lambda *a: fbgemm_q(*a, mult_alt=True)
+
+
+def _f32_scale(rng, lo_exp, hi_exp):
+    """An f32-exact scale m · 2^e with a 20-bit odd mantissa."""
+    m = int(rng.integers(1 << 19, 1 << 20)) | 1
+    return float(np.ldexp(m, int(rng.integers(lo_exp, hi_exp)) - 20))
+
+
+def _walk(b0, steps):
+    """b0 and its f32 neighbours, nearest first."""
+    b = F(b0)
+    up, down = b, b
+    yield b
+    for _ in range(steps):
+        up = np.nextafter(up, F(np.inf))
+        down = np.nextafter(down, F(-np.inf))
+        yield up
+        yield down
+
+
+def _search_bias(rng, tag, raw, sx, ws, sy, yz):
+    """An f32 bias on which rule and alternative give different u8 outputs for accumulator raw,
+    or None. Looks near ties `y = k + 0.5` for a few random k inside the output range."""
+    rule, alt = _rule_and_alt(tag)
+    atws = float(F(F(sx) * F(ws)))
+    for _ in range(24):
+        k = int(rng.integers(5 - yz, 250 - yz))
+        if tag.startswith("R25"):
+            # The int32 bias itself has to straddle a tie: bq + 0.5 = b / sb.
+            sb = float(F(float(ws) * sx))
+            req = sb / sy
+            bq = int(round(k / req)) - raw
+            b0 = (bq + 0.5) * sb
+        else:
+            mult = atws / sy
+            b0 = ((k + 0.5) / mult - raw) * atws
+        for b in _walk(b0, WINDOW):
+            if rule(raw, b, sx, ws, sy, yz) != alt(raw, b, sx, ws, sy, yz):
+                return b
+    return None
+
+
+def _scales(rng, tag):
+    """(s_x, w_s, s_y), f32-exact; for R25 the requantization scale is above 1 so that one unit
+    of int32 bias moves the output; for R21 the two multipliers differ."""
+    while True:
+        sx = _f32_scale(rng, -8, -4)
+        ws = _f32_scale(rng, -9, -5)
+        if tag.startswith("R25"):
+            req = float(rng.uniform(1.1, 2.5))
+            sy = float(F(float(F(ws * sx)) / req))
+        else:
+            sy = _f32_scale(rng, -8, -2)
+        if tag.startswith("R21"):
+            atws = F(F(sx) * F(ws))
+            if F(atws / F(sy)) == F(atws * F(F(1.0) / F(sy))):
+                continue
+        return sx, ws, sy
+
+
+def pin_case(rng, rule_index, engine):
+    """(args, expected, tags, summary) of one case pinning RULES[rule_index]."""
+    tag = RULES[rule_index][0]
+    torch.backends.quantized.engine = engine
+    rule, alt = _rule_and_alt(tag)
+    while True:
+        sx, ws, sy = _scales(rng, tag)
+        xz = int(rng.integers(0, 256))
+        yz = int(rng.integers(0, 64))
+        codes = rng.integers(0, 256, size=(M, K))
+        x = torch.from_numpy(((codes - xz).astype(np.float64) * sx).astype(np.float32))
+        xq = torch.quantize_per_tensor(x, sx, xz, torch.quint8)
+        xq_codes = xq.int_repr().numpy().astype(np.int64)
+        w = rng.integers(-40, 41, size=(N, K)).astype(np.int8)
+        raw = (xq_codes - xz) @ w.astype(np.int64).T  # [M, N], exact
+        bias = []
+        for j in range(N):
+            b = _search_bias(rng, tag, int(raw[0, j]), sx, ws, sy, yz)
+            if b is None:
+                break
+            bias.append(b)
+        if len(bias) == N:
+            break
+    bias = np.array(bias, dtype=np.float32)
+    wq = torch._make_per_tensor_quantized_tensor(torch.from_numpy(w), ws, 0)
+    packed = torch.ops.quantized.linear_prepack(wq, torch.from_numpy(bias))
+    y = torch.ops.quantized.linear(xq, packed, sy, yz).int_repr().numpy()
+    ours = [rule(int(raw[0, j]), bias[j], sx, ws, sy, yz) for j in range(N)]
+    theirs = [alt(int(raw[0, j]), bias[j], sx, ws, sy, yz) for j in range(N)]
+    got = [int(v) for v in y[0]]
+    summary = (sum(g == o for g, o in zip(got, ours)), sum(g == t for g, t in zip(got, theirs)), N)
+    args = {
+        "engine": engine,
+        "input": tensor(x),
+        "input_scale": sx,
+        "input_zero_point": xz,
+        "weight_int_repr": tensor(w),
+        "weight_scale": ws,
+        "weight_zero_point": 0,
+        "bias": tensor(bias),
+        "output_scale": sy,
+        "output_zero_point": yz,
+    }
+    expected = {"input_int_repr": tensor(xq.int_repr()), "int_repr": tensor(y)}
+    return args, expected, ["pins:" + tag], summary
