@@ -393,3 +393,30 @@ fn kernel_backend_reproduces_golden_models_on_every_fused_kernel() {
         );
     }
 }
+
+/// The graphs suite: torchvision's quantizable models, captured whole through the three convert
+/// flows, reproduced with 0 mismatched and 0 ambiguous elements (the reference flows' floats are
+/// checked against PyTorch's own before their quantize nodes), every model present.
+#[test]
+fn real_models_reproduce_their_graph_goldens() {
+    let graphs = suite_sets("graphs");
+    assert!(!graphs.is_empty(), "no golden set of the graphs suite");
+    let mut models = std::collections::BTreeSet::new();
+    for set in graphs {
+        let report = assert_passes(&set, CheckOptions::default());
+        assert_eq!(report.elements_ambiguous, 0, "{}", set.dir.display());
+        assert!(report.elements_exact > 1_000_000, "{}", set.dir.display());
+        models.extend(report.cases.iter().map(|c| c.op.clone()));
+    }
+    for m in [
+        "resnet18",
+        "resnet50",
+        "mobilenet_v2",
+        "mobilenet_v3_large",
+        "shufflenet_v2_x1_0",
+        "googlenet",
+        "inception_v3",
+    ] {
+        assert!(models.contains(m), "no graph golden of {m}");
+    }
+}
