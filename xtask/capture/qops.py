@@ -389,6 +389,9 @@ def leaky_relu(rng, rnd, engine):
     x, rec, tags = _unary_input(rng, rnd, f, ties.inv32(so), so, zo)
     params = {"negative_slope": float(slope), "scale": so, "zero_point": zo}
     args, expected = _result(engine, [rec], params, QOP_CALLS["leaky_relu"]([x], params))
+    return args, expected, tags
+
+
 # Activations with transcendental functions (sigmoid, tanh, elu). Their vector body (SLEEF), scalar
 # tail (glibc) and QNNPACK table (glibc, f32) differ in the last bit of the function's value, which
 # changes the quantized output only next to a rounding boundary, for about 1 input in 10^5. The
@@ -501,6 +504,9 @@ def elu(rng, rnd, engine):
     params = {"output_scale": so, "output_zero_point": zo, "alpha": alpha, "scale": coef,
               "input_scale": in_coef}
     args, expected = _result(engine, [rec], params, QOP_CALLS["elu"]([x], params))
+    return args, expected, tags
+
+
 def _pool_out(i, k, s, p, d, ceil):
     """Pool.h: pooling_output_shape."""
     o = (i + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil else 0)) // s + 1
