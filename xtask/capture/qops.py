@@ -56,7 +56,7 @@ def qtensor(codes, shape, scale, zp, channels_last):
     x = torch._make_per_tensor_quantized_tensor(torch.from_numpy(codes), scale, zp)
     channels_last = channels_last and len(shape) == 4
     if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = to_channels_last(x)
     layout = "channels_last" if channels_last else "contiguous"
     rec = {"int_repr": tensor(x.int_repr().contiguous()), "scale": scale, "zero_point": zp,
            "memory_format": layout}
