@@ -50,9 +50,7 @@ use crate::ops::clamp::Clamp;
 use crate::ops::fake_quant::{FakeQuantize, FusedMovingAvgObsFakeQuant};
 use crate::ops::layer::{Geometry, QLayer, QWeight};
 use crate::ops::observe::{GraphQParams, Observe, WeightQuantize};
-use crate::ops::quantize::{
-    Dequantize, Family, FlowDequantize, FlowQuantize, QParams, Quantize, Requantize,
-};
+use crate::ops::quantize::{Dequantize, Family, FlowDequantize, FlowQuantize, QParams, Quantize};
 use crate::ops::{Op, OutQParams, Output, Predicted, QTensor, Value};
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
@@ -1054,7 +1052,7 @@ fn run_stages(
                 } else {
                     (
                         format!("{fname} run {ri}, {} passthrough", src.name()),
-                        Arc::new(Requantize { name: src.name() }),
+                        Arc::new(Movement::requantize(src.name())),
                         prev,
                     )
                 }

@@ -6,11 +6,9 @@
 //! (`clamp(RNE(f32(dequantize(q)·f32(1/s'))) + zp')`, the identity when the qparams are the
 //! input's).
 
-use super::{expect_inputs, expect_out, Meta, Op, OutQParams, Output, Plan, Predicted, Rule};
-use super::{QTensor, Value};
-use crate::engine::flow::Flow;
+use super::movement::{Movement, Step};
+use super::{expect_inputs, Meta, Op, OutQParams, Plan};
 use crate::engine::Ctx;
-use crate::numerics::qparams::validate_qparams;
 use crate::{Error, Result};
 
 /// `flatten(start_dim, end_dim)` (negative dims count from the end; defaults 0 and −1).
@@ -69,6 +67,8 @@ impl Op for Flatten {
         OP
     }
 
+    /// Planned as the one-step [`Movement`]: codes in logical order, then the flow's
+    /// requantization (the identity under the input's own qparams).
     fn plan<'a>(
         &'a self,
         ctx: &Ctx,
@@ -76,106 +76,20 @@ impl Op for Flatten {
         out: Option<&OutQParams>,
     ) -> Result<Box<dyn Plan + 'a>> {
         let x = expect_inputs(OP, inputs, 1)?[0];
-        let (scale, zero_point) = x.qparams(OP)?;
-        validate_qparams("input qparams", scale, zero_point, 0, 255)?;
-        let out = *expect_out(OP, out)?;
-        validate_qparams("output qparams", out.scale, out.zero_point, 0, 255)?;
-        if ctx.flow.is_integer() && (out.scale, out.zero_point) != (scale, zero_point) {
-            return Err(Error::invalid(
-                OP,
-                "the quantized op keeps the input's qparams, the output has others",
-            ));
-        }
-        Ok(Box::new(FlattenPlan {
-            flow: ctx.flow,
-            out,
-            in_shape: x.shape.to_vec(),
-            out_shape: self.output_shape(x.shape)?,
-        }))
-    }
-}
-
-#[derive(Debug)]
-struct FlattenPlan {
-    flow: Flow,
-    out: OutQParams,
-    in_shape: Vec<usize>,
-    out_shape: Vec<usize>,
-}
-
-impl FlattenPlan {
-    fn element(&self, q: &QTensor, i: usize) -> Result<i64> {
-        let code = q.data[i] as i64;
-        if self.flow.is_integer() {
-            return Ok(code);
-        }
-        let x = self.flow.dequantize(code, q.scale, q.zero_point);
-        let (lo, hi) = self.flow.clamp(self.out.quant_min, self.out.quant_max);
-        self.flow
-            .quantize(x, self.out.scale, self.out.zero_point, lo, hi)
-            .ok_or_else(|| Error::invalid(OP, "NaN reaches the quantize node"))
-    }
-}
-
-impl Plan for FlattenPlan {
-    fn rule(&self) -> Rule {
-        let r = Rule::default().with(
-            "shape",
-            format!("{:?} → {:?}, logical order", self.in_shape, self.out_shape),
-        );
-        if self.flow.is_integer() {
-            r.with("values", "codes copied, qparams kept")
-        } else {
-            let (lo, hi) = self.flow.clamp(self.out.quant_min, self.out.quant_max);
-            r.with(
-                "quantize",
-                format!(
-                    "{} dequantize, then quantize (scale {}, zero point {}), clamp {lo}..{hi}",
-                    self.flow.name(),
-                    self.out.scale,
-                    self.out.zero_point
-                ),
-            )
-        }
-    }
-
-    fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
-        let q = inputs[0].quantized(OP)?;
-        if q.shape != self.in_shape || q.data.len() != q.shape.iter().product::<usize>() {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "input of shape {:?}, planned for {:?}",
-                    q.shape, self.in_shape
-                ),
-            ));
-        }
-        let values = (0..q.data.len())
-            .map(|i| self.element(q, i))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(vec![Output::new(
-            "int_repr",
-            self.out_shape.clone(),
-            Predicted::exact(values),
-        )])
-    }
-
-    fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
-        let q = inputs[0].quantized(OP)?;
-        let code = q
-            .data
-            .get(i)
-            .ok_or_else(|| Error::shape(OP, format!("no element {i}")))?;
-        Ok(vec![
-            format!("element {i}: code {code} → {}", self.element(q, i)?),
-            format!("rule: {}", self.rule()),
-        ])
+        self.output_shape(x.shape)?;
+        let step = Step::Flatten {
+            start_dim: self.start_dim,
+            end_dim: self.end_dim,
+        };
+        Movement::new(OP, vec![step]).plan_owned(ctx, inputs, out)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::flow::Flow;
+    use crate::ops::{Output, Predicted, QTensor, Value};
 
     fn same(x: &QTensor) -> OutQParams {
         OutQParams {

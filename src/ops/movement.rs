@@ -46,12 +46,30 @@ pub enum Step {
 pub struct Movement {
     name: &'static str,
     steps: Vec<Step>,
+    /// `convert_fx` keeps the input's qparams (a shape op on a quantized tensor).
+    keeps_qparams: bool,
 }
 
 impl Movement {
-    /// A movement op named `name` (reports) doing `steps` in order.
+    /// A movement op named `name` (reports) doing `steps` in order; in `convert_fx` it keeps the
+    /// input's qparams unless a step is `chunk` (which FX leaves in a float chain).
     pub fn new(name: &'static str, steps: Vec<Step>) -> Movement {
-        Movement { name, steps }
+        let keeps_qparams = !steps.iter().any(|s| matches!(s, Step::Chunk { .. }));
+        Movement {
+            name,
+            steps,
+            keeps_qparams,
+        }
+    }
+
+    /// A value passed from one recorded activation to the next with the qparams recorded after
+    /// it (`convert_fx` included): dequantize, then quantize.
+    pub fn requantize(name: &'static str) -> Movement {
+        Movement {
+            name,
+            steps: Vec::new(),
+            keeps_qparams: false,
+        }
     }
 
     /// The output shape and, for each output element, the index of the input element it holds.
@@ -185,6 +203,39 @@ fn apply(
     })
 }
 
+impl Movement {
+    /// [`Op::plan`], for callers that build the movement on the fly (the plan owns its data).
+    pub fn plan_owned(
+        &self,
+        ctx: &Ctx,
+        inputs: &[Meta<'_>],
+        out: Option<&OutQParams>,
+    ) -> Result<Box<dyn Plan + 'static>> {
+        let input = expect_inputs(self.name, inputs, 1)?[0];
+        let (scale, zero_point) = input.qparams(self.name)?;
+        validate_qparams("input qparams", scale, zero_point, 0, 255)?;
+        let out = *expect_out(self.name, out)?;
+        validate_qparams("output qparams", out.scale, out.zero_point, 0, 255)?;
+        if ctx.flow.is_integer()
+            && self.keeps_qparams
+            && (out.scale, out.zero_point) != (scale, zero_point)
+        {
+            return Err(Error::invalid(
+                self.name,
+                "a quantized shape op keeps the input's qparams, the output has others",
+            ));
+        }
+        let (shape, index) = self.gather(input.shape)?;
+        Ok(Box::new(MovementPlan {
+            flow: ctx.flow,
+            out,
+            clamp: ctx.flow.clamp(out.quant_min, out.quant_max),
+            shape,
+            index,
+        }))
+    }
+}
+
 impl Op for Movement {
     fn name(&self) -> &'static str {
         self.name
@@ -196,19 +247,7 @@ impl Op for Movement {
         inputs: &[Meta<'_>],
         out: Option<&OutQParams>,
     ) -> Result<Box<dyn Plan + 'a>> {
-        let input = expect_inputs(self.name, inputs, 1)?[0];
-        let (scale, zero_point) = input.qparams(self.name)?;
-        validate_qparams("input qparams", scale, zero_point, 0, 255)?;
-        let out = *expect_out(self.name, out)?;
-        validate_qparams("output qparams", out.scale, out.zero_point, 0, 255)?;
-        let (shape, index) = self.gather(input.shape)?;
-        Ok(Box::new(MovementPlan {
-            flow: ctx.flow,
-            out,
-            clamp: ctx.flow.clamp(out.quant_min, out.quant_max),
-            shape,
-            index,
-        }))
+        self.plan_owned(ctx, inputs, out)
     }
 }
 

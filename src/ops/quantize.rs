@@ -5,8 +5,8 @@
 //!
 //! The arithmetic is [`crate::numerics::quantize`]; this module plans which formula applies.
 
+use super::Value;
 use super::{expect_inputs, expect_out, Meta, Op, OutQParams, Output, Plan, Predicted, Rule};
-use super::{QTensor, Value};
 use crate::engine::flow::Flow;
 use crate::engine::Ctx;
 use crate::numerics::qparams::{validate_qparams, QDType};
@@ -413,80 +413,6 @@ impl Plan for FlowQuantizePlan {
                 xs[i], self.out.scale, self.out.zero_point
             ),
             format!("rule: {}", self.rule()),
-        ])
-    }
-}
-
-/// A quantized activation passed through a shape op (flatten, view, …) and quantized again with
-/// the qparams the graph recorded after it: dequantize, then the flow's quantize. With equal
-/// qparams this is the identity.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Requantize {
-    /// The shape op (`flatten`).
-    pub name: &'static str,
-}
-
-impl Op for Requantize {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-
-    fn plan<'a>(
-        &'a self,
-        ctx: &Ctx,
-        inputs: &[Meta<'_>],
-        out: Option<&OutQParams>,
-    ) -> Result<Box<dyn Plan + 'a>> {
-        let input = expect_inputs(self.name, inputs, 1)?[0];
-        input.qparams(self.name)?;
-        let out = *expect_out(self.name, out)?;
-        validate_qparams("output qparams", out.scale, out.zero_point, 0, 255)?;
-        Ok(Box::new(RequantizePlan {
-            flow: ctx.flow,
-            out,
-            clamp: ctx.flow.clamp(out.quant_min, out.quant_max),
-            shape: input.shape.to_vec(),
-        }))
-    }
-}
-
-#[derive(Debug)]
-struct RequantizePlan {
-    flow: Flow,
-    out: OutQParams,
-    clamp: (i64, i64),
-    shape: Vec<usize>,
-}
-
-impl Plan for RequantizePlan {
-    fn rule(&self) -> Rule {
-        Rule::default()
-            .with("dequantize", format!("{} dequantize", self.flow.name()))
-            .with("quantize", flow_quantize_rule(self.flow, self.clamp))
-    }
-
-    /// `pre_quant`: the dequantized values the shape op moves (exact); `int_repr`: them quantized
-    /// again.
-    fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
-        let q: &QTensor = inputs[0].quantized("input")?;
-        let (lo, hi) = self.clamp;
-        let f: Vec<f32> = q
-            .data
-            .iter()
-            .map(|&v| self.flow.dequantize(v as i64, q.scale, q.zero_point))
-            .collect();
-        let ints = f.iter().zip(&q.data).map(|(&x, &v)| {
-            self.flow
-                .quantize(x, self.out.scale, self.out.zero_point, lo, hi)
-                .unwrap_or(v as i64)
-        });
-        Ok(vec![
-            Output::new(
-                "pre_quant",
-                self.shape.clone(),
-                Predicted::Ranges(f.iter().map(|&x| (x, x)).collect()),
-            ),
-            Output::new("int_repr", self.shape.clone(), Predicted::exact(ints)),
         ])
     }
 }
