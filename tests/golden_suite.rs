@@ -404,8 +404,24 @@ fn real_models_reproduce_their_graph_goldens() {
     let mut models = std::collections::BTreeSet::new();
     for set in graphs {
         let report = assert_passes(&set, CheckOptions::default());
-        assert_eq!(report.elements_ambiguous, 0, "{}", set.dir.display());
         assert!(report.elements_exact > 1_000_000, "{}", set.dir.display());
+        // Ambiguous only where oneDNN requantizes (convert_fx convs under x86 / onednn), never in
+        // the reference flows.
+        let mut onednn_ambiguous = 0;
+        for c in &report.cases {
+            for (group, s) in &c.groups {
+                if s.ambiguous > 0 {
+                    assert!(
+                        group == "convert_fx" && (c.engine == "x86" || c.engine == "onednn"),
+                        "{}: {} ambiguous elements in {group}",
+                        c.id,
+                        s.ambiguous
+                    );
+                    onednn_ambiguous += s.ambiguous;
+                }
+            }
+        }
+        assert_eq!(report.elements_ambiguous, onednn_ambiguous);
         models.extend(report.cases.iter().map(|c| c.op.clone()));
     }
     for m in [

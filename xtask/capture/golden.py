@@ -101,10 +101,10 @@ def build_ops_plan(n_per_op):
     return plan
 
 
-# The graphs suite: engines and modes each model is captured with (QAT on the two engines whose
-# QAT qconfigs differ: fbgemm's reduce_range and qnnpack's full range).
-GRAPH_VARIANTS = [("fbgemm", "ptq"), ("qnnpack", "ptq"), ("x86", "ptq"), ("onednn", "ptq"),
-                  ("fbgemm", "qat"), ("qnnpack", "qat")]
+# The graphs suite: engines and modes each model is captured with, in plan order (QAT on the two
+# engines whose QAT qconfigs differ: fbgemm's reduce_range and qnnpack's full range).
+GRAPH_VARIANTS = [("fbgemm", "ptq"), ("qnnpack", "ptq"), ("x86", "ptq"), ("fbgemm", "qat"),
+                  ("qnnpack", "qat"), ("onednn", "ptq")]
 
 
 def build_graphs_plan(n_cases):

@@ -668,6 +668,10 @@ def model_graph_case(name, engine, mode, seed, case_id):
     pairs = _conv_bn_pairs(model)
     bns = dict(model.named_modules())
     calib = [_inputs(seed, case_id, hw, i) for i in range(2)]
+    if mode == "qat":
+        # Training-mode BatchNorm needs more than one value per channel, also where the spatial
+        # size reaches 1×1: QAT calibrates on one batch of both inputs.
+        calib = [torch.cat(calib)]
     tests = [_inputs(seed, case_id, hw, 9, mult=1.5)]
     body = graph_case(model, engine, mode, calib, tests, pin_weights=True)
     # Parameters: the float model's conv / linear weights (generated) and the BatchNorm folded

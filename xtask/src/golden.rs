@@ -66,7 +66,7 @@ pub struct Args {
     per_case: bool,
     /// Which capture plan: `core` (primitives and small models), `ops` (ops on quantized
     /// tensors under every engine), `graphs` (torchvision's quantizable models as graph cases,
-    /// each under fbgemm / qnnpack / x86 / onednn PTQ and fbgemm / qnnpack QAT; `--cases` takes
+    /// each under fbgemm / qnnpack / x86 PTQ, fbgemm / qnnpack QAT, onednn PTQ; `--cases` takes
     /// the first N of those slots, variant by variant) or `pins` (`quantized_linear` cases on
     /// which a numerics rule and its nearest alternative differ, `xtask/capture/pins.py`).
     #[arg(long, value_parser = ["core", "ops", "graphs", "pins"], default_value = "core")]
