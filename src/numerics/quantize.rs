@@ -6,10 +6,20 @@
 //! - [`decomposed`]: `torch.ops.quantized_decomposed.*` (`torch/ao/quantization/fx/_decomposed.py`);
 //! - [`fake_quant`]: `fake_quantize_per_tensor_affine` / `per_channel_affine` (ATen CPU kernels).
 
-/// Round half to even, like `cvtps2dq` / `nearbyint` / `torch.round`.
+/// Round half to even, like `cvtps2dq` / `nearbyint` / `torch.round`. Equal to
+/// `f32::round_ties_even` (which is a call to libm's `rintf` on baseline x86-64, without
+/// `roundss`), but inline: below 2²³ in magnitude, adding and subtracting 2²³ with `v`'s sign
+/// rounds once to an integer under the default rounding mode; larger values, infinities and NaN
+/// are returned as they are; the sign of a zero result follows `v`.
 #[inline]
 pub fn rne(v: f32) -> f32 {
-    v.round_ties_even()
+    const TWO_23: f32 = 8_388_608.0;
+    if v.abs() < TWO_23 {
+        let m = TWO_23.copysign(v);
+        ((v + m) - m).copysign(v)
+    } else {
+        v
+    }
 }
 
 /// `torch.quantize_per_tensor` / `quantize_per_channel` / `dequantize` on x86 with FBGEMM.
@@ -42,7 +52,7 @@ pub mod aten {
     #[inline]
     pub fn quantize_scalar(x: f32, scale: f32, zero_point: i32, lo: i64, hi: i64) -> Option<i64> {
         let inv = 1.0f32 / scale;
-        let t = zero_point as f32 + (x * inv).round_ties_even();
+        let t = zero_point as f32 + super::rne(x * inv);
         if t.is_nan() {
             return None;
         }
@@ -119,7 +129,7 @@ pub mod decomposed {
     #[inline]
     pub fn quantize(x: f32, scale: f64, zero_point: i64, qmin: i64, qmax: i64) -> Option<i64> {
         let inv = (1.0f64 / scale) as f32;
-        clamp_to_int((x * inv).round_ties_even() + zero_point as f32, qmin, qmax)
+        clamp_to_int(super::rne(x * inv) + zero_point as f32, qmin, qmax)
     }
 
     /// `quantize_per_channel` with f32 scales: `1.0 / scales` is an f32 tensor op.
@@ -132,7 +142,7 @@ pub mod decomposed {
         qmax: i64,
     ) -> Option<i64> {
         let inv = 1.0f32 / scale;
-        clamp_to_int((x * inv).round_ties_even() + zero_point as f32, qmin, qmax)
+        clamp_to_int(super::rne(x * inv) + zero_point as f32, qmin, qmax)
     }
 
     /// `quantize_per_channel` with f64 scales: the product promotes to double.
@@ -195,7 +205,7 @@ pub mod fake_quant {
     #[inline]
     pub fn quantized(x: f32, scale: f32, zero_point: i64) -> i64 {
         let inv = 1.0f32 / scale;
-        let qval = zero_point as f32 + (x * inv).round_ties_even();
+        let qval = zero_point as f32 + super::rne(x * inv);
         if !(-9.223_372e18..9.223_372e18).contains(&qval) {
             i64::MIN
         } else {
@@ -212,6 +222,39 @@ pub mod fake_quant {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn inline_rne_equals_round_ties_even() {
+        let edges = [
+            0.0f32,
+            -0.0,
+            0.5,
+            -0.5,
+            1.5,
+            -1.5,
+            2.5,
+            -2.5,
+            0.49999997,
+            8_388_607.5,
+            -8_388_607.5,
+            8_388_608.0,
+            16_777_215.0,
+            1e30,
+            f32::MIN_POSITIVE,
+            -1e-40,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ];
+        let sample = (0..=u32::MAX).step_by(4099).map(f32::from_bits);
+        for v in edges.into_iter().chain(sample) {
+            let (a, b) = (rne(v), v.round_ties_even());
+            assert!(
+                a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                "{v:e} ({:#x}): {a:e} vs {b:e}",
+                v.to_bits()
+            );
+        }
+    }
+
     use super::*;
 
     #[test]
