@@ -29,7 +29,10 @@
 //!
 //! `divisor_override` is modelled for `1 ≤ D ≤ 2^24`; larger, negative or zero values are errors.
 
-use super::{input, plan_input, predict_ints, quantize_out, quantize_rule, AtenLayout, PoolInput};
+use super::{
+    input, plan_input, predict_floats, predict_ints, quantize_out, quantize_rule, AtenLayout,
+    PoolInput,
+};
 use crate::engine::flow::Flow;
 use crate::engine::{Ctx, Engine};
 use crate::geometry::{AvgSpan, Pool2dParams};
@@ -329,15 +332,12 @@ impl Plan for AvgPoolPlan {
 
     fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
         if self.path == Path::Float {
-            let q = input("avg_pool2d", inputs[0], &self.in_dims)?;
-            let n: usize = self.out_dims.iter().product();
-            let floats = (0..n).map(|j| self.float_at(q, j)).collect();
-            return crate::ops::exact_float_then_quantize(
+            return predict_floats(
                 "avg_pool2d",
-                self.flow,
-                &self.out,
-                &self.out_dims,
-                floats,
+                inputs[0],
+                (self.in_dims, self.out_dims),
+                (self.flow, &self.out),
+                |q, j| self.float_at(q, j),
             );
         }
         predict_ints(

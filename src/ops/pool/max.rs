@@ -17,7 +17,10 @@
 //! - Reference flows: the float `max_pool2d` (`native/cpu/MaxPoolKernel.cpp`, ATen's taps, an
 //!   empty window giving −inf) on the dequantized input, exact, then the flow's quantize node.
 
-use super::{input, plan_input, predict_ints, quantize_out, quantize_rule, AtenLayout, PoolInput};
+use super::{
+    input, plan_input, predict_floats, predict_ints, quantize_out, quantize_rule, AtenLayout,
+    PoolInput,
+};
 use crate::engine::flow::Flow;
 use crate::engine::{Ctx, Engine};
 use crate::geometry::Pool2dParams;
@@ -228,15 +231,12 @@ impl Plan for MaxPoolPlan {
 
     fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
         if self.path == Path::Float {
-            let q = input("max_pool2d", inputs[0], &self.in_dims)?;
-            let n: usize = self.out_dims.iter().product();
-            let floats = (0..n).map(|j| self.float_at(q, j)).collect();
-            return crate::ops::exact_float_then_quantize(
+            return predict_floats(
                 "max_pool2d",
-                self.flow,
-                &self.out,
-                &self.out_dims,
-                floats,
+                inputs[0],
+                (self.in_dims, self.out_dims),
+                (self.flow, &self.out),
+                |q, j| self.float_at(q, j),
             );
         }
         predict_ints(

@@ -185,6 +185,22 @@ pub(crate) fn predict_ints(
     )])
 }
 
+/// The reference flows' prediction of a pool whose float result at logical position `j` is
+/// `float_at(q, j)` (exact): `int_repr` and `pre_quant`, in the logical order (float ops do not
+/// scramble).
+pub(crate) fn predict_floats(
+    op: &str,
+    v: &super::Value,
+    (in_dims, out_dims): ([usize; 4], [usize; 4]),
+    (flow, out): (Flow, &OutQParams),
+    float_at: impl Fn(&QTensor, usize) -> f32,
+) -> Result<Vec<Output>> {
+    let q = input(op, v, &in_dims)?;
+    let n: usize = out_dims.iter().product();
+    let floats = (0..n).map(|j| float_at(q, j)).collect();
+    super::exact_float_then_quantize(op, flow, out, &out_dims, floats)
+}
+
 /// `torch.mean(dequantize(q), (2, 3))` in f32 as ATen computes it for the tensor's layout: the
 /// cascade sum of [`crate::numerics::sum::sum_hw`], then `f32(sum / f32(H·W))`. `N·C` values.
 pub(crate) fn float_mean_hw(flow: Flow, q: &QTensor, dims: [usize; 4]) -> Vec<f32> {
