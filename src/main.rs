@@ -158,9 +158,19 @@ fn units_for(path: &Path) -> Result<Vec<Unit>> {
             .manifest
             .cpu()
             .with_context(|| format!("{}", set.dir.join("MANIFEST.json").display()))?;
+        // A path inside the set (a case file or a subfolder) checks only that path.
+        let inside = match (path.canonicalize(), set.dir.canonicalize()) {
+            (Ok(p), Ok(d)) => p != d && p.starts_with(&d),
+            _ => false,
+        };
+        let paths = if inside {
+            vec![path.to_path_buf()]
+        } else {
+            vec![set.dir.clone()]
+        };
         units.push(Unit {
             label: set.dir.display().to_string(),
-            paths: vec![set.dir],
+            paths,
             cpu,
         });
     }
