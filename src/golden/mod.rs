@@ -118,11 +118,20 @@ pub enum PrimOp {
     BatchNorm2d,
     /// `flatten` of a quantized tensor; params `{start_dim, end_dim}`.
     Flatten,
+    /// `quantized::add(x, other)` with a number (`add.Scalar`); params `{other}` (output qparams
+    /// picked by the kernel).
+    AddScalar,
+    /// `quantized::add_relu(x, other)` (`add_relu.Scalar`); params as [`PrimOp::AddScalar`].
+    AddScalarRelu,
+    /// `quantized::mul(x, other)` with a number (`mul.Scalar`); params as [`PrimOp::AddScalar`].
+    MulScalar,
+    /// `quantized::mul_relu(x, other)` (`mul_relu.Scalar`); params as [`PrimOp::AddScalar`].
+    MulScalarRelu,
 }
 
 impl PrimOp {
     /// Every registered primitive op.
-    pub const ALL: [PrimOp; 34] = [
+    pub const ALL: [PrimOp; 38] = [
         PrimOp::QuantizePerTensor,
         PrimOp::QuantizePerChannel,
         PrimOp::DequantizePerTensor,
@@ -157,6 +166,10 @@ impl PrimOp {
         PrimOp::MeanHw,
         PrimOp::BatchNorm2d,
         PrimOp::Flatten,
+        PrimOp::AddScalar,
+        PrimOp::AddScalarRelu,
+        PrimOp::MulScalar,
+        PrimOp::MulScalarRelu,
     ];
 
     /// The golden name.
@@ -196,6 +209,10 @@ impl PrimOp {
             PrimOp::MeanHw => "mean",
             PrimOp::BatchNorm2d => "batch_norm2d",
             PrimOp::Flatten => "flatten",
+            PrimOp::AddScalar => "add_scalar",
+            PrimOp::AddScalarRelu => "add_scalar_relu",
+            PrimOp::MulScalar => "mul_scalar",
+            PrimOp::MulScalarRelu => "mul_scalar_relu",
         }
     }
 
@@ -229,6 +246,10 @@ impl PrimOp {
                 | PrimOp::MeanHw
                 | PrimOp::BatchNorm2d
                 | PrimOp::Flatten
+                | PrimOp::AddScalar
+                | PrimOp::AddScalarRelu
+                | PrimOp::MulScalar
+                | PrimOp::MulScalarRelu
         )
     }
 
@@ -236,7 +257,16 @@ impl PrimOp {
     /// `output_scale` / `output_zero_point` are PyTorch's choice, predicted and compared like
     /// the values (`output_scale`, `output_zero_point` outputs), not given to the op.
     pub fn kernel_picks_output_qparams(self) -> bool {
-        matches!(self, PrimOp::Hardsigmoid | PrimOp::Sigmoid | PrimOp::Tanh)
+        matches!(
+            self,
+            PrimOp::Hardsigmoid
+                | PrimOp::Sigmoid
+                | PrimOp::Tanh
+                | PrimOp::AddScalar
+                | PrimOp::AddScalarRelu
+                | PrimOp::MulScalar
+                | PrimOp::MulScalarRelu
+        )
     }
 }
 

@@ -471,6 +471,17 @@ fn quantized_op(case: &Case, op: PrimOp, params: &serde_json::Value) -> Result<A
             Arc::new(decode::<crate::ops::batch_norm::BatchNorm2d>(case, params)?)
         }
         PrimOp::Flatten => Arc::new(decode::<crate::ops::flatten::Flatten>(case, params)?),
+        PrimOp::AddScalar | PrimOp::AddScalarRelu | PrimOp::MulScalar | PrimOp::MulScalarRelu => {
+            use crate::ops::scalar::{ScalarKind, ScalarOp};
+            let add = matches!(op, PrimOp::AddScalar | PrimOp::AddScalarRelu);
+            let kind = if add {
+                ScalarKind::Add
+            } else {
+                ScalarKind::Mul
+            };
+            let relu = matches!(op, PrimOp::AddScalarRelu | PrimOp::MulScalarRelu);
+            Arc::new(ScalarOp::new(kind, relu, decode(case, params)?))
+        }
         other => {
             return Err(case.field_err(
                 "op",
@@ -1161,6 +1172,19 @@ pub(crate) fn element_results<'a>(
                                 got: format!("within [{lo:e}, {hi:e}] (proven bound)"),
                             }
                         }
+                    })
+                    .collect()
+            }
+            Predicted::Doubles(ours) => {
+                let theirs = e.tensor.to_f64_vec();
+                ours.iter()
+                    .zip(&theirs)
+                    .map(|(&a, &b)| match a.to_bits() == b.to_bits() {
+                        true => ElementResult::Exact,
+                        false => ElementResult::Mismatch {
+                            expected: format!("{b:e} (0x{:016x})", b.to_bits()),
+                            got: format!("{a:e} (0x{:016x})", a.to_bits()),
+                        },
                     })
                     .collect()
             }

@@ -28,6 +28,7 @@ pub mod piecewise;
 pub mod pool;
 pub mod quantize;
 pub mod relu;
+pub mod scalar;
 
 use crate::engine::Ctx;
 use crate::numerics::bound::Pred;
@@ -192,6 +193,8 @@ pub enum Predicted {
     Ints(Vec<Pred>),
     /// Floats, to be equal bit for bit (any NaN equals any NaN).
     Floats(Vec<f32>),
+    /// Doubles, to be equal bit for bit (output qparams a kernel picks in double arithmetic).
+    Doubles(Vec<f64>),
     /// Floats a float op may produce in any evaluation order: each value must lie in its
     /// `[lo, hi]` (the op's proven error bound around its exact value).
     Ranges(Vec<(f32, f32)>),
@@ -203,6 +206,7 @@ impl Predicted {
         match self {
             Predicted::Ints(v) => v.len(),
             Predicted::Floats(v) => v.len(),
+            Predicted::Doubles(v) => v.len(),
             Predicted::Ranges(v) => v.len(),
         }
     }

@@ -36,6 +36,10 @@ QOP_CALLS = {
                  for k in ("weight", "bias", "running_mean", "running_var")),
         p["eps"], p["scale"], p["zero_point"]),
     "flatten": lambda xs, p: torch.flatten(xs[0], p["start_dim"], p["end_dim"]),
+    "add_scalar": lambda xs, p: torch.ops.quantized.add(xs[0], float(p["other"])),
+    "add_scalar_relu": lambda xs, p: torch.ops.quantized.add_relu(xs[0], float(p["other"])),
+    "mul_scalar": lambda xs, p: torch.ops.quantized.mul(xs[0], float(p["other"])),
+    "mul_scalar_relu": lambda xs, p: torch.ops.quantized.mul_relu(xs[0], float(p["other"])),
 }
 
 

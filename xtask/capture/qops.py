@@ -664,6 +664,93 @@ def flatten(rng, rnd, engine):
     return args, expected, tags
 
 
+def _scalar_input(rng, rnd, scale=None):
+    """A scalar op's input: qinput's code flavours (by round), either layout, the scale given or
+    drawn."""
+    shape = qshape(rng)
+    scale = scale if scale is not None else qscale(rng)
+    zp = int(rng.integers(0, 256))
+    codes = _codes(rng, shape, ["uniform", "band", "saturated"][int(rng.integers(0, 3))], zp)
+    x, rec, layout = qtensor(codes, shape, scale, zp, bool(rng.random() < 0.5))
+    return x, rec, [layout]
+
+
+def _add_scalar_number(rng, rnd):
+    """(input scale or None, number as a function of (scale, zp), tags) for add.Scalar, cycling by
+    round through: z − cq inside 0..255 (sometimes exactly 0 or 255, or c = 0), below 0, above
+    255, requantize_from_int ties (power-of-two scale, m = 1/2 or 1/4), c / s on a rounding tie
+    (nearbyint to even), and a large c (|cq| up to near 2^31)."""
+    kind = rnd % 6
+    jitter = float(rng.uniform(-0.45, 0.45))
+    if kind == 0:
+        edge = int(rng.integers(0, 4))
+        if edge == 0:
+            return None, lambda s, z: 0.0, ["in_range", "zero"]
+        if edge == 1:
+            return None, lambda s, z: float(z * s), ["in_range", "edge_0"]
+        if edge == 2:
+            return None, lambda s, z: float((z - 255) * s), ["in_range", "edge_255"]
+        return None, lambda s, z: float((int(rng.integers(z - 255, z + 1)) + jitter) * s), ["in_range"]
+    if kind == 1:
+        k = int(rng.integers(1, 600))
+        return None, lambda s, z: float((z + k + jitter) * s), ["below_0"]
+    if kind == 2:
+        k = int(rng.integers(1, 600))
+        return None, lambda s, z: float((z - 255 - k + jitter) * s), ["above_255", "negative"]
+    if kind == 3:
+        # zc = −255 (s' = 2s, m = 1/2), −765 (m = 1/4) or 510 (s' = 2s): odd v land on halves.
+        zc = [-255, -765, 510][int(rng.integers(0, 3))]
+        return 2.0 ** -int(rng.integers(2, 10)), lambda s, z: float((z - zc) * s), ["requant_ties"]
+    if kind == 4:
+        k = int(rng.integers(-300, 300))
+        return 2.0 ** -int(rng.integers(2, 10)), lambda s, z: float((k + 0.5) * s), ["c_over_s_tie"]
+    k = int(rng.integers(1000, 2**31 - 300)) * (1 if rng.random() < 0.5 else -1)
+    return None, lambda s, z: float((k + jitter) * s), ["large"]
+
+
+def _mul_scalar_number(rng, rnd):
+    """A number for mul.Scalar by round: positive, negative, zero (±0.0), large or tiny."""
+    kind = rnd % 4
+    if kind == 0:
+        return float(rng.log_uniform(0.01, 10.0)), ["positive"]
+    if kind == 1:
+        return -float(rng.log_uniform(0.01, 10.0)), ["negative"]
+    if kind == 2:
+        return (0.0 if rng.random() < 0.5 else -0.0), ["zero"]
+    c = float(rng.log_uniform(1e4, 1e7) if rng.random() < 0.5 else rng.log_uniform(1e-7, 1e-4))
+    return (c if rng.random() < 0.5 else -c), ["extreme"]
+
+
+def _scalar_case(rng, rnd, engine, op):
+    """add_scalar / mul_scalar (± relu): the kernel picks the output qparams (recorded)."""
+    if op.startswith("add"):
+        scale, number, tags = _add_scalar_number(rng, rnd)
+        x, rec, layout = _scalar_input(rng, rnd, scale)
+        c = number(rec["scale"], rec["zero_point"])
+    else:
+        c, tags = _mul_scalar_number(rng, rnd)
+        x, rec, layout = _scalar_input(rng, rnd)
+    params = {"other": c}
+    args, expected = _result(engine, [rec], params, QOP_CALLS[op]([x], params))
+    return args, expected, tags + layout
+
+
+def add_scalar(rng, rnd, engine):
+    return _scalar_case(rng, rnd, engine, "add_scalar")
+
+
+def add_scalar_relu(rng, rnd, engine):
+    return _scalar_case(rng, rnd, engine, "add_scalar_relu")
+
+
+def mul_scalar(rng, rnd, engine):
+    return _scalar_case(rng, rnd, engine, "mul_scalar")
+
+
+def mul_scalar_relu(rng, rnd, engine):
+    return _scalar_case(rng, rnd, engine, "mul_scalar_relu")
+
+
 QOPS = [
     ("relu6", relu6),
     ("hardtanh", hardtanh),
@@ -686,4 +773,8 @@ QOPS = [
     ("mean", mean),
     ("batch_norm2d", batch_norm2d),
     ("flatten", flatten),
+    ("add_scalar", add_scalar),
+    ("add_scalar_relu", add_scalar_relu),
+    ("mul_scalar", mul_scalar),
+    ("mul_scalar_relu", mul_scalar_relu),
 ]
