@@ -310,17 +310,16 @@ impl ScalarPlan {
         match self.path {
             Path::Integer(k) => {
                 let q = q as i64;
-                let value = match k {
+                // The kernel's code, and the floor a fused relu applies to it.
+                let (r, floor) = match k {
                     Kernel::Shift {
+                        out_zero_point: zo, ..
+                    }
+                    | Kernel::Rescale {
                         out_zero_point: zo, ..
                     } => {
                         step("kernel", format!("codes kept: q = {q}"));
-                        if relu {
-                            step("relu", format!("max({q}, {zo}) = {}", q.max(zo)));
-                            q.max(zo)
-                        } else {
-                            q
-                        }
+                        (q, zo)
                     }
                     Kernel::Requantize {
                         cq,
@@ -343,40 +342,24 @@ impl ScalarPlan {
                         );
                         let r = super::aten_vec::requantize_val(v, multiplier, zo);
                         step("saturate", format!("clamp to 0..255 → {r}"));
-                        if relu {
-                            step("relu", format!("max({r}, {zo}) = {}", r.max(zo)));
-                            r.max(zo)
-                        } else {
-                            r
-                        }
-                    }
-                    Kernel::Rescale {
-                        out_zero_point: zo, ..
-                    } => {
-                        step("kernel", format!("codes kept: q = {q}"));
-                        if relu {
-                            step("relu", format!("max({q}, {zo}) = {}", q.max(zo)));
-                            q.max(zo)
-                        } else {
-                            q
-                        }
+                        (r, zo)
                     }
                     Kernel::Zero => {
                         step("kernel", "every code set to 0".into());
-                        0
+                        (0, 0)
                     }
                     Kernel::Negate {
                         out_zero_point: zo, ..
                     } => {
-                        let r = 255 - q;
-                        step("kernel", format!("255 − q = 255 − {q} = {r}"));
-                        if relu {
-                            step("relu", format!("max({r}, {zo}) = {}", r.max(zo)));
-                            r.max(zo)
-                        } else {
-                            r
-                        }
+                        step("kernel", format!("255 − q = 255 − {q} = {}", 255 - q));
+                        (255 - q, zo)
                     }
+                };
+                let value = if relu {
+                    step("relu", format!("max({r}, {floor}) = {}", r.max(floor)));
+                    r.max(floor)
+                } else {
+                    r
                 };
                 ElementSteps {
                     steps,
