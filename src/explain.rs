@@ -1,4 +1,5 @@
-//! `qparity explain`: what each FX convert flow does with an engine's default qconfig.
+//! `qparity explain`: what each FX convert flow does with an engine's default qconfig, and
+//! ([`explain_case`]) how qparity derives one element of a golden case, stage by stage.
 //!
 //! The only hand-written data here is the default qconfig table (what `get_default_qconfig` /
 //! `get_default_qat_qconfig` in `torch/ao/quantization/qconfig.py` instantiate). Everything else
@@ -13,7 +14,7 @@ use crate::geometry::Conv2dParams;
 use crate::kernels::Accumulation;
 use crate::numerics::qparams::{calculate_qmin_qmax, QDType, QScheme, QuantRange};
 use crate::ops::layer::{Geometry, QLayer, QWeight};
-use crate::ops::{Lowered, Op, OutQParams, Rule};
+use crate::ops::{Lowered, Op, OutQParams, Rule, Value};
 use crate::Result;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -455,8 +456,362 @@ pub fn render(e: &Explanation) -> String {
     s
 }
 
+// ---------------------------------------------------------------------------------------------
+// One element of a golden case, step by step
+
+/// Which stages and element of a case to explain.
+#[derive(Debug, Clone, Default)]
+pub struct ElementQuery {
+    /// The element (logical, row-major index into the stage's output).
+    pub index: usize,
+    /// A graph node or model stage name (model and graph cases).
+    pub node: Option<String>,
+    /// The convert flow (model and graph cases; default: every flow).
+    pub flow: Option<Flow>,
+    /// The test input (model and graph cases).
+    pub run: usize,
+}
+
+/// One output of a stage at the explained element.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputValue {
+    /// The output's name (`int_repr`, `pre_quant`, `output_scale`, …).
+    pub output: String,
+    /// Where PyTorch's value is in the case file.
+    pub field: String,
+    /// The element shown (an output with one value shows its only element).
+    pub index: usize,
+    pub pytorch: String,
+    pub qparity: String,
+    /// `exact`, `ambiguous` (within the proven bound) or `mismatch`.
+    pub verdict: &'static str,
+}
+
+/// One stage (an op planned on PyTorch's recorded inputs) at the explained element.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageExplanation {
+    pub location: String,
+    pub op: &'static str,
+    pub flow: &'static str,
+    pub engine: &'static str,
+    /// The plan's rule ([`crate::ops::Plan::rule`]).
+    pub rule: Vec<(String, String)>,
+    /// The inputs at the element (int code and dequantized value) where an input has the
+    /// output's shape; else its shape and qparams.
+    pub inputs: Vec<String>,
+    /// The op's own derivation of the element ([`crate::ops::Plan::trace`]).
+    pub steps: Vec<String>,
+    pub outputs: Vec<OutputValue>,
+}
+
+/// `qparity explain CASE`: the selected stages of a case at one element.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseExplanation {
+    pub case: String,
+    pub op: String,
+    /// The CPU class the case is modelled on (its golden set's manifest, else this machine).
+    pub cpu: &'static str,
+    pub stages: Vec<StageExplanation>,
+}
+
+fn describe_input(v: &Value, i: usize, out_numel: usize) -> String {
+    match v {
+        Value::Quantized(q) if q.data.len() == out_numel && i < q.data.len() => {
+            let code = q.data[i];
+            let x = (code as i64 - q.zero_point) as f64 * q.scale;
+            format!(
+                "q = {code} (scale {:e}, zero point {}, {:?}): scale·(q − zp) = {x:e}",
+                q.scale, q.zero_point, q.memory_format
+            )
+        }
+        Value::Quantized(q) => format!(
+            "quantized {:?}, scale {:e}, zero point {}, {:?}",
+            q.shape, q.scale, q.zero_point, q.memory_format
+        ),
+        Value::Tensor(t) if t.numel() == out_numel && i < t.numel() => {
+            match (t.as_f32(), t.as_int()) {
+                (Some(f), _) => format!("x = {:e} (0x{:08x})", f[i], f[i].to_bits()),
+                (_, Some(n)) => format!("x = {}", n[i]),
+                _ => format!("{:?} {:?}", t.dtype, t.shape),
+            }
+        }
+        Value::Tensor(t) => format!("{:?} {:?}", t.dtype, t.shape),
+    }
+}
+
+fn show_expected(t: &crate::tensor::Tensor, i: usize) -> String {
+    match (t.as_f32(), t.as_int()) {
+        (Some(f), _) => format!("{:e} (0x{:08x})", f[i], f[i].to_bits()),
+        (_, Some(n)) => n[i].to_string(),
+        _ => {
+            let v = t.to_f64_vec()[i];
+            format!("{v:e} (0x{:016x})", v.to_bits())
+        }
+    }
+}
+
+fn show_predicted(p: &crate::ops::Predicted, i: usize) -> String {
+    use crate::numerics::bound::Pred;
+    use crate::ops::Predicted;
+    match p {
+        Predicted::Ints(v) => match v[i] {
+            Pred::Exact(x) => x.to_string(),
+            Pred::Ambiguous { lo, hi } => format!("{lo}..={hi} (ambiguous)"),
+        },
+        Predicted::Floats(v) => format!("{:e} (0x{:08x})", v[i], v[i].to_bits()),
+        Predicted::Doubles(v) => format!("{:e} (0x{:016x})", v[i], v[i].to_bits()),
+        Predicted::Ranges(v) if v[i].0.to_bits() == v[i].1.to_bits() => {
+            format!("{:e} (0x{:08x})", v[i].0, v[i].0.to_bits())
+        }
+        Predicted::Ranges(v) => format!("within [{:e}, {:e}]", v[i].0, v[i].1),
+    }
+}
+
+/// Whether a stage's location names this node (graph: `node NAME (op)`) and run.
+fn stage_selected(s: &crate::golden::Stage, q: &ElementQuery, staged: bool) -> bool {
+    if q.flow.is_some_and(|f| f != s.ctx.flow) {
+        return false;
+    }
+    if !staged {
+        return true;
+    }
+    let run = format!(" run {},", q.run);
+    if s.location.contains(" run ") && !s.location.contains(&run) {
+        return false;
+    }
+    match &q.node {
+        Some(n) => {
+            s.location.contains(&format!("node {n} ("))
+                || s.location.contains(&format!("stage {n} ("))
+        }
+        None => true,
+    }
+}
+
+fn explain_stage(s: &crate::golden::Stage, i: usize) -> Result<StageExplanation> {
+    use crate::golden::stages::{element_results, ElementResult};
+    let metas: Vec<_> = s.inputs.iter().map(Value::meta).collect();
+    let plan = s.op.plan(&s.ctx, &metas, s.out.as_ref())?;
+    let inputs: Vec<&Value> = s.inputs.iter().collect();
+    let outputs = plan.predict(&inputs)?;
+    let mut out_rows = Vec::new();
+    let mut steps = Vec::new();
+    let mut shown_numel = 0;
+    for (oi, e, results) in element_results(&outputs, &s.expected)? {
+        let n = e.tensor.numel();
+        let k = if n == 1 { 0 } else { i };
+        if k >= n {
+            return Err(crate::Error::invalid(
+                "explain",
+                format!("{} has {n} elements, no element {i}", e.field),
+            ));
+        }
+        if n > 1 && steps.is_empty() {
+            // The rule is shown on its own: keep the element's own lines.
+            steps = plan.trace(&inputs, oi, k)?;
+            steps.retain(|l| !l.starts_with("rule: "));
+            if steps.is_empty() && oi != 0 {
+                // Some ops trace only their first output (a reference flow's int_repr, which
+                // passes through the float shown here).
+                steps = plan.trace(&inputs, 0, k).unwrap_or_default();
+                steps.retain(|l| !l.starts_with("rule: "));
+            }
+            shown_numel = n;
+        }
+        let verdict = match &results[k.min(results.len() - 1)] {
+            ElementResult::Exact => "exact",
+            ElementResult::Ambiguous => "ambiguous",
+            _ => "mismatch",
+        };
+        let ours = match results.first() {
+            Some(ElementResult::CountMismatch { ours, .. }) => format!("{ours} elements"),
+            _ => show_predicted(&outputs[oi].values, k),
+        };
+        out_rows.push(OutputValue {
+            output: e.name.clone(),
+            field: e.field.clone(),
+            index: k,
+            pytorch: show_expected(&e.tensor, k),
+            qparity: ours,
+            verdict,
+        });
+    }
+    if shown_numel == 0 {
+        shown_numel = s.expected.first().map_or(0, |e| e.tensor.numel());
+    }
+    Ok(StageExplanation {
+        location: s.location.clone(),
+        op: s.op.name(),
+        flow: s.ctx.flow.name(),
+        engine: s.ctx.engine.name(),
+        rule: plan.rule().lines,
+        inputs: s
+            .inputs
+            .iter()
+            .map(|v| describe_input(v, i, shown_numel))
+            .collect(),
+        steps,
+        outputs: out_rows,
+    })
+}
+
+/// Explains element `q.index` of the stages of a case that `q` selects: each stage's op is
+/// planned on PyTorch's recorded inputs (as `qparity check` plans it), and its rule, the inputs
+/// at that element, the op's own derivation ([`crate::ops::Plan::trace`]) and the predicted and
+/// recorded outputs are reported. The CPU is the golden set's (its manifest), else this machine's.
+pub fn explain_case(path: &std::path::Path, q: &ElementQuery) -> Result<CaseExplanation> {
+    let case = crate::golden::load_case(path)?;
+    let located = crate::golden::manifest::locate(path)?;
+    let cpu = match located.sets.first() {
+        Some(set) => set.manifest.cpu()?,
+        None => CpuFeatures::host(),
+    };
+    let stages = case.stages(&cpu)?;
+    // Primitive cases are one op (a few stages); model and graph cases are chosen by node.
+    let staged = !matches!(case.body, crate::golden::Body::Primitive(_));
+    let chosen: Vec<_> = stages
+        .iter()
+        .filter(|s| stage_selected(s, q, staged))
+        .collect();
+    if chosen.is_empty() {
+        return Err(crate::Error::invalid(
+            "explain",
+            format!(
+                "no stage of {} matches (node {:?}, flow {:?}, run {}); stages include: {}",
+                case.header.id,
+                q.node,
+                q.flow.map(Flow::name),
+                q.run,
+                stages
+                    .iter()
+                    .take(12)
+                    .map(|s| s.location.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        ));
+    }
+    if staged && q.node.is_none() && chosen.len() > 3 {
+        return Err(crate::Error::invalid(
+            "explain",
+            format!(
+                "{} has {} stages: name one with --node (e.g. {})",
+                case.header.id,
+                chosen.len(),
+                chosen
+                    .iter()
+                    .take(6)
+                    .map(|s| s.location.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        ));
+    }
+    Ok(CaseExplanation {
+        case: case.header.id.clone(),
+        op: case.header.op.clone(),
+        cpu: cpu.class_name(),
+        stages: chosen
+            .into_iter()
+            .map(|s| explain_stage(s, q.index))
+            .collect::<Result<_>>()?,
+    })
+}
+
+/// Text rendering of [`explain_case`].
+pub fn render_case(e: &CaseExplanation) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "case {} ({}), modelled on {}", e.case, e.op, e.cpu);
+    for st in &e.stages {
+        let _ = writeln!(
+            s,
+            "\n{} — {} under {} / {}",
+            st.location, st.op, st.flow, st.engine
+        );
+        let _ = writeln!(s, "  rule:");
+        for (l, t) in &st.rule {
+            let _ = writeln!(s, "    {l}: {t}");
+        }
+        let _ = writeln!(s, "  inputs:");
+        for (k, t) in st.inputs.iter().enumerate() {
+            let _ = writeln!(s, "    [{k}] {t}");
+        }
+        if !st.steps.is_empty() {
+            let _ = writeln!(s, "  steps:");
+            for t in &st.steps {
+                let _ = writeln!(s, "    {t}");
+            }
+        }
+        let _ = writeln!(s, "  outputs:");
+        for o in &st.outputs {
+            let _ = writeln!(
+                s,
+                "    {}[{}]: pytorch {}, qparity {} ({}; {})",
+                o.output, o.index, o.pytorch, o.qparity, o.verdict, o.field
+            );
+        }
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
+
+    fn golden(rel: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+    }
+
+    #[test]
+    fn explains_an_ops_case_element_with_its_kernel_qparams() {
+        let p = golden("golden/ops-vnni-seed0/cases/qop-add_scalar-x86-0013.json");
+        let q = ElementQuery {
+            index: 2,
+            ..Default::default()
+        };
+        let e = explain_case(&p, &q).unwrap();
+        assert_eq!(e.stages.len(), 1);
+        let st = &e.stages[0];
+        let names: Vec<&str> = st.outputs.iter().map(|o| o.output.as_str()).collect();
+        assert_eq!(names, ["int_repr", "output_scale", "output_zero_point"]);
+        assert!(st.outputs.iter().all(|o| o.verdict == "exact"));
+        assert!(st.steps.iter().any(|l| l.starts_with("requantize:")));
+        assert!(st.inputs[0].starts_with("q = "));
+        assert!(render_case(&e).contains("int_repr[2]: pytorch"));
+        // An element past the end is an error, not a panic.
+        let q = ElementQuery {
+            index: 1 << 30,
+            ..Default::default()
+        };
+        assert!(explain_case(&p, &q).is_err());
+    }
+
+    #[test]
+    fn explains_a_graph_node_in_each_flow() {
+        let p =
+            golden("golden/graphs-vnni-seed0/cases/graph-resnet18-fbgemm-ptq-default-0000.json");
+        // Without a node, a graph case asks for one.
+        assert!(explain_case(&p, &ElementQuery::default()).is_err());
+        let q = ElementQuery {
+            index: 7,
+            node: Some("layer1_0_conv1".into()),
+            ..Default::default()
+        };
+        let e = explain_case(&p, &q).unwrap();
+        // convert_fx: one stage; each reference flow: the float op and its quantize node.
+        let flows: Vec<&str> = e.stages.iter().map(|s| s.flow).collect();
+        assert_eq!(flows.len(), 5, "{flows:?}");
+        assert!(e.stages.iter().all(|s| !s.steps.is_empty()));
+        assert!(e
+            .stages
+            .iter()
+            .flat_map(|s| &s.outputs)
+            .all(|o| o.verdict == "exact"));
+        let q = ElementQuery {
+            node: Some("no_such_node".into()),
+            ..Default::default()
+        };
+        assert!(explain_case(&p, &q).is_err());
+    }
     use super::*;
 
     #[test]

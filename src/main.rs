@@ -39,11 +39,28 @@ enum Cmd {
         #[arg(long)]
         fused: bool,
     },
-    /// What each convert flow does with an engine's default qconfig (ranges, kernels, requant).
+    /// What each convert flow does with an engine's default qconfig (ranges, kernels, requant);
+    /// with a case file, how qparity derives one element of it, step by step.
     Explain {
-        /// fbgemm, x86, qnnpack or onednn.
+        /// A golden case: explain element --index of its op (primitive and ops-suite cases) or
+        /// of a node (--node, --flow, --run: model and graph cases).
+        case: Option<PathBuf>,
+        /// fbgemm, x86, qnnpack or onednn (without a case).
+        #[arg(long, required_unless_present = "case")]
+        engine: Option<String>,
+        /// The output element (logical row-major index).
+        #[arg(long, default_value_t = 0)]
+        index: usize,
+        /// The graph node (or model stage) to explain.
         #[arg(long)]
-        engine: String,
+        node: Option<String>,
+        /// The convert flow (convert_fx, convert_to_reference_fx,
+        /// _convert_to_reference_decomposed_fx; default: every flow).
+        #[arg(long)]
+        flow: Option<String>,
+        /// The test input of a model or graph case.
+        #[arg(long, default_value_t = 0)]
+        run: usize,
         /// Explain the QAT qconfig (get_default_qat_qconfig) instead of PTQ.
         #[arg(long)]
         qat: bool,
@@ -91,11 +108,39 @@ fn run(cli: Cli) -> Result<i32> {
             fused,
         } => cmd_check(paths, json, max_failures, fused),
         Cmd::Explain {
+            case: Some(case),
+            index,
+            node,
+            flow,
+            run,
+            json,
+            ..
+        } => {
+            let query = qparity::explain::ElementQuery {
+                index,
+                node,
+                flow: flow
+                    .map(|f| qparity::engine::flow::Flow::from_name(&f))
+                    .transpose()?,
+                run,
+            };
+            let e = qparity::explain::explain_case(&case, &query)
+                .with_context(|| format!("explaining {}", case.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&e)?);
+            } else {
+                print!("{}", qparity::explain::render_case(&e));
+            }
+            Ok(0)
+        }
+        Cmd::Explain {
             engine,
             qat,
             isa,
             json,
+            ..
         } => {
+            let engine = engine.context("--engine is required without a case")?;
             let engine = qparity::engine::Engine::from_name(&engine)?;
             let isa = match isa {
                 Some(i) => qparity::engine::Isa::from_name(&i)?,
