@@ -102,14 +102,10 @@ import ties
 
 
 def _qtensor(codes, scale, zp, channels_last):
-    """A quint8 tensor from codes in logical order, in the given memory format, and its record."""
-    codes = np.ascontiguousarray(np.asarray(codes, dtype=np.uint8))
-    x = torch._make_per_tensor_quantized_tensor(torch.from_numpy(codes), scale, zp)
-    channels_last = channels_last and codes.ndim == 4
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    rec = {"int_repr": tensor(x.int_repr().contiguous()), "scale": scale, "zero_point": zp,
-           "memory_format": "channels_last" if channels_last else "contiguous"}
+    """A quint8 tensor from codes in logical order, in the given memory format (channels-last
+    strides also for N×C×1×1 and C = 1, as golden/README.md documents), and its record."""
+    codes = np.asarray(codes)
+    x, rec, _ = qtensor(codes, list(codes.shape), scale, zp, channels_last)
     return x, rec
 
 
