@@ -655,18 +655,22 @@ fn explain_stage(s: &crate::golden::Stage, i: usize) -> Result<StageExplanation>
     })
 }
 
-/// Explains element `q.index` of the stages of a case that `q` selects: each stage's op is
-/// planned on PyTorch's recorded inputs (as `qparity check` plans it), and its rule, the inputs
-/// at that element, the op's own derivation ([`crate::ops::Plan::trace`]) and the predicted and
-/// recorded outputs are reported. The CPU is the golden set's (its manifest), else this machine's.
-pub fn explain_case(path: &std::path::Path, q: &ElementQuery) -> Result<CaseExplanation> {
-    let case = crate::golden::load_case(path)?;
+/// The CPU a case is modelled on: its golden set's manifest, else this machine.
+pub(crate) fn case_cpu(path: &std::path::Path) -> Result<CpuFeatures> {
     let located = crate::golden::manifest::locate(path)?;
-    let cpu = match located.sets.first() {
-        Some(set) => set.manifest.cpu()?,
-        None => CpuFeatures::host(),
-    };
-    let stages = case.stages(&cpu)?;
+    match located.sets.first() {
+        Some(set) => set.manifest.cpu(),
+        None => Ok(CpuFeatures::host()),
+    }
+}
+
+/// The stages of a case that `q` selects: every stage of a primitive case; for model and graph
+/// cases the stages of `q.node` in run `q.run` (and `q.flow`), or all of them when they are few.
+pub(crate) fn select_stages<'s>(
+    case: &crate::golden::Case,
+    stages: &'s [crate::golden::Stage],
+    q: &ElementQuery,
+) -> Result<Vec<&'s crate::golden::Stage>> {
     // Primitive cases are one op (a few stages); model and graph cases are chosen by node.
     let staged = !matches!(case.body, crate::golden::Body::Primitive(_));
     let chosen: Vec<_> = stages
@@ -677,10 +681,10 @@ pub fn explain_case(path: &std::path::Path, q: &ElementQuery) -> Result<CaseExpl
         return Err(crate::Error::invalid(
             "explain",
             format!(
-                "no stage of {} matches (node {:?}, flow {:?}, run {}); stages include: {}",
+                "no stage of {} matches (node {}, flow {}, run {}); stages include: {}",
                 case.header.id,
-                q.node,
-                q.flow.map(Flow::name),
+                q.node.as_deref().unwrap_or("any"),
+                q.flow.map_or("any", Flow::name),
                 q.run,
                 stages
                     .iter()
@@ -707,6 +711,18 @@ pub fn explain_case(path: &std::path::Path, q: &ElementQuery) -> Result<CaseExpl
             ),
         ));
     }
+    Ok(chosen)
+}
+
+/// Explains element `q.index` of the stages of a case that `q` selects: each stage's op is
+/// planned on PyTorch's recorded inputs (as `qparity check` plans it), and its rule, the inputs
+/// at that element, the op's own derivation ([`crate::ops::Plan::trace`]) and the predicted and
+/// recorded outputs are reported. The CPU is the golden set's (its manifest), else this machine's.
+pub fn explain_case(path: &std::path::Path, q: &ElementQuery) -> Result<CaseExplanation> {
+    let case = crate::golden::load_case(path)?;
+    let cpu = case_cpu(path)?;
+    let stages = case.stages(&cpu)?;
+    let chosen = select_stages(&case, &stages, q)?;
     Ok(CaseExplanation {
         case: case.header.id.clone(),
         op: case.header.op.clone(),

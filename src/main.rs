@@ -84,6 +84,15 @@ enum Cmd {
         /// Print one JSON object ({case, output, script}) instead of the bare script.
         #[arg(long)]
         json: bool,
+        /// Graph cases: the node to reproduce (default: the flow's output node).
+        #[arg(long)]
+        node: Option<String>,
+        /// Graph cases: the convert flow (default: convert_fx).
+        #[arg(long)]
+        flow: Option<String>,
+        /// Graph cases: the test input.
+        #[arg(long, default_value_t = 0)]
+        run: usize,
     },
 }
 
@@ -159,13 +168,24 @@ fn run(cli: Cli) -> Result<i32> {
             output,
             force,
             json,
+            node,
+            flow,
+            run,
         } => {
+            let query = qparity::explain::ElementQuery {
+                node,
+                flow: flow
+                    .map(|f| qparity::engine::flow::Flow::from_name(&f))
+                    .transpose()?,
+                run,
+                ..Default::default()
+            };
             let script = match &output {
                 Some(o) => {
-                    qparity::repro::write_repro(&case, o, force)?;
+                    qparity::repro::write_repro_node(&case, &query, o, force)?;
                     None
                 }
-                None => Some(qparity::repro::repro_string(&case)?),
+                None => Some(qparity::repro::repro_string_node(&case, &query)?),
             };
             if json {
                 let v = serde_json::json!({
