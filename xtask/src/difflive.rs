@@ -120,7 +120,7 @@ fn golden_case(c: &LinCase, seed: u64, torch: &str, isa: Isa, xq: &[i64], y: &[i
     })
 }
 
-fn venv_python(root: &Path) -> PathBuf {
+pub(crate) fn venv_python(root: &Path) -> PathBuf {
     match std::env::var_os("QPARITY_VENV") {
         Some(v) => PathBuf::from(v).join("bin/python"),
         None => root.join("target/golden-venv/bin/python"),

@@ -8,6 +8,7 @@ mod compare;
 mod difflive;
 mod fuzz;
 mod golden;
+mod reprolive;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "qparity project automation")]
@@ -47,6 +48,20 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Generate `qparity repro` scripts for golden cases and run them with PyTorch: every script
+    /// must reproduce the case's recorded values.
+    ReproLive {
+        /// Case files (default: one ops case per op and engine, one graph case per model).
+        cases: Vec<std::path::PathBuf>,
+        /// Graph cases: the node (default: each flow's output node).
+        #[arg(long)]
+        node: Option<String>,
+        /// Graph cases: one convert flow (default: all three).
+        #[arg(long)]
+        flow: Option<String>,
+        #[arg(long, default_value = "target/repro-live")]
+        out: std::path::PathBuf,
+    },
 }
 
 /// `--cpu` value: a core number or `none`.
@@ -57,6 +72,14 @@ fn parse_cpu(s: &str) -> Result<Option<usize>, String> {
     s.parse()
         .map(Some)
         .map_err(|_| format!("{s:?} is neither a core number nor `none`"))
+}
+
+/// The workspace root (xtask's parent folder).
+fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace root")
+        .to_path_buf()
 }
 
 /// Errors end the run with one message (the cause chain, no backtrace) and exit code 1.
@@ -75,16 +98,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bench::run(json, rounds, parse_cpu(&cpu).map_err(anyhow::Error::msg)?)
         }
         Cmd::Fuzz(args) => fuzz::run(args),
+        Cmd::ReproLive {
+            cases,
+            node,
+            flow,
+            out,
+        } => {
+            let root = workspace_root();
+            reprolive::run(
+                &root,
+                reprolive::Opts {
+                    cases,
+                    node,
+                    flow,
+                    out,
+                },
+            )
+        }
         Cmd::DiffLive {
             cases,
             seed,
             out,
             json,
         } => {
-            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .expect("xtask lives in the workspace root")
-                .to_path_buf();
+            let root = workspace_root();
             difflive::run(
                 &root,
                 difflive::Opts {
