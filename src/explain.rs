@@ -197,6 +197,7 @@ fn planned(
             per_channel,
         },
         relu: false,
+        cache: Default::default(),
     };
     let input_shape = match geometry {
         Geometry::Linear { in_features, .. } => vec![1, in_features],

@@ -128,6 +128,7 @@ mod tests {
                 per_channel,
             },
             relu: false,
+            cache: Default::default(),
         }
     }
 

@@ -171,7 +171,7 @@ impl QnnpackRequant {
 /// `i32::MIN` (the "integer indefinite" value).
 #[inline]
 pub fn round_ne_i32(v: f32) -> i32 {
-    let r = v.round_ties_even();
+    let r = crate::numerics::quantize::rne(v);
     if !(-2147483648.0..2147483648.0).contains(&r) {
         i32::MIN
     } else {
