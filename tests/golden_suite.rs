@@ -422,8 +422,13 @@ fn real_models_reproduce_their_graph_goldens() {
             }
         }
         assert_eq!(report.elements_ambiguous, onednn_ambiguous);
-        models.extend(report.cases.iter().map(|c| c.op.clone()));
+        // Ids are graph-<model>-<engine>-<mode>-<isa>-<index>.
+        models.extend(report.cases.iter().map(|c| {
+            let mode = c.id.rsplit('-').nth(2).unwrap_or("?").to_string();
+            (c.op.clone(), c.engine.clone(), mode)
+        }));
     }
+    // Every model under every engine PTQ, and under fbgemm and qnnpack QAT.
     for m in [
         "resnet18",
         "resnet50",
@@ -433,6 +438,19 @@ fn real_models_reproduce_their_graph_goldens() {
         "googlenet",
         "inception_v3",
     ] {
-        assert!(models.contains(m), "no graph golden of {m}");
+        for (engine, mode) in [
+            ("fbgemm", "ptq"),
+            ("x86", "ptq"),
+            ("qnnpack", "ptq"),
+            ("onednn", "ptq"),
+            ("fbgemm", "qat"),
+            ("qnnpack", "qat"),
+        ] {
+            let key = (m.to_string(), engine.to_string(), mode.to_string());
+            assert!(
+                models.contains(&key),
+                "no graph golden of {m} {engine} {mode}"
+            );
+        }
     }
 }
