@@ -1465,15 +1465,17 @@ fn flow_weight(
                     inner,
                 )
             } else {
-                crate::numerics::quantize::aten::quantize_per_tensor(
-                    w,
-                    scales[0],
-                    zero_points[0],
-                    rec.dtype,
+                // `quantize_per_tensor` to qint8 (QuantizeAvx2; defined for every input).
+                let inv = 1.0f32 / scales[0] as f32;
+                let zp = zero_points[0] as i32;
+                Some(
+                    w.iter()
+                        .map(|&v| {
+                            crate::numerics::quantize::aten::quantize_avx2(v, inv, zp, -128, 127)
+                                as i8
+                        })
+                        .collect::<Vec<i8>>(),
                 )
-                .into_iter()
-                .map(|v| v.map(|v| v as i8))
-                .collect::<Option<Vec<i8>>>()
             };
             let q = q.ok_or_else(|| case.field_err(field, "the float weight holds NaN"))?;
             let bytes: Vec<u8> = q.iter().map(|&v| v as u8).collect();

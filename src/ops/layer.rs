@@ -57,25 +57,22 @@ impl QWeight {
     /// Dequantized weights as the given flow computes them (the reference modules'
     /// `_quantize_and_dequantize_weight`, or its decomposed twin).
     pub fn dequantized(&self, flow: Flow) -> Vec<f32> {
-        let per_oc = self.int_repr.len() / self.shape[0].max(1);
-        self.int_repr
-            .iter()
-            .enumerate()
-            .map(|(i, &q)| {
-                let oc = i / per_oc;
-                let (s, z) = (self.scale_of(oc), self.zp_of(oc));
-                match (flow, self.per_channel) {
-                    (Flow::ConvertToReferenceDecomposedFx, true) => {
-                        decomposed::dequantize_f32_scale(q as i64, s, z)
-                    }
-                    (Flow::ConvertToReferenceDecomposedFx, false) => {
-                        decomposed::dequantize(q as i64, s as f64, z)
-                    }
-                    (_, true) => aten::dequantize_per_channel(q as i64, s as f64, z),
-                    (_, false) => aten::dequantize(q as i64, s as f64, z),
+        let per_oc = (self.int_repr.len() / self.shape[0].max(1)).max(1);
+        let mut out = Vec::with_capacity(self.int_repr.len());
+        for (oc, row) in self.int_repr.chunks(per_oc).enumerate() {
+            let (s, z) = (self.scale_of(oc), self.zp_of(oc));
+            out.extend(row.iter().map(|&q| match (flow, self.per_channel) {
+                (Flow::ConvertToReferenceDecomposedFx, true) => {
+                    decomposed::dequantize_f32_scale(q as i64, s, z)
                 }
-            })
-            .collect()
+                (Flow::ConvertToReferenceDecomposedFx, false) => {
+                    decomposed::dequantize(q as i64, s as f64, z)
+                }
+                (_, true) => aten::dequantize_per_channel(q as i64, s as f64, z),
+                (_, false) => aten::dequantize(q as i64, s as f64, z),
+            }));
+        }
+        out
     }
 }
 
