@@ -195,7 +195,7 @@ impl CatPlan {
         (j, (outer * self.sizes[j] + c) * self.inner + r, c)
     }
 
-    fn element(&self, ins: &[&QTensor], i: usize) -> (Option<i64>, String) {
+    fn element(&self, ins: &[&QTensor], i: usize, trace: bool) -> (Option<i64>, String) {
         let (j, idx, c) = self.source(i);
         let t = ins[j];
         let q = t.data[idx];
@@ -206,7 +206,10 @@ impl CatPlan {
                 let (lo, hi) = self.flow.clamp(self.out.quant_min, self.out.quant_max);
                 let x = relu(self.flow.dequantize(q as i64, t.scale, t.zero_point));
                 let r = self.flow.quantize(x, so, zo, lo, hi);
-                (r, format!("input {j} q {q}: x {x:e} → {r:?}"))
+                (
+                    r,
+                    super::note(trace, format_args!("input {j} q {q}: x {x:e} → {r:?}")),
+                )
             }
             Kernel::Generic => {
                 let x = Dequant::new(t.scale, t.zero_point).scalar(q);
@@ -218,12 +221,20 @@ impl CatPlan {
                 };
                 (
                     r,
-                    format!("input {j} q {q}: dequantize {x:e}, quantize_per_tensor → {r:?}"),
+                    super::note(
+                        trace,
+                        format_args!(
+                            "input {j} q {q}: dequantize {x:e}, quantize_per_tensor → {r:?}"
+                        ),
+                    ),
                 )
             }
             Kernel::Nhwc => {
                 if (t.scale, t.zero_point) == (so, zo) && !self.op.relu {
-                    return (Some(q as i64), format!("input {j} q {q}: copied"));
+                    return (
+                        Some(q as i64),
+                        super::note(trace, format_args!("input {j} q {q}: copied")),
+                    );
                 }
                 let d = Dequant::new(t.scale, t.zero_point);
                 let vector = c < self.sizes[j] / 8 * 8;
@@ -236,7 +247,10 @@ impl CatPlan {
                 let side = if vector { "vector" } else { "scalar" };
                 (
                     r,
-                    format!("input {j} q {q}, channel {c}: {side} x {x:e} → {r:?}"),
+                    super::note(
+                        trace,
+                        format_args!("input {j} q {q}, channel {c}: {side} x {x:e} → {r:?}"),
+                    ),
                 )
             }
         }
@@ -327,7 +341,7 @@ impl Plan for CatPlan {
                 floats,
             );
         }
-        let values = (0..n).map(|i| self.element(&ins, i).0);
+        let values = (0..n).map(|i| self.element(&ins, i, false).0);
         Ok(vec![Output::new(
             "int_repr",
             self.shape.clone(),
@@ -344,7 +358,7 @@ impl Plan for CatPlan {
             ));
         }
         Ok(vec![
-            self.element(&ins, i).1,
+            self.element(&ins, i, true).1,
             format!("rule: {}", self.rule()),
         ])
     }

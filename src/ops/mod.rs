@@ -334,6 +334,16 @@ pub trait Plan: fmt::Debug {
 }
 
 /// Checks that a plan got the number of inputs its op takes.
+/// An element's derivation text for `Plan::trace`, formatted only when `trace` is set (the
+/// per-element predictions of large tensors skip it).
+pub(crate) fn note(trace: bool, text: std::fmt::Arguments<'_>) -> String {
+    if trace {
+        text.to_string()
+    } else {
+        String::new()
+    }
+}
+
 pub(crate) fn expect_inputs<'a, 'b>(
     op: &str,
     inputs: &'b [Meta<'a>],
