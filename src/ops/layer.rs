@@ -903,8 +903,14 @@ fn onednn_pred(rq: &FbgemmRequant, acc: i32, j: usize) -> Pred {
     let exact = (acc as f64 + rq.bias_term_f64(j)) * rq.multiplier[idx] as f64;
     let mag = (acc as f64).abs() * rq.multiplier[idx] as f64
         + (rq.bias_term_f64(j) * rq.multiplier[idx] as f64).abs();
-    // Up to ~6 f32 roundings in any order (scales product, bias scaling, add, multiply, FMA or not).
-    let w = 8.0 * (f32::EPSILON as f64 / 2.0) * mag.max(1e-30);
+    // Up to ~6 f32 roundings in any order (scales product, bias scaling, add, multiply, FMA or not)
+    // at the magnitude of the terms, plus oneDNN's kernels adding the destination zero point to
+    // the f32 value before converting (`jit_avx512_core_x8s8s32x_conv_kernel.cpp`, brgemm
+    // post-ops): one more rounding at the magnitude of `v + zp`, which the terms' own errors
+    // carry into as well.
+    let zp = rq.out_zero_point as f64;
+    let w = 8.0 * (f32::EPSILON as f64 / 2.0) * mag.max(1e-30)
+        + 2.0 * (f32::EPSILON as f64 / 2.0) * (exact + zp).abs();
     let lo_z = if rq.relu { rq.out_zero_point } else { 0 };
     let q =
         |v: f64| (v.round_ties_even() as i64 + rq.out_zero_point as i64).clamp(lo_z as i64, 255);
