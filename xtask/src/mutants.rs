@@ -48,6 +48,10 @@ pub struct MutantsArgs {
     /// Skip the unmutated baseline test (needs `--timeout`, which the baseline would set).
     #[arg(long, requires = "timeout")]
     no_baseline: bool,
+    /// Mutate this tree and build in its target/ instead of a scratch copy: no rebuild of the
+    /// dependencies, but the tree must not be edited while it runs.
+    #[arg(long, conflicts_with = "jobs")]
+    in_place: bool,
     /// Parallel builds (each has its own scratch copy of the tree).
     #[arg(long, default_value_t = 1)]
     jobs: usize,
@@ -232,6 +236,9 @@ pub fn run(args: MutantsArgs) -> Result<()> {
     }
     if let Some(t) = args.timeout {
         cmd.arg("--timeout").arg(t.to_string());
+    }
+    if args.in_place {
+        cmd.arg("--in-place");
     }
     if args.no_baseline {
         cmd.arg("--baseline=skip");
