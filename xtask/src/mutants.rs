@@ -227,7 +227,11 @@ pub fn run(args: MutantsArgs) -> Result<()> {
         return Ok(());
     }
     cmd.arg("--output").arg(&out_parent);
-    cmd.arg("--jobs").arg(args.jobs.to_string());
+    if args.in_place {
+        cmd.arg("--in-place");
+    } else {
+        cmd.arg("--jobs").arg(args.jobs.to_string());
+    }
     if let Some((k, n)) = shard {
         cmd.arg("--shard").arg(format!("{k}/{n}"));
     }
@@ -236,9 +240,6 @@ pub fn run(args: MutantsArgs) -> Result<()> {
     }
     if let Some(t) = args.timeout {
         cmd.arg("--timeout").arg(t.to_string());
-    }
-    if args.in_place {
-        cmd.arg("--in-place");
     }
     if args.no_baseline {
         cmd.arg("--baseline=skip");
