@@ -32,7 +32,8 @@ pub struct MutantsArgs {
     /// Mutate only files matching this glob (repeatable; default: the numerics and engine modules).
     #[arg(long = "file")]
     files: Vec<String>,
-    /// Run shard K of N (0-based), e.g. `--shard 0/4`; each shard keeps its own results folder.
+    /// Run shard K of N (0-based, round-robin), e.g. `--shard 0/4`; each shard keeps its own
+    /// results folder.
     #[arg(long)]
     shard: Option<String>,
     /// Skip mutants already caught or unviable in this run's results folder (cargo-mutants
@@ -233,7 +234,11 @@ pub fn run(args: MutantsArgs) -> Result<()> {
         cmd.arg("--jobs").arg(args.jobs.to_string());
     }
     if let Some((k, n)) = shard {
-        cmd.arg("--shard").arg(format!("{k}/{n}"));
+        // Round-robin: each shard samples every file and function, so one shard's figures are
+        // representative of the whole.
+        cmd.arg("--shard")
+            .arg(format!("{k}/{n}"))
+            .arg("--sharding=round-robin");
     }
     if args.resume {
         cmd.arg("--iterate");
