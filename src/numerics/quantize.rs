@@ -365,4 +365,59 @@ mod tests {
             }
         }
     }
+
+    // 0.1 as f64 has reciprocal 10.0 exactly after rounding, and f32(1 / f32(0.1)) is 10.0 too, so
+    // every value below follows by hand.
+
+    #[test]
+    fn decomposed_quantize_and_dequantize_by_hand() {
+        use decomposed::*;
+        // round(1·10) + 3 = 13; round(−2.5) = −2 (even) + 3 = 1; clamped to 0..5 → 5 and 0.
+        assert_eq!(quantize(1.0, 0.1, 3, -128, 127), Some(13));
+        assert_eq!(quantize_f32_scale(1.0, 0.1, 3, -128, 127), Some(13));
+        assert_eq!(quantize_f64_scale(1.0, 0.1, 3, -128, 127), Some(13));
+        assert_eq!(quantize_f64_scale(-2.5, 1.0, 3, -128, 127), Some(1));
+        assert_eq!(quantize_f64_scale(1.0, 0.1, 3, 0, 5), Some(5));
+        assert_eq!(quantize_f64_scale(-1.0, 0.1, 3, 0, 5), Some(0));
+        assert_eq!(quantize_f64_scale(f32::NAN, 0.1, 3, 0, 5), None);
+        // (5 − 3)·scale.
+        assert_eq!(dequantize(5, 0.1, 3), 2.0 * 0.1f32);
+        assert_eq!(dequantize_f32_scale(5, 0.1, 3), 2.0 * 0.1f32);
+        assert_eq!(dequantize_f64_scale(5, 0.1, 3), 0.2f32);
+        assert_eq!(dequantize_f64_scale(-4, 0.5, 3), -3.5);
+    }
+
+    #[test]
+    fn per_channel_dequantize_and_malformed_shapes() {
+        // f32(f64(5 − 3)·0.1) = f32(0.2).
+        assert_eq!(aten::dequantize_per_channel(5, 0.1, 3), 0.2f32);
+        assert_eq!(aten::dequantize_per_channel(-4, 0.5, 3), -3.5);
+        // Four elements, two channels of two, but one zero point: no result.
+        let x = [1.0f32, 2.0, 3.0, 4.0];
+        assert_eq!(
+            aten::quantize_per_channel_outer_i8(&x, &[1.0, 1.0], &[0], 2),
+            None
+        );
+        assert_eq!(
+            aten::quantize_per_channel_outer_i8(&x, &[1.0, 0.5], &[0, 1], 2),
+            Some(vec![1, 2, 7, 9])
+        );
+    }
+
+    #[test]
+    fn fake_quant_and_its_mask_by_hand() {
+        use fake_quant::*;
+        // q = round(2·10) + 3 = 23 → (23 − 3)·0.1 = 2; −0.5·10 = −5 → −2 clamps to 0 → −0.3.
+        assert_eq!(quantized(2.0, 0.1, 3), 23);
+        assert_eq!(fake_quantize(2.0, 0.1, 3, 0, 255), 2.0);
+        assert_eq!(
+            fake_quantize(-0.5, 0.1, 3, 0, 255),
+            (-3.0 * 0.1f32 as f64) as f32
+        );
+        // The mask is taken on the unclamped value: 23 is inside 0..23, not inside 0..22.
+        assert!(mask(2.0, 0.1, 3, 0, 23));
+        assert!(!mask(2.0, 0.1, 3, 0, 22));
+        assert!(!mask(2.0, 0.1, 3, 24, 30));
+        assert!(!mask(f32::NAN, 0.1, 3, 0, 255));
+    }
 }

@@ -8,6 +8,7 @@ mod compare;
 mod difflive;
 mod fuzz;
 mod golden;
+mod mutants;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "qparity project automation")]
@@ -36,6 +37,8 @@ enum Cmd {
     },
     /// Run every cargo-fuzz target for N seconds and report execs/s, corpus size and crashes.
     Fuzz(fuzz::FuzzArgs),
+    /// Mutation testing (cargo-mutants) of the numerics and engine modules; caught/missed per file.
+    Mutants(mutants::MutantsArgs),
     /// Stream random quantized::linear cases to PyTorch and the reference engine; save disagreements.
     DiffLive {
         #[arg(long, default_value_t = 1000)]
@@ -75,6 +78,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bench::run(json, rounds, parse_cpu(&cpu).map_err(anyhow::Error::msg)?)
         }
         Cmd::Fuzz(args) => fuzz::run(args),
+        Cmd::Mutants(args) => mutants::run(args),
         Cmd::DiffLive {
             cases,
             seed,
