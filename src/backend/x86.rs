@@ -2,12 +2,13 @@
 //! ([`crate::kernels::x86`]): weights packed once, zero points folded and the plan's
 //! requantization rule fused into the GEMM's epilogue, u8 out.
 
-use super::Backend;
+use super::{check_out, Backend, Prepared};
 use crate::engine::KernelPath;
 use crate::kernels::x86::conv::{Conv2d, Depthwise3x3, Layout};
 use crate::kernels::x86::{Kernel, PackedLinear};
+use crate::kernels::Accumulation;
 use crate::ops::layer::{Geometry, IntegerLayer};
-use crate::ops::{Lowered, Output, Predicted, QTensor, Value};
+use crate::ops::{Lowered, Meta, QTensor, Value};
 use crate::{Error, Result};
 
 /// The x86 backend (AVX2 and AVX-512 VNNI kernels, chosen by the plan's accumulation model and
@@ -20,89 +21,173 @@ impl Backend for X86Backend {
         "x86-fused"
     }
 
-    fn run(&self, stage: Lowered<'_>, inputs: &[&Value]) -> Result<Option<Output>> {
+    fn prepare(
+        &self,
+        stage: Lowered<'_>,
+        inputs: &[Meta<'_>],
+    ) -> Result<Option<Box<dyn Prepared>>> {
         match stage {
+            // oneDNN layers run here only where oneDNN accumulates exactly (VNNI CPUs): its
+            // pair-saturating kernels pair other products than FBGEMM's.
+            Lowered::IntegerLayer(l)
+                if l.path == KernelPath::Onednn && l.accumulation != Accumulation::Exact =>
+            {
+                Ok(None)
+            }
             Lowered::IntegerLayer(l) => {
                 let input = inputs
                     .first()
-                    .ok_or_else(|| Error::invalid("layer", "no input"))?
-                    .quantized("layer input")?;
-                Ok(run_layer(l, input)?.map(|(data, _)| {
-                    Output::new(
-                        "int_repr",
-                        l.out_shape.clone(),
-                        Predicted::exact(data.into_iter().map(i64::from)),
-                    )
-                }))
+                    .ok_or_else(|| Error::invalid("layer", "no input"))?;
+                Ok(Some(Box::new(PreparedLayer::new(l, input)?)))
             }
+            other => super::portable::prepare(other, inputs),
         }
     }
 }
 
-/// Runs a planned layer on the optimized x86 kernels: the u8 output (PyTorch's layout) and the
-/// name of the kernel that ran. `None` for oneDNN layers (its requantization order is not
-/// modelled bit for bit, so there is nothing exact to fuse).
-pub fn run_layer(l: &IntegerLayer, input: &QTensor) -> Result<Option<(Vec<u8>, &'static str)>> {
-    if l.path == KernelPath::Onednn {
-        return Ok(None);
-    }
-    super::check_planned_input(l, input)?;
-    let kernel = Kernel::best(l.accumulation);
-    let w = &l.weight;
-    let zps: Vec<i32> = w.zero_points.iter().map(|&z| z as i32).collect();
-    let a_zp = i32::try_from(input.zero_point).unwrap_or(i32::MAX);
-    let mut data = vec![0u8; l.out_shape.iter().product()];
-    let requant = l.requant.clone();
-    let name = match l.geometry {
-        Geometry::Linear {
-            in_features,
-            out_features,
-        } => {
-            let lin = PackedLinear::with_kernel(
-                kernel,
-                &w.int_repr,
-                out_features,
-                in_features,
-                &zps,
-                requant,
-            )?;
-            let m = input.data.len() / in_features.max(1);
-            lin.run(&input.data, m, a_zp, &mut data)?;
-            kernel.name()
+/// A layer's weights packed for its kernel.
+#[derive(Debug)]
+enum Packed {
+    Linear(PackedLinear),
+    Conv(Conv2d),
+    Depthwise(Depthwise3x3),
+}
+
+/// A planned linear / conv2d with its weights packed once.
+#[derive(Debug)]
+pub struct PreparedLayer {
+    packed: Packed,
+    name: &'static str,
+    input_shape: Vec<usize>,
+    a_zp: i32,
+    out_shape: Vec<usize>,
+}
+
+impl PreparedLayer {
+    /// Packs `l`'s weights for inputs like `input`. oneDNN layers (exact accumulation: VNNI
+    /// CPUs) run FBGEMM's requantization, which the plan admits for each element (it predicts
+    /// oneDNN's order within its proven bound).
+    pub fn new(l: &IntegerLayer, input: &Meta<'_>) -> Result<Self> {
+        let (_, zp) = input.qparams("layer input")?;
+        if input.shape != l.input_shape.as_slice() || zp != l.input_zero_point {
+            return Err(Error::shape(
+                "layer input",
+                "shape or zero point differ from the planned input",
+            ));
         }
-        Geometry::Conv2d(p) => {
-            let [nb, _, h, wd] = input.shape[..] else {
-                return Err(Error::shape(
-                    "conv2d input",
-                    format!("{:?} is not NCHW", input.shape),
-                ));
-            };
-            let dw3x3 = l.path == KernelPath::FbgemmDepthwise
-                && p.kernel_size == [3, 3]
-                && p.out_channels == p.in_channels;
-            if dw3x3 {
-                let dw = Depthwise3x3::new(
+        let kernel = Kernel::best(l.accumulation);
+        let w = &l.weight;
+        let zps: Vec<i32> = w.zero_points.iter().map(|&z| z as i32).collect();
+        let a_zp = i32::try_from(zp)
+            .map_err(|_| Error::invalid("input zero point", format!("{zp} is not an i32")))?;
+        let requant = l.requant.clone();
+        let (packed, name) = match l.geometry {
+            Geometry::Linear {
+                in_features,
+                out_features,
+            } => (
+                Packed::Linear(PackedLinear::with_kernel(
+                    kernel,
                     &w.int_repr,
-                    p.in_channels,
-                    (p.stride[0], p.stride[1]),
-                    (p.padding[0], p.padding[1]),
+                    out_features,
+                    in_features,
                     &zps,
                     requant,
-                )?;
-                dw.run(&input.data, nb, h, wd, a_zp, &mut data)?;
-                if dw.is_simd() {
-                    "x86-avx2-depthwise3x3"
-                } else {
-                    "x86-depthwise3x3-scalar"
+                )?),
+                kernel.name(),
+            ),
+            Geometry::Conv2d(p) => {
+                if input.shape.len() != 4 {
+                    return Err(Error::shape(
+                        "conv2d input",
+                        format!("{:?} is not NCHW", input.shape),
+                    ));
                 }
-            } else {
-                let conv = Conv2d::with_kernel(kernel, &w.int_repr, p, &zps, requant)?;
-                conv.run(Layout::Nchw, &input.data, nb, h, wd, a_zp, &mut data)?;
-                kernel.name()
+                let dw3x3 = l.path == KernelPath::FbgemmDepthwise
+                    && p.kernel_size == [3, 3]
+                    && p.out_channels == p.in_channels;
+                if dw3x3 {
+                    let dw = Depthwise3x3::new(
+                        &w.int_repr,
+                        p.in_channels,
+                        (p.stride[0], p.stride[1]),
+                        (p.padding[0], p.padding[1]),
+                        &zps,
+                        requant,
+                    )?;
+                    let name = if dw.is_simd() {
+                        "x86-avx2-depthwise3x3"
+                    } else {
+                        "x86-depthwise3x3-scalar"
+                    };
+                    (Packed::Depthwise(dw), name)
+                } else {
+                    (
+                        Packed::Conv(Conv2d::with_kernel(kernel, &w.int_repr, p, &zps, requant)?),
+                        kernel.name(),
+                    )
+                }
+            }
+        };
+        Ok(PreparedLayer {
+            packed,
+            name,
+            input_shape: l.input_shape.clone(),
+            a_zp,
+            out_shape: l.out_shape.clone(),
+        })
+    }
+
+    /// Runs on `input`'s codes (logical order), writing `out`.
+    pub fn run_codes(&self, input: &QTensor, out: &mut [u8]) -> Result<()> {
+        check_out("layer", &self.out_shape, out)?;
+        if input.shape != self.input_shape
+            || input.data.len() != input.shape.iter().product::<usize>()
+            || i64::from(self.a_zp) != input.zero_point
+        {
+            return Err(Error::shape(
+                "layer input",
+                "data length, shape or zero point differ from the planned input",
+            ));
+        }
+        match &self.packed {
+            Packed::Linear(lin) => {
+                let m = input.data.len() / lin.k().max(1);
+                lin.run(&input.data, m, self.a_zp, out)?;
+            }
+            Packed::Conv(conv) => {
+                let [nb, _, h, w] = self.input_shape[..] else {
+                    return Err(Error::shape("conv2d input", "not 4-D"));
+                };
+                conv.run(Layout::Nchw, &input.data, nb, h, w, self.a_zp, out)?;
+            }
+            Packed::Depthwise(dw) => {
+                let [nb, _, h, w] = self.input_shape[..] else {
+                    return Err(Error::shape("conv2d input", "not 4-D"));
+                };
+                dw.run(&input.data, nb, h, w, self.a_zp, out)?;
             }
         }
-    };
-    Ok(Some((data, name)))
+        Ok(())
+    }
+}
+
+impl Prepared for PreparedLayer {
+    fn kernel(&self) -> &'static str {
+        self.name
+    }
+
+    fn out_shape(&self) -> &[usize] {
+        &self.out_shape
+    }
+
+    fn run(&self, _stage: Lowered<'_>, inputs: &[&Value], out: &mut [u8]) -> Result<()> {
+        let input = inputs
+            .first()
+            .ok_or_else(|| Error::invalid("layer", "no input"))?
+            .quantized("layer input")?;
+        self.run_codes(input, out)
+    }
 }
 
 #[cfg(test)]
