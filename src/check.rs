@@ -360,13 +360,17 @@ fn check_end_to_end(
     let out = model.run(input)?;
     let group = format!("{}[{} end-to-end]", Flow::ConvertFx.name(), backend.name());
     rec.fallbacks += model.fallbacks() as u64;
-    for (i, (name, ours)) in graph.node_names().zip(&out.nodes).enumerate() {
+    for (i, name) in graph.node_names().enumerate() {
+        let ours = out.logical(i);
         let theirs = graph.recorded(i);
-        let differing: Vec<usize> = (0..ours.data.len())
-            .filter(|&k| ours.data[k] != theirs.data[k])
+        if ours.len() != theirs.data.len() {
+            return Err(case.field_err("flows.convert_fx", format!("node {name}: code count")));
+        }
+        let differing: Vec<usize> = (0..ours.len())
+            .filter(|&k| ours[k] != theirs.data[k])
             .collect();
         let g = rec.group(&group);
-        g.exact += (ours.data.len() - differing.len()) as u64;
+        g.exact += (ours.len() - differing.len()) as u64;
         let Some(&first) = differing.first() else {
             continue;
         };
@@ -383,7 +387,7 @@ fn check_end_to_end(
             .unwrap_or_default();
         let admitted = |k: usize| {
             matches!(preds.get(k), Some(&p @ Pred::Ambiguous { .. })
-                if p.admits(ours.data[k] as i64) && p.admits(theirs.data[k] as i64))
+                if p.admits(ours[k] as i64) && p.admits(theirs.data[k] as i64))
         };
         let g = rec.group(&group);
         if differing.iter().all(|&k| admitted(k)) {
@@ -398,11 +402,11 @@ fn check_end_to_end(
                     graph.op_name(i)
                 ),
                 expected: theirs.data[first].to_string(),
-                got: ours.data[first].to_string(),
+                got: ours[first].to_string(),
                 detail: vec![format!(
                     "every earlier node equals PyTorch's; {} of {} codes differ",
                     differing.len(),
-                    ours.data.len()
+                    ours.len()
                 )],
             });
         }

@@ -178,7 +178,9 @@ impl Graph {
                 .plan(&self.ctx, &metas, Some(&node.out))
                 .map_err(in_node)?;
             let p = match (backend, plan.lowered()) {
-                (Some(b), Some(low)) => b.prepare(low, &metas).map_err(in_node)?,
+                (Some(b), Some(low)) => b
+                    .prepare_in_memory(low, &metas, node.record.memory_format)
+                    .map_err(in_node)?,
                 _ => None,
             };
             plans.push(plan);
@@ -192,7 +194,7 @@ impl Graph {
         };
         let dequantize = self.dequantize.plan(&self.ctx, &[out_meta], None)?;
         let dq_prepared = match (backend, dequantize.lowered()) {
-            (Some(b), Some(low)) => b.prepare(low, &[out_meta])?,
+            (Some(b), Some(low)) => b.prepare_in_memory(low, &[out_meta], out.memory_format)?,
             _ => None,
         };
         Ok(Model {
@@ -251,10 +253,54 @@ pub struct Model<'g> {
 /// One run's results.
 #[derive(Debug)]
 pub struct RunOutput {
-    /// Every node's output codes (logical order), in node order.
+    /// Every node's output codes in memory order (NHWC for 4-D channels-last values; see
+    /// [`RunOutput::logical`]), in node order.
     pub nodes: Vec<QTensor>,
     /// The dequantized model output.
     pub output: Vec<f32>,
+}
+
+impl RunOutput {
+    /// Node `i`'s codes in logical (row-major) order.
+    pub fn logical(&self, i: usize) -> Vec<u8> {
+        to_logical(&self.nodes[i])
+    }
+}
+
+/// A value's codes (memory order) in logical order.
+fn to_logical(q: &QTensor) -> Vec<u8> {
+    match crate::backend::portable::memory_positions(&q.shape, q.memory_format) {
+        Some(m) => m.iter().map(|&p| q.data[p]).collect(),
+        None => q.data.clone(),
+    }
+}
+
+/// A node's reference plan on memory-order inputs: inputs to logical order, outputs back.
+fn reference_in_memory(plan: &dyn Plan, inputs: &[&Value], out: &QTensor) -> Result<Vec<u8>> {
+    let logical: Vec<Value> = inputs
+        .iter()
+        .map(|v| match v {
+            Value::Quantized(q) => Value::Quantized(QTensor {
+                data: to_logical(q),
+                ..q.clone()
+            }),
+            other => (*other).clone(),
+        })
+        .collect();
+    let refs: Vec<&Value> = logical.iter().collect();
+    let codes = reference_codes(plan, &refs)?;
+    Ok(
+        match crate::backend::portable::memory_positions(&out.shape, out.memory_format) {
+            Some(m) => {
+                let mut v = vec![0u8; codes.len()];
+                for (&c, &p) in codes.iter().zip(&m) {
+                    v[p] = c;
+                }
+                v
+            }
+            None => codes,
+        },
+    )
 }
 
 impl Model<'_> {
@@ -300,7 +346,7 @@ impl Model<'_> {
                     p.run(low, &ins, &mut out).map_err(in_node)?;
                     out
                 }
-                _ => reference_codes(&*self.plans[i], &ins).map_err(in_node)?,
+                _ => reference_in_memory(&*self.plans[i], &ins, r).map_err(in_node)?,
             };
             if data.len() != r.data.len() {
                 return Err(in_node(Error::shape(
@@ -324,7 +370,15 @@ impl Model<'_> {
                 p.run_f32(low, &[last], &mut out)?;
                 out
             }
-            _ => match self.dequantize.predict(&[last])?.into_iter().next() {
+            _ => match self
+                .dequantize
+                .predict(&[&Value::Quantized(QTensor {
+                    data: to_logical(last.quantized("output")?),
+                    ..last.quantized("output")?.clone()
+                })])?
+                .into_iter()
+                .next()
+            {
                 Some(crate::ops::Output {
                     values: crate::ops::Predicted::Floats(f),
                     ..

@@ -10,7 +10,7 @@ pub mod x86;
 
 pub use kernel::KernelBackend;
 
-use crate::ops::{Lowered, Meta, Output, Predicted, Value};
+use crate::ops::{Lowered, MemoryFormat, Meta, Output, Predicted, Value};
 use crate::{Error, Result};
 use std::fmt;
 
@@ -24,6 +24,19 @@ pub trait Backend: fmt::Debug + Send + Sync {
     /// caller falls back to the reference model and counts it).
     fn prepare(&self, stage: Lowered<'_>, inputs: &[Meta<'_>])
         -> Result<Option<Box<dyn Prepared>>>;
+
+    /// As [`Backend::prepare`], for a runner that keeps every activation in memory order: each
+    /// input's codes as its `memory_format` lays them out (NHWC for a 4-D channels-last tensor),
+    /// the output written in `out_format`'s order. `None`: not implemented in memory order.
+    fn prepare_in_memory(
+        &self,
+        stage: Lowered<'_>,
+        inputs: &[Meta<'_>],
+        out_format: MemoryFormat,
+    ) -> Result<Option<Box<dyn Prepared>>> {
+        let _ = (stage, inputs, out_format);
+        Ok(None)
+    }
 
     /// Prepares and runs a planned stage once: its `int_repr` output, or `None` where the backend
     /// has no implementation.

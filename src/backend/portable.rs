@@ -6,7 +6,7 @@
 
 use super::{check_out, Prepared};
 use crate::engine::flow::Flow;
-use crate::ops::{Lowered, Meta, Pointwise, QuantizeOp, Reduction, Value, WindowOp};
+use crate::ops::{Lowered, MemoryFormat, Meta, Pointwise, Reduction, Value, WindowOp};
 use crate::{Error, Result};
 
 /// Prepares a pointwise, window or quantize stage (`None` for other stages, or where a plan's
@@ -19,6 +19,7 @@ pub fn prepare(stage: Lowered<'_>, inputs: &[Meta<'_>]) -> Result<Option<Box<dyn
         Lowered::Window(w) => Some(Box::new(WindowRun::new(w, inputs)?)),
         Lowered::Quantize(q) => Some(Box::new(QuantizeRun {
             shape: q.shape().to_vec(),
+            out_map: None,
         })),
         Lowered::Dequantize(d) => {
             let (qparams, _) = quantized_metas("dequantize", inputs)?;
@@ -37,6 +38,70 @@ pub fn prepare(stage: Lowered<'_>, inputs: &[Meta<'_>]) -> Result<Option<Box<dyn
         }
         Lowered::IntegerLayer(_) => None,
     })
+}
+
+/// As [`prepare`], for a runner that keeps activations in memory order (each input as its
+/// `memory_format` lays it out, the output in `out_format`'s order).
+pub fn prepare_in_memory(
+    stage: Lowered<'_>,
+    inputs: &[Meta<'_>],
+    out_format: MemoryFormat,
+) -> Result<Option<Box<dyn Prepared>>> {
+    Ok(match stage {
+        Lowered::Pointwise(p) => {
+            let out_map = memory_positions(p.shape(), out_format);
+            let in_maps: Vec<_> = inputs
+                .iter()
+                .map(|m| memory_positions(m.shape, m.memory_format))
+                .collect();
+            PointwiseRun::build(p, inputs, out_map.as_deref(), &in_maps)?
+                .map(|r| Box::new(r) as Box<dyn Prepared>)
+        }
+        Lowered::Window(w) => {
+            let mut r = WindowRun::new(w, inputs)?;
+            r.nhwc_in = inputs
+                .first()
+                .is_some_and(|m| memory_positions(m.shape, m.memory_format).is_some());
+            r.out_map = memory_positions(w.out_shape(), out_format);
+            Some(Box::new(r))
+        }
+        Lowered::Quantize(q) => Some(Box::new(QuantizeRun {
+            shape: q.shape().to_vec(),
+            out_map: memory_positions(q.shape(), out_format),
+        })),
+        Lowered::Dequantize(_) => {
+            if inputs
+                .iter()
+                .any(|m| memory_positions(m.shape, m.memory_format).is_some())
+            {
+                None
+            } else {
+                prepare(stage, inputs)?
+            }
+        }
+        Lowered::IntegerLayer(_) => None,
+    })
+}
+
+/// The memory position of each logical element of a tensor held in `format` (`None`: logical
+/// order, also for channels-last tensors with one channel or one pixel).
+pub fn memory_positions(shape: &[usize], format: MemoryFormat) -> Option<Vec<usize>> {
+    match (format, shape) {
+        (MemoryFormat::ChannelsLast, &[n, c, h, w]) if c > 1 && h * w > 1 => {
+            let mut v = Vec::with_capacity(n * c * h * w);
+            for b in 0..n {
+                for ch in 0..c {
+                    for y in 0..h {
+                        for x in 0..w {
+                            v.push(((b * h + y) * w + x) * c + ch);
+                        }
+                    }
+                }
+            }
+            Some(v)
+        }
+        _ => None,
+    }
 }
 
 /// The dequantize node at a graph's output: a 256-entry table of the plan's f32 values.
@@ -163,6 +228,17 @@ impl PointwiseRun {
     /// Tabulates `p` for inputs with these metas; `None` where a used value function is
     /// undefined or leaves 0..=255 for some code.
     pub fn new(p: &dyn Pointwise, inputs: &[Meta<'_>]) -> Result<Option<Self>> {
+        Self::build(p, inputs, None, &[])
+    }
+
+    /// As [`PointwiseRun::new`] in memory order: `out_map` / `in_maps[k]` give the memory
+    /// position of each logical element of the output / input `k` (`None`: logical order).
+    pub fn build(
+        p: &dyn Pointwise,
+        inputs: &[Meta<'_>],
+        out_map: Option<&[usize]>,
+        in_maps: &[Option<Vec<usize>>],
+    ) -> Result<Option<Self>> {
         let what = "pointwise op";
         let (qparams, lens) = quantized_metas(what, inputs)?;
         let arity = p.arity();
@@ -170,10 +246,29 @@ impl PointwiseRun {
             return Err(Error::invalid(what, format!("arity {arity}")));
         }
         let n: usize = p.shape().iter().product();
+        // Output memory position -> logical element.
+        let logical_of: Option<Vec<usize>> = out_map.map(|m| {
+            let mut inv = vec![0; m.len()];
+            for (i, &pos) in m.iter().enumerate() {
+                inv[pos] = i;
+            }
+            inv
+        });
+        if logical_of.as_ref().is_some_and(|l| l.len() != n) {
+            return Err(Error::shape(what, "output layout of another size"));
+        }
         let mut runs: Vec<Run> = Vec::new();
         let mut used = vec![false; p.functions()];
-        for i in 0..n {
-            let (f, srcs) = p.source(i);
+        for pos in 0..n {
+            let i = logical_of.as_ref().map_or(pos, |l| l[pos]);
+            let (f, mut srcs) = p.source(i);
+            for (k, x) in srcs.iter_mut().take(arity) {
+                if let Some(Some(m)) = in_maps.get(*k) {
+                    *x = *m.get(*x).ok_or_else(|| {
+                        Error::shape(what, format!("element {i} reads outside input {k}"))
+                    })?;
+                }
+            }
             for &(k, x) in &srcs[..arity] {
                 if lens.get(k).is_none_or(|&l| x >= l) {
                     return Err(Error::shape(
@@ -192,7 +287,7 @@ impl PointwiseRun {
                 }
             }
             runs.push(Run {
-                out: i,
+                out: pos,
                 len: 1,
                 f,
                 src: srcs.map(|(input, start)| Src {
@@ -314,6 +409,10 @@ pub struct WindowRun {
     /// The logical result at each output position, where it is not the identity.
     source: Option<Vec<usize>>,
     qparams: (f64, i64),
+    /// The input is held NHWC (memory order of a channels-last tensor).
+    nhwc_in: bool,
+    /// The memory position of each logical output element (`None`: logical order).
+    out_map: Option<Vec<usize>>,
 }
 
 impl WindowRun {
@@ -356,13 +455,53 @@ impl WindowRun {
             cols: taps(1)?,
             source: (!identity).then_some(source),
             qparams: qparams[0],
+            nhwc_in: false,
+            out_map: None,
         })
+    }
+
+    /// Max / sum reductions of an NHWC input, in logical (NCHW) result order.
+    fn reduce_nhwc(&self, x: &[u8]) -> Vec<i64> {
+        let [n, c, h, w] = self.in_dims;
+        let [_, _, oh, ow] = self.out_dims;
+        let max = self.reduction == Reduction::Max;
+        let mut acc = vec![0i64; n * c * oh * ow];
+        let mut v = vec![0u32; c];
+        for b in 0..n {
+            let img = &x[b * h * w * c..(b + 1) * h * w * c];
+            for (oy, rows) in self.rows.iter().enumerate() {
+                for (ox, cols) in self.cols.iter().enumerate() {
+                    v.iter_mut().for_each(|a| *a = 0);
+                    for &y in rows {
+                        for &xx in cols {
+                            let px = &img[(y * w + xx) * c..(y * w + xx + 1) * c];
+                            if max {
+                                v.iter_mut()
+                                    .zip(px)
+                                    .for_each(|(a, &q)| *a = (*a).max(q as u32));
+                            } else {
+                                v.iter_mut().zip(px).for_each(|(a, &q)| *a += q as u32);
+                            }
+                        }
+                    }
+                    for (ch, &a) in v.iter().enumerate() {
+                        acc[((b * c + ch) * oh + oy) * ow + ox] = i64::from(a);
+                    }
+                }
+            }
+        }
+        acc
     }
 
     /// Every logical result's reduction: integer accumulators, or f32 plane sums.
     fn reduce(&self, x: &[u8]) -> (Vec<i64>, Vec<f32>) {
         let [n, c, h, w] = self.in_dims;
         let [_, _, oh, ow] = self.out_dims;
+        if self.nhwc_in && !matches!(self.reduction, Reduction::FloatPlane { .. }) {
+            let acc = self.reduce_nhwc(x);
+            let zeros = vec![0f32; acc.len()];
+            return (acc, zeros);
+        }
         if let Reduction::FloatPlane { channels_last } = self.reduction {
             let (s, z) = self.qparams;
             let mut dq = [0f32; 256];
@@ -373,26 +512,36 @@ impl WindowRun {
             let sums = crate::numerics::sum::sum_hw(&f, self.in_dims, channels_last);
             return (vec![0; sums.len()], sums);
         }
+        // Separable: each input row reduced over every output column's taps, then those over
+        // every output row's taps (max and integer sums do not depend on the order).
         let max = self.reduction == Reduction::Max;
         let mut acc = Vec::with_capacity(n * c * oh * ow);
+        let mut across = vec![0u32; h * ow];
+        let mut down = vec![0u32; ow];
         for plane in x.chunks_exact(h * w) {
-            for rows in &self.rows {
-                for cols in &self.cols {
-                    let mut a = 0i64;
-                    for &y in rows {
-                        let line = &plane[y * w..(y + 1) * w];
-                        if max {
-                            for &x in cols {
-                                a = a.max(line[x] as i64);
-                            }
-                        } else {
-                            for &x in cols {
-                                a += line[x] as i64;
-                            }
-                        }
-                    }
-                    acc.push(a);
+            for (line, dst) in plane.chunks_exact(w).zip(across.chunks_exact_mut(ow)) {
+                for (d, cols) in dst.iter_mut().zip(&self.cols) {
+                    let taps = cols.iter().map(|&x| line[x] as u32);
+                    *d = if max {
+                        taps.max().unwrap_or(0)
+                    } else {
+                        taps.sum()
+                    };
                 }
+            }
+            for rows in &self.rows {
+                down.iter_mut().for_each(|d| *d = 0);
+                for &y in rows {
+                    let src = &across[y * ow..(y + 1) * ow];
+                    if max {
+                        down.iter_mut()
+                            .zip(src)
+                            .for_each(|(d, &s)| *d = (*d).max(s));
+                    } else {
+                        down.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
+                    }
+                }
+                acc.extend(down.iter().map(|&d| i64::from(d)));
             }
         }
         let zeros = vec![0f32; acc.len()];
@@ -421,6 +570,16 @@ impl Prepared for WindowRun {
         check_out(what, &self.out_shape, out)?;
         let len = self.in_dims.iter().product();
         let x = codes(what, inputs, &[self.qparams], &[len])?[0];
+        // The plane sums read logical order.
+        let logical: Vec<u8>;
+        let x = match (self.reduction, self.nhwc_in) {
+            (Reduction::FloatPlane { .. }, true) => {
+                let map = memory_positions(&self.in_dims, MemoryFormat::ChannelsLast);
+                logical = map.map_or_else(|| x.to_vec(), |m| m.iter().map(|&p| x[p]).collect());
+                &logical[..]
+            }
+            _ => x,
+        };
         let (acc, sums) = self.reduce(x);
         let (s, z) = self.qparams;
         let results = acc
@@ -435,11 +594,16 @@ impl Prepared for WindowRun {
                     })
             })
             .collect::<Result<Vec<u8>>>()?;
-        match &self.source {
-            None => out.copy_from_slice(&results),
-            Some(src) => {
+        match (&self.source, &self.out_map) {
+            (None, None) => out.copy_from_slice(&results),
+            (Some(src), None) => {
                 for (o, &j) in out.iter_mut().zip(src) {
                     *o = results[j];
+                }
+            }
+            (src, Some(map)) => {
+                for (i, &p) in map.iter().enumerate() {
+                    out[p] = results[src.as_ref().map_or(i, |s| s[i])];
                 }
             }
         }
@@ -451,6 +615,8 @@ impl Prepared for WindowRun {
 #[derive(Debug)]
 pub struct QuantizeRun {
     shape: Vec<usize>,
+    /// The memory position of each logical output element (`None`: logical order).
+    out_map: Option<Vec<usize>>,
 }
 
 impl Prepared for QuantizeRun {
@@ -475,15 +641,20 @@ impl Prepared for QuantizeRun {
         if x.len() != out.len() {
             return Err(Error::shape(what, "input length differs from the plan"));
         }
-        for (o, &v) in out.iter_mut().zip(x) {
-            *o = quantize_one(q, v)?;
+        let ok = match &self.out_map {
+            None => q.quantize_all(x, out),
+            Some(map) => {
+                let mut tmp = vec![0u8; out.len()];
+                let ok = q.quantize_all(x, &mut tmp);
+                for (&v, &p) in tmp.iter().zip(map) {
+                    out[p] = v;
+                }
+                ok
+            }
+        };
+        if !ok {
+            return Err(Error::invalid(what, "a value has no u8 code (NaN)"));
         }
         Ok(())
     }
-}
-
-fn quantize_one(q: &dyn QuantizeOp, v: f32) -> Result<u8> {
-    q.quantize(v)
-        .and_then(|c| u8::try_from(c).ok())
-        .ok_or_else(|| Error::invalid("quantize", format!("{v:e} has no u8 code")))
 }

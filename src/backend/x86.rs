@@ -8,7 +8,7 @@ use crate::kernels::x86::conv::{Conv2d, Depthwise3x3, Layout};
 use crate::kernels::x86::{Kernel, PackedLinear};
 use crate::kernels::Accumulation;
 use crate::ops::layer::{Geometry, IntegerLayer};
-use crate::ops::{Lowered, Meta, QTensor, Value};
+use crate::ops::{Lowered, MemoryFormat, Meta, QTensor, Value};
 use crate::{Error, Result};
 
 /// The x86 backend (AVX2 and AVX-512 VNNI kernels, chosen by the plan's accumulation model and
@@ -27,22 +27,47 @@ impl Backend for X86Backend {
         inputs: &[Meta<'_>],
     ) -> Result<Option<Box<dyn Prepared>>> {
         match stage {
-            // oneDNN layers run here only where oneDNN accumulates exactly (VNNI CPUs): its
-            // pair-saturating kernels pair other products than FBGEMM's.
-            Lowered::IntegerLayer(l)
-                if l.path == KernelPath::Onednn && l.accumulation != Accumulation::Exact =>
-            {
-                Ok(None)
-            }
-            Lowered::IntegerLayer(l) => {
-                let input = inputs
-                    .first()
-                    .ok_or_else(|| Error::invalid("layer", "no input"))?;
-                Ok(Some(Box::new(PreparedLayer::new(l, input)?)))
-            }
+            Lowered::IntegerLayer(l) => Ok(layer(l, inputs)?.map(|p| Box::new(p) as _)),
             other => super::portable::prepare(other, inputs),
         }
     }
+
+    fn prepare_in_memory(
+        &self,
+        stage: Lowered<'_>,
+        inputs: &[Meta<'_>],
+        out_format: MemoryFormat,
+    ) -> Result<Option<Box<dyn Prepared>>> {
+        match stage {
+            Lowered::IntegerLayer(l) => {
+                let Some(mut p) = layer(l, inputs)? else {
+                    return Ok(None);
+                };
+                let nhwc =
+                    |shape: &[usize], f| super::portable::memory_positions(shape, f).is_some();
+                let input = &inputs[0];
+                p.nhwc = (
+                    nhwc(input.shape, input.memory_format),
+                    nhwc(&l.out_shape, out_format),
+                );
+                Ok(Some(Box::new(p)))
+            }
+            other => super::portable::prepare_in_memory(other, inputs, out_format),
+        }
+    }
+}
+
+/// A planned layer with its weights packed, in logical order; `None` where the x86 kernels do
+/// not compute the plan's accumulation: oneDNN layers run here only where oneDNN accumulates
+/// exactly (VNNI CPUs), its pair-saturating kernels pair other products than FBGEMM's.
+fn layer(l: &IntegerLayer, inputs: &[Meta<'_>]) -> Result<Option<PreparedLayer>> {
+    if l.path == KernelPath::Onednn && l.accumulation != Accumulation::Exact {
+        return Ok(None);
+    }
+    let input = inputs
+        .first()
+        .ok_or_else(|| Error::invalid("layer", "no input"))?;
+    Ok(Some(PreparedLayer::new(l, input)?))
 }
 
 /// A layer's weights packed for its kernel.
@@ -61,6 +86,9 @@ pub struct PreparedLayer {
     input_shape: Vec<usize>,
     a_zp: i32,
     out_shape: Vec<usize>,
+    /// Whether the input and the output are held NHWC (memory order of channels-last tensors;
+    /// otherwise logical order).
+    nhwc: (bool, bool),
 }
 
 impl PreparedLayer {
@@ -135,6 +163,7 @@ impl PreparedLayer {
             input_shape: l.input_shape.clone(),
             a_zp,
             out_shape: l.out_shape.clone(),
+            nhwc: (false, false),
         })
     }
 
@@ -156,19 +185,83 @@ impl PreparedLayer {
                 lin.run(&input.data, m, self.a_zp, out)?;
             }
             Packed::Conv(conv) => {
-                let [nb, _, h, w] = self.input_shape[..] else {
+                let [nb, c, h, w] = self.input_shape[..] else {
                     return Err(Error::shape("conv2d input", "not 4-D"));
                 };
-                conv.run(Layout::Nchw, &input.data, nb, h, w, self.a_zp, out)?;
+                let [_, oc, oh, ow] = self.out_shape[..] else {
+                    return Err(Error::shape("conv2d output", "not 4-D"));
+                };
+                match self.nhwc {
+                    (false, false) => {
+                        conv.run(Layout::Nchw, &input.data, nb, h, w, self.a_zp, out)?;
+                    }
+                    (true, true) => {
+                        conv.run(Layout::Nhwc, &input.data, nb, h, w, self.a_zp, out)?;
+                    }
+                    (true, false) => {
+                        let mut tmp = vec![0u8; out.len()];
+                        conv.run(Layout::Nhwc, &input.data, nb, h, w, self.a_zp, &mut tmp)?;
+                        nhwc_to_nchw(&tmp, [nb, oc, oh, ow], out);
+                    }
+                    (false, true) => {
+                        let mut x = vec![0u8; input.data.len()];
+                        nchw_to_nhwc(&input.data, [nb, c, h, w], &mut x);
+                        conv.run(Layout::Nhwc, &x, nb, h, w, self.a_zp, out)?;
+                    }
+                }
             }
             Packed::Depthwise(dw) => {
-                let [nb, _, h, w] = self.input_shape[..] else {
+                let [nb, c, h, w] = self.input_shape[..] else {
                     return Err(Error::shape("conv2d input", "not 4-D"));
                 };
-                dw.run(&input.data, nb, h, w, self.a_zp, out)?;
+                let [_, oc, oh, ow] = self.out_shape[..] else {
+                    return Err(Error::shape("conv2d output", "not 4-D"));
+                };
+                // FBGEMM's depthwise kernel here runs NCHW planes.
+                let mut x = Vec::new();
+                let src = if self.nhwc.0 {
+                    x.resize(input.data.len(), 0);
+                    nhwc_to_nchw(&input.data, [nb, c, h, w], &mut x);
+                    &x[..]
+                } else {
+                    &input.data[..]
+                };
+                if self.nhwc.1 {
+                    let mut tmp = vec![0u8; out.len()];
+                    dw.run(src, nb, h, w, self.a_zp, &mut tmp)?;
+                    nchw_to_nhwc(&tmp, [nb, oc, oh, ow], out);
+                } else {
+                    dw.run(src, nb, h, w, self.a_zp, out)?;
+                }
             }
         }
         Ok(())
+    }
+}
+
+/// NCHW `x` (dims `[n, c, h, w]`) to NHWC `out`.
+fn nchw_to_nhwc(x: &[u8], [n, c, h, w]: [usize; 4], out: &mut [u8]) {
+    let hw = h * w;
+    for b in 0..n {
+        let (src, dst) = (&x[b * c * hw..][..c * hw], &mut out[b * c * hw..][..c * hw]);
+        for (ch, plane) in src.chunks_exact(hw).enumerate() {
+            for (p, &v) in plane.iter().enumerate() {
+                dst[p * c + ch] = v;
+            }
+        }
+    }
+}
+
+/// NHWC `x` (dims `[n, c, h, w]`) to NCHW `out`.
+fn nhwc_to_nchw(x: &[u8], [n, c, h, w]: [usize; 4], out: &mut [u8]) {
+    let hw = h * w;
+    for b in 0..n {
+        let (src, dst) = (&x[b * c * hw..][..c * hw], &mut out[b * c * hw..][..c * hw]);
+        for (p, px) in src.chunks_exact(c).enumerate() {
+            for (ch, &v) in px.iter().enumerate() {
+                dst[ch * hw + p] = v;
+            }
+        }
     }
 }
 

@@ -375,6 +375,17 @@ pub trait QuantizeOp: fmt::Debug + Sync {
     fn shape(&self) -> &[usize];
     /// The code of `x` (`None`: NaN).
     fn quantize(&self, x: f32) -> Option<i64>;
+    /// [`QuantizeOp::quantize`] of every value into `out` (the same length); `false` where a
+    /// value has no u8 code.
+    fn quantize_all(&self, x: &[f32], out: &mut [u8]) -> bool {
+        x.len() == out.len()
+            && x.iter().zip(out).all(|(&v, o)| {
+                self.quantize(v)
+                    .and_then(|c| u8::try_from(c).ok())
+                    .map(|c| *o = c)
+                    .is_some()
+            })
+    }
 }
 
 /// An op instance, ready to be planned for a stage.

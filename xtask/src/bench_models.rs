@@ -170,6 +170,8 @@ struct Row {
     nodes: usize,
     elements: u64,
     ours_ops: BTreeMap<String, f64>,
+    /// The slowest nodes: name, op, kernel, seconds.
+    ours_nodes: Vec<(String, String, String, f64)>,
     torch_ops: BTreeMap<String, BTreeMap<String, f64>>,
     kernels: BTreeMap<String, usize>,
 }
@@ -244,22 +246,22 @@ pub fn run(
         // fbgemm model's.
         let out = planned.run(&input)?;
         let mut elements = 0u64;
-        for (i, (name, ours)) in graph.node_names().zip(&out.nodes).enumerate() {
+        for (i, name) in graph.node_names().enumerate() {
+            let ours = out.logical(i);
             let theirs = graph.recorded(i);
             let diff = ours
-                .data
                 .iter()
                 .zip(&theirs.data)
                 .filter(|(a, b)| a != b)
                 .count();
-            if diff > 0 || ours.data.len() != theirs.data.len() {
+            if diff > 0 || ours.len() != theirs.data.len() {
                 bail!(
                     "{model}: node {name} ({}) differs from PyTorch in {diff} of {} codes",
                     graph.op_name(i),
                     theirs.data.len()
                 );
             }
-            elements += ours.data.len() as u64;
+            elements += ours.len() as u64;
         }
         let ours_sha = sha256_f32(&out.output);
         if ours_sha != sha {
@@ -278,6 +280,7 @@ pub fn run(
             nodes: out.nodes.len(),
             elements,
             ours_ops: BTreeMap::new(),
+            ours_nodes: Vec::new(),
             torch_ops: BTreeMap::new(),
             kernels,
         };
@@ -303,6 +306,22 @@ pub fn run(
                 .entry(graph.op_name(i).to_string())
                 .or_default() += s;
         }
+        let kernels = planned.kernels();
+        let mut nodes: Vec<_> = kernels
+            .iter()
+            .zip(&per_node)
+            .map(|((n, op, k), &s)| {
+                (
+                    n.to_string(),
+                    op.to_string(),
+                    k.unwrap_or("reference").to_string(),
+                    s,
+                )
+            })
+            .collect();
+        nodes.sort_by(|a, b| b.3.total_cmp(&a.3));
+        nodes.truncate(12);
+        row.ours_nodes = nodes;
         for e in ["fbgemm", "x86"] {
             let v = torch.ask(json!({"cmd": "profile", "engine": e, "runs": 5}))?;
             let ops = v["ops"]
@@ -341,6 +360,7 @@ fn report(rows: &[Row], json_out: bool) -> Result<()> {
                     "ratio": torch_best / best(&r.ours), "ratio_range": [lo, hi],
                     "rounds": {"qparity": r.ours, "fbgemm": r.fbgemm, "x86": r.x86},
                     "qparity_ops_s": r.ours_ops, "torch_ops_s": r.torch_ops,
+                    "qparity_slowest_nodes": r.ours_nodes,
                     "kernels": r.kernels,
                 })
             })
@@ -376,6 +396,9 @@ fn report(rows: &[Row], json_out: bool) -> Result<()> {
         ours.sort_by(|a, b| b.1.total_cmp(a.1));
         for (op, s) in ours {
             println!("  qparity {op:<24} {:>8.3}", s * 1e3);
+        }
+        for (n, op, k, s) in &r.ours_nodes {
+            println!("  qparity node {n:<28} {op:<12} {k:<24} {:>8.3}", s * 1e3);
         }
         for (e, ops) in &r.torch_ops {
             let mut v: Vec<_> = ops.iter().collect();
