@@ -171,7 +171,9 @@ impl QnnpackRequant {
 /// `i32::MIN` (the "integer indefinite" value).
 #[inline]
 pub fn round_ne_i32(v: f32) -> i32 {
-    let r = crate::numerics::quantize::rne(v);
+    // `quantize::rne` equals `f32::round_ties_even` (inline, where the latter is a libm call on
+    // baseline x86-64).
+    let r = super::quantize::rne(v);
     if !(-2147483648.0..2147483648.0).contains(&r) {
         i32::MIN
     } else {

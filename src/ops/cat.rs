@@ -182,6 +182,36 @@ struct CatPlan {
 }
 
 impl CatPlan {
+    /// The integer kernels' output code for code `q` of an input with `(scale, zero_point)`
+    /// (`vector`: the NHWC kernel's vector channels).
+    fn code(&self, (scale, zero_point): (f64, i64), q: u8, vector: bool) -> Option<i64> {
+        let (so, zo) = (self.out.scale, self.out.zero_point);
+        match self.kernel {
+            Kernel::Float => None,
+            Kernel::Generic => {
+                let x = Dequant::new(scale, zero_point).scalar(q);
+                let r = aten_vec::quantize_val(x, so, zo);
+                if self.op.relu {
+                    r.map(|v| v.max(zo))
+                } else {
+                    r
+                }
+            }
+            Kernel::Nhwc => {
+                if (scale, zero_point) == (so, zo) && !self.op.relu {
+                    return Some(q as i64);
+                }
+                let x = Dequant::new(scale, zero_point).at(q, vector);
+                let x = if self.op.relu { x.max(0.0) } else { x };
+                if vector {
+                    Some(aten_vec::quantize_vec(x, aten_vec::inv64(so), zo))
+                } else {
+                    aten_vec::quantize_val(x, so, zo)
+                }
+            }
+        }
+    }
+
     /// Output element `i`: (input, its logical index, its index along `dim`).
     fn source(&self, i: usize) -> (usize, usize, usize) {
         let total = self.shape[self.dim];
@@ -213,12 +243,7 @@ impl CatPlan {
             }
             Kernel::Generic => {
                 let x = Dequant::new(t.scale, t.zero_point).scalar(q);
-                let r = aten_vec::quantize_val(x, so, zo);
-                let r = if self.op.relu {
-                    r.map(|v| v.max(zo))
-                } else {
-                    r
-                };
+                let r = self.code((t.scale, t.zero_point), q, false);
                 (
                     r,
                     super::note(
@@ -239,11 +264,7 @@ impl CatPlan {
                 let d = Dequant::new(t.scale, t.zero_point);
                 let vector = c < self.sizes[j] / 8 * 8;
                 let x = relu(d.at(q, vector));
-                let r = if vector {
-                    Some(aten_vec::quantize_vec(x, aten_vec::inv64(so), zo))
-                } else {
-                    aten_vec::quantize_val(x, so, zo)
-                };
+                let r = self.code((t.scale, t.zero_point), q, vector);
                 let side = if vector { "vector" } else { "scalar" };
                 (
                     r,
@@ -361,6 +382,31 @@ impl Plan for CatPlan {
             self.element(&ins, i, true).1,
             format!("rule: {}", self.rule()),
         ])
+    }
+
+    fn lowered(&self) -> Option<super::Lowered<'_>> {
+        (self.kernel != Kernel::Float).then_some(super::Lowered::Pointwise(self))
+    }
+}
+
+/// Function `2·j` (vector channels) and `2·j + 1` (the others): input `j`'s requantization.
+impl super::Pointwise for CatPlan {
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn arity(&self) -> usize {
+        1
+    }
+    fn functions(&self) -> usize {
+        2 * self.sizes.len()
+    }
+    fn source(&self, i: usize) -> (usize, [(usize, usize); 2]) {
+        let (j, idx, c) = CatPlan::source(self, i);
+        let vector = self.kernel == Kernel::Nhwc && c < self.sizes[j] / 8 * 8;
+        (2 * j + usize::from(!vector), [(j, idx), (0, 0)])
+    }
+    fn value(&self, f: usize, qparams: &[(f64, i64)], [q, _]: [u8; 2]) -> Option<i64> {
+        self.code(*qparams.get(f / 2)?, q, f.is_multiple_of(2))
     }
 }
 
