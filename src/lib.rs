@@ -28,6 +28,7 @@ pub mod kernels;
 pub mod numerics;
 pub mod ops;
 pub mod repro;
+pub mod runner;
 pub mod tensor;
 
 pub use error::{Error, Result};
