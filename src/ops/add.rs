@@ -263,15 +263,18 @@ impl AddPlan {
         (q, c)
     }
 
-    /// Output element `i` with the intermediate values that produced it.
-    fn element(&self, a: &QTensor, b: &QTensor, i: usize) -> (Option<i64>, String) {
+    /// Output element `i` and, when `trace`, the intermediate values that produced it.
+    fn element(&self, a: &QTensor, b: &QTensor, i: usize, trace: bool) -> (Option<i64>, String) {
         let (qa, qb) = (a.data[self.a_index[i]], b.data[self.b_index[i]]);
         match &self.kernel {
             Kernel::Qnnpack(p) => {
                 let q = p.apply(qa, qb);
                 (
                     Some(q),
-                    format!("qa {qa}, qb {qb}: QNNPACK fixed point → {q}"),
+                    super::note(
+                        trace,
+                        format_args!("qa {qa}, qb {qb}: QNNPACK fixed point → {q}"),
+                    ),
                 )
             }
             Kernel::Aten { lanes, inv } => {
@@ -284,22 +287,32 @@ impl AddPlan {
                 let side = if v { "vector (FMA)" } else { "scalar" };
                 (
                     q,
-                    format!(
-                        "qa {qa}, qb {qb}: {side} lambda: da {:e}, db {:e}, c {c:e} → {q:?}",
-                        da.at(qa, v),
-                        db.at(qb, v)
+                    super::note(
+                        trace,
+                        format_args!(
+                            "qa {qa}, qb {qb}: {side} lambda: da {:e}, db {:e}, c {c:e} → {q:?}",
+                            da.at(qa, v),
+                            db.at(qb, v)
+                        ),
                     ),
                 )
             }
-            Kernel::Float => {
-                float_binary(self.flow, &self.out, self.op.relu, (qa, a), (qb, b), '+')
-            }
+            Kernel::Float => float_binary(
+                self.flow,
+                &self.out,
+                self.op.relu,
+                (qa, a),
+                (qb, b),
+                '+',
+                trace,
+            ),
         }
     }
 }
 
 /// The reference flows' float binary op on one element: the flow's dequantize of both inputs,
-/// `x + y` or `x * y` in f32 (one rounding, exact), `max(·, 0)` if `relu`, the flow's quantize.
+/// `x + y` or `x * y` in f32 (one rounding, exact), `max(·, 0)` if `relu`, the flow's quantize;
+/// the derivation text only when `trace`.
 pub(crate) fn float_binary(
     flow: Flow,
     out: &OutQParams,
@@ -307,12 +320,16 @@ pub(crate) fn float_binary(
     (qa, a): (u8, &QTensor),
     (qb, b): (u8, &QTensor),
     op: char,
+    trace: bool,
 ) -> (Option<i64>, String) {
     let (lo, hi) = flow.clamp(out.quant_min, out.quant_max);
-    let x = flow.dequantize(qa as i64, a.scale, a.zero_point);
-    let y = flow.dequantize(qb as i64, b.scale, b.zero_point);
     let c = float_binary_value(flow, relu, (qa, a), (qb, b), op);
     let q = flow.quantize(c, out.scale, out.zero_point, lo, hi);
+    if !trace {
+        return (q, String::new());
+    }
+    let x = flow.dequantize(qa as i64, a.scale, a.zero_point);
+    let y = flow.dequantize(qb as i64, b.scale, b.zero_point);
     (
         q,
         format!("qa {qa}, qb {qb}: x {x:e} {op} y {y:e} = {c:e} → {q:?}"),
@@ -338,17 +355,17 @@ pub(crate) fn float_binary_value(
 }
 
 /// `Plan::predict` of a binary elementwise op: one `int_repr` output of `shape`, element `i` from
-/// `element(a, b, i)`; in the reference flows (`float` given) also `pre_quant`, element `i` from
-/// `float(a, b, i)` (exact).
+/// `element(a, b, i, false)` (no derivation text); in the reference flows (`float` given) also
+/// `pre_quant`, element `i` from `float(a, b, i)` (exact).
 pub(crate) fn binary_predict(
     inputs: &[&Value],
     shape: &[usize],
-    element: impl Fn(&QTensor, &QTensor, usize) -> (Option<i64>, String),
+    element: impl Fn(&QTensor, &QTensor, usize, bool) -> (Option<i64>, String),
     float: super::BinaryFloat<'_>,
 ) -> Result<Vec<Output>> {
     let (a, b) = (inputs[0].quantized("a")?, inputs[1].quantized("b")?);
     let n: usize = shape.iter().product();
-    let values = (0..n).map(|i| element(a, b, i).0);
+    let values = (0..n).map(|i| element(a, b, i, false).0);
     let ints = Output::new("int_repr", shape.to_vec(), Predicted::from_options(values));
     Ok(match float {
         Some(f) => vec![
@@ -363,20 +380,21 @@ pub(crate) fn binary_predict(
     })
 }
 
-/// `Plan::trace` of a binary elementwise op: element `i`'s derivation, then the rule.
+/// `Plan::trace` of a binary elementwise op: element `i`'s derivation
+/// (`element(a, b, i, true)`), then the rule.
 pub(crate) fn binary_trace(
     op: &str,
     inputs: &[&Value],
     shape: &[usize],
     i: usize,
     rule: Rule,
-    element: impl Fn(&QTensor, &QTensor, usize) -> (Option<i64>, String),
+    element: impl Fn(&QTensor, &QTensor, usize, bool) -> (Option<i64>, String),
 ) -> Result<Vec<String>> {
     let (a, b) = (inputs[0].quantized("a")?, inputs[1].quantized("b")?);
     if i >= shape.iter().product::<usize>() {
         return Err(Error::invalid(op, "element index out of range"));
     }
-    Ok(vec![element(a, b, i).1, format!("rule: {rule}")])
+    Ok(vec![element(a, b, i, true).1, format!("rule: {rule}")])
 }
 
 /// The rule lines of [`float_binary`].
@@ -429,13 +447,18 @@ impl Plan for AddPlan {
             float_binary_value(self.flow, self.op.relu, (qa, a), (qb, b), '+')
         };
         let float: super::BinaryFloat<'_> = matches!(self.kernel, Kernel::Float).then_some(&float);
-        binary_predict(inputs, &self.shape, |a, b, i| self.element(a, b, i), float)
+        binary_predict(
+            inputs,
+            &self.shape,
+            |a, b, i, t| self.element(a, b, i, t),
+            float,
+        )
     }
 
     fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
         let (op, rule) = (self.op.op_name(), self.rule());
-        binary_trace(op, inputs, &self.shape, i, rule, |a, b, i| {
-            self.element(a, b, i)
+        binary_trace(op, inputs, &self.shape, i, rule, |a, b, i, t| {
+            self.element(a, b, i, t)
         })
     }
 
@@ -508,6 +531,77 @@ mod tests {
 
     fn q(shape: Vec<usize>, data: Vec<u8>, scale: f64, zp: i64) -> Value {
         Value::Quantized(QTensor::new(shape, data, scale, zp))
+    }
+
+    /// The code a derivation line ends with (`→ 17` or `→ Some(17)`).
+    fn traced_code(line: &str) -> Option<i64> {
+        let tail = line.rsplit_once("→ ")?.1.trim();
+        let tail = tail
+            .strip_prefix("Some(")
+            .and_then(|t| t.strip_suffix(')'))
+            .unwrap_or(tail);
+        tail.parse().ok()
+    }
+
+    #[test]
+    fn predictions_skip_the_derivation_text_and_traces_derive_the_predicted_code() {
+        // Every kernel of add and mul: QNNPACK fixed point, ATen's vector body and scalar tail,
+        // the reference flows' float op. predict formats no text; trace derives the same code.
+        let n = 67;
+        let a = q(
+            vec![n],
+            (0..n).map(|i| (i * 37 % 256) as u8).collect(),
+            0.05,
+            120,
+        );
+        let b = q(
+            vec![n],
+            (0..n).map(|i| (i * 91 % 256) as u8).collect(),
+            0.08,
+            7,
+        );
+        let o = out(0.11, 60);
+        let mul = crate::ops::mul::Mul { relu: true };
+        let cases: [(&dyn Op, Ctx); 6] = [
+            (&Add { relu: false }, ctx(Flow::ConvertFx, Engine::Qnnpack)),
+            (&Add { relu: true }, ctx(Flow::ConvertFx, Engine::Fbgemm)),
+            (
+                &Add { relu: false },
+                ctx(Flow::ConvertToReferenceFx, Engine::Fbgemm),
+            ),
+            (&mul, ctx(Flow::ConvertFx, Engine::X86)),
+            (
+                &mul,
+                ctx(Flow::ConvertToReferenceDecomposedFx, Engine::Fbgemm),
+            ),
+            (&mul, ctx(Flow::ConvertToReferenceFx, Engine::Qnnpack)),
+        ];
+        for (op, c) in cases {
+            let plan = op.plan(&c, &[a.meta(), b.meta()], Some(&o)).unwrap();
+            let codes = plan.predict(&[&a, &b]).unwrap().remove(0);
+            let codes = codes.ints().unwrap();
+            for (i, p) in codes.iter().enumerate() {
+                let lines = plan.trace(&[&a, &b], 0, i).unwrap();
+                let got = traced_code(&lines[0]);
+                assert_eq!(
+                    Some(*p),
+                    got.map(Pred::Exact),
+                    "{} {c:?} [{i}]: {lines:?}",
+                    op.name()
+                );
+            }
+        }
+        // Untraced, the reference flows' float op keeps its code and has no text.
+        let (qa, qb) = (200, 3);
+        let (ta, tb) = (
+            QTensor::new(vec![1], vec![qa], 0.05, 120),
+            QTensor::new(vec![1], vec![qb], 0.08, 7),
+        );
+        let flow = Flow::ConvertToReferenceFx;
+        let traced = float_binary(flow, &o, false, (qa, &ta), (qb, &tb), '+', true);
+        let quiet = float_binary(flow, &o, false, (qa, &ta), (qb, &tb), '+', false);
+        assert_eq!(quiet, (traced.0, String::new()));
+        assert!(traced.1.starts_with("qa 200, qb 3: x "), "{}", traced.1);
     }
 
     #[test]

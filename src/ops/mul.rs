@@ -105,10 +105,12 @@ impl MulPlan {
         }
     }
 
-    fn element(&self, a: &QTensor, b: &QTensor, i: usize) -> (Option<i64>, String) {
+    /// Output element `i` and, when `trace`, the intermediate values that produced it.
+    fn element(&self, a: &QTensor, b: &QTensor, i: usize, trace: bool) -> (Option<i64>, String) {
         let (qa, qb) = (a.data[self.a_index[i]], b.data[self.b_index[i]]);
         let Some((lanes, m)) = &self.kernel else {
-            return float_binary(self.flow, &self.out, self.op.relu, (qa, a), (qb, b), '*');
+            let (flow, out, relu) = (self.flow, &self.out, self.op.relu);
+            return float_binary(flow, out, relu, (qa, a), (qb, b), '*', trace);
         };
         let c = (qa as i32 - a.zero_point as i32) * (qb as i32 - b.zero_point as i32);
         let v = lanes.is_vector(i);
@@ -116,7 +118,10 @@ impl MulPlan {
         let side = if v { "vector" } else { "scalar" };
         (
             Some(q),
-            format!("qa {qa}, qb {qb}: c = {c}, {side} requantize with m = {m:e} → {q}"),
+            super::note(
+                trace,
+                format_args!("qa {qa}, qb {qb}: c = {c}, {side} requantize with m = {m:e} → {q}"),
+            ),
         )
     }
 }
@@ -144,13 +149,18 @@ impl Plan for MulPlan {
             float_binary_value(self.flow, self.op.relu, (qa, a), (qb, b), '*')
         };
         let float: super::BinaryFloat<'_> = self.kernel.is_none().then_some(&float);
-        binary_predict(inputs, &self.shape, |a, b, i| self.element(a, b, i), float)
+        binary_predict(
+            inputs,
+            &self.shape,
+            |a, b, i, t| self.element(a, b, i, t),
+            float,
+        )
     }
 
     fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
         let (op, rule) = (self.op.op_name(), self.rule());
-        binary_trace(op, inputs, &self.shape, i, rule, |a, b, i| {
-            self.element(a, b, i)
+        binary_trace(op, inputs, &self.shape, i, rule, |a, b, i, t| {
+            self.element(a, b, i, t)
         })
     }
 

@@ -301,11 +301,16 @@ pub struct ElementSteps {
 }
 
 impl ScalarPlan {
-    /// Output code for input code `q`, with every step that produced it.
-    pub fn element(&self, q: u8) -> ElementSteps {
+    /// Output code for input code `q`, with every step that produced it in words when `trace`
+    /// (`steps` is empty otherwise: predictions skip the formatting).
+    pub fn element(&self, q: u8, trace: bool) -> ElementSteps {
         let (s, z) = self.input;
         let mut steps = Vec::new();
-        let mut step = |l: &str, t: String| steps.push((l.to_string(), t));
+        let mut step = |l: &str, t: std::fmt::Arguments<'_>| {
+            if trace {
+                steps.push((l.to_string(), t.to_string()));
+            }
+        };
         let relu = self.op.relu;
         match self.path {
             Path::Integer(k) => {
@@ -318,7 +323,7 @@ impl ScalarPlan {
                     | Kernel::Rescale {
                         out_zero_point: zo, ..
                     } => {
-                        step("kernel", format!("codes kept: q = {q}"));
+                        step("kernel", format_args!("codes kept: q = {q}"));
                         (q, zo)
                     }
                     Kernel::Requantize {
@@ -331,32 +336,32 @@ impl ScalarPlan {
                         let x = v as f32 * multiplier;
                         step(
                             "integer",
-                            format!("v = (q − z) + cq = ({q} − {z}) + {cq} = {v} (int32)"),
+                            format_args!("v = (q − z) + cq = ({q} − {z}) + {cq} = {v} (int32)"),
                         );
                         step(
                             "requantize",
-                            format!(
+                            format_args!(
                                 "f32({v})·{multiplier:e} = {x:e}, RNE → {}, + {zo}",
                                 x.round_ties_even()
                             ),
                         );
                         let r = super::aten_vec::requantize_val(v, multiplier, zo);
-                        step("saturate", format!("clamp to 0..255 → {r}"));
+                        step("saturate", format_args!("clamp to 0..255 → {r}"));
                         (r, zo)
                     }
                     Kernel::Zero => {
-                        step("kernel", "every code set to 0".into());
+                        step("kernel", format_args!("every code set to 0"));
                         (0, 0)
                     }
                     Kernel::Negate {
                         out_zero_point: zo, ..
                     } => {
-                        step("kernel", format!("255 − q = 255 − {q} = {}", 255 - q));
+                        step("kernel", format_args!("255 − q = 255 − {q} = {}", 255 - q));
                         (255 - q, zo)
                     }
                 };
                 let value = if relu {
-                    step("relu", format!("max({r}, {floor}) = {}", r.max(floor)));
+                    step("relu", format_args!("max({r}, {floor}) = {}", r.max(floor)));
                     r.max(floor)
                 } else {
                     r
@@ -377,12 +382,12 @@ impl ScalarPlan {
                 let y = if relu { y.max(0.0) } else { y };
                 step(
                     "dequantize",
-                    format!("{}: x = dequantize({q}) = {x:e}", self.flow.name()),
+                    format_args!("{}: x = dequantize({q}) = {x:e}", self.flow.name()),
                 );
                 let relu_txt = if relu { ", max(·, 0)" } else { "" };
                 step(
                     "float op",
-                    format!(
+                    format_args!(
                         "x {} f32({}) = {x:e} {} {c:e}{relu_txt} = {y:e} (f32, one rounding)",
                         self.op.symbol(),
                         self.op.other,
@@ -393,7 +398,7 @@ impl ScalarPlan {
                 let value = self.flow.quantize(y, out.scale, out.zero_point, lo, hi);
                 step(
                     "quantize",
-                    format!(
+                    format_args!(
                         "{}: scale {:e}, zero point {}, clamp {lo}..{hi} → {value:?}",
                         self.flow.name(),
                         out.scale,
@@ -477,7 +482,7 @@ impl Plan for ScalarPlan {
                 format!("planned for {:?}, got {:?}", self.shape, q.shape),
             ));
         }
-        let table: Vec<ElementSteps> = (0..=255u8).map(|c| self.element(c)).collect();
+        let table: Vec<ElementSteps> = (0..=255u8).map(|c| self.element(c, false)).collect();
         let values = q.data.iter().map(|&c| table[c as usize].value);
         let mut outs = vec![Output::new(
             "int_repr",
@@ -524,7 +529,7 @@ impl Plan for ScalarPlan {
             .data
             .get(i)
             .ok_or_else(|| Error::invalid(op, format!("no element {i}")))?;
-        let e = self.element(code);
+        let e = self.element(code, true);
         let mut lines: Vec<String> = e.steps.iter().map(|(l, t)| format!("{l}: {t}")).collect();
         lines.push(rule);
         Ok(lines)
@@ -743,6 +748,58 @@ mod tests {
             outs[1].values,
             Predicted::Ranges(vec![(3.0f32 * 0.1f32, 3.0f32 * 0.1f32)])
         );
+    }
+
+    #[test]
+    fn untraced_elements_have_the_traced_values_and_no_text() {
+        // Each integer kernel (shift, requantize, rescale, zero, negate), relu-fused or not, and
+        // the float path: predict's untraced table matches the traced derivation code by code.
+        let (s, z) = (0.5, 10);
+        let ops = [
+            op(ScalarKind::Add, false, 3.0),
+            op(ScalarKind::Add, true, 100.0),
+            op(ScalarKind::Mul, true, 0.5),
+            op(ScalarKind::Mul, false, 0.0),
+            op(ScalarKind::Mul, true, -2.0),
+        ];
+        let out = OutQParams {
+            scale: 0.3,
+            zero_point: 4,
+            quant_min: 0,
+            quant_max: 255,
+        };
+        let mut plans: Vec<ScalarPlan> = Vec::new();
+        for o in ops {
+            let kernel = o.kernel(s, z).unwrap();
+            for (flow, path) in [
+                (Flow::ConvertFx, Path::Integer(kernel)),
+                (Flow::ConvertToReferenceDecomposedFx, Path::Float(out)),
+            ] {
+                plans.push(ScalarPlan {
+                    op: o,
+                    flow,
+                    input: (s, z),
+                    path,
+                    shape: vec![256],
+                });
+            }
+        }
+        let kernels: std::collections::HashSet<_> = plans
+            .iter()
+            .filter_map(|p| match p.path {
+                Path::Integer(k) => Some(std::mem::discriminant(&k)),
+                Path::Float(_) => None,
+            })
+            .collect();
+        assert_eq!(kernels.len(), 5);
+        for p in &plans {
+            for c in 0..=255u8 {
+                let (quiet, traced) = (p.element(c, false), p.element(c, true));
+                assert!(quiet.steps.is_empty());
+                assert!(traced.steps.len() >= 2 || !p.op.relu && traced.steps.len() == 1);
+                assert_eq!((quiet.value, quiet.float), (traced.value, traced.float));
+            }
+        }
     }
 
     #[test]
