@@ -196,10 +196,11 @@ def _capture_module(name):
 
 
 def run_graph(g):
-    """Rebuilds the graph case's model as the capture did (xtask/capture/graphs.py: build_model,
-    _inputs, graph_case): generated weights, biases and BatchNorm parameters, the same
-    calibration (PTQ) or training-mode forwards (QAT), then converts with the case's flow, runs
-    the case's test input and compares the named node with the case and with qparity."""
+    """Rebuilds the graph case's model as the capture did (xtask/capture/graphs.py:
+    model_graph_case, build_model, _inputs, graph_case): generated weights, biases and BatchNorm
+    parameters, the same calibration (PTQ) or seeded training-mode forwards (QAT), then converts
+    with the case's flow, runs the case's test input and compares the named node with the case
+    and with qparity."""
     import copy
     from torch.ao.quantization import get_default_qat_qconfig_mapping, get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
@@ -211,12 +212,10 @@ def run_graph(g):
     model, _, hw = graphs.build_model(g["model"], g["seed"], g["id"])
     calib = [graphs._inputs(g["seed"], g["id"], hw, i) for i in range(2)]
     if qat:
-        drops = [p for p, m in model.named_modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
-        if drops:
-            print("note: QAT calibration runs Dropout (%s) in training mode with torch's global RNG, which "
-                  "the capture does not seed per case: observers after it depend on the capture process's "
-                  "RNG state and may not reproduce here" % ", ".join(drops))
         calib = [torch.cat(calib)]
+        # Dropout is active in QAT's training-mode forwards: torch's generator seeded as the
+        # capture seeds it (graphs.model_graph_case).
+        torch.manual_seed(graphs._stream(g["id"], "torch", "manual_seed") >> 1)
         prepared = prepare_qat_fx(model.train(), get_default_qat_qconfig_mapping(engine), (calib[0],))
     else:
         prepared = prepare_fx(model.eval(), get_default_qconfig_mapping(engine), (calib[0],))
@@ -561,6 +560,13 @@ mod tests {
             );
         }
         assert!(s.contains("Needs torch, torchvision and numpy"));
+        // QAT forwards seed torch as the capture does (its Dropout draws).
+        assert!(CAPTURE_SOURCES[2]
+            .1
+            .contains(r#"torch.manual_seed(_stream(case_id, "torch", "manual_seed") >> 1)"#));
+        assert!(s.contains(
+            r#"torch.manual_seed(graphs._stream(g["id"], "torch", "manual_seed") >> 1)"#
+        ));
         let g = payload(&s);
         assert_eq!(g["kind"], "graph");
         assert_eq!(g["model"], "resnet18");
