@@ -54,6 +54,28 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Run every golden convert_fx linear / conv2d stage through an outside int8 runtime and
+    /// name the rule behind each element that differs from PyTorch (docs/RUNTIMES.md).
+    RuntimeCheck {
+        /// The runtime: a command speaking the JSON-lines protocol (`cmd:PROGRAM ARGS` or just
+        /// `PROGRAM ARGS`, run by `sh -c`), or `variant:RULES` for qparity's own model with rule
+        /// changes (`variant:round=half-away`; see `runtime-serve`).
+        #[arg(long)]
+        runtime: String,
+        /// Case files or folders (default: golden/).
+        paths: Vec<PathBuf>,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve the runtime protocol on stdin / stdout with qparity's model of PyTorch's rule,
+    /// changed by RULES (`acc=exact|pairs`, `bias=float|int32`, `mult=f32-div|f32-recip|exact|q31`,
+    /// `round=half-even|half-away|half-up`, `clamp=pytorch|no-relu|max127`, comma-separated):
+    /// a deliberately wrong runtime for testing the check.
+    RuntimeServe {
+        #[arg(long, default_value = "")]
+        rules: String,
+    },
     /// Write a standalone PyTorch script that rebuilds a case and compares its outputs.
     Repro {
         /// The case file.
@@ -90,6 +112,21 @@ fn run(cli: Cli) -> Result<i32> {
             max_failures,
             fused,
         } => cmd_check(paths, json, max_failures, fused),
+        Cmd::RuntimeCheck {
+            runtime,
+            paths,
+            json,
+        } => cmd_runtime_check(&runtime, paths, json),
+        Cmd::RuntimeServe { rules } => {
+            let overrides = qparity::runtime::protocol::Overrides::parse(&rules)?;
+            let mut rt = qparity::runtime::protocol::VariantRuntime {
+                overrides,
+                label: rules,
+            };
+            let stdin = std::io::stdin().lock();
+            qparity::runtime::protocol::serve(&mut rt, stdin, std::io::stdout().lock())?;
+            Ok(0)
+        }
         Cmd::Explain {
             engine,
             qat,
@@ -354,4 +391,55 @@ fn print_report(out: &mut impl Write, r: &Report, max_failures: usize) -> Result
     }
     writeln!(out, "\n{} passed, {} failed", r.passed, r.failed)?;
     Ok(())
+}
+
+fn cmd_runtime_check(runtime: &str, paths: Vec<PathBuf>, json: bool) -> Result<i32> {
+    use qparity::runtime::check::{check_path as check_runtime_path, RuntimeReport};
+    use qparity::runtime::protocol::{Overrides, ProcessRuntime, VariantRuntime};
+    use qparity::runtime::Runtime;
+    let mut rt: Box<dyn Runtime> = match runtime.strip_prefix("variant:") {
+        Some(rules) => Box::new(VariantRuntime {
+            overrides: Overrides::parse(rules)?,
+            label: rules.to_string(),
+        }),
+        None => Box::new(
+            ProcessRuntime::spawn(runtime.strip_prefix("cmd:").unwrap_or(runtime))
+                .with_context(|| format!("starting runtime {runtime:?}"))?,
+        ),
+    };
+    let paths = if paths.is_empty() {
+        vec![PathBuf::from("golden")]
+    } else {
+        paths
+    };
+    let mut report = RuntimeReport::new(rt.info());
+    for p in &paths {
+        if !p.exists() {
+            bail!("{}: no such file or folder", p.display());
+        }
+        for unit in units_for(p)? {
+            for path in &unit.paths {
+                let bar = if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                    indicatif::ProgressBar::hidden()
+                } else {
+                    indicatif::ProgressBar::new(0)
+                };
+                check_runtime_path(rt.as_mut(), path, &unit.cpu, &mut report, |done, total| {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                })
+                .with_context(|| format!("checking {}", path.display()))?;
+                bar.finish_and_clear();
+            }
+        }
+    }
+    report.resolve();
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{}", report.render())?;
+    }
+    Ok(if report.errors.is_empty() { 0 } else { 1 })
 }

@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["backend"],
     &["golden"],
     &["check"],
-    &["explain", "repro"],
+    &["explain", "repro", "runtime"],
     &["gen"],
 ];
 
