@@ -67,6 +67,9 @@ enum Cmd {
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
+        /// Print the table as Markdown.
+        #[arg(long, conflicts_with = "json")]
+        markdown: bool,
     },
     /// Serve the runtime protocol on stdin / stdout with qparity's model of PyTorch's rule,
     /// changed by RULES (`acc=exact|pairs`, `bias=float|int32`, `mult=f32-div|f32-recip|exact|q31`,
@@ -116,7 +119,8 @@ fn run(cli: Cli) -> Result<i32> {
             runtime,
             paths,
             json,
-        } => cmd_runtime_check(&runtime, paths, json),
+            markdown,
+        } => cmd_runtime_check(&runtime, paths, json, markdown),
         Cmd::RuntimeServe { rules } => {
             let overrides = qparity::runtime::protocol::Overrides::parse(&rules)?;
             let mut rt = qparity::runtime::protocol::VariantRuntime {
@@ -393,7 +397,12 @@ fn print_report(out: &mut impl Write, r: &Report, max_failures: usize) -> Result
     Ok(())
 }
 
-fn cmd_runtime_check(runtime: &str, paths: Vec<PathBuf>, json: bool) -> Result<i32> {
+fn cmd_runtime_check(
+    runtime: &str,
+    paths: Vec<PathBuf>,
+    json: bool,
+    markdown: bool,
+) -> Result<i32> {
     use qparity::runtime::check::{check_path as check_runtime_path, RuntimeReport};
     use qparity::runtime::protocol::{Overrides, ProcessRuntime, VariantRuntime};
     use qparity::runtime::Runtime;
@@ -438,6 +447,8 @@ fn cmd_runtime_check(runtime: &str, paths: Vec<PathBuf>, json: bool) -> Result<i
     if json {
         serde_json::to_writer(&mut out, &report)?;
         writeln!(out)?;
+    } else if markdown {
+        write!(out, "{}", report.render_markdown())?;
     } else {
         write!(out, "{}", report.render())?;
     }

@@ -122,6 +122,29 @@ impl RuntimeReport {
             .unwrap_or(0)
     }
 
+    /// The table as Markdown: one line per row, the causes with their counts in the last column.
+    pub fn render_markdown(&self) -> String {
+        let rt = &self.runtime;
+        let mut s = String::from(
+            "| runtime (ISA) | PyTorch engine / op / capture CPU | elements | equal | mismatched | causes |\n\
+             |---|---|---|---|---|---|\n",
+        );
+        for (k, r) in &self.rows {
+            let causes: Vec<String> = r.causes.iter().map(|(c, n)| format!("{c}: {n}")).collect();
+            s += &format!(
+                "| {} {} ({}) | {k} | {} | {} | {} | {} |\n",
+                rt.name,
+                rt.version,
+                rt.isa,
+                r.elements,
+                r.equal,
+                r.mismatched,
+                causes.join("; ")
+            );
+        }
+        s
+    }
+
     /// The table as text: one row per runtime row, causes indented below it.
     pub fn render(&self) -> String {
         let rt = &self.runtime;

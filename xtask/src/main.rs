@@ -8,6 +8,7 @@ mod compare;
 mod difflive;
 mod fuzz;
 mod golden;
+mod runtime;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "qparity project automation")]
@@ -34,6 +35,8 @@ enum Cmd {
         #[arg(long, default_value = "0")]
         cpu: String,
     },
+    /// Check onnxruntime (pinned, in a venv) or the numpy example runtime against the goldens.
+    Runtime(runtime::Args),
     /// Run every cargo-fuzz target for N seconds and report execs/s, corpus size and crashes.
     Fuzz(fuzz::FuzzArgs),
     /// Stream random quantized::linear cases to PyTorch and the reference engine; save disagreements.
@@ -75,6 +78,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bench::run(json, rounds, parse_cpu(&cpu).map_err(anyhow::Error::msg)?)
         }
         Cmd::Fuzz(args) => fuzz::run(args),
+        Cmd::Runtime(args) => runtime::run(args),
         Cmd::DiffLive {
             cases,
             seed,
