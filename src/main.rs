@@ -71,6 +71,16 @@ enum Cmd {
         #[arg(long, conflicts_with = "json")]
         markdown: bool,
     },
+    /// Write every golden convert_fx linear / conv2d stage as JSON lines: the runtime protocol's
+    /// request, PyTorch's output and the constants of PyTorch's rule (input of
+    /// runtimes/onnxruntime/export_onnx.py, which writes ONNX models).
+    RuntimeExport {
+        /// Output file (JSON lines).
+        #[arg(short, long)]
+        out: PathBuf,
+        /// Case files or folders (default: golden/).
+        paths: Vec<PathBuf>,
+    },
     /// Serve the runtime protocol on stdin / stdout with qparity's model of PyTorch's rule,
     /// changed by RULES (`acc=exact|pairs`, `bias=float|int32`, `mult=f32-div|f32-recip|exact|q31`,
     /// `round=half-even|half-away|half-up`, `clamp=pytorch|no-relu|max127`, comma-separated):
@@ -121,6 +131,7 @@ fn run(cli: Cli) -> Result<i32> {
             json,
             markdown,
         } => cmd_runtime_check(&runtime, paths, json, markdown),
+        Cmd::RuntimeExport { out, paths } => cmd_runtime_export(&out, paths),
         Cmd::RuntimeServe { rules } => {
             let overrides = qparity::runtime::protocol::Overrides::parse(&rules)?;
             let mut rt = qparity::runtime::protocol::VariantRuntime {
@@ -453,4 +464,36 @@ fn cmd_runtime_check(
         write!(out, "{}", report.render())?;
     }
     Ok(if report.errors.is_empty() { 0 } else { 1 })
+}
+
+fn cmd_runtime_export(out: &Path, paths: Vec<PathBuf>) -> Result<i32> {
+    let paths = if paths.is_empty() {
+        vec![PathBuf::from("golden")]
+    } else {
+        paths
+    };
+    let mut w = std::io::BufWriter::new(
+        std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?,
+    );
+    let mut n = 0u64;
+    for p in &paths {
+        if !p.exists() {
+            bail!("{}: no such file or folder", p.display());
+        }
+        for unit in units_for(p)? {
+            for path in &unit.paths {
+                for f in qparity::golden::case_files(path)? {
+                    let case = qparity::golden::load_case(&f)?;
+                    for s in qparity::runtime::export::export_case(&case, &unit.cpu, n)? {
+                        serde_json::to_writer(&mut w, &s)?;
+                        writeln!(w)?;
+                        n += 1;
+                    }
+                }
+            }
+        }
+    }
+    w.flush()?;
+    eprintln!("wrote {n} stages to {}", out.display());
+    Ok(0)
 }

@@ -12,6 +12,7 @@
 //! where FBGEMM adds a float bias term), the output qparams, the fused ReLU and the conv geometry.
 
 pub mod check;
+pub mod export;
 pub mod protocol;
 pub mod rules;
 
