@@ -342,7 +342,7 @@ impl std::fmt::Display for Cause {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Cause::Named(s) => f.write_str(s),
-            Cause::OneOf(v) => write!(f, "one of: {}", v.join(" | ")),
+            Cause::OneOf(v) => write!(f, "one of: {}", v.join(", ")),
             Cause::PytorchAmbiguous => f.write_str("PyTorch's rule (ambiguous evaluation order)"),
             Cause::Unexplained => f.write_str("unexplained"),
         }

@@ -25,6 +25,11 @@ pub struct Args {
     /// Print the table as Markdown.
     #[arg(long)]
     markdown: bool,
+    /// Instead of checking a runtime: export every stage as ONNX models (QLinearConv, QDQ,
+    /// PyTorch's rule in ONNX ops) with .npy inputs and expected outputs into this folder, check
+    /// them with onnx.checker and run them in onnxruntime.
+    #[arg(long)]
+    export: Option<PathBuf>,
     /// Golden sets or case files (default: the committed single-layer and model sets).
     paths: Vec<PathBuf>,
 }
@@ -87,18 +92,6 @@ pub fn run(a: Args) -> Result<()> {
     if !st.success() {
         bail!("cargo build --release --bin qparity failed");
     }
-    let script = match a.runtime.as_str() {
-        "onnxruntime" => "runtimes/onnxruntime/ort_runtime.py --form qop",
-        "onnxruntime-qdq" => "runtimes/onnxruntime/ort_runtime.py --form qdq",
-        "example" => "runtimes/example/numpy_runtime.py",
-        other => bail!("unknown runtime {other:?} (onnxruntime, onnxruntime-qdq, example)"),
-    };
-    let emulator = match a.emulate.as_deref() {
-        None => String::new(),
-        Some(cpu) if cpu.eq_ignore_ascii_case("haswell") => "qemu-x86_64 -cpu Haswell ".to_string(),
-        Some(other) => bail!("--emulate {other:?}: only haswell is supported"),
-    };
-    let cmd = format!("{emulator}{} {}/{script}", python.display(), root.display());
     let paths = if a.paths.is_empty() {
         [
             "avx2-seed0",
@@ -113,7 +106,44 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         a.paths
     };
-    let mut c = Command::new(root.join("target/release/qparity"));
+    let qparity = root.join("target/release/qparity");
+    if let Some(dir) = a.export {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let lines = dir.join("stages.jsonl");
+        let st = Command::new(&qparity)
+            .current_dir(&root)
+            .args(["runtime-export", "-o"])
+            .arg(&lines)
+            .args(&paths)
+            .status()
+            .context("running qparity runtime-export")?;
+        if !st.success() {
+            bail!("qparity runtime-export failed ({st})");
+        }
+        let st = Command::new(&python)
+            .arg(root.join("runtimes/onnxruntime/export_onnx.py"))
+            .arg(&lines)
+            .arg(&dir)
+            .status()
+            .context("running export_onnx.py")?;
+        if !st.success() {
+            bail!("export_onnx.py failed ({st})");
+        }
+        return Ok(());
+    }
+    let script = match a.runtime.as_str() {
+        "onnxruntime" => "runtimes/onnxruntime/ort_runtime.py --form qop",
+        "onnxruntime-qdq" => "runtimes/onnxruntime/ort_runtime.py --form qdq",
+        "example" => "runtimes/example/numpy_runtime.py",
+        other => bail!("unknown runtime {other:?} (onnxruntime, onnxruntime-qdq, example)"),
+    };
+    let emulator = match a.emulate.as_deref() {
+        None => String::new(),
+        Some(cpu) if cpu.eq_ignore_ascii_case("haswell") => "qemu-x86_64 -cpu Haswell ".to_string(),
+        Some(other) => bail!("--emulate {other:?}: only haswell is supported"),
+    };
+    let cmd = format!("{emulator}{} {}/{script}", python.display(), root.display());
+    let mut c = Command::new(&qparity);
     c.current_dir(&root)
         .arg("runtime-check")
         .arg("--runtime")
