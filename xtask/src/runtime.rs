@@ -1,7 +1,8 @@
 //! `cargo xtask runtime`: install the pinned onnxruntime into a venv (default
 //! `target/ort-venv`, override with `QPARITY_ORT_VENV`) and run `qparity runtime-check` with the
 //! onnxruntime adapter (runtimes/onnxruntime/ort_runtime.py) and the numpy example runtime
-//! (runtimes/example/numpy_runtime.py), natively or under `qemu-x86_64 -cpu Haswell`.
+//! (runtimes/example/numpy_runtime.py), or tract-onnx (runtimes/tract, built on demand), natively
+//! or under `qemu-x86_64 -cpu Haswell`; or export every stage as ONNX models (`--export`).
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -12,8 +13,8 @@ const PACKAGES: &[&str] = &["onnxruntime==1.31.1", "onnx==1.23.2", "numpy==2.4.6
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// `onnxruntime` (QLinearConv form), `onnxruntime-qdq` (DQ-Conv-Q fused by ORT), or
-    /// `example` (the numpy example runtime of docs/RUNTIMES.md).
+    /// `onnxruntime` (QLinearConv form), `onnxruntime-qdq` (DQ-Conv-Q fused by ORT), `example`
+    /// (the numpy example runtime of docs/RUNTIMES.md) or `tract` (builds runtimes/tract).
     #[arg(long, default_value = "onnxruntime")]
     runtime: String,
     /// Run the runtime under `qemu-x86_64 -cpu haswell` (AVX2, no AVX-512).
@@ -107,6 +108,7 @@ pub fn run(a: Args) -> Result<()> {
         a.paths
     };
     let qparity = root.join("target/release/qparity");
+    let py = |script: &str| format!("{} {}/{script}", python.display(), root.display());
     if let Some(dir) = a.export {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let lines = dir.join("stages.jsonl");
@@ -131,18 +133,32 @@ pub fn run(a: Args) -> Result<()> {
         }
         return Ok(());
     }
-    let script = match a.runtime.as_str() {
-        "onnxruntime" => "runtimes/onnxruntime/ort_runtime.py --form qop",
-        "onnxruntime-qdq" => "runtimes/onnxruntime/ort_runtime.py --form qdq",
-        "example" => "runtimes/example/numpy_runtime.py",
-        other => bail!("unknown runtime {other:?} (onnxruntime, onnxruntime-qdq, example)"),
+    let program = match a.runtime.as_str() {
+        "onnxruntime" => py("runtimes/onnxruntime/ort_runtime.py --form qop"),
+        "onnxruntime-qdq" => py("runtimes/onnxruntime/ort_runtime.py --form qdq"),
+        "example" => py("runtimes/example/numpy_runtime.py"),
+        "tract" => {
+            let manifest = root.join("runtimes/tract/Cargo.toml");
+            let st = Command::new(env!("CARGO"))
+                .args(["build", "--release", "-q", "--manifest-path"])
+                .arg(&manifest)
+                .status()
+                .context("building runtimes/tract")?;
+            if !st.success() {
+                bail!("cargo build --manifest-path {} failed", manifest.display());
+            }
+            root.join("runtimes/tract/target/release/qparity-tract")
+                .display()
+                .to_string()
+        }
+        other => bail!("unknown runtime {other:?} (onnxruntime, onnxruntime-qdq, example, tract)"),
     };
     let emulator = match a.emulate.as_deref() {
         None => String::new(),
         Some(cpu) if cpu.eq_ignore_ascii_case("haswell") => "qemu-x86_64 -cpu Haswell ".to_string(),
         Some(other) => bail!("--emulate {other:?}: only haswell is supported"),
     };
-    let cmd = format!("{emulator}{} {}/{script}", python.display(), root.display());
+    let cmd = format!("{emulator}{program}");
     let mut c = Command::new(&qparity);
     c.current_dir(&root)
         .arg("runtime-check")
