@@ -26,7 +26,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ort_runtime import build  # noqa: E402
+from ort_runtime import build, make_model  # noqa: E402
 
 
 def const(name, arr):
@@ -91,15 +91,7 @@ def pytorch_rule(req, rule, x_shape, y_shape):
         helper.make_node("Clip", ["rz", "lo", "hi"], ["c"]),
         helper.make_node("Cast", ["c"], ["y"], to=TensorProto.UINT8),
     ]
-    graph = helper.make_graph(
-        nodes, "pytorch_rule",
-        [helper.make_tensor_value_info("x", TensorProto.UINT8, x_shape)],
-        [helper.make_tensor_value_info("y", TensorProto.UINT8, y_shape)],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
-    model.ir_version = 10
-    return model
+    return make_model(nodes, "pytorch_rule", x_shape, y_shape, inits)
 
 
 def main():

@@ -33,6 +33,19 @@ def const(name, arr):
     return numpy_helper.from_array(np.asarray(arr), name)
 
 
+def make_model(nodes, name, x_shape, y_shape, inits):
+    """A model with one u8 input x and one u8 output y (opset 21)."""
+    graph = helper.make_graph(
+        nodes, name,
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, y_shape)],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    return model
+
+
 def build(req, form):
     x, w, o = req["input"], req["weight"], req["output"]
     per_channel = w["axis"] is not None
@@ -88,14 +101,7 @@ def build(req, form):
         nodes.append(helper.make_node("Max", ["y0", "y_zp"], ["y1"]))
         last = "y1"
     nodes.append(helper.make_node("Identity", [last], ["y"]))
-    graph = helper.make_graph(
-        nodes, "stage",
-        [helper.make_tensor_value_info("x", TensorProto.UINT8, x_shape)],
-        [helper.make_tensor_value_info("y", TensorProto.UINT8, y_shape)],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
-    model.ir_version = 10
+    model = make_model(nodes, "stage", x_shape, y_shape, inits)
     onnx.checker.check_model(model)
     return model, np.array(x["data"], dtype=np.uint8).reshape(x_shape)
 

@@ -3,7 +3,7 @@
 //! rule change that reproduces it ([`super::rules::Classifier`]).
 
 use super::rules::{Cause, Classifier, Evaluator};
-use super::{runtime_stage, QStage, Runtime, RuntimeInfo};
+use super::{expected_output, runtime_stage, QStage, Runtime, RuntimeInfo};
 use crate::engine::{CpuFeatures, KernelPath};
 use crate::golden::{self, Case};
 use crate::kernels::reference::Reference;
@@ -226,13 +226,7 @@ pub fn check_case(
             }
         );
         let row = report.rows.entry(key).or_default();
-        let expected = stage
-            .expected
-            .iter()
-            .find(|e| e.name == "int_repr")
-            .ok_or_else(|| Error::invalid(&stage.location, "PyTorch recorded no int_repr"))?
-            .tensor
-            .to_f64_vec();
+        let expected = expected_output(stage)?;
         let input = stage.inputs[0].quantized("layer input")?;
         compare_stage(rt, &qs, layer, input, &expected, row)?;
     }

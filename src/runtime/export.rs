@@ -5,12 +5,12 @@
 //! inputs and expected outputs beside them.
 
 use super::protocol::WireStage;
-use super::runtime_stage;
+use super::{expected_output, runtime_stage};
 use crate::engine::CpuFeatures;
 use crate::golden::Case;
 use crate::kernels::{Accumulation, Requant};
 use crate::ops::Value;
-use crate::{Error, Result};
+use crate::Result;
 use serde::Serialize;
 
 /// The constants of PyTorch's requantization for one stage.
@@ -55,13 +55,7 @@ pub fn export_case(case: &Case, cpu: &CpuFeatures, first_id: u64) -> Result<Vec<
         let Some((qs, layer)) = runtime_stage(&case.header.id, &stage, plan.as_ref())? else {
             continue;
         };
-        let expected = stage
-            .expected
-            .iter()
-            .find(|e| e.name == "int_repr")
-            .ok_or_else(|| Error::invalid(&stage.location, "PyTorch recorded no int_repr"))?
-            .tensor
-            .to_f64_vec()
+        let expected = expected_output(&stage)?
             .into_iter()
             .map(|v| v as u8)
             .collect();

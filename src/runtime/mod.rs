@@ -267,3 +267,14 @@ fn from_layer(
         output_shape: l.out_shape.clone(),
     })
 }
+
+/// PyTorch's u8 output of a layer stage (its `int_repr`), flat, as f64.
+pub fn expected_output(stage: &Stage) -> Result<Vec<f64>> {
+    Ok(stage
+        .expected
+        .iter()
+        .find(|e| e.name == "int_repr")
+        .ok_or_else(|| Error::invalid(&stage.location, "PyTorch recorded no int_repr"))?
+        .tensor
+        .to_f64_vec())
+}
