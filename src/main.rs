@@ -62,7 +62,7 @@ enum Cmd {
         /// changes (`variant:round=half-away`; see `runtime-serve`).
         #[arg(long)]
         runtime: String,
-        /// Case files or folders (default: golden/).
+        /// Case files or folders (default: golden/, unless --random is given).
         paths: Vec<PathBuf>,
         /// Print one JSON object instead of the table.
         #[arg(long)]
@@ -70,6 +70,14 @@ enum Cmd {
         /// Print the table as Markdown.
         #[arg(long, conflicts_with = "json")]
         markdown: bool,
+        /// Also run N random linear / conv2d stages per engine (fbgemm, qnnpack; this CPU's
+        /// features) from qparity's layer generator, with PyTorch's output as qparity's model
+        /// predicts it. Without PATHS, only these run.
+        #[arg(long, default_value_t = 0)]
+        random: usize,
+        /// Seed of the random stages.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// Write every golden convert_fx linear / conv2d stage as JSON lines: the runtime protocol's
     /// request, PyTorch's output and the constants of PyTorch's rule (input of
@@ -130,7 +138,9 @@ fn run(cli: Cli) -> Result<i32> {
             paths,
             json,
             markdown,
-        } => cmd_runtime_check(&runtime, paths, json, markdown),
+            random,
+            seed,
+        } => cmd_runtime_check(&runtime, paths, json, markdown, (random, seed)),
         Cmd::RuntimeExport { out, paths } => cmd_runtime_export(&out, paths),
         Cmd::RuntimeServe { rules } => {
             let overrides = qparity::runtime::protocol::Overrides::parse(&rules)?;
@@ -413,6 +423,7 @@ fn cmd_runtime_check(
     paths: Vec<PathBuf>,
     json: bool,
     markdown: bool,
+    (random, seed): (usize, u64),
 ) -> Result<i32> {
     use qparity::runtime::check::{check_path as check_runtime_path, RuntimeReport};
     use qparity::runtime::protocol::{Overrides, ProcessRuntime, VariantRuntime};
@@ -427,12 +438,45 @@ fn cmd_runtime_check(
                 .with_context(|| format!("starting runtime {runtime:?}"))?,
         ),
     };
-    let paths = if paths.is_empty() {
+    let paths = if paths.is_empty() && random == 0 {
         vec![PathBuf::from("golden")]
     } else {
         paths
     };
     let mut report = RuntimeReport::new(rt.info());
+    if random > 0 {
+        let cpu = CpuFeatures::host();
+        for engine in [
+            qparity::engine::Engine::Fbgemm,
+            qparity::engine::Engine::Qnnpack,
+        ] {
+            for (qs, layer, input, expected) in
+                qparity::gen::runtime::random_stages(engine, cpu, seed, random)?
+            {
+                let key = format!(
+                    "{} / {} / random (qparity's model, {})",
+                    engine.name(),
+                    qs.op.kind(),
+                    cpu.class_name()
+                );
+                let row = report.rows.entry(key).or_default();
+                if let Err(e) = qparity::runtime::check::compare_stage(
+                    rt.as_mut(),
+                    &qs,
+                    &layer,
+                    &input,
+                    &expected,
+                    row,
+                ) {
+                    // A dead runtime cannot answer the next stage either.
+                    if e.to_string().contains("closed its stdout") {
+                        bail!("{}: {e}", qs.id);
+                    }
+                    report.errors.push(format!("{}: {e}", qs.id));
+                }
+            }
+        }
+    }
     for p in &paths {
         if !p.exists() {
             bail!("{}: no such file or folder", p.display());

@@ -249,3 +249,74 @@ fn a_runtime_that_does_not_speak_the_protocol_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("handshake"), "{err}");
 }
+
+#[test]
+fn random_stages_from_the_generator_agree_with_an_independent_runtime() {
+    // QNNPACK's rule (exact accumulation, its int32 bias, f32 multiplier, half to even) is what
+    // TestRuntime computes from the stage alone: on the generator's linear layers it must give
+    // qparity's predicted PyTorch output exactly, and rounding half away must be named when it
+    // differs.
+    let stages: Vec<_> =
+        qparity::gen::runtime::random_stages(Engine::Qnnpack, CpuFeatures::AVX512_VNNI, 5, 80)
+            .expect("generates")
+            .into_iter()
+            .filter(|s| s.0.op == StageOp::Linear)
+            .collect();
+    assert!(stages.len() > 10, "{}", stages.len());
+    let right = run_all(&mut TestRuntime { half_away: false }, &stages);
+    assert!(right.elements > 200, "{right:?}");
+    assert_eq!(right.mismatched, 0, "{:?}", right.examples);
+    let wrong = run_all(&mut TestRuntime { half_away: true }, &stages);
+    assert!(
+        wrong
+            .causes
+            .keys()
+            .all(|c| c == "round half away from zero"),
+        "{:?}",
+        wrong.examples
+    );
+}
+
+#[test]
+fn runtime_check_runs_random_stages_through_a_protocol_runtime() {
+    let run = |seed: &str| {
+        let out = Command::new(qparity())
+            .args([
+                "runtime-check",
+                "--json",
+                "--random",
+                "30",
+                "--seed",
+                seed,
+                "--runtime",
+                &format!("cmd:{} runtime-serve --rules clamp=no-relu", qparity()),
+            ])
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
+    };
+    let v = run("11");
+    let rows = v["rows"].as_object().expect("rows");
+    let (mut stages, mut relu) = (0, 0);
+    for (key, row) in rows {
+        assert!(key.contains("random"), "{key}");
+        stages += row["stages"].as_u64().unwrap();
+        let causes = row["causes"].as_object().unwrap();
+        assert!(!causes.contains_key("unexplained"), "{key}: {causes:?}");
+        relu += causes
+            .iter()
+            .filter(|(c, _)| c.contains("no ReLU clamp"))
+            .map(|(_, n)| n.as_u64().unwrap())
+            .sum::<u64>();
+    }
+    // 30 stages per engine (fbgemm, qnnpack); a runtime dropping the fused ReLU is caught.
+    assert_eq!(stages, 60);
+    assert!(relu > 0, "{rows:?}");
+    // The same seed gives the same stages and report.
+    assert_eq!(run("11"), v);
+}

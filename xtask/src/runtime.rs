@@ -31,6 +31,13 @@ pub struct Args {
     /// them with onnx.checker and run them in onnxruntime.
     #[arg(long)]
     export: Option<PathBuf>,
+    /// Also run N random linear / conv2d stages per engine (fbgemm, qnnpack) from qparity's
+    /// layer generator (`qparity runtime-check --random N`).
+    #[arg(long, default_value_t = 0)]
+    random: usize,
+    /// Seed of the random stages.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Golden sets or case files (default: the committed single-layer and model sets).
     paths: Vec<PathBuf>,
 }
@@ -165,6 +172,14 @@ pub fn run(a: Args) -> Result<()> {
         .arg("--runtime")
         .arg(format!("cmd:{cmd}"))
         .args(&paths);
+    if a.random > 0 {
+        c.args([
+            "--random",
+            &a.random.to_string(),
+            "--seed",
+            &a.seed.to_string(),
+        ]);
+    }
     if a.json {
         c.arg("--json");
     }
