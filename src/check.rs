@@ -69,6 +69,13 @@ pub struct CaseResult {
     /// checked on the reference model instead).
     #[serde(default)]
     pub backend_fallbacks: u64,
+    /// Per op name, the stages that fell back (`--fused`).
+    #[serde(default)]
+    pub fallback_ops: BTreeMap<String, u64>,
+    /// Per op name and backend kernel (`conv2d: x86-avx512vnni`), the stages that ran on the
+    /// optimized backend (`--fused`).
+    #[serde(default)]
+    pub fused_stages: BTreeMap<String, u64>,
     /// The rules this case was built to pin (its `pins:<rule>` tags).
     #[serde(default)]
     pub pins: Vec<String>,
@@ -114,6 +121,8 @@ struct Recorder {
     groups: BTreeMap<String, Stats>,
     first: Option<Mismatch>,
     fallbacks: u64,
+    fallback_ops: BTreeMap<String, u64>,
+    fused: BTreeMap<String, u64>,
 }
 
 impl Recorder {
@@ -156,7 +165,13 @@ pub fn check_case(case: &Case, opts: &CheckOptions) -> CaseResult {
     let outcome = case.stages(&opts.cpu).and_then(|stages| {
         stages
             .iter()
-            .try_for_each(|s| check_stage(case, s, opts, kernel.as_deref(), &mut rec))
+            .try_for_each(|s| check_stage(case, s, opts, kernel.as_deref(), &mut rec))?;
+        match (opts.backend, &case.body) {
+            (Some(backend), Body::Graph(_)) => {
+                check_end_to_end(case, &stages, opts, backend, &mut rec)
+            }
+            _ => Ok(()),
+        }
     });
     if let Err(e) = outcome {
         res.error = Some(e.to_string());
@@ -177,6 +192,8 @@ pub fn check_case(case: &Case, opts: &CheckOptions) -> CaseResult {
     }
     res.first_mismatch = rec.first;
     res.backend_fallbacks = rec.fallbacks;
+    res.fallback_ops = rec.fallback_ops;
+    res.fused_stages = rec.fused;
     res
 }
 
@@ -225,14 +242,37 @@ fn check_stage(
     let integer = stage.ctx.flow == Flow::ConvertFx;
     let mut outputs: Option<Vec<Output>> = None;
     if let (Some(backend), true) = (opts.backend, integer) {
-        if let Some(low) = lowered {
-            match backend.run(low, &inputs).map_err(in_stage)? {
-                Some(o) => {
-                    group = format!("{}[{}]", stage.group, backend.name());
-                    outputs = Some(vec![o]);
-                }
-                None => rec.fallbacks += 1,
+        let prepared = match lowered {
+            Some(low) => backend.prepare(low, &metas).map_err(in_stage)?,
+            None => None,
+        };
+        match (prepared, lowered) {
+            (Some(p), Some(low)) => {
+                group = format!("{}[{}]", stage.group, backend.name());
+                *rec.fused
+                    .entry(format!("{}: {}", stage.op.name(), p.kernel()))
+                    .or_default() += 1;
+                let n = p.out_shape().iter().product();
+                outputs = Some(if p.f32_output() {
+                    let mut v = vec![0f32; n];
+                    p.run_f32(low, &inputs, &mut v).map_err(in_stage)?;
+                    let floats = crate::ops::Predicted::Floats(v);
+                    vec![Output::new("output", p.out_shape().to_vec(), floats)]
+                } else {
+                    let mut codes = vec![0u8; n];
+                    p.run(low, &inputs, &mut codes).map_err(in_stage)?;
+                    backend_outputs(stage, &*plan, &inputs, p.out_shape(), &codes)
+                        .map_err(in_stage)?
+                });
             }
+            // Stages of a convert flow count (models); primitives only where they lower.
+            _ if stage.group.starts_with(Flow::ConvertFx.name()) || lowered.is_some() => {
+                rec.fallbacks += 1;
+                *rec.fallback_ops
+                    .entry(stage.op.name().to_string())
+                    .or_default() += 1;
+            }
+            _ => {}
         }
     }
     if let (None, Some(k), Some(Lowered::IntegerLayer(l))) = (&outputs, kernel, lowered) {
@@ -297,6 +337,133 @@ fn check_stage(
     Ok(())
 }
 
+/// Runs a graph case's `convert_fx` flow end to end on the backend ([`crate::runner`]) from run
+/// 0's input and compares every node's codes with PyTorch's (group `convert_fx[<backend>
+/// end-to-end]`). Where a node first differs while every earlier node was equal, its inputs
+/// are PyTorch's own, so the stage's verdict applies: if its plan admits every differing code
+/// (oneDNN requantization order) they count as ambiguous and the nodes after it, which ran on
+/// other inputs than PyTorch's, are not compared; otherwise they are mismatches.
+fn check_end_to_end(
+    case: &Case,
+    stages: &[Stage],
+    opts: &CheckOptions,
+    backend: &dyn Backend,
+    rec: &mut Recorder,
+) -> Result<()> {
+    use crate::numerics::bound::Pred;
+    let graph = crate::runner::Graph::from_case(case, &opts.cpu)?;
+    let model = graph.plan(Some(backend))?;
+    let input = graph
+        .inputs()
+        .first()
+        .ok_or_else(|| case.field_err("inputs", "no input"))?;
+    let out = model.run(input)?;
+    let group = format!("{}[{} end-to-end]", Flow::ConvertFx.name(), backend.name());
+    rec.fallbacks += model.fallbacks() as u64;
+    for (i, name) in graph.node_names().enumerate() {
+        let ours = out.logical(i);
+        let theirs = graph.recorded(i);
+        if ours.len() != theirs.data.len() {
+            return Err(case.field_err("flows.convert_fx", format!("node {name}: code count")));
+        }
+        let differing: Vec<usize> = (0..ours.len())
+            .filter(|&k| ours[k] != theirs.data[k])
+            .collect();
+        let g = rec.group(&group);
+        g.exact += (ours.len() - differing.len()) as u64;
+        let Some(&first) = differing.first() else {
+            continue;
+        };
+        let tag = format!("convert_fx run 0, node {name} (");
+        let stage = stages
+            .iter()
+            .find(|s| s.location.starts_with(&tag))
+            .ok_or_else(|| case.field_err("flows.convert_fx", format!("no stage of {name}")))?;
+        let (_, preds) = stage.predict()?;
+        let preds = preds
+            .iter()
+            .find(|o| o.name == "int_repr")
+            .and_then(|o| o.ints())
+            .unwrap_or_default();
+        let admitted = |k: usize| {
+            matches!(preds.get(k), Some(&p @ Pred::Ambiguous { .. })
+                if p.admits(ours[k] as i64) && p.admits(theirs.data[k] as i64))
+        };
+        let g = rec.group(&group);
+        if differing.iter().all(|&k| admitted(k)) {
+            g.ambiguous += differing.len() as u64;
+            break;
+        }
+        g.mismatched += differing.len() as u64;
+        if rec.first.is_none() {
+            rec.first = Some(Mismatch {
+                location: format!(
+                    "{group}, node {name} ({}), element {first}",
+                    graph.op_name(i)
+                ),
+                expected: theirs.data[first].to_string(),
+                got: ours[first].to_string(),
+                detail: vec![format!(
+                    "every earlier node equals PyTorch's; {} of {} codes differ",
+                    differing.len(),
+                    ours.len()
+                )],
+            });
+        }
+        break;
+    }
+    Ok(())
+}
+
+/// A backend's codes as the stage's outputs: `int_repr`, plus the plan's other outputs where the
+/// stage expects more (an op's fixed output qparams). Where the backend's code differs from
+/// PyTorch's, the plan's prediction of that element stands when it admits both (oneDNN
+/// requantization order): the element is ambiguous, not mismatched.
+fn backend_outputs(
+    stage: &Stage,
+    plan: &dyn crate::ops::Plan,
+    inputs: &[&Value],
+    shape: &[usize],
+    codes: &[u8],
+) -> Result<Vec<Output>> {
+    use crate::numerics::bound::Pred;
+    let ours = Output::new(
+        "int_repr",
+        shape.to_vec(),
+        crate::ops::Predicted::exact(codes.iter().map(|&c| i64::from(c))),
+    );
+    let differs = stage.expected.iter().any(|e| {
+        e.name != "int_repr"
+            || e.tensor.as_int().is_none_or(|t| {
+                t.len() != codes.len() || t.iter().zip(codes).any(|(&t, &c)| t != i64::from(c))
+            })
+    });
+    if !differs {
+        return Ok(vec![ours]);
+    }
+    let mut outs = plan.predict(inputs)?;
+    for o in outs.iter_mut().filter(|o| o.name == "int_repr") {
+        let reference = o.ints().unwrap_or_default();
+        let merged: Vec<Pred> = codes
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| match reference.get(i) {
+                Some(&p @ Pred::Ambiguous { .. }) if p.admits(i64::from(c)) => p,
+                _ => Pred::Exact(i64::from(c)),
+            })
+            .collect();
+        *o = Output::new(
+            "int_repr",
+            shape.to_vec(),
+            crate::ops::Predicted::Ints(merged),
+        );
+    }
+    if !outs.iter().any(|o| o.name == "int_repr") {
+        outs.push(ours);
+    }
+    Ok(outs)
+}
+
 /// Loads and checks one file; a file that cannot be loaded gives a failed result with the error.
 pub fn check_file(path: &Path, opts: &CheckOptions) -> CaseResult {
     match golden::load_case(path) {
@@ -329,6 +496,12 @@ pub struct Report {
     pub elements_mismatched: u64,
     /// Stages the optimized backend did not implement (checked on the reference model).
     pub backend_fallbacks: u64,
+    /// Per op name, the stages that fell back.
+    #[serde(default)]
+    pub fallback_ops: BTreeMap<String, u64>,
+    /// Per op name and kernel, the stages the optimized backend ran.
+    #[serde(default)]
+    pub fused_stages: BTreeMap<String, u64>,
     /// Element counts per "op / engine / group / isa" row.
     pub table: BTreeMap<String, Stats>,
     /// Per pinned rule (cases tagged `pins:<rule>`): its cases and how many failed.
@@ -357,6 +530,12 @@ impl Report {
                 r.failed += 1;
             }
             r.backend_fallbacks += c.backend_fallbacks;
+            for (k, v) in &c.fallback_ops {
+                *r.fallback_ops.entry(k.clone()).or_default() += v;
+            }
+            for (k, v) in &c.fused_stages {
+                *r.fused_stages.entry(k.clone()).or_default() += v;
+            }
             for rule in &c.pins {
                 let p = r.pinned.entry(rule.clone()).or_default();
                 p.cases += 1;

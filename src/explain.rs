@@ -197,6 +197,7 @@ fn planned(
             per_channel,
         },
         relu: false,
+        cache: Default::default(),
     };
     let input_shape = match geometry {
         Geometry::Linear { in_features, .. } => vec![1, in_features],
@@ -214,9 +215,10 @@ fn planned(
         quant_max: act_range.quant_max,
     };
     let plan = layer.plan(ctx, &[meta], Some(&out))?;
-    let acc = plan
-        .lowered()
-        .map(|Lowered::IntegerLayer(l)| l.accumulation);
+    let acc = match plan.lowered() {
+        Some(Lowered::IntegerLayer(l)) => Some(l.accumulation),
+        _ => None,
+    };
     Ok((plan.rule(), acc))
 }
 

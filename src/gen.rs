@@ -506,6 +506,7 @@ impl LayerCase {
                 per_channel,
             },
             relu,
+            cache: Default::default(),
         };
         let input = QTensor::new(input_shape, input, in_scale as f64, in_zp as i64);
         // Exact accumulators → float outputs → output range.

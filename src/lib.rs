@@ -29,6 +29,7 @@ pub mod kernels;
 pub mod numerics;
 pub mod ops;
 pub mod repro;
+pub mod runner;
 pub mod runtime;
 pub mod tensor;
 

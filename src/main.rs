@@ -378,12 +378,19 @@ fn print_report(out: &mut impl Write, r: &Report, max_failures: usize) -> Result
         tot,
         if tot > 0 { 100.0 * amb as f64 / tot as f64 } else { 0.0 }
     )?;
-    if r.backend_fallbacks > 0 {
+    if !r.fused_stages.is_empty() || r.backend_fallbacks > 0 {
+        let fused: u64 = r.fused_stages.values().sum();
         writeln!(
             out,
-            "optimized backend: {} stages fell back to the reference model",
+            "optimized backend: {fused} stages fused, {} fell back to the reference model",
             r.backend_fallbacks
         )?;
+        for (k, n) in &r.fused_stages {
+            writeln!(out, "  fused {k}: {n} stages")?;
+        }
+        for (k, n) in &r.fallback_ops {
+            writeln!(out, "  fell back {k}: {n} stages")?;
+        }
     }
     for (rule, p) in &r.pinned {
         writeln!(

@@ -13,6 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["ops"],
     &["backend"],
     &["golden"],
+    &["runner"],
     &["check"],
     &["explain", "repro", "runtime"],
     &["gen"],

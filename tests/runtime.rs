@@ -60,6 +60,7 @@ fn tie_stages(engine: Engine, n: usize) -> Vec<(QStage, IntegerLayer, QTensor, V
                     per_channel: false,
                 },
                 relu: s % 3 == 0,
+                cache: Default::default(),
             };
             let input = QTensor::new(
                 vec![m, k],

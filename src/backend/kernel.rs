@@ -9,24 +9,28 @@
 //! depthwise kernel pairs taps instead). oneDNN layers never run: their requantization order is not modelled bit for bit.
 //! Everything else is left to the reference model and counted as a fallback.
 
-use super::Backend;
+use super::{Backend, Prepared};
 use crate::engine::KernelPath;
 use crate::kernels::{Accumulation, Int8Gemm, Layout, Output as KOut, QConv, QGemm};
 use crate::ops::layer::{Geometry, IntegerLayer};
-use crate::ops::{Lowered, Output, Predicted, QTensor, Value};
+use crate::ops::{Lowered, Meta, QTensor, Value};
 use crate::{Error, Result};
+use std::sync::Arc;
 
 /// A [`Backend`] that runs planned layers on one kernel's fused entry points.
 #[derive(Debug)]
 pub struct KernelBackend {
     name: &'static str,
-    kernel: Box<dyn Int8Gemm>,
+    kernel: Arc<dyn Int8Gemm>,
 }
 
 impl KernelBackend {
     /// A backend named `name` (report groups read `convert_fx[<name>]`) over `kernel`.
     pub fn new(name: &'static str, kernel: Box<dyn Int8Gemm>) -> KernelBackend {
-        KernelBackend { name, kernel }
+        KernelBackend {
+            name,
+            kernel: Arc::from(kernel),
+        }
     }
 
     /// Whether the kernel computes this layer's accumulation bit for bit.
@@ -119,21 +123,60 @@ impl Backend for KernelBackend {
         self.name
     }
 
-    fn run(&self, stage: Lowered<'_>, inputs: &[&Value]) -> Result<Option<Output>> {
+    fn prepare(
+        &self,
+        stage: Lowered<'_>,
+        inputs: &[Meta<'_>],
+    ) -> Result<Option<Box<dyn Prepared>>> {
         match stage {
             Lowered::IntegerLayer(l) => {
-                let input = inputs
-                    .first()
-                    .ok_or_else(|| Error::invalid("layer", "no input"))?
-                    .quantized("layer input")?;
-                Ok(self.run_layer(l, input)?.map(|data| {
-                    Output::new(
-                        "int_repr",
-                        l.out_shape.clone(),
-                        Predicted::exact(data.into_iter().map(i64::from)),
-                    )
+                let supported = match (l.geometry, self.kernel.quant_conv()) {
+                    (Geometry::Linear { .. }, _) => self.kernel.quant_gemm().is_some(),
+                    (Geometry::Conv2d(p), Some(k)) => k.supports(&p, Layout::Nchw),
+                    (Geometry::Conv2d(_), None) => false,
+                };
+                Ok((self.implements(l) && supported).then(|| {
+                    Box::new(KernelLayer {
+                        backend: KernelBackend {
+                            name: self.name,
+                            kernel: self.kernel.clone(),
+                        },
+                        layer: l.clone(),
+                    }) as Box<dyn Prepared>
                 }))
             }
+            other => super::portable::prepare(other, inputs),
         }
+    }
+}
+
+/// A layer on a kernel's fused entry points.
+#[derive(Debug)]
+struct KernelLayer {
+    backend: KernelBackend,
+    layer: IntegerLayer,
+}
+
+impl Prepared for KernelLayer {
+    fn kernel(&self) -> &'static str {
+        self.backend.kernel.name()
+    }
+
+    fn out_shape(&self) -> &[usize] {
+        &self.layer.out_shape
+    }
+
+    fn run(&self, _stage: Lowered<'_>, inputs: &[&Value], out: &mut [u8]) -> Result<()> {
+        let input = inputs
+            .first()
+            .ok_or_else(|| Error::invalid("layer", "no input"))?
+            .quantized("layer input")?;
+        let data = self
+            .backend
+            .run_layer(&self.layer, input)?
+            .ok_or_else(|| Error::invalid("layer", "the kernel does not implement this layer"))?;
+        super::check_out("layer", &self.layer.out_shape, out)?;
+        out.copy_from_slice(&data);
+        Ok(())
     }
 }

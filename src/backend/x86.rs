@@ -2,12 +2,13 @@
 //! ([`crate::kernels::x86`]): weights packed once, zero points folded and the plan's
 //! requantization rule fused into the GEMM's epilogue, u8 out.
 
-use super::Backend;
+use super::{check_out, Backend, Prepared};
 use crate::engine::KernelPath;
 use crate::kernels::x86::conv::{Conv2d, Depthwise3x3, Layout};
 use crate::kernels::x86::{Kernel, PackedLinear};
+use crate::kernels::Accumulation;
 use crate::ops::layer::{Geometry, IntegerLayer};
-use crate::ops::{Lowered, Output, Predicted, QTensor, Value};
+use crate::ops::{Lowered, MemoryFormat, Meta, QTensor, Value};
 use crate::{Error, Result};
 
 /// The x86 backend (AVX2 and AVX-512 VNNI kernels, chosen by the plan's accumulation model and
@@ -20,89 +21,266 @@ impl Backend for X86Backend {
         "x86-fused"
     }
 
-    fn run(&self, stage: Lowered<'_>, inputs: &[&Value]) -> Result<Option<Output>> {
+    fn prepare(
+        &self,
+        stage: Lowered<'_>,
+        inputs: &[Meta<'_>],
+    ) -> Result<Option<Box<dyn Prepared>>> {
+        match stage {
+            Lowered::IntegerLayer(l) => Ok(layer(l, inputs)?.map(|p| Box::new(p) as _)),
+            other => super::portable::prepare(other, inputs),
+        }
+    }
+
+    fn prepare_in_memory(
+        &self,
+        stage: Lowered<'_>,
+        inputs: &[Meta<'_>],
+        out_format: MemoryFormat,
+    ) -> Result<Option<Box<dyn Prepared>>> {
         match stage {
             Lowered::IntegerLayer(l) => {
-                let input = inputs
-                    .first()
-                    .ok_or_else(|| Error::invalid("layer", "no input"))?
-                    .quantized("layer input")?;
-                Ok(run_layer(l, input)?.map(|(data, _)| {
-                    Output::new(
-                        "int_repr",
-                        l.out_shape.clone(),
-                        Predicted::exact(data.into_iter().map(i64::from)),
+                let Some(mut p) = layer(l, inputs)? else {
+                    return Ok(None);
+                };
+                let nhwc =
+                    |shape: &[usize], f| super::portable::memory_positions(shape, f).is_some();
+                let input = &inputs[0];
+                p.nhwc = (
+                    nhwc(input.shape, input.memory_format),
+                    nhwc(&l.out_shape, out_format),
+                );
+                Ok(Some(Box::new(p)))
+            }
+            other => super::portable::prepare_in_memory(other, inputs, out_format),
+        }
+    }
+}
+
+/// A planned layer with its weights packed, in logical order; `None` where the x86 kernels do
+/// not compute the plan's accumulation: oneDNN layers run here only where oneDNN accumulates
+/// exactly (VNNI CPUs), its pair-saturating kernels pair other products than FBGEMM's.
+fn layer(l: &IntegerLayer, inputs: &[Meta<'_>]) -> Result<Option<PreparedLayer>> {
+    if l.path == KernelPath::Onednn && l.accumulation != Accumulation::Exact {
+        return Ok(None);
+    }
+    let input = inputs
+        .first()
+        .ok_or_else(|| Error::invalid("layer", "no input"))?;
+    Ok(Some(PreparedLayer::new(l, input)?))
+}
+
+/// A layer's weights packed for its kernel.
+#[derive(Debug)]
+enum Packed {
+    Linear(PackedLinear),
+    Conv(Conv2d),
+    Depthwise(Depthwise3x3),
+}
+
+/// A planned linear / conv2d with its weights packed once.
+#[derive(Debug)]
+pub struct PreparedLayer {
+    packed: Packed,
+    name: &'static str,
+    input_shape: Vec<usize>,
+    a_zp: i32,
+    out_shape: Vec<usize>,
+    /// Whether the input and the output are held NHWC (memory order of channels-last tensors;
+    /// otherwise logical order).
+    nhwc: (bool, bool),
+}
+
+impl PreparedLayer {
+    /// Packs `l`'s weights for inputs like `input`. oneDNN layers (exact accumulation: VNNI
+    /// CPUs) run FBGEMM's requantization, which the plan admits for each element (it predicts
+    /// oneDNN's order within its proven bound).
+    pub fn new(l: &IntegerLayer, input: &Meta<'_>) -> Result<Self> {
+        let (_, zp) = input.qparams("layer input")?;
+        if input.shape != l.input_shape.as_slice() || zp != l.input_zero_point {
+            return Err(Error::shape(
+                "layer input",
+                "shape or zero point differ from the planned input",
+            ));
+        }
+        let kernel = Kernel::best(l.accumulation);
+        let w = &l.weight;
+        let zps: Vec<i32> = w.zero_points.iter().map(|&z| z as i32).collect();
+        let a_zp = i32::try_from(zp)
+            .map_err(|_| Error::invalid("input zero point", format!("{zp} is not an i32")))?;
+        let requant = l.requant.clone();
+        let (packed, name) = match l.geometry {
+            Geometry::Linear {
+                in_features,
+                out_features,
+            } => (
+                Packed::Linear(PackedLinear::with_kernel(
+                    kernel,
+                    &w.int_repr,
+                    out_features,
+                    in_features,
+                    &zps,
+                    requant,
+                )?),
+                kernel.name(),
+            ),
+            Geometry::Conv2d(p) => {
+                if input.shape.len() != 4 {
+                    return Err(Error::shape(
+                        "conv2d input",
+                        format!("{:?} is not NCHW", input.shape),
+                    ));
+                }
+                let dw3x3 = l.path == KernelPath::FbgemmDepthwise
+                    && p.kernel_size == [3, 3]
+                    && p.out_channels == p.in_channels;
+                if dw3x3 {
+                    let dw = Depthwise3x3::new(
+                        &w.int_repr,
+                        p.in_channels,
+                        (p.stride[0], p.stride[1]),
+                        (p.padding[0], p.padding[1]),
+                        &zps,
+                        requant,
+                    )?;
+                    let name = if dw.is_simd() {
+                        "x86-avx2-depthwise3x3"
+                    } else {
+                        "x86-depthwise3x3-scalar"
+                    };
+                    (Packed::Depthwise(dw), name)
+                } else {
+                    (
+                        Packed::Conv(Conv2d::with_kernel(kernel, &w.int_repr, p, &zps, requant)?),
+                        kernel.name(),
                     )
-                }))
+                }
+            }
+        };
+        Ok(PreparedLayer {
+            packed,
+            name,
+            input_shape: l.input_shape.clone(),
+            a_zp,
+            out_shape: l.out_shape.clone(),
+            nhwc: (false, false),
+        })
+    }
+
+    /// Runs on `input`'s codes (logical order), writing `out`.
+    pub fn run_codes(&self, input: &QTensor, out: &mut [u8]) -> Result<()> {
+        check_out("layer", &self.out_shape, out)?;
+        if input.shape != self.input_shape
+            || input.data.len() != input.shape.iter().product::<usize>()
+            || i64::from(self.a_zp) != input.zero_point
+        {
+            return Err(Error::shape(
+                "layer input",
+                "data length, shape or zero point differ from the planned input",
+            ));
+        }
+        match &self.packed {
+            Packed::Linear(lin) => {
+                let m = input.data.len() / lin.k().max(1);
+                lin.run(&input.data, m, self.a_zp, out)?;
+            }
+            Packed::Conv(conv) => {
+                let [nb, c, h, w] = self.input_shape[..] else {
+                    return Err(Error::shape("conv2d input", "not 4-D"));
+                };
+                let [_, oc, oh, ow] = self.out_shape[..] else {
+                    return Err(Error::shape("conv2d output", "not 4-D"));
+                };
+                match self.nhwc {
+                    (false, false) => {
+                        conv.run(Layout::Nchw, &input.data, nb, h, w, self.a_zp, out)?;
+                    }
+                    (true, true) => {
+                        conv.run(Layout::Nhwc, &input.data, nb, h, w, self.a_zp, out)?;
+                    }
+                    (true, false) => {
+                        let mut tmp = vec![0u8; out.len()];
+                        conv.run(Layout::Nhwc, &input.data, nb, h, w, self.a_zp, &mut tmp)?;
+                        nhwc_to_nchw(&tmp, [nb, oc, oh, ow], out);
+                    }
+                    (false, true) => {
+                        let mut x = vec![0u8; input.data.len()];
+                        nchw_to_nhwc(&input.data, [nb, c, h, w], &mut x);
+                        conv.run(Layout::Nhwc, &x, nb, h, w, self.a_zp, out)?;
+                    }
+                }
+            }
+            Packed::Depthwise(dw) => {
+                let [nb, c, h, w] = self.input_shape[..] else {
+                    return Err(Error::shape("conv2d input", "not 4-D"));
+                };
+                let [_, oc, oh, ow] = self.out_shape[..] else {
+                    return Err(Error::shape("conv2d output", "not 4-D"));
+                };
+                // FBGEMM's depthwise kernel here runs NCHW planes.
+                let mut x = Vec::new();
+                let src = if self.nhwc.0 {
+                    x.resize(input.data.len(), 0);
+                    nhwc_to_nchw(&input.data, [nb, c, h, w], &mut x);
+                    &x[..]
+                } else {
+                    &input.data[..]
+                };
+                if self.nhwc.1 {
+                    let mut tmp = vec![0u8; out.len()];
+                    dw.run(src, nb, h, w, self.a_zp, &mut tmp)?;
+                    nchw_to_nhwc(&tmp, [nb, oc, oh, ow], out);
+                } else {
+                    dw.run(src, nb, h, w, self.a_zp, out)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// NCHW `x` (dims `[n, c, h, w]`) to NHWC `out`.
+fn nchw_to_nhwc(x: &[u8], [n, c, h, w]: [usize; 4], out: &mut [u8]) {
+    let hw = h * w;
+    for b in 0..n {
+        let (src, dst) = (&x[b * c * hw..][..c * hw], &mut out[b * c * hw..][..c * hw]);
+        for (ch, plane) in src.chunks_exact(hw).enumerate() {
+            for (p, &v) in plane.iter().enumerate() {
+                dst[p * c + ch] = v;
             }
         }
     }
 }
 
-/// Runs a planned layer on the optimized x86 kernels: the u8 output (PyTorch's layout) and the
-/// name of the kernel that ran. `None` for oneDNN layers (its requantization order is not
-/// modelled bit for bit, so there is nothing exact to fuse).
-pub fn run_layer(l: &IntegerLayer, input: &QTensor) -> Result<Option<(Vec<u8>, &'static str)>> {
-    if l.path == KernelPath::Onednn {
-        return Ok(None);
-    }
-    super::check_planned_input(l, input)?;
-    let kernel = Kernel::best(l.accumulation);
-    let w = &l.weight;
-    let zps: Vec<i32> = w.zero_points.iter().map(|&z| z as i32).collect();
-    let a_zp = i32::try_from(input.zero_point).unwrap_or(i32::MAX);
-    let mut data = vec![0u8; l.out_shape.iter().product()];
-    let requant = l.requant.clone();
-    let name = match l.geometry {
-        Geometry::Linear {
-            in_features,
-            out_features,
-        } => {
-            let lin = PackedLinear::with_kernel(
-                kernel,
-                &w.int_repr,
-                out_features,
-                in_features,
-                &zps,
-                requant,
-            )?;
-            let m = input.data.len() / in_features.max(1);
-            lin.run(&input.data, m, a_zp, &mut data)?;
-            kernel.name()
-        }
-        Geometry::Conv2d(p) => {
-            let [nb, _, h, wd] = input.shape[..] else {
-                return Err(Error::shape(
-                    "conv2d input",
-                    format!("{:?} is not NCHW", input.shape),
-                ));
-            };
-            let dw3x3 = l.path == KernelPath::FbgemmDepthwise
-                && p.kernel_size == [3, 3]
-                && p.out_channels == p.in_channels;
-            if dw3x3 {
-                let dw = Depthwise3x3::new(
-                    &w.int_repr,
-                    p.in_channels,
-                    (p.stride[0], p.stride[1]),
-                    (p.padding[0], p.padding[1]),
-                    &zps,
-                    requant,
-                )?;
-                dw.run(&input.data, nb, h, wd, a_zp, &mut data)?;
-                if dw.is_simd() {
-                    "x86-avx2-depthwise3x3"
-                } else {
-                    "x86-depthwise3x3-scalar"
-                }
-            } else {
-                let conv = Conv2d::with_kernel(kernel, &w.int_repr, p, &zps, requant)?;
-                conv.run(Layout::Nchw, &input.data, nb, h, wd, a_zp, &mut data)?;
-                kernel.name()
+/// NHWC `x` (dims `[n, c, h, w]`) to NCHW `out`.
+fn nhwc_to_nchw(x: &[u8], [n, c, h, w]: [usize; 4], out: &mut [u8]) {
+    let hw = h * w;
+    for b in 0..n {
+        let (src, dst) = (&x[b * c * hw..][..c * hw], &mut out[b * c * hw..][..c * hw]);
+        for (p, px) in src.chunks_exact(c).enumerate() {
+            for (ch, &v) in px.iter().enumerate() {
+                dst[ch * hw + p] = v;
             }
         }
-    };
-    Ok(Some((data, name)))
+    }
+}
+
+impl Prepared for PreparedLayer {
+    fn kernel(&self) -> &'static str {
+        self.name
+    }
+
+    fn out_shape(&self) -> &[usize] {
+        &self.out_shape
+    }
+
+    fn run(&self, _stage: Lowered<'_>, inputs: &[&Value], out: &mut [u8]) -> Result<()> {
+        let input = inputs
+            .first()
+            .ok_or_else(|| Error::invalid("layer", "no input"))?
+            .quantized("layer input")?;
+        self.run_codes(input, out)
+    }
 }
 
 #[cfg(test)]
@@ -128,6 +306,7 @@ mod tests {
                 per_channel,
             },
             relu: false,
+            cache: Default::default(),
         }
     }
 

@@ -101,10 +101,14 @@ impl Param {
                 }
                 let mut rng = Rng::new(prng.seed, prng.stream);
                 let v = match prng.dist {
-                    Distribution::Normal => rng.normal(prng.a, prng.b, n),
-                    Distribution::Uniform => rng.uniform(prng.a, prng.b, n),
+                    Distribution::Normal => rng
+                        .normal(prng.a, prng.b, n)
+                        .into_iter()
+                        .map(|x| x as f32)
+                        .collect(),
+                    Distribution::Uniform => rng.uniform_f32(prng.a, prng.b, n),
                 };
-                Ok((shape.clone(), v.into_iter().map(|x| x as f32).collect()))
+                Ok((shape.clone(), v))
             }
         }
     }
@@ -114,16 +118,19 @@ impl Param {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GraphFlow {
-    /// `gm.code` of the converted model.
+    /// `gm.code` of the converted model (informational).
     #[serde(default)]
     pub graph: String,
+    /// `gm.code` as base64 of its zlib stream, in place of `graph` for long graphs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph_z: Option<String>,
     /// Every node that produces a quantized value, in execution order.
     pub nodes: Vec<GraphNode>,
     /// The node whose value the graph dequantizes into its output.
     pub output: String,
     /// Weights as this flow quantized them, by module path.
     #[serde(default)]
-    pub weights: BTreeMap<String, WeightRec>,
+    pub weights: BTreeMap<String, WeightEntry>,
     pub runs: Vec<GraphRun>,
 }
 
@@ -143,6 +150,54 @@ pub struct GraphNode {
     /// Weighted ops: the module path of their parameters and weights.
     #[serde(default)]
     pub module: Option<String>,
+}
+
+/// A flow's weight record, or a reference to the identical record of another flow.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum WeightEntry {
+    Rec(Box<WeightRec>),
+    SameAs {
+        /// The flow whose record of the same module this flow's weight equals.
+        same_as: Flow,
+    },
+}
+
+impl GraphFlow {
+    /// `gm.code` of the converted model, from `graph` or `graph_z`.
+    pub fn graph_code(&self) -> Result<String, String> {
+        match &self.graph_z {
+            None => Ok(self.graph.clone()),
+            Some(z) => {
+                let bytes = unzlib(z, 1 << 26)?;
+                String::from_utf8(bytes).map_err(|_| "graph_z is not UTF-8 text".to_string())
+            }
+        }
+    }
+}
+
+impl GraphCase {
+    /// The weight record `flow` used for `module`, following `same_as` references (one level:
+    /// the referenced flow must hold the record itself).
+    pub fn weight(&self, flow: Flow, module: &str) -> Result<&WeightRec, String> {
+        let entry = |f: Flow| {
+            self.flows
+                .get(&f)
+                .and_then(|fr| fr.weights.get(module))
+                .ok_or_else(|| format!("{} has no weight record for module {module}", f.name()))
+        };
+        match entry(flow)? {
+            WeightEntry::Rec(r) => Ok(r),
+            WeightEntry::SameAs { same_as } => match entry(*same_as)? {
+                WeightEntry::Rec(r) => Ok(r),
+                WeightEntry::SameAs { .. } => Err(format!(
+                    "{}'s record of {module} refers to {}'s, which is itself a reference",
+                    flow.name(),
+                    same_as.name()
+                )),
+            },
+        }
+    }
 }
 
 /// A weight as one flow quantized it.
@@ -332,17 +387,19 @@ pub fn sha256_f32(v: &[f32]) -> String {
     hex::encode(h.finalize())
 }
 
+/// SHA-256 (hex) of bytes.
+pub fn sha256_bytes(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
 /// SHA-256 (hex) of integer values stored as little-endian bytes of `dtype`.
 pub fn sha256_ints(v: &[i64], dtype: DType) -> String {
-    let mut h = Sha256::new();
-    for &x in v {
-        match dtype {
-            DType::I8 | DType::U8 | DType::Bool => h.update([x as u8]),
-            DType::I32 => h.update((x as i32).to_le_bytes()),
-            _ => h.update(x.to_le_bytes()),
-        }
-    }
-    hex::encode(h.finalize())
+    let bytes: Vec<u8> = match dtype {
+        DType::I8 | DType::U8 | DType::Bool => v.iter().map(|&x| x as u8).collect(),
+        DType::I32 => v.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect(),
+        _ => v.iter().flat_map(|&x| x.to_le_bytes()).collect(),
+    };
+    sha256_bytes(&bytes)
 }
 
 impl PreQuant {

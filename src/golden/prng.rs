@@ -36,10 +36,22 @@ impl Rng {
         mix64(self.key.wrapping_add(self.counter.wrapping_mul(GAMMA)))
     }
 
+    /// The next uniform double in [0, 1): 53 bits times 2^-53 (exact).
+    #[inline]
+    fn next_unit(&mut self) -> f64 {
+        const TWO_M53: f64 = 1.0 / 9_007_199_254_740_992.0;
+        (self.bits() >> 11) as f64 * TWO_M53
+    }
+
     /// `random(size=n)`: n uniform doubles in [0, 1), 53 bits times 2^-53 (exact).
     pub fn random(&mut self, n: usize) -> Vec<f64> {
+        (0..n).map(|_| self.next_unit()).collect()
+    }
+
+    /// [`Rng::uniform`] rounded to f32, without the intermediate doubles.
+    pub fn uniform_f32(&mut self, low: f64, high: f64, n: usize) -> Vec<f32> {
         (0..n)
-            .map(|_| (self.bits() >> 11) as f64 * (-53f64).exp2())
+            .map(|_| (low + (high - low) * self.next_unit()) as f32)
             .collect()
     }
 
@@ -89,6 +101,8 @@ mod tests {
         let z = Rng::new(1, 2).standard_normal(2);
         assert_eq!(z.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), PY_NORMAL);
         let u = Rng::new(5, 9).uniform(-2.0, 3.0, 2);
+        let u32s = Rng::new(5, 9).uniform_f32(-2.0, 3.0, 2);
+        assert_eq!(u32s, u.iter().map(|&v| v as f32).collect::<Vec<_>>());
         assert_eq!(
             u.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
             PY_UNIFORM

@@ -639,6 +639,7 @@ fn quantized_linear_stage(
         bias,
         weight,
         relu: false,
+        cache: Default::default(),
     };
     let xq_t = need(
         case,
@@ -813,6 +814,7 @@ fn model_layers(case: &Case, m: &ModelCase) -> Result<Vec<Arc<QLayer>>> {
                 per_channel: w.qscheme.is_per_channel(),
             },
             relu: next_relu,
+            cache: Default::default(),
         }));
         wi += 1;
     }
@@ -1209,7 +1211,7 @@ pub(crate) enum ElementResult {
 // ---------------------------------------------------------------------------------------------
 // Graph cases
 
-use super::graph::{GraphCase, GraphFlow, GraphNode, IntRepr, ParamSet, WeightRec};
+use super::graph::{GraphCase, GraphNode, IntRepr, ParamSet, WeightRec};
 use crate::ops::movement::{Movement, Step};
 use std::collections::BTreeMap;
 
@@ -1318,13 +1320,22 @@ fn fold_batch_norm(w: &[f32], b: Option<&[f32]>, bn: &BatchNorm) -> Result<(Vec<
 }
 
 /// The layer a weighted graph node computes, with the weight this flow quantized.
+/// Float parameters and re-derived int8 weights of a graph case, computed once and shared by the
+/// flows (PTQ flows quantize the same weights; `same_as` records resolve to one record).
+#[derive(Default)]
+struct WeightCache {
+    float: std::collections::HashMap<String, Arc<FloatParams>>,
+    quantized: std::collections::HashMap<(String, *const WeightRec), Arc<QWeight>>,
+}
+
 fn graph_layer(
     case: &Case,
     g: &GraphCase,
-    fname: &str,
-    fr: &GraphFlow,
+    flow: Flow,
     node: &GraphNode,
+    cache: &mut WeightCache,
 ) -> Result<QLayer> {
+    let fname = flow.name();
     let module = node.module.as_deref().ok_or_else(|| {
         case.field_err(
             &format!("flows.{fname}.nodes.{}", node.name),
@@ -1361,29 +1372,38 @@ fn graph_layer(
     let params = g.params.get(module).ok_or_else(|| {
         case.field_err("params", format!("no float parameters for module {module}"))
     })?;
-    let FloatParams {
-        shape,
-        weight: w,
-        bias,
-    } = module_float_params(case, module, params)?;
-    let rec = fr.weights.get(module).ok_or_else(|| {
-        case.field_err(
-            &format!("flows.{fname}.weights"),
-            format!("no weight record for module {module}"),
-        )
-    })?;
-    let weight = flow_weight(
-        case,
-        &format!("flows.{fname}.weights.{module}"),
-        rec,
-        &shape,
-        &w,
-    )?;
+    let fp = match cache.float.get(module) {
+        Some(fp) => fp.clone(),
+        None => {
+            let fp = Arc::new(module_float_params(case, module, params)?);
+            cache.float.insert(module.to_string(), fp.clone());
+            fp
+        }
+    };
+    let rec = g
+        .weight(flow, module)
+        .map_err(|e| case.field_err(&format!("flows.{fname}.weights"), e))?;
+    let key = (module.to_string(), rec as *const WeightRec);
+    let weight = match cache.quantized.get(&key) {
+        Some(w) => w.clone(),
+        None => {
+            let w = Arc::new(flow_weight(
+                case,
+                &format!("flows.{fname}.weights.{module}"),
+                rec,
+                &fp.shape,
+                &fp.weight,
+            )?);
+            cache.quantized.insert(key, w.clone());
+            w
+        }
+    };
     Ok(QLayer {
         geometry,
-        bias,
-        weight,
+        bias: fp.bias.clone(),
+        weight: (*weight).clone(),
         relu: a.relu,
+        cache: Default::default(),
     })
 }
 
@@ -1415,8 +1435,14 @@ fn flow_weight(
             ),
         ));
     }
-    let ints: Vec<i64> = match &rec.int_repr {
-        IntRepr::Tensor(t) => int_vec(case, &format!("{field}.int_repr"), t)?,
+    let to_i8 = |ints: Vec<i64>| -> Result<Vec<i8>> {
+        if let Some(v) = ints.iter().find(|&&v| i8::try_from(v).is_err()) {
+            return Err(case.field_err(&format!("{field}.int_repr"), format!("{v} is not an int8")));
+        }
+        Ok(ints.iter().map(|&v| v as i8).collect())
+    };
+    let int_repr: Vec<i8> = match &rec.int_repr {
+        IntRepr::Tensor(t) => to_i8(int_vec(case, &format!("{field}.int_repr"), t)?)?,
         IntRepr::Pinned { shape: s, sha256 } => {
             if s != shape {
                 return Err(case.field_err(
@@ -1424,28 +1450,36 @@ fn flow_weight(
                     format!("shape {s:?}, the float weight has {shape:?}"),
                 ));
             }
+            if rec.dtype != crate::numerics::qparams::QDType::Qint8 {
+                return Err(case.field_err(
+                    &format!("{field}.dtype"),
+                    format!("{:?}: pinned weights must be qint8", rec.dtype),
+                ));
+            }
             let inner: usize = shape.iter().skip(1).product();
             let q = if per_channel {
-                crate::numerics::quantize::aten::quantize_per_channel(
+                crate::numerics::quantize::aten::quantize_per_channel_outer_i8(
                     w,
                     &scales,
                     &zero_points,
-                    |i| i / inner.max(1),
-                    rec.dtype,
+                    inner,
                 )
             } else {
-                crate::numerics::quantize::aten::quantize_per_tensor(
-                    w,
-                    scales[0],
-                    zero_points[0],
-                    rec.dtype,
+                // `quantize_per_tensor` to qint8 (QuantizeAvx2; defined for every input).
+                let inv = 1.0f32 / scales[0] as f32;
+                let zp = zero_points[0] as i32;
+                Some(
+                    w.iter()
+                        .map(|&v| {
+                            crate::numerics::quantize::aten::quantize_avx2(v, inv, zp, -128, 127)
+                                as i8
+                        })
+                        .collect::<Vec<i8>>(),
                 )
             };
-            let q: Vec<i64> = q
-                .into_iter()
-                .collect::<Option<Vec<i64>>>()
-                .ok_or_else(|| case.field_err(field, "the float weight holds NaN"))?;
-            if super::graph::sha256_ints(&q, DType::I8) != *sha256 {
+            let q = q.ok_or_else(|| case.field_err(field, "the float weight holds NaN"))?;
+            let bytes: Vec<u8> = q.iter().map(|&v| v as u8).collect();
+            if super::graph::sha256_bytes(&bytes) != *sha256 {
                 return Err(case.field_err(
                     &format!("{field}.int_repr"),
                     "qparity's int8 weights (the float weight quantized with PyTorch's scales \
@@ -1455,14 +1489,6 @@ fn flow_weight(
             q
         }
     };
-    let int_repr = ints
-        .into_iter()
-        .map(|v| {
-            i8::try_from(v).map_err(|_| {
-                case.field_err(&format!("{field}.int_repr"), format!("{v} is not an int8"))
-            })
-        })
-        .collect::<Result<Vec<i8>>>()?;
     Ok(QWeight {
         shape: shape.to_vec(),
         int_repr,
@@ -1560,6 +1586,7 @@ fn graph_stages(case: &Case, g: &GraphCase, isa: Isa, cpu: CpuFeatures) -> Resul
     type Decoded = (Tensor, Option<Tensor>);
     let mut decoded: std::collections::HashMap<(Flow, usize, String), Decoded> =
         std::collections::HashMap::new();
+    let mut cache = WeightCache::default();
     for (&flow, fr) in &g.flows {
         let fname = flow.name();
         let fctx = ctx(flow, g.engine, isa, cpu);
@@ -1578,7 +1605,7 @@ fn graph_stages(case: &Case, g: &GraphCase, isa: Isa, cpu: CpuFeatures) -> Resul
                 "movement" | "flatten" | "dropout" | "reshape" | "transpose" | "contiguous"
                 | "chunk" => (Arc::new(graph_movement(case, fname, node)?), None),
                 "conv2d" | "linear" => {
-                    let l = Arc::new(graph_layer(case, g, fname, fr, node)?);
+                    let l = Arc::new(graph_layer(case, g, flow, node, &mut cache)?);
                     (l.clone(), Some(l))
                 }
                 name => {

@@ -103,6 +103,34 @@ pub mod aten {
             .collect()
     }
 
+    /// [`quantize_per_channel`] to qint8 of a tensor whose channel is its outermost dimension (a
+    /// conv or linear weight: `inner` elements per channel); `None` if an element is NaN or the
+    /// channel count differs. Same values, one reciprocal per channel, int8 out.
+    pub fn quantize_per_channel_outer_i8(
+        x: &[f32],
+        scales: &[f64],
+        zero_points: &[i64],
+        inner: usize,
+    ) -> Option<Vec<i8>> {
+        let inner = inner.max(1);
+        if x.len() != inner * scales.len() || scales.len() != zero_points.len() {
+            return None;
+        }
+        let mut out = vec![0i8; x.len()];
+        let mut nan = false;
+        let rows = x.chunks(inner).zip(out.chunks_mut(inner));
+        for ((row, dst), (&s, &zp)) in rows.zip(scales.iter().zip(zero_points)) {
+            let inv = 1.0f32 / s as f32;
+            let zp = zp as f32;
+            for (&v, d) in row.iter().zip(dst) {
+                let t = zp + super::rne(v * inv);
+                nan |= t.is_nan();
+                *d = (t as f64).clamp(-128.0, 127.0) as i8;
+            }
+        }
+        (!nan).then_some(out)
+    }
+
     /// `dequantize` of a per-tensor quantized tensor: `f32(f32(q − zp) · f32(scale))`
     /// (FBGEMM `Dequantize<T>`).
     #[inline]
@@ -223,6 +251,46 @@ pub mod fake_quant {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn per_channel_outer_equals_the_per_element_loop() {
+        use super::aten::{quantize_per_channel, quantize_per_channel_outer_i8};
+        use crate::numerics::qparams::QDType;
+        // Every 65537th f32 bit pattern (NaN excluded), ties and limits, over three channels.
+        let mut x: Vec<f32> = (0..65536u32)
+            .map(|i| f32::from_bits(i.wrapping_mul(65537)))
+            .filter(|v| !v.is_nan())
+            .collect();
+        x.extend([
+            0.5,
+            -0.5,
+            1.5,
+            2.5,
+            -2.5,
+            127.5,
+            -128.5,
+            1e30,
+            -1e30,
+            f32::INFINITY,
+        ]);
+        x.truncate(x.len() / 3 * 3);
+        let inner = x.len() / 3;
+        let scales = [1.0, 0.0078125, 3.3e-3];
+        for zps in [[0i64, 0, 0], [3, -7, 100]] {
+            let slow: Option<Vec<i8>> =
+                quantize_per_channel(&x, &scales, &zps, |i| i / inner, QDType::Qint8)
+                    .into_iter()
+                    .map(|v| v.map(|v| v as i8))
+                    .collect();
+            let fast = quantize_per_channel_outer_i8(&x, &scales, &zps, inner);
+            assert_eq!(slow, fast, "{zps:?}");
+        }
+        let with_nan = [1.0, f32::NAN];
+        assert_eq!(
+            quantize_per_channel_outer_i8(&with_nan, &[1.0], &[0], 2),
+            None
+        );
+    }
+
+    #[test]
     fn inline_rne_equals_round_ties_even() {
         let edges = [
             0.0f32,
@@ -296,5 +364,60 @@ mod tests {
                 assert_eq!(x.to_bits(), y.to_bits(), "k {k}");
             }
         }
+    }
+
+    // 0.1 as f64 has reciprocal 10.0 exactly after rounding, and f32(1 / f32(0.1)) is 10.0 too, so
+    // every value below follows by hand.
+
+    #[test]
+    fn decomposed_quantize_and_dequantize_by_hand() {
+        use decomposed::*;
+        // round(1·10) + 3 = 13; round(−2.5) = −2 (even) + 3 = 1; clamped to 0..5 → 5 and 0.
+        assert_eq!(quantize(1.0, 0.1, 3, -128, 127), Some(13));
+        assert_eq!(quantize_f32_scale(1.0, 0.1, 3, -128, 127), Some(13));
+        assert_eq!(quantize_f64_scale(1.0, 0.1, 3, -128, 127), Some(13));
+        assert_eq!(quantize_f64_scale(-2.5, 1.0, 3, -128, 127), Some(1));
+        assert_eq!(quantize_f64_scale(1.0, 0.1, 3, 0, 5), Some(5));
+        assert_eq!(quantize_f64_scale(-1.0, 0.1, 3, 0, 5), Some(0));
+        assert_eq!(quantize_f64_scale(f32::NAN, 0.1, 3, 0, 5), None);
+        // (5 − 3)·scale.
+        assert_eq!(dequantize(5, 0.1, 3), 2.0 * 0.1f32);
+        assert_eq!(dequantize_f32_scale(5, 0.1, 3), 2.0 * 0.1f32);
+        assert_eq!(dequantize_f64_scale(5, 0.1, 3), 0.2f32);
+        assert_eq!(dequantize_f64_scale(-4, 0.5, 3), -3.5);
+    }
+
+    #[test]
+    fn per_channel_dequantize_and_malformed_shapes() {
+        // f32(f64(5 − 3)·0.1) = f32(0.2).
+        assert_eq!(aten::dequantize_per_channel(5, 0.1, 3), 0.2f32);
+        assert_eq!(aten::dequantize_per_channel(-4, 0.5, 3), -3.5);
+        // Four elements, two channels of two, but one zero point: no result.
+        let x = [1.0f32, 2.0, 3.0, 4.0];
+        assert_eq!(
+            aten::quantize_per_channel_outer_i8(&x, &[1.0, 1.0], &[0], 2),
+            None
+        );
+        assert_eq!(
+            aten::quantize_per_channel_outer_i8(&x, &[1.0, 0.5], &[0, 1], 2),
+            Some(vec![1, 2, 7, 9])
+        );
+    }
+
+    #[test]
+    fn fake_quant_and_its_mask_by_hand() {
+        use fake_quant::*;
+        // q = round(2·10) + 3 = 23 → (23 − 3)·0.1 = 2; −0.5·10 = −5 → −2 clamps to 0 → −0.3.
+        assert_eq!(quantized(2.0, 0.1, 3), 23);
+        assert_eq!(fake_quantize(2.0, 0.1, 3, 0, 255), 2.0);
+        assert_eq!(
+            fake_quantize(-0.5, 0.1, 3, 0, 255),
+            (-3.0 * 0.1f32 as f64) as f32
+        );
+        // The mask is taken on the unclamped value: 23 is inside 0..23, not inside 0..22.
+        assert!(mask(2.0, 0.1, 3, 0, 23));
+        assert!(!mask(2.0, 0.1, 3, 0, 22));
+        assert!(!mask(2.0, 0.1, 3, 24, 30));
+        assert!(!mask(f32::NAN, 0.1, 3, 0, 255));
     }
 }

@@ -171,7 +171,9 @@ impl QnnpackRequant {
 /// `i32::MIN` (the "integer indefinite" value).
 #[inline]
 pub fn round_ne_i32(v: f32) -> i32 {
-    let r = v.round_ties_even();
+    // `quantize::rne` equals `f32::round_ties_even` (inline, where the latter is a libm call on
+    // baseline x86-64).
+    let r = super::quantize::rne(v);
     if !(-2147483648.0..2147483648.0).contains(&r) {
         i32::MIN
     } else {
@@ -193,4 +195,112 @@ fn finish_u8(pre: f32, out_zero_point: i32, relu: bool) -> u8 {
 fn clamp_u8(q: i32, zp: i32, lo: i32) -> u8 {
     let v = (q as i64 + zp as i64).clamp(lo as i64, 255);
     v as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_ne_i32_ties_to_even_and_maps_out_of_range_to_int_min() {
+        let cases = [
+            (1.0f32, 1),
+            (2.5, 2),
+            (3.5, 4),
+            (-2.5, -2),
+            (-0.5, 0),
+            (0.49999997, 0),
+            (1e9, 1_000_000_000),
+            // The largest f32 values inside the int32 range at both ends.
+            (2147483520.0, 2147483520),
+            (-2147483520.0, -2147483520),
+            (-2147483648.0, i32::MIN),
+        ];
+        for (v, want) in cases {
+            assert_eq!(round_ne_i32(v), want, "{v:e}");
+        }
+        for v in [
+            2147483648.0f32,
+            -2147483904.0,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ] {
+            assert_eq!(round_ne_i32(v), i32::MIN, "{v:e}");
+        }
+    }
+
+    /// Scales that are powers of two keep every product and quotient exact, so the values below
+    /// follow from the formulas by hand.
+    #[test]
+    fn fbgemm_per_channel_bias_is_divided_by_atws_and_added() {
+        // atws = [0.5·0.25, 0.5·0.5] = [0.125, 0.25]; mult = atws / 0.25 = [0.5, 1];
+        // bias term = [1 / 0.125, −2 / 0.25] = [8, −8].
+        let rq = FbgemmRequant::new(
+            0.5,
+            &[0.25, 0.5],
+            true,
+            Some(&[1.0, -2.0]),
+            2,
+            0.25,
+            10,
+            false,
+        );
+        assert_eq!(rq.act_times_w_scale, [0.125, 0.25]);
+        assert_eq!(rq.multiplier, [0.5, 1.0]);
+        assert_eq!(rq.bias_term, [8.0, -8.0]);
+        assert_eq!(rq.bias_scale, None);
+        assert_eq!(rq.bias_term_f64(1), -8.0);
+        // Channel 0: (4 + 8)·0.5 = 6 → 16. Channel 1: (4 − 8)·1 = −4 → 6.
+        assert_eq!(rq.biased(4, 0), 12.0);
+        assert_eq!(rq.pre_round(4, 0), 6.0);
+        assert_eq!(rq.apply(4, 0), 16);
+        assert_eq!(rq.pre_round(4, 1), -4.0);
+        assert_eq!(rq.apply(4, 1), 6);
+        // A tie: (−3 + 8)·0.5 = 2.5 → 2 (even) → 12.
+        assert_eq!(rq.apply(-3, 0), 12);
+    }
+
+    #[test]
+    fn fbgemm_per_tensor_bias_is_scaled_by_the_reciprocal() {
+        // atws = 0.125, rcp = 8, mult = 0.125 / 0.5 = 0.25; the bias stays as given.
+        let rq = FbgemmRequant::new(0.5, &[0.25], false, Some(&[3.0, -1.0]), 2, 0.5, 100, false);
+        assert_eq!(rq.multiplier, [0.25]);
+        assert_eq!(rq.bias_term, [3.0, -1.0]);
+        assert_eq!(rq.bias_scale, Some(8.0));
+        assert_eq!(rq.bias_term_f64(0), 24.0);
+        assert_eq!(rq.bias_term_f64(1), -8.0);
+        // Channel 0: (1 + 3·8)·0.25 = 6.25 → 6 → 106; channel 1: (2 − 8)·0.25 = −1.5 → −2 → 98.
+        assert_eq!(rq.biased(1, 0), 25.0);
+        assert_eq!(rq.pre_round(1, 0), 6.25);
+        assert_eq!(rq.apply(1, 0), 106);
+        assert_eq!(rq.pre_round(2, 1), -1.5);
+        assert_eq!(rq.apply(2, 1), 98);
+    }
+
+    #[test]
+    fn output_zero_point_and_relu_clamp() {
+        for relu in [false, true] {
+            let rq = FbgemmRequant::new(1.0, &[1.0], false, None, 1, 1.0, 10, relu);
+            assert_eq!(rq.apply(5, 0), 15);
+            assert_eq!(rq.apply(300, 0), 255);
+            // −20 + 10 = −10: 0 without ReLU, the zero point with it.
+            assert_eq!(rq.apply(-20, 0), if relu { 10 } else { 0 });
+            assert_eq!(rq.apply(-7, 0), if relu { 10 } else { 3 });
+        }
+    }
+
+    #[test]
+    fn qnnpack_bias_is_rounded_to_int32_before_scaling() {
+        // s = f32(0.25·0.5) = 0.125; req = 0.125·f32(1/0.25) = 0.5;
+        // bias_q = [RNE(1·8), RNE(f32(−0.3)·8)] = [8, RNE(−2.4000001)] = [8, −2].
+        let rq = QnnpackRequant::new(0.5, &[0.25], Some(&[1.0, -0.3]), 2, 0.25, 7, false);
+        assert_eq!(rq.scale, [0.5, 0.5]);
+        assert_eq!(rq.bias_q, [8, -2]);
+        // (3 + 8)·0.5 = 5.5 → 6 → 13; (−1 − 2)·0.5 = −1.5 → −2 → 5.
+        assert_eq!(rq.pre_round(3, 0), 5.5);
+        assert_eq!(rq.apply(3, 0), 13);
+        assert_eq!(rq.pre_round(-1, 1), -1.5);
+        assert_eq!(rq.apply(-1, 1), 5);
+    }
 }

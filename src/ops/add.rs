@@ -245,10 +245,27 @@ struct AddPlan {
 }
 
 impl AddPlan {
+    /// ATen's vector (`v`) or scalar lambda on one pair of codes: the code and the float sum.
+    fn aten(
+        &self,
+        inv: f32,
+        v: bool,
+        (da, qa): (Dequant, u8),
+        (db, qb): (Dequant, u8),
+    ) -> (Option<i64>, f32) {
+        let c = da.at(qa, v) + db.at(qb, v);
+        let c = if self.op.relu { c.max(0.0) } else { c };
+        let q = if v {
+            Some(aten_vec::quantize_vec(c, inv, self.out.zero_point))
+        } else {
+            aten_vec::quantize_val(c, self.out.scale, self.out.zero_point)
+        };
+        (q, c)
+    }
+
     /// Output element `i` with the intermediate values that produced it.
     fn element(&self, a: &QTensor, b: &QTensor, i: usize) -> (Option<i64>, String) {
         let (qa, qb) = (a.data[self.a_index[i]], b.data[self.b_index[i]]);
-        let relu = |c: f32| if self.op.relu { c.max(0.0) } else { c };
         match &self.kernel {
             Kernel::Qnnpack(p) => {
                 let q = p.apply(qa, qb);
@@ -263,12 +280,7 @@ impl AddPlan {
                     Dequant::new(a.scale, a.zero_point),
                     Dequant::new(b.scale, b.zero_point),
                 );
-                let c = relu(da.at(qa, v) + db.at(qb, v));
-                let q = if v {
-                    Some(aten_vec::quantize_vec(c, *inv, self.out.zero_point))
-                } else {
-                    aten_vec::quantize_val(c, self.out.scale, self.out.zero_point)
-                };
+                let (q, c) = self.aten(*inv, v, (da, qa), (db, qb));
                 let side = if v { "vector (FMA)" } else { "scalar" };
                 (
                     q,
@@ -425,6 +437,41 @@ impl Plan for AddPlan {
         binary_trace(op, inputs, &self.shape, i, rule, |a, b, i| {
             self.element(a, b, i)
         })
+    }
+
+    fn lowered(&self) -> Option<super::Lowered<'_>> {
+        (!matches!(self.kernel, Kernel::Float)).then_some(super::Lowered::Pointwise(self))
+    }
+}
+
+/// Function 0: QNNPACK's fixed point or ATen's vector lambda; function 1: ATen's scalar lambda.
+impl super::Pointwise for AddPlan {
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn arity(&self) -> usize {
+        2
+    }
+    fn functions(&self) -> usize {
+        2
+    }
+    fn source(&self, i: usize) -> (usize, [(usize, usize); 2]) {
+        let f = match &self.kernel {
+            Kernel::Aten { lanes, .. } => usize::from(!lanes.is_vector(i)),
+            _ => 0,
+        };
+        (f, [(0, self.a_index[i]), (1, self.b_index[i])])
+    }
+    fn value(&self, f: usize, qparams: &[(f64, i64)], [qa, qb]: [u8; 2]) -> Option<i64> {
+        match &self.kernel {
+            Kernel::Qnnpack(p) => Some(p.apply(qa, qb)),
+            Kernel::Aten { inv, .. } => {
+                let [(sa, za), (sb, zb)] = [*qparams.first()?, *qparams.get(1)?];
+                let (da, db) = (Dequant::new(sa, za), Dequant::new(sb, zb));
+                self.aten(*inv, f == 0, (da, qa), (db, qb)).0
+            }
+            Kernel::Float => None,
+        }
     }
 }
 

@@ -504,7 +504,7 @@ pub fn requantize_vec(v: i32, multiplier: f32, zero_point: i64) -> i64 {
 /// `zp + lrintf(f32(f32(v)·m))` in int64 (out of range / NaN → `INT64_MIN`), clamped to 0..255.
 #[inline]
 pub fn requantize_val(v: i32, multiplier: f32, zero_point: i64) -> i64 {
-    let x = (v as f32 * multiplier).round_ties_even();
+    let x = crate::numerics::quantize::rne(v as f32 * multiplier);
     let r = if x.is_nan() || !(-9.223_372e18..9.223_372e18).contains(&x) {
         i64::MIN
     } else {

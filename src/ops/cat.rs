@@ -182,6 +182,36 @@ struct CatPlan {
 }
 
 impl CatPlan {
+    /// The integer kernels' output code for code `q` of an input with `(scale, zero_point)`
+    /// (`vector`: the NHWC kernel's vector channels).
+    fn code(&self, (scale, zero_point): (f64, i64), q: u8, vector: bool) -> Option<i64> {
+        let (so, zo) = (self.out.scale, self.out.zero_point);
+        match self.kernel {
+            Kernel::Float => None,
+            Kernel::Generic => {
+                let x = Dequant::new(scale, zero_point).scalar(q);
+                let r = aten_vec::quantize_val(x, so, zo);
+                if self.op.relu {
+                    r.map(|v| v.max(zo))
+                } else {
+                    r
+                }
+            }
+            Kernel::Nhwc => {
+                if (scale, zero_point) == (so, zo) && !self.op.relu {
+                    return Some(q as i64);
+                }
+                let x = Dequant::new(scale, zero_point).at(q, vector);
+                let x = if self.op.relu { x.max(0.0) } else { x };
+                if vector {
+                    Some(aten_vec::quantize_vec(x, aten_vec::inv64(so), zo))
+                } else {
+                    aten_vec::quantize_val(x, so, zo)
+                }
+            }
+        }
+    }
+
     /// Output element `i`: (input, its logical index, its index along `dim`).
     fn source(&self, i: usize) -> (usize, usize, usize) {
         let total = self.shape[self.dim];
@@ -195,7 +225,7 @@ impl CatPlan {
         (j, (outer * self.sizes[j] + c) * self.inner + r, c)
     }
 
-    fn element(&self, ins: &[&QTensor], i: usize) -> (Option<i64>, String) {
+    fn element(&self, ins: &[&QTensor], i: usize, trace: bool) -> (Option<i64>, String) {
         let (j, idx, c) = self.source(i);
         let t = ins[j];
         let q = t.data[idx];
@@ -206,37 +236,42 @@ impl CatPlan {
                 let (lo, hi) = self.flow.clamp(self.out.quant_min, self.out.quant_max);
                 let x = relu(self.flow.dequantize(q as i64, t.scale, t.zero_point));
                 let r = self.flow.quantize(x, so, zo, lo, hi);
-                (r, format!("input {j} q {q}: x {x:e} → {r:?}"))
+                (
+                    r,
+                    super::note(trace, format_args!("input {j} q {q}: x {x:e} → {r:?}")),
+                )
             }
             Kernel::Generic => {
                 let x = Dequant::new(t.scale, t.zero_point).scalar(q);
-                let r = aten_vec::quantize_val(x, so, zo);
-                let r = if self.op.relu {
-                    r.map(|v| v.max(zo))
-                } else {
-                    r
-                };
+                let r = self.code((t.scale, t.zero_point), q, false);
                 (
                     r,
-                    format!("input {j} q {q}: dequantize {x:e}, quantize_per_tensor → {r:?}"),
+                    super::note(
+                        trace,
+                        format_args!(
+                            "input {j} q {q}: dequantize {x:e}, quantize_per_tensor → {r:?}"
+                        ),
+                    ),
                 )
             }
             Kernel::Nhwc => {
                 if (t.scale, t.zero_point) == (so, zo) && !self.op.relu {
-                    return (Some(q as i64), format!("input {j} q {q}: copied"));
+                    return (
+                        Some(q as i64),
+                        super::note(trace, format_args!("input {j} q {q}: copied")),
+                    );
                 }
                 let d = Dequant::new(t.scale, t.zero_point);
                 let vector = c < self.sizes[j] / 8 * 8;
                 let x = relu(d.at(q, vector));
-                let r = if vector {
-                    Some(aten_vec::quantize_vec(x, aten_vec::inv64(so), zo))
-                } else {
-                    aten_vec::quantize_val(x, so, zo)
-                };
+                let r = self.code((t.scale, t.zero_point), q, vector);
                 let side = if vector { "vector" } else { "scalar" };
                 (
                     r,
-                    format!("input {j} q {q}, channel {c}: {side} x {x:e} → {r:?}"),
+                    super::note(
+                        trace,
+                        format_args!("input {j} q {q}, channel {c}: {side} x {x:e} → {r:?}"),
+                    ),
                 )
             }
         }
@@ -327,7 +362,7 @@ impl Plan for CatPlan {
                 floats,
             );
         }
-        let values = (0..n).map(|i| self.element(&ins, i).0);
+        let values = (0..n).map(|i| self.element(&ins, i, false).0);
         Ok(vec![Output::new(
             "int_repr",
             self.shape.clone(),
@@ -344,9 +379,34 @@ impl Plan for CatPlan {
             ));
         }
         Ok(vec![
-            self.element(&ins, i).1,
+            self.element(&ins, i, true).1,
             format!("rule: {}", self.rule()),
         ])
+    }
+
+    fn lowered(&self) -> Option<super::Lowered<'_>> {
+        (self.kernel != Kernel::Float).then_some(super::Lowered::Pointwise(self))
+    }
+}
+
+/// Function `2·j` (vector channels) and `2·j + 1` (the others): input `j`'s requantization.
+impl super::Pointwise for CatPlan {
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn arity(&self) -> usize {
+        1
+    }
+    fn functions(&self) -> usize {
+        2 * self.sizes.len()
+    }
+    fn source(&self, i: usize) -> (usize, [(usize, usize); 2]) {
+        let (j, idx, c) = CatPlan::source(self, i);
+        let vector = self.kernel == Kernel::Nhwc && c < self.sizes[j] / 8 * 8;
+        (2 * j + usize::from(!vector), [(j, idx), (0, 0)])
+    }
+    fn value(&self, f: usize, qparams: &[(f64, i64)], [q, _]: [u8; 2]) -> Option<i64> {
+        self.code(*qparams.get(f / 2)?, q, f.is_multiple_of(2))
     }
 }
 

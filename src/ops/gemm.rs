@@ -268,26 +268,52 @@ pub fn linear_f64(
     n: usize,
     bias: Option<&[f32]>,
 ) -> Vec<FloatSum> {
-    let mut out = Vec::with_capacity(m * n);
+    // Each output is its own f64 sum over k in order (the documented reference evaluation);
+    // LANES outputs are summed side by side, each in its own lane, so the compiler can keep
+    // several independent chains in flight without reassociating any of them.
+    const LANES: usize = 8;
+    let mut out = vec![
+        FloatSum {
+            value: 0.0,
+            abs_sum: 0.0,
+            terms: k + usize::from(bias.is_some()),
+        };
+        m * n
+    ];
+    // `w` transposed to k-major, one block of LANES columns at a time (zero-padded).
+    let blocks = n.div_ceil(LANES);
+    let mut wt = vec![0.0f64; blocks * k * LANES];
+    for j in 0..n {
+        let (blk, lane) = (j / LANES, j % LANES);
+        for kk in 0..k {
+            wt[(blk * k + kk) * LANES + lane] = w[j * k + kk] as f64;
+        }
+    }
     for i in 0..m {
         let row = &x[i * k..(i + 1) * k];
-        for j in 0..n {
-            let col = &w[j * k..(j + 1) * k];
-            let (mut s, mut a) = (0.0f64, 0.0f64);
-            for (&xv, &wv) in row.iter().zip(col) {
-                let p = xv as f64 * wv as f64;
-                s += p;
-                a += p.abs();
+        for blk in 0..blocks {
+            let mut s = [0.0f64; LANES];
+            let mut a = [0.0f64; LANES];
+            let wb = &wt[blk * k * LANES..(blk + 1) * k * LANES];
+            for (&xv, wk) in row.iter().zip(wb.chunks_exact(LANES)) {
+                let xv = xv as f64;
+                for l in 0..LANES {
+                    let p = xv * wk[l];
+                    s[l] += p;
+                    a[l] += p.abs();
+                }
             }
-            if let Some(b) = bias {
-                s += b[j] as f64;
-                a += (b[j] as f64).abs();
+            for l in 0..LANES.min(n - blk * LANES) {
+                let j = blk * LANES + l;
+                let (mut sv, mut av) = (s[l], a[l]);
+                if let Some(b) = bias {
+                    sv += b[j] as f64;
+                    av += (b[j] as f64).abs();
+                }
+                let o = &mut out[i * n + j];
+                o.value = sv;
+                o.abs_sum = av;
             }
-            out.push(FloatSum {
-                value: s,
-                abs_sum: a,
-                terms: k + usize::from(bias.is_some()),
-            });
         }
     }
     out
@@ -377,6 +403,41 @@ pub fn pad_channels_even(
 mod tests {
     use super::*;
     use crate::kernels::reference::Reference;
+
+    #[test]
+    fn linear_f64_sums_each_output_in_k_order() {
+        // Sizes around the lane blocking; values whose sum depends on the order of additions.
+        for (m, k, n) in [(1, 1, 1), (2, 7, 9), (3, 33, 8), (1, 5, 17)] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| [1e16f32, 1.0, -1e16, 3.5e-3, -0.0][i % 5] * (1.0 + i as f32))
+                .collect();
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| [1.0f32, -2.5, 1e-8, 7.0, -0.0][(i * 3) % 5])
+                .collect();
+            let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.25 - 1.0).collect();
+            for b in [None, Some(&bias[..])] {
+                let got = linear_f64(&x, m, k, &w, n, b);
+                for i in 0..m {
+                    for j in 0..n {
+                        let (mut s, mut a) = (0.0f64, 0.0f64);
+                        for kk in 0..k {
+                            let p = x[i * k + kk] as f64 * w[j * k + kk] as f64;
+                            s += p;
+                            a += p.abs();
+                        }
+                        if let Some(b) = b {
+                            s += b[j] as f64;
+                            a += (b[j] as f64).abs();
+                        }
+                        let g = got[i * n + j];
+                        assert_eq!(g.value.to_bits(), s.to_bits(), "{m}x{k}x{n} ({i},{j})");
+                        assert_eq!(g.abs_sum.to_bits(), a.to_bits());
+                        assert_eq!(g.terms, k + usize::from(b.is_some()));
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn conv_acc_matches_direct_definition() {

@@ -57,25 +57,22 @@ impl QWeight {
     /// Dequantized weights as the given flow computes them (the reference modules'
     /// `_quantize_and_dequantize_weight`, or its decomposed twin).
     pub fn dequantized(&self, flow: Flow) -> Vec<f32> {
-        let per_oc = self.int_repr.len() / self.shape[0].max(1);
-        self.int_repr
-            .iter()
-            .enumerate()
-            .map(|(i, &q)| {
-                let oc = i / per_oc;
-                let (s, z) = (self.scale_of(oc), self.zp_of(oc));
-                match (flow, self.per_channel) {
-                    (Flow::ConvertToReferenceDecomposedFx, true) => {
-                        decomposed::dequantize_f32_scale(q as i64, s, z)
-                    }
-                    (Flow::ConvertToReferenceDecomposedFx, false) => {
-                        decomposed::dequantize(q as i64, s as f64, z)
-                    }
-                    (_, true) => aten::dequantize_per_channel(q as i64, s as f64, z),
-                    (_, false) => aten::dequantize(q as i64, s as f64, z),
+        let per_oc = (self.int_repr.len() / self.shape[0].max(1)).max(1);
+        let mut out = Vec::with_capacity(self.int_repr.len());
+        for (oc, row) in self.int_repr.chunks(per_oc).enumerate() {
+            let (s, z) = (self.scale_of(oc), self.zp_of(oc));
+            out.extend(row.iter().map(|&q| match (flow, self.per_channel) {
+                (Flow::ConvertToReferenceDecomposedFx, true) => {
+                    decomposed::dequantize_f32_scale(q as i64, s, z)
                 }
-            })
-            .collect()
+                (Flow::ConvertToReferenceDecomposedFx, false) => {
+                    decomposed::dequantize(q as i64, s as f64, z)
+                }
+                (_, true) => aten::dequantize_per_channel(q as i64, s as f64, z),
+                (_, false) => aten::dequantize(q as i64, s as f64, z),
+            }));
+        }
+        out
     }
 }
 
@@ -315,9 +312,99 @@ pub struct QLayer {
     pub weight: QWeight,
     /// ReLU fused after the op.
     pub relu: bool,
+    /// Memoized float evaluations (`LayerCache::default()` when building a layer).
+    pub cache: LayerCache,
+}
+
+/// The reference flows' float evaluation of a layer is asked for twice per recorded value (to
+/// decode PyTorch's delta-encoded floats, then to check them): the dequantized weights per flow
+/// and the last few evaluations are kept. Cloning a layer starts an empty cache; the cache never
+/// takes part in equality.
+#[derive(Default)]
+pub struct LayerCache {
+    weights: std::sync::Mutex<Vec<(Flow, std::sync::Arc<Vec<f32>>)>>,
+    sums: std::sync::Mutex<Vec<(SumsKey, std::sync::Arc<Vec<FloatSum>>)>>,
+}
+
+/// What a float evaluation depends on besides the layer: the flow and the whole input.
+#[derive(PartialEq)]
+struct SumsKey {
+    flow: Flow,
+    scale: u64,
+    zero_point: i64,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+/// Evaluations kept per layer (a graph case runs each layer on a few inputs per flow).
+const CACHED_SUMS: usize = 4;
+
+impl Clone for LayerCache {
+    fn clone(&self) -> Self {
+        LayerCache::default()
+    }
+}
+
+impl PartialEq for LayerCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for LayerCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LayerCache")
+    }
 }
 
 impl QLayer {
+    /// The weights dequantized as `flow` dequantizes them (memoized).
+    fn dequantized_weight(&self, flow: Flow) -> std::sync::Arc<Vec<f32>> {
+        let mut w = self.cache.weights.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, v)) = w.iter().find(|(f, _)| *f == flow) {
+            return v.clone();
+        }
+        let v = std::sync::Arc::new(self.weight.dequantized(flow));
+        w.push((flow, v.clone()));
+        v
+    }
+
+    /// Every output of the float op on `input` dequantized as `flow` does, evaluated exactly
+    /// enough to bound PyTorch's f32 result ([`Geometry::float_out`]; memoized).
+    pub fn float_sums(&self, flow: Flow, input: &QTensor) -> Result<std::sync::Arc<Vec<FloatSum>>> {
+        let key = SumsKey {
+            flow,
+            scale: input.scale.to_bits(),
+            zero_point: input.zero_point,
+            shape: input.shape.clone(),
+            data: input.data.clone(),
+        };
+        {
+            let sums = self.cache.sums.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, v)) = sums.iter().find(|(k, _)| *k == key) {
+                return Ok(v.clone());
+            }
+        }
+        let x: Vec<f32> = input
+            .data
+            .iter()
+            .map(|&q| flow.dequantize(q as i64, input.scale, input.zero_point))
+            .collect();
+        let w = self.dequantized_weight(flow);
+        let v = std::sync::Arc::new(self.geometry.float_out(
+            &x,
+            &input.shape,
+            &w,
+            self.bias.as_deref(),
+        )?);
+        let mut sums = self.cache.sums.lock().unwrap_or_else(|e| e.into_inner());
+        if sums.len() >= CACHED_SUMS {
+            sums.remove(0);
+        }
+        sums.push((key, v.clone()));
+        Ok(v)
+    }
+
     /// Checks the weights and bias against the layer, the input against its shape and qparams,
     /// and the output qparams; returns the output shape.
     fn validate(&self, input: &Meta<'_>, out: &OutQParams) -> Result<Vec<usize>> {
@@ -390,15 +477,8 @@ impl QLayer {
     /// products over `k = (kh·KW + kw)·ICg + c` (conv2d; linear: `k`), plus the bias, rounded to
     /// f32, then `max(·, +0.0)` under a fused ReLU.
     pub fn reference_float(&self, flow: Flow, input: &QTensor) -> Result<Vec<f32>> {
-        let x: Vec<f32> = input
-            .data
-            .iter()
-            .map(|&q| flow.dequantize(q as i64, input.scale, input.zero_point))
-            .collect();
-        let w = self.weight.dequantized(flow);
         Ok(self
-            .geometry
-            .float_out(&x, &input.shape, &w, self.bias.as_deref())?
+            .float_sums(flow, input)?
             .iter()
             .map(|y| {
                 let v = y.value as f32;
@@ -712,19 +792,8 @@ struct FloatPlan<'a> {
 }
 
 impl FloatPlan<'_> {
-    fn float_out(&self, input: &QTensor) -> Result<Vec<FloatSum>> {
-        let x: Vec<f32> = input
-            .data
-            .iter()
-            .map(|&q| {
-                self.flow
-                    .dequantize(q as i64, input.scale, input.zero_point)
-            })
-            .collect();
-        let w = self.layer.weight.dequantized(self.flow);
-        self.layer
-            .geometry
-            .float_out(&x, &input.shape, &w, self.layer.bias.as_deref())
+    fn float_out(&self, input: &QTensor) -> Result<std::sync::Arc<Vec<FloatSum>>> {
+        self.layer.float_sums(self.flow, input)
     }
 
     fn quantize(&self, v: f32) -> Result<i64> {
@@ -838,8 +907,14 @@ fn onednn_pred(rq: &FbgemmRequant, acc: i32, j: usize) -> Pred {
     let exact = (acc as f64 + rq.bias_term_f64(j)) * rq.multiplier[idx] as f64;
     let mag = (acc as f64).abs() * rq.multiplier[idx] as f64
         + (rq.bias_term_f64(j) * rq.multiplier[idx] as f64).abs();
-    // Up to ~6 f32 roundings in any order (scales product, bias scaling, add, multiply, FMA or not).
-    let w = 8.0 * (f32::EPSILON as f64 / 2.0) * mag.max(1e-30);
+    // Up to ~6 f32 roundings in any order (scales product, bias scaling, add, multiply, FMA or not)
+    // at the magnitude of the terms, plus oneDNN's kernels adding the destination zero point to
+    // the f32 value before converting (`jit_avx512_core_x8s8s32x_conv_kernel.cpp`, brgemm
+    // post-ops): one more rounding at the magnitude of `v + zp`, which the terms' own errors
+    // carry into as well.
+    let zp = rq.out_zero_point as f64;
+    let w = 8.0 * (f32::EPSILON as f64 / 2.0) * mag.max(1e-30)
+        + 2.0 * (f32::EPSILON as f64 / 2.0) * (exact + zp).abs();
     let lo_z = if rq.relu { rq.out_zero_point } else { 0 };
     let q =
         |v: f64| (v.round_ties_even() as i64 + rq.out_zero_point as i64).clamp(lo_z as i64, 255);
@@ -887,6 +962,7 @@ mod tests {
                 per_channel: false,
             },
             relu: false,
+            cache: Default::default(),
         };
         let input = Value::Quantized(QTensor::new(vec![1, 2, 1, 2], vec![255; 4], 1.0, 200));
         let out = OutQParams {

@@ -299,6 +299,93 @@ impl fmt::Display for Rule {
 pub enum Lowered<'a> {
     /// A quantized linear or conv2d in the integer flow.
     IntegerLayer(&'a layer::IntegerLayer),
+    /// A u8 op whose every output code is one value function of one or two input codes.
+    Pointwise(&'a dyn Pointwise),
+    /// A reduction over windows of the `H×W` planes of one 4-D u8 input (pools, mean).
+    Window(&'a dyn WindowOp),
+    /// The flow's quantize node on an f32 input.
+    Quantize(&'a dyn QuantizeOp),
+    /// The flow's dequantize node at a graph's output (f32 out).
+    Dequantize(&'a dyn DequantizeOp),
+}
+
+/// A planned u8 op whose output element `i` is one of the plan's value functions applied to one
+/// or two input codes (ATen's vector and scalar lambdas of an elementwise op, QNNPACK's fixed
+/// point, a movement's gather, a cat's per-input requantization). Every decision is the plan's:
+/// which function element `i` takes and where its codes come from. A backend tabulates each
+/// function once (256 or 65 536 entries, exact by construction) and walks the sources.
+pub trait Pointwise: fmt::Debug + Sync {
+    /// The output shape (logical order).
+    fn shape(&self) -> &[usize];
+    /// How many codes each element reads (1 or 2).
+    fn arity(&self) -> usize;
+    /// How many value functions there are.
+    fn functions(&self) -> usize;
+    /// Output element `i`: its value function and, per code it reads, `(input, flat index)`
+    /// (unused entries are `(0, 0)`).
+    fn source(&self, i: usize) -> (usize, [(usize, usize); 2]);
+    /// Value function `f` on `codes` (the first [`Pointwise::arity`] are read), for inputs with
+    /// `qparams` (the ones the plan was made for). `None`: PyTorch's result is undefined.
+    fn value(&self, f: usize, qparams: &[(f64, i64)], codes: [u8; 2]) -> Option<i64>;
+}
+
+/// How a [`WindowOp`] reduces a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reduction {
+    /// The largest code (0 for a window without taps).
+    Max,
+    /// The sum of the codes.
+    Sum,
+    /// ATen's f32 cascade sum of the dequantized codes over the whole `H×W` plane, in the
+    /// input's memory order ([`crate::numerics::sum::sum_hw`]).
+    FloatPlane { channels_last: bool },
+}
+
+/// A planned reduction over windows of one 4-D quantized input: max / average pools,
+/// `adaptive_avg_pool2d`, `mean` over `(H, W)`.
+pub trait WindowOp: fmt::Debug + Sync {
+    /// `N, C, H, W` of the input.
+    fn in_dims(&self) -> [usize; 4];
+    /// `N, C, OH, OW` of the logical results.
+    fn out_dims(&self) -> [usize; 4];
+    /// The output shape (`out_dims`, or `[N, C]` for a `mean` without `keepdim`).
+    fn out_shape(&self) -> &[usize];
+    fn reduction(&self) -> Reduction;
+    /// The input rows (`axis` 0) or columns (`axis` 1) output position `o` reads.
+    fn taps(&self, axis: usize, o: usize) -> Vec<usize>;
+    /// Output code of logical result `j` (NCHW order) from its window's reduction: the integer
+    /// `acc` for [`Reduction::Max`] / [`Reduction::Sum`], the f32 `sum` for
+    /// [`Reduction::FloatPlane`]. `zero_point`, `scale`: the input's.
+    fn finish(&self, j: usize, acc: i64, sum: f32, scale: f64, zero_point: i64) -> Option<i64>;
+    /// Which logical result lands at output position `i` (ATen's scrambled `N×C×1×1` outputs).
+    fn source(&self, i: usize) -> usize {
+        i
+    }
+}
+
+/// A planned dequantize node (u8 codes to f32).
+pub trait DequantizeOp: fmt::Debug + Sync {
+    fn shape(&self) -> &[usize];
+    /// The f32 value of code `q` of an input with `scale` and `zero_point`.
+    fn dequantize(&self, q: u8, scale: f64, zero_point: i64) -> f32;
+}
+
+/// A planned quantize node on an f32 tensor.
+pub trait QuantizeOp: fmt::Debug + Sync {
+    fn shape(&self) -> &[usize];
+    /// The code of `x` (`None`: NaN).
+    fn quantize(&self, x: f32) -> Option<i64>;
+    /// [`QuantizeOp::quantize`] of every value into `out` (the same length); `false` where a
+    /// value has no u8 code.
+    fn quantize_all(&self, x: &[f32], out: &mut [u8]) -> bool {
+        x.len() == out.len()
+            && x.iter().zip(out).all(|(&v, o)| {
+                self.quantize(v)
+                    .and_then(|c| u8::try_from(c).ok())
+                    .map(|c| *o = c)
+                    .is_some()
+            })
+    }
 }
 
 /// An op instance, ready to be planned for a stage.
@@ -340,6 +427,16 @@ pub trait Plan: fmt::Debug {
 }
 
 /// Checks that a plan got the number of inputs its op takes.
+/// An element's derivation text for `Plan::trace`, formatted only when `trace` is set (the
+/// per-element predictions of large tensors skip it).
+pub(crate) fn note(trace: bool, text: std::fmt::Arguments<'_>) -> String {
+    if trace {
+        text.to_string()
+    } else {
+        String::new()
+    }
+}
+
 pub(crate) fn expect_inputs<'a, 'b>(
     op: &str,
     inputs: &'b [Meta<'a>],

@@ -294,6 +294,34 @@ impl Plan for MovementPlan {
             .collect();
         super::exact_float_then_quantize("movement", self.flow, &self.out, &self.shape, f)
     }
+
+    fn lowered(&self) -> Option<super::Lowered<'_>> {
+        Some(super::Lowered::Pointwise(self))
+    }
+}
+
+/// One function: the flow's dequantize then its quantize with the output qparams (the identity
+/// when they are the input's), on the code at the gathered position.
+impl super::Pointwise for MovementPlan {
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn arity(&self) -> usize {
+        1
+    }
+    fn functions(&self) -> usize {
+        1
+    }
+    fn source(&self, i: usize) -> (usize, [(usize, usize); 2]) {
+        (0, [(0, self.index[i]), (0, 0)])
+    }
+    fn value(&self, _f: usize, qparams: &[(f64, i64)], [q, _]: [u8; 2]) -> Option<i64> {
+        let (scale, zero_point) = *qparams.first()?;
+        let x = self.flow.dequantize(q as i64, scale, zero_point);
+        let (lo, hi) = self.clamp;
+        self.flow
+            .quantize(x, self.out.scale, self.out.zero_point, lo, hi)
+    }
 }
 
 #[cfg(test)]

@@ -90,20 +90,29 @@ struct MulPlan {
 }
 
 impl MulPlan {
+    /// ATen's vector (`v`) or scalar requantization of the product `c`, then the fused relu.
+    fn requantize(&self, c: i32, m: f32, v: bool) -> i64 {
+        let zo = self.out.zero_point;
+        let q = if v {
+            aten_vec::requantize_vec(c, m, zo)
+        } else {
+            aten_vec::requantize_val(c, m, zo)
+        };
+        if self.op.relu {
+            q.max(zo)
+        } else {
+            q
+        }
+    }
+
     fn element(&self, a: &QTensor, b: &QTensor, i: usize) -> (Option<i64>, String) {
         let (qa, qb) = (a.data[self.a_index[i]], b.data[self.b_index[i]]);
         let Some((lanes, m)) = &self.kernel else {
             return float_binary(self.flow, &self.out, self.op.relu, (qa, a), (qb, b), '*');
         };
         let c = (qa as i32 - a.zero_point as i32) * (qb as i32 - b.zero_point as i32);
-        let zo = self.out.zero_point;
         let v = lanes.is_vector(i);
-        let q = if v {
-            aten_vec::requantize_vec(c, *m, zo)
-        } else {
-            aten_vec::requantize_val(c, *m, zo)
-        };
-        let q = if self.op.relu { q.max(zo) } else { q };
+        let q = self.requantize(c, *m, v);
         let side = if v { "vector" } else { "scalar" };
         (
             Some(q),
@@ -143,6 +152,38 @@ impl Plan for MulPlan {
         binary_trace(op, inputs, &self.shape, i, rule, |a, b, i| {
             self.element(a, b, i)
         })
+    }
+
+    fn lowered(&self) -> Option<super::Lowered<'_>> {
+        self.kernel
+            .as_ref()
+            .map(|_| super::Lowered::Pointwise(self))
+    }
+}
+
+/// Function 0: ATen's vector requantization; function 1: the scalar one.
+impl super::Pointwise for MulPlan {
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn arity(&self) -> usize {
+        2
+    }
+    fn functions(&self) -> usize {
+        2
+    }
+    fn source(&self, i: usize) -> (usize, [(usize, usize); 2]) {
+        let f = match &self.kernel {
+            Some((lanes, _)) => usize::from(!lanes.is_vector(i)),
+            None => 0,
+        };
+        (f, [(0, self.a_index[i]), (1, self.b_index[i])])
+    }
+    fn value(&self, f: usize, qparams: &[(f64, i64)], [qa, qb]: [u8; 2]) -> Option<i64> {
+        let (_, m) = self.kernel.as_ref()?;
+        let [(_, za), (_, zb)] = [*qparams.first()?, *qparams.get(1)?];
+        let c = (qa as i32 - za as i32) * (qb as i32 - zb as i32);
+        Some(self.requantize(c, *m, f == 0))
     }
 }
 

@@ -362,6 +362,38 @@ impl Plan for PiecewisePlan {
             format!("rule: {}", self.rule()),
         ])
     }
+
+    fn lowered(&self) -> Option<super::Lowered<'_>> {
+        (!matches!(self.path, Path::Float { .. })).then_some(super::Lowered::Pointwise(self))
+    }
+}
+
+/// Function 0: ATen's vector lambda or QNNPACK's table; function 1: ATen's scalar lambda.
+impl super::Pointwise for PiecewisePlan {
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn arity(&self) -> usize {
+        1
+    }
+    fn functions(&self) -> usize {
+        2
+    }
+    fn source(&self, i: usize) -> (usize, [(usize, usize); 2]) {
+        let f = match &self.path {
+            Path::Aten { lanes, .. } => usize::from(!lanes.is_vector(i)),
+            _ => 0,
+        };
+        (f, [(0, i), (0, 0)])
+    }
+    fn value(&self, f: usize, _qparams: &[(f64, i64)], [q, _]: [u8; 2]) -> Option<i64> {
+        let q = q as usize;
+        match &self.path {
+            Path::Aten { vector, scalar, .. } => Some(if f == 0 { vector[q] } else { scalar[q] }),
+            Path::Qnnpack { lut } => Some(lut[q]),
+            Path::Float { table } => table[q],
+        }
+    }
 }
 
 #[cfg(test)]

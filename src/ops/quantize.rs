@@ -415,6 +415,37 @@ impl Plan for FlowQuantizePlan {
             format!("rule: {}", self.rule()),
         ])
     }
+    fn lowered(&self) -> Option<super::Lowered<'_>> {
+        self.flow
+            .is_integer()
+            .then_some(super::Lowered::Quantize(self))
+    }
+}
+
+impl super::QuantizeOp for FlowQuantizePlan {
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn quantize(&self, x: f32) -> Option<i64> {
+        let (lo, hi) = self.clamp;
+        self.flow
+            .quantize(x, self.out.scale, self.out.zero_point, lo, hi)
+    }
+
+    fn quantize_all(&self, x: &[f32], out: &mut [u8]) -> bool {
+        if x.len() != out.len() {
+            return false;
+        }
+        let (lo, hi) = self.clamp;
+        let (s, z) = (self.out.scale, self.out.zero_point);
+        let mut ok = true;
+        for (o, &v) in out.iter_mut().zip(x) {
+            let c = self.flow.quantize(v, s, z, lo, hi).unwrap_or(-1);
+            ok &= (0..=255).contains(&c);
+            *o = c as u8;
+        }
+        ok
+    }
 }
 
 /// The dequantize node at the end of a converted graph.
@@ -477,5 +508,18 @@ impl Plan for FlowDequantizePlan {
     fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
         let q = inputs[0].quantized("input")?;
         Ok(vec![format!("q = {}", q.data[i])])
+    }
+
+    fn lowered(&self) -> Option<super::Lowered<'_>> {
+        Some(super::Lowered::Dequantize(self))
+    }
+}
+
+impl super::DequantizeOp for FlowDequantizePlan {
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn dequantize(&self, q: u8, scale: f64, zero_point: i64) -> f32 {
+        self.flow.dequantize(q as i64, scale, zero_point)
     }
 }

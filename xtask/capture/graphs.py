@@ -490,8 +490,34 @@ def _delta_from(flows, name, base_name):
                                  "z": base64.b64encode(zlib.compress(d.tobytes(), 9)).decode("ascii")}
             if "_pre" in e and "_pre" in b and e["_pre"].shape == b["_pre"].shape and e["_pre"].size > COMPACT_OVER:
                 enc = delta_encode(e["_pre"], b["_pre"])
+                own = e.get("pre_quant", {})
+                # Keep the difference from the reference evaluation where it is the smaller one
+                # (values whose inputs differ between the flows, e.g. under reduce_range).
+                if "delta" in own and len(own["delta"]) <= len(enc["delta"]):
+                    continue
                 e["pre_quant"] = {"shape": enc["shape"], "delta_from": ref, "delta": enc["delta"],
                                   "sha256": enc["sha256"]}
+
+
+def _share_weights(flows, base_name="convert_fx"):
+    """A flow's weight record identical to `base_name`'s for the same module becomes a reference."""
+    base = flows[base_name]["weights"]
+    for name, fl in flows.items():
+        if name == base_name:
+            continue
+        for mod, w in fl["weights"].items():
+            if base.get(mod) == w:
+                fl["weights"][mod] = {"same_as": base_name}
+
+
+GRAPH_Z_OVER = 4096
+
+
+def _compress_graph_code(flows):
+    """Long `gm.code` texts are stored as base64 of their zlib stream (`graph_z`)."""
+    for fl in flows.values():
+        if len(fl["graph"]) > GRAPH_Z_OVER:
+            fl["graph_z"] = base64.b64encode(zlib.compress(fl.pop("graph").encode("utf-8"), 9)).decode("ascii")
 
 
 def _strip(flows):
@@ -567,6 +593,8 @@ def graph_case(model, engine, mode, calib, tests, pin_weights=False):
     _delta_from(flows, "_convert_to_reference_decomposed_fx", "convert_to_reference_fx")
     _delta_from(flows, "convert_to_reference_fx", "convert_fx")
     _strip(flows)
+    _share_weights(flows)
+    _compress_graph_code(flows)
     return {"engine": engine, "mode": mode,
             "qconfig": {"activation": describe_partial(qconfig.activation),
                         "weight": describe_partial(qconfig.weight)},
@@ -672,6 +700,9 @@ def model_graph_case(name, engine, mode, seed, case_id):
         # Training-mode BatchNorm needs more than one value per channel, also where the spatial
         # size reaches 1×1: QAT calibrates on one batch of both inputs.
         calib = [torch.cat(calib)]
+        # Dropout is active in those forwards: seed torch's generator from the case, so that a
+        # capture is reproducible (the layers after a dropout observe what it let through).
+        torch.manual_seed(_stream(case_id, "torch", "manual_seed") >> 1)
     tests = [_inputs(seed, case_id, hw, 9, mult=1.5)]
     body = graph_case(model, engine, mode, calib, tests, pin_weights=True)
     # Parameters: the float model's conv / linear weights (generated) and the BatchNorm folded

@@ -277,8 +277,9 @@ fn load() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Entry point of `cargo xtask bench`.
-pub fn run(json: bool, rounds: usize, cpu: Option<usize>) -> Result<()> {
+/// Checks the common options of both benches; the workspace root, the venv's python and the
+/// timing budget per batch series (`$QPARITY_BENCH_MIN_TIME`).
+pub fn setup(rounds: usize, cpu: Option<usize>) -> Result<(PathBuf, PathBuf, f64)> {
     if rounds == 0 {
         bail!("--rounds must be at least 1");
     }
@@ -314,6 +315,12 @@ pub fn run(json: bool, rounds: usize, cpu: Option<usize>) -> Result<()> {
             python.display()
         );
     }
+    Ok((root, python, min_time))
+}
+
+/// Entry point of `cargo xtask bench`.
+pub fn run(json: bool, rounds: usize, cpu: Option<usize>) -> Result<()> {
+    let (root, python, min_time) = setup(rounds, cpu)?;
     let pairs = pairs()?;
     let exe = build_bench(&root)?;
     let list = pinned(None, &exe).arg("--list").output()?;

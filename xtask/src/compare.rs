@@ -145,6 +145,52 @@ fn load(path: &Path) -> Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))
 }
 
+/// A graph case with its compact encodings undone, so that two captures compare by value: each
+/// flow's weight records resolved (`same_as`), its graph code as text, and every value qparity
+/// decodes from the case (codes, pre-quantize floats, outputs) under `decoded`, keyed by its
+/// field. Other cases are returned as they are.
+fn canonical(path: &Path, v: Value, cpu: &CpuFeatures) -> Result<Value> {
+    if v.get("kind").and_then(Value::as_str) != Some("graph") {
+        return Ok(v);
+    }
+    let case = qparity::golden::load_case(path)?;
+    let qparity::golden::Body::Graph(g) = &case.body else {
+        bail!("{}: not a graph case", path.display());
+    };
+    let mut decoded: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
+    for stage in case.stages(cpu)? {
+        for e in stage.expected {
+            let flow = e.field.split('.').nth(1).unwrap_or("").to_string();
+            decoded
+                .entry(flow)
+                .or_default()
+                .insert(e.field.clone(), serde_json::to_value(&e.tensor)?);
+        }
+    }
+    let mut flows = serde_json::Map::new();
+    for (&flow, fr) in &g.flows {
+        let mut weights = serde_json::Map::new();
+        for module in fr.weights.keys() {
+            let rec = g.weight(flow, module).map_err(anyhow::Error::msg)?;
+            weights.insert(module.clone(), serde_json::to_value(rec)?);
+        }
+        let name = flow.name().to_string();
+        flows.insert(
+            name.clone(),
+            serde_json::json!({
+                "graph": fr.graph_code().map_err(anyhow::Error::msg)?,
+                "nodes": fr.nodes,
+                "output": fr.output,
+                "weights": weights,
+                "decoded": decoded.remove(&name).unwrap_or_default(),
+            }),
+        );
+    }
+    let mut v = v;
+    v["flows"] = Value::Object(flows);
+    Ok(v)
+}
+
 /// The earliest stage at which a case differs, in dataflow order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Stage {
@@ -251,8 +297,9 @@ pub fn run(a: &Path, b: &Path, per_case: bool) -> Result<()> {
     let mut drawn_differ = Vec::new();
     let mut lines = Vec::new();
     for name in common {
-        let va = load(&a.join("cases").join(name))?;
-        let vb = load(&b.join("cases").join(name))?;
+        let (pa, pb) = (a.join("cases").join(name), b.join("cases").join(name));
+        let va = canonical(&pa, load(&pa)?, &ma.cpu()?)?;
+        let vb = canonical(&pb, load(&pb)?, &mb.cpu()?)?;
         let kind = va.get("kind").and_then(Value::as_str).unwrap_or("?");
         let mut diffs = Diffs::new();
         walk(&va, &vb, "", &mut diffs);

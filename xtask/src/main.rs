@@ -4,10 +4,12 @@ use clap::{Parser, Subcommand};
 
 mod arm;
 mod bench;
+mod bench_models;
 mod compare;
 mod difflive;
 mod fuzz;
 mod golden;
+mod mutants;
 mod runtime;
 
 #[derive(Parser)]
@@ -34,11 +36,20 @@ enum Cmd {
         /// Core both sides are pinned to with taskset, or `none`.
         #[arg(long, default_value = "0")]
         cpu: String,
+        /// Whole models end to end (qparity's model runner against PyTorch's convert_fx model,
+        /// fbgemm and x86 engines) instead of single kernels.
+        #[arg(long)]
+        models: bool,
+        /// With --models: only these models (repeatable).
+        #[arg(long = "model")]
+        model: Vec<String>,
     },
     /// Check onnxruntime (pinned, in a venv) or the numpy example runtime against the goldens.
     Runtime(runtime::Args),
     /// Run every cargo-fuzz target for N seconds and report execs/s, corpus size and crashes.
     Fuzz(fuzz::FuzzArgs),
+    /// Mutation testing (cargo-mutants) of the numerics and engine modules; caught/missed per file.
+    Mutants(mutants::MutantsArgs),
     /// Stream random quantized::linear cases to PyTorch and the reference engine; save disagreements.
     DiffLive {
         #[arg(long, default_value_t = 1000)]
@@ -74,11 +85,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Golden(args) => golden::run(args),
         Cmd::ArmTest(a) => arm::run(a),
-        Cmd::Bench { json, rounds, cpu } => {
-            bench::run(json, rounds, parse_cpu(&cpu).map_err(anyhow::Error::msg)?)
+        Cmd::Bench {
+            json,
+            rounds,
+            cpu,
+            models,
+            model,
+        } => {
+            let cpu = parse_cpu(&cpu).map_err(anyhow::Error::msg)?;
+            if models {
+                let (root, python, min_time) = bench::setup(rounds, cpu)?;
+                bench_models::run(&root, &python, json, rounds, cpu, min_time, &model)
+            } else {
+                bench::run(json, rounds, cpu)
+            }
         }
         Cmd::Fuzz(args) => fuzz::run(args),
         Cmd::Runtime(args) => runtime::run(args),
+        Cmd::Mutants(args) => mutants::run(args),
         Cmd::DiffLive {
             cases,
             seed,

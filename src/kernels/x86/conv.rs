@@ -520,9 +520,10 @@ impl Depthwise3x3 {
         dw_params(self.c, self.stride, self.padding)
     }
 
-    /// Whether `run` takes the AVX2 path.
+    /// Whether `run` takes the AVX2 path (strided convs: the stride-1 plane, subsampled; every
+    /// output's taps and their pairing do not depend on the stride).
     pub fn is_simd(&self) -> bool {
-        self.stride == (1, 1) && self.acc == Accumulation::PairSaturatingI16 && Isa::Avx2.detected()
+        self.acc == Accumulation::PairSaturatingI16 && Isa::Avx2.detected()
     }
 
     /// Runs on NCHW `x` (`nb × C × h × w`), writing NCHW u8 to `out`; returns `(OH, OW)`.
@@ -572,6 +573,11 @@ impl Depthwise3x3 {
         let ps = w + 2 * pl + 34;
         let rows = h + 2 * pt;
         let mut plane = vec![a_zp as u8; rows * ps];
+        // The stride-1 output of the padded plane; a strided conv reads every (sy, sx)-th value.
+        let (sy, sx) = self.stride;
+        let strided = (sy, sx) != (1, 1);
+        let (oh1, ow1) = (rows - 2, w + 2 * pl - 2);
+        let mut full = vec![0u8; if strided { oh1 * ow1 } else { 0 }];
         for b in 0..nb {
             for c in 0..self.c {
                 let xc = &x[(b * self.c + c) * h * w..(b * self.c + c + 1) * h * w];
@@ -595,9 +601,23 @@ impl Depthwise3x3 {
                     lo: self.rq.lo,
                 };
                 let o = &mut out[(b * self.c + c) * oh * ow..(b * self.c + c + 1) * oh * ow];
-                // SAFETY: is_simd() checked AVX2 and FMA (`Isa::Avx2`); ps = w + 2·pl + 34 = ow + 36 ≥ ow + 34 for
-                // stride 1, the plane has h + 2·pt = oh + 2 rows, `o` has oh·ow bytes.
-                unsafe { avx2::dw3x3_plane(&plane, ps, oh, ow, &ch, o) };
+                if strided {
+                    // SAFETY: is_simd() checked AVX2 and FMA (`Isa::Avx2`); ps = w + 2·pl + 34
+                    // = ow1 + 36 ≥ ow1 + 34, the plane has h + 2·pt = oh1 + 2 rows, `full`
+                    // has oh1·ow1 bytes.
+                    unsafe { avx2::dw3x3_plane(&plane, ps, oh1, ow1, &ch, &mut full) };
+                    for (oy, row) in o.chunks_exact_mut(ow).enumerate() {
+                        let src = &full[oy * sy * ow1..];
+                        for (ox, v) in row.iter_mut().enumerate() {
+                            *v = src[ox * sx];
+                        }
+                    }
+                } else {
+                    // SAFETY: is_simd() checked AVX2 and FMA (`Isa::Avx2`); ps = w + 2·pl + 34 =
+                    // ow + 36 ≥ ow + 34 for stride 1, the plane has h + 2·pt = oh + 2 rows, `o`
+                    // has oh·ow bytes.
+                    unsafe { avx2::dw3x3_plane(&plane, ps, oh, ow, &ch, o) };
+                }
             }
         }
         Ok((oh, ow))

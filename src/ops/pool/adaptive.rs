@@ -208,9 +208,14 @@ impl AdaptivePlan {
     /// The integer kernels' prediction for logical result `j`.
     fn element(&self, q: &QTensor, j: usize) -> Result<Pred> {
         let win = self.window(j);
-        let area = win.area();
         let sum: i64 = self.codes(q, &win).map(i64::from).sum();
-        let zp = q.zero_point;
+        self.requant(&win, sum, q.scale, q.zero_point)
+    }
+
+    /// The integer kernels' output for a window whose codes sum to `sum` (input qparams
+    /// `scale`, `zp`).
+    fn requant(&self, win: &Window, sum: i64, scale: f64, zp: i64) -> Result<Pred> {
+        let area = win.area();
         let acc = sum - area as i64 * zp;
         Ok(Pred::Exact(match self.path {
             Path::Aten(AtenLayout::Nchw) => {
@@ -219,7 +224,7 @@ impl AdaptivePlan {
                 rne(sum as f32 * r) as i64
             }
             Path::Aten(AtenLayout::Nhwc { .. }) => {
-                let m = (q.scale as f32 / self.out.scale as f32) / area as f32;
+                let m = (scale as f32 / self.out.scale as f32) / area as f32;
                 aten::quantize_scalar(acc as f32, 1.0f32 / m, zp as i32, 0, 255)
                     .ok_or_else(|| Error::invalid("adaptive_avg_pool2d", "NaN multiplier"))?
             }
@@ -332,6 +337,44 @@ impl Plan for AdaptivePlan {
             format!("prediction {:?}", self.results(q)?[j]),
             format!("rule: {}", self.rule()),
         ])
+    }
+
+    fn lowered(&self) -> Option<crate::ops::Lowered<'_>> {
+        (!matches!(self.path, Path::Float { .. })).then_some(crate::ops::Lowered::Window(self))
+    }
+}
+
+impl crate::ops::WindowOp for AdaptivePlan {
+    fn in_dims(&self) -> [usize; 4] {
+        self.in_dims
+    }
+    fn out_dims(&self) -> [usize; 4] {
+        self.out_dims
+    }
+    fn out_shape(&self) -> &[usize] {
+        &self.out_dims
+    }
+    fn reduction(&self) -> crate::ops::Reduction {
+        crate::ops::Reduction::Sum
+    }
+    fn taps(&self, axis: usize, o: usize) -> Vec<usize> {
+        let [_, _, oh, ow] = self.out_dims;
+        let (out, size) = if axis == 0 {
+            (oh, self.in_dims[2])
+        } else {
+            (ow, self.in_dims[3])
+        };
+        let (a, b) = adaptive_bounds_f32(o, out, size);
+        (a..b).collect()
+    }
+    fn finish(&self, j: usize, acc: i64, _sum: f32, scale: f64, zp: i64) -> Option<i64> {
+        match self.requant(&self.window(j), acc, scale, zp).ok()? {
+            Pred::Exact(v) => Some(v),
+            Pred::Ambiguous { .. } => None,
+        }
+    }
+    fn source(&self, i: usize) -> usize {
+        AdaptivePlan::source(self, i)
     }
 }
 

@@ -222,18 +222,32 @@ impl AvgPoolPlan {
 
     /// The prediction for the result at logical position `j`.
     fn element(&self, q: &QTensor, j: usize) -> Result<Pred> {
+        if self.path == Path::Float {
+            return Ok(Pred::Exact(quantize_out(
+                "avg_pool2d",
+                self.flow,
+                &self.out,
+                self.float_at(q, j),
+            )?));
+        }
         let win = self.window(j);
-        let (size, d) = self.divisor(&win);
-        let zp = q.zero_point;
-        let acc = || self.codes(q, &win).map(i64::from).sum::<i64>() - size * zp;
+        let sum = self.codes(q, &win).map(i64::from).sum::<i64>();
+        self.requant(&win, sum, q.scale, q.zero_point)
+    }
+
+    /// The integer kernels' output for a window whose codes sum to `sum` (input qparams
+    /// `scale`, `zp`).
+    fn requant(&self, win: &Window, sum: i64, scale: f64, zp: i64) -> Result<Pred> {
+        let (size, d) = self.divisor(win);
+        let acc = || sum - size * zp;
         Ok(match self.path {
             Path::Aten(AtenLayout::Nchw) => {
-                let m = ((q.scale / self.out.scale) / d as f64) as f32;
+                let m = ((scale / self.out.scale) / d as f64) as f32;
                 let y = rne(acc() as f32 * m + zp as f32);
                 Pred::Exact((y as i64).clamp(0, 255))
             }
             Path::Aten(AtenLayout::Nhwc { .. }) => {
-                let m = (q.scale as f32 / self.out.scale as f32) / d as f32;
+                let m = (scale as f32 / self.out.scale as f32) / d as f32;
                 let inv = 1.0f32 / (1.0f32 / m);
                 let a = acc() as f32;
                 let vector = aten::quantize_avx2(a, m, zp as i32, 0, 255) as i64;
@@ -245,12 +259,12 @@ impl AvgPoolPlan {
             Path::Qnnpack { scale } => {
                 Pred::Exact(qnnpack_requant(acc(), scale, self.out.zero_point))
             }
-            Path::Float => Pred::Exact(quantize_out(
-                "avg_pool2d",
-                self.flow,
-                &self.out,
-                self.float_at(q, j),
-            )?),
+            Path::Float => {
+                return Err(Error::invalid(
+                    "avg_pool2d",
+                    "the reference flows' float op has no integer accumulator",
+                ))
+            }
         })
     }
 
@@ -369,6 +383,38 @@ impl Plan for AvgPoolPlan {
             format!("prediction {:?}", self.element(q, j)?),
             format!("rule: {}", self.rule()),
         ])
+    }
+
+    fn lowered(&self) -> Option<crate::ops::Lowered<'_>> {
+        (self.path != Path::Float).then_some(crate::ops::Lowered::Window(self))
+    }
+}
+
+impl crate::ops::WindowOp for AvgPoolPlan {
+    fn in_dims(&self) -> [usize; 4] {
+        self.in_dims
+    }
+    fn out_dims(&self) -> [usize; 4] {
+        self.out_dims
+    }
+    fn out_shape(&self) -> &[usize] {
+        &self.out_dims
+    }
+    fn reduction(&self) -> crate::ops::Reduction {
+        crate::ops::Reduction::Sum
+    }
+    fn taps(&self, axis: usize, o: usize) -> Vec<usize> {
+        let s = self.p.avg_span(axis, o, self.in_dims[2 + axis]);
+        (s.start..s.end).collect()
+    }
+    fn finish(&self, j: usize, acc: i64, _sum: f32, scale: f64, zp: i64) -> Option<i64> {
+        match self.requant(&self.window(j), acc, scale, zp).ok()? {
+            Pred::Exact(v) => Some(v),
+            Pred::Ambiguous { .. } => None,
+        }
+    }
+    fn source(&self, i: usize) -> usize {
+        AvgPoolPlan::source(self, i)
     }
 }
 

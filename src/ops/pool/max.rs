@@ -125,20 +125,19 @@ struct MaxPoolPlan {
 }
 
 impl MaxPoolPlan {
+    /// The input rows (`axis` 0) or columns (`axis` 1) output position `o` reads.
+    fn axis_taps(&self, axis: usize, o: usize) -> Vec<usize> {
+        let size = self.in_dims[2 + axis];
+        if self.path == Path::Qnnpack {
+            self.p.clamped_taps(axis, o, size).collect()
+        } else {
+            self.p.max_taps(axis, o, size).collect()
+        }
+    }
+
     /// The input positions `(h, w)` output `(oh, ow)` takes its maximum over.
     fn taps(&self, oh: usize, ow: usize) -> Vec<(usize, usize)> {
-        let [_, _, h, w] = self.in_dims;
-        let (rows, cols): (Vec<usize>, Vec<usize>) = if self.path == Path::Qnnpack {
-            (
-                self.p.clamped_taps(0, oh, h).collect(),
-                self.p.clamped_taps(1, ow, w).collect(),
-            )
-        } else {
-            (
-                self.p.max_taps(0, oh, h).collect(),
-                self.p.max_taps(1, ow, w).collect(),
-            )
-        };
+        let (rows, cols) = (self.axis_taps(0, oh), self.axis_taps(1, ow));
         rows.iter()
             .flat_map(|&y| cols.iter().map(move |&x| (y, x)))
             .collect()
@@ -270,6 +269,34 @@ impl Plan for MaxPoolPlan {
             format!("result {}", self.element(q, j)?),
             format!("rule: {}", self.rule()),
         ])
+    }
+
+    fn lowered(&self) -> Option<crate::ops::Lowered<'_>> {
+        (self.path != Path::Float).then_some(crate::ops::Lowered::Window(self))
+    }
+}
+
+impl crate::ops::WindowOp for MaxPoolPlan {
+    fn in_dims(&self) -> [usize; 4] {
+        self.in_dims
+    }
+    fn out_dims(&self) -> [usize; 4] {
+        self.out_dims
+    }
+    fn out_shape(&self) -> &[usize] {
+        &self.out_dims
+    }
+    fn reduction(&self) -> crate::ops::Reduction {
+        crate::ops::Reduction::Max
+    }
+    fn taps(&self, axis: usize, o: usize) -> Vec<usize> {
+        self.axis_taps(axis, o)
+    }
+    fn finish(&self, _j: usize, acc: i64, _sum: f32, _scale: f64, _zp: i64) -> Option<i64> {
+        Some(acc)
+    }
+    fn source(&self, i: usize) -> usize {
+        MaxPoolPlan::source(self, i)
     }
 }
 

@@ -135,6 +135,26 @@ struct MeanPlan {
 }
 
 impl MeanPlan {
+    /// The integer kernels' result from the plane's code sum `s` (input zero point `zp`).
+    fn finish_int(&self, s: i64, zp: i64) -> Option<i64> {
+        let n = (self.in_dims[2] * self.in_dims[3]) as i64;
+        match self.path {
+            Path::Qnnpack { scale } => {
+                Some(qnnpack_requant(s - n * zp, scale, self.out.zero_point))
+            }
+            Path::Inner => Some(rne(s as f32 / n as f32) as i64),
+            _ => None,
+        }
+    }
+
+    /// The float fallback's result from the plane's f32 cascade sum `sum` of dequantized codes.
+    fn finish_float(&self, sum: f32, scale: f64, zp: i64) -> Option<i64> {
+        let n = (self.in_dims[2] * self.in_dims[3]) as f32;
+        let inv = 1.0f32 / scale as f32;
+        (self.path == Path::FloatFallback)
+            .then(|| aten::quantize_avx2(sum / n, inv, zp as i32, 0, 255) as i64)
+    }
+
     /// The `N·C` results in NC order.
     fn results(&self, q: &QTensor) -> Result<Vec<i64>> {
         let n = self.in_dims[2] * self.in_dims[3];
@@ -145,15 +165,14 @@ impl MeanPlan {
                 .map(|row| row.iter().map(|&v| v as i64).sum::<i64>())
         };
         match self.path {
-            Path::Qnnpack { scale } => Ok(sums()
-                .map(|s| qnnpack_requant(s - n as i64 * zp, scale, self.out.zero_point))
+            Path::Qnnpack { .. } | Path::Inner => Ok(sums()
+                .map(|s| self.finish_int(s, zp).unwrap_or_default())
                 .collect()),
-            Path::Inner => Ok(sums().map(|s| rne(s as f32 / n as f32) as i64).collect()),
             Path::FloatFallback => {
-                let inv = 1.0f32 / q.scale as f32;
+                let n = n as f32;
                 Ok(float_mean_hw(Flow::ConvertFx, q, self.in_dims)
                     .into_iter()
-                    .map(|m| aten::quantize_avx2(m, inv, zp as i32, 0, 255) as i64)
+                    .map(|m| self.finish_float(m * n, q.scale, zp).unwrap_or_default())
                     .collect())
             }
             Path::Float => float_mean_hw(self.flow, q, self.in_dims)
@@ -235,6 +254,39 @@ impl Plan for MeanPlan {
             format!("prediction {}", self.results(q)?[i]),
             format!("rule: {}", self.rule()),
         ])
+    }
+
+    fn lowered(&self) -> Option<crate::ops::Lowered<'_>> {
+        (self.path != Path::Float).then_some(crate::ops::Lowered::Window(self))
+    }
+}
+
+impl crate::ops::WindowOp for MeanPlan {
+    fn in_dims(&self) -> [usize; 4] {
+        self.in_dims
+    }
+    fn out_dims(&self) -> [usize; 4] {
+        [self.in_dims[0], self.in_dims[1], 1, 1]
+    }
+    fn out_shape(&self) -> &[usize] {
+        &self.out_shape
+    }
+    fn reduction(&self) -> crate::ops::Reduction {
+        match self.path {
+            Path::FloatFallback => crate::ops::Reduction::FloatPlane {
+                channels_last: true,
+            },
+            _ => crate::ops::Reduction::Sum,
+        }
+    }
+    fn taps(&self, axis: usize, _o: usize) -> Vec<usize> {
+        (0..self.in_dims[2 + axis]).collect()
+    }
+    fn finish(&self, _j: usize, acc: i64, sum: f32, scale: f64, zp: i64) -> Option<i64> {
+        match self.path {
+            Path::FloatFallback => self.finish_float(sum, scale, zp),
+            _ => self.finish_int(acc, zp),
+        }
     }
 }
 

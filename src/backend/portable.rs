@@ -1,0 +1,660 @@
+//! Portable implementations of the planned u8 ops around conv and linear, shared by every
+//! backend: elementwise ops, movements and cats as lookup tables over the plan's value functions
+//! (exact by construction: each table entry is the plan's function of that code), window
+//! reductions (pools, mean) over the plan's taps with the plan's requantization, and the model
+//! input's quantize node.
+
+use super::{check_out, Prepared};
+use crate::engine::flow::Flow;
+use crate::ops::{Lowered, MemoryFormat, Meta, Pointwise, Reduction, Value, WindowOp};
+use crate::{Error, Result};
+
+/// Prepares a pointwise, window or quantize stage (`None` for other stages, or where a plan's
+/// value function leaves a code undefined).
+pub fn prepare(stage: Lowered<'_>, inputs: &[Meta<'_>]) -> Result<Option<Box<dyn Prepared>>> {
+    Ok(match stage {
+        Lowered::Pointwise(p) => {
+            PointwiseRun::new(p, inputs)?.map(|r| Box::new(r) as Box<dyn Prepared>)
+        }
+        Lowered::Window(w) => Some(Box::new(WindowRun::new(w, inputs)?)),
+        Lowered::Quantize(q) => Some(Box::new(QuantizeRun {
+            shape: q.shape().to_vec(),
+            out_map: None,
+        })),
+        Lowered::Dequantize(d) => {
+            let (qparams, _) = quantized_metas("dequantize", inputs)?;
+            let &[(scale, zero_point)] = &qparams[..] else {
+                return Err(Error::invalid("dequantize", "takes one input"));
+            };
+            let mut table = [0f32; 256];
+            for (q, t) in table.iter_mut().enumerate() {
+                *t = d.dequantize(q as u8, scale, zero_point);
+            }
+            Some(Box::new(DequantizeRun {
+                shape: d.shape().to_vec(),
+                qparams: (scale, zero_point),
+                table,
+            }))
+        }
+        Lowered::IntegerLayer(_) => None,
+    })
+}
+
+/// As [`prepare`], for a runner that keeps activations in memory order (each input as its
+/// `memory_format` lays it out, the output in `out_format`'s order).
+pub fn prepare_in_memory(
+    stage: Lowered<'_>,
+    inputs: &[Meta<'_>],
+    out_format: MemoryFormat,
+) -> Result<Option<Box<dyn Prepared>>> {
+    Ok(match stage {
+        Lowered::Pointwise(p) => {
+            let out_map = memory_positions(p.shape(), out_format);
+            let in_maps: Vec<_> = inputs
+                .iter()
+                .map(|m| memory_positions(m.shape, m.memory_format))
+                .collect();
+            PointwiseRun::build(p, inputs, out_map.as_deref(), &in_maps)?
+                .map(|r| Box::new(r) as Box<dyn Prepared>)
+        }
+        Lowered::Window(w) => {
+            let mut r = WindowRun::new(w, inputs)?;
+            r.nhwc_in = inputs
+                .first()
+                .is_some_and(|m| memory_positions(m.shape, m.memory_format).is_some());
+            r.out_map = memory_positions(w.out_shape(), out_format);
+            Some(Box::new(r))
+        }
+        Lowered::Quantize(q) => Some(Box::new(QuantizeRun {
+            shape: q.shape().to_vec(),
+            out_map: memory_positions(q.shape(), out_format),
+        })),
+        Lowered::Dequantize(_) => {
+            if inputs
+                .iter()
+                .any(|m| memory_positions(m.shape, m.memory_format).is_some())
+            {
+                None
+            } else {
+                prepare(stage, inputs)?
+            }
+        }
+        Lowered::IntegerLayer(_) => None,
+    })
+}
+
+/// The memory position of each logical element of a tensor held in `format` (`None`: logical
+/// order, also for channels-last tensors with one channel or one pixel).
+pub fn memory_positions(shape: &[usize], format: MemoryFormat) -> Option<Vec<usize>> {
+    match (format, shape) {
+        (MemoryFormat::ChannelsLast, &[n, c, h, w]) if c > 1 && h * w > 1 => {
+            let mut v = Vec::with_capacity(n * c * h * w);
+            for b in 0..n {
+                for ch in 0..c {
+                    for y in 0..h {
+                        for x in 0..w {
+                            v.push(((b * h + y) * w + x) * c + ch);
+                        }
+                    }
+                }
+            }
+            Some(v)
+        }
+        _ => None,
+    }
+}
+
+/// The dequantize node at a graph's output: a 256-entry table of the plan's f32 values.
+#[derive(Debug)]
+pub struct DequantizeRun {
+    shape: Vec<usize>,
+    qparams: (f64, i64),
+    table: [f32; 256],
+}
+
+impl Prepared for DequantizeRun {
+    fn kernel(&self) -> &'static str {
+        "lut-f32"
+    }
+
+    fn out_shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn run(&self, _stage: Lowered<'_>, _inputs: &[&Value], _out: &mut [u8]) -> Result<()> {
+        Err(Error::invalid("dequantize", "its output is f32"))
+    }
+
+    fn f32_output(&self) -> bool {
+        true
+    }
+
+    fn run_f32(&self, _stage: Lowered<'_>, inputs: &[&Value], out: &mut [f32]) -> Result<()> {
+        let n = self.shape.iter().product::<usize>();
+        let x = codes("dequantize", inputs, &[self.qparams], &[n])?[0];
+        if out.len() != n {
+            return Err(Error::shape("dequantize", "output buffer length"));
+        }
+        for (o, &q) in out.iter_mut().zip(x) {
+            *o = self.table[q as usize];
+        }
+        Ok(())
+    }
+}
+
+/// Per input: `(scale, zero_point)`, and element counts.
+type QMetas = (Vec<(f64, i64)>, Vec<usize>);
+
+/// The qparams and lengths of quantized inputs.
+fn quantized_metas(what: &str, inputs: &[Meta<'_>]) -> Result<QMetas> {
+    let qparams = inputs
+        .iter()
+        .map(|m| m.qparams(what))
+        .collect::<Result<Vec<_>>>()?;
+    let lens = inputs.iter().map(|m| m.shape.iter().product()).collect();
+    Ok((qparams, lens))
+}
+
+/// The u8 codes of `inputs`, checked against the qparams and lengths prepared for.
+fn codes<'v>(
+    what: &str,
+    inputs: &[&'v Value],
+    qparams: &[(f64, i64)],
+    lens: &[usize],
+) -> Result<Vec<&'v [u8]>> {
+    if inputs.len() != qparams.len() {
+        return Err(Error::invalid(
+            what,
+            format!(
+                "prepared for {} inputs, got {}",
+                qparams.len(),
+                inputs.len()
+            ),
+        ));
+    }
+    inputs
+        .iter()
+        .zip(qparams.iter().zip(lens))
+        .map(|(v, (&qp, &len))| {
+            let q = v.quantized(what)?;
+            if (q.scale, q.zero_point) != qp || q.data.len() != len {
+                return Err(Error::shape(
+                    what,
+                    "input qparams or length differ from the prepared ones",
+                ));
+            }
+            Ok(&q.data[..])
+        })
+        .collect()
+}
+
+/// Where a run reads one operand: input `input`, element `start + t·stride` for its `t`-th
+/// output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Src {
+    input: usize,
+    start: usize,
+    stride: isize,
+}
+
+impl Src {
+    fn at(&self, t: usize) -> usize {
+        (self.start as isize + self.stride * t as isize) as usize
+    }
+}
+
+/// Consecutive output elements taking one value function, their operands at fixed strides.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    out: usize,
+    len: usize,
+    f: usize,
+    src: [Src; 2],
+}
+
+/// A [`Pointwise`] plan as tables and runs.
+#[derive(Debug)]
+pub struct PointwiseRun {
+    shape: Vec<usize>,
+    arity: usize,
+    qparams: Vec<(f64, i64)>,
+    lens: Vec<usize>,
+    /// Per value function (those some element takes): its codes, indexed by `qa` or `qa·256 + qb`.
+    tables: Vec<Vec<u8>>,
+    runs: Vec<Run>,
+}
+
+impl PointwiseRun {
+    /// Tabulates `p` for inputs with these metas; `None` where a used value function is
+    /// undefined or leaves 0..=255 for some code.
+    pub fn new(p: &dyn Pointwise, inputs: &[Meta<'_>]) -> Result<Option<Self>> {
+        Self::build(p, inputs, None, &[])
+    }
+
+    /// As [`PointwiseRun::new`] in memory order: `out_map` / `in_maps[k]` give the memory
+    /// position of each logical element of the output / input `k` (`None`: logical order).
+    pub fn build(
+        p: &dyn Pointwise,
+        inputs: &[Meta<'_>],
+        out_map: Option<&[usize]>,
+        in_maps: &[Option<Vec<usize>>],
+    ) -> Result<Option<Self>> {
+        let what = "pointwise op";
+        let (qparams, lens) = quantized_metas(what, inputs)?;
+        let arity = p.arity();
+        if !(1..=2).contains(&arity) {
+            return Err(Error::invalid(what, format!("arity {arity}")));
+        }
+        let n: usize = p.shape().iter().product();
+        // Output memory position -> logical element.
+        let logical_of: Option<Vec<usize>> = out_map.map(|m| {
+            let mut inv = vec![0; m.len()];
+            for (i, &pos) in m.iter().enumerate() {
+                inv[pos] = i;
+            }
+            inv
+        });
+        if logical_of.as_ref().is_some_and(|l| l.len() != n) {
+            return Err(Error::shape(what, "output layout of another size"));
+        }
+        let mut runs: Vec<Run> = Vec::new();
+        let mut used = vec![false; p.functions()];
+        for pos in 0..n {
+            let i = logical_of.as_ref().map_or(pos, |l| l[pos]);
+            let (f, mut srcs) = p.source(i);
+            for (k, x) in srcs.iter_mut().take(arity) {
+                if let Some(Some(m)) = in_maps.get(*k) {
+                    *x = *m.get(*x).ok_or_else(|| {
+                        Error::shape(what, format!("element {i} reads outside input {k}"))
+                    })?;
+                }
+            }
+            for &(k, x) in &srcs[..arity] {
+                if lens.get(k).is_none_or(|&l| x >= l) {
+                    return Err(Error::shape(
+                        what,
+                        format!("element {i} reads input {k} at {x}, outside the input"),
+                    ));
+                }
+            }
+            *used
+                .get_mut(f)
+                .ok_or_else(|| Error::invalid(what, format!("element {i} takes function {f}")))? =
+                true;
+            if let Some(r) = runs.last_mut() {
+                if r.f == f && extend(r, &srcs) {
+                    continue;
+                }
+            }
+            runs.push(Run {
+                out: pos,
+                len: 1,
+                f,
+                src: srcs.map(|(input, start)| Src {
+                    input,
+                    start,
+                    stride: 0,
+                }),
+            });
+        }
+        let size = 1usize << (8 * arity);
+        let mut tables = Vec::with_capacity(used.len());
+        for (f, &u) in used.iter().enumerate() {
+            if !u {
+                tables.push(Vec::new());
+                continue;
+            }
+            let mut t = Vec::with_capacity(size);
+            for c in 0..size {
+                let codes = if arity == 1 {
+                    [c as u8, 0]
+                } else {
+                    [(c >> 8) as u8, c as u8]
+                };
+                match p.value(f, &qparams, codes).map(u8::try_from) {
+                    Some(Ok(v)) => t.push(v),
+                    _ => return Ok(None),
+                }
+            }
+            tables.push(t);
+        }
+        Ok(Some(PointwiseRun {
+            shape: p.shape().to_vec(),
+            arity,
+            qparams,
+            lens,
+            tables,
+            runs,
+        }))
+    }
+}
+
+/// Extends run `r` by one element reading `srcs`, if they continue its strides.
+fn extend(r: &mut Run, srcs: &[(usize, usize); 2]) -> bool {
+    let mut next = r.src;
+    for (s, &(input, x)) in next.iter_mut().zip(srcs) {
+        if s.input != input {
+            return false;
+        }
+        let stride = x as isize - s.start as isize;
+        if r.len == 1 {
+            s.stride = stride;
+        } else if s.at(r.len) != x {
+            return false;
+        }
+    }
+    r.src = next;
+    r.len += 1;
+    true
+}
+
+impl Prepared for PointwiseRun {
+    fn kernel(&self) -> &'static str {
+        "lut"
+    }
+
+    fn out_shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn run(&self, _stage: Lowered<'_>, inputs: &[&Value], out: &mut [u8]) -> Result<()> {
+        let what = "pointwise op";
+        check_out(what, &self.shape, out)?;
+        let x = codes(what, inputs, &self.qparams, &self.lens)?;
+        for r in &self.runs {
+            let t = &self.tables[r.f];
+            let o = &mut out[r.out..r.out + r.len];
+            let [a, b] = r.src;
+            let xa = x[a.input];
+            match (self.arity, a.stride) {
+                (1, 1) => {
+                    for (o, &q) in o.iter_mut().zip(&xa[a.start..a.start + r.len]) {
+                        *o = t[q as usize];
+                    }
+                }
+                (1, _) => {
+                    for (k, o) in o.iter_mut().enumerate() {
+                        *o = t[xa[a.at(k)] as usize];
+                    }
+                }
+                _ => {
+                    let xb = x[b.input];
+                    if (a.stride, b.stride) == (1, 1) {
+                        let (sa, sb) =
+                            (&xa[a.start..a.start + r.len], &xb[b.start..b.start + r.len]);
+                        for ((o, &qa), &qb) in o.iter_mut().zip(sa).zip(sb) {
+                            *o = t[(qa as usize) << 8 | qb as usize];
+                        }
+                    } else {
+                        for (k, o) in o.iter_mut().enumerate() {
+                            *o = t[(xa[a.at(k)] as usize) << 8 | xb[b.at(k)] as usize];
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A [`WindowOp`] plan with its taps laid out.
+#[derive(Debug)]
+pub struct WindowRun {
+    in_dims: [usize; 4],
+    out_dims: [usize; 4],
+    out_shape: Vec<usize>,
+    reduction: Reduction,
+    rows: Vec<Vec<usize>>,
+    cols: Vec<Vec<usize>>,
+    /// The logical result at each output position, where it is not the identity.
+    source: Option<Vec<usize>>,
+    qparams: (f64, i64),
+    /// The input is held NHWC (memory order of a channels-last tensor).
+    nhwc_in: bool,
+    /// The memory position of each logical output element (`None`: logical order).
+    out_map: Option<Vec<usize>>,
+}
+
+impl WindowRun {
+    pub fn new(w: &dyn WindowOp, inputs: &[Meta<'_>]) -> Result<Self> {
+        let what = "window op";
+        let (qparams, lens) = quantized_metas(what, inputs)?;
+        let (in_dims, out_dims) = (w.in_dims(), w.out_dims());
+        if qparams.len() != 1 || lens[0] != in_dims.iter().product::<usize>() {
+            return Err(Error::shape(what, "one input of the planned shape"));
+        }
+        let taps = |axis: usize| -> Result<Vec<Vec<usize>>> {
+            (0..out_dims[2 + axis])
+                .map(|o| {
+                    let t = w.taps(axis, o);
+                    if t.iter().any(|&x| x >= in_dims[2 + axis]) {
+                        return Err(Error::shape(what, "a tap outside the input"));
+                    }
+                    Ok(t)
+                })
+                .collect()
+        };
+        let n: usize = out_dims.iter().product();
+        if w.out_shape().iter().product::<usize>() != n {
+            return Err(Error::shape(
+                what,
+                "output shape and results differ in size",
+            ));
+        }
+        let source: Vec<usize> = (0..n).map(|i| w.source(i)).collect();
+        if source.iter().any(|&j| j >= n) {
+            return Err(Error::shape(what, "an output reads a result out of range"));
+        }
+        let identity = source.iter().enumerate().all(|(i, &j)| i == j);
+        Ok(WindowRun {
+            in_dims,
+            out_dims,
+            out_shape: w.out_shape().to_vec(),
+            reduction: w.reduction(),
+            rows: taps(0)?,
+            cols: taps(1)?,
+            source: (!identity).then_some(source),
+            qparams: qparams[0],
+            nhwc_in: false,
+            out_map: None,
+        })
+    }
+
+    /// Max / sum reductions of an NHWC input, in logical (NCHW) result order.
+    fn reduce_nhwc(&self, x: &[u8]) -> Vec<i64> {
+        let [n, c, h, w] = self.in_dims;
+        let [_, _, oh, ow] = self.out_dims;
+        let max = self.reduction == Reduction::Max;
+        let mut acc = vec![0i64; n * c * oh * ow];
+        let mut v = vec![0u32; c];
+        for b in 0..n {
+            let img = &x[b * h * w * c..(b + 1) * h * w * c];
+            for (oy, rows) in self.rows.iter().enumerate() {
+                for (ox, cols) in self.cols.iter().enumerate() {
+                    v.iter_mut().for_each(|a| *a = 0);
+                    for &y in rows {
+                        for &xx in cols {
+                            let px = &img[(y * w + xx) * c..(y * w + xx + 1) * c];
+                            if max {
+                                v.iter_mut()
+                                    .zip(px)
+                                    .for_each(|(a, &q)| *a = (*a).max(q as u32));
+                            } else {
+                                v.iter_mut().zip(px).for_each(|(a, &q)| *a += q as u32);
+                            }
+                        }
+                    }
+                    for (ch, &a) in v.iter().enumerate() {
+                        acc[((b * c + ch) * oh + oy) * ow + ox] = i64::from(a);
+                    }
+                }
+            }
+        }
+        acc
+    }
+
+    /// Every logical result's reduction: integer accumulators, or f32 plane sums.
+    fn reduce(&self, x: &[u8]) -> (Vec<i64>, Vec<f32>) {
+        let [n, c, h, w] = self.in_dims;
+        let [_, _, oh, ow] = self.out_dims;
+        if self.nhwc_in && !matches!(self.reduction, Reduction::FloatPlane { .. }) {
+            let acc = self.reduce_nhwc(x);
+            let zeros = vec![0f32; acc.len()];
+            return (acc, zeros);
+        }
+        if let Reduction::FloatPlane { channels_last } = self.reduction {
+            let (s, z) = self.qparams;
+            let mut dq = [0f32; 256];
+            for (q, d) in dq.iter_mut().enumerate() {
+                *d = Flow::ConvertFx.dequantize(q as i64, s, z);
+            }
+            let f: Vec<f32> = x.iter().map(|&q| dq[q as usize]).collect();
+            let sums = crate::numerics::sum::sum_hw(&f, self.in_dims, channels_last);
+            return (vec![0; sums.len()], sums);
+        }
+        // Separable: each input row reduced over every output column's taps, then those over
+        // every output row's taps (max and integer sums do not depend on the order).
+        let max = self.reduction == Reduction::Max;
+        let mut acc = Vec::with_capacity(n * c * oh * ow);
+        let mut across = vec![0u32; h * ow];
+        let mut down = vec![0u32; ow];
+        for plane in x.chunks_exact(h * w) {
+            for (line, dst) in plane.chunks_exact(w).zip(across.chunks_exact_mut(ow)) {
+                for (d, cols) in dst.iter_mut().zip(&self.cols) {
+                    let taps = cols.iter().map(|&x| line[x] as u32);
+                    *d = if max {
+                        taps.max().unwrap_or(0)
+                    } else {
+                        taps.sum()
+                    };
+                }
+            }
+            for rows in &self.rows {
+                down.iter_mut().for_each(|d| *d = 0);
+                for &y in rows {
+                    let src = &across[y * ow..(y + 1) * ow];
+                    if max {
+                        down.iter_mut()
+                            .zip(src)
+                            .for_each(|(d, &s)| *d = (*d).max(s));
+                    } else {
+                        down.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
+                    }
+                }
+                acc.extend(down.iter().map(|&d| i64::from(d)));
+            }
+        }
+        let zeros = vec![0f32; acc.len()];
+        (acc, zeros)
+    }
+}
+
+impl Prepared for WindowRun {
+    fn kernel(&self) -> &'static str {
+        match self.reduction {
+            Reduction::Max => "window-max",
+            Reduction::Sum => "window-sum",
+            Reduction::FloatPlane { .. } => "plane-float-sum",
+        }
+    }
+
+    fn out_shape(&self) -> &[usize] {
+        &self.out_shape
+    }
+
+    fn run(&self, stage: Lowered<'_>, inputs: &[&Value], out: &mut [u8]) -> Result<()> {
+        let what = "window op";
+        let Lowered::Window(w) = stage else {
+            return Err(Error::invalid(what, "prepared for a window op's plan"));
+        };
+        check_out(what, &self.out_shape, out)?;
+        let len = self.in_dims.iter().product();
+        let x = codes(what, inputs, &[self.qparams], &[len])?[0];
+        // The plane sums read logical order.
+        let logical: Vec<u8>;
+        let x = match (self.reduction, self.nhwc_in) {
+            (Reduction::FloatPlane { .. }, true) => {
+                let map = memory_positions(&self.in_dims, MemoryFormat::ChannelsLast);
+                logical = map.map_or_else(|| x.to_vec(), |m| m.iter().map(|&p| x[p]).collect());
+                &logical[..]
+            }
+            _ => x,
+        };
+        let (acc, sums) = self.reduce(x);
+        let (s, z) = self.qparams;
+        let results = acc
+            .iter()
+            .zip(&sums)
+            .enumerate()
+            .map(|(j, (&a, &f))| {
+                w.finish(j, a, f, s, z)
+                    .and_then(|v| u8::try_from(v).ok())
+                    .ok_or_else(|| {
+                        Error::invalid(what, format!("result {j} is undefined or not a u8"))
+                    })
+            })
+            .collect::<Result<Vec<u8>>>()?;
+        match (&self.source, &self.out_map) {
+            (None, None) => out.copy_from_slice(&results),
+            (Some(src), None) => {
+                for (o, &j) in out.iter_mut().zip(src) {
+                    *o = results[j];
+                }
+            }
+            (src, Some(map)) => {
+                for (i, &p) in map.iter().enumerate() {
+                    out[p] = results[src.as_ref().map_or(i, |s| s[i])];
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The quantize node on the model's f32 input.
+#[derive(Debug)]
+pub struct QuantizeRun {
+    shape: Vec<usize>,
+    /// The memory position of each logical output element (`None`: logical order).
+    out_map: Option<Vec<usize>>,
+}
+
+impl Prepared for QuantizeRun {
+    fn kernel(&self) -> &'static str {
+        "quantize"
+    }
+
+    fn out_shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn run(&self, stage: Lowered<'_>, inputs: &[&Value], out: &mut [u8]) -> Result<()> {
+        let what = "quantize";
+        let Lowered::Quantize(q) = stage else {
+            return Err(Error::invalid(what, "prepared for a quantize node's plan"));
+        };
+        check_out(what, &self.shape, out)?;
+        let x = inputs
+            .first()
+            .ok_or_else(|| Error::invalid(what, "no input"))?
+            .f32s(what)?;
+        if x.len() != out.len() {
+            return Err(Error::shape(what, "input length differs from the plan"));
+        }
+        let ok = match &self.out_map {
+            None => q.quantize_all(x, out),
+            Some(map) => {
+                let mut tmp = vec![0u8; out.len()];
+                let ok = q.quantize_all(x, &mut tmp);
+                for (&v, &p) in tmp.iter().zip(map) {
+                    out[p] = v;
+                }
+                ok
+            }
+        };
+        if !ok {
+            return Err(Error::invalid(what, "a value has no u8 code (NaN)"));
+        }
+        Ok(())
+    }
+}
