@@ -450,6 +450,9 @@ fn cmd_runtime_check(
     } else {
         paths
     };
+    if let Some(p) = paths.iter().find(|p| !p.exists()) {
+        bail!("{}: no such file or folder", p.display());
+    }
     let mut report = RuntimeReport::new(rt.info());
     if random > 0 {
         let cpu = CpuFeatures::host();
@@ -485,9 +488,6 @@ fn cmd_runtime_check(
         }
     }
     for p in &paths {
-        if !p.exists() {
-            bail!("{}: no such file or folder", p.display());
-        }
         for unit in units_for(p)? {
             for path in &unit.paths {
                 let bar = if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {

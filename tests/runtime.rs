@@ -321,3 +321,26 @@ fn runtime_check_runs_random_stages_through_a_protocol_runtime() {
     // The same seed gives the same stages and report.
     assert_eq!(run("11"), v);
 }
+
+#[test]
+fn a_missing_path_is_a_clear_error_before_any_stage_runs() {
+    let out = Command::new(qparity())
+        .args([
+            "runtime-check",
+            "--random",
+            "5",
+            "--runtime",
+            "variant:",
+            "/no/such/golden-set",
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/no/such/golden-set: no such file"), "{err}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
