@@ -9,7 +9,8 @@
 //! 6. optimized backends: [`backend`];
 //! 7. goldens and comparison: [`golden`], [`check`], with explanations in [`explain`] and
 //!    reproduction scripts in [`repro`];
-//! 8. drivers: `gen` (feature `gen`: case generation shared by tests, fuzz targets and live runs).
+//! 8. outside runtimes checked against PyTorch: [`runtime`] (trait, JSON-lines protocol, causes);
+//! 9. drivers: `gen` (feature `gen`: case generation shared by tests, fuzz targets and live runs).
 //!
 //! Unsafe code is confined to the SIMD kernels under [`kernels`].
 #![deny(unsafe_code)]
@@ -29,6 +30,7 @@ pub mod numerics;
 pub mod ops;
 pub mod repro;
 pub mod runner;
+pub mod runtime;
 pub mod tensor;
 
 pub use error::{Error, Result};

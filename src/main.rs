@@ -71,6 +71,49 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Run every golden convert_fx linear / conv2d stage through an outside int8 runtime and
+    /// name the rule behind each element that differs from PyTorch (docs/RUNTIMES.md).
+    RuntimeCheck {
+        /// The runtime: a command speaking the JSON-lines protocol (`cmd:PROGRAM ARGS` or just
+        /// `PROGRAM ARGS`, run by `sh -c`), or `variant:RULES` for qparity's own model with rule
+        /// changes (`variant:round=half-away`; see `runtime-serve`).
+        #[arg(long)]
+        runtime: String,
+        /// Case files or folders (default: golden/, unless --random is given).
+        paths: Vec<PathBuf>,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Print the table as Markdown.
+        #[arg(long, conflicts_with = "json")]
+        markdown: bool,
+        /// Also run N random linear / conv2d stages per engine (fbgemm, qnnpack; this CPU's
+        /// features) from qparity's layer generator, with PyTorch's output as qparity's model
+        /// predicts it. Without PATHS, only these run.
+        #[arg(long, default_value_t = 0)]
+        random: usize,
+        /// Seed of the random stages.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Write every golden convert_fx linear / conv2d stage as JSON lines: the runtime protocol's
+    /// request, PyTorch's output and the constants of PyTorch's rule (input of
+    /// runtimes/onnxruntime/export_onnx.py, which writes ONNX models).
+    RuntimeExport {
+        /// Output file (JSON lines).
+        #[arg(short, long)]
+        out: PathBuf,
+        /// Case files or folders (default: golden/).
+        paths: Vec<PathBuf>,
+    },
+    /// Serve the runtime protocol on stdin / stdout with qparity's model of PyTorch's rule,
+    /// changed by RULES (`acc=exact|pairs`, `bias=float|int32`, `mult=f32-div|f32-recip|exact|q31`,
+    /// `round=half-even|half-away|half-up`, `clamp=pytorch|no-relu|max127`, comma-separated):
+    /// a deliberately wrong runtime for testing the check.
+    RuntimeServe {
+        #[arg(long, default_value = "")]
+        rules: String,
+    },
     /// Write a standalone PyTorch script that rebuilds a case and compares its outputs.
     Repro {
         /// The case file.
@@ -116,6 +159,25 @@ fn run(cli: Cli) -> Result<i32> {
             max_failures,
             fused,
         } => cmd_check(paths, json, max_failures, fused),
+        Cmd::RuntimeCheck {
+            runtime,
+            paths,
+            json,
+            markdown,
+            random,
+            seed,
+        } => cmd_runtime_check(&runtime, paths, json, markdown, (random, seed)),
+        Cmd::RuntimeExport { out, paths } => cmd_runtime_export(&out, paths),
+        Cmd::RuntimeServe { rules } => {
+            let overrides = qparity::runtime::protocol::Overrides::parse(&rules)?;
+            let mut rt = qparity::runtime::protocol::VariantRuntime {
+                overrides,
+                label: rules,
+            };
+            let stdin = std::io::stdin().lock();
+            qparity::runtime::protocol::serve(&mut rt, stdin, std::io::stdout().lock())?;
+            Ok(0)
+        }
         Cmd::Explain {
             case: Some(case),
             index,
@@ -426,4 +488,134 @@ fn print_report(out: &mut impl Write, r: &Report, max_failures: usize) -> Result
     }
     writeln!(out, "\n{} passed, {} failed", r.passed, r.failed)?;
     Ok(())
+}
+
+fn cmd_runtime_check(
+    runtime: &str,
+    paths: Vec<PathBuf>,
+    json: bool,
+    markdown: bool,
+    (random, seed): (usize, u64),
+) -> Result<i32> {
+    use qparity::runtime::check::{check_path as check_runtime_path, RuntimeReport};
+    use qparity::runtime::protocol::{Overrides, ProcessRuntime, VariantRuntime};
+    use qparity::runtime::Runtime;
+    let mut rt: Box<dyn Runtime> = match runtime.strip_prefix("variant:") {
+        Some(rules) => Box::new(VariantRuntime {
+            overrides: Overrides::parse(rules)?,
+            label: rules.to_string(),
+        }),
+        None => Box::new(
+            ProcessRuntime::spawn(runtime.strip_prefix("cmd:").unwrap_or(runtime))
+                .with_context(|| format!("starting runtime {runtime:?}"))?,
+        ),
+    };
+    let paths = if paths.is_empty() && random == 0 {
+        vec![PathBuf::from("golden")]
+    } else {
+        paths
+    };
+    if let Some(p) = paths.iter().find(|p| !p.exists()) {
+        bail!("{}: no such file or folder", p.display());
+    }
+    let mut report = RuntimeReport::new(rt.info());
+    if random > 0 {
+        let cpu = CpuFeatures::host();
+        for engine in [
+            qparity::engine::Engine::Fbgemm,
+            qparity::engine::Engine::Qnnpack,
+        ] {
+            for (qs, layer, input, expected) in
+                qparity::gen::runtime::random_stages(engine, cpu, seed, random)?
+            {
+                let key = format!(
+                    "{} / {} / random (qparity's model, {})",
+                    engine.name(),
+                    qs.op.kind(),
+                    cpu.class_name()
+                );
+                let row = report.rows.entry(key).or_default();
+                if let Err(e) = qparity::runtime::check::compare_stage(
+                    rt.as_mut(),
+                    &qs,
+                    &layer,
+                    &input,
+                    &expected,
+                    row,
+                ) {
+                    // A dead runtime cannot answer the next stage either.
+                    if e.to_string().contains("closed its stdout") {
+                        bail!("{}: {e}", qs.id);
+                    }
+                    report.errors.push(format!("{}: {e}", qs.id));
+                }
+            }
+        }
+    }
+    for p in &paths {
+        for unit in units_for(p)? {
+            for path in &unit.paths {
+                let bar = if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                    indicatif::ProgressBar::hidden()
+                } else {
+                    indicatif::ProgressBar::new(0)
+                };
+                check_runtime_path(rt.as_mut(), path, &unit.cpu, &mut report, |done, total| {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                })
+                .with_context(|| format!("checking {}", path.display()))?;
+                bar.finish_and_clear();
+            }
+        }
+    }
+    report.resolve();
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, &report)?;
+        writeln!(out)?;
+    } else if markdown {
+        write!(out, "{}", report.render_markdown())?;
+    } else {
+        write!(out, "{}", report.render())?;
+    }
+    // Every mismatch named is the check's success; an unexplained element or a stage the runtime
+    // failed on is not.
+    Ok(if report.errors.is_empty() && report.unexplained() == 0 {
+        0
+    } else {
+        1
+    })
+}
+
+fn cmd_runtime_export(out: &Path, paths: Vec<PathBuf>) -> Result<i32> {
+    let paths = if paths.is_empty() {
+        vec![PathBuf::from("golden")]
+    } else {
+        paths
+    };
+    let mut w = std::io::BufWriter::new(
+        std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?,
+    );
+    let mut n = 0u64;
+    for p in &paths {
+        if !p.exists() {
+            bail!("{}: no such file or folder", p.display());
+        }
+        for unit in units_for(p)? {
+            for path in &unit.paths {
+                for f in qparity::golden::case_files(path)? {
+                    let case = qparity::golden::load_case(&f)?;
+                    for s in qparity::runtime::export::export_case(&case, &unit.cpu, n)? {
+                        serde_json::to_writer(&mut w, &s)?;
+                        writeln!(w)?;
+                        n += 1;
+                    }
+                }
+            }
+        }
+    }
+    w.flush()?;
+    eprintln!("wrote {n} stages to {}", out.display());
+    Ok(0)
 }

@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["golden"],
     &["runner"],
     &["check"],
-    &["explain", "repro"],
+    &["explain", "repro", "runtime"],
     &["gen"],
 ];
 

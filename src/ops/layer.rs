@@ -498,6 +498,10 @@ impl Op for QLayer {
         self.geometry.name()
     }
 
+    fn layer(&self) -> Option<&QLayer> {
+        Some(self)
+    }
+
     fn plan<'a>(
         &'a self,
         ctx: &Ctx,

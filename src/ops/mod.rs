@@ -405,6 +405,12 @@ pub trait Op: fmt::Debug + Send + Sync {
         inputs: &[Meta<'_>],
         out: Option<&OutQParams>,
     ) -> Result<Box<dyn Plan + 'a>>;
+
+    /// The op as a quantized linear / conv2d layer, if it is one (outside-runtime checks read
+    /// its float bias and weights).
+    fn layer(&self) -> Option<&layer::QLayer> {
+        None
+    }
 }
 
 /// A planned op: every decision made.

@@ -11,6 +11,7 @@ mod fuzz;
 mod golden;
 mod mutants;
 mod reprolive;
+mod runtime;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "qparity project automation")]
@@ -44,6 +45,8 @@ enum Cmd {
         #[arg(long = "model")]
         model: Vec<String>,
     },
+    /// Check onnxruntime (pinned, in a venv) or the numpy example runtime against the goldens.
+    Runtime(runtime::Args),
     /// Run every cargo-fuzz target for N seconds and report execs/s, corpus size and crashes.
     Fuzz(fuzz::FuzzArgs),
     /// Mutation testing (cargo-mutants) of the numerics and engine modules; caught/missed per file.
@@ -121,6 +124,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Fuzz(args) => fuzz::run(args),
+        Cmd::Runtime(args) => runtime::run(args),
         Cmd::Mutants(args) => mutants::run(args),
         Cmd::ReproLive {
             cases,
