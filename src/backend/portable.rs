@@ -4,6 +4,7 @@
 //! reductions (pools, mean) over the plan's taps with the plan's requantization, and the model
 //! input's quantize node.
 
+use super::window::{FinishTables, NhwcWindows};
 use super::{check_out, Prepared};
 use crate::engine::flow::Flow;
 use crate::ops::{Lowered, MemoryFormat, Meta, Pointwise, Reduction, Value, WindowOp};
@@ -16,7 +17,11 @@ pub fn prepare(stage: Lowered<'_>, inputs: &[Meta<'_>]) -> Result<Option<Box<dyn
         Lowered::Pointwise(p) => {
             PointwiseRun::new(p, inputs)?.map(|r| Box::new(r) as Box<dyn Prepared>)
         }
-        Lowered::Window(w) => Some(Box::new(WindowRun::new(w, inputs)?)),
+        Lowered::Window(w) => {
+            let mut r = WindowRun::new(w, inputs)?;
+            r.set_layouts(false, None);
+            Some(Box::new(r))
+        }
         Lowered::Quantize(q) => Some(Box::new(QuantizeRun {
             shape: q.shape().to_vec(),
             out_map: None,
@@ -59,10 +64,10 @@ pub fn prepare_in_memory(
         }
         Lowered::Window(w) => {
             let mut r = WindowRun::new(w, inputs)?;
-            r.nhwc_in = inputs
+            let nhwc_in = inputs
                 .first()
                 .is_some_and(|m| memory_positions(m.shape, m.memory_format).is_some());
-            r.out_map = memory_positions(w.out_shape(), out_format);
+            r.set_layouts(nhwc_in, memory_positions(w.out_shape(), out_format));
             Some(Box::new(r))
         }
         Lowered::Quantize(q) => Some(Box::new(QuantizeRun {
@@ -413,9 +418,29 @@ pub struct WindowRun {
     nhwc_in: bool,
     /// The memory position of each logical output element (`None`: logical order).
     out_map: Option<Vec<usize>>,
+    /// The plan's `finish` tabulated per output position (`None`: called per result).
+    finish: Option<FinishTables>,
+    /// The input and the output are both in NHWC memory order, results unscrambled: the
+    /// windows reduce straight into the output ([`NhwcWindows`]).
+    direct: bool,
 }
 
 impl WindowRun {
+    /// Sets the layouts: the input held NHWC, the output at `out_map`'s positions.
+    fn set_layouts(&mut self, nhwc_in: bool, out_map: Option<Vec<usize>>) {
+        let [_, c, h, w] = self.in_dims;
+        // Memory order equals NHWC order for one channel or one pixel.
+        let in_nhwc = nhwc_in || c == 1 || h * w == 1;
+        let out_nhwc = out_map == memory_positions(&self.out_dims, MemoryFormat::ChannelsLast);
+        self.nhwc_in = nhwc_in;
+        self.out_map = out_map;
+        self.direct = in_nhwc
+            && out_nhwc
+            && self.source.is_none()
+            && self.finish.is_some()
+            && NhwcWindows::supports(&self.cols);
+    }
+
     pub fn new(w: &dyn WindowOp, inputs: &[Meta<'_>]) -> Result<Self> {
         let what = "window op";
         let (qparams, lens) = quantized_metas(what, inputs)?;
@@ -446,17 +471,21 @@ impl WindowRun {
             return Err(Error::shape(what, "an output reads a result out of range"));
         }
         let identity = source.iter().enumerate().all(|(i, &j)| i == j);
+        let (rows, cols) = (taps(0)?, taps(1)?);
+        let finish = FinishTables::build(w, qparams[0], &rows, &cols);
         Ok(WindowRun {
             in_dims,
             out_dims,
             out_shape: w.out_shape().to_vec(),
             reduction: w.reduction(),
-            rows: taps(0)?,
-            cols: taps(1)?,
+            rows,
+            cols,
             source: (!identity).then_some(source),
             qparams: qparams[0],
             nhwc_in: false,
             out_map: None,
+            finish,
+            direct: false,
         })
     }
 
@@ -551,10 +580,12 @@ impl WindowRun {
 
 impl Prepared for WindowRun {
     fn kernel(&self) -> &'static str {
-        match self.reduction {
-            Reduction::Max => "window-max",
-            Reduction::Sum => "window-sum",
-            Reduction::FloatPlane { .. } => "plane-float-sum",
+        match (self.reduction, self.direct) {
+            (Reduction::Max, true) => "window-max-nhwc",
+            (Reduction::Sum, true) => "window-sum-nhwc",
+            (Reduction::Max, _) => "window-max",
+            (Reduction::Sum, _) => "window-sum",
+            (Reduction::FloatPlane { .. }, _) => "plane-float-sum",
         }
     }
 
@@ -570,6 +601,16 @@ impl Prepared for WindowRun {
         check_out(what, &self.out_shape, out)?;
         let len = self.in_dims.iter().product();
         let x = codes(what, inputs, &[self.qparams], &[len])?[0];
+        if let (true, Some(finish)) = (self.direct, &self.finish) {
+            let windows = NhwcWindows {
+                in_dims: self.in_dims,
+                rows: &self.rows,
+                cols: &self.cols,
+                max: self.reduction == Reduction::Max,
+                finish,
+            };
+            return windows.run(x, out);
+        }
         // The plane sums read logical order.
         let logical: Vec<u8>;
         let x = match (self.reduction, self.nhwc_in) {
@@ -582,16 +623,18 @@ impl Prepared for WindowRun {
         };
         let (acc, sums) = self.reduce(x);
         let (s, z) = self.qparams;
+        let positions = self.out_dims[2] * self.out_dims[3];
         let results = acc
             .iter()
             .zip(&sums)
             .enumerate()
             .map(|(j, (&a, &f))| {
-                w.finish(j, a, f, s, z)
-                    .and_then(|v| u8::try_from(v).ok())
-                    .ok_or_else(|| {
-                        Error::invalid(what, format!("result {j} is undefined or not a u8"))
-                    })
+                match &self.finish {
+                    Some(t) => t.code(j % positions, a).map(i64::from),
+                    None => w.finish(j, a, f, s, z),
+                }
+                .and_then(|v| u8::try_from(v).ok())
+                .ok_or_else(|| Error::invalid(what, format!("result {j} is undefined or not a u8")))
             })
             .collect::<Result<Vec<u8>>>()?;
         match (&self.source, &self.out_map) {

@@ -357,6 +357,13 @@ pub trait WindowOp: fmt::Debug + Sync {
     /// `acc` for [`Reduction::Max`] / [`Reduction::Sum`], the f32 `sum` for
     /// [`Reduction::FloatPlane`]. `zero_point`, `scale`: the input's.
     fn finish(&self, j: usize, acc: i64, sum: f32, scale: f64, zero_point: i64) -> Option<i64>;
+    /// A key of output position `(oy, ox)` such that every result at positions with equal keys,
+    /// in any image and channel, takes the same [`WindowOp::finish`] of `acc` (`None`: no such
+    /// guarantee). Lets a backend tabulate `finish` once per key.
+    fn finish_class(&self, oy: usize, ox: usize) -> Option<u64> {
+        let _ = (oy, ox);
+        None
+    }
     /// Which logical result lands at output position `i` (ATen's scrambled `N×C×1×1` outputs).
     fn source(&self, i: usize) -> usize {
         i
