@@ -24,7 +24,7 @@ pub fn prepare(stage: Lowered<'_>, inputs: &[Meta<'_>]) -> Result<Option<Box<dyn
         }
         Lowered::Quantize(q) => Some(Box::new(QuantizeRun {
             shape: q.shape().to_vec(),
-            out_map: None,
+            nhwc: false,
         })),
         Lowered::Dequantize(d) => {
             let (qparams, _) = quantized_metas("dequantize", inputs)?;
@@ -72,7 +72,7 @@ pub fn prepare_in_memory(
         }
         Lowered::Quantize(q) => Some(Box::new(QuantizeRun {
             shape: q.shape().to_vec(),
-            out_map: memory_positions(q.shape(), out_format),
+            nhwc: memory_positions(q.shape(), out_format).is_some(),
         })),
         Lowered::Dequantize(_) => {
             if inputs
@@ -658,8 +658,8 @@ impl Prepared for WindowRun {
 #[derive(Debug)]
 pub struct QuantizeRun {
     shape: Vec<usize>,
-    /// The memory position of each logical output element (`None`: logical order).
-    out_map: Option<Vec<usize>>,
+    /// The output is held NHWC (a 4-D channels-last tensor), else in logical order.
+    nhwc: bool,
 }
 
 impl Prepared for QuantizeRun {
@@ -684,20 +684,125 @@ impl Prepared for QuantizeRun {
         if x.len() != out.len() {
             return Err(Error::shape(what, "input length differs from the plan"));
         }
-        let ok = match &self.out_map {
-            None => q.quantize_all(x, out),
-            Some(map) => {
-                let mut tmp = vec![0u8; out.len()];
-                let ok = q.quantize_all(x, &mut tmp);
-                for (&v, &p) in tmp.iter().zip(map) {
-                    out[p] = v;
-                }
-                ok
-            }
+        let nhwc = self.nhwc;
+        let mut tmp = Vec::new();
+        let dst = if nhwc {
+            tmp.resize(out.len(), 0);
+            &mut tmp[..]
+        } else {
+            &mut out[..]
         };
+        let ok = match q.avx2_rule() {
+            Some((inv, zp)) => {
+                quantize_avx2_all(x, inv, zp, dst);
+                true
+            }
+            None => q.quantize_all(x, dst),
+        };
+        if nhwc {
+            let &[n, c, h, w] = &self.shape[..] else {
+                return Err(Error::shape(what, "an NHWC output that is not 4-D"));
+            };
+            nchw_to_nhwc(&tmp, [n, c, h, w], out);
+        }
         if !ok {
             return Err(Error::invalid(what, "a value has no u8 code (NaN)"));
         }
         Ok(())
+    }
+}
+
+/// FBGEMM's `QuantizeAvx2` rule of every value (see [`crate::numerics::quantize::aten`]).
+fn quantize_avx2_all(x: &[f32], inv: f32, zp: i32, out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    crate::kernels::x86::quantize::quantize_u8(x, inv, zp, out);
+    #[cfg(not(target_arch = "x86_64"))]
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = crate::numerics::quantize::aten::quantize_avx2(v, inv, zp, 0, 255) as u8;
+    }
+}
+
+/// NCHW `x` (dims `[n, c, h, w]`) to NHWC `out`.
+pub fn nchw_to_nhwc(x: &[u8], [n, c, h, w]: [usize; 4], out: &mut [u8]) {
+    let hw = h * w;
+    for (src, dst) in x
+        .chunks_exact(c * hw)
+        .zip(out.chunks_exact_mut(c * hw))
+        .take(n)
+    {
+        for (p, px) in dst.chunks_exact_mut(c).enumerate() {
+            for (ch, o) in px.iter_mut().enumerate() {
+                *o = src[ch * hw + p];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::golden::prng::Rng;
+    use crate::numerics::bound::Pred;
+    use crate::ops::quantize::FlowQuantize;
+    use crate::ops::{Op, OutQParams};
+    use crate::tensor::Tensor;
+
+    /// The model input's quantize node, logical and NHWC outputs (odd channel counts, lengths
+    /// off the vector width, specials), against the plan's per-element prediction.
+    #[test]
+    fn quantize_runs_match_the_reference_prediction() {
+        let mut r = Rng::new(11, 4);
+        for case in 0..60u64 {
+            let dims = [
+                1 + case as usize % 2,
+                1 + (case as usize * 7) % 5,
+                3 + case as usize % 9,
+                17,
+            ];
+            let n: usize = dims.iter().product();
+            let mut x: Vec<f32> = (0..n)
+                .map(|_| (r.bits() % 100_000) as f32 / 5_000.0 - 10.0)
+                .collect();
+            x[0] = f32::NAN;
+            x[n / 2] = f32::INFINITY;
+            x[n - 1] = -1e30;
+            let v = Value::Tensor(Tensor::f32(dims.to_vec(), x));
+            let out = OutQParams {
+                scale: 0.001 + (r.bits() % 1000) as f64 / 300.0,
+                zero_point: (r.bits() % 256) as i64,
+                quant_min: 0,
+                quant_max: 255,
+            };
+            let ctx = crate::ops::pool::test_ctx(Flow::ConvertFx, crate::engine::Engine::Fbgemm);
+            let plan = FlowQuantize.plan(&ctx, &[v.meta()], Some(&out)).unwrap();
+            let want: Vec<u8> = plan.predict(&[&v]).unwrap()[0]
+                .ints()
+                .unwrap()
+                .iter()
+                .map(|p| match p {
+                    Pred::Exact(c) => *c as u8,
+                    Pred::Ambiguous { .. } => panic!("convert_fx quantize is exact"),
+                })
+                .collect();
+            let low = plan.lowered().unwrap();
+            for format in [MemoryFormat::Contiguous, MemoryFormat::ChannelsLast] {
+                let p = prepare_in_memory(low, &[v.meta()], format)
+                    .unwrap()
+                    .unwrap();
+                let mut got = vec![0u8; n];
+                p.run(low, &[&v], &mut got).unwrap();
+                let expect = match memory_positions(&dims, format) {
+                    None => want.clone(),
+                    Some(map) => {
+                        let mut m = vec![0u8; n];
+                        for (&c, &pos) in want.iter().zip(&map) {
+                            m[pos] = c;
+                        }
+                        m
+                    }
+                };
+                assert_eq!(got, expect, "case {case} {dims:?} {format:?}");
+            }
+        }
     }
 }
