@@ -58,6 +58,7 @@ use std::sync::OnceLock;
 mod avx2;
 mod avx512vnni;
 pub mod conv;
+pub mod depthwise;
 pub mod quantize;
 
 pub mod peak;
