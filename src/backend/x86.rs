@@ -133,9 +133,12 @@ impl PreparedLayer {
                         format!("{:?} is not NCHW", input.shape),
                     ));
                 }
+                // FBGEMM's 3x3 depthwise on NCHW planes where few channels would leave the
+                // direct kernel's 32-channel vectors part empty.
                 let dw3x3 = l.path == KernelPath::FbgemmDepthwise
                     && p.kernel_size == [3, 3]
-                    && p.out_channels == p.in_channels;
+                    && p.out_channels == p.in_channels
+                    && p.in_channels < 32;
                 if dw3x3 {
                     let dw = Depthwise3x3::new(
                         &w.int_repr,

@@ -29,6 +29,10 @@ pub struct DepthwiseDirect {
     col_off: Vec<i32>,
     /// Whether any weight zero point is nonzero (row sums needed).
     asym: bool,
+    /// Per tap pair and 32-channel block: the pair's weights interleaved as [`block_avx2`]
+    /// interleaves the pair's input bytes (64 bytes: channels 0..8, 16..24, then 8..16, 24..32;
+    /// an odd last tap pairs with a zero weight; channels past `C` have zero weights).
+    wp: Vec<i8>,
     rq: PerChannel,
 }
 
@@ -77,13 +81,34 @@ impl DepthwiseDirect {
                     .wrapping_sub((taps as i32).wrapping_mul(b_zp[ch]))
             })
             .collect();
+        let (pairs, blocks) = (taps.div_ceil(2), c.div_ceil(32));
+        let mut wp = vec![0i8; pairs * blocks * 64];
+        for p in 0..pairs {
+            for b in 0..blocks {
+                let bw = &mut wp[(p * blocks + b) * 64..][..64];
+                let order = (0..8).chain(16..24).chain(8..16).chain(24..32);
+                for (k, ch) in order.enumerate() {
+                    let ch = b * 32 + ch;
+                    if ch >= c {
+                        continue;
+                    }
+                    bw[2 * k] = w[2 * p * c + ch];
+                    bw[2 * k + 1] = if 2 * p + 1 < taps {
+                        w[(2 * p + 1) * c + ch]
+                    } else {
+                        0
+                    };
+                }
+            }
+        }
         Ok(Some(Self {
             p,
+            wp,
             w,
             asym: b_zp.iter().any(|&z| z != 0),
             b_zp,
             col_off,
-            rq: PerChannel::new(requant, 0, c, c)?,
+            rq: PerChannel::new(requant, 0, c, c.div_ceil(32) * 32)?,
         }))
     }
 
@@ -115,14 +140,15 @@ impl DepthwiseDirect {
             // wrapper enables; the body is safe code.
             unsafe { run_avx2(self, x, (nb, h, w, oh, ow), a_zp, out) };
         } else {
-            self.body(x, (nb, h, w, oh, ow), a_zp, out);
+            self.body::<false>(x, (nb, h, w, oh, ow), a_zp, out);
         }
         Ok((oh, ow))
     }
 
-    /// The kernel (dims checked by the caller).
+    /// The kernel (dims checked by the caller). `SIMD`: channel blocks of 32 through
+    /// [`block_avx2`] (symmetric weights only; the caller has checked AVX2 and FMA).
     #[inline(always)]
-    fn body(
+    fn body<const SIMD: bool>(
         &self,
         x: &[u8],
         (_, h, w, oh, ow): (usize, usize, usize, usize, usize),
@@ -136,73 +162,116 @@ impl DepthwiseDirect {
         // The padded image: every window lies inside it.
         let (ph, pw) = ((oh - 1) * sy + kh, (ow - 1) * sx + kw);
         let (ph, pw) = (ph.max(h + pt), pw.max(w + pl));
-        let mut img = vec![a_zp as u8; ph * pw * c];
+        // Channels padded to whole 32-channel blocks.
+        let cp = c.div_ceil(32) * 32;
+        let mut img = vec![a_zp as u8; ph * pw * cp];
         let taps = kh * kw;
         // Pixel offset of each tap in the padded image.
         let off: Vec<usize> = (0..taps).map(|t| (t / kw) * pw + t % kw).collect();
-        let mut acc = [0i32; CB];
-        let mut rows = [0i32; CB];
+        let mut zc: Vec<i32> = self.col_off.iter().map(|&o| a_zp.wrapping_mul(o)).collect();
+        zc.resize(cp, 0);
+        let simd = SIMD && !self.asym;
+        let mut last = [0u8; 32];
         for (xb, ob) in x
             .chunks_exact(h * w * c)
             .zip(out.chunks_exact_mut(oh * ow * c))
         {
             for y in 0..h {
-                let dst = &mut img[((y + pt) * pw + pl) * c..][..w * c];
-                dst.copy_from_slice(&xb[y * w * c..(y + 1) * w * c]);
+                let row = &mut img[((y + pt) * pw + pl) * cp..][..w * cp];
+                for (d, s) in row
+                    .chunks_exact_mut(cp)
+                    .zip(xb[y * w * c..].chunks_exact(c))
+                {
+                    d[..c].copy_from_slice(s);
+                }
             }
             for oy in 0..oh {
                 for ox in 0..ow {
                     let origin = oy * sy * pw + ox * sx;
                     let o = &mut ob[(oy * ow + ox) * c..][..c];
-                    for c0 in (0..c).step_by(CB) {
-                        let n = CB.min(c - c0);
-                        let (acc, rows) = (&mut acc[..n], &mut rows[..n]);
-                        acc.fill(0);
-                        rows.fill(0);
-                        let px = |t: usize| &img[(origin + off[t]) * c + c0..][..n];
-                        let wt = |t: usize| &self.w[t * c + c0..][..n];
-                        for t in (0..taps).step_by(2) {
-                            let (xa, wa) = (px(t), wt(t));
-                            if t + 1 < taps {
-                                let (xb, wb) = (px(t + 1), wt(t + 1));
-                                for i in 0..n {
-                                    let s = i32::from(xa[i]) * i32::from(wa[i])
-                                        + i32::from(xb[i]) * i32::from(wb[i]);
-                                    acc[i] = acc[i].wrapping_add(s.clamp(-32768, 32767));
-                                }
-                                if self.asym {
-                                    for i in 0..n {
-                                        rows[i] += i32::from(xa[i]) + i32::from(xb[i]);
-                                    }
-                                }
+                    if simd {
+                        for c0 in (0..c).step_by(32) {
+                            let n = 32.min(c - c0);
+                            let dst = if n == 32 {
+                                &mut o[c0..c0 + 32]
                             } else {
-                                // One product of u8·i8 fits int16.
-                                for i in 0..n {
-                                    acc[i] =
-                                        acc[i].wrapping_add(i32::from(xa[i]) * i32::from(wa[i]));
-                                }
-                                if self.asym {
-                                    for i in 0..n {
-                                        rows[i] += i32::from(xa[i]);
-                                    }
-                                }
+                                &mut last[..]
+                            };
+                            // SAFETY: SIMD bodies run only from `run_avx2` (AVX2 and FMA); every
+                            // tap of this window lies in `img` (padded above) with `cp ≥ c0 + 32`
+                            // channels, `wp` and the per-channel vectors have `cp` channels.
+                            unsafe { block_avx2(self, &img, origin, &off, c0, &zc, dst) };
+                            if n < 32 {
+                                o[c0..].copy_from_slice(&last[..n]);
                             }
                         }
-                        for (i, o) in o[c0..c0 + n].iter_mut().enumerate() {
-                            let ch = c0 + i;
-                            let raw = acc[i]
-                                .wrapping_sub(a_zp.wrapping_mul(self.col_off[ch]))
-                                .wrapping_sub(rows[i].wrapping_mul(self.b_zp[ch]));
-                            *o = self.rq.apply(raw, ch);
+                    } else {
+                        for c0 in (0..c).step_by(CB) {
+                            let n = CB.min(c - c0);
+                            self.block(&img, origin, &off, (c0, n), a_zp, &mut o[c0..c0 + n]);
                         }
                     }
                 }
             }
         }
     }
+
+    /// Channels `c0 .. c0 + n` of one output pixel whose window starts at pixel `origin` of the
+    /// padded image.
+    #[inline(always)]
+    fn block(
+        &self,
+        img: &[u8],
+        origin: usize,
+        off: &[usize],
+        (c0, n): (usize, usize),
+        a_zp: i32,
+        o: &mut [u8],
+    ) {
+        let cp = self.p.in_channels.div_ceil(32) * 32;
+        let taps = off.len();
+        let mut acc = [0i32; CB];
+        let mut rows = [0i32; CB];
+        let (acc, rows) = (&mut acc[..n], &mut rows[..n]);
+        let px = |t: usize| &img[(origin + off[t]) * cp + c0..][..n];
+        let wt = |t: usize| &self.w[t * self.p.in_channels + c0..][..n];
+        for t in (0..taps).step_by(2) {
+            let (xa, wa) = (px(t), wt(t));
+            if t + 1 < taps {
+                let (xb, wb) = (px(t + 1), wt(t + 1));
+                for i in 0..n {
+                    let s =
+                        i32::from(xa[i]) * i32::from(wa[i]) + i32::from(xb[i]) * i32::from(wb[i]);
+                    acc[i] = acc[i].wrapping_add(s.clamp(-32768, 32767));
+                }
+                if self.asym {
+                    for i in 0..n {
+                        rows[i] += i32::from(xa[i]) + i32::from(xb[i]);
+                    }
+                }
+            } else {
+                // One product of u8·i8 fits int16.
+                for i in 0..n {
+                    acc[i] = acc[i].wrapping_add(i32::from(xa[i]) * i32::from(wa[i]));
+                }
+                if self.asym {
+                    for i in 0..n {
+                        rows[i] += i32::from(xa[i]);
+                    }
+                }
+            }
+        }
+        for (i, o) in o.iter_mut().enumerate() {
+            let ch = c0 + i;
+            let raw = acc[i]
+                .wrapping_sub(a_zp.wrapping_mul(self.col_off[ch]))
+                .wrapping_sub(rows[i].wrapping_mul(self.b_zp[ch]));
+            *o = self.rq.apply(raw, ch);
+        }
+    }
 }
 
-/// [`DepthwiseDirect::body`] compiled for AVX2 and FMA.
+/// [`DepthwiseDirect::body`] compiled for AVX2 and FMA, with its SIMD channel blocks.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn run_avx2(
     k: &DepthwiseDirect,
@@ -211,7 +280,90 @@ unsafe fn run_avx2(
     a_zp: i32,
     out: &mut [u8],
 ) {
-    k.body(x, dims, a_zp, out);
+    k.body::<true>(x, dims, a_zp, out);
+}
+
+/// Channels `c0 .. c0 + 32` of one output pixel (symmetric weights): each tap pair's bytes
+/// interleaved (`vpunpck[lh]bw`) against [`DepthwiseDirect::wp`]'s interleaved weights,
+/// `vpmaddubsw` (the pair's two products summed and saturated to int16), sign-extended and added
+/// in int32; then `raw = acc − zc` and the [`PerChannel`] form: `f32(raw + add_i)`,
+/// `fma(add_f, add_s, ·)`, `· mult`, `cvtps2dq`, `+ zp`, clamp to `lo..255`.
+///
+/// # Safety
+/// AVX2 and FMA; `img` (channel stride `Cp` = `C` rounded up to 32) holds 32 bytes at
+/// `(origin + off[t])·Cp + c0` for every tap, `c0 + 32 ≤ Cp`, `o.len() == 32`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_avx2(
+    k: &DepthwiseDirect,
+    img: &[u8],
+    origin: usize,
+    off: &[usize],
+    c0: usize,
+    zc: &[i32],
+    o: &mut [u8],
+) {
+    use std::arch::x86_64::*;
+    let cp = k.p.in_channels.div_ceil(32) * 32;
+    let pairs = off.len().div_ceil(2);
+    let blocks = cp / 32;
+    let at = |t: usize| img[(origin + off[t]) * cp + c0..][..32].as_ptr() as *const __m256i;
+    let mut acc = [_mm256_setzero_si256(); 4];
+    for p in 0..pairs {
+        let (t0, t1) = (2 * p, (2 * p + 1).min(off.len() - 1));
+        // SAFETY: `at` slices 32 bytes in bounds; `wp` has 64 bytes at this pair and block (an
+        // odd last tap pairs with itself under zero weights).
+        let (xa, xb) = unsafe { (_mm256_loadu_si256(at(t0)), _mm256_loadu_si256(at(t1))) };
+        let wv = k.wp[(p * blocks + c0 / 32) * 64..][..64].as_ptr() as *const __m256i;
+        let (wl, wh) = unsafe { (_mm256_loadu_si256(wv), _mm256_loadu_si256(wv.add(1))) };
+        let lo = _mm256_maddubs_epi16(_mm256_unpacklo_epi8(xa, xb), wl);
+        let hi = _mm256_maddubs_epi16(_mm256_unpackhi_epi8(xa, xb), wh);
+        // lo: channels 0..8 | 16..24, hi: 8..16 | 24..32.
+        let parts = [
+            _mm256_cvtepi16_epi32(_mm256_castsi256_si128(lo)),
+            _mm256_cvtepi16_epi32(_mm256_castsi256_si128(hi)),
+            _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(lo)),
+            _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(hi)),
+        ];
+        for (a, v) in acc.iter_mut().zip(parts) {
+            *a = _mm256_add_epi32(*a, v);
+        }
+    }
+    let rq = &k.rq;
+    let (zp, lo) = (_mm256_set1_epi32(rq.zp), _mm256_set1_epi32(rq.lo));
+    let (below, above, top) = (
+        _mm256_set1_epi32(-1024),
+        _mm256_set1_epi32(1024),
+        _mm256_set1_epi32(255),
+    );
+    let mut q = [_mm256_setzero_si256(); 4];
+    for (g, (qg, a)) in q.iter_mut().zip(acc).enumerate() {
+        let ch = c0 + 8 * g;
+        let ld_i = |v: &[i32]| v[ch..ch + 8].as_ptr() as *const __m256i;
+        let ld_f = |v: &[f32]| v[ch..ch + 8].as_ptr();
+        // SAFETY: every per-channel vector has `Cp ≥ ch + 8` entries.
+        let (zcv, add_i, add_f, add_s, mult) = unsafe {
+            (
+                _mm256_loadu_si256(ld_i(zc)),
+                _mm256_loadu_si256(ld_i(&rq.add_i)),
+                _mm256_loadu_ps(ld_f(&rq.add_f)),
+                _mm256_loadu_ps(ld_f(&rq.add_s)),
+                _mm256_loadu_ps(ld_f(&rq.mult)),
+            )
+        };
+        let raw = _mm256_add_epi32(_mm256_sub_epi32(a, zcv), add_i);
+        let f = _mm256_mul_ps(_mm256_fmadd_ps(add_f, add_s, _mm256_cvtepi32_ps(raw)), mult);
+        // `cvtps2dq` as `round_ne_i32`; narrowing to ±1024 first keeps `+ zp` in range and does
+        // not change the clamp to `lo..255`.
+        let r = _mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(f), below), above);
+        *qg = _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(r, zp), lo), top);
+    }
+    let packed = _mm256_packus_epi16(
+        _mm256_packs_epi32(q[0], q[1]),
+        _mm256_packs_epi32(q[2], q[3]),
+    );
+    let packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    // SAFETY: `o` has 32 bytes.
+    unsafe { _mm256_storeu_si256(o[..32].as_mut_ptr() as *mut __m256i, packed) };
 }
 
 #[cfg(test)]
