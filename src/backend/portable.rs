@@ -7,6 +7,7 @@
 use super::window::{FinishTables, NhwcWindows};
 use super::{check_out, Prepared};
 use crate::engine::flow::Flow;
+use crate::ops::aten_vec::VectorAdd;
 use crate::ops::{Lowered, MemoryFormat, Meta, Pointwise, Reduction, Value, WindowOp};
 use crate::{Error, Result};
 
@@ -226,6 +227,9 @@ pub struct PointwiseRun {
     lens: Vec<usize>,
     /// Per value function (those some element takes): its codes, indexed by `qa` or `qa·256 + qb`.
     tables: Vec<Vec<u8>>,
+    /// Per value function: ATen's vector `qadd` lambda in SIMD, where the function is one and
+    /// the SIMD kernel equals its table on every pair of codes.
+    simd_add: Vec<Option<VectorAdd>>,
     runs: Vec<Run>,
 }
 
@@ -323,15 +327,54 @@ impl PointwiseRun {
             }
             tables.push(t);
         }
+        let simd_add = tables
+            .iter()
+            .enumerate()
+            .map(|(f, t)| {
+                let v = p.vector_add(f, &qparams)?;
+                (arity == 2 && t.len() == 1 << 16 && simd_add_matches(&v, t)).then_some(v)
+            })
+            .collect();
         Ok(Some(PointwiseRun {
             shape: p.shape().to_vec(),
             arity,
             qparams,
             lens,
             tables,
+            simd_add,
             runs,
         }))
     }
+}
+
+/// Runs `v` on SIMD over `a`, `b` into `out`; `false` where there is no SIMD kernel.
+fn simd_add(v: &VectorAdd, a: &[u8], b: &[u8], out: &mut [u8]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return crate::kernels::x86::binary::add_u8(
+        &crate::kernels::x86::binary::AddLambda {
+            a: (v.a.scale, v.a.premul),
+            b: (v.b.scale, v.b.premul),
+            relu: v.relu,
+            inv: v.inv,
+            zero_point: v.zero_point,
+        },
+        a,
+        b,
+        out,
+    );
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (v, a, b, out);
+        false
+    }
+}
+
+/// Whether the SIMD kernel of `v` gives table `t`'s code (index `qa·256 + qb`) for every pair.
+fn simd_add_matches(v: &VectorAdd, t: &[u8]) -> bool {
+    let a: Vec<u8> = (0..1usize << 16).map(|i| (i >> 8) as u8).collect();
+    let b: Vec<u8> = (0..1usize << 16).map(|i| i as u8).collect();
+    let mut out = vec![0u8; 1 << 16];
+    simd_add(v, &a, &b, &mut out) && out == t
 }
 
 /// Extends run `r` by one element reading `srcs`, if they continue its strides.
@@ -355,7 +398,11 @@ fn extend(r: &mut Run, srcs: &[(usize, usize); 2]) -> bool {
 
 impl Prepared for PointwiseRun {
     fn kernel(&self) -> &'static str {
-        "lut"
+        if self.simd_add.iter().any(Option::is_some) {
+            "simd-add"
+        } else {
+            "lut"
+        }
     }
 
     fn out_shape(&self) -> &[usize] {
@@ -387,6 +434,11 @@ impl Prepared for PointwiseRun {
                     if (a.stride, b.stride) == (1, 1) {
                         let (sa, sb) =
                             (&xa[a.start..a.start + r.len], &xb[b.start..b.start + r.len]);
+                        if let Some(v) = &self.simd_add[r.f] {
+                            if simd_add(v, sa, sb, o) {
+                                continue;
+                            }
+                        }
                         for ((o, &qa), &qb) in o.iter_mut().zip(sa).zip(sb) {
                             *o = t[(qa as usize) << 8 | qb as usize];
                         }
@@ -741,8 +793,8 @@ pub fn nchw_to_nhwc(x: &[u8], [n, c, h, w]: [usize; 4], out: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::golden::prng::Rng;
     use crate::numerics::bound::Pred;
+    use crate::numerics::test_rng::Rng;
     use crate::ops::quantize::FlowQuantize;
     use crate::ops::{Op, OutQParams};
     use crate::tensor::Tensor;
@@ -804,5 +856,77 @@ mod tests {
                 assert_eq!(got, expect, "case {case} {dims:?} {format:?}");
             }
         }
+    }
+
+    /// `add` / `add_relu` of channels-last tensors (lengths off the vector width) through the
+    /// prepared pointwise run, SIMD where the CPU has it, against the plan's prediction.
+    #[test]
+    fn add_runs_match_the_reference_prediction() {
+        let mut r = Rng::new(5, 6);
+        let mut simd = 0;
+        for case in 0..24usize {
+            let dims = vec![1, 3 + case % 5, 5 + case % 7, 9];
+            let n: usize = dims.iter().product();
+            let q = |r: &mut Rng, fmt| {
+                let mut t = crate::ops::QTensor::new(
+                    dims.clone(),
+                    (0..n).map(|_| r.bits() as u8).collect(),
+                    0.005 + (r.bits() % 100) as f64 / 400.0,
+                    (r.bits() % 256) as i64,
+                );
+                t.memory_format = fmt;
+                t
+            };
+            let (a, b) = (
+                q(&mut r, MemoryFormat::ChannelsLast),
+                q(&mut r, MemoryFormat::ChannelsLast),
+            );
+            let out = OutQParams {
+                scale: 0.01 + (r.bits() % 100) as f64 / 300.0,
+                zero_point: (r.bits() % 256) as i64,
+                quant_min: 0,
+                quant_max: 255,
+            };
+            let op = crate::ops::add::Add {
+                relu: case % 2 == 1,
+            };
+            let (va, vb) = (Value::Quantized(a.clone()), Value::Quantized(b.clone()));
+            let ctx = crate::ops::pool::test_ctx(Flow::ConvertFx, crate::engine::Engine::Fbgemm);
+            let plan = op.plan(&ctx, &[va.meta(), vb.meta()], Some(&out)).unwrap();
+            let want: Vec<u8> = plan.predict(&[&va, &vb]).unwrap()[0]
+                .ints()
+                .unwrap()
+                .iter()
+                .map(|p| match p {
+                    Pred::Exact(c) => *c as u8,
+                    Pred::Ambiguous { .. } => panic!("add is exact"),
+                })
+                .collect();
+            let low = plan.lowered().unwrap();
+            let fmt = MemoryFormat::ChannelsLast;
+            let p = prepare_in_memory(low, &[va.meta(), vb.meta()], fmt)
+                .unwrap()
+                .unwrap();
+            let map = memory_positions(&dims, fmt).unwrap();
+            let mem = |t: &crate::ops::QTensor| {
+                let mut m = t.clone();
+                for (&v, &pos) in t.data.iter().zip(&map) {
+                    m.data[pos] = v;
+                }
+                Value::Quantized(m)
+            };
+            let mut got = vec![0u8; n];
+            p.run(low, &[&mem(&a), &mem(&b)], &mut got).unwrap();
+            let expect: Vec<u8> = (0..n)
+                .map(|i| want[map.iter().position(|&m| m == i).unwrap()])
+                .collect();
+            assert_eq!(got, expect, "case {case} {}", p.kernel());
+            simd += usize::from(p.kernel() == "simd-add");
+        }
+        #[cfg(target_arch = "x86_64")]
+        if crate::kernels::Isa::Avx2.detected() {
+            assert!(simd > 0, "no case ran the SIMD add");
+        }
+        let _ = simd;
     }
 }

@@ -251,8 +251,8 @@ mod tests {
     use crate::backend::portable::{memory_positions, prepare_in_memory};
     use crate::engine::flow::Flow;
     use crate::engine::Engine;
-    use crate::golden::prng::Rng;
     use crate::numerics::bound::Pred;
+    use crate::numerics::test_rng::Rng;
     use crate::ops::pool::adaptive::AdaptiveAvgPool2d;
     use crate::ops::pool::avg::AvgPool2d;
     use crate::ops::pool::max::MaxPool2d;

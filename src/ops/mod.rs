@@ -327,6 +327,13 @@ pub trait Pointwise: fmt::Debug + Sync {
     /// Value function `f` on `codes` (the first [`Pointwise::arity`] are read), for inputs with
     /// `qparams` (the ones the plan was made for). `None`: PyTorch's result is undefined.
     fn value(&self, f: usize, qparams: &[(f64, i64)], codes: [u8; 2]) -> Option<i64>;
+    /// Value function `f` as ATen's vector `qadd` lambda, where it is one (inputs with
+    /// `qparams`). A backend may evaluate it in SIMD after checking it against
+    /// [`Pointwise::value`] on every pair of codes.
+    fn vector_add(&self, f: usize, qparams: &[(f64, i64)]) -> Option<aten_vec::VectorAdd> {
+        let _ = (f, qparams);
+        None
+    }
 }
 
 /// How a [`WindowOp`] reduces a window.

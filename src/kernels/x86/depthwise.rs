@@ -369,11 +369,11 @@ unsafe fn block_avx2(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::golden::prng::Rng;
     use crate::kernels::quant::Layout;
     use crate::kernels::reference;
     use crate::kernels::{Accumulation, QConv};
     use crate::numerics::requant::FbgemmRequant;
+    use crate::numerics::test_rng::Rng;
 
     /// Random depthwise convs (kernels 1..=7, strides 1..=3, padding up to the kernel, odd and
     /// block-straddling channel counts, symmetric and asymmetric weights, large weights that

@@ -58,7 +58,7 @@ unsafe fn quantize_avx2_x32(x: &[f32], inv: f32, zp: i32, out: &mut [u8]) -> usi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::golden::prng::Rng;
+    use crate::numerics::test_rng::Rng;
 
     #[test]
     fn avx2_quantize_equals_the_scalar_rule() {
