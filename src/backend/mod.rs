@@ -5,6 +5,7 @@
 
 pub mod kernel;
 pub mod portable;
+pub mod window;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 

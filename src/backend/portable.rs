@@ -4,8 +4,10 @@
 //! reductions (pools, mean) over the plan's taps with the plan's requantization, and the model
 //! input's quantize node.
 
+use super::window::{FinishTables, NhwcWindows};
 use super::{check_out, Prepared};
 use crate::engine::flow::Flow;
+use crate::ops::aten_vec::VectorAdd;
 use crate::ops::{Lowered, MemoryFormat, Meta, Pointwise, Reduction, Value, WindowOp};
 use crate::{Error, Result};
 
@@ -16,10 +18,14 @@ pub fn prepare(stage: Lowered<'_>, inputs: &[Meta<'_>]) -> Result<Option<Box<dyn
         Lowered::Pointwise(p) => {
             PointwiseRun::new(p, inputs)?.map(|r| Box::new(r) as Box<dyn Prepared>)
         }
-        Lowered::Window(w) => Some(Box::new(WindowRun::new(w, inputs)?)),
+        Lowered::Window(w) => {
+            let mut r = WindowRun::new(w, inputs)?;
+            r.set_layouts(false, None);
+            Some(Box::new(r))
+        }
         Lowered::Quantize(q) => Some(Box::new(QuantizeRun {
             shape: q.shape().to_vec(),
-            out_map: None,
+            nhwc: false,
         })),
         Lowered::Dequantize(d) => {
             let (qparams, _) = quantized_metas("dequantize", inputs)?;
@@ -59,15 +65,15 @@ pub fn prepare_in_memory(
         }
         Lowered::Window(w) => {
             let mut r = WindowRun::new(w, inputs)?;
-            r.nhwc_in = inputs
+            let nhwc_in = inputs
                 .first()
                 .is_some_and(|m| memory_positions(m.shape, m.memory_format).is_some());
-            r.out_map = memory_positions(w.out_shape(), out_format);
+            r.set_layouts(nhwc_in, memory_positions(w.out_shape(), out_format));
             Some(Box::new(r))
         }
         Lowered::Quantize(q) => Some(Box::new(QuantizeRun {
             shape: q.shape().to_vec(),
-            out_map: memory_positions(q.shape(), out_format),
+            nhwc: memory_positions(q.shape(), out_format).is_some(),
         })),
         Lowered::Dequantize(_) => {
             if inputs
@@ -221,6 +227,9 @@ pub struct PointwiseRun {
     lens: Vec<usize>,
     /// Per value function (those some element takes): its codes, indexed by `qa` or `qa·256 + qb`.
     tables: Vec<Vec<u8>>,
+    /// Per value function: ATen's vector `qadd` lambda in SIMD, where the function is one and
+    /// the SIMD kernel equals its table on every pair of codes.
+    simd_add: Vec<Option<VectorAdd>>,
     runs: Vec<Run>,
 }
 
@@ -318,15 +327,54 @@ impl PointwiseRun {
             }
             tables.push(t);
         }
+        let simd_add = tables
+            .iter()
+            .enumerate()
+            .map(|(f, t)| {
+                let v = p.vector_add(f, &qparams)?;
+                (arity == 2 && t.len() == 1 << 16 && simd_add_matches(&v, t)).then_some(v)
+            })
+            .collect();
         Ok(Some(PointwiseRun {
             shape: p.shape().to_vec(),
             arity,
             qparams,
             lens,
             tables,
+            simd_add,
             runs,
         }))
     }
+}
+
+/// Runs `v` on SIMD over `a`, `b` into `out`; `false` where there is no SIMD kernel.
+fn simd_add(v: &VectorAdd, a: &[u8], b: &[u8], out: &mut [u8]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return crate::kernels::x86::binary::add_u8(
+        &crate::kernels::x86::binary::AddLambda {
+            a: (v.a.scale, v.a.premul),
+            b: (v.b.scale, v.b.premul),
+            relu: v.relu,
+            inv: v.inv,
+            zero_point: v.zero_point,
+        },
+        a,
+        b,
+        out,
+    );
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (v, a, b, out);
+        false
+    }
+}
+
+/// Whether the SIMD kernel of `v` gives table `t`'s code (index `qa·256 + qb`) for every pair.
+fn simd_add_matches(v: &VectorAdd, t: &[u8]) -> bool {
+    let a: Vec<u8> = (0..1usize << 16).map(|i| (i >> 8) as u8).collect();
+    let b: Vec<u8> = (0..1usize << 16).map(|i| i as u8).collect();
+    let mut out = vec![0u8; 1 << 16];
+    simd_add(v, &a, &b, &mut out) && out == t
 }
 
 /// Extends run `r` by one element reading `srcs`, if they continue its strides.
@@ -350,7 +398,11 @@ fn extend(r: &mut Run, srcs: &[(usize, usize); 2]) -> bool {
 
 impl Prepared for PointwiseRun {
     fn kernel(&self) -> &'static str {
-        "lut"
+        if self.simd_add.iter().any(Option::is_some) {
+            "simd-add"
+        } else {
+            "lut"
+        }
     }
 
     fn out_shape(&self) -> &[usize] {
@@ -382,6 +434,11 @@ impl Prepared for PointwiseRun {
                     if (a.stride, b.stride) == (1, 1) {
                         let (sa, sb) =
                             (&xa[a.start..a.start + r.len], &xb[b.start..b.start + r.len]);
+                        if let Some(v) = &self.simd_add[r.f] {
+                            if simd_add(v, sa, sb, o) {
+                                continue;
+                            }
+                        }
                         for ((o, &qa), &qb) in o.iter_mut().zip(sa).zip(sb) {
                             *o = t[(qa as usize) << 8 | qb as usize];
                         }
@@ -413,9 +470,29 @@ pub struct WindowRun {
     nhwc_in: bool,
     /// The memory position of each logical output element (`None`: logical order).
     out_map: Option<Vec<usize>>,
+    /// The plan's `finish` tabulated per output position (`None`: called per result).
+    finish: Option<FinishTables>,
+    /// The input and the output are both in NHWC memory order, results unscrambled: the
+    /// windows reduce straight into the output ([`NhwcWindows`]).
+    direct: bool,
 }
 
 impl WindowRun {
+    /// Sets the layouts: the input held NHWC, the output at `out_map`'s positions.
+    fn set_layouts(&mut self, nhwc_in: bool, out_map: Option<Vec<usize>>) {
+        let [_, c, h, w] = self.in_dims;
+        // Memory order equals NHWC order for one channel or one pixel.
+        let in_nhwc = nhwc_in || c == 1 || h * w == 1;
+        let out_nhwc = out_map == memory_positions(&self.out_dims, MemoryFormat::ChannelsLast);
+        self.nhwc_in = nhwc_in;
+        self.out_map = out_map;
+        self.direct = in_nhwc
+            && out_nhwc
+            && self.source.is_none()
+            && self.finish.is_some()
+            && NhwcWindows::supports(&self.cols);
+    }
+
     pub fn new(w: &dyn WindowOp, inputs: &[Meta<'_>]) -> Result<Self> {
         let what = "window op";
         let (qparams, lens) = quantized_metas(what, inputs)?;
@@ -446,17 +523,21 @@ impl WindowRun {
             return Err(Error::shape(what, "an output reads a result out of range"));
         }
         let identity = source.iter().enumerate().all(|(i, &j)| i == j);
+        let (rows, cols) = (taps(0)?, taps(1)?);
+        let finish = FinishTables::build(w, qparams[0], &rows, &cols);
         Ok(WindowRun {
             in_dims,
             out_dims,
             out_shape: w.out_shape().to_vec(),
             reduction: w.reduction(),
-            rows: taps(0)?,
-            cols: taps(1)?,
+            rows,
+            cols,
             source: (!identity).then_some(source),
             qparams: qparams[0],
             nhwc_in: false,
             out_map: None,
+            finish,
+            direct: false,
         })
     }
 
@@ -551,10 +632,12 @@ impl WindowRun {
 
 impl Prepared for WindowRun {
     fn kernel(&self) -> &'static str {
-        match self.reduction {
-            Reduction::Max => "window-max",
-            Reduction::Sum => "window-sum",
-            Reduction::FloatPlane { .. } => "plane-float-sum",
+        match (self.reduction, self.direct) {
+            (Reduction::Max, true) => "window-max-nhwc",
+            (Reduction::Sum, true) => "window-sum-nhwc",
+            (Reduction::Max, _) => "window-max",
+            (Reduction::Sum, _) => "window-sum",
+            (Reduction::FloatPlane { .. }, _) => "plane-float-sum",
         }
     }
 
@@ -570,6 +653,16 @@ impl Prepared for WindowRun {
         check_out(what, &self.out_shape, out)?;
         let len = self.in_dims.iter().product();
         let x = codes(what, inputs, &[self.qparams], &[len])?[0];
+        if let (true, Some(finish)) = (self.direct, &self.finish) {
+            let windows = NhwcWindows {
+                in_dims: self.in_dims,
+                rows: &self.rows,
+                cols: &self.cols,
+                max: self.reduction == Reduction::Max,
+                finish,
+            };
+            return windows.run(x, out);
+        }
         // The plane sums read logical order.
         let logical: Vec<u8>;
         let x = match (self.reduction, self.nhwc_in) {
@@ -582,16 +675,18 @@ impl Prepared for WindowRun {
         };
         let (acc, sums) = self.reduce(x);
         let (s, z) = self.qparams;
+        let positions = self.out_dims[2] * self.out_dims[3];
         let results = acc
             .iter()
             .zip(&sums)
             .enumerate()
             .map(|(j, (&a, &f))| {
-                w.finish(j, a, f, s, z)
-                    .and_then(|v| u8::try_from(v).ok())
-                    .ok_or_else(|| {
-                        Error::invalid(what, format!("result {j} is undefined or not a u8"))
-                    })
+                match &self.finish {
+                    Some(t) => t.code(j % positions, a).map(i64::from),
+                    None => w.finish(j, a, f, s, z),
+                }
+                .and_then(|v| u8::try_from(v).ok())
+                .ok_or_else(|| Error::invalid(what, format!("result {j} is undefined or not a u8")))
             })
             .collect::<Result<Vec<u8>>>()?;
         match (&self.source, &self.out_map) {
@@ -615,8 +710,8 @@ impl Prepared for WindowRun {
 #[derive(Debug)]
 pub struct QuantizeRun {
     shape: Vec<usize>,
-    /// The memory position of each logical output element (`None`: logical order).
-    out_map: Option<Vec<usize>>,
+    /// The output is held NHWC (a 4-D channels-last tensor), else in logical order.
+    nhwc: bool,
 }
 
 impl Prepared for QuantizeRun {
@@ -641,20 +736,197 @@ impl Prepared for QuantizeRun {
         if x.len() != out.len() {
             return Err(Error::shape(what, "input length differs from the plan"));
         }
-        let ok = match &self.out_map {
-            None => q.quantize_all(x, out),
-            Some(map) => {
-                let mut tmp = vec![0u8; out.len()];
-                let ok = q.quantize_all(x, &mut tmp);
-                for (&v, &p) in tmp.iter().zip(map) {
-                    out[p] = v;
-                }
-                ok
-            }
+        let nhwc = self.nhwc;
+        let mut tmp = Vec::new();
+        let dst = if nhwc {
+            tmp.resize(out.len(), 0);
+            &mut tmp[..]
+        } else {
+            &mut out[..]
         };
+        let ok = match q.avx2_rule() {
+            Some((inv, zp)) => {
+                quantize_avx2_all(x, inv, zp, dst);
+                true
+            }
+            None => q.quantize_all(x, dst),
+        };
+        if nhwc {
+            let &[n, c, h, w] = &self.shape[..] else {
+                return Err(Error::shape(what, "an NHWC output that is not 4-D"));
+            };
+            nchw_to_nhwc(&tmp, [n, c, h, w], out);
+        }
         if !ok {
             return Err(Error::invalid(what, "a value has no u8 code (NaN)"));
         }
         Ok(())
+    }
+}
+
+/// FBGEMM's `QuantizeAvx2` rule of every value (see [`crate::numerics::quantize::aten`]).
+fn quantize_avx2_all(x: &[f32], inv: f32, zp: i32, out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    crate::kernels::x86::quantize::quantize_u8(x, inv, zp, out);
+    #[cfg(not(target_arch = "x86_64"))]
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = crate::numerics::quantize::aten::quantize_avx2(v, inv, zp, 0, 255) as u8;
+    }
+}
+
+/// NCHW `x` (dims `[n, c, h, w]`) to NHWC `out`.
+pub fn nchw_to_nhwc(x: &[u8], [n, c, h, w]: [usize; 4], out: &mut [u8]) {
+    let hw = h * w;
+    for (src, dst) in x
+        .chunks_exact(c * hw)
+        .zip(out.chunks_exact_mut(c * hw))
+        .take(n)
+    {
+        for (p, px) in dst.chunks_exact_mut(c).enumerate() {
+            for (ch, o) in px.iter_mut().enumerate() {
+                *o = src[ch * hw + p];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::numerics::bound::Pred;
+    use crate::numerics::test_rng::Rng;
+    use crate::ops::quantize::FlowQuantize;
+    use crate::ops::{Op, OutQParams};
+    use crate::tensor::Tensor;
+
+    /// The model input's quantize node, logical and NHWC outputs (odd channel counts, lengths
+    /// off the vector width, specials), against the plan's per-element prediction.
+    #[test]
+    fn quantize_runs_match_the_reference_prediction() {
+        let mut r = Rng::new(11, 4);
+        for case in 0..60u64 {
+            let dims = [
+                1 + case as usize % 2,
+                1 + (case as usize * 7) % 5,
+                3 + case as usize % 9,
+                17,
+            ];
+            let n: usize = dims.iter().product();
+            let mut x: Vec<f32> = (0..n)
+                .map(|_| (r.bits() % 100_000) as f32 / 5_000.0 - 10.0)
+                .collect();
+            x[0] = f32::NAN;
+            x[n / 2] = f32::INFINITY;
+            x[n - 1] = -1e30;
+            let v = Value::Tensor(Tensor::f32(dims.to_vec(), x));
+            let out = OutQParams {
+                scale: 0.001 + (r.bits() % 1000) as f64 / 300.0,
+                zero_point: (r.bits() % 256) as i64,
+                quant_min: 0,
+                quant_max: 255,
+            };
+            let ctx = crate::ops::pool::test_ctx(Flow::ConvertFx, crate::engine::Engine::Fbgemm);
+            let plan = FlowQuantize.plan(&ctx, &[v.meta()], Some(&out)).unwrap();
+            let want: Vec<u8> = plan.predict(&[&v]).unwrap()[0]
+                .ints()
+                .unwrap()
+                .iter()
+                .map(|p| match p {
+                    Pred::Exact(c) => *c as u8,
+                    Pred::Ambiguous { .. } => panic!("convert_fx quantize is exact"),
+                })
+                .collect();
+            let low = plan.lowered().unwrap();
+            for format in [MemoryFormat::Contiguous, MemoryFormat::ChannelsLast] {
+                let p = prepare_in_memory(low, &[v.meta()], format)
+                    .unwrap()
+                    .unwrap();
+                let mut got = vec![0u8; n];
+                p.run(low, &[&v], &mut got).unwrap();
+                let expect = match memory_positions(&dims, format) {
+                    None => want.clone(),
+                    Some(map) => {
+                        let mut m = vec![0u8; n];
+                        for (&c, &pos) in want.iter().zip(&map) {
+                            m[pos] = c;
+                        }
+                        m
+                    }
+                };
+                assert_eq!(got, expect, "case {case} {dims:?} {format:?}");
+            }
+        }
+    }
+
+    /// `add` / `add_relu` of channels-last tensors (lengths off the vector width) through the
+    /// prepared pointwise run, SIMD where the CPU has it, against the plan's prediction.
+    #[test]
+    fn add_runs_match_the_reference_prediction() {
+        let mut r = Rng::new(5, 6);
+        let mut simd = 0;
+        for case in 0..24usize {
+            let dims = vec![1, 3 + case % 5, 5 + case % 7, 9];
+            let n: usize = dims.iter().product();
+            let q = |r: &mut Rng, fmt| {
+                let mut t = crate::ops::QTensor::new(
+                    dims.clone(),
+                    (0..n).map(|_| r.bits() as u8).collect(),
+                    0.005 + (r.bits() % 100) as f64 / 400.0,
+                    (r.bits() % 256) as i64,
+                );
+                t.memory_format = fmt;
+                t
+            };
+            let (a, b) = (
+                q(&mut r, MemoryFormat::ChannelsLast),
+                q(&mut r, MemoryFormat::ChannelsLast),
+            );
+            let out = OutQParams {
+                scale: 0.01 + (r.bits() % 100) as f64 / 300.0,
+                zero_point: (r.bits() % 256) as i64,
+                quant_min: 0,
+                quant_max: 255,
+            };
+            let op = crate::ops::add::Add {
+                relu: case % 2 == 1,
+            };
+            let (va, vb) = (Value::Quantized(a.clone()), Value::Quantized(b.clone()));
+            let ctx = crate::ops::pool::test_ctx(Flow::ConvertFx, crate::engine::Engine::Fbgemm);
+            let plan = op.plan(&ctx, &[va.meta(), vb.meta()], Some(&out)).unwrap();
+            let want: Vec<u8> = plan.predict(&[&va, &vb]).unwrap()[0]
+                .ints()
+                .unwrap()
+                .iter()
+                .map(|p| match p {
+                    Pred::Exact(c) => *c as u8,
+                    Pred::Ambiguous { .. } => panic!("add is exact"),
+                })
+                .collect();
+            let low = plan.lowered().unwrap();
+            let fmt = MemoryFormat::ChannelsLast;
+            let p = prepare_in_memory(low, &[va.meta(), vb.meta()], fmt)
+                .unwrap()
+                .unwrap();
+            let map = memory_positions(&dims, fmt).unwrap();
+            let mem = |t: &crate::ops::QTensor| {
+                let mut m = t.clone();
+                for (&v, &pos) in t.data.iter().zip(&map) {
+                    m.data[pos] = v;
+                }
+                Value::Quantized(m)
+            };
+            let mut got = vec![0u8; n];
+            p.run(low, &[&mem(&a), &mem(&b)], &mut got).unwrap();
+            let expect: Vec<u8> = (0..n)
+                .map(|i| want[map.iter().position(|&m| m == i).unwrap()])
+                .collect();
+            assert_eq!(got, expect, "case {case} {}", p.kernel());
+            simd += usize::from(p.kernel() == "simd-add");
+        }
+        #[cfg(target_arch = "x86_64")]
+        if crate::kernels::Isa::Avx2.detected() {
+            assert!(simd > 0, "no case ran the SIMD add");
+        }
+        let _ = simd;
     }
 }

@@ -5,6 +5,7 @@
 use super::{check_out, Backend, Prepared};
 use crate::engine::KernelPath;
 use crate::kernels::x86::conv::{Conv2d, Depthwise3x3, Layout};
+use crate::kernels::x86::depthwise::DepthwiseDirect;
 use crate::kernels::x86::{Kernel, PackedLinear};
 use crate::kernels::Accumulation;
 use crate::ops::layer::{Geometry, IntegerLayer};
@@ -76,6 +77,7 @@ enum Packed {
     Linear(PackedLinear),
     Conv(Conv2d),
     Depthwise(Depthwise3x3),
+    DepthwiseDirect(DepthwiseDirect),
 }
 
 /// A planned linear / conv2d with its weights packed once.
@@ -131,9 +133,12 @@ impl PreparedLayer {
                         format!("{:?} is not NCHW", input.shape),
                     ));
                 }
+                // FBGEMM's 3x3 depthwise on NCHW planes where few channels would leave the
+                // direct kernel's 32-channel vectors part empty.
                 let dw3x3 = l.path == KernelPath::FbgemmDepthwise
                     && p.kernel_size == [3, 3]
-                    && p.out_channels == p.in_channels;
+                    && p.out_channels == p.in_channels
+                    && p.in_channels < 32;
                 if dw3x3 {
                     let dw = Depthwise3x3::new(
                         &w.int_repr,
@@ -149,6 +154,14 @@ impl PreparedLayer {
                         "x86-depthwise3x3-scalar"
                     };
                     (Packed::Depthwise(dw), name)
+                } else if let Some(dw) = (l.accumulation == Accumulation::PairSaturatingI16)
+                    .then(|| DepthwiseDirect::new(p, &w.int_repr, &zps, &requant))
+                    .transpose()?
+                    .flatten()
+                {
+                    // Other depthwise convs: the pair-saturating GEMM's accumulation with one
+                    // channel per group, computed directly.
+                    (Packed::DepthwiseDirect(dw), "x86-depthwise-direct")
                 } else {
                     (
                         Packed::Conv(Conv2d::with_kernel(kernel, &w.int_repr, p, &zps, requant)?),
@@ -208,6 +221,30 @@ impl PreparedLayer {
                         nchw_to_nhwc(&input.data, [nb, c, h, w], &mut x);
                         conv.run(Layout::Nhwc, &x, nb, h, w, self.a_zp, out)?;
                     }
+                }
+            }
+            Packed::DepthwiseDirect(dw) => {
+                let [nb, c, h, w] = self.input_shape[..] else {
+                    return Err(Error::shape("conv2d input", "not 4-D"));
+                };
+                let [_, oc, oh, ow] = self.out_shape[..] else {
+                    return Err(Error::shape("conv2d output", "not 4-D"));
+                };
+                // The kernel runs NHWC.
+                let mut x = Vec::new();
+                let src = if self.nhwc.0 {
+                    &input.data[..]
+                } else {
+                    x.resize(input.data.len(), 0);
+                    nchw_to_nhwc(&input.data, [nb, c, h, w], &mut x);
+                    &x[..]
+                };
+                if self.nhwc.1 {
+                    dw.run_nhwc(src, nb, h, w, self.a_zp, out)?;
+                } else {
+                    let mut tmp = vec![0u8; out.len()];
+                    dw.run_nhwc(src, nb, h, w, self.a_zp, &mut tmp)?;
+                    nhwc_to_nchw(&tmp, [nb, oc, oh, ow], out);
                 }
             }
             Packed::Depthwise(dw) => {

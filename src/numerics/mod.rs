@@ -8,4 +8,6 @@ pub mod qparams;
 pub mod quantize;
 pub mod requant;
 pub mod sum;
+#[cfg(test)]
+pub(crate) mod test_rng;
 pub mod transcendental;

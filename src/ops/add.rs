@@ -485,6 +485,19 @@ impl super::Pointwise for AddPlan {
         };
         (f, [(0, self.a_index[i]), (1, self.b_index[i])])
     }
+    fn vector_add(&self, f: usize, qparams: &[(f64, i64)]) -> Option<aten_vec::VectorAdd> {
+        let (Kernel::Aten { inv, .. }, 0) = (&self.kernel, f) else {
+            return None;
+        };
+        let [(sa, za), (sb, zb)] = [*qparams.first()?, *qparams.get(1)?];
+        Some(aten_vec::VectorAdd {
+            a: Dequant::new(sa, za),
+            b: Dequant::new(sb, zb),
+            relu: self.op.relu,
+            inv: *inv,
+            zero_point: self.out.zero_point as i32,
+        })
+    }
     fn value(&self, f: usize, qparams: &[(f64, i64)], [qa, qb]: [u8; 2]) -> Option<i64> {
         match &self.kernel {
             Kernel::Qnnpack(p) => Some(p.apply(qa, qb)),

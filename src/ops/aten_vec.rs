@@ -484,6 +484,28 @@ pub fn quantize_vec(x: f32, inv: f32, zero_point: i64) -> i64 {
     aten::quantize_avx2(x, inv, zero_point as i32, 0, 255) as i64
 }
 
+/// ATen's vector `qadd` / `qadd_relu` lambda (`kernels/QuantizedOpKernels.cpp: qadd_kernel`):
+/// `c = f32(fma(sa, qa, pa) + fma(sb, qb, pb))`, `max(c, 0)` under ReLU, then `QuantizeAvx2`
+/// with `inv` and the output zero point.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VectorAdd {
+    pub a: Dequant,
+    pub b: Dequant,
+    pub relu: bool,
+    pub inv: f32,
+    pub zero_point: i32,
+}
+
+impl VectorAdd {
+    /// The code of one pair.
+    #[inline]
+    pub fn apply(&self, qa: u8, qb: u8) -> u8 {
+        let c = self.a.vector(qa) + self.b.vector(qb);
+        let c = if self.relu { c.max(0.0) } else { c };
+        aten::quantize_avx2(c, self.inv, self.zero_point, 0, 255) as u8
+    }
+}
+
 /// Scalar quantize to quint8 (`at::native::quantize_val` → FBGEMM `Quantize<uint8_t>`):
 /// `zp + nearbyint(f32(x · f32(1/f32(scale))))` in float, clamped to 0..255. `None` for NaN,
 /// whose conversion C++ leaves undefined.

@@ -331,6 +331,13 @@ pub trait Pointwise: fmt::Debug + Sync {
     /// Value function `f` on `codes` (the first [`Pointwise::arity`] are read), for inputs with
     /// `qparams` (the ones the plan was made for). `None`: PyTorch's result is undefined.
     fn value(&self, f: usize, qparams: &[(f64, i64)], codes: [u8; 2]) -> Option<i64>;
+    /// Value function `f` as ATen's vector `qadd` lambda, where it is one (inputs with
+    /// `qparams`). A backend may evaluate it in SIMD after checking it against
+    /// [`Pointwise::value`] on every pair of codes.
+    fn vector_add(&self, f: usize, qparams: &[(f64, i64)]) -> Option<aten_vec::VectorAdd> {
+        let _ = (f, qparams);
+        None
+    }
 }
 
 /// How a [`WindowOp`] reduces a window.
@@ -361,6 +368,13 @@ pub trait WindowOp: fmt::Debug + Sync {
     /// `acc` for [`Reduction::Max`] / [`Reduction::Sum`], the f32 `sum` for
     /// [`Reduction::FloatPlane`]. `zero_point`, `scale`: the input's.
     fn finish(&self, j: usize, acc: i64, sum: f32, scale: f64, zero_point: i64) -> Option<i64>;
+    /// A key of output position `(oy, ox)` such that every result at positions with equal keys,
+    /// in any image and channel, takes the same [`WindowOp::finish`] of `acc` (`None`: no such
+    /// guarantee). Lets a backend tabulate `finish` once per key.
+    fn finish_class(&self, oy: usize, ox: usize) -> Option<u64> {
+        let _ = (oy, ox);
+        None
+    }
     /// Which logical result lands at output position `i` (ATen's scrambled `N×C×1×1` outputs).
     fn source(&self, i: usize) -> usize {
         i
@@ -381,6 +395,11 @@ pub trait QuantizeOp: fmt::Debug + Sync {
     fn quantize(&self, x: f32) -> Option<i64>;
     /// [`QuantizeOp::quantize`] of every value into `out` (the same length); `false` where a
     /// value has no u8 code.
+    /// `(f32(1/scale), zero_point)` where every code is FBGEMM's `QuantizeAvx2` rule
+    /// ([`crate::numerics::quantize::aten::quantize_avx2`], clamp 0..255); `None` otherwise.
+    fn avx2_rule(&self) -> Option<(f32, i32)> {
+        None
+    }
     fn quantize_all(&self, x: &[f32], out: &mut [u8]) -> bool {
         x.len() == out.len()
             && x.iter().zip(out).all(|(&v, o)| {

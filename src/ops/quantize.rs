@@ -432,6 +432,12 @@ impl super::QuantizeOp for FlowQuantizePlan {
             .quantize(x, self.out.scale, self.out.zero_point, lo, hi)
     }
 
+    fn avx2_rule(&self) -> Option<(f32, i32)> {
+        // `Flow::quantize` outside the decomposed flow.
+        (self.flow != Flow::ConvertToReferenceDecomposedFx)
+            .then(|| (1.0f32 / self.out.scale as f32, self.out.zero_point as i32))
+    }
+
     fn quantize_all(&self, x: &[f32], out: &mut [u8]) -> bool {
         if x.len() != out.len() {
             return false;

@@ -57,7 +57,10 @@ use std::sync::OnceLock;
 
 mod avx2;
 mod avx512vnni;
+pub mod binary;
 pub mod conv;
+pub mod depthwise;
+pub mod quantize;
 
 pub mod peak;
 

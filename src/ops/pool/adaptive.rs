@@ -373,6 +373,13 @@ impl crate::ops::WindowOp for AdaptivePlan {
             Pred::Ambiguous { .. } => None,
         }
     }
+    fn finish_class(&self, oy: usize, ox: usize) -> Option<u64> {
+        // `requant` reads the window only through its row and column counts.
+        let [_, _, oh, ow] = self.out_dims;
+        let win = self.window(oy * ow + ox);
+        debug_assert!(oy < oh);
+        Some(((win.rows.1 - win.rows.0) as u64) << 32 | (win.cols.1 - win.cols.0) as u64)
+    }
     fn source(&self, i: usize) -> usize {
         AdaptivePlan::source(self, i)
     }

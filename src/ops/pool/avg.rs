@@ -413,6 +413,18 @@ impl crate::ops::WindowOp for AvgPoolPlan {
             Pred::Ambiguous { .. } => None,
         }
     }
+    fn finish_class(&self, oy: usize, ox: usize) -> Option<u64> {
+        // `requant` reads the window only through its `(size, D)`.
+        let [_, _, h, w] = self.in_dims;
+        let (rows, cols) = (self.p.avg_span(0, oy, h), self.p.avg_span(1, ox, w));
+        let (size, d) = self.divisor(&Window {
+            b: 0,
+            c: 0,
+            rows,
+            cols,
+        });
+        Some((size as u64) << 32 | d as u64)
+    }
     fn source(&self, i: usize) -> usize {
         AvgPoolPlan::source(self, i)
     }

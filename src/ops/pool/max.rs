@@ -295,6 +295,9 @@ impl crate::ops::WindowOp for MaxPoolPlan {
     fn finish(&self, _j: usize, acc: i64, _sum: f32, _scale: f64, _zp: i64) -> Option<i64> {
         Some(acc)
     }
+    fn finish_class(&self, _oy: usize, _ox: usize) -> Option<u64> {
+        Some(0)
+    }
     fn source(&self, i: usize) -> usize {
         MaxPoolPlan::source(self, i)
     }

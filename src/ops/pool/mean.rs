@@ -288,6 +288,10 @@ impl crate::ops::WindowOp for MeanPlan {
             _ => self.finish_int(acc, zp),
         }
     }
+    fn finish_class(&self, _oy: usize, _ox: usize) -> Option<u64> {
+        // One window per plane; the integer paths read only `acc`.
+        (self.path != Path::FloatFallback).then_some(0)
+    }
 }
 
 #[cfg(test)]
