@@ -1,7 +1,7 @@
 //! The x86 kernels: the conformance suite (`qparity::kernels::conformance`) instantiated for
 //! every SIMD kernel this CPU has, the portable kernels and the depthwise 3×3 kernel, plus what
 //! the suite does not check (which kernels exist, which path a layer takes, constructor errors).
-//! `QPARITY_REQUIRE_ISA=avx2,avx512vnni` makes the run fail when a named extension has no kernel
+//! `QPARITY_REQUIRE_ISA=avx2,avx512vnni,amx` makes the run fail when a named extension has no kernel
 //! here (nothing is skipped silently).
 #![cfg(target_arch = "x86_64")]
 
@@ -50,6 +50,13 @@ fn every_kernel_is_listed_and_has_fused_entry_points() {
     }
     if Isa::Avx2.detected() {
         assert!(names.contains(&"x86-avx2-pair-sat16"));
+    }
+    // Exact accumulation prefers AMX, then AVX-512 VNNI.
+    let best = Kernel::best(Accumulation::Exact).kind();
+    if Isa::Amx.detected() {
+        assert_eq!(best, KernelKind::Amx);
+    } else if Isa::Avx512Vnni.detected() {
+        assert_eq!(best, KernelKind::Avx512Vnni);
     }
     for k in kernels() {
         assert!(k.quant_gemm().is_some(), "{} has no QuantGemm", k.name());

@@ -213,7 +213,7 @@ impl Conv2d {
         }
         let (elem, per_step) = match kernel.format() {
             Format::Pair16 { .. } => (2, 2),
-            Format::Quad8 { .. } => (1, 4),
+            Format::Quad8 { .. } | Format::Tile { .. } => (1, 4),
             Format::Plain => (1, 0),
         };
         let dilated = p.dilation[1] > 1;
