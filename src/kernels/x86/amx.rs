@@ -199,7 +199,13 @@ pub(super) unsafe fn gemm_amx(a: &AOperand, b: &PackedB, epi: &mut Epilogue) {
                 // `abuf` (its rows are a multiple of MB), the panel holds kp / 4 k-groups of
                 // LDB bytes, `tile` is MB × NR; AVX2 for the epilogue (caller).
                 unsafe {
-                    block(abuf.as_ptr().add(blk * MB * kp), kp, bp, steps, tile.as_mut_ptr());
+                    block(
+                        abuf.as_ptr().add(blk * MB * kp),
+                        kp,
+                        bp,
+                        steps,
+                        tile.as_mut_ptr(),
+                    );
                     epilogue_tile(epi, i0, p * NR, (iend - i0).min(MB), &tile, NR);
                 }
             }

@@ -113,9 +113,7 @@ impl KernelKind {
     pub fn accumulation(self) -> Accumulation {
         match self {
             KernelKind::Avx2PairSat => Accumulation::PairSaturatingI16,
-            KernelKind::Avx2Exact | KernelKind::Avx512Vnni | KernelKind::Amx => {
-                Accumulation::Exact
-            }
+            KernelKind::Avx2Exact | KernelKind::Avx512Vnni | KernelKind::Amx => Accumulation::Exact,
             KernelKind::Portable(a) => a,
         }
     }
@@ -210,7 +208,11 @@ impl Kernel {
         let (cell, order): (_, &[KernelKind]) = match acc {
             Accumulation::Exact => (
                 &EXACT,
-                &[KernelKind::Amx, KernelKind::Avx512Vnni, KernelKind::Avx2Exact],
+                &[
+                    KernelKind::Amx,
+                    KernelKind::Avx512Vnni,
+                    KernelKind::Avx2Exact,
+                ],
             ),
             Accumulation::PairSaturatingI16 => (&PAIR, &[KernelKind::Avx2PairSat]),
         };
@@ -320,9 +322,7 @@ impl PackedB {
         let (mut data8, mut data16) = (Vec::new(), Vec::new());
         match kernel.format() {
             Format::Plain => data8 = b.to_vec(),
-            Format::Quad8 { nr } | Format::Tile { nr } => {
-                data8 = panels(b, n, k, kp, nr, 4, |v| v)
-            }
+            Format::Quad8 { nr } | Format::Tile { nr } => data8 = panels(b, n, k, kp, nr, 4, |v| v),
             Format::Pair16 { nr } => data16 = panels(b, n, k, kp, nr, 2, i16::from),
         }
         Ok(Self {
