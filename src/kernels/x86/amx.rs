@@ -7,20 +7,23 @@
 //!   `K` padded with zeros to a multiple of 64. Rows `16s .. 16s+16` of a panel's k-groups, 64
 //!   bytes of columns `0..16` or `16..32` each, are one B tile of K step `s` (row stride 128 bytes):
 //!   exactly the "VNNI-packed" B that `tdpbusd` multiplies.
-//! * **A** is gathered, `MC` rows at a time, from the `AOperand` segments into a contiguous
-//!   buffer with a row stride of `kp` bytes (the padding columns stay zero: they meet the zero
-//!   padding of B, so any value would do, but the buffer is never read past its end). A tile is
-//!   16 rows × 64 bytes of it.
+//! * **A** tiles are 16 rows × 64 bytes. Rows that are equally spaced (a dense operand, or a
+//!   1×1 stride-1 conv's image) are read in place with their own stride, when the 64-byte steps
+//!   stay inside the buffer; otherwise `MC` rows at a time are gathered from the `AOperand`
+//!   segments into a reused buffer with a row stride of `kp` bytes. Bytes past a row's `K` (the
+//!   next row, or stale buffer contents) meet the zero padding of B, so they add nothing.
 //!
 //! Each 32 × 32 block of C is four accumulator tiles (`tmm0..3`) fed per K step by two A tiles
-//! (`tmm4, tmm5`) and two B tiles (`tmm6, tmm7`); the block is stored to memory and goes through
-//! the shared AVX2 epilogue. Rows past `m` in the last block are computed on stale buffer rows and
-//! dropped; columns past `n` are the zero padding of the last panel. Fewer than 16 rows (batch-1
-//! linear layers) run the VNNI kernel on the same packed B (Tile is Quad8 with deeper padding).
+//! (`tmm4, tmm5`) and two B tiles (`tmm6, tmm7`); the block is stored to one of two buffers and
+//! its AVX-512 epilogue runs interleaved with the next block's K steps. Rows past `m` in the last
+//! block are computed on stale rows and dropped; columns past `n` are the zero padding of the
+//! last panel. Fewer than 16 rows (batch-1 linear layers) run the VNNI kernel on the same packed
+//! B (Tile is Quad8 with deeper padding).
 
-use super::avx2::epilogue_tile;
-use super::{AOperand, Epilogue, PackedB};
+use super::{AOperand, Epilogue, PackedB, RowMap, Sink};
+use crate::kernels::quant::PerChannel;
 use std::arch::asm;
+use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
 /// Output channels per weight panel (two B tiles of 16 int32 columns).
@@ -32,8 +35,8 @@ const MB: usize = 32;
 /// Row stride of a B tile in a panel: one k-group of `NR` columns.
 const LDB: usize = NR * 4;
 
-/// Whether this CPU has AMX-TILE and AMX-INT8 (CPUID.(EAX=7,ECX=0):EDX bits 24 and 25), AVX2 and
-/// FMA (the epilogue), and the OS granted this process the tile data state (Linux
+/// Whether this CPU has AMX-TILE and AMX-INT8 (CPUID.(EAX=7,ECX=0):EDX bits 24 and 25),
+/// AVX-512 F/BW/VL (the epilogue), AVX2 and FMA, and the OS granted this process the tile data state (Linux
 /// `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`). Probed and requested once.
 pub(crate) fn detected() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
@@ -46,6 +49,9 @@ pub(crate) fn detected() -> bool {
         let cpu = (edx >> 24) & 1 == 1 && (edx >> 25) & 1 == 1;
         cpu && std::arch::is_x86_feature_detected!("avx2")
             && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
             && request_tile_permission()
     })
 }
@@ -97,13 +103,21 @@ impl TileConfig {
 }
 
 /// `c[r][j]` (32 × 32 int32, row stride `NR`) = Σ over `steps` K steps of A rows `a + r·lda`
-/// against the B panel at `b` (`steps · 16` k-groups of `LDB` bytes).
+/// against the B panel at `b` (`steps · 16` k-groups of `LDB` bytes); `between(s)` runs after
+/// the tile instructions of step `s` are issued (work for the vector units meanwhile).
 ///
 /// # Safety
 /// The 16×64 configuration is loaded; `a` has 32 readable rows of `steps · 64` bytes, `lda` apart;
 /// `b` has `steps · 16 · LDB` readable bytes; `c` has `MB · NR` writable int32.
 #[inline(always)]
-unsafe fn block(a: *const u8, lda: usize, b: *const i8, steps: usize, c: *mut i32) {
+unsafe fn block(
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+    steps: usize,
+    c: *mut i32,
+    mut between: impl FnMut(usize),
+) {
     // SAFETY: tilezero touches only tile registers.
     unsafe {
         asm!(
@@ -138,6 +152,7 @@ unsafe fn block(a: *const u8, lda: usize, b: *const i8, steps: usize, c: *mut i3
                 options(nostack, readonly)
             );
         }
+        between(s);
     }
     let ldc = NR * 4;
     // SAFETY: the four 16×16 int32 quarters of the 32×32 block at `c` (caller).
@@ -157,12 +172,163 @@ unsafe fn block(a: *const u8, lda: usize, b: *const i8, steps: usize, c: *mut i3
     }
 }
 
-/// Exact GEMM over a Tile (NR = 32, K padded to 64) panel matrix.
+/// Per-channel constants of one 32-column panel for the AVX-512 epilogue: vector `v` covers
+/// columns `j0 + 16v ..`, lanes past the GEMM's `n` masked off (`mask[v]`).
+#[derive(Clone, Copy)]
+struct Panel {
+    /// `−zc[j]` (raw sink) or `add_i[j] − zc[j]` (u8 sink), wrapping: added to the accumulator.
+    c: [__m512i; 2],
+    bz: [__m512i; 2],
+    add_f: [__m512; 2],
+    add_s: [__m512; 2],
+    mult: [__m512; 2],
+    mask: [u16; 2],
+}
+
+/// A finished C block waiting for its epilogue: rows `i0 .. i0 + rows`, columns `j0 .. j0 + 32`.
+#[derive(Clone, Copy)]
+struct Pending {
+    i0: usize,
+    rows: usize,
+    j0: usize,
+    buf: usize,
+    k: Panel,
+}
+
+/// Loads the panel constants of columns `j0 .. min(j0 + 32, n)`.
 ///
 /// # Safety
-/// [`detected`] must be true (AMX-TILE/INT8 with the OS permission, AVX2, FMA); `b` packed as
-/// Tile with at least `a.k_steps()` steps per panel; `a` checked by `AOperand::new`.
-#[target_feature(enable = "avx2,fma")]
+/// AVX-512 F/BW/VL available; `j0 < epi.n`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn panel(epi: &Epilogue, j0: usize) -> Panel {
+    let cols = (epi.n - j0).min(NR);
+    let mask: [u16; 2] = std::array::from_fn(|v| {
+        let live = cols.saturating_sub(16 * v).min(16);
+        ((1u32 << live) - 1) as u16
+    });
+    // SAFETY (all masked loads): each per-channel vector has `n` entries (Epilogue, PerChannel);
+    // lanes past `n` are masked off, and masked-off elements are not accessed, so they cannot
+    // fault (Intel SDM vol. 1, 15.4.1 "Memory fault suppression" for AVX-512 masked moves).
+    let ld_i = |p: &[i32], v: usize| unsafe {
+        _mm512_maskz_loadu_epi32(mask[v], p.as_ptr().add(j0 + 16 * v))
+    };
+    let ld_f = |p: &[f32], v: usize| unsafe {
+        _mm512_maskz_loadu_ps(mask[v], p.as_ptr().add(j0 + 16 * v))
+    };
+    let zero_i = _mm512_setzero_si512();
+    let zero_f = _mm512_setzero_ps();
+    let c = std::array::from_fn(|v| {
+        let zc = ld_i(epi.zc, v);
+        match epi.rq.filter(|_| matches!(epi.sink, Sink::U8(_))) {
+            Some(rq) => _mm512_sub_epi32(ld_i(&rq.add_i, v), zc),
+            None => _mm512_sub_epi32(zero_i, zc),
+        }
+    });
+    let bz = std::array::from_fn(|v| epi.b_zp.map_or(zero_i, |b| ld_i(b, v)));
+    let rq = epi.rq.filter(|_| matches!(epi.sink, Sink::U8(_)));
+    let f = |g: fn(&PerChannel) -> &[f32]| -> [__m512; 2] {
+        std::array::from_fn(|v| rq.map_or(zero_f, |r| ld_f(g(r), v)))
+    };
+    Panel {
+        c,
+        bz,
+        add_f: f(|r| &r.add_f),
+        add_s: f(|r| &r.add_s),
+        mult: f(|r| &r.mult),
+        mask,
+    }
+}
+
+/// Epilogue of rows `r0 .. r1` of the finished block `q` (accumulators `t`, row stride `NR`):
+/// the zero-point folding and requantization of `avx2::epilogue_tile` / `requant8`, 16 columns
+/// per vector. `vpmovsdw` is `packssdw`'s signed saturation; `vpmovuswb` after a max with 0 is
+/// `packuswb`'s (Intel SDM vol. 2, VPMOVDW/VPMOVSDW/VPMOVUSDW and VPMOVWB/VPMOVSWB/VPMOVUSWB).
+///
+/// # Safety
+/// AVX-512 F/BW/VL available; `q` describes rows and columns of the epilogue's output.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn post_rows(epi: &mut Epilogue, q: &Pending, r0: usize, r1: usize, t: &[i32]) {
+    let k = &q.k;
+    let nv = if k.mask[1] == 0 { 1 } else { 2 };
+    let cols = (epi.n - q.j0).min(NR);
+    let sym = epi.b_zp.is_none();
+    for r in r0..r1.min(q.rows) {
+        let i = q.i0 + r;
+        let rs = _mm512_set1_epi32(epi.row_sum(i));
+        let at = epi.at(i, q.j0);
+        let raw = |v: usize| {
+            // SAFETY: r < MB and 16v + 16 ≤ NR: inside the MB × NR block `t`.
+            let acc = unsafe { _mm512_loadu_si512(t.as_ptr().add(r * NR + 16 * v) as *const _) };
+            let x = _mm512_add_epi32(acc, k.c[v]);
+            if sym {
+                x
+            } else {
+                _mm512_sub_epi32(x, _mm512_mullo_epi32(rs, k.bz[v]))
+            }
+        };
+        match &mut epi.sink {
+            Sink::Raw(o) => {
+                assert!(at + cols <= o.len());
+                for v in 0..nv {
+                    // SAFETY: the mask keeps lanes below `cols`; at + cols ≤ o.len().
+                    unsafe {
+                        _mm512_mask_storeu_epi32(o.as_mut_ptr().add(at + 16 * v), k.mask[v], raw(v))
+                    };
+                }
+            }
+            Sink::U8(o) => {
+                assert!(at + cols <= o.len());
+                let rq = epi.rq.expect("u8 sink has a rule");
+                let zp = _mm256_set1_epi16(rq.zp as i16);
+                let lo = _mm_set1_epi8(rq.lo as u8 as i8);
+                for v in 0..nv {
+                    let x = raw(v);
+                    let f = _mm512_mul_ps(
+                        _mm512_fmadd_ps(k.add_f[v], k.add_s[v], _mm512_cvtepi32_ps(x)),
+                        k.mult[v],
+                    );
+                    let w = _mm256_adds_epi16(_mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(f)), zp);
+                    let w = _mm256_max_epi16(w, _mm256_setzero_si256());
+                    let b = _mm_max_epu8(_mm256_cvtusepi16_epi8(w), lo);
+                    // SAFETY: the mask keeps lanes below `cols`; at + cols ≤ o.len().
+                    unsafe {
+                        _mm_mask_storeu_epi8(
+                            o.as_mut_ptr().add(at + 16 * v) as *mut i8,
+                            k.mask[v],
+                            b,
+                        )
+                    };
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Rows of A gathered for the tiles; reused across calls (grown, never shrunk or re-zeroed:
+    /// stale bytes only meet rows that are dropped or the zero padding of B).
+    static ABUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Two C blocks: one being computed into, one waiting for its epilogue.
+#[repr(C, align(64))]
+struct CBufs([[i32; MB * NR]; 2]);
+
+/// Exact GEMM over a Tile (NR = 32, K padded to 64) panel matrix.
+///
+/// Blocks run in the order: rows in L2 chunks of `mc`, then panels, then 32-row blocks. The
+/// epilogue of each block is interleaved, a few rows per K step, with the tile instructions of the
+/// next block, so the vector units requantize while the tile unit multiplies (the tiles run
+/// asynchronously to the out-of-order core). A rows are read in place when they are equally
+/// spaced (dense, or a 1×1 stride-1 conv's image) and the tile read stays inside the buffer;
+/// otherwise they are gathered into a reused buffer of `kp`-byte rows.
+///
+/// # Safety
+/// [`detected`] must be true (AMX-TILE/INT8 with the OS permission, AVX-512 F/BW/VL, AVX2,
+/// FMA); `b` packed as Tile with at least `a.k_steps()` steps per panel; `a` checked by
+/// `AOperand::new`.
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl")]
 pub(super) unsafe fn gemm_amx(a: &AOperand, b: &PackedB, epi: &mut Epilogue) {
     if a.m < 16 && crate::kernels::Isa::Avx512Vnni.detected() {
         // SAFETY: VNNI detected; a Tile panel is a Quad8 NR = 32 panel with more zero k-groups.
@@ -173,44 +339,91 @@ pub(super) unsafe fn gemm_amx(a: &AOperand, b: &PackedB, epi: &mut Epilogue) {
     debug_assert!(kp.is_multiple_of(KB));
     let steps = kp / KB;
     let row_bytes = 4 * a.steps;
-    // Rows gathered per pass: their A (up to 256 KiB) stays in L2 while every panel sweeps it.
+    // Equally spaced rows: `(first byte of row 0, stride)`.
+    let affine = match (a.segs, a.rows) {
+        ([seg], RowMap::Dense { ld }) => Some((*seg, ld)),
+        ([seg], RowMap::Pixels { ow, dy, dx }) if dy == ow * dx => Some((*seg, dx)),
+        _ => None,
+    };
+    // Whether the 32 rows × kp bytes of the block at row i0 can be read in place.
+    let in_place =
+        |i0: usize| affine.is_some_and(|(s, ld)| s + (i0 + MB - 1) * ld + kp <= a.bytes.len());
+    // Rows per pass: their A (up to 256 KiB) stays in L2 while every panel sweeps it.
     let mc = ((256 * 1024 / kp) / MB).max(1) * MB;
-    let mut abuf = vec![0u8; mc.min(a.m.next_multiple_of(MB)) * kp];
-    let mut tile = [0i32; MB * NR];
+    let need = mc.min(a.m.next_multiple_of(MB)) * kp;
+    let mut cbuf = CBufs([[0; MB * NR]; 2]);
+    let cptr = cbuf.0.as_mut_ptr();
     let cfg = TileConfig::all_16x64();
-    // SAFETY: AMX and the tile permission were detected (caller); the configuration is 64
-    // readable bytes.
-    unsafe { asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly)) };
-    for ic in (0..a.m).step_by(mc) {
-        let iend = (ic + mc).min(a.m);
-        for (r, dst) in abuf.chunks_exact_mut(kp).take(iend - ic).enumerate() {
-            let off = a.rows.offset(ic + r);
-            for (s, &seg) in a.segs.iter().enumerate() {
-                dst[s * row_bytes..(s + 1) * row_bytes]
-                    .copy_from_slice(&a.bytes[off + seg..off + seg + row_bytes]);
-            }
+    ABUF.with_borrow_mut(|abuf| {
+        if abuf.len() < need {
+            abuf.resize(need, 0);
         }
-        let blocks = (iend - ic).div_ceil(MB);
-        for p in 0..b.n.div_ceil(NR) {
-            let bp = b.panel8(p, NR).as_ptr();
+        // SAFETY: AMX and the tile permission were detected (caller); the configuration is 64
+        // readable bytes.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly)) };
+        let mut pending: Option<Pending> = None;
+        let mut cur = 0;
+        for ic in (0..a.m).step_by(mc) {
+            let iend = (ic + mc).min(a.m);
+            let blocks = (iend - ic).div_ceil(MB);
             for blk in 0..blocks {
                 let i0 = ic + blk * MB;
-                // SAFETY: configuration loaded above; the block's 32 rows of `kp` bytes are inside
-                // `abuf` (its rows are a multiple of MB), the panel holds kp / 4 k-groups of
-                // LDB bytes, `tile` is MB × NR; AVX2 for the epilogue (caller).
-                unsafe {
-                    block(
-                        abuf.as_ptr().add(blk * MB * kp),
-                        kp,
-                        bp,
-                        steps,
-                        tile.as_mut_ptr(),
-                    );
-                    epilogue_tile(epi, i0, p * NR, (iend - i0).min(MB), &tile, NR);
+                if in_place(i0) {
+                    continue;
+                }
+                let dst_rows = abuf[blk * MB * kp..(blk + 1) * MB * kp].chunks_exact_mut(kp);
+                for (i, dst) in (i0..iend.min(i0 + MB)).zip(dst_rows) {
+                    let off = a.rows.offset(i);
+                    for (s, &seg) in a.segs.iter().enumerate() {
+                        dst[s * row_bytes..(s + 1) * row_bytes]
+                            .copy_from_slice(&a.bytes[off + seg..off + seg + row_bytes]);
+                    }
+                }
+            }
+            for p in 0..b.n.div_ceil(NR) {
+                let bp = b.panel8(p, NR).as_ptr();
+                for blk in 0..blocks {
+                    let i0 = ic + blk * MB;
+                    let (ap, lda) = match affine {
+                        Some((s, ld)) if in_place(i0) => (a.bytes[s + i0 * ld..].as_ptr(), ld),
+                        _ => (abuf[blk * MB * kp..].as_ptr(), kp),
+                    };
+                    let per = MB.div_ceil(steps);
+                    // SAFETY: configuration loaded above; the block's 32 rows of `kp` bytes at
+                    // `ap`, `lda` apart, are inside `a.bytes` (in_place) or `abuf` (sized for
+                    // `mc` rows); the panel holds kp / 4 k-groups of LDB bytes; `cptr + cur` is
+                    // one MB × NR block, not the one `pending` reads.
+                    unsafe {
+                        block(ap, lda, bp, steps, cptr.add(cur).cast(), |s| {
+                            if let Some(q) = &pending {
+                                let t = std::slice::from_raw_parts(
+                                    cptr.add(q.buf).cast::<i32>(),
+                                    MB * NR,
+                                );
+                                post_rows(epi, q, s * per, (s + 1) * per, t);
+                            }
+                        });
+                    }
+                    pending = Some(Pending {
+                        i0,
+                        rows: (iend - i0).min(MB),
+                        j0: p * NR,
+                        buf: cur,
+                        // SAFETY: AVX-512 F/BW/VL (caller); p * NR < n.
+                        k: unsafe { panel(epi, p * NR) },
+                    });
+                    cur ^= 1;
                 }
             }
         }
-    }
-    // SAFETY: releases this thread's tile state (AMX detected).
-    unsafe { asm!("tilerelease", options(nostack, nomem)) };
+        // SAFETY: releases this thread's tile state (AMX detected).
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+        if let Some(q) = &pending {
+            // SAFETY: the block at `q.buf` was stored by its last `block` call; AVX-512 (caller).
+            unsafe {
+                let t = std::slice::from_raw_parts(cptr.add(q.buf).cast::<i32>(), MB * NR);
+                post_rows(epi, q, 0, MB, t);
+            }
+        }
+    });
 }

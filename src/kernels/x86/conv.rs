@@ -375,7 +375,12 @@ impl Conv2d {
                         lin.run_operand(&a, a_zp, sink, out_ld, out_off);
                     }
                     Feed::Im2col => {
-                        let kp = super::pad4(k);
+                        // AMX reads whole 64-byte K steps: rows as long as the packed K keep
+                        // the tile reads in place (the stem conv: 147 values in 192 bytes).
+                        let kp = match lin.kernel().format() {
+                            Format::Tile { .. } => lin.packed.kp,
+                            _ => super::pad4(k),
+                        };
                         cols.clear();
                         cols.resize(m * kp, 0u8);
                         for (i, arow) in cols.chunks_exact_mut(kp).enumerate() {

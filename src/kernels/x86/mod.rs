@@ -507,8 +507,12 @@ impl<'a> DenseA<'a> {
         let (bytes, ld, steps) = match kernel.format() {
             Format::Plain if ld_in == k => (Cow::Borrowed(a), k, 0),
             Format::Plain => (Cow::Owned((0..m).flat_map(row).copied().collect()), k, 0),
-            Format::Quad8 { .. } | Format::Tile { .. } if ld_in == kp => {
-                (Cow::Borrowed(a), kp, kp / 4)
+            // Rows `ld_in` apart (a multiple of 4) with zeros, or anything (it meets the zero
+            // padding of B), after the first `k` bytes.
+            Format::Quad8 { .. } | Format::Tile { .. }
+                if ld_in >= kp && ld_in.is_multiple_of(4) =>
+            {
+                (Cow::Borrowed(a), ld_in, kp / 4)
             }
             Format::Quad8 { .. } | Format::Tile { .. } => {
                 let mut d = vec![0u8; m * kp];
@@ -646,8 +650,8 @@ fn run_packed(b: &PackedB, a: &AOperand, epi: &mut Epilogue) {
             unsafe { avx512vnni::gemm_vnni(a, b, epi) }
         }
         KernelKind::Amx => {
-            // SAFETY: as above (AMX-TILE/INT8 with the OS tile permission, AVX2 and FMA
-            // detected, `amx::detected`; Tile format, NR = 32, K padded to 64).
+            // SAFETY: as above (AMX-TILE/INT8 with the OS tile permission, AVX-512 F/BW/VL, AVX2
+            // and FMA detected, `amx::detected`; Tile format, NR = 32, K padded to 64).
             unsafe { amx::gemm_amx(a, b, epi) }
         }
         KernelKind::Portable(acc) => {
