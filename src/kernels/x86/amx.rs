@@ -102,17 +102,27 @@ impl TileConfig {
     }
 }
 
-/// `c[r][j]` (32 × 32 int32, row stride `NR`) = Σ over `steps` K steps of A rows `a + r·lda`
-/// against the B panel at `b` (`steps · 16` k-groups of `LDB` bytes); `between(s)` runs after
-/// the tile instructions of step `s` are issued (work for the vector units meanwhile).
+/// Where one 16-row A tile is: row `r` of K step `s` at `base + r·ld + off[s]`.
+#[derive(Clone, Copy)]
+struct ATile<'o> {
+    base: *const u8,
+    ld: usize,
+    off: &'o [usize],
+}
+
+/// `c[r][j]` (32 × 32 int32, row stride `NR`) = Σ over `steps` K steps of the A tiles `a0`
+/// (rows 0..16) and `a1` (rows 16..32) against the B panel at `b` (`steps · 16` k-groups of
+/// `LDB` bytes); `between(s)` runs after the tile instructions of step `s` are issued (work for
+/// the vector units meanwhile).
 ///
 /// # Safety
-/// The 16×64 configuration is loaded; `a` has 32 readable rows of `steps · 64` bytes, `lda` apart;
-/// `b` has `steps · 16 · LDB` readable bytes; `c` has `MB · NR` writable int32.
+/// The 16×64 configuration is loaded; for each tile and step `s < steps`, 16 rows of 64 bytes at
+/// `base + off[s]`, `ld` apart, are readable; `b` has `steps · 16 · LDB` readable bytes; `c` has
+/// `MB · NR` writable int32.
 #[inline(always)]
 unsafe fn block(
-    a: *const u8,
-    lda: usize,
+    a0: ATile,
+    a1: ATile,
     b: *const i8,
     steps: usize,
     c: *mut i32,
@@ -129,25 +139,25 @@ unsafe fn block(
         );
     }
     for s in 0..steps {
-        // SAFETY: A rows 0..16 and 16..32 at byte 64·s, 64 bytes each, and B k-groups
-        // 16s .. 16s+16, bytes 0..64 and 64..128 of each, are inside the buffers (caller).
+        // SAFETY: the two A tiles of step s and B k-groups 16s .. 16s+16, bytes 0..64 and
+        // 64..128 of each, are inside the buffers (caller).
         unsafe {
-            let a0 = a.add(s * KB);
             let b0 = b.add(s * 16 * LDB);
             asm!(
-                "tileloadd tmm4, [{a0} + {lda}*1]",
-                "tileloadd tmm5, [{a1} + {lda}*1]",
+                "tileloadd tmm4, [{a0} + {lda0}*1]",
+                "tileloadd tmm5, [{a1} + {lda1}*1]",
                 "tileloadd tmm6, [{b0} + {ldb}*1]",
                 "tileloadd tmm7, [{b1} + {ldb}*1]",
                 "tdpbusd tmm0, tmm4, tmm6",
                 "tdpbusd tmm1, tmm4, tmm7",
                 "tdpbusd tmm2, tmm5, tmm6",
                 "tdpbusd tmm3, tmm5, tmm7",
-                a0 = in(reg) a0,
-                a1 = in(reg) a0.add(16 * lda),
+                a0 = in(reg) a0.base.add(a0.off[s]),
+                a1 = in(reg) a1.base.add(a1.off[s]),
                 b0 = in(reg) b0,
                 b1 = in(reg) b0.add(64),
-                lda = in(reg) lda,
+                lda0 = in(reg) a0.ld,
+                lda1 = in(reg) a1.ld,
                 ldb = in(reg) LDB,
                 options(nostack, readonly)
             );
@@ -345,15 +355,30 @@ pub(super) unsafe fn gemm_amx(a: &AOperand, b: &PackedB, epi: &mut Epilogue) {
         ([seg], RowMap::Pixels { ow, dy, dx }) if dy == ow * dx => Some((*seg, dx)),
         _ => None,
     };
-    // Whether the 32 rows × kp bytes of the block at row i0 can be read in place.
-    let in_place =
-        |i0: usize| affine.is_some_and(|(s, ld)| s + (i0 + MB - 1) * ld + kp <= a.bytes.len());
+    // Step offsets of a tile read in place: whole K steps of a `kp`-byte row (`lin`), or, when
+    // each segment is whole 64-byte steps, step `s` in segment `s / per_seg` (`seg`).
+    let lin: Vec<usize> = (0..steps).map(|s| s * KB).collect();
+    let per_seg = row_bytes / KB;
+    let seg: Vec<usize> = if row_bytes.is_multiple_of(KB) && a.segs.len() * per_seg == steps {
+        (0..steps)
+            .map(|s| a.segs[s / per_seg] + (s % per_seg) * KB)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    // Rows `t .. t + 16` equally spaced (`Some(stride)`): one output row of a conv.
+    let spaced = |t: usize| match a.rows {
+        RowMap::Dense { ld } => Some(ld),
+        RowMap::Pixels { ow, dx, .. } => (t / ow == (t + 15) / ow).then_some(dx),
+    };
     // Rows per pass: their A (up to 256 KiB) stays in L2 while every panel sweeps it.
     let mc = ((256 * 1024 / kp) / MB).max(1) * MB;
     let need = mc.min(a.m.next_multiple_of(MB)) * kp;
     let mut cbuf = CBufs([[0; MB * NR]; 2]);
     let cptr = cbuf.0.as_mut_ptr();
     let cfg = TileConfig::all_16x64();
+    let base = a.bytes.as_ptr();
+    let mut tiles: Vec<ATile> = Vec::with_capacity(mc / 16);
     ABUF.with_borrow_mut(|abuf| {
         if abuf.len() < need {
             abuf.resize(need, 0);
@@ -366,51 +391,77 @@ pub(super) unsafe fn gemm_amx(a: &AOperand, b: &PackedB, epi: &mut Epilogue) {
         for ic in (0..a.m).step_by(mc) {
             let iend = (ic + mc).min(a.m);
             let blocks = (iend - ic).div_ceil(MB);
-            for blk in 0..blocks {
-                let i0 = ic + blk * MB;
-                if in_place(i0) {
-                    continue;
-                }
-                let dst_rows = abuf[blk * MB * kp..(blk + 1) * MB * kp].chunks_exact_mut(kp);
-                for (i, dst) in (i0..iend.min(i0 + MB)).zip(dst_rows) {
-                    let off = a.rows.offset(i);
-                    for (s, &seg) in a.segs.iter().enumerate() {
-                        dst[s * row_bytes..(s + 1) * row_bytes]
-                            .copy_from_slice(&a.bytes[off + seg..off + seg + row_bytes]);
+            // Each 16-row tile: in place (whole rows, or segments of one output row's pixels)
+            // when its reads stay inside the rows AOperand::new checked, else gathered.
+            tiles.clear();
+            for (q, t) in (ic..ic + blocks * MB).step_by(16).enumerate() {
+                let slot = &mut abuf[q * 16 * kp..(q + 1) * 16 * kp];
+                let tile = match (affine, spaced(t)) {
+                    (Some((s, ld)), _) if s + (t + 15) * ld + kp <= a.bytes.len() => ATile {
+                        base: base.wrapping_add(s + t * ld),
+                        ld,
+                        off: &lin,
+                    },
+                    (_, Some(ld)) if !seg.is_empty() && t + 16 <= a.m => ATile {
+                        base: base.wrapping_add(a.rows.offset(t)),
+                        ld,
+                        off: &seg,
+                    },
+                    _ => {
+                        for (i, dst) in (t..iend.min(t + 16)).zip(slot.chunks_exact_mut(kp)) {
+                            let off = a.rows.offset(i);
+                            for (s, &sg) in a.segs.iter().enumerate() {
+                                dst[s * row_bytes..(s + 1) * row_bytes]
+                                    .copy_from_slice(&a.bytes[off + sg..off + sg + row_bytes]);
+                            }
+                        }
+                        ATile {
+                            base: slot.as_ptr(),
+                            ld: kp,
+                            off: &lin,
+                        }
                     }
-                }
+                };
+                tiles.push(tile);
             }
             for p in 0..b.n.div_ceil(NR) {
                 let bp = b.panel8(p, NR).as_ptr();
+                // SAFETY: AVX-512 F/BW/VL (caller); p * NR < n.
+                let k = unsafe { panel(epi, p * NR) };
+                let per = MB.div_ceil(steps);
                 for blk in 0..blocks {
                     let i0 = ic + blk * MB;
-                    let (ap, lda) = match affine {
-                        Some((s, ld)) if in_place(i0) => (a.bytes[s + i0 * ld..].as_ptr(), ld),
-                        _ => (abuf[blk * MB * kp..].as_ptr(), kp),
-                    };
-                    let per = MB.div_ceil(steps);
-                    // SAFETY: configuration loaded above; the block's 32 rows of `kp` bytes at
-                    // `ap`, `lda` apart, are inside `a.bytes` (in_place) or `abuf` (sized for
-                    // `mc` rows); the panel holds kp / 4 k-groups of LDB bytes; `cptr + cur` is
-                    // one MB × NR block, not the one `pending` reads.
+                    // SAFETY: configuration loaded above. In-place tiles: whole rows read `kp`
+                    // bytes ending inside `a.bytes` (checked above); segment tiles read 16
+                    // pixels of one output row (`offset(t + r) = offset(t) + r·dx`), each
+                    // step 64 bytes inside a segment that AOperand::new checked for rows < m.
+                    // Gathered tiles are `16 · kp` bytes of `abuf`, which is not written until
+                    // the next pass. The panel holds kp / 4 k-groups of LDB bytes; `cptr + cur`
+                    // is one MB × NR block, not the one `pending` reads.
                     unsafe {
-                        block(ap, lda, bp, steps, cptr.add(cur).cast(), |s| {
-                            if let Some(q) = &pending {
-                                let t = std::slice::from_raw_parts(
-                                    cptr.add(q.buf).cast::<i32>(),
-                                    MB * NR,
-                                );
-                                post_rows(epi, q, s * per, (s + 1) * per, t);
-                            }
-                        });
+                        block(
+                            tiles[2 * blk],
+                            tiles[2 * blk + 1],
+                            bp,
+                            steps,
+                            cptr.add(cur).cast(),
+                            |s| {
+                                if let Some(q) = &pending {
+                                    let t = std::slice::from_raw_parts(
+                                        cptr.add(q.buf).cast::<i32>(),
+                                        MB * NR,
+                                    );
+                                    post_rows(epi, q, s * per, (s + 1) * per, t);
+                                }
+                            },
+                        );
                     }
                     pending = Some(Pending {
                         i0,
                         rows: (iend - i0).min(MB),
                         j0: p * NR,
                         buf: cur,
-                        // SAFETY: AVX-512 F/BW/VL (caller); p * NR < n.
-                        k: unsafe { panel(epi, p * NR) },
+                        k,
                     });
                     cur ^= 1;
                 }

@@ -411,7 +411,21 @@ impl<'a> AOperand<'a> {
         steps: usize,
         row_sums: &'a [i32],
     ) -> Self {
-        let last_row = (0..m).map(|i| rows.offset(i)).max().unwrap_or(0);
+        // The offset grows with `oy` and with `ox`: the largest is at the last pixel, or at the
+        // end of the output row before it.
+        let last_row = match (m, rows) {
+            (0, _) => 0,
+            (_, RowMap::Dense { ld }) => (m - 1) * ld,
+            (_, RowMap::Pixels { ow, dy, dx }) => {
+                let oy = (m - 1) / ow;
+                let before = if oy > 0 {
+                    (oy - 1) * dy + (ow - 1) * dx
+                } else {
+                    0
+                };
+                rows.offset(m - 1).max(before)
+            }
+        };
         let last_seg = segs.iter().copied().max().unwrap_or(0);
         assert!(
             m == 0 || last_row + last_seg + 4 * steps <= bytes.len(),
