@@ -250,9 +250,9 @@ unsafe fn panel(epi: &Epilogue, j0: usize) -> Panel {
 }
 
 /// Epilogue of rows `r0 .. r1` of the finished block `q` (accumulators `t`, row stride `NR`):
-/// the zero-point folding and requantization of `avx2::epilogue_tile` / `requant8`, 16 columns
-/// per vector. `vpmovsdw` is `packssdw`'s signed saturation; `vpmovuswb` after a max with 0 is
-/// `packuswb`'s (Intel SDM vol. 2, VPMOVDW/VPMOVSDW/VPMOVUSDW and VPMOVWB/VPMOVSWB/VPMOVUSWB).
+/// the zero-point folding and requantization of `avx2::epilogue_tile` / `requant8`, a row of 32
+/// columns per step. The packs work per 128-bit lane (Intel SDM vol. 2, PACKSSDW and PACKUSWB),
+/// so the 32 bytes come out in dwords that one `vpermd` puts in column order.
 ///
 /// # Safety
 /// AVX-512 F/BW/VL available; `q` describes rows and columns of the epilogue's output.
@@ -262,53 +262,66 @@ unsafe fn post_rows(epi: &mut Epilogue, q: &Pending, r0: usize, r1: usize, t: &[
     let k = &q.k;
     let nv = if k.mask[1] == 0 { 1 } else { 2 };
     let cols = (epi.n - q.j0).min(NR);
-    let sym = epi.b_zp.is_none();
-    for r in r0..r1.min(q.rows) {
-        let i = q.i0 + r;
-        let rs = _mm512_set1_epi32(epi.row_sum(i));
-        let at = epi.at(i, q.j0);
-        let raw = |v: usize| {
-            // SAFETY: r < MB and 16v + 16 ≤ NR: inside the MB × NR block `t`.
-            let acc = unsafe { _mm512_loadu_si512(t.as_ptr().add(r * NR + 16 * v) as *const _) };
-            let x = _mm512_add_epi32(acc, k.c[v]);
-            if sym {
-                x
-            } else {
+    let (bz, row_sums, rq) = (epi.b_zp, epi.row_sums, epi.rq);
+    let at = |i: usize| epi.out_off + i * epi.out_ld + q.j0;
+    let rows = r0..r1.min(q.rows);
+    // Row r's folded accumulators of vector v: acc + c[j] − row_sum·b_zp[j].
+    let raw = |r: usize, v: usize| {
+        // SAFETY: r < MB and 16v + 16 ≤ NR: inside the MB × NR block `t`.
+        let acc = unsafe { _mm512_loadu_si512(t.as_ptr().add(r * NR + 16 * v) as *const _) };
+        let x = _mm512_add_epi32(acc, k.c[v]);
+        match bz {
+            None => x,
+            Some(_) => {
+                let rs = _mm512_set1_epi32(row_sums.get(q.i0 + r).copied().unwrap_or(0));
                 _mm512_sub_epi32(x, _mm512_mullo_epi32(rs, k.bz[v]))
             }
-        };
-        match &mut epi.sink {
-            Sink::Raw(o) => {
+        }
+    };
+    let f = |x: __m512i, v: usize| {
+        _mm512_cvtps_epi32(_mm512_mul_ps(
+            _mm512_fmadd_ps(k.add_f[v], k.add_s[v], _mm512_cvtepi32_ps(x)),
+            k.mult[v],
+        ))
+    };
+    match &mut epi.sink {
+        Sink::Raw(o) => {
+            for r in rows {
+                let at = at(q.i0 + r);
                 assert!(at + cols <= o.len());
                 for v in 0..nv {
                     // SAFETY: the mask keeps lanes below `cols`; at + cols ≤ o.len().
                     unsafe {
-                        _mm512_mask_storeu_epi32(o.as_mut_ptr().add(at + 16 * v), k.mask[v], raw(v))
+                        _mm512_mask_storeu_epi32(
+                            o.as_mut_ptr().add(at + 16 * v),
+                            k.mask[v],
+                            raw(r, v),
+                        )
                     };
                 }
             }
-            Sink::U8(o) => {
+        }
+        Sink::U8(o) => {
+            let rq = rq.expect("u8 sink has a rule");
+            let zp = _mm512_set1_epi16(rq.zp as i16);
+            let lo = _mm512_set1_epi8(rq.lo as u8 as i8);
+            // Dword `4L + d` of the packed result holds outputs `4L .. 4L + 4` of vector `d`.
+            let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
+            for r in rows {
+                let at = at(q.i0 + r);
                 assert!(at + cols <= o.len());
-                let rq = epi.rq.expect("u8 sink has a rule");
-                let zp = _mm256_set1_epi16(rq.zp as i16);
-                let lo = _mm_set1_epi8(rq.lo as u8 as i8);
-                for v in 0..nv {
-                    let x = raw(v);
-                    let f = _mm512_mul_ps(
-                        _mm512_fmadd_ps(k.add_f[v], k.add_s[v], _mm512_cvtepi32_ps(x)),
-                        k.mult[v],
-                    );
-                    let w = _mm256_adds_epi16(_mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(f)), zp);
-                    let w = _mm256_max_epi16(w, _mm256_setzero_si256());
-                    let b = _mm_max_epu8(_mm256_cvtusepi16_epi8(w), lo);
-                    // SAFETY: the mask keeps lanes below `cols`; at + cols ≤ o.len().
-                    unsafe {
-                        _mm_mask_storeu_epi8(
-                            o.as_mut_ptr().add(at + 16 * v) as *mut i8,
-                            k.mask[v],
-                            b,
-                        )
-                    };
+                // packssdw / paddsw / packuswb / pmaxub per 128-bit lane, as `requant8`.
+                let w = _mm512_adds_epi16(_mm512_packs_epi32(f(raw(r, 0), 0), f(raw(r, 1), 1)), zp);
+                let b = _mm512_max_epu8(_mm512_packus_epi16(w, w), lo);
+                let b = _mm512_castsi512_si256(_mm512_permutexvar_epi32(order, b));
+                let dst = o.as_mut_ptr().wrapping_add(at);
+                if cols == NR {
+                    // SAFETY: at + 32 ≤ o.len().
+                    unsafe { _mm256_storeu_si256(dst as *mut __m256i, b) };
+                } else {
+                    let m = u32::from(k.mask[0]) | u32::from(k.mask[1]) << 16;
+                    // SAFETY: the mask keeps bytes below `cols`; at + cols ≤ o.len().
+                    unsafe { _mm256_mask_storeu_epi8(dst as *mut i8, m, b) };
                 }
             }
         }
@@ -379,6 +392,14 @@ pub(super) unsafe fn gemm_amx(a: &AOperand, b: &PackedB, epi: &mut Epilogue) {
     let cfg = TileConfig::all_16x64();
     let base = a.bytes.as_ptr();
     let mut tiles: Vec<ATile> = Vec::with_capacity(mc / 16);
+    let panels = b.n.div_ceil(NR);
+    // SAFETY: AVX-512 F/BW/VL (caller); p * NR < n.
+    let consts: Vec<Panel> = (0..panels).map(|p| unsafe { panel(epi, p * NR) }).collect();
+    let per = MB.div_ceil(steps);
+    // Weights that fit in L1 next to a block of A (e.g. 1×1 convs on 64 channels): each block of
+    // rows meets every panel in turn, so its A tiles are loaded from L2 once; otherwise each
+    // panel sweeps the row pass (its A in L2), and the panel stays in L1.
+    let rows_outer = panels * NR * kp <= 32 * 1024;
     ABUF.with_borrow_mut(|abuf| {
         if abuf.len() < need {
             abuf.resize(need, 0);
@@ -424,12 +445,15 @@ pub(super) unsafe fn gemm_amx(a: &AOperand, b: &PackedB, epi: &mut Epilogue) {
                 };
                 tiles.push(tile);
             }
-            for p in 0..b.n.div_ceil(NR) {
+            for step in 0..panels * blocks {
+                let (p, blk) = if rows_outer {
+                    (step % panels, step / panels)
+                } else {
+                    (step / blocks, step % blocks)
+                };
                 let bp = b.panel8(p, NR).as_ptr();
-                // SAFETY: AVX-512 F/BW/VL (caller); p * NR < n.
-                let k = unsafe { panel(epi, p * NR) };
-                let per = MB.div_ceil(steps);
-                for blk in 0..blocks {
+                let k = consts[p];
+                {
                     let i0 = ic + blk * MB;
                     // SAFETY: configuration loaded above. In-place tiles: whole rows read `kp`
                     // bytes ending inside `a.bytes` (checked above); segment tiles read 16
