@@ -292,6 +292,15 @@ pub fn gemm_case() -> impl Strategy<Value = GemmCase> {
     )
 }
 
+/// GEMM problems with M from 14 to 80: around the 16-row tiles and 32-row blocks of the AMX
+/// kernel (and the M tails of every kernel); N and K as in [`gemm_case`].
+pub fn gemm_case_tall() -> impl Strategy<Value = GemmCase> {
+    (14usize..=80, dim(), dim(), 0u8..4).prop_flat_map(|(m, n, k, bias)| {
+        proptest::collection::vec(any::<u8>(), m * k + n * k + 1)
+            .prop_map(move |bytes| GemmCase::from_parts(m, n, k, bias, &bytes))
+    })
+}
+
 /// GEMM problems with activations restricted to 0..127 (the reduce_range domain) and any weights.
 pub fn gemm_case_reduced() -> impl Strategy<Value = GemmCase> {
     gemm_case().prop_map(|mut c| {

@@ -35,6 +35,27 @@ fn every_kernel_equals_reference_on_gemm() {
     }
 }
 
+/// Tall GEMMs (M = 14..80): the AMX kernel's tile path and every kernel's M tails.
+#[test]
+fn every_kernel_equals_reference_on_tall_gemm() {
+    for kernel in &kernels::available() {
+        let name = format!("{}_equals_reference_tall_gemm", kernel.name());
+        check_property(
+            &name,
+            PERSIST,
+            gen::gemm_case_tall(),
+            GemmCase::repro,
+            |g| {
+                let want = g.run(&Reference::new(kernel.accumulation()));
+                let got = g.run(kernel.as_ref());
+                prop_assert!(g.m >= 14);
+                prop_assert_eq!(got, want, "kernel {}", kernel.name());
+                Ok(())
+            },
+        );
+    }
+}
+
 #[test]
 fn every_kernel_equals_reference_on_conv() {
     for kernel in &kernels::available() {

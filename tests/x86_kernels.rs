@@ -1,7 +1,7 @@
 //! The x86 kernels: the conformance suite (`qparity::kernels::conformance`) instantiated for
 //! every SIMD kernel this CPU has, the portable kernels and the depthwise 3×3 kernel, plus what
 //! the suite does not check (which kernels exist, which path a layer takes, constructor errors).
-//! `QPARITY_REQUIRE_ISA=avx2,avx512vnni` makes the run fail when a named extension has no kernel
+//! `QPARITY_REQUIRE_ISA=avx2,avx512vnni,amx` makes the run fail when a named extension has no kernel
 //! here (nothing is skipped silently).
 #![cfg(target_arch = "x86_64")]
 
@@ -50,6 +50,13 @@ fn every_kernel_is_listed_and_has_fused_entry_points() {
     }
     if Isa::Avx2.detected() {
         assert!(names.contains(&"x86-avx2-pair-sat16"));
+    }
+    // Exact accumulation prefers AMX, then AVX-512 VNNI.
+    let best = Kernel::best(Accumulation::Exact).kind();
+    if Isa::Amx.detected() {
+        assert_eq!(best, KernelKind::Amx);
+    } else if Isa::Avx512Vnni.detected() {
+        assert_eq!(best, KernelKind::Avx512Vnni);
     }
     for k in kernels() {
         assert!(k.quant_gemm().is_some(), "{} has no QuantGemm", k.name());
@@ -107,4 +114,74 @@ fn constructors_reject_bad_input() {
         .is_err());
     assert!(Depthwise3x3::new(&[0; 35], 4, (1, 1), (1, 1), &[0], rule(4)).is_err());
     assert!(Depthwise3x3::new(&[0; 36], 4, (0, 1), (1, 1), &[0], rule(4)).is_err());
+}
+
+/// Convs whose A tiles the AMX kernel reads in place (whole rows of a 1×1 conv, 16 pixels of one
+/// output row per tile for 64-byte segments, plain or dilated), gathers (tiles across output
+/// rows, the last rows), or gets from the chunked im2col (7×7 on 3 channels), across row chunks
+/// and column tails, with per-channel weight zero points: raw and requantized outputs of every
+/// exact SIMD kernel equal the portable kernel's.
+#[test]
+fn exact_kernels_equal_portable_on_tiled_convs() {
+    // [IC, OC, kernel, stride, padding, dilation, H, W]
+    let shapes = [
+        [64, 40, 3, 1, 1, 1, 5, 21],
+        [64, 72, 1, 2, 0, 1, 9, 40],
+        [128, 32, 3, 2, 1, 1, 7, 40],
+        [64, 16, 3, 1, 2, 2, 6, 24],
+        [64, 48, 1, 1, 0, 1, 3, 23],
+        [64, 32, 3, 1, 1, 1, 12, 50],
+        [3, 8, 7, 2, 3, 1, 60, 60],
+    ];
+    let mut seed = 0x9e37_79b9_u32;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        seed
+    };
+    let exact: Vec<Kernel> = Kernel::supported()
+        .into_iter()
+        .filter(|k| k.kind().accumulation() == Accumulation::Exact)
+        .collect();
+    assert!(!exact.is_empty() || !Isa::Avx2.detected());
+    for [ic, oc, k, s, pad, d, h, w] in shapes {
+        let p = Conv2dParams {
+            in_channels: ic,
+            out_channels: oc,
+            kernel_size: [k, k],
+            stride: [s, s],
+            padding: [pad, pad],
+            dilation: [d, d],
+            groups: 1,
+        };
+        let wts: Vec<i8> = (0..oc * ic * k * k).map(|_| next() as i8).collect();
+        let zps: Vec<i32> = (0..oc).map(|j| (j % 7) as i32 - 3).collect();
+        let x: Vec<u8> = (0..ic * h * w).map(|_| next() as u8).collect();
+        let port = Kernel::portable(Accumulation::Exact);
+        for layout in [Layout::Nhwc, Layout::Nchw] {
+            let mut raw_want = vec![0i32; 0];
+            let mut q_want = vec![0u8; 0];
+            for kern in std::iter::once(port).chain(exact.iter().copied()) {
+                let conv = Conv2d::with_kernel(kern, &wts, p, &zps, rule(oc)).unwrap();
+                let span = d * (k - 1) + 1;
+                let n = oc * ((h + 2 * pad - span) / s + 1) * ((w + 2 * pad - span) / s + 1);
+                let mut raw = vec![0i32; n];
+                let mut q = vec![0u8; n];
+                conv.run_raw(layout, &x, 1, h, w, 5, &mut raw).unwrap();
+                conv.run(layout, &x, 1, h, w, 5, &mut q).unwrap();
+                if kern == port {
+                    (raw_want, q_want) = (raw, q);
+                    assert!(
+                        q_want.iter().any(|&v| v != q_want[0]),
+                        "{p:?}: constant output"
+                    );
+                } else {
+                    let at = |v: &[i32]| v.iter().zip(&raw_want).position(|(a, b)| a != b);
+                    assert_eq!(at(&raw), None, "{} {p:?} {layout:?} raw", kern.name());
+                    assert_eq!(q, q_want, "{} {p:?} {layout:?}", kern.name());
+                }
+            }
+        }
+    }
 }

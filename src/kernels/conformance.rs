@@ -212,11 +212,12 @@ fn check_gemm(
     }
 }
 
-/// Every combination of small M, N and K around tile, vector and block sizes (M = 1, N not a
-/// multiple of a vector width, K odd, below, at and above 4/8/16/32/64/128-element blocks, K = 0),
-/// and long K (up to 4097) on a few M × N.
+/// Every combination of small M, N and K around tile, vector and block sizes (M = 1, M around
+/// the 16-row AMX tile and 32-row AMX block, N not a multiple of a vector width, K odd, below, at
+/// and above 4/8/16/32/64/128-element blocks, K = 0), and long K (up to 4097) on a few M × N,
+/// some with enough rows that AMX gathers A in more than one pass.
 pub fn gemm_tile_edges(k: &dyn Int8Gemm) -> Outcome {
-    const MS: [usize; 11] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 17];
+    const MS: [usize; 16] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 15, 16, 17, 31, 32, 33];
     const NS: [usize; 15] = [1, 2, 3, 4, 7, 8, 9, 15, 16, 17, 31, 32, 33, 48, 65];
     const KS: [usize; 19] = [
         0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 129,
@@ -233,7 +234,7 @@ pub fn gemm_tile_edges(k: &dyn Int8Gemm) -> Outcome {
             shapes.extend(KS.iter().map(|&kk| (m, n, kk)));
         }
     }
-    for (m, n) in [(1, 1), (5, 17), (13, 33)] {
+    for (m, n) in [(1, 1), (5, 17), (13, 33), (16, 1), (47, 33), (130, 65)] {
         shapes.extend(LONG_K.iter().map(|&kk| (m, n, kk)));
     }
     for (m, n, kk) in shapes {
@@ -1248,7 +1249,8 @@ pub fn run_qconv(
 pub fn required_isas(kernels: &[Box<dyn Int8Gemm>]) -> Result<Vec<(Isa, &'static str)>, Failure> {
     let req = Isa::required().map_err(|e| fail("-", "required_isas", e.to_string()))?;
     let mut rng = Rng::new(0x5EED_0007);
-    let (m, n, kk) = (7, 19, 53);
+    // 37 rows: one full 32-row AMX block and a tail (fewer than 16 rows take another path).
+    let (m, n, kk) = (37, 19, 53);
     let a = rng.bytes(m * kk, 0);
     let b = rng.i8s(n * kk, 0);
     let mut done = Vec::new();

@@ -12,6 +12,8 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512 F/BW with VNNI (`vpdpbusd`).
     Avx512Vnni,
+    /// x86-64 AMX-TILE with AMX-INT8 (`tdpbusd`), usable only once the OS grants the tile state.
+    Amx,
     /// aarch64 Advanced SIMD, part of every aarch64 CPU.
     Neon,
     /// aarch64 FEAT_DotProd (`sdot`, `udot`).
@@ -50,9 +52,10 @@ impl Arch {
 
 impl Isa {
     /// Every extension, x86-64 first, each architecture in increasing order.
-    pub const ALL: [Isa; 5] = [
+    pub const ALL: [Isa; 6] = [
         Isa::Avx2,
         Isa::Avx512Vnni,
+        Isa::Amx,
         Isa::Neon,
         Isa::Dotprod,
         Isa::I8mm,
@@ -63,6 +66,7 @@ impl Isa {
         match self {
             Isa::Avx2 => "avx2",
             Isa::Avx512Vnni => "avx512vnni",
+            Isa::Amx => "amx-int8",
             Isa::Neon => "neon",
             Isa::Dotprod => "dotprod",
             Isa::I8mm => "i8mm",
@@ -72,16 +76,18 @@ impl Isa {
     /// The architecture the extension belongs to.
     pub fn arch(self) -> Arch {
         match self {
-            Isa::Avx2 | Isa::Avx512Vnni => Arch::X86_64,
+            Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => Arch::X86_64,
             Isa::Neon | Isa::Dotprod | Isa::I8mm => Arch::Aarch64,
         }
     }
 
-    /// Parses a name (case-insensitive; `avx512_vnni` and `vnni` name [`Isa::Avx512Vnni`]).
+    /// Parses a name (case-insensitive; `avx512_vnni` and `vnni` name [`Isa::Avx512Vnni`],
+    /// `amx`, `amx_int8` and `amxint8` name [`Isa::Amx`]).
     pub fn parse(s: &str) -> Result<Isa> {
         let t = s.trim().to_ascii_lowercase();
         let alias = match t.as_str() {
             "avx512_vnni" | "vnni" => "avx512vnni",
+            "amx" | "amx_int8" | "amxint8" => "amx-int8",
             other => other,
         };
         Isa::ALL
@@ -110,6 +116,9 @@ impl Isa {
                     && std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
             }
+            // CPUID alone is not enough: the OS must grant the tile state (requested once).
+            #[cfg(target_arch = "x86_64")]
+            Isa::Amx => crate::kernels::x86::amx_detected(),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
             #[cfg(target_arch = "aarch64")]
@@ -174,6 +183,8 @@ mod tests {
         }
         assert_eq!(Isa::parse(" avx512_vnni").unwrap(), Isa::Avx512Vnni);
         assert_eq!(Isa::parse("vnni").unwrap(), Isa::Avx512Vnni);
+        assert_eq!(Isa::parse("AMX").unwrap(), Isa::Amx);
+        assert_eq!(Isa::parse("amx_int8").unwrap(), Isa::Amx);
         let e = Isa::parse("sse9").unwrap_err().to_string();
         assert!(e.contains("sse9") && e.contains("i8mm"), "{e}");
     }

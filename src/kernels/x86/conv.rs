@@ -36,6 +36,11 @@ use crate::kernels::quant::{self, check_activation_zero_point, PerChannel};
 use crate::kernels::{reference, Accumulation, Isa, Output, QConv, QuantConv, Requant};
 use crate::{Error, Result};
 
+thread_local! {
+    /// The im2col matrix of [`Conv2d::run`], reused across calls.
+    static COLS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Checks conv geometry that does not depend on the input.
 fn check_params(p: &Conv2dParams) -> Result<()> {
     if p.groups == 0
@@ -213,7 +218,7 @@ impl Conv2d {
         }
         let (elem, per_step) = match kernel.format() {
             Format::Pair16 { .. } => (2, 2),
-            Format::Quad8 { .. } => (1, 4),
+            Format::Quad8 { .. } | Format::Tile { .. } => (1, 4),
             Format::Plain => (1, 0),
         };
         let dilated = p.dilation[1] > 1;
@@ -304,10 +309,10 @@ impl Conv2d {
         let (ph, pw) = (h + 2 * pt, w + 2 * pl);
         let m = oh * ow;
         let e = self.elem;
-        let mut img = vec![a_zp as u8; ph * pw * icg];
+        // 64 bytes of slack: im2col copies whole 8-byte words past a window's last value.
+        let mut img = vec![a_zp as u8; ph * pw * icg + 64];
         let mut wide = Vec::new();
         let mut tmp = vec![T::default(); if layout == Layout::Nchw { m * ocg } else { 0 }];
-        let mut cols = Vec::new();
         // Image offset (in values) of output pixel i's window, and of the segments within it.
         let pix = |i: usize| ((i / ow) * sy * pw + (i % ow) * sx) * icg;
         let segs: Vec<usize> = match self.feed {
@@ -324,6 +329,9 @@ impl Conv2d {
                 for y in 0..h {
                     let row = &mut img[((y + pt) * pw + pl) * icg..][..w * icg];
                     match layout {
+                        Layout::Nhwc if icg == c => {
+                            row.copy_from_slice(&x[(b * h + y) * w * c..][..w * c]);
+                        }
                         Layout::Nhwc => {
                             let src = &x[(b * h + y) * w * c..][..w * c];
                             for (d, s) in row.chunks_exact_mut(icg).zip(src.chunks_exact(c)) {
@@ -340,10 +348,18 @@ impl Conv2d {
                         }
                     }
                 }
-                let (sink, out_ld, out_off) = match layout {
-                    Layout::Nhwc => (T::sink(&mut out[b * m * oc..][..m * oc]), oc, g * ocg),
-                    Layout::Nchw => (T::sink(&mut tmp[..]), ocg, 0),
-                };
+                // The output rows `r0 .. r0 + rows` of this image and group as a sink.
+                macro_rules! sink {
+                    ($r0:expr, $rows:expr) => {
+                        match layout {
+                            Layout::Nhwc => {
+                                let o = &mut out[(b * m + $r0) * oc..][..$rows * oc];
+                                (T::sink(o), oc, g * ocg)
+                            }
+                            Layout::Nchw => (T::sink(&mut tmp[$r0 * ocg..][..$rows * ocg]), ocg, 0),
+                        }
+                    };
+                }
                 match self.feed {
                     Feed::Implicit { seg_len, .. } => {
                         let row_sums: Vec<i32> = if lin.symmetric() {
@@ -372,24 +388,47 @@ impl Conv2d {
                         };
                         let steps = seg_len * e / 4;
                         let a = AOperand::new(bytes, m, rows, &seg_bytes, steps, &row_sums);
+                        let (sink, out_ld, out_off) = sink!(0, m);
                         lin.run_operand(&a, a_zp, sink, out_ld, out_off);
                     }
                     Feed::Im2col => {
-                        let kp = super::pad4(k);
-                        cols.clear();
-                        cols.resize(m * kp, 0u8);
-                        for (i, arow) in cols.chunks_exact_mut(kp).enumerate() {
-                            let (oy, ox) = (i / ow, i % ow);
-                            for ky in 0..kh {
-                                for kx in 0..kw {
-                                    let src = ((oy * sy + ky * dy) * pw + ox * sx + kx * dx) * icg;
-                                    arow[(ky * kw + kx) * icg..][..icg]
-                                        .copy_from_slice(&img[src..src + icg]);
-                                }
+                        // AMX reads whole 64-byte K steps: rows as long as the packed K keep
+                        // the tile reads in place (the stem conv: 147 values in 192 bytes).
+                        let kp = match lin.kernel().format() {
+                            Format::Tile { .. } => lin.packed.kp,
+                            _ => super::pad4(k),
+                        };
+                        // Reused across calls: each row is written whole, its padding zeroed.
+                        // Written and multiplied in chunks of about 128 KiB that stay in L2,
+                        // into a buffer reused across calls; each row is written whole.
+                        let mc = (128 * 1024 / kp).max(32) / 32 * 32;
+                        COLS.with_borrow_mut(|cols| {
+                            if cols.len() < mc.min(m) * kp {
+                                cols.resize(mc.min(m) * kp, 0);
                             }
-                        }
-                        let dense = DenseA::new(lin.kernel(), &cols, m, k, kp, !lin.symmetric());
-                        lin.run_operand(&dense.operand(&[0]), a_zp, sink, out_ld, out_off);
+                            let geo = Im2col {
+                                kh,
+                                kw,
+                                icg,
+                                sy,
+                                sx,
+                                dy,
+                                dx,
+                                pw,
+                                ow,
+                                k,
+                                kp,
+                            };
+                            for r0 in (0..m).step_by(mc) {
+                                let rows = mc.min(m - r0);
+                                let chunk = &mut cols[..rows * kp];
+                                geo.fill(chunk, r0, &img);
+                                let dense =
+                                    DenseA::new(lin.kernel(), chunk, rows, k, kp, !lin.symmetric());
+                                let (sink, out_ld, out_off) = sink!(r0, rows);
+                                lin.run_operand(&dense.operand(&[0]), a_zp, sink, out_ld, out_off);
+                            }
+                        });
                     }
                 }
                 if layout == Layout::Nchw {
@@ -403,6 +442,83 @@ impl Conv2d {
             }
         }
         Ok((oh, ow))
+    }
+}
+
+/// An explicit im2col: rows of `kp` bytes, the `k` values in `(ky, kx, ic)` order, then zeros.
+struct Im2col {
+    kh: usize,
+    kw: usize,
+    icg: usize,
+    sy: usize,
+    sx: usize,
+    dy: usize,
+    dx: usize,
+    pw: usize,
+    ow: usize,
+    k: usize,
+    kp: usize,
+}
+
+impl Im2col {
+    /// Writes rows `r0 ..` (as many as `chunk` holds) from the padded image `img` (with at least
+    /// 64 bytes of slack past its last pixel).
+    fn fill(&self, chunk: &mut [u8], r0: usize, img: &[u8]) {
+        let len = self.kw * self.icg;
+        // Without a horizontal dilation the KW·ICg values of a kernel row are contiguous (the
+        // 7×7 stem conv on 3 channels: 21 bytes); they are copied as a fixed number of 8-byte
+        // words when the excess stays inside the A row: the next kernel row, or the padding
+        // zeroed after, overwrites it (a short copy of a run-time length is a `memcpy` call).
+        let words = len.div_ceil(8);
+        if self.dx == 1 && (self.kh - 1) * len + 8 * words <= self.kp {
+            match words {
+                1 => return self.fill_fixed::<8>(chunk, r0, img),
+                2 => return self.fill_fixed::<16>(chunk, r0, img),
+                3 => return self.fill_fixed::<24>(chunk, r0, img),
+                4 => return self.fill_fixed::<32>(chunk, r0, img),
+                _ => {}
+            }
+        }
+        let icg = self.icg;
+        let (mut oy, mut ox) = (r0 / self.ow, r0 % self.ow);
+        for arow in chunk.chunks_exact_mut(self.kp) {
+            for ky in 0..self.kh {
+                let row = ((oy * self.sy + ky * self.dy) * self.pw + ox * self.sx) * icg;
+                let dst = &mut arow[ky * len..(ky + 1) * len];
+                if self.dx == 1 {
+                    copy_row(dst, &img[row..row + len]);
+                } else {
+                    for (kx, d) in dst.chunks_exact_mut(icg).enumerate() {
+                        let src = row + kx * self.dx * icg;
+                        d.copy_from_slice(&img[src..src + icg]);
+                    }
+                }
+            }
+            arow[self.k..].fill(0);
+            ox += 1;
+            if ox == self.ow {
+                (oy, ox) = (oy + 1, 0);
+            }
+        }
+    }
+
+    /// [`Im2col::fill`] with kernel rows copied as `L` bytes (no horizontal dilation).
+    fn fill_fixed<const L: usize>(&self, chunk: &mut [u8], r0: usize, img: &[u8]) {
+        let len = self.kw * self.icg;
+        let (mut oy, mut ox) = (r0 / self.ow, r0 % self.ow);
+        for arow in chunk.chunks_exact_mut(self.kp) {
+            let mut row = (oy * self.sy * self.pw + ox * self.sx) * self.icg;
+            for ky in 0..self.kh {
+                let src: &[u8; L] = img[row..row + L].try_into().expect("L bytes");
+                arow[ky * len..ky * len + L].copy_from_slice(src);
+                row += self.dy * self.pw * self.icg;
+            }
+            arow[self.k..].fill(0);
+            ox += 1;
+            if ox == self.ow {
+                (oy, ox) = (oy + 1, 0);
+            }
+        }
     }
 }
 

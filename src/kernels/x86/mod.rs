@@ -1,4 +1,4 @@
-//! x86-64 kernels (AVX2, AVX-512 VNNI) with packed weights and fused requantization.
+//! x86-64 kernels (AVX2, AVX-512 VNNI, AMX) with packed weights and fused requantization.
 //!
 //! # Kernels
 //! | kernel | instructions | accumulation model |
@@ -6,6 +6,7 @@
 //! | [`KernelKind::Avx2PairSat`] | `vpmaddubsw` → `vpmaddwd(·, 1)` → `vpaddd` | [`Accumulation::PairSaturatingI16`] (FBGEMM's non-VNNI acc32 path, `GenerateKernelU8S8S32ACC32.cc`) |
 //! | [`KernelKind::Avx2Exact`] | u8/i8 widened to i16, `vpmaddwd` → `vpaddd` | [`Accumulation::Exact`] without VNNI |
 //! | [`KernelKind::Avx512Vnni`] | `vpdpbusd` | [`Accumulation::Exact`] (FBGEMM's VNNI path) |
+//! | [`KernelKind::Amx`] | `tdpbusd` on 16×64-byte tiles (`amx` module) | [`Accumulation::Exact`] (oneDNN's AMX path) |
 //! | [`KernelKind::Portable`] | the `reference` kernel | either |
 //!
 //! `#[target_feature]` appears only on the `unsafe` entry points inside `avx2`/`avx512vnni`;
@@ -27,6 +28,8 @@
 //!   adds the two saturated pairs into int32 without saturation. This is what makes the AVX2 kernel
 //!   bit-faithful to FBGEMM rather than merely close: the pair boundaries are fixed by the layout.
 //!   Zero padding of odd K pairs the last element with zero, as FBGEMM does.
+//! * **`Tile`** (AMX): `Quad8` with `NR` = 32 and `K` padded to a multiple of 64, so 16
+//!   consecutive k-groups of 16 columns are one `tdpbusd` B tile (see the `amx` module).
 //! * **`Pair16`** (exact AVX2): `panel[h][c][0..2] = (i16) B[c][2h .. 2h+2]`; activations are
 //!   widened to u16 when `A` is packed, and `vpmaddwd` sums two exact 16-bit products per lane.
 //!
@@ -55,6 +58,7 @@ use super::{Accumulation, Int8Gemm, Isa, Output, QConv, QGemm, QuantConv, QuantG
 use crate::{Error, Result};
 use std::sync::OnceLock;
 
+mod amx;
 mod avx2;
 mod avx512vnni;
 pub mod binary;
@@ -69,6 +73,7 @@ pub mod peak;
 enum Format {
     Quad8 { nr: usize },
     Pair16 { nr: usize },
+    Tile { nr: usize },
     Plain,
 }
 
@@ -82,16 +87,19 @@ pub enum KernelKind {
     Avx2Exact,
     /// AVX-512 VNNI `vpdpbusd`, exact.
     Avx512Vnni,
+    /// AMX `tdpbusd` on int8 tiles, exact.
+    Amx,
     /// The portable reference kernel.
     Portable(Accumulation),
 }
 
 impl KernelKind {
     /// Every SIMD kernel, AVX2 first.
-    pub const SIMD: [KernelKind; 3] = [
+    pub const SIMD: [KernelKind; 4] = [
         KernelKind::Avx2PairSat,
         KernelKind::Avx2Exact,
         KernelKind::Avx512Vnni,
+        KernelKind::Amx,
     ];
 
     /// The ISA the kernel needs (`None` for the portable one).
@@ -99,6 +107,7 @@ impl KernelKind {
         match self {
             KernelKind::Avx2PairSat | KernelKind::Avx2Exact => Some(Isa::Avx2),
             KernelKind::Avx512Vnni => Some(Isa::Avx512Vnni),
+            KernelKind::Amx => Some(Isa::Amx),
             KernelKind::Portable(_) => None,
         }
     }
@@ -107,7 +116,7 @@ impl KernelKind {
     pub fn accumulation(self) -> Accumulation {
         match self {
             KernelKind::Avx2PairSat => Accumulation::PairSaturatingI16,
-            KernelKind::Avx2Exact | KernelKind::Avx512Vnni => Accumulation::Exact,
+            KernelKind::Avx2Exact | KernelKind::Avx512Vnni | KernelKind::Amx => Accumulation::Exact,
             KernelKind::Portable(a) => a,
         }
     }
@@ -118,6 +127,7 @@ impl KernelKind {
             KernelKind::Avx2PairSat => "x86-avx2-pair-sat16",
             KernelKind::Avx2Exact => "x86-avx2-exact",
             KernelKind::Avx512Vnni => "x86-avx512vnni",
+            KernelKind::Amx => "x86-amx",
             KernelKind::Portable(Accumulation::Exact) => "portable-exact",
             KernelKind::Portable(Accumulation::PairSaturatingI16) => "portable-pair-sat16",
         }
@@ -128,6 +138,7 @@ impl KernelKind {
             KernelKind::Avx2PairSat => Format::Quad8 { nr: avx2::NR },
             KernelKind::Avx2Exact => Format::Pair16 { nr: avx2::NR },
             KernelKind::Avx512Vnni => Format::Quad8 { nr: avx512vnni::NR },
+            KernelKind::Amx => Format::Tile { nr: amx::NR },
             KernelKind::Portable(_) => Format::Plain,
         }
     }
@@ -198,7 +209,14 @@ impl Kernel {
         static EXACT: OnceLock<Kernel> = OnceLock::new();
         static PAIR: OnceLock<Kernel> = OnceLock::new();
         let (cell, order): (_, &[KernelKind]) = match acc {
-            Accumulation::Exact => (&EXACT, &[KernelKind::Avx512Vnni, KernelKind::Avx2Exact]),
+            Accumulation::Exact => (
+                &EXACT,
+                &[
+                    KernelKind::Amx,
+                    KernelKind::Avx512Vnni,
+                    KernelKind::Avx2Exact,
+                ],
+            ),
             Accumulation::PairSaturatingI16 => (&PAIR, &[KernelKind::Avx2PairSat]),
         };
         *cell.get_or_init(|| {
@@ -297,14 +315,17 @@ impl PackedB {
                 format!("expected {n}×{k} = {} values, got {}", n * k, b.len()),
             ));
         }
-        let kp = pad4(k);
+        let kp = match kernel.format() {
+            Format::Tile { .. } => k.div_ceil(amx::KB) * amx::KB,
+            _ => pad4(k),
+        };
         let col_sums = (0..n)
             .map(|j| b[j * k..(j + 1) * k].iter().map(|&v| v as i32).sum())
             .collect();
         let (mut data8, mut data16) = (Vec::new(), Vec::new());
         match kernel.format() {
             Format::Plain => data8 = b.to_vec(),
-            Format::Quad8 { nr } => data8 = panels(b, n, k, kp, nr, 4, |v| v),
+            Format::Quad8 { nr } | Format::Tile { nr } => data8 = panels(b, n, k, kp, nr, 4, |v| v),
             Format::Pair16 { nr } => data16 = panels(b, n, k, kp, nr, 2, i16::from),
         }
         Ok(Self {
@@ -327,7 +348,7 @@ impl PackedB {
     /// by `nr`: the most an activation row may read, in bytes.
     fn step_bytes(&self) -> usize {
         match self.kernel.format() {
-            Format::Quad8 { .. } => self.kp,
+            Format::Quad8 { .. } | Format::Tile { .. } => self.kp,
             Format::Pair16 { .. } => 2 * self.kp,
             Format::Plain => self.k,
         }
@@ -393,7 +414,21 @@ impl<'a> AOperand<'a> {
         steps: usize,
         row_sums: &'a [i32],
     ) -> Self {
-        let last_row = (0..m).map(|i| rows.offset(i)).max().unwrap_or(0);
+        // The offset grows with `oy` and with `ox`: the largest is at the last pixel, or at the
+        // end of the output row before it.
+        let last_row = match (m, rows) {
+            (0, _) => 0,
+            (_, RowMap::Dense { ld }) => (m - 1) * ld,
+            (_, RowMap::Pixels { ow, dy, dx }) => {
+                let oy = (m - 1) / ow;
+                let before = if oy > 0 {
+                    (oy - 1) * dy + (ow - 1) * dx
+                } else {
+                    0
+                };
+                rows.offset(m - 1).max(before)
+            }
+        };
         let last_seg = segs.iter().copied().max().unwrap_or(0);
         assert!(
             m == 0 || last_row + last_seg + 4 * steps <= bytes.len(),
@@ -489,8 +524,14 @@ impl<'a> DenseA<'a> {
         let (bytes, ld, steps) = match kernel.format() {
             Format::Plain if ld_in == k => (Cow::Borrowed(a), k, 0),
             Format::Plain => (Cow::Owned((0..m).flat_map(row).copied().collect()), k, 0),
-            Format::Quad8 { .. } if ld_in == kp => (Cow::Borrowed(a), kp, kp / 4),
-            Format::Quad8 { .. } => {
+            // Rows `ld_in` apart (a multiple of 4) with zeros, or anything (it meets the zero
+            // padding of B), after the first `k` bytes.
+            Format::Quad8 { .. } | Format::Tile { .. }
+                if ld_in >= kp && ld_in.is_multiple_of(4) =>
+            {
+                (Cow::Borrowed(a), ld_in, kp / 4)
+            }
+            Format::Quad8 { .. } | Format::Tile { .. } => {
                 let mut d = vec![0u8; m * kp];
                 for i in 0..m {
                     d[i * kp..i * kp + k].copy_from_slice(row(i));
@@ -624,6 +665,11 @@ fn run_packed(b: &PackedB, a: &AOperand, epi: &mut Epilogue) {
         KernelKind::Avx512Vnni => {
             // SAFETY: as above (AVX-512 F/BW/VNNI, AVX2 and FMA detected; Quad8 format, NR = 32).
             unsafe { avx512vnni::gemm_vnni(a, b, epi) }
+        }
+        KernelKind::Amx => {
+            // SAFETY: as above (AMX-TILE/INT8 with the OS tile permission, AVX-512 F/BW/VL, AVX2
+            // and FMA detected, `amx::detected`; Tile format, NR = 32, K padded to 64).
+            unsafe { amx::gemm_amx(a, b, epi) }
         }
         KernelKind::Portable(acc) => {
             let k = b.k;
@@ -944,6 +990,11 @@ impl QuantConv for Kernel {
             Output::Requantized(_, o) => conv.run(c.layout, x, nb, h, w, zp, o),
         }
     }
+}
+
+/// Whether AMX int8 runs here (CPU and OS; the tile permission is requested once).
+pub(crate) fn amx_detected() -> bool {
+    amx::detected()
 }
 
 /// The x86 SIMD kernels this CPU supports, as [`Int8Gemm`]s.
