@@ -133,7 +133,133 @@ fn reference_engine_reproduces_every_golden_set() {
             "{}: reference-flow ambiguity {amb}/{tot}",
             set.dir.display()
         );
+        // A set that records the reference flows' pre-quantize floats checks every model case's
+        // float ops against them, and then has nothing ambiguous in those flows.
+        let float_group = |c: &qparity::check::CaseResult, f: &str| {
+            c.groups
+                .get(&format!("{f}/float"))
+                .is_some_and(|s| s.total() > 0)
+        };
+        let with_floats = report
+            .cases
+            .iter()
+            .filter(|c| float_group(c, "convert_to_reference_fx"))
+            .count();
+        if with_floats > 0 {
+            for c in report.cases.iter().filter(|c| c.kind == "model") {
+                for f in [
+                    "convert_to_reference_fx",
+                    "_convert_to_reference_decomposed_fx",
+                ] {
+                    assert!(float_group(c, f), "{}: no {f}/float stage", c.id);
+                }
+            }
+            assert_eq!(amb, 0, "{}: ambiguous with pre_quant", set.dir.display());
+        }
     }
+}
+
+/// A model case's `pre_quant` is data, not decoration: a wrong hash, a wrong delta, or one in
+/// convert_fx fails the case with an error naming the file and the field.
+#[test]
+fn corrupted_model_pre_quant_is_an_error_naming_the_field() {
+    let (set, rel, text) = core_sets()
+        .into_iter()
+        .find_map(|s| {
+            let rel = s
+                .manifest
+                .files
+                .keys()
+                .find(|f| f.contains("model-composed"))?
+                .clone();
+            let text = std::fs::read_to_string(s.dir.join(&rel)).unwrap();
+            text.contains("\"pre_quant\"").then_some((s, rel, text))
+        })
+        .expect("a core set with pre_quant in its composed model cases");
+    let name = Path::new(&rel).file_name().unwrap().to_str().unwrap();
+    let case: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let sources = |case: &serde_json::Value| -> Vec<String> {
+        case["flows"]["convert_to_reference_fx"]["runs"][0]["quantized"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| q["source"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(sources(&case), ["input", "conv2d", "flatten", "linear"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let entry = |c: &mut serde_json::Value, flow: &str, t: usize| -> serde_json::Value {
+        c["flows"][flow]["runs"][0]["quantized"][t].clone()
+    };
+    let reference = "convert_to_reference_fx";
+    let decomposed = "_convert_to_reference_decomposed_fx";
+    let mut variants: Vec<(&str, String, serde_json::Value)> = Vec::new();
+    // A flipped hash on each encoding: the input's, flatten's (exact evaluation), a delta's.
+    for (t, what) in [(0, "input"), (2, "flatten"), (3, "linear")] {
+        let mut c = case.clone();
+        let mut e = entry(&mut c, decomposed, t);
+        let h = e["pre_quant"]["sha256"].as_str().unwrap().to_string();
+        let flipped = if h.starts_with('0') { "1" } else { "0" };
+        e["pre_quant"]["sha256"] = serde_json::Value::String(format!("{flipped}{}", &h[1..]));
+        c["flows"][decomposed]["runs"][0]["quantized"][t] = e;
+        variants.push((
+            what,
+            format!("flows.{decomposed}.runs[0].quantized[{t}].pre_quant"),
+            c,
+        ));
+    }
+    // A conv delta taken from the linear entry: wrong length.
+    let mut c = case.clone();
+    let lin = entry(&mut c, reference, 3)["pre_quant"].clone();
+    c["flows"][reference]["runs"][0]["quantized"][1]["pre_quant"] = lin;
+    variants.push((
+        "conv2d",
+        format!("flows.{reference}.runs[0].quantized[1].pre_quant"),
+        c,
+    ));
+    // pre_quant in the integer flow.
+    let mut c = case.clone();
+    let pq = entry(&mut c, reference, 1)["pre_quant"].clone();
+    c["flows"]["convert_fx"]["runs"][0]["quantized"][1]["pre_quant"] = pq;
+    variants.push((
+        "convert_fx",
+        "flows.convert_fx.runs[0].quantized[1].pre_quant".into(),
+        c,
+    ));
+    for (i, (what, field, c)) in variants.iter().enumerate() {
+        let dir = tmp.path().join(format!("v{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), serde_json::to_string(c).unwrap()).unwrap();
+        let report = check_path(
+            &dir,
+            &CheckOptions {
+                cpu: set.manifest.cpu().unwrap(),
+                ..CheckOptions::default()
+            },
+            |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(report.failed, 1, "{what}: the corrupted case passed");
+        let e = report.cases[0].error.as_deref().unwrap_or_default();
+        assert!(
+            e.contains(name) && e.contains(field.as_str()),
+            "{what}: error does not name {name} and {field}: {e}"
+        );
+    }
+    // Unchanged, the same case passes.
+    let dir = tmp.path().join("ok");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), &text).unwrap();
+    let report = check_path(
+        &dir,
+        &CheckOptions {
+            cpu: set.manifest.cpu().unwrap(),
+            ..CheckOptions::default()
+        },
+        |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(report.passed, 1, "{:?}", report.cases[0].error);
 }
 
 /// The CPU model is not vacuous: each class's set fails when modelled as the other class (the

@@ -199,7 +199,7 @@ fn a_protocol_runtime_is_driven_and_its_wrong_rule_named() {
 
 #[test]
 fn runtime_check_names_pair_saturation_on_a_golden_set() {
-    let set = concat!(env!("CARGO_MANIFEST_DIR"), "/golden/vnni-seed0");
+    let set = concat!(env!("CARGO_MANIFEST_DIR"), "/golden/amx-xeon-seed0");
     let out = Command::new(qparity())
         .args([
             "runtime-check",

@@ -623,6 +623,11 @@ pub struct QuantizedRecord {
     pub quant_min: i64,
     pub quant_max: i64,
     pub int_repr: Tensor,
+    /// Reference flows: the f32 tensor the quantize node received (golden/README.md). Absent
+    /// in captures made before it was recorded; then the float op and the quantize are checked
+    /// as one stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_quant: Option<graph::PreQuant>,
 }
 
 /// One run of a converted model on a test input.

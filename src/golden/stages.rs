@@ -1071,6 +1071,37 @@ fn run_stages(
                 }
             }
         };
+        if let Some(pq) = &q.pre_quant {
+            let floats = core_pre_quant(case, &field, pq, q, &*op, &fctx, &input, &out)?;
+            if q.source == Source::Input {
+                // No float op: the quantize node received the model input itself.
+                if floats
+                    .as_f32()
+                    .map(|f| f.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+                    != x.as_f32().map(|f| f.iter().map(|v| v.to_bits()).collect())
+                {
+                    return Err(case.field_err(
+                        &format!("{field}.pre_quant"),
+                        format!("differs from inputs[{ri}], which the input quantize node reads"),
+                    ));
+                }
+            } else {
+                let [int_expected] = <[Expected; 1]>::try_from(exp).expect("one expected output");
+                float_then_quantize(
+                    stages,
+                    &location,
+                    fname,
+                    fctx,
+                    op,
+                    vec![input],
+                    out,
+                    &field,
+                    floats,
+                    int_expected,
+                );
+                continue;
+            }
+        }
         stages.push(Stage {
             location,
             group: fname.into(),
@@ -1099,6 +1130,127 @@ fn run_stages(
         )],
     });
     Ok(())
+}
+
+/// PyTorch's pre-quantize floats of a core model case's quantized activation `field`: stored,
+/// a delta from the layer's reference evaluation, or pinned by SHA-256 (the input itself, or a
+/// float op qparity evaluates exactly).
+#[allow(clippy::too_many_arguments)]
+fn core_pre_quant(
+    case: &Case,
+    field: &str,
+    pq: &super::graph::PreQuant,
+    q: &QuantizedRecord,
+    op: &dyn Op,
+    fctx: &Ctx,
+    input: &Value,
+    out: &OutQParams,
+) -> Result<Tensor> {
+    use super::graph::PreQuant;
+    let pfield = format!("{field}.pre_quant");
+    if fctx.flow.is_integer() {
+        return Err(case.field_err(
+            &pfield,
+            format!(
+                "{} quantizes in integer ops: pre_quant belongs to the reference flows",
+                fctx.flow.name()
+            ),
+        ));
+    }
+    let n = q.int_repr.numel();
+    let t = match pq {
+        PreQuant::DeltaFrom { .. } => {
+            return Err(case.field_err(
+                &pfield,
+                "model cases have no node names to take differences from (delta_from)",
+            ))
+        }
+        PreQuant::Pinned { shape, sha256 } => {
+            let floats = match (q.source, input) {
+                (Source::Input, Value::Tensor(x)) => x
+                    .as_f32()
+                    .ok_or_else(|| case.field_err(&pfield, "the model input is not f32"))?
+                    .to_vec(),
+                _ => exact_floats(case, field, op, fctx, std::slice::from_ref(input), out)?,
+            };
+            if floats.len() != shape.iter().product::<usize>()
+                || super::graph::sha256_f32(&floats) != *sha256
+            {
+                return Err(case.field_err(
+                    &pfield,
+                    format!(
+                        "PyTorch's pre-quantize floats (SHA-256) differ from qparity's exact \
+                         evaluation of {} (first values: {:?})",
+                        q.source.name(),
+                        &floats[..floats.len().min(4)]
+                    ),
+                ));
+            }
+            Tensor::f32(shape.clone(), floats)
+        }
+        _ => pq
+            .decode(
+                || match (op.layer(), input) {
+                    (Some(l), Value::Quantized(x)) => {
+                        l.reference_float(fctx.flow, x).map_err(|e| e.to_string())
+                    }
+                    _ => Err(
+                        "only conv2d and linear pre-quantize floats are delta-encoded \
+                              against the reference evaluation"
+                            .into(),
+                    ),
+                },
+                |_| None,
+            )
+            .map_err(|e| case.field_err(&pfield, e))?,
+    };
+    if t.numel() != n {
+        return Err(case.field_err(
+            &pfield,
+            format!("{} values for {n} quantized values", t.numel()),
+        ));
+    }
+    Ok(t)
+}
+
+/// A reference flow's value as two stages: the float op against PyTorch's own pre-quantize
+/// floats (within the op's proven bound; group `<flow>/float`), then the quantize node exactly on
+/// those floats (group `<flow>`).
+#[allow(clippy::too_many_arguments)]
+fn float_then_quantize(
+    stages: &mut Vec<Stage>,
+    location: &str,
+    fname: &str,
+    fctx: Ctx,
+    op: Arc<dyn Op>,
+    inputs: Vec<Value>,
+    out: OutQParams,
+    field: &str,
+    floats: Tensor,
+    int_expected: Expected,
+) {
+    stages.push(Stage {
+        location: format!("{location}, float op"),
+        group: format!("{fname}/float"),
+        ctx: fctx,
+        op,
+        inputs,
+        out: Some(out),
+        expected: vec![expected(
+            "pre_quant",
+            format!("{field}.pre_quant"),
+            floats.clone(),
+        )],
+    });
+    stages.push(Stage {
+        location: format!("{location}, quantize"),
+        group: fname.into(),
+        ctx: fctx,
+        op: Arc::new(FlowQuantize),
+        inputs: vec![Value::Tensor(floats)],
+        out: Some(out),
+        expected: vec![int_expected],
+    });
 }
 
 fn record_tensor(case: &Case, field: &str, q: &QuantizedRecord) -> Result<QTensor> {
@@ -1733,28 +1885,18 @@ fn graph_stages(case: &Case, g: &GraphCase, isa: Isa, cpu: CpuFeatures) -> Resul
                     if let Some(d) = decoded.get_mut(&(flow, ri, node.name.clone())) {
                         d.1 = Some(t.clone());
                     }
-                    stages.push(Stage {
-                        location: format!("{location}, float op"),
-                        group: format!("{fname}/float"),
-                        ctx: fctx,
-                        op: ops[ni].clone(),
+                    float_then_quantize(
+                        &mut stages,
+                        &location,
+                        fname,
+                        fctx,
+                        ops[ni].clone(),
                         inputs,
-                        out: Some(out),
-                        expected: vec![expected(
-                            "pre_quant",
-                            format!("{nfield}.pre_quant"),
-                            t.clone(),
-                        )],
-                    });
-                    stages.push(Stage {
-                        location: format!("{location}, quantize"),
-                        group: fname.into(),
-                        ctx: fctx,
-                        op: Arc::new(FlowQuantize),
-                        inputs: vec![Value::Tensor(t)],
-                        out: Some(out),
-                        expected: vec![int_expected],
-                    });
+                        out,
+                        &nfield,
+                        t,
+                        int_expected,
+                    );
                     continue;
                 }
                 // The float op against PyTorch's own float (within the proven bound), then the
@@ -1779,28 +1921,18 @@ fn graph_stages(case: &Case, g: &GraphCase, isa: Isa, cpu: CpuFeatures) -> Resul
                 if let Some(d) = decoded.get_mut(&(flow, ri, node.name.clone())) {
                     d.1 = Some(floats.clone());
                 }
-                stages.push(Stage {
-                    location: format!("{location}, float op"),
-                    group: format!("{fname}/float"),
-                    ctx: fctx,
-                    op: ops[ni].clone(),
+                float_then_quantize(
+                    &mut stages,
+                    &location,
+                    fname,
+                    fctx,
+                    ops[ni].clone(),
                     inputs,
-                    out: Some(out),
-                    expected: vec![expected(
-                        "pre_quant",
-                        format!("{nfield}.pre_quant"),
-                        floats.clone(),
-                    )],
-                });
-                stages.push(Stage {
-                    location: format!("{location}, quantize"),
-                    group: fname.into(),
-                    ctx: fctx,
-                    op: Arc::new(FlowQuantize),
-                    inputs: vec![Value::Tensor(floats)],
-                    out: Some(out),
-                    expected: vec![int_expected],
-                });
+                    out,
+                    &nfield,
+                    floats,
+                    int_expected,
+                );
             }
             stages.push(Stage {
                 location: format!("{fname} run {ri}, output dequantize"),

@@ -3,6 +3,7 @@ engine, converted with convert_fx, convert_to_reference_fx and _convert_to_refer
 from the same prepared model, and run on recorded test inputs."""
 
 import copy
+import hashlib
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ from torch.ao.quantization.quantize_fx import (_convert_to_reference_decomposed_
                                                convert_to_reference_fx, prepare_fx, prepare_qat_fx)
 
 from common import describe_observer, describe_partial, f32_exact, qscheme_name, dtype_name, tensor
+from graphs import delta_encode, reference_conv, reference_linear
 
 F32 = np.float32
 OPS = ["linear", "linear_relu", "conv2d", "conv2d_relu", "conv2d_dw", "composed"]
@@ -244,13 +246,44 @@ _DEC_Q = None
 
 
 class _Recorder(torch.fx.Interpreter):
-    """Runs a converted GraphModule and records every quantized activation in execution order."""
+    """Runs a converted GraphModule and records every quantized activation in execution order.
+    In the reference flows (`pre_quant=True`) each entry also gets `pre_quant`, the f32 tensor its
+    quantize node received (golden/README.md): conv / linear outputs as differences from the
+    reference evaluation on the layer's recorded float input and dequantized weight, the input's
+    and flatten's (exact: the input itself, a dequantized value) as a SHA-256."""
 
-    def __init__(self, gm):
+    def __init__(self, gm, pre_quant=False):
         super().__init__(gm)
         self.quantized = []
+        self.pre_quant = pre_quant
+        self.layer_inputs = {}
+
+    def _pre_quant(self, n):
+        src = n.args[0]
+        (f, *_), _ = self.fetch_args_kwargs_from_env(n)
+        f = f.detach().contiguous().numpy().astype(np.float32)
+        if _source_kind(src, self.module) not in ("conv2d", "linear"):
+            return {"shape": list(f.shape), "sha256": hashlib.sha256(f.astype("<f4").tobytes()).hexdigest()}
+        m = self.module.get_submodule(src.target)
+        # fused ConvReLU2d / LinearReLU (torch/ao/nn/intrinsic/modules/fused.py): [reference op, ReLU]
+        c = m[0] if isinstance(m, torch.nn.Sequential) else m
+        relu = isinstance(m, torch.nn.Sequential) and any(isinstance(s, torch.nn.ReLU) for s in m)
+        x = self.layer_inputs[src].detach().contiguous().numpy().astype(np.float32)
+        w = c.get_weight().detach().contiguous().numpy().astype(np.float32)
+        b = None if c.bias is None else c.bias.detach().numpy().astype(np.float32)
+        if isinstance(c, torch.nn.Conv2d):
+            r = reference_conv(x, w, b, c.stride, c.padding, c.dilation, c.groups, relu)
+        else:
+            r = reference_linear(x, w, b, relu)
+        return delta_encode(f, r)
 
     def run_node(self, n):
+        if self.pre_quant and n.op == "call_module" and _source_kind(n, self.module) in ("conv2d", "linear"):
+            (x, *_), _ = self.fetch_args_kwargs_from_env(n)
+            self.layer_inputs[n] = x
+        pre = None
+        if self.pre_quant and n.op == "call_function" and n.target in (torch.quantize_per_tensor, _DEC_Q):
+            pre = self._pre_quant(n)
         result = super().run_node(n)
         gm = self.module
         if n.op == "call_function" and n.target is torch.quantize_per_tensor:
@@ -272,6 +305,8 @@ class _Recorder(torch.fx.Interpreter):
                                    "int_repr": tensor(result.int_repr())})
         elif n.op == "call_function" and "quantize_per" in str(n.target) and "dequantize" not in str(n.target):
             raise ValueError(f"unhandled quantize node {n.target}")
+        if pre is not None:
+            self.quantized[-1]["pre_quant"] = pre
         return result
 
 
@@ -392,7 +427,7 @@ def model_case(rng, op, engine, mode, rnd):
         converted[fname] = gm
         runs = []
         for x in test:
-            rec = _Recorder(gm)
+            rec = _Recorder(gm, pre_quant=fname != "convert_fx")
             with torch.no_grad():
                 out = rec.run(x)
                 direct = gm(x)

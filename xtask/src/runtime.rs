@@ -103,7 +103,7 @@ pub fn run(a: Args) -> Result<()> {
     let paths = if a.paths.is_empty() {
         [
             "avx2-seed0",
-            "vnni-seed0",
+            "amx-xeon-seed0",
             "vnni-xeon-seed0",
             "vnni-xeon-groupwise",
             "pins-vnni-seed0",
