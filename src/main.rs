@@ -92,8 +92,8 @@ enum Cmd {
         /// predicts it. Without PATHS, only these run.
         #[arg(long, default_value_t = 0)]
         random: usize,
-        /// Seed of the random stages.
-        #[arg(long, default_value_t = 0)]
+        /// Seed of the random stages (only with --random).
+        #[arg(long, default_value_t = 0, requires = "random")]
         seed: u64,
     },
     /// Write every golden convert_fx linear / conv2d stage as JSON lines: the runtime protocol's

@@ -323,6 +323,24 @@ fn runtime_check_runs_random_stages_through_a_protocol_runtime() {
 }
 
 #[test]
+fn seed_without_random_is_a_usage_error() {
+    let out = Command::new(qparity())
+        .args([
+            "runtime-check",
+            "--seed",
+            "3",
+            "--runtime",
+            "example",
+            "golden/pins-vnni-seed0",
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--random"), "{err}");
+}
+
+#[test]
 fn a_missing_path_is_a_clear_error_before_any_stage_runs() {
     let out = Command::new(qparity())
         .args([
