@@ -6,7 +6,10 @@
 //! exact kernels take every exact path (the sum of exact products does not depend on their
 //! order); pair-saturating kernels only FBGEMM's packed GEMM, whose pairs run along K in im2col
 //! order `(ky, kx, ic)` as [`crate::kernels::QuantConv::accumulation`] specifies (FBGEMM's
-//! depthwise kernel pairs taps instead). oneDNN layers never run: their requantization order is not modelled bit for bit.
+//! depthwise kernel pairs taps instead). oneDNN layers run on exact kernels only where oneDNN
+//! accumulates exactly (as on x86, `backend::x86`): with FBGEMM's requantization, which the plan
+//! admits for every element (it predicts oneDNN's order within its proven window); oneDNN's
+//! pair-saturating AVX2 kernels pair other products and never run here.
 //! Everything else is left to the reference model and counted as a fallback.
 
 use super::{Backend, Prepared};
@@ -38,7 +41,7 @@ impl KernelBackend {
         let acc = self.kernel.accumulation();
         acc == l.accumulation
             && match l.path {
-                KernelPath::Onednn => false,
+                KernelPath::Onednn => acc == Accumulation::Exact,
                 KernelPath::FbgemmGemm => true,
                 _ => acc == Accumulation::Exact,
             }
