@@ -16,7 +16,7 @@ use super::{Backend, Prepared};
 use crate::engine::KernelPath;
 use crate::kernels::{Accumulation, Int8Gemm, Layout, Output as KOut, QConv, QGemm};
 use crate::ops::layer::{Geometry, IntegerLayer};
-use crate::ops::{Lowered, Meta, QTensor, Value};
+use crate::ops::{Lowered, MemoryFormat, Meta, QTensor, Value};
 use crate::{Error, Result};
 use std::sync::Arc;
 
@@ -149,6 +149,85 @@ impl Backend for KernelBackend {
                 }))
             }
             other => super::portable::prepare(other, inputs),
+        }
+    }
+
+    /// Layers run on the kernel in logical order (the input gathered from memory order, the
+    /// output scattered back); every other stage as the portable backend runs it in memory order.
+    fn prepare_in_memory(
+        &self,
+        stage: Lowered<'_>,
+        inputs: &[Meta<'_>],
+        out_format: MemoryFormat,
+    ) -> Result<Option<Box<dyn Prepared>>> {
+        let Lowered::IntegerLayer(l) = stage else {
+            return super::portable::prepare_in_memory(stage, inputs, out_format);
+        };
+        let input = inputs
+            .first()
+            .ok_or_else(|| Error::invalid("layer", "no input"))?;
+        let Some(inner) = self.prepare(stage, inputs)? else {
+            return Ok(None);
+        };
+        Ok(Some(Box::new(InMemoryLayer {
+            inner,
+            in_map: super::portable::memory_positions(input.shape, input.memory_format),
+            out_map: super::portable::memory_positions(&l.out_shape, out_format),
+        })))
+    }
+}
+
+/// A layer prepared in logical order, run on memory-order activations.
+#[derive(Debug)]
+struct InMemoryLayer {
+    inner: Box<dyn Prepared>,
+    /// Memory position of each logical input element (`None`: logical order).
+    in_map: Option<Vec<usize>>,
+    /// Memory position of each logical output element (`None`: logical order).
+    out_map: Option<Vec<usize>>,
+}
+
+impl Prepared for InMemoryLayer {
+    fn kernel(&self) -> &'static str {
+        self.inner.kernel()
+    }
+
+    fn out_shape(&self) -> &[usize] {
+        self.inner.out_shape()
+    }
+
+    fn run(&self, stage: Lowered<'_>, inputs: &[&Value], out: &mut [u8]) -> Result<()> {
+        let logical_input;
+        let inputs: Vec<&Value> = match (&self.in_map, inputs.first()) {
+            (Some(map), Some(Value::Quantized(q))) => {
+                if q.data.len() != map.len() {
+                    return Err(Error::shape(
+                        "layer input",
+                        "length differs from the planned input",
+                    ));
+                }
+                logical_input = Value::Quantized(QTensor {
+                    data: map.iter().map(|&p| q.data[p]).collect(),
+                    memory_format: MemoryFormat::Contiguous,
+                    ..q.clone()
+                });
+                std::iter::once(&logical_input)
+                    .chain(inputs.iter().skip(1).copied())
+                    .collect()
+            }
+            _ => inputs.to_vec(),
+        };
+        match &self.out_map {
+            None => self.inner.run(stage, &inputs, out),
+            Some(map) => {
+                super::check_out("layer", self.inner.out_shape(), out)?;
+                let mut logical = vec![0u8; out.len()];
+                self.inner.run(stage, &inputs, &mut logical)?;
+                for (&c, &p) in logical.iter().zip(map) {
+                    out[p] = c;
+                }
+                Ok(())
+            }
         }
     }
 }
