@@ -52,15 +52,10 @@ unsafe fn add_avx2_x32(f: &AddLambda, a: &[u8], b: &[u8], out: &mut [u8]) -> usi
     // ReLU's `max(c, 0)`; without it a floor no sum reaches (`max_ps` returns its second operand
     // for NaN, which no finite sum is).
     let floor = _mm256_set1_ps(if f.relu { 0.0 } else { f32::NEG_INFINITY });
-    let inv = _mm256_set1_ps(f.inv);
-    let bound = _mm256_set1_ps(2147483520.0);
-    let zp = _mm256_set1_epi32(f.zero_point);
-    let (lo, hi) = (_mm256_setzero_si256(), _mm256_set1_epi32(255));
-    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let q8 = super::quantize::Quantize8::new(f.inv, f.zero_point);
     let mut i = 0;
     while i < n {
-        let mut q = [lo; 4];
-        for (k, qk) in q.iter_mut().enumerate() {
+        let c = |k: usize| {
             // SAFETY: `i + 8k + 8 <= n` bytes of both inputs.
             let (xa, xb) = unsafe {
                 (
@@ -70,18 +65,9 @@ unsafe fn add_avx2_x32(f: &AddLambda, a: &[u8], b: &[u8], out: &mut [u8]) -> usi
             };
             let da = _mm256_fmadd_ps(sa, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(xa)), pa);
             let db = _mm256_fmadd_ps(sb, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(xb)), pb);
-            let c = _mm256_max_ps(_mm256_add_ps(da, db), floor);
-            let v = _mm256_min_ps(_mm256_mul_ps(c, inv), bound);
-            let r = _mm256_add_epi32(_mm256_cvtps_epi32(v), zp);
-            *qk = _mm256_min_epi32(_mm256_max_epi32(r, lo), hi);
-        }
-        let w = _mm256_packus_epi16(
-            _mm256_packs_epi32(q[0], q[1]),
-            _mm256_packs_epi32(q[2], q[3]),
-        );
-        let w = _mm256_permutevar8x32_epi32(w, order);
-        // SAFETY: `i + 32 <= n <= out.len()`.
-        unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, w) };
+            _mm256_max_ps(_mm256_add_ps(da, db), floor)
+        };
+        q8.store32(&mut out[i..i + 32], [c(0), c(1), c(2), c(3)]);
         i += 32;
     }
     n

@@ -25,34 +25,57 @@ pub fn quantize_u8(x: &[f32], inv: f32, zp: i32, out: &mut [u8]) {
 #[target_feature(enable = "avx2")]
 unsafe fn quantize_avx2_x32(x: &[f32], inv: f32, zp: i32, out: &mut [u8]) -> usize {
     let n = x.len().min(out.len()) / 32 * 32;
-    let inv = _mm256_set1_ps(inv);
-    // 2^31 − 128, the largest f32 below 2^31.
-    let bound = _mm256_set1_ps(2147483520.0);
-    let zp = _mm256_set1_epi32(zp);
-    let (lo, hi) = (_mm256_setzero_si256(), _mm256_set1_epi32(255));
-    // Undoes the lane interleaving of the two packs.
-    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let q8 = Quantize8::new(inv, zp);
     let mut i = 0;
     while i < n {
-        let mut q = [lo; 4];
-        for (k, qk) in q.iter_mut().enumerate() {
-            // SAFETY: `i + 8k + 8 <= n <= x.len()`.
-            let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(i + 8 * k)) };
-            // `min_ps(v, bound)` returns `bound` for a NaN `v`, as the scalar rule.
-            let v = _mm256_min_ps(_mm256_mul_ps(v, inv), bound);
-            let r = _mm256_add_epi32(_mm256_cvtps_epi32(v), zp);
-            *qk = _mm256_min_epi32(_mm256_max_epi32(r, lo), hi);
+        // SAFETY: `i + 8k + 8 <= n <= x.len()`.
+        let v = |k: usize| unsafe { _mm256_loadu_ps(x.as_ptr().add(i + 8 * k)) };
+        q8.store32(&mut out[i..i + 32], [v(0), v(1), v(2), v(3)]);
+        i += 32;
+    }
+    n
+}
+
+/// The `QuantizeAvx2` step on vectors of 8 f32 values, with its constants set once.
+#[derive(Clone, Copy)]
+pub(super) struct Quantize8 {
+    inv: __m256,
+    bound: __m256,
+    zp: __m256i,
+}
+
+impl Quantize8 {
+    /// Constants for `f32(1/scale)` = `inv` and zero point `zp`.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn new(inv: f32, zp: i32) -> Self {
+        Quantize8 {
+            inv: _mm256_set1_ps(inv),
+            // 2^31 − 128, the largest f32 below 2^31.
+            bound: _mm256_set1_ps(2147483520.0),
+            zp: _mm256_set1_epi32(zp),
         }
+    }
+
+    /// Quantizes 4 × 8 values and stores the 32 codes, in order, to `out` (32 bytes).
+    #[target_feature(enable = "avx2")]
+    pub(super) fn store32(self, out: &mut [u8], v: [__m256; 4]) {
+        assert_eq!(out.len(), 32, "quantize: a block of 32 codes");
+        let (lo, hi) = (_mm256_setzero_si256(), _mm256_set1_epi32(255));
+        let q = v.map(|v| {
+            // `min_ps(v, bound)` returns `bound` for a NaN `v`, as the scalar rule.
+            let v = _mm256_min_ps(_mm256_mul_ps(v, self.inv), self.bound);
+            let r = _mm256_add_epi32(_mm256_cvtps_epi32(v), self.zp);
+            _mm256_min_epi32(_mm256_max_epi32(r, lo), hi)
+        });
         let w = _mm256_packus_epi16(
             _mm256_packs_epi32(q[0], q[1]),
             _mm256_packs_epi32(q[2], q[3]),
         );
-        let w = _mm256_permutevar8x32_epi32(w, order);
-        // SAFETY: `i + 32 <= n <= out.len()`.
-        unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, w) };
-        i += 32;
+        // Undoes the lane interleaving of the two packs.
+        let w = _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        // SAFETY: `out` holds exactly 32 bytes (asserted above).
+        unsafe { _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, w) };
     }
-    n
 }
 
 #[cfg(test)]
