@@ -260,8 +260,19 @@ def cpu_description():
     import torch
 
     caps = torch.cpu.get_capabilities()
-    return {"cpu_flags": [name for name, key in CPU_FLAGS if caps.get(key) is True],
-            "cpu_flags_source": "cpuinfo",
+    flags = [name for name, key in CPU_FLAGS if caps.get(key) is True]
+    source = "cpuinfo"
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "")
+    if cap.upper() in ("AVX512_CORE_VNNI", "AVX512_CORE_BF16"):
+        # `--emulate vnni-xeon`: oneDNN (the only int8 library here with AMX kernels) is capped
+        # below AMX, so the capture is one of an AVX-512 VNNI Xeon without AMX.
+        flags = [f for f in flags if not f.startswith("amx_")]
+        source = f"cpuinfo, amx flags dropped (ONEDNN_MAX_CPU_ISA={cap})"
+    elif cap:
+        raise SystemExit(f"ONEDNN_MAX_CPU_ISA={cap}: only AVX512_CORE_VNNI / AVX512_CORE_BF16 "
+                         "caps describe a known CPU class")
+    return {"cpu_flags": flags,
+            "cpu_flags_source": source,
             "cpu_name": str(caps.get("cpu_name", "")),
             "aten_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 

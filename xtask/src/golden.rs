@@ -32,8 +32,28 @@ const FORMAT: &str = "qparity-golden/1";
 const GENERATOR: &str = "qparity-gen/2";
 /// ISA variants, each with the value of FBGEMM_ENABLE_INSTRUCTIONS it needs at import time.
 const ISAS: [(&str, Option<&str>); 2] = [("default", None), ("avx2", Some("AVX2"))];
-/// `--emulate` choices: name and the command prefix.
-const EMULATORS: [(&str, &str); 1] = [("haswell", "qemu-x86_64 -cpu Haswell")];
+/// `--emulate` choices: name and the emulator, recorded in the manifest as written here: leading
+/// `NAME=VALUE` words are environment variables, the rest a command prefix.
+/// - `haswell`: qemu-user emulates an AVX2-only CPU, which PyTorch, FBGEMM and oneDNN all see.
+/// - `vnni-xeon`: an AVX-512 VNNI Xeon without AMX, on a CPU with AMX: oneDNN's dispatch is capped
+///   at `avx512_core_bf16` (its `ONEDNN_MAX_CPU_ISA`, `src/cpu/x64/cpu_isa_traits.hpp`), the ISA an
+///   AVX-512 VNNI + BF16 Xeon without AMX gets; ATen dispatches at its AVX512 level on both, and
+///   FBGEMM's int8 kernels have no AMX path (VNNI accumulates exactly either way).
+const EMULATORS: [(&str, &str); 2] = [
+    ("haswell", "qemu-x86_64 -cpu Haswell"),
+    ("vnni-xeon", "ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16"),
+];
+
+/// An emulator string split into its environment variables and its command prefix.
+fn split_emulator(emulator: &str) -> (Vec<(&str, &str)>, Vec<&str>) {
+    let mut env = Vec::new();
+    let mut words = emulator.split_whitespace().peekable();
+    while let Some((k, v)) = words.peek().and_then(|w| w.split_once('=')) {
+        env.push((k, v));
+        words.next();
+    }
+    (env, words.collect())
+}
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -48,8 +68,9 @@ pub struct Args {
     /// Output directory of a capture, e.g. golden/<set> or a scratch folder.
     #[arg(long, conflicts_with_all = ["check", "compare"])]
     out: Option<PathBuf>,
-    /// Run the capture under an emulated CPU: `haswell` (`qemu-x86_64 -cpu Haswell`, AVX2).
-    #[arg(long, value_parser = ["haswell"])]
+    /// Run the capture under an emulated CPU: `haswell` (`qemu-x86_64 -cpu Haswell`, AVX2) or
+    /// `vnni-xeon` (on an AMX Xeon: oneDNN capped below AMX, as on an AVX-512 VNNI Xeon).
+    #[arg(long, value_parser = ["haswell", "vnni-xeon"])]
     emulate: Option<String>,
     /// Regenerate every committed set under golden/ whose capture CPU this machine is (same
     /// cpu_flags) and diff it byte for byte; sets from other CPUs are skipped with one line each.
@@ -423,38 +444,55 @@ impl Runner {
         }
     }
 
-    /// Checks that the emulator's program runs before a long capture starts.
-    fn emulated(python: &Path, prefix: &str) -> Result<Self> {
-        let program = prefix.split_whitespace().next().context("empty emulator")?;
-        let ok = Command::new(program)
-            .arg("-version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
+    /// Checks that the emulator's program runs (and, for a dispatch cap, that this CPU has what is
+    /// capped) before a long capture starts.
+    fn emulated(python: &Path, emulator: &str) -> Result<Self> {
+        let (env, prefix) = split_emulator(emulator);
+        if env.is_empty() && prefix.is_empty() {
+            bail!("empty emulator");
+        }
+        if let Some(program) = prefix.first() {
+            let ok = Command::new(program)
+                .arg("-version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                bail!(
+                    "`{program}` not found or not runnable: install qemu-user (Debian/Ubuntu: \
+                     `apt-get install qemu-user`) to capture or regenerate under `{emulator}`"
+                );
+            }
+        } else if !CpuFeatures::host().amx_int8 {
+            // Capping oneDNN below AMX emulates a VNNI Xeon only on a CPU that has AMX and VNNI.
             bail!(
-                "`{program}` not found or not runnable: install qemu-user (Debian/Ubuntu: \
-                 `apt-get install qemu-user`) to capture or regenerate under `{prefix}`"
+                "`{emulator}` emulates an AVX-512 VNNI Xeon on a CPU with AMX-INT8; this CPU has \
+                 no AMX: capture natively if it is that Xeon class"
             );
         }
         Ok(Runner {
             python: python.to_path_buf(),
-            emulator: Some(prefix.to_string()),
+            emulator: Some(emulator.to_string()),
         })
     }
 
     /// `python script` (under the emulator, if any) with the capture's fixed environment.
     fn command(&self, script: &Path) -> Command {
-        let mut cmd = match &self.emulator {
-            Some(prefix) => {
-                let mut words = prefix.split_whitespace();
-                let mut c = Command::new(words.next().unwrap_or("qemu-x86_64"));
-                c.args(words).arg(&self.python);
+        let (env, prefix) = self
+            .emulator
+            .as_deref()
+            .map(split_emulator)
+            .unwrap_or_default();
+        let mut cmd = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&self.python);
                 c
             }
             None => Command::new(&self.python),
         };
+        cmd.envs(env);
         cmd.arg(script)
             .env("OMP_NUM_THREADS", "1")
             .env("MKL_NUM_THREADS", "1")
@@ -946,5 +984,21 @@ mod tests {
             panic!("no emulator gives AVX-512");
         };
         assert!(!why.contains("--emulated"), "{why}");
+    }
+
+    #[test]
+    fn emulators_split_into_environment_and_command() {
+        assert_eq!(
+            split_emulator("qemu-x86_64 -cpu Haswell"),
+            (vec![], vec!["qemu-x86_64", "-cpu", "Haswell"])
+        );
+        assert_eq!(
+            split_emulator("ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16"),
+            (vec![("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")], vec![])
+        );
+        assert_eq!(
+            split_emulator("A=1 qemu-x86_64 -cpu X=Y"),
+            (vec![("A", "1")], vec!["qemu-x86_64", "-cpu", "X=Y"])
+        );
     }
 }

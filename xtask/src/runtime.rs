@@ -104,8 +104,7 @@ pub fn run(a: Args) -> Result<()> {
         [
             "avx2-seed0",
             "amx-xeon-seed0",
-            "vnni-xeon-seed0",
-            "vnni-xeon-groupwise",
+            "vnni-xeon-seed1",
             "pins-vnni-seed0",
         ]
         .iter()
