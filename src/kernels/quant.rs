@@ -342,7 +342,6 @@ impl PerChannel {
 
     /// The rule on one accumulator of (local) channel `j` (the x86 epilogue's scalar tails).
     #[inline]
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn apply(&self, raw: i32, j: usize) -> u8 {
         let x = raw.wrapping_add(self.add_i[j]) as f32;
         let f = self.add_f[j].mul_add(self.add_s[j], x) * self.mult[j];
