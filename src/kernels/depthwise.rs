@@ -214,10 +214,12 @@ impl DepthwiseTapPairs {
         while pairs > 0 {
             let (xa, xb, wa, wb) = (x(t), x(t + 1), wt(t), wt(t + 1));
             for ((((a, &xa), &xb), &wa), &wb) in acc.iter_mut().zip(xa).zip(xb).zip(wa).zip(wb) {
-                // Two u8·i8 products, |sum| ≤ 2·255·128: exact in i32, then vpmaddubsw's
-                // saturation to int16.
-                let s = i32::from(xa) * i32::from(wa) + i32::from(xb) * i32::from(wb);
-                *a = a.wrapping_add(s.clamp(i16::MIN.into(), i16::MAX.into()));
+                // A u8·i8 product lies in −32640..=32385, so it is exact in int16, and the
+                // saturating int16 sum of the pair's two products is vpmaddubsw's
+                // `sat16(x0·w0 + x1·w1)`.
+                let s =
+                    (i16::from(xa) * i16::from(wa)).saturating_add(i16::from(xb) * i16::from(wb));
+                *a = a.wrapping_add(i32::from(s));
             }
             if self.asym {
                 for ((r, &xa), &xb) in rows.iter_mut().zip(xa).zip(xb) {
@@ -230,7 +232,7 @@ impl DepthwiseTapPairs {
         if t < srcs.len() {
             // The odd last tap: one product always fits int16.
             for ((a, &xa), &wa) in acc.iter_mut().zip(x(t)).zip(wt(t)) {
-                *a = a.wrapping_add(i32::from(xa) * i32::from(wa));
+                *a = a.wrapping_add(i32::from(i16::from(xa) * i16::from(wa)));
             }
             if self.asym {
                 for (r, &xa) in rows.iter_mut().zip(x(t)) {
@@ -238,13 +240,13 @@ impl DepthwiseTapPairs {
                 }
             }
         }
-        for (i, q) in o.iter_mut().enumerate() {
-            let ch = c0 + i;
-            let raw = acc[i]
-                .wrapping_sub(zc[ch])
-                .wrapping_sub(rows[i].wrapping_mul(self.b_zp[ch]));
-            *q = self.rq.apply(raw, ch);
+        let (zc, b_zp) = (&zc[c0..c0 + n], &self.b_zp[c0..c0 + n]);
+        for i in 0..n {
+            acc[i] = acc[i]
+                .wrapping_sub(zc[i])
+                .wrapping_sub(rows[i].wrapping_mul(b_zp[i]));
         }
+        self.rq.apply_block(acc, c0, o);
     }
 }
 
