@@ -17,7 +17,7 @@
 //! per-channel form every fused epilogue evaluates ([`PerChannel`]).
 //!
 //! Layout: weights tap-major `[tap][out channel]` (packed once), activations NHWC; each output
-//! pixel sweeps its tap pairs over channel-contiguous slices in blocks of [`CB`] channels, loops
+//! pixel sweeps its tap pairs over channel-contiguous slices in blocks of 64 channels, loops
 //! the compiler vectorises. Channel multipliers (`OC = m·IC`) read input channel `o / m`.
 //!
 //! [`KernelPath::FbgemmDepthwise`]: crate::engine::KernelPath::FbgemmDepthwise
