@@ -480,12 +480,41 @@ fn real_models_run_every_stage_on_the_optimized_backend() {
     let Some(backend) = qparity::backend::native() else {
         return;
     };
+    assert_real_models_run_every_stage_on(backend);
+}
+
+/// The generic kernel backend (the ARM backend's code) over this CPU's best exact kernel with
+/// fused entry points runs every stage of the real models — FBGEMM's depthwise layers on the
+/// portable tap-pair kernel — with 0 mismatched elements: what `arm-test` checks under qemu,
+/// natively. Not on aarch64, where the native backend is this backend over the same kernel
+/// (`real_models_run_every_stage_on_the_optimized_backend`).
+#[cfg(not(target_arch = "aarch64"))]
+#[test]
+fn kernel_backend_runs_every_stage_of_the_real_models() {
+    let kernel = qparity::kernels::available()
+        .into_iter()
+        .filter(|k| {
+            k.accumulation() == qparity::kernels::Accumulation::Exact
+                && k.quant_gemm().is_some()
+                && k.quant_conv().is_some()
+        })
+        .max_by_key(|k| k.isa().is_some())
+        .expect("an exact kernel with fused entry points");
+    eprintln!("kernel backend over {}", kernel.name());
+    let backend: &'static qparity::backend::KernelBackend = Box::leak(Box::new(
+        qparity::backend::KernelBackend::new("kernel-fused", kernel),
+    ));
+    assert_real_models_run_every_stage_on(backend);
+}
+
+fn assert_real_models_run_every_stage_on(backend: &'static dyn qparity::backend::Backend) {
     let graphs = suite_sets("graphs");
     assert!(!graphs.is_empty(), "no golden set of the graphs suite");
     let fused_group = format!("convert_fx[{}]", backend.name());
     let e2e_group = format!("convert_fx[{} end-to-end]", backend.name());
     let mut engines = std::collections::BTreeSet::new();
-    let mut ops = std::collections::BTreeSet::new();
+    let mut ops = std::collections::BTreeMap::<String, u64>::new();
+    let (mut fused, mut fallbacks) = (qparity::check::Stats::default(), 0);
     for set in graphs {
         let report = assert_passes(
             &set,
@@ -507,6 +536,11 @@ fn real_models_run_every_stage_on_the_optimized_backend() {
             let e2e = c.groups.get(&e2e_group).copied().unwrap_or_default();
             assert!(stage.exact > 10_000, "{}: {stage:?}", c.id);
             assert!(e2e.exact > 10_000, "{}: {e2e:?}", c.id);
+            for s in [stage, e2e] {
+                fused.exact += s.exact;
+                fused.ambiguous += s.ambiguous;
+                fused.mismatched += s.mismatched;
+            }
             assert_eq!(stage.mismatched + e2e.mismatched, 0, "{}", c.id);
             if c.engine != "x86" && c.engine != "onednn" {
                 assert_eq!(stage.ambiguous + e2e.ambiguous, 0, "{}", c.id);
@@ -518,9 +552,16 @@ fn real_models_run_every_stage_on_the_optimized_backend() {
             );
             engines.insert(c.engine.clone());
         }
-        ops.extend(report.fused_stages.keys().cloned());
+        fallbacks += report.backend_fallbacks;
+        for (op, n) in &report.fused_stages {
+            *ops.entry(op.clone()).or_default() += n;
+        }
     }
-    eprintln!("real models on {}: {engines:?}, {ops:?}", backend.name());
+    eprintln!(
+        "real models on {}: {engines:?}, {ops:?}; {fused:?} (stages and end to end), \
+         {fallbacks} fallbacks",
+        backend.name()
+    );
     for e in ["fbgemm", "x86", "qnnpack"] {
         assert!(engines.contains(e), "no {e} real model");
     }

@@ -5,15 +5,18 @@
 //! A layer runs on the kernel when the kernel computes the plan's accumulation for that path:
 //! exact kernels take every exact path (the sum of exact products does not depend on their
 //! order); pair-saturating kernels only FBGEMM's packed GEMM, whose pairs run along K in im2col
-//! order `(ky, kx, ic)` as [`crate::kernels::QuantConv::accumulation`] specifies (FBGEMM's
-//! depthwise kernel pairs taps instead). oneDNN layers run on exact kernels only where oneDNN
-//! accumulates exactly (as on x86, `backend::x86`): with FBGEMM's requantization, which the plan
-//! admits for every element (it predicts oneDNN's order within its proven window); oneDNN's
-//! pair-saturating AVX2 kernels pair other products and never run here.
+//! order `(ky, kx, ic)` as [`crate::kernels::QuantConv::accumulation`] specifies. oneDNN layers
+//! run on exact kernels only where oneDNN accumulates exactly (as on x86, `backend::x86`): with
+//! FBGEMM's requantization, which the plan admits for every element (it predicts oneDNN's order
+//! within its proven window); oneDNN's pair-saturating AVX2 kernels pair other products and never
+//! run here. FBGEMM's depthwise layers (tap pairs saturating int16 on every CPU) run on
+//! [`DepthwiseTapPairs`], whatever the kernel, packed once at prepare time.
 //! Everything else is left to the reference model and counted as a fallback.
 
 use super::{Backend, Prepared};
 use crate::engine::KernelPath;
+use crate::geometry::Conv2dParams;
+use crate::kernels::depthwise::DepthwiseTapPairs;
 use crate::kernels::{Accumulation, Int8Gemm, Layout, Output as KOut, QConv, QGemm};
 use crate::ops::layer::{Geometry, IntegerLayer};
 use crate::ops::{Lowered, MemoryFormat, Meta, QTensor, Value};
@@ -36,8 +39,14 @@ impl KernelBackend {
         }
     }
 
-    /// Whether the kernel computes this layer's accumulation bit for bit.
+    /// Whether the backend computes this layer's accumulation bit for bit: on the kernel, or
+    /// (FBGEMM's depthwise layers) on [`DepthwiseTapPairs`].
     pub fn implements(&self, l: &IntegerLayer) -> bool {
+        tap_pair_depthwise(l).is_some() || self.kernel_implements(l)
+    }
+
+    /// Whether the kernel itself computes this layer's accumulation bit for bit.
+    fn kernel_implements(&self, l: &IntegerLayer) -> bool {
         let acc = self.kernel.accumulation();
         acc == l.accumulation
             && match l.path {
@@ -50,25 +59,18 @@ impl KernelBackend {
     /// Runs a planned layer: the u8 output in PyTorch's layout, or `None` where the kernel does
     /// not implement it (see the module docs).
     pub fn run_layer(&self, l: &IntegerLayer, input: &QTensor) -> Result<Option<Vec<u8>>> {
-        if !self.implements(l) {
+        if let Some(p) = tap_pair_depthwise(l) {
+            let dw = DepthwiseLayer::new(l, p, (false, false))?;
+            let mut data = vec![0u8; l.out_shape.iter().product()];
+            dw.run_codes(input, &mut data)?;
+            return Ok(Some(data));
+        }
+        if !self.kernel_implements(l) {
             return Ok(None);
         }
         super::check_planned_input(l, input)?;
-        let w = &l.weight;
-        let zps = w
-            .zero_points
-            .iter()
-            .map(|&z| {
-                i32::try_from(z)
-                    .map_err(|_| Error::invalid("weight zero point", format!("{z} is not an i32")))
-            })
-            .collect::<Result<Vec<i32>>>()?;
-        let a_zero_point = i32::try_from(input.zero_point).map_err(|_| {
-            Error::invalid(
-                "input zero point",
-                format!("{} is not an i32", input.zero_point),
-            )
-        })?;
+        let zps = weight_zero_points(l)?;
+        let a_zero_point = activation_zero_point(input.zero_point)?;
         let mut data = vec![0u8; l.out_shape.iter().product()];
         let out = KOut::Requantized(&l.requant, &mut data);
         match l.geometry {
@@ -85,7 +87,7 @@ impl KernelBackend {
                     k: in_features,
                     a: &input.data,
                     a_zero_point,
-                    b: &w.int_repr,
+                    b: &l.weight.int_repr,
                     b_zero_points: &zps,
                 };
                 k.qgemm(&p, out)?;
@@ -111,7 +113,7 @@ impl KernelBackend {
                     width,
                     input: &input.data,
                     a_zero_point,
-                    weight: &w.int_repr,
+                    weight: &l.weight.int_repr,
                     w_zero_points: &zps,
                 };
                 k.qconv(&c, out)?;
@@ -133,12 +135,15 @@ impl Backend for KernelBackend {
     ) -> Result<Option<Box<dyn Prepared>>> {
         match stage {
             Lowered::IntegerLayer(l) => {
+                if let Some(p) = tap_pair_depthwise(l) {
+                    return Ok(Some(Box::new(DepthwiseLayer::new(l, p, (false, false))?)));
+                }
                 let supported = match (l.geometry, self.kernel.quant_conv()) {
                     (Geometry::Linear { .. }, _) => self.kernel.quant_gemm().is_some(),
                     (Geometry::Conv2d(p), Some(k)) => k.supports(&p, Layout::Nchw),
                     (Geometry::Conv2d(_), None) => false,
                 };
-                Ok((self.implements(l) && supported).then(|| {
+                Ok((self.kernel_implements(l) && supported).then(|| {
                     Box::new(KernelLayer {
                         backend: KernelBackend {
                             name: self.name,
@@ -153,7 +158,8 @@ impl Backend for KernelBackend {
     }
 
     /// Layers run on the kernel in logical order (the input gathered from memory order, the
-    /// output scattered back); every other stage as the portable backend runs it in memory order.
+    /// output scattered back), depthwise layers on channels-last tensors as they are held; every
+    /// other stage as the portable backend runs it in memory order.
     fn prepare_in_memory(
         &self,
         stage: Lowered<'_>,
@@ -166,6 +172,15 @@ impl Backend for KernelBackend {
         let input = inputs
             .first()
             .ok_or_else(|| Error::invalid("layer", "no input"))?;
+        if let Some(p) = tap_pair_depthwise(l) {
+            // The depthwise kernel runs NHWC: channels-last tensors as they are held.
+            let nhwc = |shape: &[usize], f| super::portable::memory_positions(shape, f).is_some();
+            let held = (
+                nhwc(input.shape, input.memory_format),
+                nhwc(&l.out_shape, out_format),
+            );
+            return Ok(Some(Box::new(DepthwiseLayer::new(l, p, held)?)));
+        }
         let Some(inner) = self.prepare(stage, inputs)? else {
             return Ok(None);
         };
@@ -260,5 +275,279 @@ impl Prepared for KernelLayer {
         super::check_out("layer", &self.layer.out_shape, out)?;
         out.copy_from_slice(&data);
         Ok(())
+    }
+}
+
+/// The geometry of a layer that runs on [`DepthwiseTapPairs`]: FBGEMM's depthwise path with its
+/// pair-saturating accumulation ([`KernelPath::accumulation`]).
+fn tap_pair_depthwise(l: &IntegerLayer) -> Option<Conv2dParams> {
+    match l.geometry {
+        Geometry::Conv2d(p)
+            if l.path == KernelPath::FbgemmDepthwise
+                && l.accumulation == DepthwiseTapPairs::ACCUMULATION
+                && DepthwiseTapPairs::supports(&p) =>
+        {
+            Some(p)
+        }
+        _ => None,
+    }
+}
+
+/// A layer's weight zero points as the kernels take them.
+fn weight_zero_points(l: &IntegerLayer) -> Result<Vec<i32>> {
+    l.weight
+        .zero_points
+        .iter()
+        .map(|&z| {
+            i32::try_from(z)
+                .map_err(|_| Error::invalid("weight zero point", format!("{z} is not an i32")))
+        })
+        .collect()
+}
+
+/// An activation zero point as the kernels take it.
+fn activation_zero_point(z: i64) -> Result<i32> {
+    i32::try_from(z).map_err(|_| Error::invalid("input zero point", format!("{z} is not an i32")))
+}
+
+/// An FBGEMM depthwise layer on [`DepthwiseTapPairs`] (weights packed once).
+#[derive(Debug)]
+struct DepthwiseLayer {
+    dw: DepthwiseTapPairs,
+    input_shape: Vec<usize>,
+    input_zero_point: i64,
+    out_shape: Vec<usize>,
+    /// Whether the input and the output are held NHWC (memory order of channels-last tensors);
+    /// otherwise logical order.
+    nhwc: (bool, bool),
+}
+
+impl DepthwiseLayer {
+    fn new(l: &IntegerLayer, p: Conv2dParams, nhwc: (bool, bool)) -> Result<Self> {
+        let dw =
+            DepthwiseTapPairs::new(p, &l.weight.int_repr, &weight_zero_points(l)?, &l.requant)?;
+        let (input_shape, out_shape) = (l.input_shape.clone(), l.out_shape.clone());
+        for (what, shape) in [
+            ("conv2d input", &input_shape),
+            ("conv2d output", &out_shape),
+        ] {
+            if shape.len() != 4 {
+                return Err(Error::shape(what, format!("{shape:?} is not NCHW")));
+            }
+        }
+        Ok(DepthwiseLayer {
+            dw,
+            input_shape,
+            input_zero_point: l.input_zero_point,
+            out_shape,
+            nhwc,
+        })
+    }
+
+    /// Runs on `input`'s codes (held as planned: NHWC or logical order), writing `out`.
+    fn run_codes(&self, input: &QTensor, out: &mut [u8]) -> Result<()> {
+        super::check_out("layer", &self.out_shape, out)?;
+        if input.shape != self.input_shape
+            || input.data.len() != input.shape.iter().product::<usize>()
+            || input.zero_point != self.input_zero_point
+        {
+            return Err(Error::shape(
+                "layer input",
+                "data length, shape or zero point differ from the planned input",
+            ));
+        }
+        let a_zp = activation_zero_point(input.zero_point)?;
+        let (&[nb, c, h, w], &[_, oc, oh, ow]) = (&self.input_shape[..], &self.out_shape[..])
+        else {
+            return Err(Error::shape("conv2d", "input or output not 4-D"));
+        };
+        let mut x = Vec::new();
+        let src = if self.nhwc.0 {
+            &input.data[..]
+        } else {
+            x.resize(input.data.len(), 0);
+            super::portable::nchw_to_nhwc(&input.data, [nb, c, h, w], &mut x);
+            &x[..]
+        };
+        if self.nhwc.1 {
+            self.dw.run_nhwc(src, nb, h, w, a_zp, out)?;
+        } else {
+            let mut tmp = vec![0u8; out.len()];
+            self.dw.run_nhwc(src, nb, h, w, a_zp, &mut tmp)?;
+            super::portable::nhwc_to_nchw(&tmp, [nb, oc, oh, ow], out);
+        }
+        Ok(())
+    }
+}
+
+impl Prepared for DepthwiseLayer {
+    fn kernel(&self) -> &'static str {
+        DepthwiseTapPairs::NAME
+    }
+
+    fn out_shape(&self) -> &[usize] {
+        &self.out_shape
+    }
+
+    fn run(&self, _stage: Lowered<'_>, inputs: &[&Value], out: &mut [u8]) -> Result<()> {
+        let input = inputs
+            .first()
+            .ok_or_else(|| Error::invalid("layer", "no input"))?
+            .quantized("layer input")?;
+        self.run_codes(input, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::flow::Flow;
+    use crate::engine::{CpuFeatures, Ctx, Engine, Isa};
+    use crate::kernels::reference::Reference;
+    use crate::numerics::bound::Pred;
+    use crate::numerics::test_rng::Rng;
+    use crate::ops::layer::{QLayer, QWeight};
+    use crate::ops::{Op, OutQParams, Predicted};
+
+    fn conv(p: Conv2dParams, r: &mut Rng, asymmetric: bool) -> QLayer {
+        let n = p.weight_shape().iter().product();
+        let oc = p.out_channels;
+        QLayer {
+            geometry: Geometry::Conv2d(p),
+            bias: Some((0..oc).map(|i| i as f32 * 0.37 - 3.0).collect()),
+            weight: QWeight {
+                shape: p.weight_shape().to_vec(),
+                // Mostly extreme weights: tap pairs saturate.
+                int_repr: (0..n)
+                    .map(|_| match r.bits() % 4 {
+                        0 => r.bits() as i8,
+                        b => [-128, 127, -128][b as usize - 1],
+                    })
+                    .collect(),
+                scales: (0..oc).map(|i| 0.002 + i as f32 * 1e-4).collect(),
+                zero_points: (0..oc)
+                    .map(|i| if asymmetric { i as i64 % 5 - 2 } else { 0 })
+                    .collect(),
+                per_channel: true,
+            },
+            relu: false,
+            cache: Default::default(),
+        }
+    }
+
+    fn codes(o: &crate::ops::Output) -> Vec<u8> {
+        let Predicted::Ints(v) = &o.values else {
+            panic!("not integers")
+        };
+        v.iter()
+            .map(|p| match p {
+                Pred::Exact(x) => *x as u8,
+                other => panic!("undecided {other:?}"),
+            })
+            .collect()
+    }
+
+    /// FBGEMM depthwise layers (VNNI capture CPU: the GEMM is exact, the depthwise kernel pairs)
+    /// run on the tap-pair kernel whatever the backend's kernel, in logical and in channels-last
+    /// memory order, and equal the reference model; other layers keep the kernel's rule.
+    #[test]
+    fn fbgemm_depthwise_layers_run_on_the_tap_pair_kernel() {
+        let ctx = Ctx {
+            flow: Flow::ConvertFx,
+            engine: Engine::Fbgemm,
+            isa: Isa::Vnni,
+            cpu: CpuFeatures::AVX512_VNNI,
+        };
+        let out = OutQParams {
+            scale: 0.3,
+            zero_point: 120,
+            quant_min: 0,
+            quant_max: 255,
+        };
+        let backend = KernelBackend::new("test", Box::new(Reference::new(Accumulation::Exact)));
+        let mut r = Rng::new(0xdeb7, 1);
+        let (mut elements, mut differs_from_exact) = (0, 0);
+        for (c, m, k, s, asym) in [
+            (16, 1, 3, 1, false),
+            (16, 2, 3, 2, true),
+            (8, 1, 5, 2, true),
+            (24, 2, 7, 1, false),
+            (72, 1, 3, 2, false),
+        ] {
+            let p = Conv2dParams {
+                stride: [s, s],
+                ..Conv2dParams::square(c, m * c, c, k, (k - 1) / 2)
+            };
+            let layer = conv(p, &mut r, asym);
+            let (h, w) = (9, 6);
+            let data: Vec<u8> = (0..2 * c * h * w)
+                .map(|_| [0, 255, r.bits() as u8][(r.bits() % 3) as usize])
+                .collect();
+            let input = QTensor::new(vec![2, c, h, w], data, 0.04, 200);
+            let v = Value::Quantized(input.clone());
+            let plan = layer.plan(&ctx, &[v.meta()], Some(&out)).unwrap();
+            let low = plan.lowered().unwrap();
+            let Lowered::IntegerLayer(l) = low else {
+                panic!("not a layer")
+            };
+            assert_eq!(l.path, KernelPath::FbgemmDepthwise, "{p:?}");
+            let want = codes(&plan.predict(&[&v]).unwrap()[0]);
+            let prepared = backend.prepare(low, &[v.meta()]).unwrap().expect("runs");
+            assert_eq!(prepared.kernel(), DepthwiseTapPairs::NAME);
+            let mut got = vec![0u8; want.len()];
+            prepared.run(low, &[&v], &mut got).unwrap();
+            assert_eq!(got, want, "{p:?}");
+            assert_eq!(backend.run_layer(l, &input).unwrap(), Some(want.clone()));
+            // Channels-last in and out: the kernel reads and writes NHWC memory directly.
+            let mut nhwc_in = vec![0u8; input.data.len()];
+            super::super::portable::nchw_to_nhwc(&input.data, [2, c, h, w], &mut nhwc_in);
+            let held = Value::Quantized(QTensor {
+                data: nhwc_in,
+                memory_format: MemoryFormat::ChannelsLast,
+                ..input.clone()
+            });
+            let mem = backend
+                .prepare_in_memory(low, &[held.meta()], MemoryFormat::ChannelsLast)
+                .unwrap()
+                .expect("runs");
+            let mut got = vec![0u8; want.len()];
+            mem.run(low, &[&held], &mut got).unwrap();
+            let [_, oc, oh, ow] = l.out_shape[..] else {
+                panic!("not 4-D")
+            };
+            let mut want_nhwc = vec![0u8; want.len()];
+            super::super::portable::nchw_to_nhwc(&want, [2, oc, oh, ow], &mut want_nhwc);
+            assert_eq!(got, want_nhwc, "{p:?} channels-last");
+            // The planned accumulation matters: the exact one gives other codes here.
+            let exact_layer = IntegerLayer {
+                accumulation: Accumulation::Exact,
+                ..l.clone()
+            };
+            let exact: Vec<u8> = exact_layer
+                .requantize(&exact_layer.accumulators(&input, None).unwrap())
+                .iter()
+                .map(|p| p.value() as u8)
+                .collect();
+            differs_from_exact += exact.iter().zip(&want).filter(|(a, b)| a != b).count();
+            elements += want.len();
+            // Input that is not the planned one: an error.
+            let short = Value::Quantized(QTensor::new(vec![2, c, h, w], vec![0; 5], 0.04, 200));
+            assert!(prepared.run(low, &[&short], &mut got).is_err());
+            let moved = Value::Quantized(QTensor {
+                zero_point: 3,
+                ..input.clone()
+            });
+            assert!(prepared.run(low, &[&moved], &mut got).is_err());
+        }
+        assert!(elements > 5000 && differs_from_exact > elements / 10);
+        // A grouped (not depthwise) conv on the GEMM path keeps the kernel's rule: the reference
+        // kernel has no fused conv, so it falls back.
+        let grouped = conv(Conv2dParams::square(16, 16, 4, 3, 1), &mut r, false);
+        let v = Value::Quantized(QTensor::new(vec![1, 16, 5, 5], vec![9; 400], 0.04, 200));
+        let plan = grouped.plan(&ctx, &[v.meta()], Some(&out)).unwrap();
+        assert!(backend
+            .prepare(plan.lowered().unwrap(), &[v.meta()])
+            .unwrap()
+            .is_none());
     }
 }

@@ -777,14 +777,31 @@ fn quantize_avx2_all(x: &[f32], inv: f32, zp: i32, out: &mut [u8]) {
 /// NCHW `x` (dims `[n, c, h, w]`) to NHWC `out`.
 pub fn nchw_to_nhwc(x: &[u8], [n, c, h, w]: [usize; 4], out: &mut [u8]) {
     let hw = h * w;
+    // `max(1)`: an empty image has no chunk (and no element to move).
     for (src, dst) in x
-        .chunks_exact(c * hw)
-        .zip(out.chunks_exact_mut(c * hw))
+        .chunks_exact((c * hw).max(1))
+        .zip(out.chunks_exact_mut((c * hw).max(1)))
         .take(n)
     {
         for (p, px) in dst.chunks_exact_mut(c).enumerate() {
             for (ch, o) in px.iter_mut().enumerate() {
                 *o = src[ch * hw + p];
+            }
+        }
+    }
+}
+
+/// NHWC `x` (dims `[n, c, h, w]`) to NCHW `out`.
+pub fn nhwc_to_nchw(x: &[u8], [n, c, h, w]: [usize; 4], out: &mut [u8]) {
+    let hw = h * w;
+    for (src, dst) in x
+        .chunks_exact((c * hw).max(1))
+        .zip(out.chunks_exact_mut((c * hw).max(1)))
+        .take(n)
+    {
+        for (p, px) in src.chunks_exact(c).enumerate() {
+            for (ch, &v) in px.iter().enumerate() {
+                dst[ch * hw + p] = v;
             }
         }
     }

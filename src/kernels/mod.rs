@@ -6,6 +6,7 @@
 //! [`available`] so the property suites and fuzz targets cover each of them.
 
 pub mod conformance;
+pub mod depthwise;
 pub mod isa;
 pub mod quant;
 pub mod reference;
