@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The fuzz targets (kept in sync with `qparity::gen::fuzz::TARGETS`).
-const TARGETS: [&str; 5] = [
+const TARGETS: [&str; 6] = [
     "kernel_agreement",
     "flow_relations",
     "qparams_observers",
     "golden_loader",
     "quantize",
+    "graph_agreement",
 ];
 
 #[derive(clap::Args)]
