@@ -12,15 +12,8 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The fuzz targets (kept in sync with `qparity::gen::fuzz::TARGETS`).
-const TARGETS: [&str; 6] = [
-    "kernel_agreement",
-    "flow_relations",
-    "qparams_observers",
-    "golden_loader",
-    "quantize",
-    "graph_agreement",
-];
+// The fuzz targets: `fuzz/fuzz_targets/<name>.rs`, bodies in `qparity::gen::fuzz`.
+use qparity::gen::fuzz::TARGETS;
 
 #[derive(clap::Args)]
 pub struct FuzzArgs {
