@@ -17,6 +17,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use proptest::prelude::*;
 
 pub mod fuzz;
+pub mod graph;
 pub mod runtime;
 
 /// Scales that are exact, "round" f32 values (powers of two and common decimal scales).

@@ -195,7 +195,27 @@ impl PreparedLayer {
         match &self.packed {
             Packed::Linear(lin) => {
                 let m = input.data.len() / lin.k().max(1);
-                lin.run(&input.data, m, self.a_zp, out)?;
+                // A linear reads rows of the logical order: a 4-D channels-last input is gathered
+                // from NHWC first, a channels-last output scattered back.
+                let dims = |s: &[usize]| -> Result<[usize; 4]> {
+                    s.try_into()
+                        .map_err(|_| Error::shape("linear", "an NHWC value that is not 4-D"))
+                };
+                let mut x = Vec::new();
+                let src = if self.nhwc.0 {
+                    x.resize(input.data.len(), 0);
+                    nhwc_to_nchw(&input.data, dims(&self.input_shape)?, &mut x);
+                    &x[..]
+                } else {
+                    &input.data[..]
+                };
+                if self.nhwc.1 {
+                    let mut tmp = vec![0u8; out.len()];
+                    lin.run(src, m, self.a_zp, &mut tmp)?;
+                    nchw_to_nhwc(&tmp, dims(&self.out_shape)?, out);
+                } else {
+                    lin.run(src, m, self.a_zp, out)?;
+                }
             }
             Packed::Conv(conv) => {
                 let [nb, c, h, w] = self.input_shape[..] else {
@@ -384,5 +404,59 @@ mod tests {
         // An input whose data does not fit the planned shape: an error, not a panic.
         let short = Value::Quantized(QTensor::new(vec![2, 3], vec![0; 5], 0.05, 10));
         assert!(X86Backend.run(plan.lowered().unwrap(), &[&short]).is_err());
+    }
+
+    #[test]
+    fn linear_in_memory_order_on_a_channels_last_value() {
+        // A linear over the last dim of a 4-D channels-last value (found by the graph_agreement
+        // fuzz target: the NHWC codes were read as rows of the logical order).
+        let ctx = Ctx {
+            flow: Flow::ConvertFx,
+            engine: Engine::Fbgemm,
+            isa: Isa::Avx2,
+            cpu: crate::engine::CpuFeatures::AVX2,
+        };
+        let mut q = QTensor::new(
+            vec![1, 2, 2, 3],
+            (0..12).map(|i| (i * 21 % 256) as u8).collect(),
+            0.05,
+            10,
+        );
+        q.memory_format = MemoryFormat::ChannelsLast;
+        let input = Value::Quantized(q.clone());
+        let out = OutQParams {
+            scale: 0.02,
+            zero_point: 100,
+            quant_min: 0,
+            quant_max: 255,
+        };
+        let l = linear(vec![0.02, 0.03], vec![0, 0], true);
+        let plan = l.plan(&ctx, &[input.meta()], Some(&out)).unwrap();
+        let want: Vec<u8> = match &plan.predict(&[&input]).unwrap()[0].values {
+            crate::ops::Predicted::Ints(p) => p
+                .iter()
+                .map(|p| match p {
+                    crate::numerics::bound::Pred::Exact(v) => *v as u8,
+                    other => panic!("undecided {other:?}"),
+                })
+                .collect(),
+            other => panic!("{other:?}"),
+        };
+        let memory = Value::Quantized(QTensor {
+            data: q.memory_order(),
+            ..q
+        });
+        for format in [MemoryFormat::Contiguous, MemoryFormat::ChannelsLast] {
+            let p = X86Backend
+                .prepare_in_memory(plan.lowered().unwrap(), &[input.meta()], format)
+                .unwrap()
+                .unwrap();
+            let mut got = vec![0u8; want.len()];
+            p.run(plan.lowered().unwrap(), &[&memory], &mut got)
+                .unwrap();
+            let mut o = QTensor::new(vec![1, 2, 2, 2], want.clone(), 0.02, 100);
+            o.memory_format = format;
+            assert_eq!(got, o.memory_order(), "output held {format:?}");
+        }
     }
 }

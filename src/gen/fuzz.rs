@@ -17,12 +17,13 @@ use crate::numerics::quantize::{aten, decomposed, fake_quant};
 use arbitrary::{Arbitrary, Unstructured};
 
 /// Names of the targets, as used for `fuzz/fuzz_targets/<name>.rs` and `corpus/<name>/`.
-pub const TARGETS: [&str; 5] = [
+pub const TARGETS: [&str; 6] = [
     "kernel_agreement",
     "flow_relations",
     "qparams_observers",
     "golden_loader",
     "quantize",
+    "graph_agreement",
 ];
 
 /// Runs the target called `name` on `data`. Unknown names are an error.
@@ -33,6 +34,7 @@ pub fn run_target(name: &str, data: &[u8]) -> Result<(), String> {
         "qparams_observers" => qparams_observers(data),
         "golden_loader" => golden_loader(data),
         "quantize" => quantize(data),
+        "graph_agreement" => graph_agreement(data),
         other => return Err(format!("unknown fuzz target {other:?}")),
     }
     Ok(())
@@ -429,4 +431,17 @@ pub fn check_quantize(q: &QParamCase, x: f32) {
         "fake_quantize({x:e}) = {f:e} is off the grid\n{}",
         q.repro()
     );
+}
+
+/// A random quantized graph ([`super::graph::FuzzGraph`]) runs node by node on this CPU's
+/// optimized backend ([`crate::backend::native`]: x86 or ARM) and on the reference: every output
+/// byte must be one the reference admits (see [`super::graph::check_graph`]).
+pub fn graph_agreement(data: &[u8]) {
+    let mut u = Unstructured::new(data);
+    let Ok(g) = super::graph::FuzzGraph::arbitrary(&mut u) else {
+        return;
+    };
+    if let Err(d) = super::graph::check_graph(&g, crate::backend::native()) {
+        panic!("{d}");
+    }
 }

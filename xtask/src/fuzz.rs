@@ -1,19 +1,19 @@
 //! `cargo xtask fuzz --seconds N [--json]`: runs every cargo-fuzz target for N seconds with the
 //! nightly toolchain and reports execs/s, corpus size and crashes per target. Crash inputs are
 //! copied into `corpus/regressions/<target>/`, which `tests/corpus_replay.rs` replays.
+//!
+//! `cargo xtask fuzz --minimize <target> <crash-file>`: shrinks a crash with `cargo fuzz tmin`,
+//! saves the minimised input as `corpus/regressions/<target>/<name>`, replays it through the
+//! target's library body to say what it is (a panic an invalid input must not cause, or a law of
+//! the target that failed: a numeric disagreement) and, for a disagreement, how to make it a
+//! golden case.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The fuzz targets (kept in sync with `qparity::gen::fuzz::TARGETS`).
-const TARGETS: [&str; 5] = [
-    "kernel_agreement",
-    "flow_relations",
-    "qparams_observers",
-    "golden_loader",
-    "quantize",
-];
+// The fuzz targets: `fuzz/fuzz_targets/<name>.rs`, bodies in `qparity::gen::fuzz`.
+use qparity::gen::fuzz::TARGETS;
 
 #[derive(clap::Args)]
 pub struct FuzzArgs {
@@ -26,6 +26,12 @@ pub struct FuzzArgs {
     /// Only these targets (default: all).
     #[arg(long = "target")]
     targets: Vec<String>,
+    /// Minimise a crash of TARGET (`cargo fuzz tmin`) and save it as a corpus regression.
+    #[arg(long, num_args = 2, value_names = ["TARGET", "CRASH_FILE"], conflicts_with_all = ["targets", "json"])]
+    minimize: Option<Vec<String>>,
+    /// With --minimize: `cargo fuzz tmin` attempts (its `-runs`).
+    #[arg(long, default_value_t = 10_000, requires = "minimize")]
+    tmin_runs: u64,
 }
 
 /// libFuzzer's figures for one run.
@@ -137,9 +143,196 @@ fn run_target(root: &Path, t: &str, seconds: u64) -> Result<Stats> {
     Ok(stats)
 }
 
+/// What a failing input is, from the panic it causes in the target's library body.
+#[derive(Debug, Clone, PartialEq)]
+enum Finding {
+    /// A panic of the language or the standard library (overflow, bounds, unwrap, …), or any
+    /// panic of the golden loader: an invalid input must give an error, never a panic.
+    Crash(String),
+    /// A law the target checks failed (backend vs reference, kernel vs kernel, a flow relation,
+    /// a quantize rule): a numeric disagreement.
+    Disagreement(String),
+    /// The input runs cleanly in the library body on stable Rust (a sanitizer finding, a
+    /// timeout or an out-of-memory under libFuzzer, or a bug fixed since).
+    NoPanic,
+}
+
+/// Panic messages the language and the standard library produce (not a target's own assertion).
+const RUNTIME_PANICS: [&str; 9] = [
+    "attempt to ",
+    "index out of bounds",
+    "called `Option::unwrap()`",
+    "called `Result::unwrap()`",
+    "range end index",
+    "range start index",
+    "slice index",
+    "capacity overflow",
+    "divide by zero",
+];
+
+fn classify(target: &str, panic: Option<String>) -> Finding {
+    match panic {
+        None => Finding::NoPanic,
+        Some(m) if target == "golden_loader" || RUNTIME_PANICS.iter().any(|p| m.contains(p)) => {
+            Finding::Crash(m)
+        }
+        Some(m) => Finding::Disagreement(m),
+    }
+}
+
+/// Runs `data` through the target's library body; the panic message, if it panics.
+fn replay(target: &str, data: &[u8]) -> Result<Option<String>> {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Option<String>>> = Arc::default();
+    let hook_seen = seen.clone();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic without a message".into());
+        let at = info
+            .location()
+            .map(|l| format!(" (at {}:{})", l.file(), l.line()))
+            .unwrap_or_default();
+        *hook_seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{msg}{at}"));
+    }));
+    let r = std::panic::catch_unwind(|| qparity::gen::fuzz::run_target(target, data));
+    std::panic::set_hook(previous);
+    match r {
+        Ok(Ok(())) => Ok(None),
+        Ok(Err(e)) => bail!("{e}"),
+        Err(_) => Ok(Some(
+            seen.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .unwrap_or_else(|| "a panic without a message".into()),
+        )),
+    }
+}
+
+/// The artifact `cargo fuzz tmin` reports (`Minimized artifact:` then the path on a later line).
+fn minimized_path(stderr: &str) -> Option<PathBuf> {
+    let mut lines = stderr
+        .lines()
+        .skip_while(|l| !l.starts_with("Minimized artifact:"));
+    lines.next()?;
+    lines
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(PathBuf::from)
+}
+
+/// How to turn a numeric disagreement into a golden case (PyTorch decides which side is right).
+fn golden_hint(target: &str, file: &Path) -> String {
+    let what = match target {
+        "graph_agreement" => {
+            "the message names the node (`v<k> = <op>`), the engine, the capture CPU class and \
+             every node's qparams"
+        }
+        "flow_relations" | "kernel_agreement" => {
+            "the message prints the layer or GEMM / conv problem as a Rust snippet"
+        }
+        _ => "the message prints the quantization parameters as a Rust snippet",
+    };
+    format!(
+        "This is a numeric disagreement inside qparity; PyTorch decides which side is right. To make \
+         it a golden case:\n\
+         1. Reproduce: `cargo test --release --test corpus_replay` replays {} ({what}).\n\
+         2. Capture PyTorch on that op: add the failing op with the printed shapes, qparams and \
+            engine to the capture plan (xtask/capture/qops.py for one op under an engine, \
+            graphs.py for a graph), then run `cargo xtask golden --suite ops --out <dir>` (or \
+            `--suite graphs`) on a CPU of the printed capture class (`--emulate haswell` for \
+            AVX2).\n\
+         3. `qparity check <dir>` (and `--fused` for the optimized backend) shows which side \
+            PyTorch agrees with; fix that side and commit the case under golden/ next to the \
+            regression file.",
+        file.display()
+    )
+}
+
+/// `cargo xtask fuzz --minimize`.
+fn minimize(root: &Path, target: &str, crash: &Path, runs: u64) -> Result<()> {
+    if !TARGETS.contains(&target) {
+        bail!("unknown fuzz target {target:?} (expected one of {TARGETS:?})");
+    }
+    let crash =
+        std::fs::canonicalize(crash).with_context(|| format!("crash file {}", crash.display()))?;
+    let before = classify(target, replay(target, &std::fs::read(&crash)?)?);
+    let out = Command::new("cargo")
+        .current_dir(root)
+        .args(["+nightly", "fuzz", "tmin", target])
+        .arg(&crash)
+        .args(["--runs", &runs.to_string()])
+        .output()
+        .context("running cargo fuzz tmin")?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    let min = match minimized_path(&text) {
+        Some(p) if out.status.success() => root
+            .join("fuzz")
+            .join(&p)
+            .canonicalize()
+            .or_else(|_| root.join(&p).canonicalize())?,
+        _ => {
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            eprintln!(
+                "cargo fuzz tmin found nothing smaller ({}); saving the input as it is:\n{}",
+                out.status,
+                tail.join("\n")
+            );
+            crash.clone()
+        }
+    };
+    let data = std::fs::read(&min)?;
+    let finding = classify(target, replay(target, &data)?);
+    let reg = root.join("corpus/regressions").join(target);
+    std::fs::create_dir_all(&reg)?;
+    let name = min
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "minimized".into());
+    let dest = reg.join(&name);
+    std::fs::write(&dest, &data)?;
+    let size = std::fs::metadata(&crash)?.len();
+    println!(
+        "minimised {} ({size} bytes) to {} bytes: {}",
+        crash.display(),
+        data.len(),
+        dest.display()
+    );
+    match &finding {
+        Finding::Crash(m) => println!(
+            "a crash (an input must give an error, never a panic): {m}\n\
+             Fix it so the input returns an error; `cargo test --release --test corpus_replay` \
+             replays {} until then.",
+            dest.display()
+        ),
+        Finding::Disagreement(m) => {
+            println!("a numeric disagreement:\n{m}\n");
+            println!("{}", golden_hint(target, &dest));
+        }
+        Finding::NoPanic => println!(
+            "the input does not panic in the library body on stable Rust (before minimising: \
+             {before:?}): a sanitizer finding, a timeout or an out-of-memory under libFuzzer; \
+             reproduce with `cargo +nightly fuzz run {target} {}`.",
+            dest.display()
+        ),
+    }
+    Ok(())
+}
+
 pub fn run(args: FuzzArgs) -> Result<()> {
     let root = root();
     ensure_cargo_fuzz()?;
+    if let Some(m) = &args.minimize {
+        let [target, crash] = &m[..] else {
+            bail!("--minimize takes a target and a crash file");
+        };
+        return minimize(&root, target, Path::new(crash), args.tmin_runs);
+    }
     let targets: Vec<&str> = if args.targets.is_empty() {
         TARGETS.to_vec()
     } else {
@@ -214,5 +407,46 @@ mod tests {
         assert_eq!(s.corpus_units, Some(5));
         assert_eq!(s.corpus_bytes.as_deref(), Some("1024b"));
         assert_eq!(s.crashes, vec![PathBuf::from("a/crash-abc")]);
+    }
+
+    #[test]
+    fn finds_the_minimized_artifact() {
+        let out = "#100 DONE\n\n────\n\nMinimized artifact:\n\n\tfuzz/artifacts/quantize/minimized-from-ab12\n\n\
+                   Reproduce with:\n\n\tcargo fuzz run quantize fuzz/artifacts/quantize/minimized-from-ab12\n";
+        assert_eq!(
+            minimized_path(out),
+            Some(PathBuf::from("fuzz/artifacts/quantize/minimized-from-ab12"))
+        );
+        assert_eq!(minimized_path("CRASH_MIN: failed to minimize\n"), None);
+    }
+
+    #[test]
+    fn classifies_panics() {
+        let m = |s: &str| Some(s.to_string());
+        assert_eq!(
+            classify("graph_agreement", m("attempt to add with overflow")),
+            Finding::Crash("attempt to add with overflow".into())
+        );
+        assert!(matches!(
+            classify(
+                "graph_agreement",
+                m("backend and reference disagree at v1 = linear")
+            ),
+            Finding::Disagreement(_)
+        ));
+        assert!(matches!(
+            classify("golden_loader", m("assertion failed")),
+            Finding::Crash(_)
+        ));
+        assert_eq!(classify("quantize", None), Finding::NoPanic);
+    }
+
+    #[test]
+    fn replays_inputs_through_the_library_body() {
+        // The seeds run cleanly; an unknown target is an error, not a finding.
+        let seed = root().join("corpus/graph_agreement/seed-zeros");
+        let data = std::fs::read(seed).unwrap();
+        assert_eq!(replay("graph_agreement", &data).unwrap(), None);
+        assert!(replay("no_such_target", &data).is_err());
     }
 }
