@@ -36,3 +36,11 @@ fn assert_passes_with(name: &str, group: &str) {
 fn convert_fx_flatten_with_its_own_qparams_requantizes() {
     assert_passes_with("difflive-flatten-requantize", "convert_fx");
 }
+
+#[test]
+fn decomposed_flow_clamps_around_a_zero_point_outside_its_range() {
+    assert_passes_with(
+        "difflive-histogram-symmetric-zp128",
+        "_convert_to_reference_decomposed_fx",
+    );
+}
