@@ -44,3 +44,8 @@ fn decomposed_flow_clamps_around_a_zero_point_outside_its_range() {
         "_convert_to_reference_decomposed_fx",
     );
 }
+
+#[test]
+fn reference_mul_relu_keeps_negative_zero() {
+    assert_passes_with("difflive-mul-relu-negative-zero", "convert_to_reference_fx");
+}
