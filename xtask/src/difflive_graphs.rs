@@ -634,11 +634,39 @@ enum Kind {
     Unexplained,
 }
 
-fn still(kind: Kind, v: &Verdict) -> bool {
-    match kind {
-        Kind::Ours => v.ours.is_some(),
-        Kind::Unexplained => !v.unexplained.is_empty(),
+/// What a disagreement is about, so that a shrink keeps the same one: a check error or a
+/// mismatch, the flow(s) and the op named in the message (`node n1 (conv2d)`).
+fn signature(msg: &str) -> (bool, Vec<&'static str>, String) {
+    let flows = [
+        "_convert_to_reference_decomposed_fx",
+        "convert_to_reference_fx",
+        "convert_fx",
+    ];
+    let mut named = Vec::new();
+    let mut rest = msg.to_string();
+    for f in flows {
+        if rest.contains(f) {
+            named.push(f);
+            rest = rest.replace(f, "");
+        }
     }
+    let op = msg
+        .split_once(" (")
+        .and_then(|(_, r)| r.split_once(')'))
+        .map_or(String::new(), |(op, _)| op.to_string());
+    (msg.starts_with("check error"), named, op)
+}
+
+fn first_message(kind: Kind, v: &Verdict) -> Option<&str> {
+    match kind {
+        Kind::Ours => v.ours.as_deref(),
+        Kind::Unexplained => v.unexplained.first().map(String::as_str),
+    }
+}
+
+/// Whether `v` still shows the disagreement `want` (its first message's [`signature`]).
+fn still(kind: Kind, want: &str, v: &Verdict) -> bool {
+    first_message(kind, v).is_some_and(|m| signature(m) == signature(want))
 }
 
 /// Shrinks `spec` while it still disagrees in the same way: each round runs the candidates of
@@ -653,9 +681,12 @@ fn shrink(
 ) -> Result<(Spec, Value, Verdict, usize)> {
     let start = Instant::now();
     let mut best = (spec.clone(), case.clone(), judge(case, spec)?);
+    let want = first_message(kind, &best.2)
+        .context("shrinking a graph that does not disagree")?
+        .to_string();
     let mut rounds = 0;
     'outer: while start.elapsed() < budget {
-        let cands = livegraph::shrink_candidates(&best.0);
+        let cands = livegraph::shrink_candidates(&best.0, 6);
         let batch = pool.workers.len().max(1);
         for chunk in cands.chunks(batch) {
             if start.elapsed() >= budget {
@@ -665,7 +696,7 @@ fn shrink(
             for (s, r) in chunk.iter().zip(replies) {
                 let Some(c) = r.get("case") else { continue };
                 let verdict = judge(c, s)?;
-                if still(kind, &verdict) {
+                if still(kind, &want, &verdict) {
                     best = (s.clone(), c.clone(), verdict);
                     rounds += 1;
                     continue 'outer;
@@ -740,8 +771,9 @@ pub fn run(root: &Path, o: Opts) -> Result<()> {
     let mut rule_cases: BTreeMap<String, u64> = BTreeMap::new();
     let mut rule_elems: BTreeMap<String, u64> = BTreeMap::new();
     let mut rule_examples: BTreeMap<String, String> = BTreeMap::new();
-    let mut ours: Vec<(Spec, Value, Verdict)> = Vec::new();
-    let mut unexplained: Vec<(Spec, Value, Verdict)> = Vec::new();
+    // Each with the run time (s) at which it was found.
+    let mut ours: Vec<(Spec, Value, Verdict, f64)> = Vec::new();
+    let mut unexplained: Vec<(Spec, Value, Verdict, f64)> = Vec::new();
     let bar = if o.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         indicatif::ProgressBar::hidden()
     } else {
@@ -816,11 +848,12 @@ pub fn run(root: &Path, o: Opts) -> Result<()> {
                 rule_examples.insert(rule.clone(), p);
             }
         }
+        let at = started.elapsed().as_secs_f64();
         if v.ours.is_some() {
-            ours.push((spec.clone(), case.clone(), v.clone()));
+            ours.push((spec.clone(), case.clone(), v.clone(), at));
         }
         if !v.unexplained.is_empty() {
-            unexplained.push((spec, case.clone(), v));
+            unexplained.push((spec, case.clone(), v, at));
         }
         bar.set_message(format!(
             "{graphs} graphs, {} ours, {} unexplained",
@@ -834,15 +867,15 @@ pub fn run(root: &Path, o: Opts) -> Result<()> {
 
     // Save and shrink the disagreements (a few of each kind; the rest are listed).
     let budget = Duration::from_secs_f64(o.shrink_seconds);
-    let mut report_kind = |items: &[(Spec, Value, Verdict)],
+    let mut report_kind = |items: &[(Spec, Value, Verdict, f64)],
                            kind: Kind,
                            dir: &str|
      -> Result<Vec<Value>> {
         let mut out = Vec::new();
-        for (i, (spec, case, v)) in items.iter().enumerate() {
+        for (i, (spec, case, v, at)) in items.iter().enumerate() {
             let path = save(&o.out.join(dir), case)?;
             let mut entry = json!({"id": spec.id, "ops": spec.op_names(), "engine": spec.engine,
-                "isa": spec.isa, "mode": spec.mode, "saved": path,
+                "isa": spec.isa, "mode": spec.mode, "saved": path, "found_after_seconds": at,
                 "what": match kind { Kind::Ours => json!(v.ours), Kind::Unexplained => json!(v.unexplained) }});
             if i < 3 && o.shrink_seconds > 0.0 {
                 let t = Instant::now();
@@ -1015,5 +1048,45 @@ fn add_values(acc: &mut Value, v: &Value) {
             };
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shrinking_keeps_the_same_kind_of_disagreement() {
+        let a =
+            "convert_fx run 0, node n1 (conv2d) int_repr, element 231: expected 225, qparity 226";
+        let b = "convert_fx run 1, node n0 (conv2d) int_repr, element 3: expected 2, qparity 3";
+        let c = "check error: diff-live-graph.json: flows.convert_fx.runs[0].values.cat.int_repr: shape";
+        let d = "convert_to_reference_fx run 0, node n1 (conv2d) float op pre_quant, element 1";
+        assert_eq!(signature(a), signature(b));
+        assert_ne!(signature(a), signature(c));
+        assert_ne!(signature(a), signature(d));
+        let v = Verdict {
+            ours: Some(b.into()),
+            ..Default::default()
+        };
+        assert!(still(Kind::Ours, a, &v));
+        assert!(!still(Kind::Unexplained, a, &v));
+    }
+
+    #[test]
+    fn shard_reports_add_up() {
+        let mut acc = Value::Null;
+        add_values(
+            &mut acc,
+            &json!({"ops": {"conv2d": 2}, "list": [1], "example": "a"}),
+        );
+        add_values(
+            &mut acc,
+            &json!({"ops": {"conv2d": 3, "cat": 1}, "list": [2], "example": "b"}),
+        );
+        assert_eq!(
+            acc,
+            json!({"ops": {"conv2d": 5, "cat": 1}, "list": [1, 2], "example": "a"})
+        );
     }
 }
