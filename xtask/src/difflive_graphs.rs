@@ -400,7 +400,9 @@ fn saturates_pairs(
 /// - `R17-int16-pair-saturation`: convert_fx's conv / linear kernel saturates int16 pairs
 ///   ([`saturates_pairs`]), any difference;
 /// - `R32-decomposed-weight-clamp`: the decomposed flow's weight codes differ from the other
-///   flow's ([`weights_differ`]), any difference at that node.
+///   flow's ([`weights_differ`]), any difference at that node;
+/// - `F5-convert_fx-shape-op-keeps-input-qparams`: convert_fx's relu / max_pool2d has its input's
+///   qparams and the other flow's has others (docs/FINDINGS.md live finding 5; every element).
 ///
 /// Any other difference, and any difference of scale or zero point, is unexplained.
 fn compare_flows(
@@ -498,6 +500,21 @@ fn compare_flows(
                         x.op
                     );
                     let (p, q) = (&ra[k], &rb[k]);
+                    // convert_fx's quantized relu / max_pool2d keep their input's qparams; the
+                    // reference flows quantize with the op's own observer, which a cat after it
+                    // replaces by its shared one (docs/FINDINGS.md, live finding 5).
+                    let keeps_input = fa == Flow::ConvertFx
+                        && matches!(x.op.as_str(), "relu" | "max_pool2d")
+                        && p.codes.len() == q.codes.len()
+                        && ins_a.first().copied().flatten().is_some_and(|i| {
+                            (ra[i].scale, ra[i].zero_point) == (p.scale, p.zero_point)
+                        });
+                    if keeps_input && (p.scale, p.zero_point) != (q.scale, q.zero_point) {
+                        *v.rules
+                            .entry("F5-convert_fx-shape-op-keeps-input-qparams".to_string())
+                            .or_default() += p.codes.len() as u64;
+                        continue;
+                    }
                     if p.scale != q.scale
                         || p.zero_point != q.zero_point
                         || p.codes.len() != q.codes.len()
@@ -1071,6 +1088,24 @@ mod tests {
         };
         assert!(still(Kind::Ours, a, &v));
         assert!(!still(Kind::Unexplained, a, &v));
+    }
+
+    /// A graph diff-live reported as new (seed 100, graph 5423, shrunk): convert_fx's relu
+    /// keeps its input's qparams, the reference flows take the cat's shared observer's; now
+    /// documented (docs/FINDINGS.md live finding 5) and filed under its rule.
+    #[test]
+    fn documented_flow_differences_are_filed_under_their_rule() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/data/difflive/pytorch-relu-cat-qparams.json");
+        let case: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        let spec: Spec = serde_json::from_value(case["spec"].clone()).unwrap();
+        let v = judge(&case, &spec).unwrap();
+        assert!(v.ours.is_none(), "{:?}", v.ours);
+        assert!(v.unexplained.is_empty(), "{:?}", v.unexplained);
+        assert_eq!(
+            v.rules.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["F5-convert_fx-shape-op-keeps-input-qparams"]
+        );
     }
 
     #[test]
