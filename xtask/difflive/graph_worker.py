@@ -44,7 +44,9 @@ def _memo_qparams(self):
     return tuple(t.clone() for t in hit)
 
 
-HistogramObserver.calculate_qparams = _memo_qparams
+# QPARITY_NO_HISTOGRAM_MEMO=1 measures the run without it.
+if os.environ.get("QPARITY_NO_HISTOGRAM_MEMO") != "1":
+    HistogramObserver.calculate_qparams = _memo_qparams
 ISA = "avx2" if os.environ.get("FBGEMM_ENABLE_INSTRUCTIONS") == "AVX2" else "default"
 VERSION = torch.__version__.split("+")[0]
 
