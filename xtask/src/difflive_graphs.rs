@@ -258,7 +258,6 @@ struct Decoded {
 }
 
 fn decode_flow(
-    g: &GraphCase,
     flow: Flow,
     fr: &GraphFlow,
     done: &HashMap<(Flow, usize, String), Tensor>,
@@ -284,7 +283,6 @@ fn decode_flow(
         }
         runs.push(vals);
     }
-    let _ = g;
     Ok(runs)
 }
 
@@ -415,7 +413,7 @@ fn compare_flows(
     let mut done: HashMap<(Flow, usize, String), Tensor> = HashMap::new();
     let mut dec: BTreeMap<Flow, Vec<Vec<Decoded>>> = BTreeMap::new();
     for (&flow, fr) in &g.flows {
-        let d = decode_flow(g, flow, fr, &done)?;
+        let d = decode_flow(flow, fr, &done)?;
         for (ri, run) in d.iter().enumerate() {
             for (node, val) in fr.nodes.iter().zip(run) {
                 done.insert(
@@ -776,7 +774,6 @@ pub fn run(root: &Path, o: Opts) -> Result<()> {
     let mut next_k: u64 = 0;
     let mut pending: VecDeque<Spec> = VecDeque::new();
     let mut on: HashMap<usize, Spec> = HashMap::new();
-    let mut issued = 0usize;
     let mut graphs = 0u64;
     let mut runs = 0u64;
     let mut rejected = 0u64;
@@ -798,16 +795,17 @@ pub fn run(root: &Path, o: Opts) -> Result<()> {
     };
     loop {
         let time_up = deadline.is_some_and(|d| started.elapsed() >= d);
-        // Dispatch to every free worker.
-        while !time_up && issued < wanted {
-            if pending.is_empty() {
-                let index = o.shard.0 + next_k * o.shard.1;
-                next_k += 1;
-                pending.push_back(livegraph::generate(o.seed, index, o.max_ops, &isas));
-            }
-            let isa = pending[0].isa.clone();
-            let Some(w) = pool.free(&isa) else {
-                // The head waits for its ISA; others may go first.
+        // Dispatch to every free worker. With --count exactly the first `count` graph indices
+        // of the shard run (a spec waits for a worker of its ISA variant; later ones may pass it).
+        if !time_up {
+            loop {
+                let mut more = (next_k as usize) < wanted;
+                if more && pending.len() < 4 * pool.workers.len() {
+                    let index = o.shard.0 + next_k * o.shard.1;
+                    next_k += 1;
+                    pending.push_back(livegraph::generate(o.seed, index, o.max_ops, &isas));
+                    more = (next_k as usize) < wanted;
+                }
                 let pos = pending.iter().position(|s| pool.free(&s.isa).is_some());
                 match pos {
                     Some(p) => {
@@ -815,22 +813,11 @@ pub fn run(root: &Path, o: Opts) -> Result<()> {
                         let w = pool.free(&s.isa).context("free worker")?;
                         pool.send(w, &s)?;
                         on.insert(w, s);
-                        issued += 1;
-                        continue;
                     }
-                    None if pending.len() < 4 * pool.workers.len() => {
-                        let index = o.shard.0 + next_k * o.shard.1;
-                        next_k += 1;
-                        pending.push_back(livegraph::generate(o.seed, index, o.max_ops, &isas));
-                        continue;
-                    }
+                    None if more && pending.len() < 4 * pool.workers.len() => continue,
                     None => break,
                 }
-            };
-            let s = pending.pop_front().context("queue")?;
-            pool.send(w, &s)?;
-            on.insert(w, s);
-            issued += 1;
+            }
         }
         if on.is_empty() {
             break;
