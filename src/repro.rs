@@ -204,21 +204,35 @@ def run_graph(g):
     import copy
     from torch.ao.quantization import get_default_qat_qconfig_mapping, get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
-    for name in ("rng", "common", "graphs"):
+    for name in ("rng", "common", "graphs", "livegraph"):
         _capture_module(name)
     graphs = sys.modules["graphs"]
     engine, qat = g["engine"], g["mode"] == "qat"
     torch.backends.quantized.engine = engine
-    model, _, hw = graphs.build_model(g["model"], g["seed"], g["id"])
-    calib = [graphs._inputs(g["seed"], g["id"], hw, i) for i in range(2)]
-    if qat:
-        calib = [torch.cat(calib)]
-        # Dropout is active in QAT's training-mode forwards: torch's generator seeded as the
-        # capture seeds it (graphs.model_graph_case).
-        torch.manual_seed(graphs._stream(g["id"], "torch", "manual_seed") >> 1)
-        prepared = prepare_qat_fx(model.train(), get_default_qat_qconfig_mapping(engine), (calib[0],))
+    if g.get("spec"):
+        # A diff-live graph (xtask/capture/livegraph.py): model, qconfig mapping and data from its
+        # spec; QAT's training-mode forwards seeded as xtask/difflive/graph_worker.py seeds them.
+        live = sys.modules["livegraph"]
+        spec = g["spec"]
+        model = live.build_model(spec)
+        calib, _ = live.data(spec)
+        mapping = live.qconfig_mapping(spec)
+        if qat:
+            torch.manual_seed(int(spec["seed"]) & 0x7FFFFFFF)
+            prepared = prepare_qat_fx(model.train(), mapping, (calib[0],))
+        else:
+            prepared = prepare_fx(model.eval(), mapping, (calib[0],))
     else:
-        prepared = prepare_fx(model.eval(), get_default_qconfig_mapping(engine), (calib[0],))
+        model, _, hw = graphs.build_model(g["model"], g["seed"], g["id"])
+        calib = [graphs._inputs(g["seed"], g["id"], hw, i) for i in range(2)]
+        if qat:
+            calib = [torch.cat(calib)]
+            # Dropout is active in QAT's training-mode forwards: torch's generator seeded as the
+            # capture seeds it (graphs.model_graph_case).
+            torch.manual_seed(graphs._stream(g["id"], "torch", "manual_seed") >> 1)
+            prepared = prepare_qat_fx(model.train(), get_default_qat_qconfig_mapping(engine), (calib[0],))
+        else:
+            prepared = prepare_fx(model.eval(), get_default_qconfig_mapping(engine), (calib[0],))
     with torch.no_grad():
         for x in calib:
             prepared(x)
@@ -284,10 +298,11 @@ fn supported(case: &Case) -> Result<()> {
 
 /// The capture modules a graph repro script runs (embedded verbatim, so the script rebuilds the
 /// model exactly as the capture did).
-const CAPTURE_SOURCES: [(&str, &str); 3] = [
+const CAPTURE_SOURCES: [(&str, &str); 4] = [
     ("rng", include_str!("../xtask/capture/rng.py")),
     ("common", include_str!("../xtask/capture/common.py")),
     ("graphs", include_str!("../xtask/capture/graphs.py")),
+    ("livegraph", include_str!("../xtask/capture/livegraph.py")),
 ];
 
 /// The torchvision models the capture builds (the keys of `MODELS` in xtask/capture/graphs.py):
@@ -321,7 +336,9 @@ fn graph_payload(
         return Err(Error::invalid("repro", "not a graph case"));
     };
     let models = capture_models();
-    if !models.contains(&case.header.op.as_str()) {
+    // diff-live graphs carry the spec their model is built from.
+    let live = case.header.op == "livegraph" && g.spec.is_some();
+    if !live && !models.contains(&case.header.op.as_str()) {
         return Err(Error::invalid(
             "repro",
             format!(
@@ -382,6 +399,7 @@ fn graph_payload(
         "model": case.header.op, "engine": g.engine.name(), "mode": g.mode.name(),
         "seed": case.header.seed, "torch_version": case.header.torch_version,
         "isa": v["isa"], "flow": flow.name(), "node": node, "run": q.run, "input": input,
+        "spec": g.spec,
         "recorded": {"scale": out.scale, "zero_point": out.zero_point,
                      "quant_min": out.quant_min, "quant_max": out.quant_max,
                      "int_repr": {"dtype": "i64", "shape": tensor.shape, "data": codes}},

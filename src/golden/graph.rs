@@ -30,6 +30,11 @@ pub struct GraphCase {
     /// Test inputs (f32); `flows.<flow>.runs[i]` ran on `inputs[i]`.
     pub inputs: Vec<Tensor>,
     pub flows: BTreeMap<Flow, GraphFlow>,
+    /// `cargo xtask diff-live --graphs` cases: the graph spec the model, its qconfig mapping and
+    /// its calibration were built from (`xtask/capture/livegraph.py`); `qparity repro` rebuilds
+    /// the model from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<serde_json::Value>,
 }
 
 /// The float parameters of one weighted module, as the prepared model held them.

@@ -347,8 +347,10 @@ pub(crate) fn float_binary_value(
     let x = flow.dequantize(qa as i64, a.scale, a.zero_point);
     let y = flow.dequantize(qb as i64, b.scale, b.zero_point);
     let c = if op == '*' { x * y } else { x + y };
-    if relu {
-        c.max(0.0)
+    // `torch.relu` (`clamp_min(x, 0)`) replaces only values below zero: a product `0 · (−y)` =
+    // −0.0 stays −0.0 (it quantizes like +0.0, but the pinned floats hash its sign bit).
+    if relu && c < 0.0 {
+        0.0
     } else {
         c
     }
@@ -400,7 +402,11 @@ pub(crate) fn binary_trace(
 /// The rule lines of [`float_binary`].
 pub(crate) fn float_binary_rule(flow: Flow, out: &OutQParams, relu: bool, op: char) -> Rule {
     let (lo, hi) = flow.clamp(out.quant_min, out.quant_max);
-    let relu = if relu { ", max(c, 0)" } else { "" };
+    let relu = if relu {
+        ", relu(c): values below 0 become +0, −0.0 stays"
+    } else {
+        ""
+    };
     Rule::default()
         .with(
             "float op",

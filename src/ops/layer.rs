@@ -412,13 +412,19 @@ impl QLayer {
         let out_shape = self.geometry.output_shape(input.shape)?;
         let (scale, zp) = input.qparams(name)?;
         validate_qparams("input qparams", scale, zp, 0, 255)?;
-        validate_qparams(
-            "output qparams",
-            out.scale,
-            out.zero_point,
-            out.quant_min,
-            out.quant_max,
-        )?;
+        // The zero point must be a quint8 code; it may lie outside the flow's clamp range:
+        // HistogramObserver(per_tensor_symmetric, reduce_range=True) resolves 0..127 with zero
+        // point 128, and the decomposed flow then clamps to 0..127 around it (docs/FINDINGS.md).
+        validate_qparams("output qparams", out.scale, out.zero_point, 0, 255)?;
+        if !(0 <= out.quant_min && out.quant_min <= out.quant_max && out.quant_max <= 255) {
+            return Err(Error::invalid(
+                "output qparams",
+                format!(
+                    "clamp range {}..{} is not inside 0..255",
+                    out.quant_min, out.quant_max
+                ),
+            ));
+        }
         let oc = self.geometry.out_channels();
         let w = &self.weight;
         if w.shape != self.geometry.weight_shape()

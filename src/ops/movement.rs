@@ -41,25 +41,27 @@ pub enum Step {
     },
 }
 
-/// A chain of movement steps applied to one quantized input.
+/// A chain of movement steps applied to one quantized input: the input's codes at the moved
+/// positions, requantized with the output's qparams.
+///
+/// In `convert_fx` a shape op on a quantized tensor (`x.view(...)`, `torch.flatten`) keeps the
+/// input's qparams, and the requantize is the identity. But FX leaves some movement in a float
+/// chain — `chunk`, and the `nn.Flatten` module, which has no quantized counterpart: the graph
+/// dequantizes, moves, and quantizes with the op's own observer
+/// (`torch/ao/quantization/fx/convert.py`, `_lower_to_native_backend.py` lower only the ops of
+/// their pattern tables). That observer's qparams differ from the input's where it saw other
+/// values: after an `avg_pool2d`, which shares its input's observer, or in QAT after the
+/// previous op's fake-quant step. Both cases are this op; the recorded qparams say which.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Movement {
     name: &'static str,
     steps: Vec<Step>,
-    /// `convert_fx` keeps the input's qparams (a shape op on a quantized tensor).
-    keeps_qparams: bool,
 }
 
 impl Movement {
-    /// A movement op named `name` (reports) doing `steps` in order; in `convert_fx` it keeps the
-    /// input's qparams unless a step is `chunk` (which FX leaves in a float chain).
+    /// A movement op named `name` (reports) doing `steps` in order.
     pub fn new(name: &'static str, steps: Vec<Step>) -> Movement {
-        let keeps_qparams = !steps.iter().any(|s| matches!(s, Step::Chunk { .. }));
-        Movement {
-            name,
-            steps,
-            keeps_qparams,
-        }
+        Movement { name, steps }
     }
 
     /// A value passed from one recorded activation to the next with the qparams recorded after
@@ -68,7 +70,6 @@ impl Movement {
         Movement {
             name,
             steps: Vec::new(),
-            keeps_qparams: false,
         }
     }
 
@@ -216,15 +217,6 @@ impl Movement {
         validate_qparams("input qparams", scale, zero_point, 0, 255)?;
         let out = *expect_out(self.name, out)?;
         validate_qparams("output qparams", out.scale, out.zero_point, 0, 255)?;
-        if ctx.flow.is_integer()
-            && self.keeps_qparams
-            && (out.scale, out.zero_point) != (scale, zero_point)
-        {
-            return Err(Error::invalid(
-                self.name,
-                "a quantized shape op keeps the input's qparams, the output has others",
-            ));
-        }
         let (shape, index) = self.gather(input.shape)?;
         Ok(Box::new(MovementPlan {
             flow: ctx.flow,

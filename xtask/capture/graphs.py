@@ -334,6 +334,18 @@ def _ref_weight(m, decomposed, pin):
         w = torch.quantize_per_tensor(c.weight, float(c.weight_scale), int(c.weight_zero_point), c.weight_dtype)
     qmin = int(getattr(c, "weight_quant_min", -128) or -128)
     qmax = int(getattr(c, "weight_quant_max", 127) or 127)
+    if decomposed:
+        # The decomposed flow clamps the weight to the observer's quant_min..quant_max
+        # (`_quantize_and_dequantize_weight_decomposed`), which reduce_range or a custom range make
+        # narrower than the dtype's (the other flows keep the dtype's range).
+        ir = w.int_repr()
+        clamped = ir.clamp(qmin, qmax)
+        if not torch.equal(ir, clamped):
+            if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+                w = torch._make_per_channel_quantized_tensor(clamped, w.q_per_channel_scales(),
+                                                             w.q_per_channel_zero_points(), w.q_per_channel_axis())
+            else:
+                w = torch._make_per_tensor_quantized_tensor(clamped, w.q_scale(), w.q_zero_point())
     return _weight_record(w, qscheme=qs, quant_min=qmin, quant_max=qmax, pin=pin)
 
 
@@ -357,6 +369,19 @@ def _float_chain(n, qname):
         chain.append(m)
         stack.extend(m.all_input_nodes)
     return chain, ins
+
+
+def _cat_operands(chain, qname):
+    """The quantized values a reference flow's cat chain dequantizes, in cat's argument order."""
+    cat = next((n for n in chain if _target_name(n) == "cat"), None)
+    if cat is None or not isinstance(cat.args[0], (list, tuple)):
+        return None
+    out = []
+    for a in cat.args[0]:
+        if not (isinstance(a, torch.fx.Node) and _is_dequantize(a) and a.args[0] in qname):
+            return None
+        out.append(qname[a.args[0]])
+    return out
 
 
 def record_flow(flow, gm, inputs, pin_weights):
@@ -396,6 +421,10 @@ def record_flow(flow, gm, inputs, pin_weights):
                 op, attrs, module = _chain_op(gm, chain, first)
                 names = [g["name"] for g in order]
                 ins = sorted(set(ins), key=lambda s: names.index(s) if s in names else -1)
+                if op == "cat":
+                    # cat's operands in argument order (graph order differs where a later
+                    # value is concatenated first, e.g. cat([branch, x])).
+                    ins = _cat_operands(chain, qname) or ins
                 node = {"name": chain[-1].name, "op": op, "inputs": ins, "attrs": attrs, "module": module,
                         "_src": n.args[0], "_chain": chain}
         elif not reference and is_qvalue(n):
@@ -568,26 +597,44 @@ def weighted_params(prepared):
     return params
 
 
-def graph_case(model, engine, mode, calib, tests, pin_weights=False):
+def graph_case(model, engine, mode, calib, tests, pin_weights=False, mapping=None, timings=None):
     """Quantize `model` (PTQ: calibrate on `calib`; QAT: training-mode forwards on `calib`),
-    convert with the three flows and record every flow's graph on `tests`."""
+    convert with the three flows and record every flow's graph on `tests`. `mapping`: the
+    QConfigMapping to prepare with (default: the engine's default PTQ / QAT mapping); its global
+    qconfig is the case's `qconfig`. `timings`: a dict that receives the seconds spent in prepare,
+    calibrate, each convert flow and its recording."""
+    import time
+
+    clock = time.perf_counter()
+
+    def lap(what):
+        nonlocal clock
+        now = time.perf_counter()
+        if timings is not None:
+            timings[what] = timings.get(what, 0.0) + now - clock
+        clock = now
+
     torch.backends.quantized.engine = engine
     if mode == "ptq":
-        mapping = get_default_qconfig_mapping(engine)
+        mapping = mapping if mapping is not None else get_default_qconfig_mapping(engine)
         prepared = prepare_fx(model.eval(), mapping, (calib[0],))
     else:
-        mapping = get_default_qat_qconfig_mapping(engine)
+        mapping = mapping if mapping is not None else get_default_qat_qconfig_mapping(engine)
         prepared = prepare_qat_fx(model.train(), mapping, (calib[0],))
+    lap("prepare")
     qconfig = mapping.global_qconfig
     with torch.no_grad():
         for x in calib:
             prepared(x)
+    lap("calibrate")
     params = weighted_params(prepared)
     flows = {}
     for name, fn in FLOWS:
         gm = fn(copy.deepcopy(prepared))
         gm.eval()
+        lap(name)
         flows[name] = record_flow(name, gm, tests, pin_weights)
+        lap("record")
     # The decomposed flow's values from the reference flow's, the reference flow's codes from
     # convert_fx's (decoded in that order).
     _delta_from(flows, "_convert_to_reference_decomposed_fx", "convert_to_reference_fx")

@@ -7,8 +7,10 @@ mod bench;
 mod bench_models;
 mod compare;
 mod difflive;
+mod difflive_graphs;
 mod fuzz;
 mod golden;
+mod livegraph;
 mod mutants;
 mod reprolive;
 mod runtime;
@@ -51,8 +53,10 @@ enum Cmd {
     Fuzz(fuzz::FuzzArgs),
     /// Mutation testing (cargo-mutants) of the numerics and engine modules; caught/missed per file.
     Mutants(mutants::MutantsArgs),
-    /// Stream random quantized::linear cases to PyTorch and the reference engine; save disagreements.
+    /// Stream random quantized::linear cases (or, with --graphs, random quantized graphs) to
+    /// PyTorch and the reference engine; save disagreements.
     DiffLive {
+        /// Linear mode: how many cases.
         #[arg(long, default_value_t = 1000)]
         cases: usize,
         #[arg(long, default_value_t = 0)]
@@ -61,6 +65,34 @@ enum Cmd {
         out: std::path::PathBuf,
         #[arg(long)]
         json: bool,
+        /// Random quantized graphs, all three convert flows, checked node by node.
+        #[arg(long)]
+        graphs: bool,
+        /// Graphs: stop after this many graphs (per shard).
+        #[arg(long)]
+        count: Option<usize>,
+        /// Graphs: stop dispatching after this many seconds.
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// Graphs: `I/N` runs the graph indices i ≡ I (mod N) of the seed.
+        #[arg(long, default_value = "0/1", value_parser = parse_shard)]
+        shard: (u64, u64),
+        /// Graphs: PyTorch workers per ISA variant.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Graphs: ISA variants, comma-separated (`default`, `avx2`: FBGEMM_ENABLE_INSTRUCTIONS=AVX2);
+        /// default: both on a VNNI CPU, `default` elsewhere.
+        #[arg(long, value_delimiter = ',')]
+        isa: Vec<String>,
+        /// Graphs: at most this many ops per generated graph.
+        #[arg(long, default_value_t = 8)]
+        max_ops: usize,
+        /// Graphs: seconds of shrinking per saved disagreement (0: none).
+        #[arg(long, default_value_t = 60.0)]
+        shrink_seconds: f64,
+        /// Merge these `--graphs` shard reports instead of running.
+        #[arg(long, num_args = 1..)]
+        merge: Vec<std::path::PathBuf>,
     },
     /// Generate `qparity repro` scripts for golden cases and run them with PyTorch: every script
     /// must reproduce the case's recorded values.
@@ -86,6 +118,25 @@ fn parse_cpu(s: &str) -> Result<Option<usize>, String> {
     s.parse()
         .map(Some)
         .map_err(|_| format!("{s:?} is neither a core number nor `none`"))
+}
+
+/// `--shard I/N`.
+fn parse_shard(s: &str) -> Result<(u64, u64), String> {
+    let (i, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not I/N"))?;
+    let (i, n): (u64, u64) = (
+        i.trim()
+            .parse()
+            .map_err(|_| format!("{i:?} is not a shard index"))?,
+        n.trim()
+            .parse()
+            .map_err(|_| format!("{n:?} is not a shard count"))?,
+    );
+    if n == 0 || i >= n {
+        return Err(format!("shard {i}/{n}: need 0 <= I < N"));
+    }
+    Ok((i, n))
 }
 
 /// The workspace root (xtask's parent folder).
@@ -148,8 +199,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             seed,
             out,
             json,
+            graphs,
+            count,
+            seconds,
+            shard,
+            workers,
+            isa,
+            max_ops,
+            shrink_seconds,
+            merge,
         } => {
             let root = workspace_root();
+            if !merge.is_empty() {
+                return difflive_graphs::merge(&merge, json);
+            }
+            if graphs {
+                let isas = if isa.is_empty() {
+                    match qparity::explain::host_isa() {
+                        qparity::engine::Isa::Vnni => vec!["default".into(), "avx2".into()],
+                        qparity::engine::Isa::Avx2 => vec!["default".into()],
+                    }
+                } else {
+                    isa
+                };
+                return difflive_graphs::run(
+                    &root,
+                    difflive_graphs::Opts {
+                        count,
+                        seconds,
+                        seed,
+                        shard,
+                        workers,
+                        isas,
+                        max_ops,
+                        shrink_seconds,
+                        out,
+                        json,
+                    },
+                );
+            }
             difflive::run(
                 &root,
                 difflive::Opts {
