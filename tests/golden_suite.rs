@@ -485,7 +485,8 @@ fn real_models_run_every_stage_on_the_optimized_backend() {
 
 /// The generic kernel backend (the ARM backend's code) over this CPU's best exact kernel with
 /// fused entry points runs every stage of the real models — FBGEMM's depthwise layers on the
-/// portable tap-pair kernel — with 0 mismatched elements: what `arm-test` checks under qemu,
+/// portable tap-pair kernel, FBGEMM's pair-saturating packed GEMM (`graphs-avx2-*`) on
+/// `kernels::pairs` — with 0 mismatched elements: what `arm-test` checks under qemu,
 /// natively. Not on aarch64, where the native backend is this backend over the same kernel
 /// (`real_models_run_every_stage_on_the_optimized_backend`).
 #[cfg(not(target_arch = "aarch64"))]

@@ -10,13 +10,17 @@
 //! FBGEMM's requantization, which the plan admits for every element (it predicts oneDNN's order
 //! within its proven window); oneDNN's pair-saturating AVX2 kernels pair other products and never
 //! run here. FBGEMM's depthwise layers (tap pairs saturating int16 on every CPU) run on
-//! [`DepthwiseTapPairs`], whatever the kernel, packed once at prepare time.
-//! Everything else is left to the reference model and counted as a fallback.
+//! [`DepthwiseTapPairs`], whatever the kernel; FBGEMM's packed-GEMM layers captured without VNNI
+//! (K pairs saturating int16) run on the kernel where it computes that accumulation (an outside
+//! pair-saturating kernel is checked on them), else on [`PairGemm`] / [`PairConv`]; both packed
+//! once at prepare time. Everything else is left to the reference model and counted as a
+//! fallback.
 
 use super::{Backend, Prepared};
 use crate::engine::KernelPath;
 use crate::geometry::Conv2dParams;
 use crate::kernels::depthwise::DepthwiseTapPairs;
+use crate::kernels::pairs::{PairConv, PairGemm};
 use crate::kernels::{Accumulation, Int8Gemm, Layout, Output as KOut, QConv, QGemm};
 use crate::ops::layer::{Geometry, IntegerLayer};
 use crate::ops::{Lowered, MemoryFormat, Meta, QTensor, Value};
@@ -40,9 +44,10 @@ impl KernelBackend {
     }
 
     /// Whether the backend computes this layer's accumulation bit for bit: on the kernel, or
-    /// (FBGEMM's depthwise layers) on [`DepthwiseTapPairs`].
+    /// (FBGEMM's depthwise layers) on [`DepthwiseTapPairs`], or (FBGEMM's pair-saturating
+    /// packed GEMM the kernel does not run) on [`PairGemm`] / [`PairConv`].
     pub fn implements(&self, l: &IntegerLayer) -> bool {
-        tap_pair_depthwise(l).is_some() || self.kernel_implements(l)
+        portable_pairs(l) || self.kernel_implements(l)
     }
 
     /// Whether the kernel itself computes this layer's accumulation bit for bit.
@@ -56,13 +61,32 @@ impl KernelBackend {
             }
     }
 
+    /// Whether the kernel runs this layer: it computes the accumulation and has a fused entry
+    /// point for the geometry.
+    fn kernel_runs(&self, l: &IntegerLayer) -> bool {
+        self.kernel_implements(l)
+            && match (l.geometry, self.kernel.quant_conv()) {
+                (Geometry::Linear { .. }, _) => self.kernel.quant_gemm().is_some(),
+                (Geometry::Conv2d(p), Some(k)) => k.supports(&p, Layout::Nchw),
+                (Geometry::Conv2d(_), None) => false,
+            }
+    }
+
+    /// The layer on a portable pair kernel where it runs there (see the module docs).
+    fn pairs_layer(&self, l: &IntegerLayer, nhwc: (bool, bool)) -> Result<Option<PairsLayer>> {
+        if tap_pair_depthwise(l).is_some() || (pair_gemm(l) && !self.kernel_runs(l)) {
+            PairsLayer::new(l, nhwc)
+        } else {
+            Ok(None)
+        }
+    }
+
     /// Runs a planned layer: the u8 output in PyTorch's layout, or `None` where the kernel does
     /// not implement it (see the module docs).
     pub fn run_layer(&self, l: &IntegerLayer, input: &QTensor) -> Result<Option<Vec<u8>>> {
-        if let Some(p) = tap_pair_depthwise(l) {
-            let dw = DepthwiseLayer::new(l, p, (false, false))?;
+        if let Some(layer) = self.pairs_layer(l, (false, false))? {
             let mut data = vec![0u8; l.out_shape.iter().product()];
-            dw.run_codes(input, &mut data)?;
+            layer.run_codes(input, &mut data)?;
             return Ok(Some(data));
         }
         if !self.kernel_implements(l) {
@@ -135,15 +159,10 @@ impl Backend for KernelBackend {
     ) -> Result<Option<Box<dyn Prepared>>> {
         match stage {
             Lowered::IntegerLayer(l) => {
-                if let Some(p) = tap_pair_depthwise(l) {
-                    return Ok(Some(Box::new(DepthwiseLayer::new(l, p, (false, false))?)));
+                if let Some(layer) = self.pairs_layer(l, (false, false))? {
+                    return Ok(Some(Box::new(layer)));
                 }
-                let supported = match (l.geometry, self.kernel.quant_conv()) {
-                    (Geometry::Linear { .. }, _) => self.kernel.quant_gemm().is_some(),
-                    (Geometry::Conv2d(p), Some(k)) => k.supports(&p, Layout::Nchw),
-                    (Geometry::Conv2d(_), None) => false,
-                };
-                Ok((self.kernel_implements(l) && supported).then(|| {
+                Ok(self.kernel_runs(l).then(|| {
                     Box::new(KernelLayer {
                         backend: KernelBackend {
                             name: self.name,
@@ -158,8 +177,8 @@ impl Backend for KernelBackend {
     }
 
     /// Layers run on the kernel in logical order (the input gathered from memory order, the
-    /// output scattered back), depthwise layers on channels-last tensors as they are held; every
-    /// other stage as the portable backend runs it in memory order.
+    /// output scattered back), convs on the portable pair kernels on channels-last tensors as
+    /// they are held; every other stage as the portable backend runs it in memory order.
     fn prepare_in_memory(
         &self,
         stage: Lowered<'_>,
@@ -172,14 +191,16 @@ impl Backend for KernelBackend {
         let input = inputs
             .first()
             .ok_or_else(|| Error::invalid("layer", "no input"))?;
-        if let Some(p) = tap_pair_depthwise(l) {
-            // The depthwise kernel runs NHWC: channels-last tensors as they are held.
+        if matches!(l.geometry, Geometry::Conv2d(_)) {
+            // The portable pair convs run NHWC: channels-last tensors as they are held.
             let nhwc = |shape: &[usize], f| super::portable::memory_positions(shape, f).is_some();
             let held = (
                 nhwc(input.shape, input.memory_format),
                 nhwc(&l.out_shape, out_format),
             );
-            return Ok(Some(Box::new(DepthwiseLayer::new(l, p, held)?)));
+            if let Some(layer) = self.pairs_layer(l, held)? {
+                return Ok(Some(Box::new(layer)));
+            }
         }
         let Some(inner) = self.prepare(stage, inputs)? else {
             return Ok(None);
@@ -293,6 +314,24 @@ fn tap_pair_depthwise(l: &IntegerLayer) -> Option<Conv2dParams> {
     }
 }
 
+/// Whether a layer runs on a portable pair kernel: FBGEMM's depthwise ([`DepthwiseTapPairs`])
+/// or FBGEMM's packed GEMM with the pair-saturating accumulation ([`PairGemm`], [`PairConv`]).
+fn portable_pairs(l: &IntegerLayer) -> bool {
+    tap_pair_depthwise(l).is_some() || pair_gemm(l)
+}
+
+/// Whether a layer runs on [`PairGemm`] (linear) or [`PairConv`]: FBGEMM's packed GEMM (linear,
+/// pointwise and im2col conv) with its non-VNNI pair-saturating accumulation
+/// ([`KernelPath::accumulation`]).
+fn pair_gemm(l: &IntegerLayer) -> bool {
+    l.path == KernelPath::FbgemmGemm
+        && l.accumulation == PairGemm::ACCUMULATION
+        && match l.geometry {
+            Geometry::Linear { .. } => true,
+            Geometry::Conv2d(p) => PairConv::supports(&p),
+        }
+}
+
 /// A layer's weight zero points as the kernels take them.
 fn weight_zero_points(l: &IntegerLayer) -> Result<Vec<i32>> {
     l.weight
@@ -310,38 +349,82 @@ fn activation_zero_point(z: i64) -> Result<i32> {
     i32::try_from(z).map_err(|_| Error::invalid("input zero point", format!("{z} is not an i32")))
 }
 
-/// An FBGEMM depthwise layer on [`DepthwiseTapPairs`] (weights packed once).
+/// A conv on a portable pair kernel, NHWC.
 #[derive(Debug)]
-struct DepthwiseLayer {
-    dw: DepthwiseTapPairs,
+enum NhwcConv {
+    Depthwise(DepthwiseTapPairs),
+    Pairs(PairConv),
+}
+
+/// The kernel of a layer on the portable pair kernels (weights packed once).
+#[derive(Debug)]
+enum PairsKernel {
+    /// A conv, run NHWC.
+    Conv(NhwcConv),
+    /// A linear layer, run on the logical (row-major) input.
+    Linear(PairGemm),
+}
+
+/// A layer on [`DepthwiseTapPairs`], [`PairConv`] or [`PairGemm`] ([`portable_pairs`]).
+#[derive(Debug)]
+struct PairsLayer {
+    kernel: PairsKernel,
     input_shape: Vec<usize>,
     input_zero_point: i64,
     out_shape: Vec<usize>,
-    /// Whether the input and the output are held NHWC (memory order of channels-last tensors);
-    /// otherwise logical order.
+    /// Whether a conv's input and output are held NHWC (memory order of channels-last
+    /// tensors); otherwise logical order.
     nhwc: (bool, bool),
 }
 
-impl DepthwiseLayer {
-    fn new(l: &IntegerLayer, p: Conv2dParams, nhwc: (bool, bool)) -> Result<Self> {
-        let dw =
-            DepthwiseTapPairs::new(p, &l.weight.int_repr, &weight_zero_points(l)?, &l.requant)?;
+impl PairsLayer {
+    /// The layer on its pair kernel, or `None` where [`portable_pairs`] is false.
+    fn new(l: &IntegerLayer, nhwc: (bool, bool)) -> Result<Option<Self>> {
+        let zps = weight_zero_points(l)?;
+        let w = &l.weight.int_repr;
+        let kernel = if let Some(p) = tap_pair_depthwise(l) {
+            PairsKernel::Conv(NhwcConv::Depthwise(DepthwiseTapPairs::new(
+                p, w, &zps, &l.requant,
+            )?))
+        } else if !pair_gemm(l) {
+            return Ok(None);
+        } else {
+            match l.geometry {
+                Geometry::Conv2d(p) => {
+                    PairsKernel::Conv(NhwcConv::Pairs(PairConv::new(p, w, &zps, &l.requant)?))
+                }
+                Geometry::Linear {
+                    in_features,
+                    out_features,
+                } => PairsKernel::Linear(PairGemm::new(
+                    out_features,
+                    in_features,
+                    w,
+                    &zps,
+                    &l.requant,
+                    0,
+                )?),
+            }
+        };
         let (input_shape, out_shape) = (l.input_shape.clone(), l.out_shape.clone());
-        for (what, shape) in [
-            ("conv2d input", &input_shape),
-            ("conv2d output", &out_shape),
-        ] {
-            if shape.len() != 4 {
-                return Err(Error::shape(what, format!("{shape:?} is not NCHW")));
+        let is_conv = matches!(kernel, PairsKernel::Conv(_));
+        if is_conv {
+            for (what, shape) in [
+                ("conv2d input", &input_shape),
+                ("conv2d output", &out_shape),
+            ] {
+                if shape.len() != 4 {
+                    return Err(Error::shape(what, format!("{shape:?} is not NCHW")));
+                }
             }
         }
-        Ok(DepthwiseLayer {
-            dw,
+        Ok(Some(PairsLayer {
+            kernel,
             input_shape,
             input_zero_point: l.input_zero_point,
             out_shape,
-            nhwc,
-        })
+            nhwc: if is_conv { nhwc } else { (false, false) },
+        }))
     }
 
     /// Runs on `input`'s codes (held as planned: NHWC or logical order), writing `out`.
@@ -357,6 +440,13 @@ impl DepthwiseLayer {
             ));
         }
         let a_zp = activation_zero_point(input.zero_point)?;
+        let conv = match &self.kernel {
+            PairsKernel::Linear(g) => {
+                let m = input.data.len() / g.k().max(1);
+                return g.run(&input.data, m, a_zp, out);
+            }
+            PairsKernel::Conv(c) => c,
+        };
         let (&[nb, c, h, w], &[_, oc, oh, ow]) = (&self.input_shape[..], &self.out_shape[..])
         else {
             return Err(Error::shape("conv2d", "input or output not 4-D"));
@@ -369,20 +459,28 @@ impl DepthwiseLayer {
             super::portable::nchw_to_nhwc(&input.data, [nb, c, h, w], &mut x);
             &x[..]
         };
+        let run = |o: &mut [u8]| match conv {
+            NhwcConv::Depthwise(dw) => dw.run_nhwc(src, nb, h, w, a_zp, o),
+            NhwcConv::Pairs(pc) => pc.run_nhwc(src, nb, h, w, a_zp, o),
+        };
         if self.nhwc.1 {
-            self.dw.run_nhwc(src, nb, h, w, a_zp, out)?;
+            run(out)?;
         } else {
             let mut tmp = vec![0u8; out.len()];
-            self.dw.run_nhwc(src, nb, h, w, a_zp, &mut tmp)?;
+            run(&mut tmp)?;
             super::portable::nhwc_to_nchw(&tmp, [nb, oc, oh, ow], out);
         }
         Ok(())
     }
 }
 
-impl Prepared for DepthwiseLayer {
+impl Prepared for PairsLayer {
     fn kernel(&self) -> &'static str {
-        DepthwiseTapPairs::NAME
+        match self.kernel {
+            PairsKernel::Conv(NhwcConv::Depthwise(_)) => DepthwiseTapPairs::NAME,
+            PairsKernel::Conv(NhwcConv::Pairs(_)) => PairConv::NAME,
+            PairsKernel::Linear(_) => PairGemm::NAME,
+        }
     }
 
     fn out_shape(&self) -> &[usize] {
@@ -549,5 +647,139 @@ mod tests {
             .prepare(plan.lowered().unwrap(), &[v.meta()])
             .unwrap()
             .is_none());
+    }
+
+    /// FBGEMM packed-GEMM layers captured without VNNI (pairs along K saturate int16) run on
+    /// the portable pair kernels whatever the backend's kernel, in logical and channels-last
+    /// memory order, and equal the reference model: pointwise, im2col and grouped convs (odd
+    /// and even K) and linear layers.
+    #[test]
+    fn fbgemm_pair_gemm_layers_run_on_the_portable_pair_kernels() {
+        let ctx = Ctx {
+            flow: Flow::ConvertFx,
+            engine: Engine::Fbgemm,
+            isa: Isa::Avx2,
+            cpu: CpuFeatures::AVX2,
+        };
+        let out = OutQParams {
+            scale: 0.3,
+            zero_point: 120,
+            quant_min: 0,
+            quant_max: 255,
+        };
+        let backend = KernelBackend::new("test", Box::new(Reference::new(Accumulation::Exact)));
+        let mut r = Rng::new(0x9a12, 2);
+        let (mut elements, mut differs_from_exact) = (0, 0);
+        let mut layers: Vec<(QLayer, Vec<usize>)> = [
+            (16, 32, 1, 1, 1, false),
+            (16, 24, 1, 3, 2, true),
+            (5, 7, 1, 3, 1, false),
+            (12, 18, 3, 3, 1, true),
+            (64, 8, 2, 1, 1, false),
+        ]
+        .into_iter()
+        .map(|(ic, oc, g, k, s, asym)| {
+            let p = Conv2dParams {
+                stride: [s, s],
+                ..Conv2dParams::square(ic, oc, g, k, (k - 1) / 2)
+            };
+            (conv(p, &mut r, asym), vec![2, ic, 7, 6])
+        })
+        .collect();
+        for (inf, outf, asym) in [(37, 10, false), (64, 70, true)] {
+            let mut l = conv(Conv2dParams::square(1, outf, 1, 1, 0), &mut r, asym);
+            l.geometry = Geometry::Linear {
+                in_features: inf,
+                out_features: outf,
+            };
+            l.weight.shape = vec![outf, inf];
+            l.weight.int_repr = (0..inf * outf)
+                .map(|_| [-128, 127, r.bits() as i8][(r.bits() % 3) as usize])
+                .collect();
+            layers.push((l, vec![3, inf]));
+        }
+        for (layer, shape) in layers {
+            let n = shape.iter().product();
+            let data: Vec<u8> = (0..n)
+                .map(|_| [0, 255, r.bits() as u8][(r.bits() % 3) as usize])
+                .collect();
+            let input = QTensor::new(shape.clone(), data, 0.04, 200);
+            let v = Value::Quantized(input.clone());
+            let plan = layer.plan(&ctx, &[v.meta()], Some(&out)).unwrap();
+            let low = plan.lowered().unwrap();
+            let Lowered::IntegerLayer(l) = low else {
+                panic!("not a layer")
+            };
+            assert_eq!(l.path, KernelPath::FbgemmGemm, "{:?}", l.geometry);
+            assert_eq!(l.accumulation, Accumulation::PairSaturatingI16);
+            assert!(backend.implements(l));
+            let want = codes(&plan.predict(&[&v]).unwrap()[0]);
+            let prepared = backend.prepare(low, &[v.meta()]).unwrap().expect("runs");
+            let conv = matches!(l.geometry, Geometry::Conv2d(_));
+            assert_eq!(
+                prepared.kernel(),
+                if conv { PairConv::NAME } else { PairGemm::NAME }
+            );
+            let mut got = vec![0u8; want.len()];
+            prepared.run(low, &[&v], &mut got).unwrap();
+            assert_eq!(got, want, "{:?}", l.geometry);
+            assert_eq!(backend.run_layer(l, &input).unwrap(), Some(want.clone()));
+            if conv {
+                let [nb, c, h, w] = shape[..] else { panic!() };
+                let mut nhwc_in = vec![0u8; n];
+                super::super::portable::nchw_to_nhwc(&input.data, [nb, c, h, w], &mut nhwc_in);
+                let held = Value::Quantized(QTensor {
+                    data: nhwc_in,
+                    memory_format: MemoryFormat::ChannelsLast,
+                    ..input.clone()
+                });
+                let mem = backend
+                    .prepare_in_memory(low, &[held.meta()], MemoryFormat::ChannelsLast)
+                    .unwrap()
+                    .expect("runs");
+                let mut got = vec![0u8; want.len()];
+                mem.run(low, &[&held], &mut got).unwrap();
+                let [_, oc, oh, ow] = l.out_shape[..] else {
+                    panic!("not 4-D")
+                };
+                let mut want_nhwc = vec![0u8; want.len()];
+                super::super::portable::nchw_to_nhwc(&want, [nb, oc, oh, ow], &mut want_nhwc);
+                assert_eq!(got, want_nhwc, "{:?} channels-last", l.geometry);
+            }
+            let exact_layer = IntegerLayer {
+                accumulation: Accumulation::Exact,
+                ..l.clone()
+            };
+            let exact: Vec<u8> = exact_layer
+                .requantize(&exact_layer.accumulators(&input, None).unwrap())
+                .iter()
+                .map(|p| p.value() as u8)
+                .collect();
+            differs_from_exact += exact.iter().zip(&want).filter(|(a, b)| a != b).count();
+            elements += want.len();
+            let moved = Value::Quantized(QTensor {
+                zero_point: 3,
+                ..input.clone()
+            });
+            assert!(prepared.run(low, &[&moved], &mut got).is_err());
+            // A kernel that computes the pairs itself (x86 AVX2) runs the layer.
+            for k in crate::kernels::available() {
+                if k.accumulation() != Accumulation::PairSaturatingI16
+                    || k.quant_gemm().is_none()
+                    || k.quant_conv().is_none()
+                {
+                    continue;
+                }
+                let name = k.name();
+                let own = KernelBackend::new("own", k);
+                let prepared = own.prepare(low, &[v.meta()]).unwrap().expect("runs");
+                assert_eq!(prepared.kernel(), name);
+                let mut got = vec![0u8; want.len()];
+                prepared.run(low, &[&v], &mut got).unwrap();
+                assert_eq!(got, want, "{name} on {:?}", l.geometry);
+            }
+        }
+        eprintln!("pair layers: {elements} elements, {differs_from_exact} differ from exact");
+        assert!(elements > 2000 && differs_from_exact > elements / 10);
     }
 }

@@ -8,6 +8,7 @@
 pub mod conformance;
 pub mod depthwise;
 pub mod isa;
+pub mod pairs;
 pub mod quant;
 pub mod reference;
 
