@@ -22,7 +22,7 @@
 //!
 //! [`KernelPath::FbgemmDepthwise`]: crate::engine::KernelPath::FbgemmDepthwise
 
-use super::quant::{check_activation_zero_point, weight_zero_points, PerChannel};
+use super::quant::{check_nhwc_run, weight_zero_points, PerChannel};
 use super::{Accumulation, Requant};
 use crate::geometry::Conv2dParams;
 use crate::{Error, Result};
@@ -139,22 +139,8 @@ impl DepthwiseTapPairs {
         a_zp: i32,
         out: &mut [u8],
     ) -> Result<(usize, usize)> {
-        check_activation_zero_point(a_zp)?;
+        let (oh, ow) = check_nhwc_run("depthwise conv", &self.p, (x, nb, h, w), out, a_zp)?;
         let (c, oc) = (self.p.in_channels, self.p.out_channels);
-        let (_, oh, ow) = self.p.output_dims(&[nb, c, h, w])?;
-        let len = |dims: [usize; 4]| dims.iter().try_fold(1usize, |a, &b| a.checked_mul(b));
-        let (in_len, out_len) = (len([nb, h, w, c]), len([nb, oh, ow, oc]));
-        if in_len != Some(x.len()) || out_len != Some(out.len()) {
-            return Err(Error::shape(
-                "depthwise conv",
-                format!(
-                    "buffers of {} and {} values for input {nb}×{h}×{w}×{c} (NHWC), \
-                     output {nb}×{oh}×{ow}×{oc}",
-                    x.len(),
-                    out.len()
-                ),
-            ));
-        }
         let [kh, kw] = self.p.kernel_size;
         let [sy, sx] = self.p.stride;
         let [dy, dx] = self.p.dilation;

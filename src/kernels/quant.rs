@@ -34,6 +34,35 @@ pub fn check_activation_zero_point(z: i32) -> Result<()> {
     }
 }
 
+/// Checks the buffers and the activation zero point of an NHWC conv run (`x`: `nb × h × w × IC`,
+/// `out`: `nb × OH × OW × OC` for the conv `p`); returns `(OH, OW)`. `what` names the conv in
+/// the error.
+pub(crate) fn check_nhwc_run(
+    what: &str,
+    p: &Conv2dParams,
+    (x, nb, h, w): (&[u8], usize, usize, usize),
+    out: &[u8],
+    a_zp: i32,
+) -> Result<(usize, usize)> {
+    check_activation_zero_point(a_zp)?;
+    let (c, oc) = (p.in_channels, p.out_channels);
+    let (_, oh, ow) = p.output_dims(&[nb, c, h, w])?;
+    let len = |dims: [usize; 4]| dims.iter().try_fold(1usize, |a, &b| a.checked_mul(b));
+    let (in_len, out_len) = (len([nb, h, w, c]), len([nb, oh, ow, oc]));
+    if in_len != Some(x.len()) || out_len != Some(out.len()) {
+        return Err(Error::shape(
+            what,
+            format!(
+                "buffers of {} and {} values for input {nb}×{h}×{w}×{c} (NHWC), \
+                 output {nb}×{oh}×{ow}×{oc}",
+                x.len(),
+                out.len()
+            ),
+        ));
+    }
+    Ok((oh, ow))
+}
+
 /// Expands 1 (per-tensor) or `n` (per-channel) weight zero points to `n`, each in −128..=127.
 pub fn weight_zero_points(z: &[i32], n: usize) -> Result<Vec<i32>> {
     let zps = match z.len() {
