@@ -1,6 +1,7 @@
 //! Single-thread timing of ResNet conv shapes (batch 1, channels-last, FBGEMM requantization) on
-//! every exact x86 kernel this CPU has: `cargo run --release --example conv_shapes [-- SECONDS]`
-//! (pin it, e.g. `taskset -c 1`). Prints the fastest per-call time of 10-call batches and GOPS
+//! every exact x86 kernel this CPU has:
+//! `cargo run --release --example conv_shapes [-- SECONDS [NAME-FILTER]]` (pin it, e.g.
+//! `taskset -c 1`; the filter keeps the shapes whose name contains it). Prints the fastest per-call time of 10-call batches and GOPS
 //! (2·M·N·K per call).
 
 #[cfg(target_arch = "x86_64")]
@@ -15,6 +16,7 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0.5);
+    let filter = std::env::args().nth(2).unwrap_or_default();
     // (name, in channels, out channels, kernel, stride, H = W)
     let shapes = [
         ("r18 7x7/2 224 3->64", 3, 64, 7, 2, 224),
@@ -37,6 +39,9 @@ fn main() {
         seed
     };
     for (name, ic, oc, k, s, hw) in shapes {
+        if !name.contains(filter.as_str()) {
+            continue;
+        }
         let p = Conv2dParams {
             in_channels: ic,
             out_channels: oc,

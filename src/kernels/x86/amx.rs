@@ -7,8 +7,9 @@
 //!   `K` padded with zeros to a multiple of 64. Rows `16s .. 16s+16` of a panel's k-groups, 64
 //!   bytes of columns `0..16` or `16..32` each, are one B tile of K step `s` (row stride 128 bytes):
 //!   exactly the "VNNI-packed" B that `tdpbusd` multiplies.
-//! * **A** tiles are 16 rows × 64 bytes. Rows that are equally spaced (a dense operand, or a
-//!   1×1 stride-1 conv's image) are read in place with their own stride, when the 64-byte steps
+//! * **A** tiles are 16 rows × 64 bytes. Rows that are equally spaced (a dense operand, a 1×1
+//!   stride-1 conv's image, the pixels of one output row, or a conv computed over a virtual
+//!   output width, see `conv`) are read in place with their own stride, when the 64-byte steps
 //!   stay inside the buffer; otherwise `MC` rows at a time are gathered from the `AOperand`
 //!   segments into a reused buffer with a row stride of `kp` bytes. Bytes past a row's `K` (the
 //!   next row, or stale buffer contents) meet the zero padding of B, so they add nothing.
@@ -202,7 +203,6 @@ struct Pending {
     rows: usize,
     j0: usize,
     buf: usize,
-    k: Panel,
 }
 
 /// Loads the panel constants of columns `j0 .. min(j0 + 32, n)`.
@@ -258,12 +258,13 @@ unsafe fn panel(epi: &Epilogue, j0: usize) -> Panel {
 /// AVX-512 F/BW/VL available; `q` describes rows and columns of the epilogue's output.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn post_rows(epi: &mut Epilogue, q: &Pending, r0: usize, r1: usize, t: &[i32]) {
-    let k = &q.k;
+unsafe fn post_rows(epi: &mut Epilogue, k: &Panel, q: &Pending, r0: usize, r1: usize, t: &[i32]) {
     let nv = if k.mask[1] == 0 { 1 } else { 2 };
     let cols = (epi.n - q.j0).min(NR);
     let (bz, row_sums, rq) = (epi.b_zp, epi.row_sums, epi.rq);
-    let at = |i: usize| epi.out_off + i * epi.out_ld + q.j0;
+    let (off, ld, virtual_rows) = (epi.out_off, epi.out_ld, epi.virtual_rows);
+    // Sink index of block row r, or None for a dropped virtual row.
+    let at = |r: usize| super::out_row(virtual_rows, q.i0 + r).map(|i| off + i * ld + q.j0);
     let rows = r0..r1.min(q.rows);
     // Row r's folded accumulators of vector v: acc + c[j] − row_sum·b_zp[j].
     let raw = |r: usize, v: usize| {
@@ -287,7 +288,7 @@ unsafe fn post_rows(epi: &mut Epilogue, q: &Pending, r0: usize, r1: usize, t: &[
     match &mut epi.sink {
         Sink::Raw(o) => {
             for r in rows {
-                let at = at(q.i0 + r);
+                let Some(at) = at(r) else { continue };
                 assert!(at + cols <= o.len());
                 for v in 0..nv {
                     // SAFETY: the mask keeps lanes below `cols`; at + cols ≤ o.len().
@@ -308,7 +309,7 @@ unsafe fn post_rows(epi: &mut Epilogue, q: &Pending, r0: usize, r1: usize, t: &[
             // Dword `4L + d` of the packed result holds outputs `4L .. 4L + 4` of vector `d`.
             let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
             for r in rows {
-                let at = at(q.i0 + r);
+                let Some(at) = at(r) else { continue };
                 assert!(at + cols <= o.len());
                 // packssdw / paddsw / packuswb / pmaxub per 128-bit lane, as `requant8`.
                 let w = _mm512_adds_epi16(_mm512_packs_epi32(f(raw(r, 0), 0), f(raw(r, 1), 1)), zp);
@@ -353,7 +354,7 @@ struct CBufs([[i32; MB * NR]; 2]);
 /// `AOperand::new`.
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl")]
 pub(super) unsafe fn gemm_amx(a: &AOperand, b: &PackedB, epi: &mut Epilogue) {
-    if a.m < 16 && crate::kernels::Isa::Avx512Vnni.detected() {
+    if a.m < 16 && epi.virtual_rows.is_none() && crate::kernels::Isa::Avx512Vnni.detected() {
         // SAFETY: VNNI detected; a Tile panel is a Quad8 NR = 32 panel with more zero k-groups.
         unsafe { super::avx512vnni::gemm_vnni(a, b, epi) };
         return;
@@ -379,9 +380,11 @@ pub(super) unsafe fn gemm_amx(a: &AOperand, b: &PackedB, epi: &mut Epilogue) {
     } else {
         Vec::new()
     };
-    // Rows `t .. t + 16` equally spaced (`Some(stride)`): one output row of a conv.
+    // Rows `t .. t + 16` equally spaced (`Some(stride)`): one output row of a conv, or any rows
+    // when the output rows are too (a 1×1 stride-1 conv, or rows over a virtual width).
     let spaced = |t: usize| match a.rows {
         RowMap::Dense { ld } => Some(ld),
+        RowMap::Pixels { ow, dy, dx } if dy == ow * dx => Some(dx),
         RowMap::Pixels { ow, dx, .. } => (t / ow == (t + 15) / ow).then_some(dx),
     };
     // Rows per pass: their A stays in L2 while every panel sweeps it. Each pass streams all the
@@ -456,13 +459,13 @@ pub(super) unsafe fn gemm_amx(a: &AOperand, b: &PackedB, epi: &mut Epilogue) {
                     (step / blocks, step % blocks)
                 };
                 let bp = b.panel8(p, NR).as_ptr();
-                let k = consts[p];
                 {
                     let i0 = ic + blk * MB;
                     // SAFETY: configuration loaded above. In-place tiles: whole rows read `kp`
                     // bytes ending inside `a.bytes` (checked above); segment tiles read 16
-                    // pixels of one output row (`offset(t + r) = offset(t) + r·dx`), each
-                    // step 64 bytes inside a segment that AOperand::new checked for rows < m.
+                    // equally spaced rows (`offset(t + r) = offset(t) + r·dx`: pixels of one
+                    // output row, or of a map with `dy = ow·dx`), each step 64 bytes inside a
+                    // segment that AOperand::new checked for rows < m.
                     // Gathered tiles are `16 · kp` bytes of `abuf`, which is not written until
                     // the next pass. The panel holds kp / 4 k-groups of LDB bytes; `cptr + cur`
                     // is one MB × NR block, not the one `pending` reads.
@@ -479,7 +482,8 @@ pub(super) unsafe fn gemm_amx(a: &AOperand, b: &PackedB, epi: &mut Epilogue) {
                                         cptr.add(q.buf).cast::<i32>(),
                                         MB * NR,
                                     );
-                                    post_rows(epi, q, s * per, (s + 1) * per, t);
+                                    let k = &consts[q.j0 / NR];
+                                    post_rows(epi, k, q, s * per, (s + 1) * per, t);
                                 }
                             },
                         );
@@ -489,7 +493,6 @@ pub(super) unsafe fn gemm_amx(a: &AOperand, b: &PackedB, epi: &mut Epilogue) {
                         rows: (iend - i0).min(MB),
                         j0: p * NR,
                         buf: cur,
-                        k,
                     });
                     cur ^= 1;
                 }
@@ -501,7 +504,7 @@ pub(super) unsafe fn gemm_amx(a: &AOperand, b: &PackedB, epi: &mut Epilogue) {
             // SAFETY: the block at `q.buf` was stored by its last `block` call; AVX-512 (caller).
             unsafe {
                 let t = std::slice::from_raw_parts(cptr.add(q.buf).cast::<i32>(), MB * NR);
-                post_rows(epi, q, 0, MB, t);
+                post_rows(epi, &consts[q.j0 / NR], q, 0, MB, t);
             }
         }
     });

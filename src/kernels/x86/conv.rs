@@ -309,12 +309,14 @@ impl Conv2d {
         let (ph, pw) = (h + 2 * pt, w + 2 * pl);
         let m = oh * ow;
         let e = self.elem;
-        // 64 bytes of slack: im2col copies whole 8-byte words past a window's last value.
-        let mut img = vec![a_zp as u8; ph * pw * icg + 64];
-        let mut wide = Vec::new();
-        let mut tmp = vec![T::default(); if layout == Layout::Nchw { m * ocg } else { 0 }];
-        // Image offset (in values) of output pixel i's window, and of the segments within it.
-        let pix = |i: usize| ((i / ow) * sy * pw + (i % ow) * sx) * icg;
+        let vw = match (self.feed, self.groups[0].kernel().format()) {
+            (Feed::Implicit { .. }, Format::Tile { .. }) => virtual_width(sy, sx, pw, oh, ow),
+            _ => None,
+        };
+        // GEMM rows: the output pixels, or the pixels over the virtual width.
+        let (gm, gw) = vw.map_or((m, ow), |vw| (oh * vw, vw));
+        // Image offset (in values) of GEMM row i's window, and of the segments within it.
+        let pix = |i: usize| ((i / gw) * sy * pw + (i % gw) * sx) * icg;
         let segs: Vec<usize> = match self.feed {
             Feed::Implicit { dilated: false, .. } => (0..kh).map(|ky| ky * dy * pw * icg).collect(),
             Feed::Implicit { dilated: true, .. } => (0..kh)
@@ -322,6 +324,16 @@ impl Conv2d {
                 .collect(),
             Feed::Im2col => Vec::new(),
         };
+        // 64 bytes of slack: im2col copies whole 8-byte words past a window's last value. The
+        // windows of the last virtual pixels run past the image: padding values too.
+        let seg_end = match self.feed {
+            Feed::Implicit { seg_len, .. } => segs.iter().max().map_or(0, |s| s + seg_len),
+            Feed::Im2col => 0,
+        };
+        let img_len = (ph * pw * icg + 64).max(pix(gm.saturating_sub(1)) + seg_end);
+        let mut img = vec![a_zp as u8; img_len];
+        let mut wide = Vec::new();
+        let mut tmp = vec![T::default(); if layout == Layout::Nchw { m * ocg } else { 0 }];
         let seg_bytes: Vec<usize> = segs.iter().map(|s| s * e).collect();
         for b in 0..nb {
             for (g, lin) in self.groups.iter().enumerate() {
@@ -365,7 +377,7 @@ impl Conv2d {
                         let row_sums: Vec<i32> = if lin.symmetric() {
                             Vec::new()
                         } else {
-                            (0..m)
+                            (0..gm)
                                 .map(|i| {
                                     segs.iter()
                                         .flat_map(|&s| &img[pix(i) + s..][..seg_len])
@@ -382,14 +394,15 @@ impl Conv2d {
                             &img[..]
                         };
                         let rows = RowMap::Pixels {
-                            ow,
+                            ow: gw,
                             dy: sy * pw * icg * e,
                             dx: sx * icg * e,
                         };
                         let steps = seg_len * e / 4;
-                        let a = AOperand::new(bytes, m, rows, &seg_bytes, steps, &row_sums);
+                        let a = AOperand::new(bytes, gm, rows, &seg_bytes, steps, &row_sums);
                         let (sink, out_ld, out_off) = sink!(0, m);
-                        lin.run_operand(&a, a_zp, sink, out_ld, out_off);
+                        let virtual_rows = vw.map(|vw| (vw, ow));
+                        lin.run_operand(&a, a_zp, sink, out_ld, out_off, virtual_rows);
                     }
                     Feed::Im2col => {
                         // AMX reads whole 64-byte K steps: rows as long as the packed K keep
@@ -426,7 +439,8 @@ impl Conv2d {
                                 let dense =
                                     DenseA::new(lin.kernel(), chunk, rows, k, kp, !lin.symmetric());
                                 let (sink, out_ld, out_off) = sink!(r0, rows);
-                                lin.run_operand(&dense.operand(&[0]), a_zp, sink, out_ld, out_off);
+                                let a = dense.operand(&[0]);
+                                lin.run_operand(&a, a_zp, sink, out_ld, out_off, None);
                             }
                         });
                     }
@@ -443,6 +457,20 @@ impl Conv2d {
         }
         Ok((oh, ow))
     }
+}
+
+/// The virtual output width of an implicit conv on the AMX kernel, whose tiles read 16 equally
+/// spaced GEMM rows in place. Output pixels are equally spaced only within an output row (the
+/// image is wider than the output); computed over a virtual width `vw` with `vw·sx = sy·pw`,
+/// every row is `sx·ICg` values after the one before, across output rows too, so no tile needs
+/// gathering. The `vw − ow` extra pixels of each row read windows that run into the next image
+/// row (or the slack after the image) and are dropped by the epilogue. Taken when it adds at most
+/// a quarter more 32-row blocks (stride 1: `vw = pw`, e.g. 58 for 56×56 and 9 for 7×7 with
+/// padding 1).
+fn virtual_width(sy: usize, sx: usize, pw: usize, oh: usize, ow: usize) -> Option<usize> {
+    let vw = (sy * pw).is_multiple_of(sx).then_some(sy * pw / sx)?;
+    let blocks = |rows: usize| rows.div_ceil(32);
+    (vw > ow && oh * vw >= 32 && 4 * blocks(oh * vw) <= 5 * blocks(oh * ow)).then_some(vw)
 }
 
 /// An explicit im2col: rows of `kp` bytes, the `k` values in `(ky, kx, ic)` order, then zeros.

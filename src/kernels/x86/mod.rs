@@ -582,9 +582,14 @@ pub(crate) enum Sink<'a> {
 pub(crate) struct Epilogue<'a> {
     /// Columns of the GEMM.
     n: usize,
-    /// Output element `(i, j)` is at `out_off + i·out_ld + j` of the sink.
+    /// Output element `(i, j)` is at `out_off + i·out_ld + j` of the sink, `i` the output row
+    /// of GEMM row `i` ([`Epilogue::out_row`]).
     out_ld: usize,
     out_off: usize,
+    /// `Some((vw, ow))`: the GEMM's rows are the pixels of a conv output computed over a padded
+    /// width `vw ≥ ow` (see `conv`), GEMM row `i` is output pixel `(i / vw, i % vw)`, and rows
+    /// with `i % vw ≥ ow` are dropped. Only the AMX kernel is given such an operand.
+    virtual_rows: Option<(usize, usize)>,
     /// Per-row activation sums (empty when `b_zp` is `None`).
     row_sums: &'a [i32],
     /// `a_zp · col_off[j]`.
@@ -612,7 +617,13 @@ impl Epilogue<'_> {
         self.row_sums.get(i).copied().unwrap_or(0)
     }
 
-    /// Index of output element `(i, j)` in the sink.
+    /// The output row of GEMM row `i`, `None` for a dropped row.
+    #[inline]
+    fn out_row(&self, i: usize) -> Option<usize> {
+        out_row(self.virtual_rows, i)
+    }
+
+    /// Index of output element `(i, j)` in the sink (`i` an output row).
     #[inline]
     fn at(&self, i: usize, j: usize) -> usize {
         self.out_off + i * self.out_ld + j
@@ -629,10 +640,13 @@ impl Epilogue<'_> {
         ld: usize,
     ) {
         for r in 0..rows {
+            let Some(o) = self.out_row(i0 + r) else {
+                continue;
+            };
             for c in 0..cols {
                 let (i, j) = (i0 + r, j0 + c);
                 let raw = self.raw(t[r * ld + c], i, j);
-                let at = self.at(i, j);
+                let at = self.at(o, j);
                 match &mut self.sink {
                     Sink::Raw(o) => o[at] = raw,
                     Sink::U8(o) => o[at] = self.rq.expect("u8 sink has a rule").apply(raw, j),
@@ -642,8 +656,22 @@ impl Epilogue<'_> {
     }
 }
 
+/// The output row of GEMM row `i` under [`Epilogue::virtual_rows`].
+#[inline]
+fn out_row(virtual_rows: Option<(usize, usize)>, i: usize) -> Option<usize> {
+    match virtual_rows {
+        None => Some(i),
+        Some((vw, ow)) => (i % vw < ow).then_some(i / vw * ow + i % vw),
+    }
+}
+
 /// Runs `c = a·bᵀ` on a packed B through the epilogue.
 fn run_packed(b: &PackedB, a: &AOperand, epi: &mut Epilogue) {
+    assert!(
+        epi.virtual_rows.is_none()
+            || matches!(b.kernel.kind(), KernelKind::Amx | KernelKind::Portable(_)),
+        "virtual conv rows on a kernel whose epilogue does not drop them"
+    );
     if b.kernel.format() != Format::Plain {
         // The micro-kernels read `k_steps` steps of each weight panel: keep them inside it.
         assert!(
@@ -825,7 +853,7 @@ impl PackedLinear {
     fn epilogue_run(&self, a: &[u8], m: usize, a_zp: i32, sink: Sink<'_>) {
         let k = self.packed.k;
         let dense = DenseA::new(self.packed.kernel, a, m, k, k, !self.symmetric);
-        self.run_operand(&dense.operand(&[0]), a_zp, sink, self.packed.n, 0);
+        self.run_operand(&dense.operand(&[0]), a_zp, sink, self.packed.n, 0, None);
     }
 
     /// Runs on an activation operand (`a_zp` validated by the caller; a u8 sink only when the
@@ -837,12 +865,14 @@ impl PackedLinear {
         sink: Sink<'_>,
         out_ld: usize,
         out_off: usize,
+        virtual_rows: Option<(usize, usize)>,
     ) {
         let zc: Vec<i32> = self.col_off.iter().map(|&c| c.wrapping_mul(a_zp)).collect();
         let mut epi = Epilogue {
             n: self.packed.n,
             out_ld,
             out_off,
+            virtual_rows,
             row_sums: a.row_sums,
             zc: &zc,
             b_zp: (!self.symmetric).then_some(&self.b_zp[..]),
@@ -901,6 +931,7 @@ impl Int8Gemm for Kernel {
             n,
             out_ld: n,
             out_off: 0,
+            virtual_rows: None,
             row_sums: &[],
             zc: &zc,
             b_zp: None,
