@@ -203,6 +203,9 @@ struct Pending {
     rows: usize,
     j0: usize,
     buf: usize,
+    /// Row `i0` over a virtual width `vw`: `(i0 / vw, i0 % vw)` (unused otherwise).
+    y0: usize,
+    x0: usize,
 }
 
 /// Loads the panel constants of columns `j0 .. min(j0 + 32, n)`.
@@ -263,8 +266,28 @@ unsafe fn post_rows(epi: &mut Epilogue, k: &Panel, q: &Pending, r0: usize, r1: u
     let cols = (epi.n - q.j0).min(NR);
     let (bz, row_sums, rq) = (epi.b_zp, epi.row_sums, epi.rq);
     let (off, ld, virtual_rows) = (epi.out_off, epi.out_ld, epi.virtual_rows);
-    // Sink index of block row r, or None for a dropped virtual row.
-    let at = |r: usize| super::out_row(virtual_rows, q.i0 + r).map(|i| off + i * ld + q.j0);
+    // Sink index of each block row, or None for a dropped virtual row: a walk over the virtual
+    // pixel grid from `(q.y0, q.x0)`, without a division per row.
+    let (mut y, mut x) = (q.y0, q.x0 + r0);
+    if let Some((vw, _)) = virtual_rows {
+        while x >= vw {
+            (y, x) = (y + 1, x - vw);
+        }
+    }
+    let mut at = |r: usize| {
+        let i = match virtual_rows {
+            None => Some(q.i0 + r),
+            Some((vw, ow)) => {
+                let i = (x < ow).then_some(y * ow + x);
+                x += 1;
+                if x == vw {
+                    (y, x) = (y + 1, 0);
+                }
+                i
+            }
+        };
+        i.map(|i| off + i * ld + q.j0)
+    };
     let rows = r0..r1.min(q.rows);
     // Row r's folded accumulators of vector v: acc + c[j] − row_sum·b_zp[j].
     let raw = |r: usize, v: usize| {
@@ -488,11 +511,16 @@ pub(super) unsafe fn gemm_amx(a: &AOperand, b: &PackedB, epi: &mut Epilogue) {
                             },
                         );
                     }
+                    let (y0, x0) = epi
+                        .virtual_rows
+                        .map_or((0, 0), |(vw, _)| (i0 / vw, i0 % vw));
                     pending = Some(Pending {
                         i0,
                         rows: (iend - i0).min(MB),
                         j0: p * NR,
                         buf: cur,
+                        y0,
+                        x0,
                     });
                     cur ^= 1;
                 }

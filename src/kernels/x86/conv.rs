@@ -37,6 +37,8 @@ use crate::kernels::{reference, Accumulation, Isa, Output, QConv, QuantConv, Req
 use crate::{Error, Result};
 
 thread_local! {
+    /// The padded channels-last image of [`Conv2d::run`], reused across calls.
+    static IMG: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The im2col matrix of [`Conv2d::run`], reused across calls.
     static COLS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -331,7 +333,22 @@ impl Conv2d {
             Feed::Im2col => 0,
         };
         let img_len = (ph * pw * icg + 64).max(pix(gm.saturating_sub(1)) + seg_end);
-        let mut img = vec![a_zp as u8; img_len];
+        // A buffer reused across calls: the padding is refilled with this call's zero point, the
+        // interior is written below.
+        let mut buf = IMG.with_borrow_mut(std::mem::take);
+        if buf.len() < img_len {
+            buf.resize(img_len, 0);
+        }
+        let img = &mut buf[..img_len];
+        let zp = a_zp as u8;
+        let row_len = pw * icg;
+        img[..pt * row_len].fill(zp);
+        img[(pt + h) * row_len..].fill(zp);
+        for y in pt..pt + h {
+            let row = &mut img[y * row_len..(y + 1) * row_len];
+            row[..pl * icg].fill(zp);
+            row[(pl + w) * icg..].fill(zp);
+        }
         let mut wide = Vec::new();
         let mut tmp = vec![T::default(); if layout == Layout::Nchw { m * ocg } else { 0 }];
         let seg_bytes: Vec<usize> = segs.iter().map(|s| s * e).collect();
@@ -435,7 +452,7 @@ impl Conv2d {
                             for r0 in (0..m).step_by(mc) {
                                 let rows = mc.min(m - r0);
                                 let chunk = &mut cols[..rows * kp];
-                                geo.fill(chunk, r0, &img);
+                                geo.fill(chunk, r0, img);
                                 let dense =
                                     DenseA::new(lin.kernel(), chunk, rows, k, kp, !lin.symmetric());
                                 let (sink, out_ld, out_off) = sink!(r0, rows);
@@ -455,6 +472,7 @@ impl Conv2d {
                 }
             }
         }
+        IMG.with_borrow_mut(|b| *b = buf);
         Ok((oh, ow))
     }
 }
