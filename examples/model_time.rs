@@ -1,6 +1,6 @@
 //! Single-thread timing of one graph case (e.g. a model written by `cargo xtask bench --models`)
 //! on the optimized backend: `cargo run --release --example model_time -- CASE.json [SECONDS]`.
-//! Prints the fastest whole-model time and each node's fastest time.
+//! Prints the fastest whole-model time and each node's fastest time (runs reuse their buffers).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     use std::time::Instant;
@@ -12,17 +12,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let graph = qparity::runner::Graph::from_case(&case, &host)?;
     let backend = qparity::backend::native().ok_or("no optimized backend on this CPU")?;
     let planned = graph.plan(Some(backend))?;
-    let input = graph.inputs().first().ok_or("no input")?.clone();
+    let input = qparity::ops::Value::Tensor(graph.inputs().first().ok_or("no input")?.clone());
+    // Runs into one reused set of buffers, as `cargo xtask bench --models` times them.
+    let mut out = qparity::runner::RunOutput::default();
     let mut best = f64::INFINITY;
     let start = Instant::now();
     while start.elapsed().as_secs_f64() < secs {
         let t = Instant::now();
-        planned.run(&input)?;
+        planned.run_into(&input, &mut out)?;
         best = best.min(t.elapsed().as_secs_f64());
     }
     let mut per_node = vec![f64::INFINITY; graph.node_names().count()];
     for _ in 0..20 {
-        planned.run_timed(&input, |i, s| per_node[i] = per_node[i].min(s))?;
+        planned.run_into_timed(&input, &mut out, |i, s| per_node[i] = per_node[i].min(s))?;
     }
     for ((name, op, k), s) in planned.kernels().iter().zip(&per_node) {
         println!(

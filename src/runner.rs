@@ -251,7 +251,7 @@ pub struct Model<'g> {
 }
 
 /// One run's results.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct RunOutput {
     /// Every node's output codes in memory order (NHWC for 4-D channels-last values; see
     /// [`RunOutput::logical`]), in node order.
@@ -321,20 +321,42 @@ impl Model<'_> {
     }
 
     /// Runs the model on `input`; `timer(i, seconds)` is told each node's time.
-    pub fn run_timed(
+    pub fn run_timed(&self, input: &Tensor, timer: impl FnMut(usize, f64)) -> Result<RunOutput> {
+        let mut out = RunOutput::default();
+        self.run_into_timed(&Value::Tensor(input.clone()), &mut out, timer)?;
+        Ok(out)
+    }
+
+    /// Runs the model on `input`.
+    pub fn run(&self, input: &Tensor) -> Result<RunOutput> {
+        self.run_timed(input, |_, _| {})
+    }
+
+    /// Runs the model on `input` (the graph's input value), writing `out` in place: the node
+    /// and output buffers of the run `out` holds are reused, so repeated runs of one model do
+    /// not allocate them again (what a deployed runtime does with its activation memory).
+    pub fn run_into(&self, input: &Value, out: &mut RunOutput) -> Result<()> {
+        self.run_into_timed(input, out, |_, _| {})
+    }
+
+    /// [`Model::run_into`], telling `timer(i, seconds)` each node's time.
+    pub fn run_into_timed(
         &self,
-        input: &Tensor,
+        input: &Value,
+        out: &mut RunOutput,
         mut timer: impl FnMut(usize, f64),
-    ) -> Result<RunOutput> {
-        let input = Value::Tensor(input.clone());
+    ) -> Result<()> {
+        let mut old = std::mem::take(&mut out.nodes).into_iter();
         let mut values: Vec<Value> = Vec::with_capacity(self.plans.len());
         for (i, node) in self.graph.nodes.iter().enumerate() {
             let start = std::time::Instant::now();
+            // The buffer of this node's previous output, if any (every code is rewritten).
+            let reuse = old.next().map(|q| q.data).unwrap_or_default();
             let ins: Vec<&Value> = node
                 .inputs
                 .iter()
                 .map(|&s| match s {
-                    Slot::Input => &input,
+                    Slot::Input => input,
                     Slot::Node(j) => &values[j],
                 })
                 .collect();
@@ -342,9 +364,10 @@ impl Model<'_> {
             let r = &node.record;
             let data = match (&self.prepared[i], self.plans[i].lowered()) {
                 (Some(p), Some(low)) => {
-                    let mut out = vec![0u8; r.data.len()];
-                    p.run(low, &ins, &mut out).map_err(in_node)?;
-                    out
+                    let mut data = reuse;
+                    data.resize(r.data.len(), 0);
+                    p.run(low, &ins, &mut data).map_err(in_node)?;
+                    data
                 }
                 _ => reference_in_memory(&*self.plans[i], &ins, r).map_err(in_node)?,
             };
@@ -364,46 +387,42 @@ impl Model<'_> {
             timer(i, start.elapsed().as_secs_f64());
         }
         let last = &values[self.graph.output];
-        let output = match (&self.dq_prepared, self.dequantize.lowered()) {
+        match (&self.dq_prepared, self.dequantize.lowered()) {
             (Some(p), Some(low)) => {
-                let mut out = vec![0f32; p.out_shape().iter().product()];
-                p.run_f32(low, &[last], &mut out)?;
-                out
+                out.output.resize(p.out_shape().iter().product(), 0.0);
+                p.run_f32(low, &[last], &mut out.output)?;
             }
-            _ => match self
-                .dequantize
-                .predict(&[&Value::Quantized(QTensor {
-                    data: to_logical(last.quantized("output")?),
-                    ..last.quantized("output")?.clone()
-                })])?
-                .into_iter()
-                .next()
-            {
-                Some(crate::ops::Output {
-                    values: crate::ops::Predicted::Floats(f),
-                    ..
-                }) => f,
-                _ => {
-                    return Err(Error::invalid(
-                        "runner",
-                        "the dequantize node gave no floats",
-                    ))
+            _ => {
+                out.output = match self
+                    .dequantize
+                    .predict(&[&Value::Quantized(QTensor {
+                        data: to_logical(last.quantized("output")?),
+                        ..last.quantized("output")?.clone()
+                    })])?
+                    .into_iter()
+                    .next()
+                {
+                    Some(crate::ops::Output {
+                        values: crate::ops::Predicted::Floats(f),
+                        ..
+                    }) => f,
+                    _ => {
+                        return Err(Error::invalid(
+                            "runner",
+                            "the dequantize node gave no floats",
+                        ))
+                    }
                 }
-            },
-        };
-        let nodes = values
+            }
+        }
+        out.nodes = values
             .into_iter()
             .filter_map(|v| match v {
                 Value::Quantized(q) => Some(q),
                 Value::Tensor(_) => None,
             })
             .collect();
-        Ok(RunOutput { nodes, output })
-    }
-
-    /// Runs the model on `input`.
-    pub fn run(&self, input: &Tensor) -> Result<RunOutput> {
-        self.run_timed(input, |_, _| {})
+        Ok(())
     }
 }
 

@@ -284,9 +284,15 @@ pub fn run(
             torch_ops: BTreeMap::new(),
             kernels,
         };
+        // Timed runs reuse one run's buffers (`run_into`), as a deployed runtime reuses its
+        // activation memory; their codes are compared with the checked run's below.
+        let value = qparity::ops::Value::Tensor(input.clone());
+        let mut reused = qparity::runner::RunOutput::default();
         for r in 0..rounds {
-            row.ours
-                .push(measure(|| Ok(planned.run(&input).map(|_| ())?), min_time)?);
+            row.ours.push(measure(
+                || Ok(planned.run_into(&value, &mut reused)?),
+                min_time,
+            )?);
             row.fbgemm.push(torch.time("fbgemm", min_time)?);
             row.x86.push(torch.time("x86", min_time)?);
             eprintln!(
@@ -296,10 +302,19 @@ pub fn run(
                 row.x86[r][2] * 1e3
             );
         }
+        if reused
+            .nodes
+            .iter()
+            .map(|q| &q.data)
+            .ne(out.nodes.iter().map(|q| &q.data))
+            || reused.output != out.output
+        {
+            bail!("{model}: a run into reused buffers differs from the checked run");
+        }
         // Per-op breakdown: the fastest of a few runs per node, summed by op.
         let mut per_node = vec![f64::INFINITY; out.nodes.len()];
         for _ in 0..5 {
-            planned.run_timed(&input, |i, s| per_node[i] = per_node[i].min(s))?;
+            planned.run_into_timed(&value, &mut reused, |i, s| per_node[i] = per_node[i].min(s))?;
         }
         for (i, s) in per_node.iter().enumerate() {
             *row.ours_ops
