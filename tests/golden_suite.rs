@@ -684,3 +684,51 @@ fn real_models_reproduce_their_graph_goldens() {
         }
     }
 }
+
+/// `Model::run_into` reuses the buffers of the run it is given: runs into one `RunOutput` on
+/// different inputs, alternating, give the codes and outputs of fresh runs on those inputs.
+#[test]
+fn runs_into_reused_buffers_equal_fresh_runs() {
+    use qparity::tensor::Data;
+    let Some(backend) = qparity::backend::native() else {
+        return;
+    };
+    let path =
+        golden_dir().join("graphs-vnni-seed0/cases/graph-resnet18-fbgemm-ptq-default-0000.json");
+    let case = qparity::golden::load_case(&path).expect("golden case");
+    let graph = qparity::runner::Graph::from_case(&case, &CpuFeatures::host()).expect("graph");
+    let model = graph.plan(Some(backend)).expect("plan");
+    let first = graph.inputs()[0].clone();
+    let mut second = first.clone();
+    let Data::F32(v) = &mut second.data else {
+        panic!("float input expected");
+    };
+    for (i, x) in v.iter_mut().enumerate() {
+        *x = -*x * 0.75 + (i % 7) as f32 * 0.01;
+    }
+    let fresh = [model.run(&first).unwrap(), model.run(&second).unwrap()];
+    assert_ne!(
+        fresh[0].output, fresh[1].output,
+        "inputs should differ in output"
+    );
+    let mut reused = qparity::runner::RunOutput::default();
+    for round in 0..4 {
+        let (input, want) = if round % 2 == 0 {
+            (&first, &fresh[0])
+        } else {
+            (&second, &fresh[1])
+        };
+        model
+            .run_into(&qparity::ops::Value::Tensor(input.clone()), &mut reused)
+            .unwrap();
+        assert_eq!(reused.output, want.output, "round {round}");
+        assert!(
+            reused
+                .nodes
+                .iter()
+                .map(|q| &q.data)
+                .eq(want.nodes.iter().map(|q| &q.data)),
+            "round {round}: node codes differ"
+        );
+    }
+}
