@@ -301,15 +301,32 @@ fn nchw_to_nhwc(x: &[u8], [n, c, h, w]: [usize; 4], out: &mut [u8]) {
     let hw = h * w;
     for b in 0..n {
         let (src, dst) = (&x[b * c * hw..][..c * hw], &mut out[b * c * hw..][..c * hw]);
-        for (ch, plane) in src.chunks_exact(hw).enumerate() {
-            for (p, &v) in plane.iter().enumerate() {
-                dst[p * c + ch] = v;
+        // Few channels (a network's image input) write whole pixels, one per step.
+        match c {
+            1 => dst.copy_from_slice(src),
+            3 => interleave::<3>(src, dst, hw),
+            4 => interleave::<4>(src, dst, hw),
+            _ => {
+                for (ch, plane) in src.chunks_exact(hw).enumerate() {
+                    for (p, &v) in plane.iter().enumerate() {
+                        dst[p * c + ch] = v;
+                    }
+                }
             }
         }
     }
 }
 
-/// NHWC `x` (dims `[n, c, h, w]`) to NCHW `out`.
+/// One image's `C` planes of `hw` values (`src`) as `hw` pixels of `C` values (`dst`).
+fn interleave<const C: usize>(src: &[u8], dst: &mut [u8], hw: usize) {
+    let planes: [&[u8]; C] = std::array::from_fn(|ch| &src[ch * hw..(ch + 1) * hw]);
+    for (p, px) in dst.chunks_exact_mut(C).enumerate() {
+        for (d, plane) in px.iter_mut().zip(&planes) {
+            *d = plane[p];
+        }
+    }
+}
+
 fn nhwc_to_nchw(x: &[u8], [n, c, h, w]: [usize; 4], out: &mut [u8]) {
     let hw = h * w;
     for b in 0..n {

@@ -428,9 +428,8 @@ impl Conv2d {
                             Format::Tile { .. } => lin.packed.kp,
                             _ => super::pad4(k),
                         };
-                        // Reused across calls: each row is written whole, its padding zeroed.
-                        // Written and multiplied in chunks of about 128 KiB that stay in L2,
-                        // into a buffer reused across calls; each row is written whole.
+                        // Written and multiplied in chunks of about 128 KiB that stay in L2, into
+                        // a buffer reused across calls.
                         let mc = (128 * 1024 / kp).max(32) / 32 * 32;
                         COLS.with_borrow_mut(|cols| {
                             if cols.len() < mc.min(m) * kp {
@@ -446,7 +445,6 @@ impl Conv2d {
                                 dx,
                                 pw,
                                 ow,
-                                k,
                                 kp,
                             };
                             for r0 in (0..m).step_by(mc) {
@@ -491,7 +489,10 @@ fn virtual_width(sy: usize, sx: usize, pw: usize, oh: usize, ow: usize) -> Optio
     (vw > ow && oh * vw >= 32 && 4 * blocks(oh * vw) <= 5 * blocks(oh * ow)).then_some(vw)
 }
 
-/// An explicit im2col: rows of `kp` bytes, the `k` values in `(ky, kx, ic)` order, then zeros.
+/// An explicit im2col: rows of `kp` bytes, the `k` values in `(ky, kx, ic)` order, then bytes
+/// left unspecified: no kernel reads them into a product (`DenseA` borrows such rows only for the
+/// `Quad8` and `Tile` formats, whose packed weights are zero past `k`; the other formats copy the
+/// first `k` values of each row).
 struct Im2col {
     kh: usize,
     kw: usize,
@@ -502,7 +503,6 @@ struct Im2col {
     dx: usize,
     pw: usize,
     ow: usize,
-    k: usize,
     kp: usize,
 }
 
@@ -513,8 +513,8 @@ impl Im2col {
         let len = self.kw * self.icg;
         // Without a horizontal dilation the KW·ICg values of a kernel row are contiguous (the
         // 7×7 stem conv on 3 channels: 21 bytes); they are copied as a fixed number of 8-byte
-        // words when the excess stays inside the A row: the next kernel row, or the padding
-        // zeroed after, overwrites it (a short copy of a run-time length is a `memcpy` call).
+        // words when the excess stays inside the A row: the next kernel row overwrites it, or it
+        // lies past `k` (a short copy of a run-time length is a `memcpy` call).
         let words = len.div_ceil(8);
         if self.dx == 1 && (self.kh - 1) * len + 8 * words <= self.kp {
             match words {
@@ -540,7 +540,6 @@ impl Im2col {
                     }
                 }
             }
-            arow[self.k..].fill(0);
             ox += 1;
             if ox == self.ow {
                 (oy, ox) = (oy + 1, 0);
@@ -559,7 +558,6 @@ impl Im2col {
                 arow[ky * len..ky * len + L].copy_from_slice(src);
                 row += self.dy * self.pw * self.icg;
             }
-            arow[self.k..].fill(0);
             ox += 1;
             if ox == self.ow {
                 (oy, ox) = (oy + 1, 0);
