@@ -136,6 +136,9 @@ fn exact_kernels_equal_portable_on_tiled_convs() {
         // 7×7 run past the image.
         [256, 40, 3, 1, 1, 1, 7, 7],
         [64, 64, 3, 1, 1, 1, 14, 14],
+        // Unpadded channels-last inputs are read in place (1×1 above), unless the virtual width
+        // reads past them, as this valid 3×3 does.
+        [64, 32, 3, 1, 0, 1, 10, 12],
     ];
     let mut seed = 0x9e37_79b9_u32;
     let mut next = move || {

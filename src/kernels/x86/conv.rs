@@ -332,7 +332,20 @@ impl Conv2d {
             Feed::Implicit { seg_len, .. } => segs.iter().max().map_or(0, |s| s + seg_len),
             Feed::Im2col => 0,
         };
-        let img_len = (ph * pw * icg + 64).max(pix(gm.saturating_sub(1)) + seg_end);
+        // Values an implicit feed reads from the image's start.
+        let reads = pix(gm.saturating_sub(1)) + seg_end;
+        let img_len = (ph * pw * icg + 64).max(reads);
+        // An unpadded channels-last input of one group is its own image (e.g. a 1×1 conv) when
+        // the reads stay inside it: read in place, not copied.
+        let direct = |b: usize| {
+            matches!(self.feed, Feed::Implicit { .. })
+                && pt == 0
+                && pl == 0
+                && layout == Layout::Nhwc
+                && icg == c
+                && e == 1
+                && b * h * w * c + reads <= x.len()
+        };
         // A buffer reused across calls: the padding is refilled with this call's zero point, the
         // interior is written below.
         let mut buf = IMG.with_borrow_mut(std::mem::take);
@@ -355,7 +368,7 @@ impl Conv2d {
         for b in 0..nb {
             for (g, lin) in self.groups.iter().enumerate() {
                 // The group's channels into the padded channels-last image.
-                for y in 0..h {
+                for y in (0..h).filter(|_| !direct(b)) {
                     let row = &mut img[((y + pt) * pw + pl) * icg..][..w * icg];
                     match layout {
                         Layout::Nhwc if icg == c => {
@@ -389,6 +402,7 @@ impl Conv2d {
                         }
                     };
                 }
+                let img: &[u8] = if direct(b) { &x[b * h * w * c..] } else { img };
                 match self.feed {
                     Feed::Implicit { seg_len, .. } => {
                         let row_sums: Vec<i32> = if lin.symmetric() {
@@ -408,7 +422,7 @@ impl Conv2d {
                             wide.extend(img.iter().flat_map(|&v| [v, 0]));
                             &wide[..]
                         } else {
-                            &img[..]
+                            img
                         };
                         let rows = RowMap::Pixels {
                             ow: gw,
