@@ -11,7 +11,9 @@
 //!   stride-1 conv's image, the pixels of one output row, or a conv computed over a virtual
 //!   output width, see `conv`) are read in place with their own stride, when the 64-byte steps
 //!   stay inside the buffer; otherwise `MC` rows at a time are gathered from the `AOperand`
-//!   segments into a reused buffer with a row stride of `kp` bytes. Bytes past a row's `K` (the
+//!   segments into a reused buffer in tile order (step `s` of a 16-row tile is the contiguous
+//!   KiB at `s · 1024`, measured faster than rows `kp` bytes apart when A and B both come from
+//!   L2, e.g. resnet50's stride-2 convs). Bytes past a row's `K` (the
 //!   next row, or stale buffer contents) meet the zero padding of B, so they add nothing.
 //!
 //! Each 32 × 32 block of C is four accumulator tiles (`tmm0..3`) fed per K step by two A tiles
@@ -369,7 +371,8 @@ struct CBufs([[i32; MB * NR]; 2]);
 /// next block, so the vector units requantize while the tile unit multiplies (the tiles run
 /// asynchronously to the out-of-order core). A rows are read in place when they are equally
 /// spaced (dense, or a 1×1 stride-1 conv's image) and the tile read stays inside the buffer;
-/// otherwise they are gathered into a reused buffer of `kp`-byte rows.
+/// otherwise they are gathered into a reused buffer in tile order (each step's 16 rows one
+/// contiguous KiB).
 ///
 /// # Safety
 /// [`detected`] must be true (AMX-TILE/INT8 with the OS permission, AVX-512 F/BW/VL, AVX2,
@@ -395,6 +398,8 @@ pub(super) unsafe fn gemm_amx(a: &AOperand, b: &PackedB, epi: &mut Epilogue) {
     // Step offsets of a tile read in place: whole K steps of a `kp`-byte row (`lin`), or, when
     // each segment is whole 64-byte steps, step `s` in segment `s / per_seg` (`seg`).
     let lin: Vec<usize> = (0..steps).map(|s| s * KB).collect();
+    // Step offsets of a tile gathered in tile order (16 rows of 64 bytes per step).
+    let tile_order: Vec<usize> = (0..steps).map(|s| s * 16 * KB).collect();
     let per_seg = row_bytes / KB;
     let seg: Vec<usize> = if row_bytes.is_multiple_of(KB) && a.segs.len() * per_seg == steps {
         (0..steps)
@@ -459,17 +464,29 @@ pub(super) unsafe fn gemm_amx(a: &AOperand, b: &PackedB, epi: &mut Epilogue) {
                         off: &seg,
                     },
                     _ => {
-                        for (i, dst) in (t..iend.min(t + 16)).zip(slot.chunks_exact_mut(kp)) {
+                        // Gathered in tile order: step s of the 16 rows is the 1 KiB at
+                        // `s · 1024`, row r at `r · 64` in it (each tile load one contiguous
+                        // KiB). A row is its segments back to back, cut at 64-byte steps.
+                        for (r, i) in (t..iend.min(t + 16)).enumerate() {
                             let off = a.rows.offset(i);
-                            for (s, &sg) in a.segs.iter().enumerate() {
-                                dst[s * row_bytes..(s + 1) * row_bytes]
-                                    .copy_from_slice(&a.bytes[off + sg..off + sg + row_bytes]);
+                            let mut at = 0;
+                            for &sg in a.segs {
+                                let src = &a.bytes[off + sg..off + sg + row_bytes];
+                                let mut done = 0;
+                                while done < row_bytes {
+                                    let (s, o) = ((at + done) / KB, (at + done) % KB);
+                                    let n = (KB - o).min(row_bytes - done);
+                                    slot[s * 16 * KB + r * KB + o..][..n]
+                                        .copy_from_slice(&src[done..done + n]);
+                                    done += n;
+                                }
+                                at += row_bytes;
                             }
                         }
                         ATile {
                             base: slot.as_ptr(),
-                            ld: kp,
-                            off: &lin,
+                            ld: KB,
+                            off: &tile_order,
                         }
                     }
                 };
