@@ -230,6 +230,9 @@ pub struct PointwiseRun {
     /// Per value function: ATen's vector `qadd` lambda in SIMD, where the function is one and
     /// the SIMD kernel equals its table on every pair of codes.
     simd_add: Vec<Option<VectorAdd>>,
+    /// Per value function: whether it is the identity on codes (a unary table `t[q] = q`, e.g. a
+    /// cat input that shares the output's qparams): its runs are copies.
+    identity: Vec<bool>,
     runs: Vec<Run>,
 }
 
@@ -335,6 +338,10 @@ impl PointwiseRun {
                 (arity == 2 && t.len() == 1 << 16 && simd_add_matches(&v, t)).then_some(v)
             })
             .collect();
+        let identity = tables
+            .iter()
+            .map(|t| arity == 1 && t.iter().enumerate().all(|(q, &v)| usize::from(v) == q))
+            .collect();
         Ok(Some(PointwiseRun {
             shape: p.shape().to_vec(),
             arity,
@@ -342,6 +349,7 @@ impl PointwiseRun {
             lens,
             tables,
             simd_add,
+            identity,
             runs,
         }))
     }
@@ -400,6 +408,8 @@ impl Prepared for PointwiseRun {
     fn kernel(&self) -> &'static str {
         if self.simd_add.iter().any(Option::is_some) {
             "simd-add"
+        } else if self.identity.iter().all(|&i| i) {
+            "copy"
         } else {
             "lut"
         }
@@ -419,6 +429,9 @@ impl Prepared for PointwiseRun {
             let [a, b] = r.src;
             let xa = x[a.input];
             match (self.arity, a.stride) {
+                (1, 1) if self.identity[r.f] => {
+                    o.copy_from_slice(&xa[a.start..a.start + r.len]);
+                }
                 (1, 1) => {
                     for (o, &q) in o.iter_mut().zip(&xa[a.start..a.start + r.len]) {
                         *o = t[q as usize];
