@@ -164,19 +164,44 @@ fn exact_kernels_equal_portable_on_tiled_convs() {
         };
         let wts: Vec<i8> = (0..oc * ic * k * k).map(|_| next() as i8).collect();
         let zps: Vec<i32> = (0..oc).map(|j| (j % 7) as i32 - 3).collect();
-        let x: Vec<u8> = (0..ic * h * w).map(|_| next() as u8).collect();
+        // Two images: the second is read where the first ends (in place or through the image).
+        let nb = 2;
+        let x: Vec<u8> = (0..nb * ic * h * w).map(|_| next() as u8).collect();
+        let span = d * (k - 1) + 1;
+        let (oh, ow) = ((h + 2 * pad - span) / s + 1, (w + 2 * pad - span) / s + 1);
+        let n = nb * oc * oh * ow;
+        // NCHW ↔ NHWC of `nb` images of `c` channels and `hh × ww` pixels.
+        let to_nhwc = |v: &[u8], c: usize, hh: usize, ww: usize| -> Vec<u8> {
+            let mut t = vec![0; v.len()];
+            for (i, &e) in v.iter().enumerate() {
+                let (b, ch, px) = (i / (c * hh * ww), i / (hh * ww) % c, i % (hh * ww));
+                t[(b * hh * ww + px) * c + ch] = e;
+            }
+            t
+        };
         let port = Kernel::portable(Accumulation::Exact);
+        // The anchor: the portable kernel on NCHW (a padded copy, no in-place read, no virtual
+        // width); the NHWC runs get the same images transposed.
+        let anchor = Conv2d::with_kernel(port, &wts, p, &zps, rule(oc)).unwrap();
+        let mut q_nchw = vec![0u8; n];
+        anchor
+            .run(Layout::Nchw, &x, nb, h, w, 5, &mut q_nchw)
+            .unwrap();
+        let x_nhwc = to_nhwc(&x, ic, h, w);
         for layout in [Layout::Nhwc, Layout::Nchw] {
+            let (x, want) = match layout {
+                Layout::Nhwc => (&x_nhwc, to_nhwc(&q_nchw, oc, oh, ow)),
+                Layout::Nchw => (&x, q_nchw.clone()),
+            };
             let mut raw_want = vec![0i32; 0];
             let mut q_want = vec![0u8; 0];
             for kern in std::iter::once(port).chain(exact.iter().copied()) {
                 let conv = Conv2d::with_kernel(kern, &wts, p, &zps, rule(oc)).unwrap();
-                let span = d * (k - 1) + 1;
-                let n = oc * ((h + 2 * pad - span) / s + 1) * ((w + 2 * pad - span) / s + 1);
                 let mut raw = vec![0i32; n];
                 let mut q = vec![0u8; n];
-                conv.run_raw(layout, &x, 1, h, w, 5, &mut raw).unwrap();
-                conv.run(layout, &x, 1, h, w, 5, &mut q).unwrap();
+                conv.run_raw(layout, x, nb, h, w, 5, &mut raw).unwrap();
+                conv.run(layout, x, nb, h, w, 5, &mut q).unwrap();
+                assert_eq!(q, want, "{} {p:?} {layout:?} against NCHW", kern.name());
                 if kern == port {
                     (raw_want, q_want) = (raw, q);
                     assert!(
