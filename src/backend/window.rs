@@ -180,6 +180,25 @@ impl NhwcWindows<'_> {
                 }
             }
         }
+        // A window's sum fits in 16 bits for the usual small windows: the vertical pass then
+        // adds twice the lanes per instruction.
+        let most = |v: &[Vec<usize>]| v.iter().map(Vec::len).max().unwrap_or(0);
+        let bad = if 255 * most(self.rows) * most(self.cols) <= usize::from(u16::MAX) {
+            self.down_lookup::<u16>(across, &mut vec![0; down.len()], dst)
+        } else {
+            self.down_lookup::<u32>(across, down, dst)
+        };
+        undefined(bad)
+    }
+
+    /// The vertical pass of [`NhwcWindows::sum_image`] in accumulators `A` (wide enough for every
+    /// window's sum), each sum looked up in its class's table; returns the OR of the entries.
+    fn down_lookup<A>(&self, across: &[u16], down: &mut [A], dst: &mut [u8]) -> u16
+    where
+        A: Copy + Default + std::ops::AddAssign + From<u16> + Into<u64>,
+    {
+        let c = self.in_dims[1];
+        let ow = self.cols.len();
         let mut bad = 0u16;
         for (oy, (taps, drow)) in self
             .rows
@@ -188,22 +207,25 @@ impl NhwcWindows<'_> {
             .enumerate()
         {
             for (ox, d) in drow.chunks_exact_mut(c).enumerate() {
-                down.fill(0);
+                down.fill(A::default());
                 for &y in taps {
                     let src = &across[(y * ow + ox) * c..(y * ow + ox + 1) * c];
                     for (a, &s) in down.iter_mut().zip(src) {
-                        *a += u32::from(s);
+                        *a += A::from(s);
                     }
                 }
                 let t = &self.finish.tables[self.finish.class[oy * ow + ox] as usize];
                 for (o, &a) in d.iter_mut().zip(down.iter()) {
-                    let v = t.get(a as usize).copied().unwrap_or(UNDEFINED);
+                    let v = usize::try_from(a.into())
+                        .ok()
+                        .and_then(|a| t.get(a).copied())
+                        .unwrap_or(UNDEFINED);
                     bad |= v;
                     *o = v as u8;
                 }
             }
         }
-        undefined(bad)
+        bad
     }
 
     /// Looks up max results (NHWC, one image) in their tables.
