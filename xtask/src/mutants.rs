@@ -1,6 +1,8 @@
 //! `cargo xtask mutants [--file GLOB]... [--shard K/N] [--resume] [--timeout S] [--list]`:
 //! cargo-mutants over the numerics and engine modules against the tests that pin them (the lib
-//! unit tests, the golden suite and the property suites, in release; `.cargo/mutants.toml`).
+//! unit tests, the golden suite and the property suites, built with the `mutant` profile and run
+//! by cargo-nextest, slow golden tests last, stopping at the first failure; `.cargo/mutants.toml`,
+//! `.config/nextest.toml`).
 //!
 //! Results go to `target/mutants/<run>/mutants.out/` (`<run>` is `all` or `shard-K-of-N`).
 //! `--resume` is cargo-mutants' `--iterate`: mutants recorded there as caught or unviable are
@@ -77,6 +79,27 @@ fn parse_shard(s: &str) -> Result<(usize, usize)> {
         return Err(bad());
     }
     Ok((k, n))
+}
+
+/// Installs cargo-nextest (the test tool `.cargo/mutants.toml` names) when `cargo nextest` is
+/// missing.
+fn ensure_cargo_nextest() -> Result<()> {
+    let have = Command::new("cargo")
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if have {
+        return Ok(());
+    }
+    eprintln!("cargo-nextest not found; running `cargo install cargo-nextest --locked`");
+    let st = Command::new("cargo")
+        .args(["install", "cargo-nextest", "--locked"])
+        .status()
+        .context("running cargo install cargo-nextest")?;
+    if !st.success() {
+        bail!("cargo install cargo-nextest failed ({st})");
+    }
+    Ok(())
 }
 
 fn ensure_cargo_mutants() -> Result<()> {
@@ -200,6 +223,7 @@ fn print_summary(lists: &[(&str, Vec<Mutant>)], secs: f64) {
 pub fn run(args: MutantsArgs) -> Result<()> {
     let root = root();
     ensure_cargo_mutants()?;
+    ensure_cargo_nextest()?;
     let shard = args.shard.as_deref().map(parse_shard).transpose()?;
     let run_name = match shard {
         Some((k, n)) => format!("shard-{k}-of-{n}"),
@@ -249,9 +273,7 @@ pub fn run(args: MutantsArgs) -> Result<()> {
     if args.no_baseline {
         cmd.arg("--baseline=skip");
     }
-    // Release builds, but incremental: a mutant recompiles one crate, and incremental
-    // compilation changes no f32 result. Proptest draws the same cases for every mutant.
-    cmd.env("CARGO_PROFILE_RELEASE_INCREMENTAL", "true");
+    // Proptest draws the same cases for every mutant.
     if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
         cmd.env("PROPTEST_RNG_SEED", "1");
     }
