@@ -126,4 +126,25 @@ mod tests {
         assert_eq!(Pred::from_ends(4, 3), Pred::Ambiguous { lo: 3, hi: 4 });
         assert!(Pred::Ambiguous { lo: 3, hi: 4 }.admits(4));
     }
+
+    /// The bound is Higham's with f32's unit roundoff 2⁻²⁴, not a looser one: within 1 % of
+    /// `n · 2⁻²⁴ · Σ|terms|` when `n · 2⁻²⁴` is small (a looser bound widens every ambiguous
+    /// interval).
+    #[test]
+    fn error_bound_uses_the_f32_unit_roundoff() {
+        for terms in [1usize, 8, 1000] {
+            let s = FloatSum {
+                value: 3.0,
+                abs_sum: 5.0,
+                terms,
+            };
+            let n = (terms + 1) as f64;
+            let higham = n * 2f64.powi(-24) * s.abs_sum;
+            let b = s.error_bound();
+            assert!(
+                b >= higham && b <= 1.01 * higham,
+                "{terms} terms: {b:e} vs {higham:e}"
+            );
+        }
+    }
 }
