@@ -201,14 +201,17 @@ fn print_summary(lists: &[(&str, Vec<Mutant>)], secs: f64) {
     );
     let viable = total[0] + total[1] + total[3] + total[4];
     let caught = total[0] + total[4];
+    // Previously caught mutants were not tested in this run.
+    let tested = total[..4].iter().sum::<usize>().max(1);
+    let per_mutant = secs / tested as f64;
     if viable > 0 {
         println!(
-            "{caught} of {viable} viable mutants caught ({:.1} %), run time {:.0} s",
+            "{caught} of {viable} viable mutants caught ({:.1} %), run time {secs:.0} s \
+             ({per_mutant:.1} s per mutant tested)",
             100.0 * caught as f64 / viable as f64,
-            secs
         );
     } else {
-        println!("no viable mutants, run time {secs:.0} s");
+        println!("no viable mutants, run time {secs:.0} s ({per_mutant:.1} s per mutant tested)");
     }
     for (name, ms) in lists {
         if matches!(*name, "missed" | "timeout") && !ms.is_empty() {
