@@ -55,7 +55,8 @@ pub struct MutantsArgs {
     /// dependencies, but the tree must not be edited while it runs.
     #[arg(long, conflicts_with = "jobs")]
     in_place: bool,
-    /// Parallel builds (each has its own scratch copy of the tree).
+    /// Parallel builds (each has its own scratch copy of the tree and target directory; with one,
+    /// the scratch copy builds in target/mutants/build, which is kept between runs).
     #[arg(long, default_value_t = 1)]
     jobs: usize,
 }
@@ -259,6 +260,12 @@ pub fn run(args: MutantsArgs) -> Result<()> {
         cmd.arg("--in-place");
     } else {
         cmd.arg("--jobs").arg(args.jobs.to_string());
+        // One build at a time: it builds in target/mutants/build, so that the dependencies are
+        // built once, not once per run in each new scratch copy (the copy's own target/ starts
+        // empty).
+        if args.jobs == 1 && std::env::var_os("CARGO_TARGET_DIR").is_none() {
+            cmd.env("CARGO_TARGET_DIR", root.join("target/mutants/build"));
+        }
     }
     if let Some((k, n)) = shard {
         // Round-robin: each shard samples every file and function, so one shard's figures are
