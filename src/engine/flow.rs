@@ -107,3 +107,25 @@ impl Flow {
         self == Flow::ConvertFx
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each flow's dequantize node is its own family's formula. On quint8 activations the two
+    /// agree (every code and zero point is exact in f32); beyond 2²⁴ they part:
+    /// `quantized_decomposed` converts the code to f32 before subtracting the zero point, ATen
+    /// subtracts in int32.
+    #[test]
+    fn decomposed_flow_dequantizes_as_quantized_decomposed() {
+        let (q, zp) = (16_777_217, 1);
+        let exact = 16_777_216.0f32;
+        assert_eq!(
+            Flow::ConvertToReferenceDecomposedFx.dequantize(q, 1.0, zp),
+            exact - 1.0
+        );
+        for flow in [Flow::ConvertFx, Flow::ConvertToReferenceFx] {
+            assert_eq!(flow.dequantize(q, 1.0, zp), exact, "{flow:?}");
+        }
+    }
+}

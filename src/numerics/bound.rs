@@ -126,4 +126,55 @@ mod tests {
         assert_eq!(Pred::from_ends(4, 3), Pred::Ambiguous { lo: 3, hi: 4 });
         assert!(Pred::Ambiguous { lo: 3, hi: 4 }.admits(4));
     }
+
+    /// The bound is Higham's `γ_n · Σ|terms|` with f32's unit roundoff `u = 2⁻²⁴`, plus the
+    /// error of the f64 evaluation (`n · ε₆₄ · Σ|terms|`): at least both (soundness rests on
+    /// them), and within 1 % of `n · u · Σ|terms|` when `n · u` is small (a looser bound widens
+    /// every ambiguous interval). An all-zero sum still gets a non-empty interval around 0.
+    #[test]
+    fn error_bound_is_highams_gamma_n_with_the_f32_unit_roundoff() {
+        let u = 2f64.powi(-24);
+        for terms in [1usize, 8, 1000] {
+            let s = FloatSum {
+                value: 3.0,
+                abs_sum: 5.0,
+                terms,
+            };
+            let n = (terms + 1) as f64;
+            let gamma_n = n * u / (1.0 - n * u);
+            let b = s.error_bound();
+            let f64_err = n * f64::EPSILON * s.abs_sum;
+            assert!(b >= gamma_n * s.abs_sum + f64_err, "{terms} terms: {b:e}");
+            assert!(b <= 1.01 * n * u * s.abs_sum, "{terms} terms: {b:e}");
+        }
+        let zero = FloatSum {
+            value: 0.0,
+            abs_sum: 0.0,
+            terms: 3,
+        };
+        let (lo, hi) = zero.f32_interval();
+        assert!(lo <= 0.0 && 0.0 <= hi && lo < hi, "[{lo:e}, {hi:e}]");
+    }
+
+    /// `f32_down` / `f32_up` give the nearest f32 at or below / at or above a real value, on
+    /// both sides of a representable one and for either direction of `as f32`'s rounding.
+    #[test]
+    fn f32_down_and_up_round_outwards() {
+        let one = 1.0f32;
+        let (above, below) = (1.0 + 2f64.powi(-30), 1.0 - 2f64.powi(-30));
+        for sign in [1.0f32, -1.0] {
+            let s = sign as f64;
+            assert_eq!(f32_down(s), sign * one);
+            assert_eq!(f32_up(s), sign * one);
+            // `s · above` rounds to ±1 in f32 (towards zero); `s · below` also (away from zero).
+            let (up_a, down_b) = (one.next_up(), one.next_down());
+            if sign > 0.0 {
+                assert_eq!((f32_down(above), f32_up(above)), (one, up_a));
+                assert_eq!((f32_down(below), f32_up(below)), (down_b, one));
+            } else {
+                assert_eq!((f32_down(-above), f32_up(-above)), (-up_a, -one));
+                assert_eq!((f32_down(-below), f32_up(-below)), (-one, -down_b));
+            }
+        }
+    }
 }

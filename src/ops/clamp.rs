@@ -192,6 +192,18 @@ mod tests {
         }
     }
 
+    /// The op is named as PyTorch's graph names it: `relu6` for `hardtanh(x, 0, 6)`, else
+    /// `hardtanh`.
+    #[test]
+    fn named_relu6_only_for_the_0_6_bounds() {
+        assert_eq!(Clamp::RELU6.name(), "relu6");
+        let c = Clamp {
+            min_val: -1.0,
+            max_val: 1.0,
+        };
+        assert_eq!(c.name(), "hardtanh");
+    }
+
     #[test]
     fn relu6_clamps_to_the_quantized_bounds() {
         // scale 0.05, zero point 100: 0.0 -> 100, 6.0 -> 100 + 120 = 220.

@@ -1,6 +1,8 @@
 //! `cargo xtask mutants [--file GLOB]... [--shard K/N] [--resume] [--timeout S] [--list]`:
 //! cargo-mutants over the numerics and engine modules against the tests that pin them (the lib
-//! unit tests, the golden suite and the property suites, in release; `.cargo/mutants.toml`).
+//! unit tests, the golden suite and the property suites, built with the `mutant` profile and run
+//! by cargo-nextest, slow golden tests last, stopping at the first failure; `.cargo/mutants.toml`,
+//! `.config/nextest.toml`).
 //!
 //! Results go to `target/mutants/<run>/mutants.out/` (`<run>` is `all` or `shard-K-of-N`).
 //! `--resume` is cargo-mutants' `--iterate`: mutants recorded there as caught or unviable are
@@ -53,7 +55,8 @@ pub struct MutantsArgs {
     /// dependencies, but the tree must not be edited while it runs.
     #[arg(long, conflicts_with = "jobs")]
     in_place: bool,
-    /// Parallel builds (each has its own scratch copy of the tree).
+    /// Parallel builds (each has its own scratch copy of the tree and target directory; with one,
+    /// the scratch copy builds in target/mutants/build, which is kept between runs).
     #[arg(long, default_value_t = 1)]
     jobs: usize,
 }
@@ -77,6 +80,27 @@ fn parse_shard(s: &str) -> Result<(usize, usize)> {
         return Err(bad());
     }
     Ok((k, n))
+}
+
+/// Installs cargo-nextest (the test tool `.cargo/mutants.toml` names) when `cargo nextest` is
+/// missing.
+fn ensure_cargo_nextest() -> Result<()> {
+    let have = Command::new("cargo")
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if have {
+        return Ok(());
+    }
+    eprintln!("cargo-nextest not found; running `cargo install cargo-nextest --locked`");
+    let st = Command::new("cargo")
+        .args(["install", "cargo-nextest", "--locked"])
+        .status()
+        .context("running cargo install cargo-nextest")?;
+    if !st.success() {
+        bail!("cargo install cargo-nextest failed ({st})");
+    }
+    Ok(())
 }
 
 fn ensure_cargo_mutants() -> Result<()> {
@@ -178,14 +202,17 @@ fn print_summary(lists: &[(&str, Vec<Mutant>)], secs: f64) {
     );
     let viable = total[0] + total[1] + total[3] + total[4];
     let caught = total[0] + total[4];
+    // Previously caught mutants were not tested in this run.
+    let tested = total[..4].iter().sum::<usize>().max(1);
+    let per_mutant = secs / tested as f64;
     if viable > 0 {
         println!(
-            "{caught} of {viable} viable mutants caught ({:.1} %), run time {:.0} s",
+            "{caught} of {viable} viable mutants caught ({:.1} %), run time {secs:.0} s \
+             ({per_mutant:.1} s per mutant tested)",
             100.0 * caught as f64 / viable as f64,
-            secs
         );
     } else {
-        println!("no viable mutants, run time {secs:.0} s");
+        println!("no viable mutants, run time {secs:.0} s ({per_mutant:.1} s per mutant tested)");
     }
     for (name, ms) in lists {
         if matches!(*name, "missed" | "timeout") && !ms.is_empty() {
@@ -200,6 +227,7 @@ fn print_summary(lists: &[(&str, Vec<Mutant>)], secs: f64) {
 pub fn run(args: MutantsArgs) -> Result<()> {
     let root = root();
     ensure_cargo_mutants()?;
+    ensure_cargo_nextest()?;
     let shard = args.shard.as_deref().map(parse_shard).transpose()?;
     let run_name = match shard {
         Some((k, n)) => format!("shard-{k}-of-{n}"),
@@ -232,6 +260,12 @@ pub fn run(args: MutantsArgs) -> Result<()> {
         cmd.arg("--in-place");
     } else {
         cmd.arg("--jobs").arg(args.jobs.to_string());
+        // One build at a time: it builds in target/mutants/build, so that the dependencies are
+        // built once, not once per run in each new scratch copy (the copy's own target/ starts
+        // empty).
+        if args.jobs == 1 && std::env::var_os("CARGO_TARGET_DIR").is_none() {
+            cmd.env("CARGO_TARGET_DIR", root.join("target/mutants/build"));
+        }
     }
     if let Some((k, n)) = shard {
         // Round-robin: each shard samples every file and function, so one shard's figures are
@@ -249,9 +283,7 @@ pub fn run(args: MutantsArgs) -> Result<()> {
     if args.no_baseline {
         cmd.arg("--baseline=skip");
     }
-    // Release builds, but incremental: a mutant recompiles one crate, and incremental
-    // compilation changes no f32 result. Proptest draws the same cases for every mutant.
-    cmd.env("CARGO_PROFILE_RELEASE_INCREMENTAL", "true");
+    // Proptest draws the same cases for every mutant.
     if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
         cmd.env("PROPTEST_RNG_SEED", "1");
     }
