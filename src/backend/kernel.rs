@@ -533,6 +533,70 @@ mod tests {
         }
     }
 
+    /// FBGEMM's convert_fx on a capture CPU of `isa`, and a u8 output's qparams.
+    fn fbgemm(isa: Isa, cpu: CpuFeatures) -> (Ctx, OutQParams) {
+        let ctx = Ctx {
+            flow: Flow::ConvertFx,
+            engine: Engine::Fbgemm,
+            isa,
+            cpu,
+        };
+        let out = OutQParams {
+            scale: 0.3,
+            zero_point: 120,
+            quant_min: 0,
+            quant_max: 255,
+        };
+        (ctx, out)
+    }
+
+    /// `l` prepared for channels-last memory order, run on `input` (NCHW, dims `[nb, c, h, w]`)
+    /// held NHWC, gives `want` (logical order) in NHWC.
+    fn assert_channels_last(
+        backend: &KernelBackend,
+        low: Lowered<'_>,
+        l: &IntegerLayer,
+        input: &QTensor,
+        want: &[u8],
+    ) {
+        let [nb, c, h, w] = input.shape[..] else {
+            panic!("not 4-D")
+        };
+        let mut nhwc_in = vec![0u8; input.data.len()];
+        super::super::portable::nchw_to_nhwc(&input.data, [nb, c, h, w], &mut nhwc_in);
+        let held = Value::Quantized(QTensor {
+            data: nhwc_in,
+            memory_format: MemoryFormat::ChannelsLast,
+            ..input.clone()
+        });
+        let mem = backend
+            .prepare_in_memory(low, &[held.meta()], MemoryFormat::ChannelsLast)
+            .unwrap()
+            .expect("runs");
+        let mut got = vec![0u8; want.len()];
+        mem.run(low, &[&held], &mut got).unwrap();
+        let [_, oc, oh, ow] = l.out_shape[..] else {
+            panic!("not 4-D")
+        };
+        let mut want_nhwc = vec![0u8; want.len()];
+        super::super::portable::nchw_to_nhwc(want, [nb, oc, oh, ow], &mut want_nhwc);
+        assert_eq!(got, want_nhwc, "{:?} channels-last", l.geometry);
+    }
+
+    /// Elements of `want` that `l` with exact accumulation gives otherwise on `input`.
+    fn differ_from_exact(l: &IntegerLayer, input: &QTensor, want: &[u8]) -> usize {
+        let exact_layer = IntegerLayer {
+            accumulation: Accumulation::Exact,
+            ..l.clone()
+        };
+        exact_layer
+            .requantize(&exact_layer.accumulators(input, None).unwrap())
+            .iter()
+            .zip(want)
+            .filter(|(p, &w)| p.value() as u8 != w)
+            .count()
+    }
+
     fn codes(o: &crate::ops::Output) -> Vec<u8> {
         let Predicted::Ints(v) = &o.values else {
             panic!("not integers")
@@ -550,18 +614,7 @@ mod tests {
     /// memory order, and equal the reference model; other layers keep the kernel's rule.
     #[test]
     fn fbgemm_depthwise_layers_run_on_the_tap_pair_kernel() {
-        let ctx = Ctx {
-            flow: Flow::ConvertFx,
-            engine: Engine::Fbgemm,
-            isa: Isa::Vnni,
-            cpu: CpuFeatures::AVX512_VNNI,
-        };
-        let out = OutQParams {
-            scale: 0.3,
-            zero_point: 120,
-            quant_min: 0,
-            quant_max: 255,
-        };
+        let (ctx, out) = fbgemm(Isa::Vnni, CpuFeatures::AVX512_VNNI);
         let backend = KernelBackend::new("test", Box::new(Reference::new(Accumulation::Exact)));
         let mut r = Rng::new(0xdeb7, 1);
         let (mut elements, mut differs_from_exact) = (0, 0);
@@ -597,36 +650,9 @@ mod tests {
             assert_eq!(got, want, "{p:?}");
             assert_eq!(backend.run_layer(l, &input).unwrap(), Some(want.clone()));
             // Channels-last in and out: the kernel reads and writes NHWC memory directly.
-            let mut nhwc_in = vec![0u8; input.data.len()];
-            super::super::portable::nchw_to_nhwc(&input.data, [2, c, h, w], &mut nhwc_in);
-            let held = Value::Quantized(QTensor {
-                data: nhwc_in,
-                memory_format: MemoryFormat::ChannelsLast,
-                ..input.clone()
-            });
-            let mem = backend
-                .prepare_in_memory(low, &[held.meta()], MemoryFormat::ChannelsLast)
-                .unwrap()
-                .expect("runs");
-            let mut got = vec![0u8; want.len()];
-            mem.run(low, &[&held], &mut got).unwrap();
-            let [_, oc, oh, ow] = l.out_shape[..] else {
-                panic!("not 4-D")
-            };
-            let mut want_nhwc = vec![0u8; want.len()];
-            super::super::portable::nchw_to_nhwc(&want, [2, oc, oh, ow], &mut want_nhwc);
-            assert_eq!(got, want_nhwc, "{p:?} channels-last");
+            assert_channels_last(&backend, low, l, &input, &want);
             // The planned accumulation matters: the exact one gives other codes here.
-            let exact_layer = IntegerLayer {
-                accumulation: Accumulation::Exact,
-                ..l.clone()
-            };
-            let exact: Vec<u8> = exact_layer
-                .requantize(&exact_layer.accumulators(&input, None).unwrap())
-                .iter()
-                .map(|p| p.value() as u8)
-                .collect();
-            differs_from_exact += exact.iter().zip(&want).filter(|(a, b)| a != b).count();
+            differs_from_exact += differ_from_exact(l, &input, &want);
             elements += want.len();
             // Input that is not the planned one: an error.
             let short = Value::Quantized(QTensor::new(vec![2, c, h, w], vec![0; 5], 0.04, 200));
@@ -655,18 +681,7 @@ mod tests {
     /// and even K) and linear layers.
     #[test]
     fn fbgemm_pair_gemm_layers_run_on_the_portable_pair_kernels() {
-        let ctx = Ctx {
-            flow: Flow::ConvertFx,
-            engine: Engine::Fbgemm,
-            isa: Isa::Avx2,
-            cpu: CpuFeatures::AVX2,
-        };
-        let out = OutQParams {
-            scale: 0.3,
-            zero_point: 120,
-            quant_min: 0,
-            quant_max: 255,
-        };
+        let (ctx, out) = fbgemm(Isa::Avx2, CpuFeatures::AVX2);
         let backend = KernelBackend::new("test", Box::new(Reference::new(Accumulation::Exact)));
         let mut r = Rng::new(0x9a12, 2);
         let (mut elements, mut differs_from_exact) = (0, 0);
@@ -725,37 +740,9 @@ mod tests {
             assert_eq!(got, want, "{:?}", l.geometry);
             assert_eq!(backend.run_layer(l, &input).unwrap(), Some(want.clone()));
             if conv {
-                let [nb, c, h, w] = shape[..] else { panic!() };
-                let mut nhwc_in = vec![0u8; n];
-                super::super::portable::nchw_to_nhwc(&input.data, [nb, c, h, w], &mut nhwc_in);
-                let held = Value::Quantized(QTensor {
-                    data: nhwc_in,
-                    memory_format: MemoryFormat::ChannelsLast,
-                    ..input.clone()
-                });
-                let mem = backend
-                    .prepare_in_memory(low, &[held.meta()], MemoryFormat::ChannelsLast)
-                    .unwrap()
-                    .expect("runs");
-                let mut got = vec![0u8; want.len()];
-                mem.run(low, &[&held], &mut got).unwrap();
-                let [_, oc, oh, ow] = l.out_shape[..] else {
-                    panic!("not 4-D")
-                };
-                let mut want_nhwc = vec![0u8; want.len()];
-                super::super::portable::nchw_to_nhwc(&want, [nb, oc, oh, ow], &mut want_nhwc);
-                assert_eq!(got, want_nhwc, "{:?} channels-last", l.geometry);
+                assert_channels_last(&backend, low, l, &input, &want);
             }
-            let exact_layer = IntegerLayer {
-                accumulation: Accumulation::Exact,
-                ..l.clone()
-            };
-            let exact: Vec<u8> = exact_layer
-                .requantize(&exact_layer.accumulators(&input, None).unwrap())
-                .iter()
-                .map(|p| p.value() as u8)
-                .collect();
-            differs_from_exact += exact.iter().zip(&want).filter(|(a, b)| a != b).count();
+            differs_from_exact += differ_from_exact(l, &input, &want);
             elements += want.len();
             let moved = Value::Quantized(QTensor {
                 zero_point: 3,
