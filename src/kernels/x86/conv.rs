@@ -366,9 +366,10 @@ impl Conv2d {
         let mut tmp = vec![T::default(); if layout == Layout::Nchw { m * ocg } else { 0 }];
         let seg_bytes: Vec<usize> = segs.iter().map(|s| s * e).collect();
         for b in 0..nb {
+            let in_place = direct(b);
             for (g, lin) in self.groups.iter().enumerate() {
                 // The group's channels into the padded channels-last image.
-                for y in (0..h).filter(|_| !direct(b)) {
+                for y in (0..h).filter(|_| !in_place) {
                     let row = &mut img[((y + pt) * pw + pl) * icg..][..w * icg];
                     match layout {
                         Layout::Nhwc if icg == c => {
@@ -402,7 +403,7 @@ impl Conv2d {
                         }
                     };
                 }
-                let img: &[u8] = if direct(b) { &x[b * h * w * c..] } else { img };
+                let img: &[u8] = if in_place { &x[b * h * w * c..] } else { img };
                 match self.feed {
                     Feed::Implicit { seg_len, .. } => {
                         let row_sums: Vec<i32> = if lin.symmetric() {
