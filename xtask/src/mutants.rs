@@ -1,4 +1,4 @@
-//! `cargo xtask mutants [--file GLOB]... [--shard K/N] [--resume] [--timeout S] [--list]`:
+//! `cargo xtask mutants [--file GLOB]... [--shard K/N] [--resume] [--quick] [--name N] [--timeout S] [--list]`:
 //! cargo-mutants over the numerics and engine modules against the tests that pin them (the lib
 //! unit tests, the golden suite and the property suites, built with the `mutant` profile and run
 //! by cargo-nextest, slow golden tests last, stopping at the first failure; `.cargo/mutants.toml`,
@@ -59,7 +59,22 @@ pub struct MutantsArgs {
     /// the scratch copy builds in target/mutants/build, which is kept between runs).
     #[arg(long, default_value_t = 1)]
     jobs: usize,
+    /// Leave out the three golden tests of the optimized kernels and backends (~150 s of the ~215 s
+    /// a missed mutant costs; they test `src/kernels/` and `src/backend/`, which are not mutated).
+    /// A mutant this run misses is not yet missed: `--resume` it without `--quick`.
+    #[arg(long)]
+    quick: bool,
+    /// Results folder under target/mutants/ (default: `all`, or `shard-K-of-N`).
+    #[arg(long)]
+    name: Option<String>,
 }
+
+/// The nextest filter of `--quick`: every test but the optimized-backend golden tests
+/// (`.config/nextest.toml` schedules them last in a full run).
+const QUICK_FILTER: &str =
+    "not (binary(golden_suite) & (test(=optimized_kernels_reproduce_the_goldens) \
+     | test(=real_models_run_every_stage_on_the_optimized_backend) \
+     | test(=kernel_backend_runs_every_stage_of_the_real_models)))";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -229,9 +244,20 @@ pub fn run(args: MutantsArgs) -> Result<()> {
     ensure_cargo_mutants()?;
     ensure_cargo_nextest()?;
     let shard = args.shard.as_deref().map(parse_shard).transpose()?;
-    let run_name = match shard {
-        Some((k, n)) => format!("shard-{k}-of-{n}"),
-        None => "all".to_string(),
+    let run_name = match (&args.name, shard) {
+        (Some(name), _) => {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                || name.starts_with('.')
+            {
+                bail!("--name {name:?}: use letters, digits, '-', '_' and '.' (not leading)");
+            }
+            name.clone()
+        }
+        (None, Some((k, n))) => format!("shard-{k}-of-{n}"),
+        (None, None) => "all".to_string(),
     };
     let out_parent = root.join("target/mutants").join(&run_name);
     std::fs::create_dir_all(&out_parent)
@@ -279,6 +305,10 @@ pub fn run(args: MutantsArgs) -> Result<()> {
     }
     if let Some(t) = args.timeout {
         cmd.arg("--timeout").arg(t.to_string());
+    }
+    if args.quick {
+        cmd.arg("--cargo-test-arg=-E")
+            .arg(format!("--cargo-test-arg={QUICK_FILTER}"));
     }
     if args.no_baseline {
         cmd.arg("--baseline=skip");
