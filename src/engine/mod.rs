@@ -205,8 +205,7 @@ impl CpuFeatures {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
-            // CPUID.(EAX=7,ECX=0):EDX bit 25 = AMX-INT8 (Intel SDM vol. 2A, CPUID).
-            let amx = std::arch::x86_64::__cpuid_count(7, 0).edx & (1 << 25) != 0;
+            let amx = amx_int8_in_cpuid_7_edx(std::arch::x86_64::__cpuid_count(7, 0).edx);
             CpuFeatures {
                 avx2: has!("avx2"),
                 avx512: has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl"),
@@ -270,6 +269,12 @@ impl CpuFeatures {
             ),
         ))
     }
+}
+
+/// AMX-INT8 is bit 25 of EDX of CPUID leaf 7, sub-leaf 0 (Intel SDM vol. 2A, CPUID).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn amx_int8_in_cpuid_7_edx(edx: u32) -> bool {
+    edx & (1 << 25) != 0
 }
 
 /// A golden case's `isa`: the FBGEMM instruction set it was captured with.
@@ -681,6 +686,155 @@ mod tests {
         assert_eq!(
             KernelPath::FbgemmGemm.padding_taps(),
             PaddingTaps::ThroughKernel
+        );
+    }
+
+    /// The names reports, golden ids and the CLI use are PyTorch's and the golden format's
+    /// (`golden/README.md`): each parses back, and equals the serde name where there is one.
+    #[test]
+    fn names_are_the_golden_and_cli_names() {
+        let serde_name = |v: serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        for (e, want) in Engine::ALL
+            .iter()
+            .zip(["fbgemm", "x86", "qnnpack", "onednn"])
+        {
+            assert_eq!(e.name(), want);
+            assert_eq!(Engine::from_name(want).ok(), Some(*e));
+            assert_eq!(serde_name(serde_json::json!(e)), want);
+        }
+        for (m, want) in [(Mode::Ptq, "ptq"), (Mode::Qat, "qat")] {
+            assert_eq!(m.name(), want);
+            assert_eq!(serde_name(serde_json::json!(m)), want);
+        }
+        for (i, want) in [(Isa::Vnni, "vnni"), (Isa::Avx2, "avx2")] {
+            assert_eq!(i.name(), want);
+            assert_eq!(Isa::from_name(want).ok(), Some(i));
+        }
+        assert_eq!(Isa::from_name("avx512vnni").ok(), Some(Isa::Vnni));
+        assert_eq!(Isa::from_name("avx512").ok(), Some(Isa::Avx2));
+        assert!(Isa::from_name("amx").is_err());
+        for (i, want) in [(CaptureIsa::Default, "default"), (CaptureIsa::Avx2, "avx2")] {
+            assert_eq!(i.name(), want);
+            assert_eq!(serde_name(serde_json::json!(i)), want);
+        }
+        let paths = [
+            (KernelPath::FbgemmGemm, "fbgemm-gemm"),
+            (KernelPath::FbgemmDepthwise, "fbgemm-depthwise"),
+            (KernelPath::FbgemmGroupwise, "fbgemm-groupwise"),
+            (KernelPath::Onednn, "onednn"),
+            (KernelPath::Qnnpack, "qnnpack"),
+        ];
+        for (k, want) in paths {
+            assert_eq!(k.name(), want);
+        }
+    }
+
+    /// Every CPU class of the table on [`CpuFeatures`], from its flags, with the engines it
+    /// refuses and oneDNN's `has_vnni`.
+    #[test]
+    fn every_cpu_class_is_named_and_checked() {
+        let flags = |s: &str| CpuFeatures::from_flags(&s.split(' ').collect::<Vec<_>>());
+        let avx512 = "avx2 avx512f avx512bw avx512dq avx512vl";
+        let amx = flags(&format!("{avx512} avx512_vnni amx_int8"));
+        let vnni_alias = flags(&format!("{avx512} avx512vnni"));
+        let avx_vnni = flags("avx2 avx_vnni");
+        let avx2 = flags("avx2");
+        let partial_avx512 = flags("avx2 avx512f avx512bw avx512dq");
+        let none = flags("sse4_2");
+        assert!(amx.amx_int8 && amx.avx512_vnni && amx.avx512);
+        assert_eq!(vnni_alias, CpuFeatures::AVX512_VNNI);
+        assert!(!partial_avx512.avx512, "avx512vl missing");
+        let classes = [
+            (amx, "AMX"),
+            (vnni_alias, "AVX-512 VNNI"),
+            (flags(avx512), "AVX-512 without VNNI"),
+            (avx_vnni, "AVX2 + AVX-VNNI"),
+            (avx2, "AVX2"),
+            (partial_avx512, "AVX2"),
+            (none, "no AVX2"),
+        ];
+        for (cpu, want) in classes {
+            assert_eq!(cpu.class_name(), want, "{cpu:?}");
+        }
+        // AMX alone (no VNNI flag) still gives oneDNN an exact instruction.
+        let amx_only = CpuFeatures {
+            amx_int8: true,
+            ..CpuFeatures::AVX2
+        };
+        assert!(amx_only.onednn_has_vnni() && avx_vnni.onednn_has_vnni());
+        assert!(!avx2.onednn_has_vnni() && !flags(avx512).onednn_has_vnni());
+        let err = none.check_modelled(Engine::Onednn).unwrap_err().to_string();
+        assert!(
+            err.contains("no AVX2") && err.contains("below AVX2"),
+            "{err}"
+        );
+        let err = none.check_modelled(Engine::X86).unwrap_err().to_string();
+        assert!(
+            err.contains("engine x86") && err.contains("need AVX2"),
+            "{err}"
+        );
+        assert!(avx2.check_modelled(Engine::Onednn).is_ok());
+        assert!(amx_int8_in_cpuid_7_edx(1 << 25));
+        assert!(amx_int8_in_cpuid_7_edx(u32::MAX));
+        assert!(!amx_int8_in_cpuid_7_edx(0));
+        assert!(!amx_int8_in_cpuid_7_edx(!(1 << 25)));
+        let amx_no_avx2 = CpuFeatures {
+            amx_int8: true,
+            ..CpuFeatures::default()
+        };
+        assert!(amx_no_avx2.check_modelled(Engine::Onednn).is_ok());
+    }
+
+    /// Only oneDNN pairs per tap, skips padded taps, and has an unknown requantization order;
+    /// only QNNPACK requantizes without FBGEMM's float bias.
+    #[test]
+    fn path_properties() {
+        let all = [
+            KernelPath::FbgemmGemm,
+            KernelPath::FbgemmDepthwise,
+            KernelPath::FbgemmGroupwise,
+            KernelPath::Onednn,
+            KernelPath::Qnnpack,
+        ];
+        for k in all {
+            let onednn = k == KernelPath::Onednn;
+            assert_eq!(k.pairs_per_tap(), onednn, "{k:?}");
+            assert_eq!(k.requant_order_unknown(), onednn, "{k:?}");
+            assert_eq!(k.padding_taps() == PaddingTaps::Exact, onednn, "{k:?}");
+            assert_eq!(k.uses_fbgemm_requant(), k != KernelPath::Qnnpack, "{k:?}");
+        }
+        let exact = Accumulation::Exact;
+        for cpu in [CpuFeatures::AVX2, CpuFeatures::AVX512_VNNI] {
+            for isa in [Isa::Avx2, Isa::Vnni] {
+                assert_eq!(KernelPath::Qnnpack.accumulation(isa, &cpu), exact);
+            }
+        }
+        assert_eq!(linear_path(Engine::Fbgemm), KernelPath::FbgemmGemm);
+        assert_eq!(linear_path(Engine::Qnnpack), KernelPath::Qnnpack);
+        assert_eq!(linear_path(Engine::Onednn), KernelPath::Onednn);
+        let p = Conv2dParams::square(4, 8, 1, 3, 1);
+        let vnni = &CpuFeatures::AVX512_VNNI;
+        assert_eq!(
+            conv_path(Engine::Fbgemm, &p, true, vnni),
+            KernelPath::FbgemmGemm
+        );
+        assert_eq!(
+            conv_path(Engine::Qnnpack, &p, true, vnni),
+            KernelPath::Qnnpack
+        );
+        assert_eq!(
+            conv_path(Engine::Onednn, &p, false, vnni),
+            KernelPath::Onednn
+        );
+        // should_use_onednn_quant: at most 100 groups.
+        let dw = |g| Conv2dParams::square(g, g, g, 3, 0);
+        assert_eq!(
+            conv_path(Engine::X86, &dw(100), true, vnni),
+            KernelPath::Onednn
+        );
+        assert_eq!(
+            conv_path(Engine::X86, &dw(101), true, vnni),
+            KernelPath::FbgemmGemm
         );
     }
 
