@@ -200,19 +200,29 @@ impl CpuFeatures {
         }
     }
 
-    /// The CPU this process runs on.
+    /// The CPU this process runs on: the `/proc/cpuinfo` name of every feature the runtime
+    /// detection reports, read by [`CpuFeatures::from_flags`].
     pub fn host() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
             let amx = amx_int8_in_cpuid_7_edx(std::arch::x86_64::__cpuid_count(7, 0).edx);
-            CpuFeatures {
-                avx2: has!("avx2"),
-                avx512: has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl"),
-                avx512_vnni: has!("avx512vnni"),
-                avx_vnni: has!("avxvnni"),
-                amx_int8: amx,
-            }
+            let detected = [
+                ("avx2", has!("avx2")),
+                ("avx512f", has!("avx512f")),
+                ("avx512bw", has!("avx512bw")),
+                ("avx512dq", has!("avx512dq")),
+                ("avx512vl", has!("avx512vl")),
+                ("avx512_vnni", has!("avx512vnni")),
+                ("avx_vnni", has!("avxvnni")),
+                ("amx_int8", amx),
+            ];
+            let names: Vec<&str> = detected
+                .iter()
+                .filter(|(_, on)| *on)
+                .map(|(name, _)| *name)
+                .collect();
+            CpuFeatures::from_flags(&names)
         }
         #[cfg(not(target_arch = "x86_64"))]
         CpuFeatures::default()
@@ -774,6 +784,17 @@ mod tests {
             "{err}"
         );
         assert!(avx2.check_modelled(Engine::Onednn).is_ok());
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            let host = CpuFeatures::host();
+            let avx512 =
+                has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl");
+            assert_eq!(host.avx2, has!("avx2"));
+            assert_eq!(host.avx512, avx512);
+            assert_eq!(host.avx512_vnni, has!("avx512vnni"));
+            assert_eq!(host.avx_vnni, has!("avxvnni"));
+        }
         assert!(amx_int8_in_cpuid_7_edx(1 << 25));
         assert!(amx_int8_in_cpuid_7_edx(u32::MAX));
         assert!(!amx_int8_in_cpuid_7_edx(0));
