@@ -565,12 +565,22 @@ mod tests {
     #[test]
     fn fbgemm_groupwise_needs_the_groups_one_vector_holds() {
         let (avx2, avx512) = (CpuFeatures::AVX2, CpuFeatures::AVX512_VNNI);
+        // AVX-512 without VNNI has the 64-byte width too.
+        let skylake = CpuFeatures {
+            avx512_vnni: false,
+            ..avx512
+        };
         let path = |cpg: usize, g: usize, cpu: &CpuFeatures| {
             fbgemm_conv_path(&Conv2dParams::square(cpg * g, cpg * g, g, 3, 1), cpu)
         };
         for (cpg, min_avx2, min_avx512) in [(2, 4, 8), (4, 2, 4), (8, 1, 1), (16, 1, 1)] {
             for g in 1..=9 {
-                for (cpu, min) in [(&avx2, min_avx2), (&avx512, min_avx512)] {
+                let cpus = [
+                    (&avx2, min_avx2),
+                    (&avx512, min_avx512),
+                    (&skylake, min_avx512),
+                ];
+                for (cpu, min) in cpus {
                     let want = if g >= min {
                         KernelPath::FbgemmGroupwise
                     } else {
