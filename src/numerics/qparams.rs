@@ -420,6 +420,33 @@ pub fn validate_qparams(what: &str, scale: f64, zero_point: i64, lo: i64, hi: i6
 mod tests {
     use super::*;
 
+    /// PyTorch's names, as the golden format spells them (`golden/README.md`).
+    #[test]
+    fn dtype_and_qscheme_names_are_pytorchs() {
+        use QDType::*;
+        let dtypes = [Quint8, Qint8, Qint32, Uint8, Int8, Int32];
+        let names = ["quint8", "qint8", "qint32", "uint8", "int8", "int32"];
+        for (d, want) in dtypes.into_iter().zip(names) {
+            assert_eq!(d.name(), want);
+            assert_eq!(serde_json::json!(d), serde_json::json!(want));
+        }
+        use QScheme::*;
+        let schemes = [
+            (PerTensorAffine, "per_tensor_affine"),
+            (PerTensorSymmetric, "per_tensor_symmetric"),
+            (PerChannelAffine, "per_channel_affine"),
+            (PerChannelSymmetric, "per_channel_symmetric"),
+            (
+                PerChannelAffineFloatQparams,
+                "per_channel_affine_float_qparams",
+            ),
+        ];
+        for (q, want) in schemes {
+            assert_eq!(q.name(), want);
+            assert_eq!(serde_json::json!(q), serde_json::json!(want));
+        }
+    }
+
     #[test]
     fn reduce_range_rules() {
         let r = calculate_qmin_qmax(None, None, QDType::Quint8, true).unwrap();
