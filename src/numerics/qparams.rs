@@ -468,6 +468,12 @@ mod tests {
         assert!(calculate_qmin_qmax(Some(0), Some(300), QDType::Quint8, false).is_ok());
         assert!(calculate_qmin_qmax(Some(1), Some(255), QDType::Quint8, false).is_err());
         assert!(calculate_qmin_qmax(Some(0), Some(0), QDType::Quint8, false).is_err());
+        // qint32: at most 2^32 values.
+        let (lo, hi) = (i32::MIN as i64, i32::MAX as i64);
+        let r = calculate_qmin_qmax(Some(lo), Some(hi), QDType::Qint32, false).unwrap();
+        assert_eq!((r.quant_min, r.quant_max), (lo, hi));
+        assert!(calculate_qmin_qmax(Some(lo - 1), Some(hi), QDType::Qint32, false).is_err());
+        assert!(calculate_qmin_qmax(Some(-1000), Some(1000), QDType::Qint32, false).is_ok());
     }
 
     #[test]
@@ -501,6 +507,10 @@ mod tests {
         let uninit = observer_qparams(&cfg, &[f32::INFINITY], &[f32::NEG_INFINITY]).unwrap();
         assert_eq!((uninit.scale[0], uninit.zero_point[0]), (1.0, 0));
         assert!(observer_qparams(&cfg, &[2.0], &[1.0]).is_err());
+        // check_min_max_valid skips only the uninitialised pair (+inf, −inf); one infinite end
+        // fails its `min_val <= max_val` assertion.
+        assert!(observer_qparams(&cfg, &[f32::INFINITY], &[1.0]).is_err());
+        assert!(observer_qparams(&cfg, &[0.0], &[f32::NEG_INFINITY]).is_err());
     }
 
     #[test]
