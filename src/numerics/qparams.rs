@@ -522,6 +522,27 @@ mod tests {
         assert_eq!(fbgemm_choose_qparams(0.0, 0.0, 0, 255, false).scale, 0.1);
     }
 
+    /// The branches of FBGEMM `ChooseQuantizationParams` (`src/QuantUtils.cc`), by hand.
+    #[test]
+    fn fbgemm_chooser_branches() {
+        let thr = SMALL_SCALE_THRESHOLD;
+        // Symmetric adjustment only for min < 0 < max: [-1, 0] stays affine (zero point qmax).
+        let q = fbgemm_choose_qparams(-1.0, 0.0, -128, 127, true);
+        assert_eq!((q.scale, q.zero_point), ((1.0f64 / 255.0) as f32, 127));
+        // A scale whose reciprocal overflows f32 (subnormal) becomes 0.1, like a zero one.
+        let q = fbgemm_choose_qparams(0.0, 1e-37, 0, 255, false);
+        assert_eq!((q.scale, q.zero_point), (0.1, 0));
+        // Scales below the threshold become the threshold: one-sided ranges keep their zero end,
+        // a two-sided range is stretched by threshold / scale, so its zero point stays in place:
+        // 0 − (−1e-4 · amp) / thr = 63.75 → 64, not 1e-4 / thr = 1.64 → 2.
+        let q = fbgemm_choose_qparams(0.0, 1e-3, 0, 255, false);
+        assert_eq!((q.scale, q.zero_point), (thr, 0));
+        let q = fbgemm_choose_qparams(-1e-3, 0.0, 0, 255, false);
+        assert_eq!((q.scale, q.zero_point), (thr, 255));
+        let q = fbgemm_choose_qparams(-1e-4, 3e-4, 0, 255, false);
+        assert_eq!((q.scale, q.zero_point), (thr, 64));
+    }
+
     #[test]
     fn fbgemm_symmetric_two_value_range_divides_by_zero_like_fbgemm() {
         // symmetric_qmax = (1 − 0)/2 = 0: FBGEMM computes max/0 and ends with an infinite scale.
