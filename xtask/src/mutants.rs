@@ -1,4 +1,4 @@
-//! `cargo xtask mutants [--file GLOB]... [--shard K/N] [--resume] [--quick] [--name N] [--timeout S] [--list]`:
+//! `cargo xtask mutants [--file GLOB]... [--shard K/N] [--resume] [--quick] [--re R] [--name N] [--timeout S] [--list]`:
 //! cargo-mutants over the numerics and engine modules against the tests that pin them (the lib
 //! unit tests, the golden suite and the property suites, built with the `mutant` profile and run
 //! by cargo-nextest, slow golden tests last, stopping at the first failure; `.cargo/mutants.toml`,
@@ -64,6 +64,10 @@ pub struct MutantsArgs {
     /// A mutant this run misses is not yet missed: `--resume` it without `--quick`.
     #[arg(long)]
     quick: bool,
+    /// Test only the mutants whose name matches this regex (cargo-mutants `--re`, repeatable),
+    /// e.g. the functions a new test covers.
+    #[arg(long = "re")]
+    re: Vec<String>,
     /// Results folder under target/mutants/ (default: `all`, or `shard-K-of-N`).
     #[arg(long)]
     name: Option<String>,
@@ -273,6 +277,9 @@ pub fn run(args: MutantsArgs) -> Result<()> {
         .args(["mutants", "--package", "qparity"]);
     for f in &files {
         cmd.arg("--file").arg(f);
+    }
+    for re in &args.re {
+        cmd.arg("--re").arg(re);
     }
     if args.list {
         let st = cmd.arg("--list").status().context("cargo mutants --list")?;
