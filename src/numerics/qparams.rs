@@ -522,6 +522,25 @@ mod tests {
         assert_eq!(fbgemm_choose_qparams(0.0, 0.0, 0, 255, false).scale, 0.1);
     }
 
+    /// `torch.min` / `torch.max` of two 0-dim tensors (torch 2.15.0, checked on x86): of two zeros
+    /// the first argument, whatever the signs; a NaN on either side propagates. The observers'
+    /// running minimum and maximum keep these signs.
+    #[test]
+    fn torch_min_max_of_zeros_and_nan() {
+        let bits = |v: f32| v.to_bits();
+        assert_eq!(bits(torch_min(0.0, -0.0)), bits(0.0));
+        assert_eq!(bits(torch_min(-0.0, 0.0)), bits(-0.0));
+        assert_eq!(bits(torch_max(0.0, -0.0)), bits(0.0));
+        assert_eq!(bits(torch_max(-0.0, 0.0)), bits(-0.0));
+        for (a, b) in [(1.0, f32::NAN), (f32::NAN, 1.0)] {
+            assert!(
+                torch_min(a, b).is_nan() && torch_max(a, b).is_nan(),
+                "{a} {b}"
+            );
+        }
+        assert_eq!((torch_min(1.0, 2.0), torch_max(1.0, 2.0)), (1.0, 2.0));
+    }
+
     /// The branches of FBGEMM `ChooseQuantizationParams` (`src/QuantUtils.cc`), by hand.
     #[test]
     fn fbgemm_chooser_branches() {
@@ -537,6 +556,8 @@ mod tests {
         // 0 − (−1e-4 · amp) / thr = 63.75 → 64, not 1e-4 / thr = 1.64 → 2.
         let q = fbgemm_choose_qparams(0.0, 1e-3, 0, 255, false);
         assert_eq!((q.scale, q.zero_point), (thr, 0));
+        let q = fbgemm_choose_qparams(0.0, 1e-3, -128, 127, false);
+        assert_eq!((q.scale, q.zero_point), (thr, -128));
         let q = fbgemm_choose_qparams(-1e-3, 0.0, 0, 255, false);
         assert_eq!((q.scale, q.zero_point), (thr, 255));
         let q = fbgemm_choose_qparams(-1e-4, 3e-4, 0, 255, false);
