@@ -548,6 +548,8 @@ mod tests {
         // Symmetric adjustment only for min < 0 < max: [-1, 0] stays affine (zero point qmax).
         let q = fbgemm_choose_qparams(-1.0, 0.0, -128, 127, true);
         assert_eq!((q.scale, q.zero_point), ((1.0f64 / 255.0) as f32, 127));
+        let q = fbgemm_choose_qparams(0.0, 1.0, -128, 127, true);
+        assert_eq!((q.scale, q.zero_point), ((1.0f64 / 255.0) as f32, -128));
         // A scale whose reciprocal overflows f32 (subnormal) becomes 0.1, like a zero one.
         let q = fbgemm_choose_qparams(0.0, 1e-37, 0, 255, false);
         assert_eq!((q.scale, q.zero_point), (0.1, 0));
