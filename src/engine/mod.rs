@@ -854,29 +854,19 @@ mod tests {
         assert_eq!(linear_path(Engine::Qnnpack), KernelPath::Qnnpack);
         assert_eq!(linear_path(Engine::Onednn), KernelPath::Onednn);
         let p = Conv2dParams::square(4, 8, 1, 3, 1);
-        let vnni = &CpuFeatures::AVX512_VNNI;
-        assert_eq!(
-            conv_path(Engine::Fbgemm, &p, true, vnni),
-            KernelPath::FbgemmGemm
-        );
-        assert_eq!(
-            conv_path(Engine::Qnnpack, &p, true, vnni),
-            KernelPath::Qnnpack
-        );
-        assert_eq!(
-            conv_path(Engine::Onednn, &p, false, vnni),
-            KernelPath::Onednn
-        );
         // should_use_onednn_quant: at most 100 groups.
         let dw = |g| Conv2dParams::square(g, g, g, 3, 0);
-        assert_eq!(
-            conv_path(Engine::X86, &dw(100), true, vnni),
-            KernelPath::Onednn
-        );
-        assert_eq!(
-            conv_path(Engine::X86, &dw(101), true, vnni),
-            KernelPath::FbgemmGemm
-        );
+        let cases = [
+            (Engine::Fbgemm, p, true, KernelPath::FbgemmGemm),
+            (Engine::Qnnpack, p, true, KernelPath::Qnnpack),
+            (Engine::Onednn, p, false, KernelPath::Onednn),
+            (Engine::X86, dw(100), true, KernelPath::Onednn),
+            (Engine::X86, dw(101), true, KernelPath::FbgemmGemm),
+        ];
+        for (engine, p, symmetric, want) in cases {
+            let got = conv_path(engine, &p, symmetric, &CpuFeatures::AVX512_VNNI);
+            assert_eq!(got, want, "{engine:?} {p:?} {symmetric}");
+        }
     }
 
     #[test]
