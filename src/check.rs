@@ -217,6 +217,24 @@ fn pinned_rule(tag: &str) -> String {
             "QNNPACK's int32 bias is RNE(f32(bias · f32(1/sb))), sb = f32(w_s · s_x) \
              (nearest alternative: RNE(f32(bias / sb)))"
         }
+        "R2-observer-zero-point-rne" | "R2-histogram-zero-point-rne" => {
+            "the Python observer's zero point is qmin − RNE(f32(min / scale)), ties to even \
+             (nearest alternative: ties away from zero)"
+        }
+        "R2-observer-zero-point-division" | "R2-histogram-zero-point-division" => {
+            "the Python observer's zero point divides, f32(min / scale) \
+             (nearest alternative: f32(min · f32(1/scale)))"
+        }
+        "R4-fbgemm-zero-point-anchor" => {
+            "ChooseQuantizationParams anchors the zero point at the end with the smaller error \
+             term, |qmin| + |min/scale| against |qmax| + |max/scale| (nearest alternative: the \
+             other end)"
+        }
+        "R4-fbgemm-small-scale" => {
+            "ChooseQuantizationParams raises a scale under 6.1e-5 to 6.1e-5 and stretches both ends \
+             by 6.1e-5 / scale before anchoring the zero point (nearest alternatives: no floor, or \
+             the other end)"
+        }
         _ => "(a rule this build does not describe)",
     };
     format!("this case pins {tag} (docs/NUMERICS.md): {what}")

@@ -325,31 +325,58 @@ fn every_op_on_quantized_tensors_reproduces_its_goldens() {
     }
 }
 
-/// The pins suite: `quantized_linear` cases on which a requantization rule and its nearest
-/// alternative give different outputs (xtask/capture/pins.py); every one reproduced exactly, and
-/// every rule the capture pins has cases on every engine it runs on.
+/// The pins suite: cases on which a numerics rule and its nearest alternative give different
+/// outputs (xtask/capture/pins.py, pins_qparams.py); every one reproduced exactly, every rule the
+/// capture pins has cases on every engine it runs on (in some set), and every case names a rule
+/// `qparity check` describes.
 #[test]
 fn every_pinning_golden_reproduces() {
     let pins = suite_sets("pins");
     assert!(!pins.is_empty(), "no golden set of the pins suite");
     let rules = [
-        ("R21-fbgemm-multiplier-division", &["fbgemm", "x86"][..]),
-        ("R22-fbgemm-bias-per-tensor-reciprocal", &["fbgemm", "x86"]),
-        ("R22-fbgemm-bias-per-tensor-fma", &["fbgemm", "x86"]),
-        ("R25-qnnpack-bias-reciprocal", &["qnnpack"]),
+        ("R21-fbgemm-multiplier-division", &["-fbgemm-", "-x86-"][..]),
+        (
+            "R22-fbgemm-bias-per-tensor-reciprocal",
+            &["-fbgemm-", "-x86-"],
+        ),
+        ("R22-fbgemm-bias-per-tensor-fma", &["-fbgemm-", "-x86-"]),
+        ("R25-qnnpack-bias-reciprocal", &["-qnnpack-"]),
+        ("R2-observer-zero-point-rne", &["-default-"]),
+        ("R2-observer-zero-point-division", &["-default-"]),
+        ("R2-histogram-zero-point-rne", &["-default-"]),
+        ("R2-histogram-zero-point-division", &["-default-"]),
+        ("R4-fbgemm-zero-point-anchor", &["-default-"]),
+        ("R4-fbgemm-small-scale", &["-default-"]),
     ];
+    let mut ids = Vec::new();
     for set in pins {
         let report = assert_passes(&set, CheckOptions::default());
         assert_eq!(report.elements_ambiguous, 0, "{}", set.dir.display());
-        for (rule, engines) in rules {
-            for engine in engines {
-                let n = report
-                    .cases
-                    .iter()
-                    .filter(|c| c.id.contains(rule) && c.id.contains(&format!("-{engine}-")))
-                    .count();
-                assert!(n > 0, "{}: no {rule} case on {engine}", set.dir.display());
+        for case in &report.cases {
+            assert!(
+                !case.pins.is_empty(),
+                "{}: {} has no pins tag",
+                set.dir.display(),
+                case.id
+            );
+            for rule in &case.pins {
+                assert!(
+                    rules.iter().any(|(r, _)| r == rule),
+                    "{}: {} pins {rule}, which this test does not list",
+                    set.dir.display(),
+                    case.id
+                );
             }
+        }
+        ids.extend(report.cases.iter().map(|c| c.id.clone()));
+    }
+    for (rule, engines) in rules {
+        for engine in engines {
+            let n = ids
+                .iter()
+                .filter(|id| id.starts_with(&format!("pin-{rule}{engine}")))
+                .count();
+            assert!(n > 0, "no {rule} case on {engine}");
         }
     }
 }

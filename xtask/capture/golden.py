@@ -83,7 +83,8 @@ def _case_id(index, slot):
     if slot[0] == "pin":
         from pins import RULES
 
-        return f"pin-{RULES[slot[1]][0]}-{slot[2]}-{slot[3]}-{slot[4]:04d}"
+        engine = f"{slot[2]}-" if slot[2] else ""
+        return f"pin-{RULES[slot[1]][0]}-{engine}{slot[3]}-{slot[4]:04d}"
     _, op, engine, mode, isa = slot
     return f"model-{op}-{engine}-{mode}-{isa}-{index:04d}"
 
@@ -228,10 +229,10 @@ def cmd_run(args):
             case["args"] = a
             case["expected"] = expected
         elif slot[0] == "pin":
-            a, expected, tags, (ours, alt, n) = pin_case(rng, slot[1], slot[2])
+            op, a, expected, tags, (ours, alt, n) = pin_case(rng, slot[1], slot[2], slot[4])
             case["kind"] = "primitive"
             case["tags"] = tags
-            case["op"] = "quantized_linear"
+            case["op"] = op
             case["args"] = a
             case["expected"] = expected
             print(f"PIN {cid}: PyTorch equals the rule on {ours}/{n} outputs, the alternative on {alt}/{n}",

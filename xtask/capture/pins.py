@@ -1,5 +1,6 @@
-"""The `pins` suite: `quantized_linear` cases (golden/README.md) built so that one requantization
-rule of docs/NUMERICS.md and its nearest alternative give different outputs, captured from PyTorch.
+"""The `pins` suite: cases (golden/README.md) built so that one numerics rule of docs/NUMERICS.md
+and its nearest alternative give different outputs, captured from PyTorch. This file builds the
+`quantized_linear` cases of the requantization rules; pins_qparams.py those of the qparam choosers.
 
 For each case the script quantizes the input with PyTorch, computes the exact int32 accumulators
 (small weights, symmetric weight zero point: no int16 pair can saturate on any FBGEMM path), then
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from common import tensor
+from pins_qparams import QPARAM_RULES
 
 F = np.float32
 FBGEMM_ISAS = [("fbgemm", "default"), ("x86", "default"), ("fbgemm", "avx2"), ("x86", "avx2")]
@@ -37,7 +39,7 @@ RULES = [
     ("R22-fbgemm-bias-per-tensor-reciprocal", FBGEMM_ISAS),
     ("R22-fbgemm-bias-per-tensor-fma", FBGEMM_ISAS),
     ("R21-fbgemm-multiplier-division", FBGEMM_ISAS),
-]
+] + [(tag, [(None, "default")]) for tag, _ in QPARAM_RULES]  # pins_qparams.py: no engine
 M, K, N = 2, 16, 8
 WINDOW = 96  # f32 steps searched on each side of a tie
 
@@ -156,9 +158,14 @@ def _scales(rng, tag):
         return sx, ws, sy
 
 
-def pin_case(rng, rule_index, engine):
-    """(args, expected, tags, summary) of one case pinning RULES[rule_index]."""
+def pin_case(rng, rule_index, engine, k):
+    """(op, args, expected, tags, summary) of the k-th case pinning RULES[rule_index]; summary is
+    (outputs on which PyTorch equals the rule, outputs on which it equals the alternative, n)."""
     tag = RULES[rule_index][0]
+    for qtag, build in QPARAM_RULES:
+        if qtag == tag:
+            op, args, expected, summary = build(rng, tag, k)
+            return op, args, expected, ["pins:" + tag], summary
     torch.backends.quantized.engine = engine
     rule, alt = _rule_and_alt(tag)
     while True:
@@ -200,4 +207,4 @@ def pin_case(rng, rule_index, engine):
         "output_zero_point": yz,
     }
     expected = {"input_int_repr": tensor(xq.int_repr()), "int_repr": tensor(y)}
-    return args, expected, ["pins:" + tag], summary
+    return "quantized_linear", args, expected, ["pins:" + tag], summary

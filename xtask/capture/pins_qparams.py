@@ -1,0 +1,268 @@
+"""Pins of the qparam choosers (part of the `pins` suite, xtask/capture/pins.py): observer and
+`fused_moving_avg_obs_fake_quant` cases whose statistics sit so close to a rounding tie that one
+chooser rule of docs/NUMERICS.md and its nearest alternative give different qparams.
+
+The search emulates both with numpy float32 scalars (every operation rounded to nearest even, no
+FMA) and f64 Python floats where the upstream code computes in double; PyTorch then decides.
+
+- R2 (Python observers, `torch/ao/quantization/observer.py` `_calculate_qparams`):
+  `zp = qmin − RNE(f32(mn / scale))`. Alternatives: half away from zero (`-rne` rules), or
+  `mn · f32(1/scale)` (`-division` rules). `MinMaxObserver` statistics are the batch's own min and
+  max; `HistogramObserver` ones come from PyTorch's own `_non_linear_param_search`, so only the
+  final step is emulated.
+- R4 (ATen `quantized/cpu/QuantUtils.h` `ChooseQuantizationParams`, FBGEMM
+  `src/QuantUtils.cc`), reached through `fused_moving_avg_obs_fake_quant` with one batch (its
+  running min/max are then the batch's): the zero point is anchored at the end with the smaller
+  error term (alternative: the other end), and a scale under 6.1e-5 is raised to it with both ends
+  stretched (alternatives: the other anchor, or no floor). The two anchors give the same zero
+  point up to rounding, so cases are searched where one candidate lies within a rounding error of
+  a half-integer.
+"""
+
+import numpy as np
+import torch
+from torch.ao.quantization import observer as O
+
+from common import describe_observer, tensor
+
+F = np.float32
+THR = F(6.1e-5)  # SMALL_SCALE_THRESHOLD
+WINDOW = 400  # f32 steps searched on each side of a tie
+
+
+def _rne(q):
+    return float(np.rint(q))
+
+
+def _away(q):
+    return float(np.sign(q) * np.floor(abs(q) + 0.5))
+
+
+def r2_affine(mn, mx, qmin, qmax, eps, alt=None):
+    """R2 per tensor: (scale, zp) of an affine Python observer from its f32 statistics;
+    alt "away" (half away from zero) or "reciprocal" (multiply by f32(1/scale))."""
+    mn = min(F(mn), F(0))
+    mx = max(F(mx), F(0))
+    s = max(F(F(mx - mn) / F(qmax - qmin)), F(eps))
+    q = F(mn * F(F(1) / s)) if alt == "reciprocal" else F(mn / s)
+    r = _away(q) if alt == "away" else _rne(q)
+    return float(s), int(min(max(qmin - int(r), qmin), qmax))
+
+
+def r4(mn, mx, qmin, qmax, anchor="error", floor=True):
+    """R4 without symmetry: (scale, zp); anchor "error" (the rule), "min" or "max"; floor False
+    drops the 6.1e-5 floor and its stretch."""
+    mn = min(F(mn), F(0))
+    mx = max(F(mx), F(0))
+    scale = F((float(mx) - float(mn)) / (qmax - qmin))
+    if scale == 0 or np.isinf(F(F(1) / scale)):
+        scale = F(0.1)
+    if floor and scale < THR:
+        org = scale
+        scale = THR
+        if mn == 0:
+            mx = F(THR * F(qmax - qmin))
+        elif mx == 0:
+            mn = F(-THR * F(qmax - qmin))
+        else:
+            amp = F(THR / org)
+            mn = F(mn * amp)
+            mx = F(mx * amp)
+    s = float(scale)
+    zmin = qmin - float(mn) / s
+    zmax = qmax - float(mx) / s
+    emin = abs(qmin) + abs(float(mn) / s)
+    emax = abs(qmax) + abs(float(mx) / s)
+    if anchor == "min" or (anchor == "error" and emin < emax):
+        init = zmin
+    else:
+        init = zmax
+    zp = qmin if init < qmin else qmax if init > qmax else int(np.rint(init))
+    return float(scale), zp
+
+
+def _walk(v0, steps):
+    """v0 and its f32 neighbours, nearest first."""
+    v = F(v0)
+    up, down = v, v
+    yield v
+    for _ in range(steps):
+        up = np.nextafter(up, F(np.inf))
+        down = np.nextafter(down, F(-np.inf))
+        yield up
+        yield down
+
+
+def _batch(rng, mn, mx, n):
+    """n f32 values in [mn, mx] that include both."""
+    x = rng.uniform(float(mn), float(mx), size=n).astype(F)
+    x = np.clip(x, mn, mx).astype(F)
+    i, j = rng.permutation(n)[:2]
+    x[i], x[j] = mn, mx
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# R2, MinMaxObserver and HistogramObserver
+
+R2_RANGES = [(torch.quint8, 0, 255), (torch.qint8, -128, 127)]
+
+
+def _r2_alt(tag):
+    return "away" if tag.endswith("rne") else "reciprocal"
+
+
+def _target(rng, tag, lo, hi):
+    """A half-integer in [lo, hi) to aim -mn / scale at; for the rounding rule one whose integer
+    part is even (RNE and half away from zero agree on the others)."""
+    if tag.endswith("rne"):
+        return 2 * int(rng.integers(lo // 2, hi // 2)) + 0.5
+    return int(rng.integers(lo, hi)) + 0.5
+
+
+def _r2_differ(mn, mx, qmin, qmax, eps, alt):
+    return r2_affine(mn, mx, qmin, qmax, eps) != r2_affine(mn, mx, qmin, qmax, eps, alt)
+
+
+def r2_minmax_case(rng, tag, k):
+    """A MinMaxObserver (per tensor, affine) case whose batch min sits on R2's tie."""
+    dtype, qmin, qmax = R2_RANGES[k % 2]
+    alt = _r2_alt(tag)
+    eps = float(torch.finfo(torch.float32).eps)
+    while True:
+        mx = F(rng.uniform(0.05, 4.0))
+        t = _target(rng, tag, 2, qmax - qmin - 2)  # -mn / scale
+        mn0 = -t * float(mx) / ((qmax - qmin) - t)
+        found = next((mn for mn in _walk(mn0, WINDOW) if _r2_differ(mn, mx, qmin, qmax, eps, alt)), None)
+        if found is not None:
+            break
+    x = _batch(rng, found, mx, int(rng.integers(8, 33)))
+    kw = {"dtype": dtype, "qscheme": torch.per_tensor_affine}
+    obs = O.MinMaxObserver(**kw)
+    obs(torch.from_numpy(x))
+    scale, zp = obs.calculate_qparams()
+    expected = {"min_val": tensor(obs.min_val), "max_val": tensor(obs.max_val), "scale": tensor(scale),
+                "zero_point": tensor(zp)}
+    args = {"observer": describe_observer(O.MinMaxObserver, kw, obs), "batches": [tensor(x)]}
+    rule = r2_affine(found, mx, qmin, qmax, eps)
+    other = r2_affine(found, mx, qmin, qmax, eps, alt)
+    got = (float(scale[0]), int(zp[0]))
+    return "observer", args, expected, (int(got == rule), int(got == other), 1)
+
+
+def _histogram_range(x, kw):
+    """The observer after one batch, and the (min, max) PyTorch's own range search returns."""
+    obs = O.HistogramObserver(**kw)
+    obs(torch.from_numpy(x))
+    a, b = obs._non_linear_param_search()
+    return obs, F(a.item()), F(b.item())
+
+
+def r2_histogram_case(rng, tag, k):
+    """A HistogramObserver (per tensor, affine) case. A third of the data sits on each end, so
+    that the range search keeps the lowest value; that value is then moved until the range the
+    search returns puts R2 on its tie."""
+    dtype, qmin, qmax = R2_RANGES[k % 2]
+    alt = _r2_alt(tag)
+    kw = {"dtype": dtype, "qscheme": torch.per_tensor_affine, "bins": 256}
+    n = qmax - qmin
+    while True:
+        mx = F(rng.uniform(0.5, 4.0))
+        t = _target(rng, tag, 8, n - 8)
+        x = _batch(rng, F(-t * float(mx) / (n - t)), mx, int(rng.integers(24, 65)))
+        m = len(x) // 3
+        x[:m] = x.min()
+        x[m:2 * m] = mx
+        for _ in range(3):  # the search's max end moves with mn: aim again at the tie
+            obs, a, b = _histogram_range(x, kw)
+            mn = F(-t * float(b) / (n - t))
+            x[:m] = mn
+            x[2 * m:] = np.clip(x[2 * m:], mn, mx)
+        found = None
+        for mn in _walk(mn, WINDOW):
+            # The search is the slow part: run it only where the last range's max end puts this
+            # mn on the tie (the end moves by a few f32 steps at most).
+            if not _r2_differ(mn, b, qmin, qmax, float(obs.eps.item()), alt):
+                continue
+            x[:m] = mn
+            x[2 * m:] = np.clip(x[2 * m:], mn, mx)
+            obs, a, b = _histogram_range(x, kw)
+            eps = float(obs.eps.item())
+            if _r2_differ(a, b, qmin, qmax, eps, alt):
+                found = (a, b, eps)
+                break
+        if found is not None:
+            break
+    x = np.ascontiguousarray(x[rng.permutation(len(x))])
+    obs = O.HistogramObserver(**kw)
+    obs(torch.from_numpy(x))
+    scale, zp = obs.calculate_qparams()
+    expected = {"min_val": tensor(obs.min_val), "max_val": tensor(obs.max_val), "scale": tensor(scale),
+                "zero_point": tensor(zp), "histogram": tensor(obs.histogram)}
+    args = {"observer": describe_observer(O.HistogramObserver, kw, obs), "batches": [tensor(x)]}
+    a, b, eps = found
+    rule = r2_affine(a, b, qmin, qmax, eps)
+    other = r2_affine(a, b, qmin, qmax, eps, alt)
+    got = (float(scale[0]), int(zp[0]))
+    return "observer", args, expected, (int(got == rule), int(got == other), 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# R4 through fused_moving_avg_obs_fake_quant
+
+def _r4_search(rng, qmin, qmax, small):
+    """(mn, mx, rule, alternatives): R4's result differs from the other anchor's (and, for small,
+    from no floor's). Every range has mn < 0 < mx; on the signed range it is negative-heavy (R4
+    anchors at the max end), on the unsigned one positive-heavy (R4 anchors at the min end)."""
+    while True:
+        mx = F(rng.uniform(2e-4, 3e-3)) if small else F(rng.uniform(0.05, 4.0))
+        if qmin < 0:
+            t = rng.integers(140, qmax - qmin - 10) + 0.5
+        else:
+            t = rng.integers(10, 120) + 0.5
+        mn0 = -t * float(mx) / ((qmax - qmin) - t)
+        for mn in _walk(mn0, WINDOW):
+            rule = r4(mn, mx, qmin, qmax)
+            other = "max" if qmin >= 0 else "min"
+            alts = {other: r4(mn, mx, qmin, qmax, anchor=other)}
+            if small:
+                alts["no_floor"] = r4(mn, mx, qmin, qmax, floor=False)
+            if all(v != rule for v in alts.values()):
+                return mn, mx, rule, alts
+
+
+def r4_fused_case(rng, tag, k):
+    """One batch through torch.fused_moving_avg_obs_fake_quant (per tensor, affine)."""
+    small = tag.endswith("small-scale")
+    qmin, qmax = [(-128, 127), (0, 255)][k % 2]
+    mn, mx, rule, alts = _r4_search(rng, qmin, qmax, small)
+    x = _batch(rng, mn, mx, int(rng.integers(8, 33))).reshape(1, -1)
+    rmin = torch.tensor(float("inf"))
+    rmax = torch.tensor(float("-inf"))
+    sc = torch.ones(1)
+    zp = torch.zeros(1, dtype=torch.int32)
+    initial = {"running_min": tensor(rmin), "running_max": tensor(rmax), "scale": tensor(sc),
+               "zero_point": tensor(zp)}
+    on = torch.tensor([1], dtype=torch.long)
+    xt = torch.from_numpy(x.copy())
+    out = torch.fused_moving_avg_obs_fake_quant(xt, on, on, rmin, rmax, sc, zp, 0.01, qmin, qmax, 0, False,
+                                                False)
+    steps = [{"output": tensor(out), "running_min": tensor(rmin), "running_max": tensor(rmax),
+              "scale": tensor(sc), "zero_point": tensor(zp)}]
+    args = {"batches": [tensor(xt)], "averaging_const": 0.01, "quant_min": qmin, "quant_max": qmax,
+            "ch_axis": 0, "per_row_fake_quant": False, "symmetric_quant": False, "observer_on": 1,
+            "fake_quant_on": 1, "initial": initial}
+    got = (float(sc[0]), int(zp[0]))
+    alt_ok = sum(got == v for v in alts.values())
+    return "fused_moving_avg_obs_fake_quant", args, {"steps": steps}, (int(got == rule), alt_ok, 1)
+
+
+# (tag, builder(rng, tag, k) -> (op, args, expected, (rule matches, alternatives matched, n)))
+QPARAM_RULES = [
+    ("R2-observer-zero-point-rne", r2_minmax_case),
+    ("R2-observer-zero-point-division", r2_minmax_case),
+    ("R2-histogram-zero-point-rne", r2_histogram_case),
+    ("R2-histogram-zero-point-division", r2_histogram_case),
+    ("R4-fbgemm-zero-point-anchor", r4_fused_case),
+    ("R4-fbgemm-small-scale", r4_fused_case),
+]
