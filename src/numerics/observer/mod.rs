@@ -447,3 +447,49 @@ fn moving(r: f32, cur: f32, c: f32) -> f32 {
         ema(r, cur, c)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(class: ObserverClass, eps: Option<f64>) -> Result<ObserverConfig> {
+        ObserverConfig::from_kwargs(class, None, None, None, None, None, eps, None, None, None)
+    }
+
+    /// eps must be finite and ≥ 0 (PyTorch stores any float; a negative, infinite or NaN floor
+    /// makes no scale qparity can check, so it is refused with a message naming eps).
+    #[test]
+    fn eps_must_be_finite_and_non_negative() {
+        for bad in [-1e-3, -1.0, f64::INFINITY, f64::NEG_INFINITY, f64::NAN] {
+            let err = config(ObserverClass::MinMaxObserver, Some(bad)).unwrap_err();
+            assert!(err.to_string().contains("eps"), "{bad}: {err}");
+        }
+        for good in [0.0, 1e-10, f32::EPSILON as f64] {
+            let cfg = config(ObserverClass::MinMaxObserver, Some(good)).unwrap();
+            assert_eq!(cfg.eps, good as f32);
+        }
+    }
+
+    /// MovingAverageMinMaxObserver copies the batch statistics only while both running values
+    /// are still the initial (+inf, −inf); after a batch of +inf alone (min = max = +inf) the
+    /// next batch goes through the moving average, whose inf − inf is NaN, as in torch 2.15.0
+    /// (`observer.py` `MovingAverageMinMaxObserver.forward`).
+    #[test]
+    fn moving_average_copies_only_the_uninitialised_pair() {
+        let cfg = config(ObserverClass::MovingAverageMinMaxObserver, None).unwrap();
+        let mut obs = Observer::new(cfg.clone()).unwrap();
+        obs.forward(&[f32::INFINITY, f32::INFINITY], &[2]).unwrap();
+        assert_eq!(
+            (obs.min_val[0], obs.max_val[0]),
+            (f32::INFINITY, f32::INFINITY)
+        );
+        obs.forward(&[1.0, 2.0], &[2]).unwrap();
+        assert!(obs.min_val[0].is_nan() && obs.max_val[0].is_nan());
+
+        let mut obs = Observer::new(cfg).unwrap();
+        obs.forward(&[f32::NEG_INFINITY, 3.0], &[2]).unwrap();
+        obs.forward(&[1.0, 2.0], &[2]).unwrap();
+        assert!(obs.min_val[0].is_nan());
+        assert_eq!(obs.max_val[0], 3.0 + 0.01f32 * (2.0 - 3.0));
+    }
+}
