@@ -161,3 +161,16 @@ def describe_partial(partial):
     """Describe a qconfig entry (a `.with_args` partial) by instantiating it once."""
     p = partial.p
     return describe_observer(p.func, p.keywords, partial())
+
+
+def f32_walk(v0, steps):
+    """v0 (rounded to f32) and its f32 neighbours, nearest first, `steps` on each side: the
+    pins' search near a rounding tie."""
+    v = np.float32(v0)
+    up, down = v, v
+    yield v
+    for _ in range(steps):
+        up = np.nextafter(up, np.float32(np.inf))
+        down = np.nextafter(down, np.float32(-np.inf))
+        yield up
+        yield down

@@ -28,7 +28,7 @@ Rules (docs/NUMERICS.md):
 import numpy as np
 import torch
 
-from common import tensor
+from common import f32_walk, tensor
 from pins_qparams import QPARAM_RULES
 
 F = np.float32
@@ -106,18 +106,6 @@ def _f32_scale(rng, lo_exp, hi_exp):
     return float(np.ldexp(m, int(rng.integers(lo_exp, hi_exp)) - 20))
 
 
-def _walk(b0, steps):
-    """b0 and its f32 neighbours, nearest first."""
-    b = F(b0)
-    up, down = b, b
-    yield b
-    for _ in range(steps):
-        up = np.nextafter(up, F(np.inf))
-        down = np.nextafter(down, F(-np.inf))
-        yield up
-        yield down
-
-
 def _search_bias(rng, tag, raw, sx, ws, sy, yz):
     """An f32 bias on which rule and alternative give different u8 outputs for accumulator raw,
     or None. Looks near ties `y = k + 0.5` for a few random k inside the output range."""
@@ -134,7 +122,7 @@ def _search_bias(rng, tag, raw, sx, ws, sy, yz):
         else:
             mult = atws / sy
             b0 = ((k + 0.5) / mult - raw) * atws
-        for b in _walk(b0, WINDOW):
+        for b in f32_walk(b0, WINDOW):
             if rule(raw, b, sx, ws, sy, yz) != alt(raw, b, sx, ws, sy, yz):
                 return b
     return None

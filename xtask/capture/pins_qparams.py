@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch.ao.quantization import observer as O
 
-from common import describe_observer, tensor
+from common import describe_observer, f32_walk, tensor
+from prims import fused_initial_state
 
 F = np.float32
 THR = F(6.1e-5)  # SMALL_SCALE_THRESHOLD
@@ -81,18 +82,6 @@ def r4(mn, mx, qmin, qmax, anchor="error", floor=True):
     return float(scale), zp
 
 
-def _walk(v0, steps):
-    """v0 and its f32 neighbours, nearest first."""
-    v = F(v0)
-    up, down = v, v
-    yield v
-    for _ in range(steps):
-        up = np.nextafter(up, F(np.inf))
-        down = np.nextafter(down, F(-np.inf))
-        yield up
-        yield down
-
-
 def _batch(rng, mn, mx, n):
     """n f32 values in [mn, mx] that include both."""
     x = rng.uniform(float(mn), float(mx), size=n).astype(F)
@@ -133,7 +122,7 @@ def r2_minmax_case(rng, tag, k):
         mx = F(rng.uniform(0.05, 4.0))
         t = _target(rng, tag, 2, qmax - qmin - 2)  # -mn / scale
         mn0 = -t * float(mx) / ((qmax - qmin) - t)
-        found = next((mn for mn in _walk(mn0, WINDOW) if _r2_differ(mn, mx, qmin, qmax, eps, alt)), None)
+        found = next((mn for mn in f32_walk(mn0, WINDOW) if _r2_differ(mn, mx, qmin, qmax, eps, alt)), None)
         if found is not None:
             break
     x = _batch(rng, found, mx, int(rng.integers(8, 33)))
@@ -179,7 +168,7 @@ def r2_histogram_case(rng, tag, k):
             x[:m] = mn
             x[2 * m:] = np.clip(x[2 * m:], mn, mx)
         found = None
-        for mn in _walk(mn, WINDOW):
+        for mn in f32_walk(mn, WINDOW):
             # The search is the slow part: run it only where the last range's max end puts this
             # mn on the tie (the end moves by a few f32 steps at most).
             if not _r2_differ(mn, b, qmin, qmax, float(obs.eps.item()), alt):
@@ -221,7 +210,7 @@ def _r4_search(rng, qmin, qmax, small):
         else:
             t = rng.integers(10, 120) + 0.5
         mn0 = -t * float(mx) / ((qmax - qmin) - t)
-        for mn in _walk(mn0, WINDOW):
+        for mn in f32_walk(mn0, WINDOW):
             rule = r4(mn, mx, qmin, qmax)
             other = "max" if qmin >= 0 else "min"
             alts = {other: r4(mn, mx, qmin, qmax, anchor=other)}
@@ -237,12 +226,7 @@ def r4_fused_case(rng, tag, k):
     qmin, qmax = [(-128, 127), (0, 255)][k % 2]
     mn, mx, rule, alts = _r4_search(rng, qmin, qmax, small)
     x = _batch(rng, mn, mx, int(rng.integers(8, 33))).reshape(1, -1)
-    rmin = torch.tensor(float("inf"))
-    rmax = torch.tensor(float("-inf"))
-    sc = torch.ones(1)
-    zp = torch.zeros(1, dtype=torch.int32)
-    initial = {"running_min": tensor(rmin), "running_max": tensor(rmax), "scale": tensor(sc),
-               "zero_point": tensor(zp)}
+    rmin, rmax, sc, zp, initial = fused_initial_state(False, 1)
     on = torch.tensor([1], dtype=torch.long)
     xt = torch.from_numpy(x.copy())
     out = torch.fused_moving_avg_obs_fake_quant(xt, on, on, rmin, rmax, sc, zp, 0.01, qmin, qmax, 0, False,

@@ -363,6 +363,24 @@ def fake_quantize_per_channel_affine(rng, rnd):
 FMA_FLAVOURS = ["normal", "all_equal", "all_negative", "tiny", "normal", "subnormal"]
 
 
+def fused_initial_state(per_row, c):
+    """The buffers fused_moving_avg_obs_fake_quant updates in place, as an untrained QAT module
+    holds them (per row: c channels), and their description for the case's `initial`."""
+    if per_row:
+        rmin = torch.full((c,), float("inf"))
+        rmax = torch.full((c,), float("-inf"))
+        sc = torch.ones(c)
+        zp = torch.zeros(c, dtype=torch.int32)
+    else:
+        rmin = torch.tensor(float("inf"))
+        rmax = torch.tensor(float("-inf"))
+        sc = torch.ones(1)
+        zp = torch.zeros(1, dtype=torch.int32)
+    initial = {"running_min": tensor(rmin), "running_max": tensor(rmax), "scale": tensor(sc),
+               "zero_point": tensor(zp)}
+    return rmin, rmax, sc, zp, initial
+
+
 def fused_moving_avg_obs_fake_quant(rng, rnd):
     per_row = rnd % 2 == 1
     symmetric = (rnd // 2) % 2 == 1
@@ -384,18 +402,7 @@ def fused_moving_avg_obs_fake_quant(rng, rnd):
         else:
             x = data(rng, "normal", shape)
         batches.append(torch.from_numpy(x.copy()))
-    if per_row:
-        rmin = torch.full((c,), float("inf"))
-        rmax = torch.full((c,), float("-inf"))
-        sc = torch.ones(c)
-        zp = torch.zeros(c, dtype=torch.int32)
-    else:
-        rmin = torch.tensor(float("inf"))
-        rmax = torch.tensor(float("-inf"))
-        sc = torch.ones(1)
-        zp = torch.zeros(1, dtype=torch.int32)
-    initial = {"running_min": tensor(rmin), "running_max": tensor(rmax), "scale": tensor(sc),
-               "zero_point": tensor(zp)}
+    rmin, rmax, sc, zp, initial = fused_initial_state(per_row, c)
     on = torch.tensor([1], dtype=torch.long)
     fq_on = torch.tensor([fake_quant_on], dtype=torch.long)
     steps = []
