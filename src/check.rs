@@ -235,6 +235,10 @@ fn pinned_rule(tag: &str) -> String {
              by 6.1e-5 / scale before anchoring the zero point (nearest alternatives: no floor, or \
              the other end)"
         }
+        "R4-fbgemm-symmetric-midpoint" => {
+            "ChooseQuantizationParams with preserve_sparsity takes the zero point at the range's \
+             midpoint, RNE((qmin + qmax) / 2) (nearest alternative: the end with the smaller error)"
+        }
         _ => "(a rule this build does not describe)",
     };
     format!("this case pins {tag} (docs/NUMERICS.md): {what}")

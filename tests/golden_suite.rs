@@ -347,6 +347,7 @@ fn every_pinning_golden_reproduces() {
         ("R2-histogram-zero-point-division", &["-default-"]),
         ("R4-fbgemm-zero-point-anchor", &["-default-"]),
         ("R4-fbgemm-small-scale", &["-default-"]),
+        ("R4-fbgemm-symmetric-midpoint", &["-default-"]),
     ];
     let mut ids = Vec::new();
     for set in pins {

@@ -16,7 +16,9 @@ FMA) and f64 Python floats where the upstream code computes in double; PyTorch t
   error term (alternative: the other end), and a scale under 6.1e-5 is raised to it with both ends
   stretched (alternatives: the other anchor, or no floor). The two anchors give the same zero
   point up to rounding, so cases are searched where one candidate lies within a rounding error of
-  a half-integer.
+  a half-integer, on negative-heavy and positive-heavy ranges. With symmetric_quant the zero point
+  is the range's midpoint, rounded to even (alternative: the anchor), told apart on ranges whose
+  midpoint is a half-integer next to an odd anchor.
 """
 
 import numpy as np
@@ -50,11 +52,20 @@ def r2_affine(mn, mx, qmin, qmax, eps, alt=None):
     return float(s), int(min(max(qmin - int(r), qmin), qmax))
 
 
-def r4(mn, mx, qmin, qmax, anchor="error", floor=True):
-    """R4 without symmetry: (scale, zp); anchor "error" (the rule), "min" or "max"; floor False
-    drops the 6.1e-5 floor and its stretch."""
-    mn = min(F(mn), F(0))
-    mx = max(F(mx), F(0))
+def r4(mn, mx, qmin, qmax, anchor="error", floor=True, sym=False, midpoint=True):
+    """R4: (scale, zp). anchor "error" (the rule), "min" or "max"; floor False drops the 6.1e-5
+    floor and its stretch; sym is preserve_sparsity (the symmetric re-centring), and midpoint
+    False drops its midpoint zero point (the anchor decides instead)."""
+    mn = F(mn)
+    mx = F(mx)
+    if mn < 0 and mx > 0 and sym:
+        sqmin = -((qmax - qmin) // 2 + 1)
+        sqmax = (qmax - qmin) // 2
+        m = float(max(abs(F(mn / F(sqmin))), abs(F(mx / F(sqmax)))))
+        mn = F(m * sqmin)
+        mx = F(m * sqmax)
+    mn = min(mn, F(0))
+    mx = max(mx, F(0))
     scale = F((float(mx) - float(mn)) / (qmax - qmin))
     if scale == 0 or np.isinf(F(F(1) / scale)):
         scale = F(0.1)
@@ -78,6 +89,8 @@ def r4(mn, mx, qmin, qmax, anchor="error", floor=True):
         init = zmin
     else:
         init = zmax
+    if mn < 0 and mx > 0 and sym and midpoint:
+        init = (qmin + qmax) / 2
     zp = qmin if init < qmin else qmax if init > qmax else int(np.rint(init))
     return float(scale), zp
 
@@ -199,20 +212,25 @@ def r2_histogram_case(rng, tag, k):
 # ---------------------------------------------------------------------------------------------
 # R4 through fused_moving_avg_obs_fake_quant
 
-def _r4_search(rng, qmin, qmax, small):
+# (qmin, qmax, heavy end): R4 anchors a negative-heavy range at its max end and a positive-heavy
+# one at its min end; an unsigned range with mn < 0 is always anchored at its min end.
+R4_RANGES = [(-128, 127, "negative"), (0, 255, "positive"), (-128, 127, "positive")]
+# Symmetric ranges whose midpoint is a half-integer next to an odd anchor-chosen zero point.
+R4_SYMMETRIC_RANGES = [(0, 253), (-127, 128), (-1, 254)]
+
+
+def _r4_search(rng, qmin, qmax, heavy, small):
     """(mn, mx, rule, alternatives): R4's result differs from the other anchor's (and, for small,
-    from no floor's). Every range has mn < 0 < mx; on the signed range it is negative-heavy (R4
-    anchors at the max end), on the unsigned one positive-heavy (R4 anchors at the min end)."""
+    from no floor's); mn < 0 < mx."""
+    n = qmax - qmin
+    other = "min" if heavy == "negative" else "max"
     while True:
         mx = F(rng.uniform(2e-4, 3e-3)) if small else F(rng.uniform(0.05, 4.0))
-        if qmin < 0:
-            t = rng.integers(140, qmax - qmin - 10) + 0.5
-        else:
-            t = rng.integers(10, 120) + 0.5
-        mn0 = -t * float(mx) / ((qmax - qmin) - t)
+        # t = -mn / scale; negative-heavy: t > n / 2 (up to a margin)
+        t = (rng.integers(n // 2 + 12, n - 10) if heavy == "negative" else rng.integers(10, n // 2 - 12)) + 0.5
+        mn0 = -t * float(mx) / (n - t)
         for mn in f32_walk(mn0, WINDOW):
             rule = r4(mn, mx, qmin, qmax)
-            other = "max" if qmin >= 0 else "min"
             alts = {other: r4(mn, mx, qmin, qmax, anchor=other)}
             if small:
                 alts["no_floor"] = r4(mn, mx, qmin, qmax, floor=False)
@@ -220,21 +238,37 @@ def _r4_search(rng, qmin, qmax, small):
                 return mn, mx, rule, alts
 
 
+def _r4_symmetric(rng, qmin, qmax):
+    """(mn, mx, rule, alternatives) of a symmetric range on which the midpoint zero point differs
+    from the anchor's."""
+    while True:
+        mx = F(rng.uniform(0.05, 4.0))
+        mn = F(-rng.uniform(0.05, 4.0))
+        rule = r4(mn, mx, qmin, qmax, sym=True)
+        alts = {"anchor": r4(mn, mx, qmin, qmax, sym=True, midpoint=False)}
+        if alts["anchor"] != rule:
+            return mn, mx, rule, alts
+
+
 def r4_fused_case(rng, tag, k):
-    """One batch through torch.fused_moving_avg_obs_fake_quant (per tensor, affine)."""
-    small = tag.endswith("small-scale")
-    qmin, qmax = [(-128, 127), (0, 255)][k % 2]
-    mn, mx, rule, alts = _r4_search(rng, qmin, qmax, small)
+    """One batch through torch.fused_moving_avg_obs_fake_quant (per tensor)."""
+    sym = tag.endswith("symmetric-midpoint")
+    if sym:
+        qmin, qmax = R4_SYMMETRIC_RANGES[k % len(R4_SYMMETRIC_RANGES)]
+        mn, mx, rule, alts = _r4_symmetric(rng, qmin, qmax)
+    else:
+        qmin, qmax, heavy = R4_RANGES[k % len(R4_RANGES)]
+        mn, mx, rule, alts = _r4_search(rng, qmin, qmax, heavy, tag.endswith("small-scale"))
     x = _batch(rng, mn, mx, int(rng.integers(8, 33))).reshape(1, -1)
     rmin, rmax, sc, zp, initial = fused_initial_state(False, 1)
     on = torch.tensor([1], dtype=torch.long)
     xt = torch.from_numpy(x.copy())
     out = torch.fused_moving_avg_obs_fake_quant(xt, on, on, rmin, rmax, sc, zp, 0.01, qmin, qmax, 0, False,
-                                                False)
+                                                sym)
     steps = [{"output": tensor(out), "running_min": tensor(rmin), "running_max": tensor(rmax),
               "scale": tensor(sc), "zero_point": tensor(zp)}]
     args = {"batches": [tensor(xt)], "averaging_const": 0.01, "quant_min": qmin, "quant_max": qmax,
-            "ch_axis": 0, "per_row_fake_quant": False, "symmetric_quant": False, "observer_on": 1,
+            "ch_axis": 0, "per_row_fake_quant": False, "symmetric_quant": sym, "observer_on": 1,
             "fake_quant_on": 1, "initial": initial}
     got = (float(sc[0]), int(zp[0]))
     alt_ok = sum(got == v for v in alts.values())
@@ -249,4 +283,5 @@ QPARAM_RULES = [
     ("R2-histogram-zero-point-division", r2_histogram_case),
     ("R4-fbgemm-zero-point-anchor", r4_fused_case),
     ("R4-fbgemm-small-scale", r4_fused_case),
+    ("R4-fbgemm-symmetric-midpoint", r4_fused_case),
 ]
