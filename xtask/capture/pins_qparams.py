@@ -140,15 +140,22 @@ def r2_minmax_case(rng, tag, k):
             break
     x = _batch(rng, found, mx, int(rng.integers(8, 33)))
     kw = {"dtype": dtype, "qscheme": torch.per_tensor_affine}
-    obs = O.MinMaxObserver(**kw)
+    return _observer_case(O.MinMaxObserver, kw, x, (found, mx, qmin, qmax, eps), alt)
+
+
+def _observer_case(cls, kw, x, r2_args, alt):
+    """The `observer` case of one batch x through cls(**kw), with the summary of PyTorch's qparams
+    against R2 and its alternative on r2_args = (min, max, qmin, qmax, eps)."""
+    obs = cls(**kw)
     obs(torch.from_numpy(x))
     scale, zp = obs.calculate_qparams()
     expected = {"min_val": tensor(obs.min_val), "max_val": tensor(obs.max_val), "scale": tensor(scale),
                 "zero_point": tensor(zp)}
-    args = {"observer": describe_observer(O.MinMaxObserver, kw, obs), "batches": [tensor(x)]}
-    rule = r2_affine(found, mx, qmin, qmax, eps)
-    other = r2_affine(found, mx, qmin, qmax, eps, alt)
+    if cls is O.HistogramObserver:
+        expected["histogram"] = tensor(obs.histogram)
+    args = {"observer": describe_observer(cls, kw, obs), "batches": [tensor(x)]}
     got = (float(scale[0]), int(zp[0]))
+    rule, other = r2_affine(*r2_args), r2_affine(*r2_args, alt)
     return "observer", args, expected, (int(got == rule), int(got == other), 1)
 
 
@@ -196,17 +203,8 @@ def r2_histogram_case(rng, tag, k):
         if found is not None:
             break
     x = np.ascontiguousarray(x[rng.permutation(len(x))])
-    obs = O.HistogramObserver(**kw)
-    obs(torch.from_numpy(x))
-    scale, zp = obs.calculate_qparams()
-    expected = {"min_val": tensor(obs.min_val), "max_val": tensor(obs.max_val), "scale": tensor(scale),
-                "zero_point": tensor(zp), "histogram": tensor(obs.histogram)}
-    args = {"observer": describe_observer(O.HistogramObserver, kw, obs), "batches": [tensor(x)]}
     a, b, eps = found
-    rule = r2_affine(a, b, qmin, qmax, eps)
-    other = r2_affine(a, b, qmin, qmax, eps, alt)
-    got = (float(scale[0]), int(zp[0]))
-    return "observer", args, expected, (int(got == rule), int(got == other), 1)
+    return _observer_case(O.HistogramObserver, kw, x, (a, b, qmin, qmax, eps), alt)
 
 
 # ---------------------------------------------------------------------------------------------
