@@ -1,4 +1,4 @@
-//! `cargo xtask mutants [--file GLOB]... [--shard K/N] [--resume] [--quick] [--re R] [--name N] [--timeout S] [--list]`:
+//! `cargo xtask mutants [--file GLOB]... [--shard K/N] [--resume] [--quick] [--re R] [--exclude-re R] [--name N] [--timeout S] [--list]`:
 //! cargo-mutants over the numerics and engine modules against the tests that pin them (the lib
 //! unit tests, the golden suite and the property suites, built with the `mutant` profile and run
 //! by cargo-nextest, slow golden tests last, stopping at the first failure; `.cargo/mutants.toml`,
@@ -68,6 +68,10 @@ pub struct MutantsArgs {
     /// e.g. the functions a new test covers.
     #[arg(long = "re")]
     re: Vec<String>,
+    /// Leave out the mutants whose name matches this regex (cargo-mutants `--exclude-re`,
+    /// repeatable), e.g. the functions an earlier `--re` run covered.
+    #[arg(long = "exclude-re")]
+    exclude_re: Vec<String>,
     /// Results folder under target/mutants/ (default: `all`, or `shard-K-of-N`).
     #[arg(long)]
     name: Option<String>,
@@ -280,6 +284,9 @@ pub fn run(args: MutantsArgs) -> Result<()> {
     }
     for re in &args.re {
         cmd.arg("--re").arg(re);
+    }
+    for re in &args.exclude_re {
+        cmd.arg("--exclude-re").arg(re);
     }
     if args.list {
         let st = cmd.arg("--list").status().context("cargo mutants --list")?;
