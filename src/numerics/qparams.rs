@@ -576,6 +576,15 @@ mod tests {
     }
 
     #[test]
+    fn zero_point_below_qmin_clamps_before_rounding() {
+        // On a wide range the f32 scale's rounding moves the chosen candidate (zp_max, the
+        // smaller error term) to qmin − 1.28; FBGEMM clamps it to qmin instead of rounding it
+        // to qmin − 1. torch 2.15 fused_moving_avg_obs_fake_quant on this batch: -1000000007.
+        let q = fbgemm_choose_qparams(-0.000_348_919_45, 123_099.89, -1_000_000_007, 0, false);
+        assert_eq!(q.zero_point, -1_000_000_007, "{q:?}");
+    }
+
+    #[test]
     fn validate_rejects_bad_scales() {
         for s in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e-60] {
             assert!(validate_qparams("x", s, 0, 0, 255).is_err(), "{s}");
