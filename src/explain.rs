@@ -552,23 +552,6 @@ fn show_expected(t: &crate::tensor::Tensor, i: usize) -> String {
     }
 }
 
-fn show_predicted(p: &crate::ops::Predicted, i: usize) -> String {
-    use crate::numerics::bound::Pred;
-    use crate::ops::Predicted;
-    match p {
-        Predicted::Ints(v) => match v[i] {
-            Pred::Exact(x) => x.to_string(),
-            Pred::Ambiguous { lo, hi } => format!("{lo}..={hi} (ambiguous)"),
-        },
-        Predicted::Floats(v) => format!("{:e} (0x{:08x})", v[i], v[i].to_bits()),
-        Predicted::Doubles(v) => format!("{:e} (0x{:016x})", v[i], v[i].to_bits()),
-        Predicted::Ranges(v) if v[i].0.to_bits() == v[i].1.to_bits() => {
-            format!("{:e} (0x{:08x})", v[i].0, v[i].0.to_bits())
-        }
-        Predicted::Ranges(v) => format!("within [{:e}, {:e}]", v[i].0, v[i].1),
-    }
-}
-
 /// Whether a stage's location names this node (graph: `node NAME (op)`) and run.
 fn stage_selected(s: &crate::golden::Stage, q: &ElementQuery, staged: bool) -> bool {
     if q.flow.is_some_and(|f| f != s.ctx.flow) {
@@ -627,7 +610,7 @@ fn explain_stage(s: &crate::golden::Stage, i: usize) -> Result<StageExplanation>
         };
         let ours = match results.first() {
             Some(ElementResult::CountMismatch { ours, .. }) => format!("{ours} elements"),
-            _ => show_predicted(&outputs[oi].values, k),
+            _ => outputs[oi].values.show(k),
         };
         out_rows.push(OutputValue {
             output: e.name.clone(),
@@ -801,6 +784,58 @@ mod tests {
             ..Default::default()
         };
         assert!(explain_case(&p, &q).is_err());
+    }
+
+    /// Every stage of the first case of each case group (op × engine × mode) in the two VNNI
+    /// sets that cover every op explains element 0: a rule with text, a derivation with numbers
+    /// for every output of more than one element, and every output exact.
+    #[test]
+    fn every_stage_kind_explains_itself() {
+        let mut groups = std::collections::BTreeSet::new();
+        let mut ops = std::collections::BTreeSet::new();
+        for set in ["golden/ops-vnni-seed0", "golden/vnni-xeon-seed1"] {
+            let mut files: Vec<_> = std::fs::read_dir(golden(set).join("cases"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            files.sort();
+            for p in files {
+                let stem = p.file_stem().unwrap().to_string_lossy().into_owned();
+                let group = stem.rsplit_once('-').map_or(stem.as_str(), |(g, _)| g);
+                if !groups.insert(group.to_string()) {
+                    continue;
+                }
+                let case = crate::golden::load_case(&p).unwrap();
+                let cpu = case_cpu(&p).unwrap();
+                for s in case.stages(&cpu).unwrap() {
+                    let e = explain_stage(&s, 0)
+                        .unwrap_or_else(|err| panic!("{stem} {}: {err}", s.location));
+                    let at = format!("{stem} {} ({})", s.location, e.op);
+                    ops.insert(e.op);
+                    assert!(
+                        e.rule.iter().any(|(l, t)| !l.is_empty() && !t.is_empty()),
+                        "{at}: rule {:?}",
+                        e.rule
+                    );
+                    assert!(
+                        e.outputs.iter().all(|o| o.verdict == "exact"),
+                        "{at}: {:?}",
+                        e.outputs
+                    );
+                    let numel = s.expected.first().map_or(0, |x| x.tensor.numel());
+                    if numel > 1 {
+                        assert!(
+                            e.steps
+                                .iter()
+                                .any(|l| l.chars().any(|c| c.is_ascii_digit())),
+                            "{at}: steps {:?}",
+                            e.steps
+                        );
+                    }
+                }
+            }
+        }
+        assert!(ops.len() >= 30, "{} ops: {ops:?}", ops.len());
     }
 
     #[test]

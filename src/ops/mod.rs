@@ -234,6 +234,36 @@ impl Predicted {
     pub fn exact(v: impl IntoIterator<Item = i64>) -> Self {
         Predicted::Ints(v.into_iter().map(Pred::Exact).collect())
     }
+
+    /// Element `i` as reports show it: an integer or its admissible interval, a float with its
+    /// bits, or a float range (panics past the end, like indexing).
+    pub fn show(&self, i: usize) -> String {
+        match self {
+            Predicted::Ints(v) => match v[i] {
+                Pred::Exact(x) => x.to_string(),
+                Pred::Ambiguous { lo, hi } => format!("{lo}..={hi} (ambiguous)"),
+            },
+            Predicted::Floats(v) => format!("{:e} (0x{:08x})", v[i], v[i].to_bits()),
+            Predicted::Doubles(v) => format!("{:e} (0x{:016x})", v[i], v[i].to_bits()),
+            Predicted::Ranges(v) if v[i].0.to_bits() == v[i].1.to_bits() => {
+                format!("{:e} (0x{:08x})", v[i].0, v[i].0.to_bits())
+            }
+            Predicted::Ranges(v) => format!("within [{:e}, {:e}]", v[i].0, v[i].1),
+        }
+    }
+}
+
+/// Trace lines `name[i] = value` for every output with an element `i` (`name = value` for a
+/// one-element output): the derivation of ops whose outputs are statistics.
+pub(crate) fn outputs_at(outputs: &[Output], i: usize) -> Vec<String> {
+    outputs
+        .iter()
+        .filter_map(|o| match o.values.len() {
+            1 => Some(format!("{} = {}", o.name, o.values.show(0))),
+            n if i < n => Some(format!("{}[{i}] = {}", o.name, o.values.show(i))),
+            _ => None,
+        })
+        .collect()
 }
 
 /// One predicted output of a stage.

@@ -287,6 +287,29 @@ impl Plan for MovementPlan {
         super::exact_float_then_quantize("movement", self.flow, &self.out, &self.shape, f)
     }
 
+    fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
+        let q = inputs[0].quantized("input")?;
+        let Some((j, v)) = self.index.get(i).and_then(|&j| Some((j, *q.data.get(j)?))) else {
+            return Ok(Vec::new());
+        };
+        let x = self.flow.dequantize(v as i64, q.scale, q.zero_point);
+        let (lo, hi) = self.clamp;
+        let y = self
+            .flow
+            .quantize(x, self.out.scale, self.out.zero_point, lo, hi)
+            .map_or_else(|| "undefined".to_string(), |y| y.to_string());
+        Ok(vec![
+            format!(
+                "output element {i} ← input element {j}: q = {v}, scale {}, zero point {}",
+                q.scale, q.zero_point
+            ),
+            format!(
+                "x = {x:e}; quantize with scale {}, zero point {}, clamp {lo}..{hi}: {y}",
+                self.out.scale, self.out.zero_point
+            ),
+        ])
+    }
+
     fn lowered(&self) -> Option<super::Lowered<'_>> {
         Some(super::Lowered::Pointwise(self))
     }

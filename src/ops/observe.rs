@@ -5,7 +5,9 @@
 //! Sources: `torch/ao/quantization/observer.py`, `torch/ao/quantization/fake_quantize.py`,
 //! ATen `fused_obs_fake_quant.cpp`; the arithmetic is [`crate::numerics::observer`].
 
-use super::{expect_inputs, Meta, Op, OutQParams, Output, Plan, Predicted, Rule, Value};
+use super::{
+    expect_inputs, outputs_at, Meta, Op, OutQParams, Output, Plan, Predicted, Rule, Value,
+};
 use crate::engine::Ctx;
 use crate::numerics::observer::{
     fused_moving_avg_obs_fake_quant, FusedConfig, FusedState, Observer, ObserverConfig,
@@ -160,6 +162,11 @@ impl Plan for ObservePlan<'_> {
         }
         Ok(out)
     }
+
+    /// The statistics and qparams at element `i` (channel `i`, histogram bin `i`).
+    fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
+        Ok(outputs_at(&self.predict(inputs)?, i))
+    }
 }
 
 /// Weight quantization at convert: the weight observer's qparams from the float weight, then
@@ -252,6 +259,35 @@ impl Plan for WeightQuantizePlan<'_> {
                 "int_repr",
                 self.shape.clone(),
                 Predicted::from_options(int_repr),
+            ),
+        ])
+    }
+
+    /// The weight element, its channel's qparams and its code (`output` 2, `int_repr`), or the
+    /// qparams of channel `i`.
+    fn trace(&self, inputs: &[&Value], output: usize, i: usize) -> Result<Vec<String>> {
+        let outs = self.predict(inputs)?;
+        if output != 2 {
+            return Ok(outputs_at(&outs[..2], i));
+        }
+        let ws = inputs[0].f32s("weight")?;
+        let Some(w) = ws.get(i) else {
+            return Ok(Vec::new());
+        };
+        let inner: usize = self.shape.iter().skip(1).product();
+        let channels = self.shape.first().copied().unwrap_or(1).max(1);
+        let c = if self.op.cfg.qscheme.is_per_channel() {
+            (i / inner.max(1)) % channels
+        } else {
+            0
+        };
+        Ok(vec![
+            format!("w = {w:e} (0x{:08x}), channel {c}", w.to_bits()),
+            format!(
+                "scale {}, zero point {} → q = {}",
+                outs[0].values.show(c),
+                outs[1].values.show(c),
+                outs[2].values.show(i)
             ),
         ])
     }

@@ -90,6 +90,23 @@ impl Plan for ReluPlan {
             .collect();
         super::exact_float_then_quantize("relu", self.flow, &self.out, &self.shape, ys)
     }
+
+    fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
+        let q = inputs[0].quantized("input")?;
+        let Some(&v) = q.data.get(i) else {
+            return Ok(Vec::new());
+        };
+        let first = format!("q = {v}, scale {}, zero point {}", q.scale, q.zero_point);
+        if self.flow.is_integer() {
+            let r = (v as i64).max(q.zero_point);
+            return Ok(vec![first, format!("max({v}, {}) = {r}", q.zero_point)]);
+        }
+        let x = self.flow.dequantize(v as i64, q.scale, q.zero_point);
+        Ok(vec![
+            first,
+            format!("x = {x:e}, max(x, 0) = {:e}", x.max(0.0)),
+        ])
+    }
 }
 
 #[cfg(test)]
