@@ -807,10 +807,15 @@ mod tests {
                 }
                 let case = crate::golden::load_case(&p).unwrap();
                 let cpu = case_cpu(&p).unwrap();
+                let primitive = matches!(case.body, crate::golden::Body::Primitive(_));
                 for s in case.stages(&cpu).unwrap() {
                     let e = explain_stage(&s, 0)
                         .unwrap_or_else(|err| panic!("{stem} {}: {err}", s.location));
                     let at = format!("{stem} {} ({})", s.location, e.op);
+                    // A primitive or ops-suite case is one op, named as the capture names it.
+                    if primitive {
+                        assert_eq!(e.op, case.header.op, "{at}");
+                    }
                     ops.insert(e.op);
                     assert!(
                         e.rule.iter().any(|(l, t)| !l.is_empty() && !t.is_empty()),

@@ -225,3 +225,39 @@ impl Plan for FusedPlan<'_> {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{flow::Flow, CpuFeatures, Engine, Isa};
+    use crate::tensor::Tensor;
+
+    /// Per-channel qparams need one scale and one zero point per channel of `axis`; either list
+    /// of the wrong length is an error, not a read past its end.
+    #[test]
+    fn per_channel_qparams_must_match_the_channel_count() {
+        let ctx = Ctx {
+            flow: Flow::ConvertFx,
+            engine: Engine::Fbgemm,
+            isa: Isa::Vnni,
+            cpu: CpuFeatures::AVX512_VNNI,
+        };
+        let x = Value::Tensor(Tensor::f32(vec![2, 3], vec![0.5; 6]));
+        let op = |scales: Vec<f64>, zero_points: Vec<i64>| FakeQuantize {
+            qparams: QParams::PerChannel {
+                scales,
+                scales_f32: true,
+                zero_points,
+                axis: 1,
+            },
+            quant_min: 0,
+            quant_max: 255,
+        };
+        let fits = op(vec![0.1; 3], vec![0; 3]);
+        assert!(fits.plan(&ctx, &[x.meta()], None).is_ok());
+        for bad in [op(vec![0.1; 3], vec![0; 2]), op(vec![0.1; 2], vec![0; 3])] {
+            let e = bad.plan(&ctx, &[x.meta()], None).err().unwrap();
+            assert!(e.to_string().contains("channels"), "{e}");
+        }
+    }
+}
