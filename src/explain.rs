@@ -565,9 +565,14 @@ fn stage_selected(s: &crate::golden::Stage, q: &ElementQuery, staged: bool) -> b
         return false;
     }
     match &q.node {
+        // A graph node or model stage by name or number, or any stage by its whole location
+        // or the part after its run (`layer 0 weight`, `observer 1`, `flatten passthrough`).
         Some(n) => {
             s.location.contains(&format!("node {n} ("))
                 || s.location.contains(&format!("stage {n} ("))
+                || s.location == *n
+                || s.location.starts_with(&format!("{n} ("))
+                || s.location.ends_with(&format!(", {n}"))
         }
         None => true,
     }
@@ -840,7 +845,53 @@ mod tests {
                 }
             }
         }
-        assert!(ops.len() >= 30, "{} ops: {ops:?}", ops.len());
+        // Every op qparity models appears, under the name reports give it.
+        let all = [
+            "adaptive_avg_pool2d",
+            "add",
+            "add_relu",
+            "add_scalar",
+            "add_scalar_relu",
+            "avg_pool2d",
+            "batch_norm2d",
+            "cat",
+            "cat_relu",
+            "conv2d",
+            "decomposed_dequantize_per_channel",
+            "decomposed_dequantize_per_tensor",
+            "decomposed_quantize_per_channel",
+            "decomposed_quantize_per_tensor",
+            "dequantize",
+            "dequantize_per_channel",
+            "dequantize_per_tensor",
+            "elu",
+            "fake_quantize_per_channel_affine",
+            "fake_quantize_per_tensor_affine",
+            "flatten",
+            "fused_moving_avg_obs_fake_quant",
+            "graph_qparams",
+            "hardsigmoid",
+            "hardswish",
+            "hardtanh",
+            "leaky_relu",
+            "linear",
+            "max_pool2d",
+            "mean",
+            "mul",
+            "mul_relu",
+            "mul_scalar",
+            "mul_scalar_relu",
+            "observer",
+            "quantize",
+            "quantize_per_channel",
+            "quantize_per_tensor",
+            "relu",
+            "relu6",
+            "sigmoid",
+            "tanh",
+            "weight_quantize",
+        ];
+        assert_eq!(ops.into_iter().collect::<Vec<_>>(), all);
     }
 
     #[test]
@@ -869,6 +920,30 @@ mod tests {
             ..Default::default()
         };
         assert!(explain_case(&p, &q).is_err());
+    }
+
+    /// A model case's weight, observer and passthrough stages are chosen by their location.
+    #[test]
+    fn explains_model_stages_by_location() {
+        let p = golden("golden/vnni-xeon-seed1/cases/model-composed-fbgemm-ptq-avx2-0069.json");
+        // (A per-tensor observer's outputs are single values: no derivation steps.)
+        for (node, stages, steps) in [
+            ("layer 0 weight", 1, true),
+            ("observer 1", 1, false),
+            ("flatten passthrough", 1, true),
+        ] {
+            let q = ElementQuery {
+                index: 1,
+                node: Some(node.into()),
+                ..Default::default()
+            };
+            let e = explain_case(&p, &q).unwrap_or_else(|err| panic!("{node}: {err}"));
+            assert_eq!(e.stages.len(), stages, "{node}");
+            assert!(
+                e.stages.iter().all(|s| s.steps.is_empty() != steps),
+                "{node}"
+            );
+        }
     }
     use super::*;
 

@@ -51,7 +51,8 @@ enum Cmd {
         /// The output element (logical row-major index).
         #[arg(long, default_value_t = 0)]
         index: usize,
-        /// The graph node (or model stage) to explain.
+        /// The graph node or model stage to explain (its name or number, or a stage location such
+        /// as `layer 0 weight` or `observer 1`).
         #[arg(long)]
         node: Option<String>,
         /// The convert flow (convert_fx, convert_to_reference_fx,
