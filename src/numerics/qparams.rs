@@ -589,6 +589,11 @@ mod tests {
         for s in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e-60] {
             assert!(validate_qparams("x", s, 0, 0, 255).is_err(), "{s}");
         }
+        // A zero scale is reported as one, not as an f32 underflow.
+        let e = validate_qparams("x", 0.0, 0, 0, 255)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must be finite and > 0"), "{e}");
         assert!(validate_qparams("x", 0.1, 256, 0, 255).is_err());
         assert!(validate_qparams("x", 0.1, 3, 0, 255).is_ok());
     }

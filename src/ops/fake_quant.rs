@@ -232,10 +232,11 @@ mod tests {
     use crate::engine::{flow::Flow, CpuFeatures, Engine, Isa};
     use crate::tensor::Tensor;
 
-    /// Per-channel qparams need one scale and one zero point per channel of `axis`; either list
-    /// of the wrong length is an error, not a read past its end.
+    /// Per-channel qparams need one scale and one zero point per channel of `axis` (either list
+    /// of the wrong length is an error, not a read past its end); a fused op's quant range must
+    /// not be empty.
     #[test]
-    fn per_channel_qparams_must_match_the_channel_count() {
+    fn qparams_and_quant_ranges_are_checked() {
         let ctx = Ctx {
             flow: Flow::ConvertFx,
             engine: Engine::Fbgemm,
@@ -254,6 +255,21 @@ mod tests {
             quant_max: 255,
         };
         let fits = op(vec![0.1; 3], vec![0; 3]);
+        let fused = |quant_min, quant_max| FusedMovingAvgObsFakeQuant {
+            cfg: FusedConfig {
+                averaging_const: 0.01,
+                quant_min,
+                quant_max,
+                ch_axis: 0,
+                per_row_fake_quant: false,
+                symmetric_quant: false,
+            },
+            observer_on: true,
+            fake_quant_on: true,
+        };
+        // PyTorch's fake quantization accepts quant_min == quant_max, not quant_min > quant_max.
+        assert!(fused(3, 3).plan(&ctx, &[x.meta()], None).is_ok());
+        assert!(fused(4, 3).plan(&ctx, &[x.meta()], None).is_err());
         assert!(fits.plan(&ctx, &[x.meta()], None).is_ok());
         for bad in [op(vec![0.1; 3], vec![0; 2]), op(vec![0.1; 2], vec![0; 3])] {
             let e = bad.plan(&ctx, &[x.meta()], None).err().unwrap();

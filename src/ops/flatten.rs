@@ -107,6 +107,15 @@ mod tests {
         Ok(plan.predict(&[&v])?.remove(0))
     }
 
+    /// A graph's `flatten` without dims is `flatten(x, 0, -1)`.
+    #[test]
+    fn dims_default_to_all_of_them() {
+        let f: Flatten = serde_json::from_str("{}").unwrap();
+        assert_eq!((f.start_dim, f.end_dim), (0, -1));
+        let f: Flatten = serde_json::from_str(r#"{"start_dim": 1}"#).unwrap();
+        assert_eq!(f.output_shape(&[2, 3, 4]).unwrap(), [2, 12]);
+    }
+
     #[test]
     fn shapes_and_values() {
         let f = |s, e| Flatten {
