@@ -462,6 +462,7 @@ fn optimized_kernels_reproduce_the_goldens() {
 fn fused_x86_backend_reproduces_golden_models() {
     let mut fused = qparity::check::Stats::default();
     let mut engines = std::collections::BTreeSet::new();
+    let mut lowered = std::collections::BTreeSet::new();
     for set in sets() {
         if set.manifest.suite.as_deref() == Some("graphs") {
             continue;
@@ -472,6 +473,13 @@ fn fused_x86_backend_reproduces_golden_models() {
                 backend: qparity::backend::native(),
                 ..CheckOptions::default()
             },
+        );
+        // `fused_stages` keys are `op: kernel`.
+        lowered.extend(
+            report
+                .fused_stages
+                .keys()
+                .filter_map(|k| k.split(':').next().map(str::to_string)),
         );
         for c in &report.cases {
             if let Some(s) = c.groups.get("convert_fx[x86-fused]") {
@@ -496,6 +504,28 @@ fn fused_x86_backend_reproduces_golden_models() {
     for e in ["fbgemm", "x86", "qnnpack"] {
         assert!(engines.contains(e), "no {e} layer ran on the fused backend");
     }
+    // Every op whose plan lowers to the backend ran on it.
+    let expected = [
+        "adaptive_avg_pool2d",
+        "add",
+        "add_relu",
+        "avg_pool2d",
+        "cat",
+        "cat_relu",
+        "conv2d",
+        "dequantize",
+        "flatten",
+        "hardsigmoid",
+        "hardswish",
+        "leaky_relu",
+        "linear",
+        "max_pool2d",
+        "mean",
+        "mul",
+        "mul_relu",
+        "quantize",
+    ];
+    assert_eq!(lowered.into_iter().collect::<Vec<_>>(), expected);
 }
 
 /// Every stage of every real model's convert_fx flow (every engine captured) runs on the
