@@ -239,6 +239,11 @@ fn pinned_rule(tag: &str) -> String {
             "ChooseQuantizationParams with preserve_sparsity takes the zero point at the range's \
              midpoint, RNE((qmin + qmax) / 2) (nearest alternative: the end with the smaller error)"
         }
+        "R8-quantize-f32-scale-reciprocal" => {
+            "quantize_per_tensor rounds the double scale to f32 before FBGEMM's reciprocal, \
+             q = RNE(f32(x · f32(1/f32(scale)))) + zero point (nearest alternative: the \
+             reciprocal of the double scale, f32(1/scale))"
+        }
         _ => "(a rule this build does not describe)",
     };
     format!("this case pins {tag} (docs/NUMERICS.md): {what}")

@@ -348,6 +348,7 @@ fn every_pinning_golden_reproduces() {
         ("R4-fbgemm-zero-point-anchor", &["-default-"]),
         ("R4-fbgemm-small-scale", &["-default-"]),
         ("R4-fbgemm-symmetric-midpoint", &["-default-"]),
+        ("R8-quantize-f32-scale-reciprocal", &["-default-"]),
     ];
     let mut ids = Vec::new();
     for set in pins {

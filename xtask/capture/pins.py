@@ -1,6 +1,7 @@
 """The `pins` suite: cases (golden/README.md) built so that one numerics rule of docs/NUMERICS.md
 and its nearest alternative give different outputs, captured from PyTorch. This file builds the
-`quantized_linear` cases of the requantization rules; pins_qparams.py those of the qparam choosers.
+`quantized_linear` cases of the requantization rules; pins_qparams.py those of the qparam choosers,
+pins_quantize.py those of the quantize arithmetic.
 
 For each case the script quantizes the input with PyTorch, computes the exact int32 accumulators
 (small weights, symmetric weight zero point: no int16 pair can saturate on any FBGEMM path), then
@@ -30,6 +31,7 @@ import torch
 
 from common import f32_walk, tensor
 from pins_qparams import QPARAM_RULES
+from pins_quantize import QUANTIZE_RULES
 
 F = np.float32
 FBGEMM_ISAS = [("fbgemm", "default"), ("x86", "default"), ("fbgemm", "avx2"), ("x86", "avx2")]
@@ -39,7 +41,7 @@ RULES = [
     ("R22-fbgemm-bias-per-tensor-reciprocal", FBGEMM_ISAS),
     ("R22-fbgemm-bias-per-tensor-fma", FBGEMM_ISAS),
     ("R21-fbgemm-multiplier-division", FBGEMM_ISAS),
-] + [(tag, [(None, "default")]) for tag, _ in QPARAM_RULES]  # pins_qparams.py: no engine
+] + [(tag, [(None, "default")]) for tag, _ in QPARAM_RULES + QUANTIZE_RULES]  # no engine
 M, K, N = 2, 16, 8
 WINDOW = 96  # f32 steps searched on each side of a tie
 
@@ -150,7 +152,7 @@ def pin_case(rng, rule_index, engine, k):
     """(op, args, expected, tags, summary) of the k-th case pinning RULES[rule_index]; summary is
     (outputs on which PyTorch equals the rule, outputs on which it equals the alternative, n)."""
     tag = RULES[rule_index][0]
-    for qtag, build in QPARAM_RULES:
+    for qtag, build in QPARAM_RULES + QUANTIZE_RULES:
         if qtag == tag:
             op, args, expected, summary = build(rng, tag, k)
             return op, args, expected, ["pins:" + tag], summary
