@@ -922,6 +922,31 @@ mod tests {
         assert!(explain_case(&p, &q).is_err());
     }
 
+    /// A weight element's derivation names the element, its channel and its code; a qparams
+    /// element's names the channel's scale.
+    #[test]
+    fn weight_trace_names_the_element_channel_and_code() {
+        let p = golden("golden/vnni-xeon-seed1/cases/model-composed-fbgemm-ptq-avx2-0069.json");
+        let case = crate::golden::load_case(&p).unwrap();
+        let stages = case.stages(&case_cpu(&p).unwrap()).unwrap();
+        // A [12, 24] per-channel weight: element 49 is in channel 2.
+        let s = stages
+            .iter()
+            .find(|s| s.location == "layer 1 weight")
+            .unwrap();
+        let metas: Vec<_> = s.inputs.iter().map(Value::meta).collect();
+        let plan = s.op.plan(&s.ctx, &metas, s.out.as_ref()).unwrap();
+        let inputs: Vec<&Value> = s.inputs.iter().collect();
+        let t = plan.trace(&inputs, 2, 49).unwrap();
+        assert!(
+            t[0].starts_with("w = ") && t[0].ends_with("channel 2"),
+            "{t:?}"
+        );
+        assert!(t[1].contains("→ q = "), "{t:?}");
+        let t = plan.trace(&inputs, 0, 3).unwrap();
+        assert!(t.iter().any(|l| l.starts_with("scales[3] = ")), "{t:?}");
+    }
+
     /// A model case's weight, observer and passthrough stages are chosen by their location.
     #[test]
     fn explains_model_stages_by_location() {
@@ -939,6 +964,10 @@ mod tests {
             };
             let e = explain_case(&p, &q).unwrap_or_else(|err| panic!("{node}: {err}"));
             assert_eq!(e.stages.len(), stages, "{node}");
+            // Per-channel weights: element 1 of the first multi-element output, channel 1's scale.
+            if node == "layer 0 weight" {
+                assert!(e.stages[0].steps[0].starts_with("scales[1] = "), "{e:?}");
+            }
             assert!(
                 e.stages.iter().all(|s| s.steps.is_empty() != steps),
                 "{node}"

@@ -202,6 +202,15 @@ struct WeightQuantizePlan<'a> {
     shape: Vec<usize>,
 }
 
+impl WeightQuantizePlan<'_> {
+    /// The output channel (axis 0) of flat weight element `i`.
+    fn channel(&self, i: usize) -> usize {
+        let inner: usize = self.shape.iter().skip(1).product();
+        let channels = self.shape.first().copied().unwrap_or(1).max(1);
+        (i / inner.max(1)) % channels
+    }
+}
+
 impl Plan for WeightQuantizePlan<'_> {
     fn rule(&self) -> Rule {
         let c = &self.op.cfg;
@@ -232,15 +241,7 @@ impl Plan for WeightQuantizePlan<'_> {
         let scales64: Vec<f64> = q.scale.iter().map(|&s| s as f64).collect();
         let dtype = self.op.cfg.dtype;
         let int_repr = if self.op.cfg.qscheme.is_per_channel() {
-            let inner: usize = self.shape.iter().skip(1).product();
-            let channels = self.shape.first().copied().unwrap_or(1).max(1);
-            aten::quantize_per_channel(
-                ws,
-                &scales64,
-                &q.zero_point,
-                |i| (i / inner.max(1)) % channels,
-                dtype,
-            )
+            aten::quantize_per_channel(ws, &scales64, &q.zero_point, |i| self.channel(i), dtype)
         } else {
             aten::quantize_per_tensor(ws, scales64[0], q.zero_point[0], dtype)
         };
@@ -274,10 +275,8 @@ impl Plan for WeightQuantizePlan<'_> {
         let Some(w) = ws.get(i) else {
             return Ok(Vec::new());
         };
-        let inner: usize = self.shape.iter().skip(1).product();
-        let channels = self.shape.first().copied().unwrap_or(1).max(1);
         let c = if self.op.cfg.qscheme.is_per_channel() {
-            (i / inner.max(1)) % channels
+            self.channel(i)
         } else {
             0
         };
