@@ -79,9 +79,7 @@ impl Flow {
             Flow::ConvertToReferenceDecomposedFx => {
                 decomposed::quantize(x, scale, zero_point, qmin, qmax)
             }
-            _ => Some(
-                aten::quantize_avx2(x, 1.0f32 / scale as f32, zero_point as i32, 0, 255) as i64,
-            ),
+            _ => Some(aten::quantize_avx2(x, aten::inv32(scale), zero_point as i32, 0, 255) as i64),
         }
     }
 

@@ -26,6 +26,21 @@ pub fn rne(v: f32) -> f32 {
 pub mod aten {
     use crate::numerics::qparams::QDType;
 
+    /// `f32(1.0f / f32(scale))`: the reciprocal `quantize_per_tensor` (ATen stores the double
+    /// scale in FBGEMM's f32 `TensorQuantizationParams`) and most kernels pass to the vector
+    /// quantize.
+    #[inline]
+    pub fn inv32(scale: f64) -> f32 {
+        1.0f32 / scale as f32
+    }
+
+    /// `f32(1.0 / scale)` in double, then rounded (`qcat_nhwc_kernel`, `qhardswish_kernel`,
+    /// `qelu_kernel`).
+    #[inline]
+    pub fn inv64(scale: f64) -> f32 {
+        (1.0f64 / scale) as f32
+    }
+
     /// FBGEMM `QuantizeAvx2<T>` for one element (uint8/int8), the path `quantize_per_tensor`
     /// takes on AVX2+FMA CPUs (FBGEMM `src/QuantUtilsAvx2.cc`):
     /// `v = min(f32(x · f32(1/f32(scale))), 2^31−128)`, `cvtps2dq` (RNE, out of range → INT_MIN),
@@ -74,7 +89,7 @@ pub mod aten {
                 .map(|&v| quantize_scalar(v, s, zero_point as i32, lo, hi))
                 .collect()
         } else {
-            let inv = 1.0f32 / s;
+            let inv = inv32(scale);
             x.iter()
                 .map(|&v| {
                     Some(quantize_avx2(v, inv, zero_point as i32, lo as i32, hi as i32) as i64)

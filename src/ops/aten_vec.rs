@@ -422,15 +422,7 @@ impl Lanes {
     }
 }
 
-/// `f32(1.0f / f32(scale))`: the reciprocal most kernels pass to the vector quantize.
-pub fn inv32(scale: f64) -> f32 {
-    1.0f32 / scale as f32
-}
-
-/// `f32(1.0 / scale)` in double, then rounded (`qcat_nhwc_kernel`, `qhardswish_kernel`, `qelu_kernel`).
-pub fn inv64(scale: f64) -> f32 {
-    (1.0f64 / scale) as f32
-}
+pub use crate::numerics::quantize::aten::{inv32, inv64};
 
 /// Dequantization of one per-tensor quint8 input on either side of the loop.
 #[derive(Debug, Clone, Copy, PartialEq)]

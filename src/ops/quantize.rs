@@ -176,9 +176,9 @@ impl QuantizePlan<'_> {
         let (lo, hi) = self.range;
         let (s, zp) = self.op.qparams.at(self.channel.of(i));
         match (self.op.family, &self.op.qparams) {
-            (Family::Aten, QParams::PerTensor { .. }) if !self.op.dtype.is_32() => Some(
-                aten::quantize_avx2(x, 1.0f32 / s as f32, zp as i32, lo as i32, hi as i32) as i64,
-            ),
+            (Family::Aten, QParams::PerTensor { .. }) if !self.op.dtype.is_32() => {
+                Some(aten::quantize_avx2(x, aten::inv32(s), zp as i32, lo as i32, hi as i32) as i64)
+            }
             (Family::Aten, _) => aten::quantize_scalar(x, s as f32, zp as i32, lo, hi),
             (Family::Decomposed, QParams::PerTensor { .. }) => {
                 decomposed::quantize(x, s, zp, lo, hi)
@@ -435,7 +435,7 @@ impl super::QuantizeOp for FlowQuantizePlan {
     fn avx2_rule(&self) -> Option<(f32, i32)> {
         // `Flow::quantize` outside the decomposed flow.
         (self.flow != Flow::ConvertToReferenceDecomposedFx)
-            .then(|| (1.0f32 / self.out.scale as f32, self.out.zero_point as i32))
+            .then(|| (aten::inv32(self.out.scale), self.out.zero_point as i32))
     }
 
     fn quantize_all(&self, x: &[f32], out: &mut [u8]) -> bool {
