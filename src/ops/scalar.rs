@@ -802,6 +802,41 @@ mod tests {
         }
     }
 
+    /// The derivation shows the requantize product (the value comes from `requantize_val`) and
+    /// names the float op by its symbol.
+    #[test]
+    fn traces_show_the_product_and_the_op_symbol() {
+        let (s, z) = (0.5, 10);
+        let add = op(ScalarKind::Add, false, 100.0);
+        let kernel = add.kernel(s, z).unwrap();
+        let Kernel::Requantize { multiplier: m, .. } = kernel else {
+            panic!("{kernel:?}")
+        };
+        let plan = |op, flow, path| ScalarPlan {
+            op,
+            flow,
+            input: (s, z),
+            path,
+            shape: vec![1],
+        };
+        // q = 11: v = 11 − 10 + 200 = 201.
+        let e = plan(add, Flow::ConvertFx, Path::Integer(kernel)).element(11, true);
+        let product = format!("= {:e}, RNE", 201f32 * m);
+        assert!(e.steps.iter().any(|(_, t)| t.contains(&product)), "{e:?}");
+        let out = OutQParams {
+            scale: 0.3,
+            zero_point: 4,
+            quant_min: 0,
+            quant_max: 255,
+        };
+        for (o, symbol) in [(add, " + "), (op(ScalarKind::Mul, false, 2.0), " · ")] {
+            let p = plan(o, Flow::ConvertToReferenceFx, Path::Float(out));
+            let e = p.element(11, true);
+            assert!(e.steps.iter().any(|(_, t)| t.contains(symbol)), "{e:?}");
+            assert!(p.rule().lines.iter().any(|(_, t)| t.contains(symbol)));
+        }
+    }
+
     #[test]
     fn bad_inputs_are_errors() {
         let o = op(ScalarKind::Add, false, 1.0);
