@@ -453,6 +453,34 @@ mod tests {
         assert_eq!(p.unwrap(), [100, 98, 104, 127].map(Pred::Exact).to_vec());
     }
 
+    /// Each kernel's rule states the op's float function.
+    #[test]
+    fn rules_state_the_function() {
+        let x = Value::Quantized(QTensor::new(vec![1], vec![5], 1.0, 0));
+        for (op, f) in [
+            (Piecewise::Hardswish, "f(x) = f32(f32(x·min"),
+            (Piecewise::Hardsigmoid, "f(x) = f32(min(max"),
+            (
+                Piecewise::LeakyRelu {
+                    negative_slope: 0.01,
+                },
+                "f(x) = x > 0 ? x",
+            ),
+        ] {
+            for engine in [Engine::Fbgemm, Engine::Qnnpack] {
+                let c = ctx(Flow::ConvertFx, engine);
+                // hardsigmoid's quantized kernel fixes its output qparams.
+                let o = match op {
+                    Piecewise::Hardsigmoid => out(1.0 / 256.0, 0),
+                    _ => out(0.1, 10),
+                };
+                let plan = op.plan(&c, &[x.meta()], Some(&o)).unwrap();
+                let rule = plan.rule();
+                assert!(rule.lines.iter().any(|(_, t)| t.contains(f)), "{rule:?}");
+            }
+        }
+    }
+
     #[test]
     fn qnnpack_adds_the_zero_point_before_rounding() {
         // f(5) = 5, so = 2: 2.5. zo = 0: both 2. zo = 1: ATen RNE(2.5) + 1 = 3, QNNPACK
