@@ -1318,8 +1318,16 @@ pub(crate) fn element_results<'a>(
                     .iter()
                     .zip(theirs)
                     .map(|(&(lo, hi), &v)| {
-                        if lo <= v && v <= hi {
+                        // A one-point range is an exact value: equal bit for bit, so -0.0 is
+                        // not +0.0 (a hashed output compares the same bytes).
+                        let point = lo.to_bits() == hi.to_bits();
+                        if point && v.to_bits() == lo.to_bits() || !point && lo <= v && v <= hi {
                             ElementResult::Exact
+                        } else if point {
+                            ElementResult::Mismatch {
+                                expected: format!("{v:e} (0x{:08x})", v.to_bits()),
+                                got: format!("{lo:e} (0x{:08x})", lo.to_bits()),
+                            }
                         } else {
                             ElementResult::Mismatch {
                                 expected: format!("{v:e} (0x{:08x})", v.to_bits()),
@@ -1964,6 +1972,33 @@ mod tests {
             bias: beta.to_vec(),
             eps,
         }
+    }
+
+    /// A one-point float prediction is exact only bit for bit (-0.0 is not +0.0); a wider range
+    /// admits every value inside it.
+    #[test]
+    fn float_points_compare_bits_and_ranges_compare_values() {
+        let outputs = [Output::new(
+            "pre_quant",
+            vec![4],
+            Predicted::Ranges(vec![(-0.0, -0.0), (0.0, 0.0), (-0.0, -0.0), (1.0, 2.0)]),
+        )];
+        let expected = [Expected {
+            name: "pre_quant".into(),
+            field: "stage.pre_quant".into(),
+            tensor: Tensor::f32(vec![4], vec![0.0, -0.0, -0.0, 1.5]),
+        }];
+        let res = element_results(&outputs, &expected).unwrap();
+        let r = &res[0].2;
+        assert!(
+            matches!(&r[0], ElementResult::Mismatch { expected, got }
+                if expected.contains("0x00000000") && got.contains("0x80000000")),
+            "{:?}",
+            r[0]
+        );
+        assert!(matches!(r[1], ElementResult::Mismatch { .. }), "{:?}", r[1]);
+        assert!(matches!(r[2], ElementResult::Exact), "{:?}", r[2]);
+        assert!(matches!(r[3], ElementResult::Exact), "{:?}", r[3]);
     }
 
     #[test]

@@ -481,6 +481,30 @@ mod tests {
         }
     }
 
+    /// The reference flows' float leaky_relu keeps PyTorch's `x > 0 ? x : x·slope`
+    /// (`aten/src/ATen/native/cpu/Activation.cpp` `leaky_relu_kernel`, scalar and vector
+    /// lambdas): at x = +0 with a negative slope the product gives -0.0, the `pre_quant` value
+    /// torch 2.15.0 records (`F.leaky_relu(torch.tensor([0.0]), -0.5)` has its sign bit set).
+    #[test]
+    fn leaky_relu_of_zero_takes_the_slope_branch() {
+        let x = Value::Quantized(QTensor::new(vec![3], vec![8, 10, 12], 0.5, 10));
+        for (slope, zero_bits) in [(-0.5, 0x8000_0000u32), (0.01, 0)] {
+            let op = Piecewise::LeakyRelu {
+                negative_slope: slope,
+            };
+            let c = ctx(Flow::ConvertToReferenceFx, Engine::Fbgemm);
+            let plan = op.plan(&c, &[x.meta()], Some(&out(0.1, 10))).unwrap();
+            let outs = plan.predict(&[&x]).unwrap();
+            let pre = outs.iter().find(|o| o.name == "pre_quant").unwrap();
+            let Predicted::Ranges(r) = &pre.values else {
+                panic!("{:?}", pre.values)
+            };
+            let bits: Vec<u32> = r.iter().map(|&(lo, _)| lo.to_bits()).collect();
+            let neg = (-1.0f32 * slope as f32).to_bits();
+            assert_eq!(bits, [neg, zero_bits, 1.0f32.to_bits()], "slope {slope}");
+        }
+    }
+
     #[test]
     fn qnnpack_adds_the_zero_point_before_rounding() {
         // f(5) = 5, so = 2: 2.5. zo = 0: both 2. zo = 1: ATen RNE(2.5) + 1 = 3, QNNPACK
