@@ -326,6 +326,25 @@ mod tests {
         o.ints().unwrap().iter().map(|p| p.value()).collect()
     }
 
+    /// Omitted arguments take `torch.nn.functional.max_pool2d`'s defaults.
+    #[test]
+    fn omitted_arguments_take_pytorchs_defaults() {
+        let op: MaxPool2d = serde_json::from_str(r#"{"kernel_size": [3, 2]}"#).unwrap();
+        assert_eq!(
+            op.params(),
+            Pool2dParams {
+                kernel_size: [3, 2],
+                stride: [3, 2],
+                padding: [0, 0],
+                dilation: [1, 1],
+                ceil_mode: false,
+            }
+        );
+        let err =
+            serde_json::from_str::<MaxPool2d>(r#"{"kernel_size": [3, 2], "dilaton": [2, 2]}"#);
+        assert!(err.unwrap_err().to_string().contains("dilaton"));
+    }
+
     #[test]
     fn aten_skips_padding_and_qnnpack_repeats_the_border() {
         // One 1×5 row [90, 10, 20, 30, 40], kernel 1×3, stride 1, dilation 2. Output o taps
