@@ -539,3 +539,17 @@ pub(crate) fn exact_float_then_quantize(
         ),
     ])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_order_puts_channels_last_per_batch() {
+        // [n 2, c 2, h 1, w 2]: logical order n, c, y, x; NHWC memory is n, y, x, c.
+        let mut x = QTensor::new(vec![2, 2, 1, 2], (0..8).collect(), 1.0, 0);
+        assert_eq!(x.memory_order(), (0..8).collect::<Vec<u8>>());
+        x.memory_format = MemoryFormat::ChannelsLast;
+        assert_eq!(x.memory_order(), vec![0, 2, 1, 3, 4, 6, 5, 7]);
+    }
+}

@@ -477,6 +477,22 @@ mod tests {
         assert_eq!(ints(&run(&op, c, &x, o).unwrap()), vec![127]);
         let c = ctx(Flow::ConvertToReferenceFx, Engine::Fbgemm);
         assert_eq!(ints(&run(&op, c, &x, o).unwrap()), vec![250]);
+        // The reference flows requantize the float max (250 → x = 120) with the output's own
+        // qparams: f32(120 / 0.75) + 3 = 163, not the input's code.
+        for flow in [
+            Flow::ConvertToReferenceFx,
+            Flow::ConvertToReferenceDecomposedFx,
+        ] {
+            let o = out(0.75, 3);
+            assert_eq!(
+                ints(&run(&op, ctx(flow, Engine::Fbgemm), &x, o).unwrap()),
+                vec![163]
+            );
+            let v = Value::Quantized(x.clone());
+            let plan = op.plan(&ctx(flow, Engine::Fbgemm), &[v.meta()], Some(&o));
+            let trace = plan.unwrap().trace(&[&v], 0, 0).unwrap();
+            assert!(trace.contains(&"result 163".to_string()), "{trace:?}");
+        }
         // Bad inputs are errors.
         let flat = QTensor::new(vec![4], vec![0; 4], 0.5, 10);
         assert!(run(&op, c, &flat, o).is_err());
