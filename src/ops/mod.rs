@@ -545,6 +545,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn predictions_show_values_bits_and_intervals() {
+        let ints = Predicted::Ints(vec![Pred::Exact(7), Pred::Ambiguous { lo: 3, hi: 4 }]);
+        assert_eq!((ints.len(), ints.is_empty()), (2, false));
+        assert_eq!(ints.show(0), "7");
+        assert_eq!(ints.show(1), "3..=4 (ambiguous)");
+        let floats = Predicted::Floats(vec![-0.0]);
+        assert_eq!(floats.show(0), "-0e0 (0x80000000)");
+        let doubles = Predicted::Doubles(vec![0.5, 1.0, 2.0]);
+        assert_eq!(doubles.len(), 3);
+        assert_eq!(doubles.show(2), "2e0 (0x4000000000000000)");
+        let ranges = Predicted::Ranges(vec![(1.0, 1.0), (1.0, 2.0)]);
+        assert_eq!(ranges.show(0), "1e0 (0x3f800000)");
+        assert_eq!(ranges.show(1), "within [1e0, 2e0]");
+        assert!(Predicted::exact([]).is_empty());
+        assert!(Predicted::Ranges(vec![]).is_empty());
+    }
+
+    #[test]
     fn memory_order_puts_channels_last_per_batch() {
         // [n 2, c 2, h 1, w 2]: logical order n, c, y, x; NHWC memory is n, y, x, c.
         let mut x = QTensor::new(vec![2, 2, 1, 2], (0..8).collect(), 1.0, 0);

@@ -326,6 +326,54 @@ mod tests {
         o.ints().unwrap().iter().map(|p| p.value()).collect()
     }
 
+    /// The trace names each output element's position and the taps it read.
+    #[test]
+    fn trace_locates_every_element() {
+        // [2, 2, 4, 4], the code of logical index k is 4k mod 256; 2×2 windows.
+        let data = (0..64u32).map(|v| (v * 4 % 256) as u8).collect();
+        let x = QTensor::new(vec![2, 2, 4, 4], data, 0.5, 10);
+        let op = MaxPool2d {
+            kernel_size: [2, 2],
+            stride: None,
+            padding: [0, 0],
+            dilation: [1, 1],
+            ceil_mode: false,
+        };
+        let c = ctx(Flow::ConvertFx, Engine::Fbgemm);
+        let v = Value::Quantized(x.clone());
+        let plan = op.plan(&c, &[v.meta()], Some(&out(0.5, 10))).unwrap();
+        let want = ints(&plan.predict(&[&v]).unwrap()[0]);
+        for (i, w) in want.iter().enumerate() {
+            let (b, ch, y, xx) = (i / 8, i / 4 % 2, i / 2 % 2, i % 2);
+            let t = plan.trace(&[&v], 0, i).unwrap();
+            assert_eq!(
+                t[0],
+                format!("output (n {b}, c {ch}, h {y}, w {xx}) from logical result {i}")
+            );
+            let base = 16 * (2 * b + ch) + 8 * y + 2 * xx;
+            let tap = |dy: usize, dx: usize| x.data[base + 4 * dy + dx];
+            assert_eq!(
+                t[1],
+                format!(
+                    "taps ({},{})={} ({},{})={} ({},{})={} ({},{})={}",
+                    2 * y,
+                    2 * xx,
+                    tap(0, 0),
+                    2 * y,
+                    2 * xx + 1,
+                    tap(0, 1),
+                    2 * y + 1,
+                    2 * xx,
+                    tap(1, 0),
+                    2 * y + 1,
+                    2 * xx + 1,
+                    tap(1, 1)
+                )
+            );
+            assert_eq!(t[2], format!("result {w}"));
+        }
+    }
+
     /// Omitted arguments take `torch.nn.functional.max_pool2d`'s defaults.
     #[test]
     fn omitted_arguments_take_pytorchs_defaults() {
