@@ -322,6 +322,17 @@ mod tests {
         super::super::test_run(op, c, x, o)
     }
 
+    /// A `kernel_size` window with the default stride, padding, dilation and ceil_mode.
+    fn window(kernel_size: [usize; 2]) -> MaxPool2d {
+        MaxPool2d {
+            kernel_size,
+            stride: None,
+            padding: [0, 0],
+            dilation: [1, 1],
+            ceil_mode: false,
+        }
+    }
+
     fn ints(o: &Output) -> Vec<i64> {
         o.ints().unwrap().iter().map(|p| p.value()).collect()
     }
@@ -332,13 +343,7 @@ mod tests {
         // [2, 2, 4, 4], the code of logical index k is 4k mod 256; 2×2 windows.
         let data = (0..64u32).map(|v| (v * 4 % 256) as u8).collect();
         let x = QTensor::new(vec![2, 2, 4, 4], data, 0.5, 10);
-        let op = MaxPool2d {
-            kernel_size: [2, 2],
-            stride: None,
-            padding: [0, 0],
-            dilation: [1, 1],
-            ceil_mode: false,
-        };
+        let op = window([2, 2]);
         let c = ctx(Flow::ConvertFx, Engine::Fbgemm);
         let v = Value::Quantized(x.clone());
         let plan = op.plan(&c, &[v.meta()], Some(&out(0.5, 10))).unwrap();
@@ -438,11 +443,8 @@ mod tests {
     fn ceil_mode_runs_aten_under_qnnpack_and_1x1_is_rejected() {
         let x = QTensor::new(vec![1, 1, 3, 3], (1..=9).collect(), 0.5, 0);
         let op = MaxPool2d {
-            kernel_size: [2, 2],
-            stride: None,
-            padding: [0, 0],
-            dilation: [1, 1],
             ceil_mode: true,
+            ..window([2, 2])
         };
         let o = run(&op, ctx(Flow::ConvertFx, Engine::Qnnpack), &x, out(0.5, 0)).unwrap();
         assert_eq!(o.shape, vec![1, 1, 2, 2]);
@@ -508,13 +510,7 @@ mod tests {
     #[test]
     fn decomposed_reference_clamps_to_the_quant_range() {
         let x = QTensor::new(vec![1, 1, 2, 2], vec![0, 100, 200, 250], 0.5, 10);
-        let op = MaxPool2d {
-            kernel_size: [2, 2],
-            stride: None,
-            padding: [0, 0],
-            dilation: [1, 1],
-            ceil_mode: false,
-        };
+        let op = window([2, 2]);
         let o = OutQParams {
             scale: 0.5,
             zero_point: 10,
