@@ -500,7 +500,7 @@ mod tests {
                 panic!("{:?}", pre.values)
             };
             let bits: Vec<u32> = r.iter().map(|&(lo, _)| lo.to_bits()).collect();
-            let neg = (-1.0f32 * slope as f32).to_bits();
+            let neg = (-(slope as f32)).to_bits(); // x = -1: -1·slope
             assert_eq!(bits, [neg, zero_bits, 1.0f32.to_bits()], "slope {slope}");
         }
     }
