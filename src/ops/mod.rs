@@ -563,6 +563,19 @@ mod tests {
     }
 
     #[test]
+    fn outputs_at_names_single_values_and_indexed_elements() {
+        let outs = [
+            Output::new("scale", vec![], Predicted::Doubles(vec![0.5])),
+            Output::new("min_val", vec![3], Predicted::exact([4, 5, 6])),
+        ];
+        assert_eq!(
+            outputs_at(&outs, 2),
+            ["scale = 5e-1 (0x3fe0000000000000)", "min_val[2] = 6"]
+        );
+        assert_eq!(outputs_at(&outs, 3), ["scale = 5e-1 (0x3fe0000000000000)"]);
+    }
+
+    #[test]
     fn memory_order_puts_channels_last_per_batch() {
         // [n 2, c 2, h 1, w 2]: logical order n, c, y, x; NHWC memory is n, y, x, c.
         let mut x = QTensor::new(vec![2, 2, 1, 2], (0..8).collect(), 1.0, 0);
