@@ -423,13 +423,13 @@ pub trait QuantizeOp: fmt::Debug + Sync {
     fn shape(&self) -> &[usize];
     /// The code of `x` (`None`: NaN).
     fn quantize(&self, x: f32) -> Option<i64>;
-    /// [`QuantizeOp::quantize`] of every value into `out` (the same length); `false` where a
-    /// value has no u8 code.
     /// `(f32(1/scale), zero_point)` where every code is FBGEMM's `QuantizeAvx2` rule
     /// ([`crate::numerics::quantize::aten::quantize_avx2`], clamp 0..255); `None` otherwise.
     fn avx2_rule(&self) -> Option<(f32, i32)> {
         None
     }
+    /// [`QuantizeOp::quantize`] of every value into `out` (the same length); `false` where a
+    /// value has no u8 code.
     fn quantize_all(&self, x: &[f32], out: &mut [u8]) -> bool {
         x.len() == out.len()
             && x.iter().zip(out).all(|(&v, o)| {
