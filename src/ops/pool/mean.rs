@@ -312,6 +312,28 @@ mod tests {
     }
 
     #[test]
+    fn trace_shows_each_results_image_channel_and_codes() {
+        // [2, 3, 2, 2]: the codes of result r (image r / 3, channel r % 3) are 4r..4r + 4.
+        let x = QTensor::new(vec![2, 3, 2, 2], (0..24).collect(), 1.0, 0);
+        let op = MeanHw {
+            dim: vec![2, 3],
+            keepdim: false,
+        };
+        let v = Value::Quantized(x.clone());
+        let c = ctx(Flow::ConvertFx, Engine::Fbgemm);
+        let plan = op.plan(&c, &[v.meta()], Some(&same(&x))).unwrap();
+        let want = ints(&plan.predict(&[&v]).unwrap()[0]);
+        for (r, w) in want.iter().enumerate() {
+            let t = plan.trace(&[&v], 0, r).unwrap();
+            let codes: Vec<u8> = (4 * r as u8..4 * r as u8 + 4).collect();
+            let (n, ch) = (r / 3, r % 3);
+            assert_eq!(t[0], format!("result {r} (n {n}, c {ch}): codes {codes:?}"));
+            assert_eq!(t[1], format!("prediction {w}"));
+        }
+        assert!(plan.trace(&[&v], 0, 6).is_err());
+    }
+
+    #[test]
     fn each_path_rounds_its_own_way() {
         // Two channels of 2×2, zp 1, scale 1. Channel 0: codes 2, 2, 2, 4 (Σ 10, acc 6):
         // inner kernel RNE(10/4 = 2.5) = 2; QNNPACK 1 + RNE(1.5) = 3. Channel 1: all 1 → 1.
