@@ -224,6 +224,21 @@ impl Plan for FusedPlan<'_> {
         }
         Ok(out)
     }
+
+    /// Element `i` of batch `k` (the step of output `output`) and the buffers that call left.
+    fn trace(&self, inputs: &[&Value], output: usize, i: usize) -> Result<Vec<String>> {
+        let k = output / 5;
+        let x = inputs.get(k).ok_or_else(|| {
+            Error::invalid(self.op.name(), format!("output {output}: no batch {k}"))
+        })?;
+        let mut lines = match x.f32s(&format!("batch {k}"))?.get(i) {
+            Some(v) => vec![format!("batch {k} x[{i}] = {v:e}")],
+            None => vec![],
+        };
+        let outs = self.predict(&inputs[..=k])?;
+        lines.extend(super::outputs_at(&outs[5 * k..], i));
+        Ok(lines)
+    }
 }
 
 #[cfg(test)]
@@ -231,6 +246,43 @@ mod tests {
     use super::*;
     use crate::engine::{flow::Flow, CpuFeatures, Engine, Isa};
     use crate::tensor::Tensor;
+
+    /// The trace of a fused step shows the element's input and the buffers after that call.
+    #[test]
+    fn fused_trace_shows_the_input_and_the_steps_buffers() {
+        let ctx = Ctx {
+            flow: Flow::ConvertFx,
+            engine: Engine::Fbgemm,
+            isa: Isa::Vnni,
+            cpu: CpuFeatures::AVX512_VNNI,
+        };
+        let op = FusedMovingAvgObsFakeQuant {
+            cfg: FusedConfig {
+                averaging_const: 0.5,
+                quant_min: 0,
+                quant_max: 255,
+                ch_axis: 0,
+                per_row_fake_quant: false,
+                symmetric_quant: false,
+            },
+            observer_on: true,
+            fake_quant_on: true,
+        };
+        let b0 = Value::Tensor(Tensor::f32(vec![2], vec![-1.0, 1.0]));
+        let b1 = Value::Tensor(Tensor::f32(vec![2], vec![-3.0, 3.0]));
+        let plan = op.plan(&ctx, &[b0.meta(), b1.meta()], None).unwrap();
+        let outs = plan.predict(&[&b0, &b1]).unwrap();
+        // Output 9 is step 1's output; its running min is the average −2.
+        let t = plan.trace(&[&b0, &b1], 9, 1).unwrap();
+        assert_eq!(t[0], "batch 1 x[1] = 3e0");
+        assert_eq!(t[1], "step 1 running_min = -2e0 (0xc0000000)");
+        assert_eq!(
+            t[5],
+            format!("step 1 output[1] = {}", outs[9].values.show(1))
+        );
+        assert_eq!(t.len(), 6);
+        assert!(plan.trace(&[&b0, &b1], 10, 0).is_err());
+    }
 
     /// Per-channel qparams need one scale and one zero point per channel of `axis` (either list
     /// of the wrong length is an error, not a read past its end); a fused op's quant range must
