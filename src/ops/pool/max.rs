@@ -340,23 +340,23 @@ mod tests {
     /// The trace names each output element's position and the taps it read.
     #[test]
     fn trace_locates_every_element() {
-        // [2, 2, 4, 4], the code of logical index k is 4k mod 256; 2×2 windows.
-        let data = (0..64u32).map(|v| (v * 4 % 256) as u8).collect();
-        let x = QTensor::new(vec![2, 2, 4, 4], data, 0.5, 10);
+        // [2, 2, 4, 6], the code of logical index k is 4k mod 256; 2×2 windows, 2×3 outputs.
+        let data = (0..96u32).map(|v| (v * 4 % 256) as u8).collect();
+        let x = QTensor::new(vec![2, 2, 4, 6], data, 0.5, 10);
         let op = window([2, 2]);
         let c = ctx(Flow::ConvertFx, Engine::Fbgemm);
         let v = Value::Quantized(x.clone());
         let plan = op.plan(&c, &[v.meta()], Some(&out(0.5, 10))).unwrap();
         let want = ints(&plan.predict(&[&v]).unwrap()[0]);
         for (i, w) in want.iter().enumerate() {
-            let (b, ch, y, xx) = (i / 8, i / 4 % 2, i / 2 % 2, i % 2);
+            let (b, ch, y, xx) = (i / 12, i / 6 % 2, i / 3 % 2, i % 3);
             let t = plan.trace(&[&v], 0, i).unwrap();
             assert_eq!(
                 t[0],
                 format!("output (n {b}, c {ch}, h {y}, w {xx}) from logical result {i}")
             );
-            let base = 16 * (2 * b + ch) + 8 * y + 2 * xx;
-            let tap = |dy: usize, dx: usize| x.data[base + 4 * dy + dx];
+            let base = 24 * (2 * b + ch) + 12 * y + 2 * xx;
+            let tap = |dy: usize, dx: usize| x.data[base + 6 * dy + dx];
             assert_eq!(
                 t[1],
                 format!(

@@ -313,8 +313,8 @@ mod tests {
 
     #[test]
     fn trace_shows_each_results_image_channel_and_codes() {
-        // [2, 3, 2, 2]: the codes of result r (image r / 3, channel r % 3) are 4r..4r + 4.
-        let x = QTensor::new(vec![2, 3, 2, 2], (0..24).collect(), 1.0, 0);
+        // [2, 3, 1, 3]: the codes of result r (image r / 3, channel r % 3) are 3r..3r + 3.
+        let x = QTensor::new(vec![2, 3, 1, 3], (0..18).collect(), 1.0, 0);
         let op = MeanHw {
             dim: vec![2, 3],
             keepdim: false,
@@ -325,7 +325,7 @@ mod tests {
         let want = ints(&plan.predict(&[&v]).unwrap()[0]);
         for (r, w) in want.iter().enumerate() {
             let t = plan.trace(&[&v], 0, r).unwrap();
-            let codes: Vec<u8> = (4 * r as u8..4 * r as u8 + 4).collect();
+            let codes: Vec<u8> = (3 * r as u8..3 * r as u8 + 3).collect();
             let (n, ch) = (r / 3, r % 3);
             assert_eq!(t[0], format!("result {r} (n {n}, c {ch}): codes {codes:?}"));
             assert_eq!(t[1], format!("prediction {w}"));
