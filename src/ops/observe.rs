@@ -357,4 +357,43 @@ impl Plan for GraphQParamsPlan {
         }
         Ok(out)
     }
+
+    /// The observer's qparams as the graph takes them, and element `i` of the quant range.
+    fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
+        let mut lines = vec!["from the observer's calculate_qparams()".to_string()];
+        lines.extend(super::outputs_at(&self.predict(inputs)?, i));
+        Ok(lines)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{flow::Flow, CpuFeatures, Engine, Isa};
+    use crate::tensor::{DType, Tensor};
+
+    #[test]
+    fn graph_qparams_trace_the_observers_values() {
+        let ctx = Ctx {
+            flow: Flow::ConvertToReferenceDecomposedFx,
+            engine: Engine::Fbgemm,
+            isa: Isa::Vnni,
+            cpu: CpuFeatures::AVX512_VNNI,
+        };
+        let scale = Value::Tensor(Tensor::f32(vec![1], vec![0.25]));
+        let zp = Value::Tensor(Tensor::int(DType::I64, vec![1], vec![7]));
+        let op = GraphQParams {
+            quant_range: Some((0, 127)),
+        };
+        let plan = op.plan(&ctx, &[scale.meta(), zp.meta()], None).unwrap();
+        assert_eq!(
+            plan.trace(&[&scale, &zp], 2, 1).unwrap(),
+            [
+                "from the observer's calculate_qparams()",
+                "scale = 2.5e-1 (0x3e800000)",
+                "zero_point = 7",
+                "quant_range[1] = 127",
+            ]
+        );
+    }
 }
