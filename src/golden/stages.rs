@@ -1317,7 +1317,8 @@ pub(crate) fn element_results<'a>(
                 ranges
                     .iter()
                     .zip(theirs)
-                    .map(|(&(lo, hi), &v)| {
+                    .enumerate()
+                    .map(|(i, (&(lo, hi), &v))| {
                         // A one-point range is an exact value: equal bit for bit, so -0.0 is
                         // not +0.0 (a hashed output compares the same bytes).
                         let point = lo.to_bits() == hi.to_bits();
@@ -1326,7 +1327,7 @@ pub(crate) fn element_results<'a>(
                         } else if point {
                             ElementResult::Mismatch {
                                 expected: format!("{v:e} (0x{:08x})", v.to_bits()),
-                                got: format!("{lo:e} (0x{:08x})", lo.to_bits()),
+                                got: o.values.show(i),
                             }
                         } else {
                             ElementResult::Mismatch {

@@ -161,6 +161,9 @@ impl Op for FusedMovingAvgObsFakeQuant {
     }
 }
 
+/// The outputs [`FusedPlan::predict`] gives per batch.
+const FUSED_OUTPUTS_PER_STEP: usize = 5;
+
 #[derive(Debug)]
 struct FusedPlan<'a> {
     op: &'a FusedMovingAvgObsFakeQuant,
@@ -227,7 +230,7 @@ impl Plan for FusedPlan<'_> {
 
     /// Element `i` of batch `k` (the step of output `output`) and the buffers that call left.
     fn trace(&self, inputs: &[&Value], output: usize, i: usize) -> Result<Vec<String>> {
-        let k = output / 5;
+        let k = output / FUSED_OUTPUTS_PER_STEP;
         let x = inputs.get(k).ok_or_else(|| {
             Error::invalid(self.op.name(), format!("output {output}: no batch {k}"))
         })?;
@@ -236,7 +239,7 @@ impl Plan for FusedPlan<'_> {
             None => vec![],
         };
         let outs = self.predict(&inputs[..=k])?;
-        lines.extend(super::outputs_at(&outs[5 * k..], i));
+        lines.extend(super::outputs_at(&outs[FUSED_OUTPUTS_PER_STEP * k..], i));
         Ok(lines)
     }
 }
@@ -244,18 +247,14 @@ impl Plan for FusedPlan<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{flow::Flow, CpuFeatures, Engine, Isa};
+    use crate::engine::{flow::Flow, Engine};
+    use crate::ops::pool::test_ctx;
     use crate::tensor::Tensor;
 
     /// The trace of a fused step shows the element's input and the buffers after that call.
     #[test]
     fn fused_trace_shows_the_input_and_the_steps_buffers() {
-        let ctx = Ctx {
-            flow: Flow::ConvertFx,
-            engine: Engine::Fbgemm,
-            isa: Isa::Vnni,
-            cpu: CpuFeatures::AVX512_VNNI,
-        };
+        let ctx = test_ctx(Flow::ConvertFx, Engine::Fbgemm);
         let op = FusedMovingAvgObsFakeQuant {
             cfg: FusedConfig {
                 averaging_const: 0.5,
@@ -289,12 +288,7 @@ mod tests {
     /// not be empty.
     #[test]
     fn qparams_and_quant_ranges_are_checked() {
-        let ctx = Ctx {
-            flow: Flow::ConvertFx,
-            engine: Engine::Fbgemm,
-            isa: Isa::Vnni,
-            cpu: CpuFeatures::AVX512_VNNI,
-        };
+        let ctx = test_ctx(Flow::ConvertFx, Engine::Fbgemm);
         let x = Value::Tensor(Tensor::f32(vec![2, 3], vec![0.5; 6]));
         let op = |scales: Vec<f64>, zero_points: Vec<i64>| FakeQuantize {
             qparams: QParams::PerChannel {

@@ -369,17 +369,13 @@ impl Plan for GraphQParamsPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{flow::Flow, CpuFeatures, Engine, Isa};
+    use crate::engine::{flow::Flow, Engine};
+    use crate::ops::pool::test_ctx;
     use crate::tensor::{DType, Tensor};
 
     #[test]
     fn graph_qparams_trace_the_observers_values() {
-        let ctx = Ctx {
-            flow: Flow::ConvertToReferenceDecomposedFx,
-            engine: Engine::Fbgemm,
-            isa: Isa::Vnni,
-            cpu: CpuFeatures::AVX512_VNNI,
-        };
+        let ctx = test_ctx(Flow::ConvertToReferenceDecomposedFx, Engine::Fbgemm);
         let scale = Value::Tensor(Tensor::f32(vec![1], vec![0.25]));
         let zp = Value::Tensor(Tensor::int(DType::I64, vec![1], vec![7]));
         let op = GraphQParams {

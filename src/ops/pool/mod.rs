@@ -235,7 +235,7 @@ pub(crate) fn quantize_rule(flow: Flow, out: &OutQParams) -> String {
     )
 }
 
-/// The context the pool unit tests run under (AVX-512 VNNI CPU).
+/// The context the op unit tests run under (AVX-512 VNNI CPU).
 #[cfg(test)]
 pub(crate) fn test_ctx(flow: Flow, engine: crate::engine::Engine) -> Ctx {
     use crate::engine::{CpuFeatures, Isa};
