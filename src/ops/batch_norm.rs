@@ -398,4 +398,139 @@ mod tests {
         assert!(run(&called, fx, &x, out(1.0, 0)).is_err());
         assert!(run(&bn(2), fx, &x, out(1.0, 0)).is_ok());
     }
+    #[test]
+    fn each_element_takes_its_channels_terms() {
+        // [2, 2, 2, 3], channel c scales by w = c + 1 (var 1, eps 0, scales 1: alpha w, beta 0).
+        // Element i sits in channel (i / 6) % 2, so image 1 repeats image 0's channels.
+        let op = BatchNorm2d {
+            weight: vec![1.0, 2.0],
+            ..bn(2)
+        };
+        let x = QTensor::new(vec![2, 2, 2, 3], (0..24).collect(), 1.0, 0);
+        let want: Vec<i64> = (0..24).map(|i| i * (1 + (i / 6) % 2)).collect();
+        for flow in [Flow::ConvertFx, Flow::ConvertToReferenceFx] {
+            let c = ctx(flow, CpuFeatures::AVX512_VNNI);
+            assert_eq!(run(&op, c, &x, out(1.0, 0)).unwrap(), want, "{flow:?}");
+        }
+    }
+
+    #[test]
+    fn trace_shows_the_channel_code_terms_and_result() {
+        let op = BatchNorm2d {
+            weight: vec![1.0, 2.0],
+            bias: vec![0.5, -0.5],
+            ..bn(2)
+        };
+        let x = QTensor::new(vec![2, 2, 2, 3], (0..24).collect(), 1.0, 0);
+        let v = Value::Quantized(x.clone());
+        let c = ctx(Flow::ConvertFx, CpuFeatures::AVX512_VNNI);
+        let plan = op.plan(&c, &[v.meta()], Some(&out(1.0, 3))).unwrap();
+        let want = run(&op, c, &x, out(1.0, 3)).unwrap();
+        for (i, w) in want.iter().enumerate() {
+            let t = plan.trace(&[&v], 0, i).unwrap();
+            let ch = (i / 6) % 2;
+            let (a, b) = [(1.0f32, 0.5f32), (2.0, -0.5)][ch];
+            assert_eq!(
+                t[0],
+                format!("element {i}: channel {ch}, code {i}, terms ({a:e}, {b:e})")
+            );
+            assert_eq!(t[1], format!("result {w}"));
+            assert!(t[2].starts_with("rule: "), "{t:?}");
+        }
+        assert!(plan.trace(&[&v], 0, 24).is_err());
+    }
+
+    #[test]
+    fn the_rule_names_each_path() {
+        let x = Value::Quantized(QTensor::new(vec![1, 1, 1, 1], vec![0], 1.0, 0));
+        let no_avx2 = CpuFeatures {
+            avx2: false,
+            ..CpuFeatures::AVX2
+        };
+        let relu = BatchNorm2d {
+            relu: true,
+            ..bn(1)
+        };
+        for (flow, cpu, op, want) in [
+            (
+                Flow::ConvertFx,
+                CpuFeatures::AVX2,
+                &bn(1),
+                ["alpha = f32(", "with fma (one rounding)"],
+            ),
+            (
+                Flow::ConvertFx,
+                no_avx2,
+                &relu,
+                ["beta = f32(", "no FMA), then max(q', out_zp)"],
+            ),
+            (
+                Flow::ConvertToReferenceFx,
+                CpuFeatures::AVX2,
+                &relu,
+                ["invstd = ", "fma (one rounding), then ReLU"],
+            ),
+            (
+                Flow::ConvertToReferenceDecomposedFx,
+                no_avx2,
+                &bn(1),
+                ["c = b − mean·a", "clamp 0..127"],
+            ),
+        ] {
+            let c = ctx(flow, cpu);
+            let o = OutQParams {
+                quant_max: 127,
+                ..out(1.0, 0)
+            };
+            let plan = op.plan(&c, &[x.meta()], Some(&o)).unwrap();
+            let text: Vec<String> = plan
+                .rule()
+                .lines
+                .iter()
+                .map(|(_, t)| t.to_string())
+                .collect();
+            for w in want {
+                assert!(text.iter().any(|t| t.contains(w)), "{flow:?} {w}: {text:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn degenerate_statistics_are_errors() {
+        let x = QTensor::new(vec![1, 1, 1, 1], vec![0], 1.0, 0);
+        for flow in [Flow::ConvertFx, Flow::ConvertToReferenceFx] {
+            let c = ctx(flow, CpuFeatures::AVX512_VNNI);
+            // var + eps = 0: no inverse standard deviation.
+            let zero = BatchNorm2d {
+                running_var: vec![0.0],
+                ..bn(1)
+            };
+            assert!(run(&zero, c, &x, out(1.0, 0)).is_err(), "{flow:?}");
+            // A negative or infinite eps, even where var + eps stays positive.
+            for eps in [-1.0, f64::INFINITY, f64::NAN] {
+                let op = BatchNorm2d {
+                    running_var: vec![2.0],
+                    eps,
+                    ..bn(1)
+                };
+                assert!(run(&op, c, &x, out(1.0, 0)).is_err(), "{flow:?} eps {eps}");
+            }
+            let small = BatchNorm2d {
+                running_var: vec![0.0],
+                eps: 1e-5,
+                ..bn(1)
+            };
+            assert!(run(&small, c, &x, out(1.0, 0)).is_ok(), "{flow:?}");
+        }
+        // alpha = f32(3e38 · 10) overflows while beta stays finite: the kernel has no finite
+        // parameters to run.
+        let big = BatchNorm2d {
+            weight: vec![3e38],
+            ..bn(1)
+        };
+        let fx = ctx(Flow::ConvertFx, CpuFeatures::AVX512_VNNI);
+        let err = run(&big, fx, &x, out(0.1, 0)).unwrap_err().to_string();
+        assert!(err.contains("not finite"), "{err}");
+        assert!(run(&big, fx, &x, out(1.0, 0)).is_ok());
+    }
 }

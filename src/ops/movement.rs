@@ -85,10 +85,12 @@ impl Movement {
     }
 }
 
+/// `d` wrapped as ATen's `maybe_wrap_dim` does (`c10/core/WrapDimMinimal.h`): a 0-d tensor
+/// takes dims -1 and 0.
 fn dim(name: &str, d: i64, rank: usize) -> Result<usize> {
-    let r = rank as i64;
+    let r = (rank as i64).max(1);
     let v = if d < 0 { d + r } else { d };
-    if (0..r.max(1)).contains(&v) {
+    if (0..r).contains(&v) {
         Ok(v as usize)
     } else {
         Err(Error::invalid(
@@ -146,6 +148,10 @@ fn apply(
                 dim(name, *dim0, shape.len())?,
                 dim(name, *dim1, shape.len())?,
             );
+            if shape.is_empty() {
+                // A 0-d tensor: dims 0 and -1 both name its one value.
+                return Ok((shape, index));
+            }
             let mut to = shape.clone();
             to.swap(a, b);
             let src = strides(&shape);
@@ -290,7 +296,10 @@ impl Plan for MovementPlan {
     fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
         let q = inputs[0].quantized("input")?;
         let Some((j, v)) = self.index.get(i).and_then(|&j| Some((j, *q.data.get(j)?))) else {
-            return Ok(Vec::new());
+            return Err(Error::shape(
+                "movement",
+                format!("no output element {i} in {:?}", self.shape),
+            ));
         };
         let x = self.flow.dequantize(v as i64, q.scale, q.zero_point);
         let (lo, hi) = self.clamp;
@@ -342,6 +351,7 @@ impl super::Pointwise for MovementPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::QTensor;
 
     fn gather(steps: Vec<Step>, shape: &[usize]) -> (Vec<usize>, Vec<usize>) {
         Movement::new("m", steps).gather(shape).unwrap()
@@ -406,5 +416,128 @@ mod tests {
             index: 3
         })
         .is_err());
+    }
+    #[test]
+    fn transpose_of_three_dims_maps_every_coordinate() {
+        // [2, 3, 4] transposed (0, 2) → [4, 3, 2]: out[k][j][i] = in[i][j][k].
+        let want: Vec<usize> = (0..24)
+            .map(|o| {
+                let (k, j, i) = (o / 6, (o / 2) % 3, o % 2);
+                i * 12 + j * 4 + k
+            })
+            .collect();
+        for (d0, d1) in [(0, 2), (-1, -3), (2, 0)] {
+            let (s, i) = gather(vec![Step::Transpose { dim0: d0, dim1: d1 }], &[2, 3, 4]);
+            assert_eq!((s, &i), (vec![4, 3, 2], &want), "({d0}, {d1})");
+        }
+        // (1, 2) leaves dim 0 where it is: out[a][k][j] = in[a][j][k].
+        let (s, i) = gather(vec![Step::Transpose { dim0: 1, dim1: 2 }], &[2, 3, 4]);
+        let want: Vec<usize> = (0..24)
+            .map(|o| (o / 12) * 12 + (o % 3) * 4 + (o / 3) % 4)
+            .collect();
+        assert_eq!((s, i), (vec![2, 4, 3], want));
+        // A 0-d tensor transposes to itself; dim 1 does not exist.
+        assert_eq!(
+            gather(vec![Step::Transpose { dim0: 0, dim1: -1 }], &[]),
+            (vec![], vec![0])
+        );
+        let m = Movement::new("m", vec![Step::Transpose { dim0: 0, dim1: 1 }]);
+        assert!(m.gather(&[]).is_err());
+    }
+
+    #[test]
+    fn chunk_takes_its_slice_of_every_outer_index() {
+        // [2, 5, 2] chunk(2, dim=1)[1]: channels 3 and 4 of each image.
+        let c = |chunks, dim, index| Step::Chunk { chunks, dim, index };
+        let want = (vec![2, 2, 2], [6, 7, 8, 9, 16, 17, 18, 19].to_vec());
+        assert_eq!(gather(vec![c(2, 1, 1)], &[2, 5, 2]), want);
+        assert_eq!(gather(vec![c(2, -2, 1)], &[2, 5, 2]), want);
+        // chunk(3) of 4: two chunks of 2, the third does not exist; chunk(3) of 5: 2, 2, 1.
+        assert!(Movement::new("m", vec![c(3, 0, 2)]).gather(&[4]).is_err());
+        assert_eq!(gather(vec![c(3, 0, 1)], &[4]), (vec![2], vec![2, 3]));
+        assert_eq!(gather(vec![c(3, 0, 2)], &[5]), (vec![1], vec![4]));
+        assert!(Movement::new("m", vec![c(1, 0, 0)]).gather(&[]).is_err());
+    }
+
+    #[test]
+    fn flatten_joins_the_named_dims() {
+        let f = |start_dim, end_dim| Step::Flatten { start_dim, end_dim };
+        let shape = |s| gather(vec![s], &[2, 3, 4]).0;
+        assert_eq!(shape(f(0, 1)), [6, 4]);
+        assert_eq!(shape(f(-2, -1)), [2, 12]);
+        assert_eq!(shape(f(1, 1)), [2, 3, 4]);
+        assert_eq!(shape(f(0, -1)), [24]);
+        // A 0-d tensor flattens to one value.
+        assert_eq!(gather(vec![f(0, -1)], &[]), (vec![1], vec![0]));
+        let m = |s| Movement::new("m", vec![s]).gather(&[2, 3, 4]);
+        assert!(m(f(2, 1)).is_err());
+        assert!(m(f(0, 3)).is_err());
+        assert!(m(f(-4, 0)).is_err());
+    }
+
+    fn plan(flow: Flow, steps: Vec<Step>, x: &QTensor, out: OutQParams) -> Box<dyn Plan> {
+        let c = crate::ops::pool::test_ctx(flow, crate::engine::Engine::Fbgemm);
+        let v = Value::Quantized(x.clone());
+        Movement::new("m", steps)
+            .plan_owned(&c, &[v.meta()], Some(&out))
+            .unwrap()
+    }
+
+    #[test]
+    fn the_moved_codes_are_requantized_and_traced() {
+        // Codes 0..6 of [2, 3] (scale 1, zp 0) transposed, requantized at scale 2, zp 1:
+        // q' = RNE(x / 2) + 1, clamped to the flow's range.
+        let x = QTensor::new(vec![2, 3], vec![0, 1, 2, 3, 4, 255], 1.0, 0);
+        let out = OutQParams {
+            scale: 2.0,
+            zero_point: 1,
+            quant_min: 0,
+            quant_max: 127,
+        };
+        let steps = || vec![Step::Transpose { dim0: 0, dim1: 1 }];
+        let v = Value::Quantized(x.clone());
+        for (flow, hi) in [
+            (Flow::ConvertFx, 255),
+            (Flow::ConvertToReferenceDecomposedFx, 127),
+        ] {
+            let p = plan(flow, steps(), &x, out);
+            let got = p.predict(&[&v]).unwrap();
+            let q = got.iter().find(|o| o.name == "int_repr").unwrap();
+            let moved = [0i64, 3, 1, 4, 2, 255];
+            let want: Vec<i64> = moved
+                .iter()
+                .map(|&c| (crate::numerics::quantize::rne(c as f32 / 2.0) as i64 + 1).min(hi))
+                .collect();
+            let ints: Vec<i64> = q.ints().unwrap().iter().map(|p| p.value()).collect();
+            assert_eq!(ints, want, "{flow:?}");
+            assert_eq!(q.shape, [3, 2]);
+            let t = p.trace(&[&v], 0, 5).unwrap();
+            assert_eq!(
+                t[0],
+                "output element 5 ← input element 5: q = 255, scale 1, zero point 0"
+            );
+            assert_eq!(
+                t[1],
+                format!(
+                    "x = 2.55e2; quantize with scale 2, zero point 1, clamp 0..{hi}: {}",
+                    want[5]
+                )
+            );
+            assert!(p.trace(&[&v], 0, 6).is_err());
+            let rule = p.rule();
+            assert!(
+                rule.lines
+                    .iter()
+                    .any(|(_, t)| t.contains(&format!("clamp 0..{hi}"))),
+                "{rule:?}"
+            );
+        }
+        // Data that is not the planned shape is an error.
+        let p = plan(Flow::ConvertFx, steps(), &x, out);
+        let short = Value::Quantized(QTensor {
+            data: x.data[..5].to_vec(),
+            ..x.clone()
+        });
+        assert!(p.predict(&[&short]).is_err());
     }
 }
