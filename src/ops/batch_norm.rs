@@ -408,9 +408,15 @@ mod tests {
         };
         let x = QTensor::new(vec![2, 2, 2, 3], (0..24).collect(), 1.0, 0);
         let want: Vec<i64> = (0..24).map(|i| i * (1 + (i / 6) % 2)).collect();
+        let no_avx2 = CpuFeatures {
+            avx2: false,
+            ..CpuFeatures::AVX2
+        };
         for flow in [Flow::ConvertFx, Flow::ConvertToReferenceFx] {
-            let c = ctx(flow, CpuFeatures::AVX512_VNNI);
-            assert_eq!(run(&op, c, &x, out(1.0, 0)).unwrap(), want, "{flow:?}");
+            for cpu in [CpuFeatures::AVX512_VNNI, no_avx2] {
+                let c = ctx(flow, cpu);
+                assert_eq!(run(&op, c, &x, out(1.0, 0)).unwrap(), want, "{flow:?}");
+            }
         }
     }
 

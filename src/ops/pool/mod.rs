@@ -301,4 +301,18 @@ mod tests {
         let got: Vec<usize> = (0..8).map(|i| s.source_index(i, [1, 2, 2, 2])).collect();
         assert_eq!(got, vec![0, 4, 1, 5, 2, 6, 3, 7]);
     }
+    #[test]
+    fn nchw_takes_four_non_empty_dims() {
+        assert_eq!(nchw("p", &[1, 2, 3, 4]).unwrap(), [1, 2, 3, 4]);
+        for k in 0..4 {
+            let mut s = [2, 3, 4, 5];
+            s[k] = 0;
+            let e = nchw("p", &s).unwrap_err().to_string();
+            assert!(e.contains("empty input"), "{s:?}: {e}");
+        }
+        for s in [&[2, 3, 4][..], &[1, 2, 3, 4, 5], &[]] {
+            let e = nchw("p", s).unwrap_err().to_string();
+            assert!(e.contains("4-D"), "{s:?}: {e}");
+        }
+    }
 }
