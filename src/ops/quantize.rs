@@ -115,6 +115,26 @@ impl ChannelOf {
     }
 }
 
+/// `xs[i]`, or an error naming the missing element (traces of an element past the end).
+fn element<T: Copy>(what: &str, xs: &[T], i: usize) -> Result<T> {
+    xs.get(i)
+        .copied()
+        .ok_or_else(|| Error::shape(what, format!("no element {i} of {}", xs.len())))
+}
+
+/// Checks that an input holds the planned shape's element count.
+fn check_len(what: &str, len: usize, shape: &[usize]) -> Result<()> {
+    let n: usize = shape.iter().product();
+    if len == n {
+        Ok(())
+    } else {
+        Err(Error::shape(
+            what,
+            format!("{len} values for the planned shape {shape:?}"),
+        ))
+    }
+}
+
 /// A quantize primitive: f32 in, integers out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Quantize {
@@ -216,6 +236,7 @@ impl Plan for QuantizePlan<'_> {
 
     fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
         let xs = inputs[0].f32s("input")?;
+        check_len(self.op.name(), xs.len(), &self.shape)?;
         let name = match self.op.family {
             Family::Aten => "int_repr",
             Family::Decomposed => "output",
@@ -228,10 +249,10 @@ impl Plan for QuantizePlan<'_> {
     }
 
     fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
-        let xs = inputs[0].f32s("input")?;
+        let x = element(self.op.name(), inputs[0].f32s("input")?, i)?;
         let (s, zp) = self.op.qparams.at(self.channel.of(i));
         Ok(vec![
-            format!("x = {:e}, scale {s}, zero_point {zp}", xs[i]),
+            format!("x = {x:e}, scale {s}, zero_point {zp}"),
             format!("rule: {}", self.rule()),
         ])
     }
@@ -299,6 +320,7 @@ impl Plan for DequantizePlan<'_> {
 
     fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
         let qs = inputs[0].ints("input")?;
+        check_len(self.op.name(), qs.len(), &self.shape)?;
         let out = qs
             .iter()
             .enumerate()
@@ -325,11 +347,8 @@ impl Plan for DequantizePlan<'_> {
     }
 
     fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
-        let qs = inputs[0].ints("input")?;
-        Ok(vec![
-            format!("q = {}", qs[i]),
-            format!("rule: {}", self.rule()),
-        ])
+        let q = element(self.op.name(), &inputs[0].ints("input")?, i)?;
+        Ok(vec![format!("q = {q}"), format!("rule: {}", self.rule())])
     }
 }
 
@@ -388,6 +407,7 @@ impl Plan for FlowQuantizePlan {
 
     fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
         let xs = inputs[0].f32s("input")?;
+        check_len("quantize", xs.len(), &self.shape)?;
         let (lo, hi) = self.clamp;
         Ok(vec![Output::new(
             "int_repr",
@@ -406,11 +426,11 @@ impl Plan for FlowQuantizePlan {
     }
 
     fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
-        let xs = inputs[0].f32s("input")?;
+        let x = element("quantize", inputs[0].f32s("input")?, i)?;
         Ok(vec![
             format!(
-                "x = {:e}, scale {}, zero_point {}",
-                xs[i], self.out.scale, self.out.zero_point
+                "x = {x:e}, scale {}, zero_point {}",
+                self.out.scale, self.out.zero_point
             ),
             format!("rule: {}", self.rule()),
         ])
@@ -499,6 +519,7 @@ impl Plan for FlowDequantizePlan {
 
     fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
         let q = inputs[0].quantized("input")?;
+        check_len("dequantize", q.data.len(), &self.shape)?;
         Ok(vec![Output::new(
             "output",
             self.shape.clone(),
@@ -513,7 +534,11 @@ impl Plan for FlowDequantizePlan {
 
     fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
         let q = inputs[0].quantized("input")?;
-        Ok(vec![format!("q = {}", q.data[i])])
+        let code = element("dequantize", &q.data, i)?;
+        Ok(vec![
+            format!("q = {code}, scale {}, zero_point {}", q.scale, q.zero_point),
+            format!("rule: {}", self.rule()),
+        ])
     }
 
     fn lowered(&self) -> Option<super::Lowered<'_>> {
@@ -527,5 +552,371 @@ impl super::DequantizeOp for FlowDequantizePlan {
     }
     fn dequantize(&self, q: u8, scale: f64, zero_point: i64) -> f32 {
         self.flow.dequantize(q as i64, scale, zero_point)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::numerics::bound::Pred;
+    use crate::ops::QTensor;
+    use crate::tensor::{DType, Tensor};
+
+    fn ctx(flow: Flow) -> Ctx {
+        crate::ops::pool::test_ctx(flow, crate::engine::Engine::Fbgemm)
+    }
+
+    fn run(op: &dyn Op, flow: Flow, v: &Value, out: Option<&OutQParams>) -> Result<Vec<Output>> {
+        op.plan(&ctx(flow), &[v.meta()], out)?.predict(&[v])
+    }
+
+    fn ints(o: &Output) -> Vec<i64> {
+        o.ints().unwrap().iter().map(|p| p.value()).collect()
+    }
+
+    /// Per-channel qparams along axis 1 of [2, 3, 2]: element i is in channel (i / 2) % 3.
+    fn per_channel(scales_f32: bool) -> QParams {
+        QParams::PerChannel {
+            scales: vec![1.0, 2.0, 4.0],
+            scales_f32,
+            zero_points: vec![0, 1, 2],
+            axis: 1,
+        }
+    }
+
+    #[test]
+    fn per_channel_quantize_takes_each_elements_channel() {
+        let x = Value::Tensor(Tensor::f32(
+            vec![2, 3, 2],
+            (0..12).map(|i| i as f32).collect(),
+        ));
+        let want: Vec<i64> = (0..12)
+            .map(|i| {
+                let c = (i / 2) % 3;
+                [0, 1, 2][c] + (i as f32 / [1.0, 2.0, 4.0][c]).round_ties_even() as i64
+            })
+            .collect();
+        let ops = [
+            (Family::Aten, per_channel(false), "int_repr"),
+            (Family::Decomposed, per_channel(true), "output"),
+            (Family::Decomposed, per_channel(false), "output"),
+        ];
+        for (family, qparams, name) in ops {
+            let op = Quantize {
+                family,
+                qparams,
+                dtype: QDType::Quint8,
+                range: Some((0, 255)),
+            };
+            let o = run(&op, Flow::ConvertFx, &x, None).unwrap().remove(0);
+            assert_eq!((o.name.as_str(), &o.shape[..]), (name, &[2, 3, 2][..]));
+            assert_eq!(ints(&o), want, "{}", op.name());
+        }
+    }
+
+    #[test]
+    fn per_channel_dequantize_takes_each_elements_channel() {
+        let q = Value::Tensor(Tensor::int(DType::U8, vec![2, 3, 2], vec![10; 12]));
+        let want: Vec<f32> = (0..12)
+            .map(|i| {
+                let c = (i / 2) % 3;
+                (10 - [0, 1, 2][c]) as f32 * [1.0, 2.0, 4.0][c]
+            })
+            .collect();
+        for (family, qparams) in [
+            (Family::Aten, per_channel(false)),
+            (Family::Decomposed, per_channel(true)),
+            (Family::Decomposed, per_channel(false)),
+        ] {
+            let op = Dequantize { family, qparams };
+            let o = run(&op, Flow::ConvertFx, &q, None).unwrap().remove(0);
+            assert_eq!(o.values, Predicted::Floats(want.clone()), "{}", op.name());
+        }
+    }
+
+    #[test]
+    fn the_aten_dtype_sets_the_clamp_and_the_path() {
+        let x = Value::Tensor(Tensor::f32(vec![3], vec![-200.0, 3.5, 200.0]));
+        let pt = |dtype| Quantize {
+            family: Family::Aten,
+            qparams: QParams::PerTensor {
+                scale: 1.0,
+                zero_point: 0,
+            },
+            dtype,
+            range: None,
+        };
+        for (dtype, want) in [
+            (QDType::Quint8, [0, 4, 200]),
+            (QDType::Qint8, [-128, 4, 127]),
+            (QDType::Qint32, [-200, 4, 200]),
+        ] {
+            let o = run(&pt(dtype), Flow::ConvertFx, &x, None).unwrap();
+            assert_eq!(ints(&o[0]), want, "{dtype:?}");
+        }
+        // The zero point must lie in the dtype's range.
+        let op = Quantize {
+            qparams: QParams::PerTensor {
+                scale: 1.0,
+                zero_point: 128,
+            },
+            ..pt(QDType::Qint8)
+        };
+        assert!(run(&op, Flow::ConvertFx, &x, None).is_err());
+        assert!(run(
+            &Quantize {
+                dtype: QDType::Quint8,
+                ..op
+            },
+            Flow::ConvertFx,
+            &x,
+            None
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn bad_qparams_and_inputs_are_errors() {
+        let x = Value::Tensor(Tensor::f32(vec![2, 3, 2], vec![0.0; 12]));
+        let q = |qparams, range| Quantize {
+            family: Family::Decomposed,
+            qparams,
+            dtype: QDType::Uint8,
+            range,
+        };
+        let pc = |scales: Vec<f64>, zero_points: Vec<i64>, axis| QParams::PerChannel {
+            scales,
+            scales_f32: true,
+            zero_points,
+            axis,
+        };
+        let r = Some((0, 255));
+        let bad = [
+            q(pc(vec![1.0; 3], vec![0; 3], 3), r),
+            q(pc(vec![1.0; 2], vec![0; 3], 1), r),
+            q(pc(vec![1.0; 3], vec![0; 2], 1), r),
+            q(pc(vec![1.0, 0.0, 1.0], vec![0; 3], 1), r),
+            q(per_channel(true), None),
+        ];
+        for op in &bad {
+            assert!(run(op, Flow::ConvertFx, &x, None).is_err(), "{op:?}");
+        }
+        // The decomposed ops take any zero point.
+        let wide = q(pc(vec![1.0; 3], vec![-1000, 0, 1000], 1), r);
+        assert!(run(&wide, Flow::ConvertFx, &x, None).is_ok());
+        let op = q(per_channel(true), r);
+        let plan = op.plan(&ctx(Flow::ConvertFx), &[x.meta()], None).unwrap();
+        // Data that is not the planned shape, or an element past the end.
+        let short = Value::Tensor(Tensor::f32(vec![11], vec![0.0; 11]));
+        assert!(plan.predict(&[&short]).is_err());
+        assert!(plan.trace(&[&x], 0, 12).is_err());
+        let t = plan.trace(&[&x], 0, 5).unwrap();
+        assert_eq!(t[0], "x = 0e0, scale 4, zero_point 2");
+        let dq = Dequantize {
+            family: Family::Aten,
+            qparams: per_channel(false),
+        };
+        let codes = Value::Tensor(Tensor::int(DType::U8, vec![2, 3, 2], vec![7; 12]));
+        let plan = dq
+            .plan(&ctx(Flow::ConvertFx), &[codes.meta()], None)
+            .unwrap();
+        assert_eq!(plan.trace(&[&codes], 0, 11).unwrap()[0], "q = 7");
+        assert!(plan.trace(&[&codes], 0, 12).is_err());
+        assert!(plan.predict(&[&short]).is_err());
+    }
+
+    #[test]
+    fn names_and_rules_follow_family_and_qparams() {
+        let pt = QParams::PerTensor {
+            scale: 1.0,
+            zero_point: 0,
+        };
+        let cases = [
+            (
+                Family::Aten,
+                pt.clone(),
+                QDType::Quint8,
+                "quantize_per_tensor",
+                "QuantizeAvx2",
+            ),
+            (
+                Family::Aten,
+                pt.clone(),
+                QDType::Qint32,
+                "quantize_per_tensor",
+                "scalar Quantize<T>",
+            ),
+            (
+                Family::Aten,
+                per_channel(false),
+                QDType::Quint8,
+                "quantize_per_channel",
+                "scalar",
+            ),
+            (
+                Family::Decomposed,
+                pt.clone(),
+                QDType::Uint8,
+                "decomposed_quantize_per_tensor",
+                "(reciprocal in double)",
+            ),
+            (
+                Family::Decomposed,
+                per_channel(true),
+                QDType::Uint8,
+                "decomposed_quantize_per_channel",
+                "f32 scales",
+            ),
+            (
+                Family::Decomposed,
+                per_channel(false),
+                QDType::Uint8,
+                "decomposed_quantize_per_channel",
+                "f64 scales",
+            ),
+        ];
+        let x = Value::Tensor(Tensor::f32(vec![2, 3, 2], vec![0.0; 12]));
+        for (family, qparams, dtype, name, rule) in cases {
+            let op = Quantize {
+                family,
+                qparams,
+                dtype,
+                range: Some((0, 255)),
+            };
+            assert_eq!(op.name(), name);
+            let plan = op.plan(&ctx(Flow::ConvertFx), &[x.meta()], None).unwrap();
+            let r = plan.rule();
+            assert!(r.lines[0].1.contains(rule), "{name}: {r:?}");
+        }
+        let codes = Value::Tensor(Tensor::int(DType::U8, vec![2, 3, 2], vec![0; 12]));
+        let cases = [
+            (
+                Family::Aten,
+                pt.clone(),
+                "dequantize_per_tensor",
+                "FBGEMM Dequantize",
+            ),
+            (
+                Family::Aten,
+                per_channel(false),
+                "dequantize_per_channel",
+                "ATen per channel",
+            ),
+            (
+                Family::Decomposed,
+                pt,
+                "decomposed_dequantize_per_tensor",
+                "quantized_decomposed: ",
+            ),
+            (
+                Family::Decomposed,
+                per_channel(true),
+                "decomposed_dequantize_per_channel",
+                "f32 scales",
+            ),
+            (
+                Family::Decomposed,
+                per_channel(false),
+                "decomposed_dequantize_per_channel",
+                "f64 scales",
+            ),
+        ];
+        for (family, qparams, name, rule) in cases {
+            let op = Dequantize { family, qparams };
+            assert_eq!(op.name(), name);
+            let plan = op
+                .plan(&ctx(Flow::ConvertFx), &[codes.meta()], None)
+                .unwrap();
+            let r = plan.rule();
+            assert!(r.lines[0].1.contains(rule), "{name}: {r:?}");
+            assert!(plan.trace(&[&codes], 0, 0).unwrap()[1].contains(rule));
+        }
+    }
+
+    #[test]
+    fn the_flows_quantize_node_clamps_per_flow() {
+        let x = Value::Tensor(Tensor::f32(vec![4], vec![-3.0, 5.5, 200.0, f32::NAN]));
+        let out = OutQParams {
+            scale: 0.5,
+            zero_point: 2,
+            quant_min: 0,
+            quant_max: 127,
+        };
+        // convert_fx: 0..255 whatever the observer's range, NaN through QuantizeAvx2 (2^31 − 128
+        // wrapped with zp 2: 255 after the clamp); decomposed: 0..127, NaN undefined.
+        for (flow, want) in [
+            (
+                Flow::ConvertFx,
+                [
+                    Pred::Exact(0),
+                    Pred::Exact(13),
+                    Pred::Exact(255),
+                    Pred::Exact(255),
+                ],
+            ),
+            (
+                Flow::ConvertToReferenceDecomposedFx,
+                [
+                    Pred::Exact(0),
+                    Pred::Exact(13),
+                    Pred::Exact(127),
+                    Pred::Ambiguous { lo: 0, hi: 255 },
+                ],
+            ),
+        ] {
+            let plan = FlowQuantize
+                .plan(&ctx(flow), &[x.meta()], Some(&out))
+                .unwrap();
+            let o = plan.predict(&[&x]).unwrap().remove(0);
+            assert_eq!(
+                (o.name.as_str(), o.ints().unwrap()),
+                ("int_repr", &want[..]),
+                "{flow:?}"
+            );
+            let t = plan.trace(&[&x], 0, 1).unwrap();
+            assert_eq!(t[0], "x = 5.5e0, scale 0.5, zero_point 2");
+            let clamp = if flow.keeps_quant_range() {
+                "clamp 0..127"
+            } else {
+                "clamp 0..255"
+            };
+            assert!(t[1].contains(clamp), "{t:?}");
+            assert!(plan.trace(&[&x], 0, 4).is_err());
+            let short = Value::Tensor(Tensor::f32(vec![3], vec![0.0; 3]));
+            assert!(plan.predict(&[&short]).is_err());
+        }
+        assert!(FlowQuantize
+            .plan(&ctx(Flow::ConvertFx), &[x.meta()], None)
+            .is_err());
+        let bad = OutQParams {
+            scale: f64::NAN,
+            ..out
+        };
+        assert!(FlowQuantize
+            .plan(&ctx(Flow::ConvertFx), &[x.meta()], Some(&bad))
+            .is_err());
+    }
+
+    #[test]
+    fn the_flows_dequantize_node_and_its_trace() {
+        let q = Value::Quantized(QTensor::new(vec![3], vec![0, 2, 255], 0.5, 2));
+        for flow in [Flow::ConvertFx, Flow::ConvertToReferenceDecomposedFx] {
+            let plan = FlowDequantize.plan(&ctx(flow), &[q.meta()], None).unwrap();
+            let o = plan.predict(&[&q]).unwrap().remove(0);
+            assert_eq!(o.values, Predicted::Floats(vec![-1.0, 0.0, 126.5]));
+            let t = plan.trace(&[&q], 0, 2).unwrap();
+            assert_eq!(t[0], "q = 255, scale 0.5, zero_point 2");
+            let name = if flow.keeps_quant_range() {
+                "quantized_decomposed"
+            } else {
+                "Tensor.dequantize"
+            };
+            assert!(t[1].contains(name), "{t:?}");
+            assert!(plan.trace(&[&q], 0, 3).is_err());
+        }
+        let bad = Value::Quantized(QTensor::new(vec![1], vec![0], 0.0, 0));
+        assert!(FlowDequantize
+            .plan(&ctx(Flow::ConvertFx), &[bad.meta()], None)
+            .is_err());
     }
 }
