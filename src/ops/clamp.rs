@@ -166,11 +166,14 @@ impl Plan for ClampPlan {
 
     fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
         let q = inputs[0].quantized("input")?;
-        let v = if self.memory_order {
-            q.memory_order()[i]
+        let codes = if self.memory_order {
+            q.memory_order()
         } else {
-            q.data[i]
+            q.data.clone()
         };
+        let v = *codes
+            .get(i)
+            .ok_or_else(|| Error::shape(self.op.name(), format!("no element {i}")))?;
         Ok(vec![
             format!("q = {v}, scale {}, zero point {}", q.scale, q.zero_point),
             format!("rule: {}", self.rule()),
@@ -231,5 +234,22 @@ mod tests {
         assert!(bad
             .plan(&ctx(Flow::ConvertFx), &[x.meta()], Some(&out))
             .is_err());
+    }
+    #[test]
+    fn trace_shows_the_code_and_rejects_an_element_past_the_end() {
+        let x = Value::Quantized(QTensor::new(vec![3], vec![0, 150, 255], 0.05, 100));
+        let out = OutQParams {
+            scale: 0.05,
+            zero_point: 100,
+            quant_min: 0,
+            quant_max: 255,
+        };
+        let plan = Clamp::RELU6
+            .plan(&ctx(Flow::ConvertFx), &[x.meta()], Some(&out))
+            .unwrap();
+        let t = plan.trace(&[&x], 0, 1).unwrap();
+        assert_eq!(t[0], "q = 150, scale 0.05, zero point 100");
+        assert!(t[1].starts_with("rule: "), "{t:?}");
+        assert!(plan.trace(&[&x], 0, 3).is_err());
     }
 }

@@ -128,9 +128,12 @@ impl Plan for FakeQuantizePlan<'_> {
     }
 
     fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
-        let xs = inputs[0].f32s("input")?;
+        let x = *inputs[0]
+            .f32s("input")?
+            .get(i)
+            .ok_or_else(|| Error::shape("fake_quantize", format!("no element {i}")))?;
         let (s, z) = self.qparams(i);
-        Ok(vec![format!("x = {:e}, scale {s}, zero_point {z}", xs[i])])
+        Ok(vec![format!("x = {x:e}, scale {s}, zero_point {z}")])
     }
 }
 
@@ -316,7 +319,12 @@ mod tests {
         // PyTorch's fake quantization accepts quant_min == quant_max, not quant_min > quant_max.
         assert!(fused(3, 3).plan(&ctx, &[x.meta()], None).is_ok());
         assert!(fused(4, 3).plan(&ctx, &[x.meta()], None).is_err());
-        assert!(fits.plan(&ctx, &[x.meta()], None).is_ok());
+        let plan = fits.plan(&ctx, &[x.meta()], None).unwrap();
+        assert_eq!(
+            plan.trace(&[&x], 0, 5).unwrap(),
+            ["x = 5e-1, scale 0.1, zero_point 0"]
+        );
+        assert!(plan.trace(&[&x], 0, 6).is_err());
         for bad in [op(vec![0.1; 3], vec![0; 2]), op(vec![0.1; 2], vec![0; 3])] {
             let e = bad.plan(&ctx, &[x.meta()], None).err().unwrap();
             assert!(e.to_string().contains("channels"), "{e}");

@@ -326,6 +326,12 @@ impl Plan for AdaptivePlan {
 
     fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
         let q = input("adaptive_avg_pool2d", inputs[0], &self.in_dims)?;
+        if i >= self.out_dims.iter().product() {
+            return Err(Error::shape(
+                "adaptive_avg_pool2d",
+                format!("no output element {i} in {:?}", self.out_dims),
+            ));
+        }
         let j = self.source(i);
         let win = self.window(j);
         let codes: Vec<u8> = self.codes(q, &win).collect();
@@ -478,5 +484,21 @@ mod tests {
             same(&flat)
         )
         .is_err());
+    }
+    #[test]
+    fn trace_shows_the_window_and_rejects_an_element_past_the_end() {
+        let x = QTensor::new(vec![1, 2, 2, 2], vec![2, 2, 2, 4, 1, 1, 1, 3], 0.1, 1);
+        let op = AdaptiveAvgPool2d {
+            output_size: [1, 1],
+        };
+        let v = Value::Quantized(x.clone());
+        let c = ctx(Flow::ConvertFx, Engine::Fbgemm);
+        let plan = op.plan(&c, &[v.meta()], Some(&same(&x))).unwrap();
+        let t = plan.trace(&[&v], 0, 1).unwrap();
+        assert_eq!(
+            t[0],
+            "result 1 (n 0, c 1): rows 0..2, cols 0..2, codes [1, 1, 1, 3]"
+        );
+        assert!(plan.trace(&[&v], 0, 2).is_err());
     }
 }
