@@ -300,6 +300,24 @@ mod tests {
         let s = AtenLayout::Nhwc { scrambled: true };
         let got: Vec<usize> = (0..8).map(|i| s.source_index(i, [1, 2, 2, 2])).collect();
         assert_eq!(got, vec![0, 4, 1, 5, 2, 6, 3, 7]);
+        // Channels-last strides suggest channels-last except on N×1×1×1, whatever H·W's factors.
+        assert!(!suggests_channels_last(cl, [2, 1, 1, 1]));
+        assert!(suggests_channels_last(cl, [2, 1, 2, 2]));
+        assert!(suggests_channels_last(cl, [2, 1, 1, 3]));
+        assert!(suggests_channels_last(cl, [2, 3, 1, 1]));
+        assert!(!suggests_channels_last(nc, [2, 3, 4, 5]));
+        assert_eq!(
+            AtenLayout::of(cl, [2, 1, 1, 1]),
+            AtenLayout::Nhwc { scrambled: true }
+        );
+        let names = [
+            AtenLayout::Nchw,
+            AtenLayout::Nhwc { scrambled: false },
+            AtenLayout::Nhwc { scrambled: true },
+        ]
+        .map(AtenLayout::describe);
+        assert_eq!(&names[..2], ["ATen NCHW kernel", "ATen NHWC kernel"]);
+        assert!(names[2].starts_with("ATen NHWC kernel into an NCHW buffer"));
     }
     #[test]
     fn nchw_takes_four_non_empty_dims() {
