@@ -421,6 +421,21 @@ mod tests {
     }
 
     #[test]
+    fn eps_adds_to_the_variance_under_the_square_root() {
+        // var 3.75 + eps 0.25 = 4: the inverse standard deviation is 1/2, y = x/2.
+        let op = BatchNorm2d {
+            running_var: vec![3.75],
+            eps: 0.25,
+            ..bn(1)
+        };
+        let x = QTensor::new(vec![1, 1, 1, 4], vec![0, 10, 20, 40], 1.0, 0);
+        for flow in [Flow::ConvertFx, Flow::ConvertToReferenceFx] {
+            let c = ctx(flow, CpuFeatures::AVX512_VNNI);
+            assert_eq!(run(&op, c, &x, out(1.0, 0)).unwrap(), [0, 5, 10, 20], "{flow:?}");
+        }
+    }
+
+    #[test]
     fn trace_shows_the_channel_code_terms_and_result() {
         let op = BatchNorm2d {
             weight: vec![1.0, 2.0],
