@@ -199,7 +199,7 @@ pub fn check_case(case: &Case, opts: &CheckOptions) -> CaseResult {
 
 /// The diagnosis line of a case tagged `pins:<rule>` (docs/NUMERICS.md, golden/README.md): the
 /// rule on which this case's data make the rule and its nearest alternative disagree.
-fn pinned_rule(tag: &str) -> String {
+pub fn pinned_rule(tag: &str) -> String {
     let what = match tag {
         "R21-fbgemm-multiplier-division" => {
             "the FBGEMM multiplier divides, mult = f32(atws / f32(s_y)) \
@@ -243,6 +243,10 @@ fn pinned_rule(tag: &str) -> String {
             "quantize_per_tensor rounds the double scale to f32 before FBGEMM's reciprocal, \
              q = RNE(f32(x · f32(1/f32(scale)))) + zero point (nearest alternative: the \
              reciprocal of the double scale, f32(1/scale))"
+        }
+        "R7-histogram-threshold-f32" => {
+            "HistogramObserver's range search compares cSum[l] with f32(next_alpha · total) in f32 \
+             (nearest alternative: in double, where 1e-5 · total lies just above an integer)"
         }
         _ => "(a rule this build does not describe)",
     };

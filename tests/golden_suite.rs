@@ -349,6 +349,7 @@ fn every_pinning_golden_reproduces() {
         ("R4-fbgemm-small-scale", &["-default-"]),
         ("R4-fbgemm-symmetric-midpoint", &["-default-"]),
         ("R8-quantize-f32-scale-reciprocal", &["-default-"]),
+        ("R7-histogram-threshold-f32", &["-default-"]),
     ];
     let mut ids = Vec::new();
     for set in pins {
@@ -366,6 +367,11 @@ fn every_pinning_golden_reproduces() {
                     rules.iter().any(|(r, _)| r == rule),
                     "{}: {} pins {rule}, which this test does not list",
                     set.dir.display(),
+                    case.id
+                );
+                assert!(
+                    !qparity::check::pinned_rule(rule).contains("does not describe"),
+                    "{}: qparity check does not describe {rule}",
                     case.id
                 );
             }

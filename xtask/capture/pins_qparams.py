@@ -19,6 +19,14 @@ FMA) and f64 Python floats where the upstream code computes in double; PyTorch t
   a half-integer, on negative-heavy and positive-heavy ranges. With symmetric_quant the zero point
   is the range's midpoint, rounded to even (alternative: the anchor), told apart on ranges whose
   midpoint is a half-integer next to an odd anchor.
+- R7 (`HistogramObserver._non_linear_param_search`): the quantile tests `cSum[l] < next_alpha ·
+  total` compare a 0-dim f32 tensor with a Python float, so in f32 (alternative: in double).
+  They differ where `next_alpha · total` is a double just above an integer `c` that rounds to
+  `c` in f32 while `cSum[l] == c`: the first step's `1e-5 · c·10⁵` does for c = 3, 6, 7 (the
+  double nearest 1e-5 is above it by a relative 8.2e-17, more than half an ulp of c there), so a
+  batch of c·10⁵ values whose minimum occurs c times makes the double search step past the
+  minimum's bin while the f32 one stays. The search itself is emulated (both comparisons) and
+  checked against PyTorch's own.
 """
 
 import numpy as np
@@ -143,9 +151,10 @@ def r2_minmax_case(rng, tag, k):
     return _observer_case(O.MinMaxObserver, kw, x, (found, mx, qmin, qmax, eps), alt)
 
 
-def _observer_case(cls, kw, x, r2_args, alt):
+def _observer_case(cls, kw, x, r2_args, alt, alt_args=None):
     """The `observer` case of one batch x through cls(**kw), with the summary of PyTorch's qparams
-    against R2 and its alternative on r2_args = (min, max, qmin, qmax, eps)."""
+    against R2 and its alternative on r2_args = (min, max, qmin, qmax, eps), or against R2 on
+    alt_args where an earlier step has the alternative."""
     obs = cls(**kw)
     obs(torch.from_numpy(x))
     scale, zp = obs.calculate_qparams()
@@ -155,7 +164,8 @@ def _observer_case(cls, kw, x, r2_args, alt):
         expected["histogram"] = tensor(obs.histogram)
     args = {"observer": describe_observer(cls, kw, obs), "batches": [tensor(x)]}
     got = (float(scale[0]), int(zp[0]))
-    rule, other = r2_affine(*r2_args), r2_affine(*r2_args, alt)
+    rule = r2_affine(*r2_args)
+    other = r2_affine(*alt_args) if alt_args else r2_affine(*r2_args, alt)
     return "observer", args, expected, (int(got == rule), int(got == other), 1)
 
 
@@ -273,6 +283,76 @@ def r4_fused_case(rng, tag, k):
     return "fused_moving_avg_obs_fake_quant", args, {"steps": steps}, (int(got == rule), alt_ok, 1)
 
 
+# ---------------------------------------------------------------------------------------------
+# R7, HistogramObserver's range search
+
+R7_SIZES = [3, 6, 7]  # c: batches of c·10⁵ values, the minimum c times
+
+
+def r7_search(obs, compare_f64):
+    """(min, max) of `_non_linear_param_search` on obs's histogram, its quantile tests in f32 (the
+    rule: `cSum[l]` is an f32 tensor element, the threshold a Python float rounded to f32) or in
+    double (the alternative). The error term is PyTorch's own `_compute_quantization_error`."""
+    csum = torch.cumsum(obs.histogram, dim=0)
+    c = csum.double().tolist() if compare_f64 else csum.tolist()
+    total = torch.sum(obs.histogram).item()
+
+    def below(i, t):
+        return c[i] < (t if compare_f64 else float(F(t)))
+
+    def above(i, t):
+        return c[i] > (t if compare_f64 else float(F(t)))
+
+    alpha, beta, lo, hi, best = 0.0, 1.0, 0, obs.bins - 1, float("inf")
+    while alpha < beta:
+        na, nb = alpha + 1e-5, beta - 1e-5
+        l, r = lo, hi
+        while l < hi and below(l, na * total):
+            l += 1
+        while r > lo and above(r, nb * total):
+            r -= 1
+        new_lo, new_hi = lo, hi
+        if l - lo > hi - r:
+            new_lo, alpha = l, na
+        else:
+            new_hi, beta = r, nb
+        if (new_lo, new_hi) == (lo, hi):
+            continue
+        norm = obs._compute_quantization_error(new_lo, new_hi)
+        if norm > best:
+            break
+        best, lo, hi = norm, new_lo, new_hi
+    width = (obs.max_val - obs.min_val) / obs.bins
+    return F((obs.min_val + width * lo).item()), F((obs.min_val + width * (hi + 1)).item())
+
+
+def r7_threshold_case(rng, tag, k):
+    """A HistogramObserver case of c·10⁵ values (sorted, so that the stored tensor compresses):
+    the minimum c times, far below the rest, which is a few values with random counts."""
+    c = R7_SIZES[k % len(R7_SIZES)]
+    dtype = R2_RANGES[k % 2][0]
+    kw = {"dtype": dtype, "qscheme": torch.per_tensor_affine, "reduce_range": bool(k % 4 >= 2)}
+    n = c * 100_000
+    while True:
+        m = int(rng.integers(3, 8))
+        vals = np.sort(rng.normal(0.0, float(rng.uniform(0.5, 2.0)), m).astype(F))
+        low = F(vals[0] - F(rng.uniform(0.5, 4.0)))
+        w = rng.uniform(0.05, 1.0, m)
+        counts = np.floor(w / w.sum() * (n - c)).astype(np.int64)
+        counts[int(np.argmax(counts))] += n - c - int(counts.sum())
+        x = np.concatenate([np.full(c, low, dtype=F), np.repeat(vals, counts)]).astype(F)
+        obs = O.HistogramObserver(**kw)
+        obs(torch.from_numpy(x))
+        theirs = tuple(F(v.item()) for v in obs._non_linear_param_search())
+        rule, alt = r7_search(obs, False), r7_search(obs, True)
+        if rule != theirs:
+            raise AssertionError(f"R7 emulation {rule} differs from PyTorch's search {theirs}")
+        if rule != alt:
+            break
+    q = (obs.quant_min, obs.quant_max, float(obs.eps.item()))
+    return _observer_case(O.HistogramObserver, kw, x, (*rule, *q), None, (*alt, *q))
+
+
 # (tag, builder(rng, tag, k) -> (op, args, expected, (rule matches, alternatives matched, n)))
 QPARAM_RULES = [
     ("R2-observer-zero-point-rne", r2_minmax_case),
@@ -282,4 +362,5 @@ QPARAM_RULES = [
     ("R4-fbgemm-zero-point-anchor", r4_fused_case),
     ("R4-fbgemm-small-scale", r4_fused_case),
     ("R4-fbgemm-symmetric-midpoint", r4_fused_case),
+    ("R7-histogram-threshold-f32", r7_threshold_case),
 ]
