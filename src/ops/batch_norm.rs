@@ -431,7 +431,11 @@ mod tests {
         let x = QTensor::new(vec![1, 1, 1, 4], vec![0, 10, 20, 40], 1.0, 0);
         for flow in [Flow::ConvertFx, Flow::ConvertToReferenceFx] {
             let c = ctx(flow, CpuFeatures::AVX512_VNNI);
-            assert_eq!(run(&op, c, &x, out(1.0, 0)).unwrap(), [0, 5, 10, 20], "{flow:?}");
+            assert_eq!(
+                run(&op, c, &x, out(1.0, 0)).unwrap(),
+                [0, 5, 10, 20],
+                "{flow:?}"
+            );
         }
     }
 

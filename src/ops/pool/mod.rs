@@ -333,4 +333,35 @@ mod tests {
             assert!(e.contains("4-D"), "{s:?}: {e}");
         }
     }
+    #[test]
+    fn input_must_be_the_planned_shape_with_its_values() {
+        let v = |shape: Vec<usize>, n: usize| {
+            super::super::Value::Quantized(QTensor::new(shape, vec![0; n], 1.0, 0))
+        };
+        assert!(input("p", &v(vec![1, 1, 2, 2], 4), &[1, 1, 2, 2]).is_ok());
+        assert!(input("p", &v(vec![1, 1, 2, 2], 3), &[1, 1, 2, 2]).is_err());
+        assert!(input("p", &v(vec![1, 2, 2, 1], 4), &[1, 1, 2, 2]).is_err());
+    }
+
+    #[test]
+    fn the_quantize_rule_names_the_flow_qparams_and_clamp() {
+        let out = OutQParams {
+            scale: 0.5,
+            zero_point: 3,
+            quant_min: 0,
+            quant_max: 127,
+        };
+        for (flow, clamp) in [
+            (Flow::ConvertToReferenceFx, "0..255"),
+            (Flow::ConvertToReferenceDecomposedFx, "0..127"),
+        ] {
+            assert_eq!(
+                quantize_rule(flow, &out),
+                format!(
+                    "{} quantize (scale 0.5, zero point 3), clamp {clamp}",
+                    flow.name()
+                )
+            );
+        }
+    }
 }
