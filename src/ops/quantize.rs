@@ -636,7 +636,9 @@ mod tests {
 
     #[test]
     fn the_aten_dtype_sets_the_clamp_and_the_path() {
-        let x = Value::Tensor(Tensor::f32(vec![3], vec![-200.0, 3.5, 200.0]));
+        // 3e9: qint32 takes the scalar path (clamped in double to i32::MAX), the 8-bit dtypes
+        // QuantizeAvx2 (capped at 2^31 − 128 before the zero point, then clamped).
+        let x = Value::Tensor(Tensor::f32(vec![4], vec![-200.0, 3.5, 200.0, 3e9]));
         let pt = |dtype| Quantize {
             family: Family::Aten,
             qparams: QParams::PerTensor {
@@ -647,9 +649,9 @@ mod tests {
             range: None,
         };
         for (dtype, want) in [
-            (QDType::Quint8, [0, 4, 200]),
-            (QDType::Qint8, [-128, 4, 127]),
-            (QDType::Qint32, [-200, 4, 200]),
+            (QDType::Quint8, [0, 4, 200, 255]),
+            (QDType::Qint8, [-128, 4, 127, 127]),
+            (QDType::Qint32, [-200, 4, 200, i32::MAX as i64]),
         ] {
             let o = run(&pt(dtype), Flow::ConvertFx, &x, None).unwrap();
             assert_eq!(ints(&o[0]), want, "{dtype:?}");
@@ -673,6 +675,33 @@ mod tests {
             None
         )
         .is_ok());
+    }
+
+    #[test]
+    fn per_channel_scales_keep_their_precision() {
+        // x = f32(1.35), scale 0.3: x · (1/0.3) in double is 4.5000000794… → 5; with the f32
+        // reciprocal of f32(0.3) the f32 product is below 4.5 → 4.
+        let x = Value::Tensor(Tensor::f32(vec![1], vec![1.35]));
+        let pc = |scales_f32| QParams::PerChannel {
+            scales: vec![0.3],
+            scales_f32,
+            zero_points: vec![0],
+            axis: 0,
+        };
+        for (family, scales_f32, want) in [
+            (Family::Decomposed, false, 5),
+            (Family::Decomposed, true, 4),
+            (Family::Aten, false, 4),
+        ] {
+            let op = Quantize {
+                family,
+                qparams: pc(scales_f32),
+                dtype: QDType::Quint8,
+                range: Some((0, 255)),
+            };
+            let o = run(&op, Flow::ConvertFx, &x, None).unwrap();
+            assert_eq!(ints(&o[0]), [want], "{} f32 scales {scales_f32}", op.name());
+        }
     }
 
     #[test]
