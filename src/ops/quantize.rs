@@ -705,6 +705,32 @@ mod tests {
     }
 
     #[test]
+    fn per_channel_dequantize_scales_keep_their_precision() {
+        // q = 3, scale 0.3: f32(3 · f32(0.3)) = 0.90000004, f32(3 · 0.3 in double) = 0.9.
+        let q = Value::Tensor(Tensor::int(DType::U8, vec![1], vec![3]));
+        let pc = |scales_f32| QParams::PerChannel {
+            scales: vec![0.3],
+            scales_f32,
+            zero_points: vec![0],
+            axis: 0,
+        };
+        let (low, high) = (0.9f32, 3.0f32 * 0.3f32);
+        assert!(low < high);
+        for (family, scales_f32, want) in [
+            (Family::Decomposed, false, low),
+            (Family::Decomposed, true, high),
+            (Family::Aten, false, low),
+        ] {
+            let op = Dequantize {
+                family,
+                qparams: pc(scales_f32),
+            };
+            let o = run(&op, Flow::ConvertFx, &q, None).unwrap().remove(0);
+            assert_eq!(o.values, Predicted::Floats(vec![want]), "{}", op.name());
+        }
+    }
+
+    #[test]
     fn bad_qparams_and_inputs_are_errors() {
         let x = Value::Tensor(Tensor::f32(vec![2, 3, 2], vec![0.0; 12]));
         let q = |qparams, range| Quantize {
