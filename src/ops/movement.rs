@@ -539,5 +539,14 @@ mod tests {
             ..x.clone()
         });
         assert!(p.predict(&[&short]).is_err());
+        // Fewer values than the plan moves, in a tensor consistent with its own shape; and a
+        // tensor whose values do not fill its shape.
+        let other = Value::Quantized(QTensor::new(vec![5], x.data[..5].to_vec(), 1.0, 0));
+        assert!(p.predict(&[&other]).is_err());
+        let long = Value::Quantized(QTensor {
+            data: [&x.data[..], &[0]].concat(),
+            ..x.clone()
+        });
+        assert!(p.predict(&[&long]).is_err());
     }
 }
