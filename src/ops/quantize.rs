@@ -457,21 +457,6 @@ impl super::QuantizeOp for FlowQuantizePlan {
         (self.flow != Flow::ConvertToReferenceDecomposedFx)
             .then(|| (aten::inv32(self.out.scale), self.out.zero_point as i32))
     }
-
-    fn quantize_all(&self, x: &[f32], out: &mut [u8]) -> bool {
-        if x.len() != out.len() {
-            return false;
-        }
-        let (lo, hi) = self.clamp;
-        let (s, z) = (self.out.scale, self.out.zero_point);
-        let mut ok = true;
-        for (o, &v) in out.iter_mut().zip(x) {
-            let c = self.flow.quantize(v, s, z, lo, hi).unwrap_or(-1);
-            ok &= (0..=255).contains(&c);
-            *o = c as u8;
-        }
-        ok
-    }
 }
 
 /// The dequantize node at the end of a converted graph.
