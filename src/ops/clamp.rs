@@ -195,6 +195,16 @@ mod tests {
         }
     }
 
+    /// The output qparams of the relu6 tests: the input's (scale 0.05, zero point 100).
+    fn relu6_out() -> OutQParams {
+        OutQParams {
+            scale: 0.05,
+            zero_point: 100,
+            quant_min: 0,
+            quant_max: 255,
+        }
+    }
+
     /// The op is named as PyTorch's graph names it: `relu6` for `hardtanh(x, 0, 6)`, else
     /// `hardtanh`.
     #[test]
@@ -211,12 +221,7 @@ mod tests {
     fn relu6_clamps_to_the_quantized_bounds() {
         // scale 0.05, zero point 100: 0.0 -> 100, 6.0 -> 100 + 120 = 220.
         let x = Value::Quantized(QTensor::new(vec![5], vec![0, 99, 150, 220, 255], 0.05, 100));
-        let out = OutQParams {
-            scale: 0.05,
-            zero_point: 100,
-            quant_min: 0,
-            quant_max: 255,
-        };
+        let out = relu6_out();
         let plan = Clamp::RELU6
             .plan(&ctx(Flow::ConvertFx), &[x.meta()], Some(&out))
             .unwrap();
@@ -235,15 +240,11 @@ mod tests {
             .plan(&ctx(Flow::ConvertFx), &[x.meta()], Some(&out))
             .is_err());
     }
+
     #[test]
     fn trace_shows_the_code_and_rejects_an_element_past_the_end() {
         let x = Value::Quantized(QTensor::new(vec![3], vec![0, 150, 255], 0.05, 100));
-        let out = OutQParams {
-            scale: 0.05,
-            zero_point: 100,
-            quant_min: 0,
-            quant_max: 255,
-        };
+        let out = relu6_out();
         let plan = Clamp::RELU6
             .plan(&ctx(Flow::ConvertFx), &[x.meta()], Some(&out))
             .unwrap();
