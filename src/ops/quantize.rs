@@ -925,6 +925,28 @@ mod tests {
             let short = Value::Tensor(Tensor::f32(vec![3], vec![0.0; 3]));
             assert!(plan.predict(&[&short]).is_err());
         }
+        // The lowered convert_fx node (the backend's): QuantizeAvx2 with f32(1/scale) and zp.
+        let plan = FlowQuantize
+            .plan(&ctx(Flow::ConvertFx), &[x.meta()], Some(&out))
+            .unwrap();
+        let Some(crate::ops::Lowered::Quantize(q)) = plan.lowered() else {
+            panic!("convert_fx's quantize node is not lowered");
+        };
+        assert_eq!(q.shape(), [4]);
+        assert_eq!(q.avx2_rule(), Some((2.0, 2)));
+        assert_eq!(q.quantize(5.5), Some(13));
+        let mut codes = [0u8; 3];
+        assert!(q.quantize_all(&[-3.0, 5.5, 200.0], &mut codes));
+        assert_eq!(codes, [0, 13, 255]);
+        assert!(!q.quantize_all(&[1.0], &mut codes));
+        let decomposed = FlowQuantize
+            .plan(
+                &ctx(Flow::ConvertToReferenceDecomposedFx),
+                &[x.meta()],
+                Some(&out),
+            )
+            .unwrap();
+        assert!(decomposed.lowered().is_none());
         assert!(FlowQuantize
             .plan(&ctx(Flow::ConvertFx), &[x.meta()], None)
             .is_err());
