@@ -268,10 +268,7 @@ impl Plan for BatchNormPlan {
 
     fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
         let q = super::pool::input(OP, inputs[0], &self.dims)?;
-        let code = *q
-            .data
-            .get(i)
-            .ok_or_else(|| Error::shape(OP, format!("no element {i}")))?;
+        let code = super::element_at(OP, &q.data, i)?;
         let [_, c, h, w] = self.dims;
         let ch = (i / (h * w)) % c;
         let (a, b) = self.terms[ch];

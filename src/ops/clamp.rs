@@ -166,14 +166,11 @@ impl Plan for ClampPlan {
 
     fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
         let q = inputs[0].quantized("input")?;
-        let codes = if self.memory_order {
-            q.memory_order()
+        let v = if self.memory_order {
+            super::element_at(self.op.name(), &q.memory_order(), i)?
         } else {
-            q.data.clone()
+            super::element_at(self.op.name(), &q.data, i)?
         };
-        let v = *codes
-            .get(i)
-            .ok_or_else(|| Error::shape(self.op.name(), format!("no element {i}")))?;
         Ok(vec![
             format!("q = {v}, scale {}, zero point {}", q.scale, q.zero_point),
             format!("rule: {}", self.rule()),

@@ -128,10 +128,7 @@ impl Plan for FakeQuantizePlan<'_> {
     }
 
     fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
-        let x = *inputs[0]
-            .f32s("input")?
-            .get(i)
-            .ok_or_else(|| Error::shape("fake_quantize", format!("no element {i}")))?;
+        let x = super::element_at("fake_quantize", inputs[0].f32s("input")?, i)?;
         let (s, z) = self.qparams(i);
         Ok(vec![format!("x = {x:e}, scale {s}, zero_point {z}")])
     }

@@ -512,6 +512,13 @@ pub(crate) fn expect_out<'a>(op: &str, out: Option<&'a OutQParams>) -> Result<&'
 /// The reference flows' tail of an op whose float result is exact: `int_repr` (the flow's quantize
 /// node with the output qparams, clamped to the flow's range) and `pre_quant` (the floats, each a
 /// single-value range).
+/// `xs[i]`, or a shape error naming the missing element (a trace of an element past the end).
+pub(crate) fn element_at<T: Copy>(op: &str, xs: &[T], i: usize) -> Result<T> {
+    xs.get(i)
+        .copied()
+        .ok_or_else(|| Error::shape(op, format!("no element {i} of {}", xs.len())))
+}
+
 /// An optional per-element float function of a binary op's inputs.
 pub(crate) type BinaryFloat<'a> = Option<&'a dyn Fn(&QTensor, &QTensor, usize) -> f32>;
 

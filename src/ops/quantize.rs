@@ -115,13 +115,6 @@ impl ChannelOf {
     }
 }
 
-/// `xs[i]`, or an error naming the missing element (traces of an element past the end).
-fn element<T: Copy>(what: &str, xs: &[T], i: usize) -> Result<T> {
-    xs.get(i)
-        .copied()
-        .ok_or_else(|| Error::shape(what, format!("no element {i} of {}", xs.len())))
-}
-
 /// Checks that an input holds the planned shape's element count.
 fn check_len(what: &str, len: usize, shape: &[usize]) -> Result<()> {
     let n: usize = shape.iter().product();
@@ -249,7 +242,7 @@ impl Plan for QuantizePlan<'_> {
     }
 
     fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
-        let x = element(self.op.name(), inputs[0].f32s("input")?, i)?;
+        let x = super::element_at(self.op.name(), inputs[0].f32s("input")?, i)?;
         let (s, zp) = self.op.qparams.at(self.channel.of(i));
         Ok(vec![
             format!("x = {x:e}, scale {s}, zero_point {zp}"),
@@ -347,7 +340,7 @@ impl Plan for DequantizePlan<'_> {
     }
 
     fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
-        let q = element(self.op.name(), &inputs[0].ints("input")?, i)?;
+        let q = super::element_at(self.op.name(), &inputs[0].ints("input")?, i)?;
         Ok(vec![format!("q = {q}"), format!("rule: {}", self.rule())])
     }
 }
@@ -426,7 +419,7 @@ impl Plan for FlowQuantizePlan {
     }
 
     fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
-        let x = element("quantize", inputs[0].f32s("input")?, i)?;
+        let x = super::element_at("quantize", inputs[0].f32s("input")?, i)?;
         Ok(vec![
             format!(
                 "x = {x:e}, scale {}, zero_point {}",
@@ -519,7 +512,7 @@ impl Plan for FlowDequantizePlan {
 
     fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
         let q = inputs[0].quantized("input")?;
-        let code = element("dequantize", &q.data, i)?;
+        let code = super::element_at("dequantize", &q.data, i)?;
         Ok(vec![
             format!("q = {code}, scale {}, zero_point {}", q.scale, q.zero_point),
             format!("rule: {}", self.rule()),
