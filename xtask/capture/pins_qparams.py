@@ -293,8 +293,7 @@ def r7_search(obs, compare_f64):
     """(min, max) of `_non_linear_param_search` on obs's histogram, its quantile tests in f32 (the
     rule: `cSum[l]` is an f32 tensor element, the threshold a Python float rounded to f32) or in
     double (the alternative). The error term is PyTorch's own `_compute_quantization_error`."""
-    csum = torch.cumsum(obs.histogram, dim=0)
-    c = csum.double().tolist() if compare_f64 else csum.tolist()
+    c = torch.cumsum(obs.histogram, dim=0).tolist()  # f32 values, exact as Python floats
     total = torch.sum(obs.histogram).item()
 
     def below(i, t):
