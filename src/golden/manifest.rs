@@ -40,13 +40,17 @@ pub struct Manifest {
     /// Provenance and whether the set can be regenerated.
     #[serde(default)]
     pub note: Option<String>,
-    /// Which capture plan drew the cases: `core` (primitives and small models, the default) or
-    /// `ops` (ops on quantized tensors under every engine).
+    /// Which capture plan drew the cases: `core` (primitives and small models, the default),
+    /// `ops` (ops on quantized tensors under every engine), `graphs` (torchvision models) or
+    /// `pins` (cases on which a numerics rule and its nearest alternative differ).
     #[serde(default)]
     pub suite: Option<String>,
     /// The `--cases` the set was captured with (for the ops suite: cases per op).
     #[serde(default)]
     pub plan_cases: Option<usize>,
+    /// The pins suite's rule filter (`--rules`); absent: every rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<Vec<String>>,
     #[serde(default)]
     pub seed: Option<u64>,
     pub cases: usize,

@@ -259,6 +259,39 @@ mod tests {
     }
 
     #[test]
+    fn ceil_log2_is_atens() {
+        // `CeilLog2`: 1 up to 2, then the bit length of `x - 1`.
+        let cases = [
+            (0, 1),
+            (1, 1),
+            (2, 1),
+            (3, 2),
+            (4, 2),
+            (5, 3),
+            (1 << 20, 20),
+        ];
+        for (x, want) in cases {
+            assert_eq!(ceil_log2(x), want, "x = {x}");
+        }
+        assert_eq!(ceil_log2((1 << 23) + 1), 24);
+        assert_eq!(ceil_log2(1 << 23), 23);
+    }
+
+    #[test]
+    fn long_rows_add_in_wider_chunks() {
+        // 2^20 rows: level_power = max(4, 20 / 4) = 5, chunks of 32. The first chunk starts at 1
+        // and loses its 31 half ulps; every later chunk is 32 of them, exact, and so is every
+        // carry (multiples of 2^-19 below 2). Chunks of 16 would lose only 15.
+        let n = 1usize << 20;
+        let tiny = 2f32.powi(-24);
+        let load = |i: usize| if i == 0 { 1.0 } else { tiny };
+        assert_eq!(multi_row_sum(n, load), 1.0 + (n - 32) as f32 * tiny);
+        // Just below 2^19 + 1 rows the chunks are 16 wide.
+        let m = 1usize << 19;
+        assert_eq!(multi_row_sum(m, load), 1.0 + (m - 16) as f32 * tiny);
+    }
+
+    #[test]
     fn outer_blocks_of_32_use_the_plain_cascade() {
         // 40 channels: channels 0..32 are summed by multi_row_sum, 32..40 by row_sum.
         let tiny = 2f32.powi(-24);

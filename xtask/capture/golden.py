@@ -117,13 +117,20 @@ def build_graphs_plan(n_cases):
     return [(i, s, 0) for i, s in enumerate(slots[:n_cases])]
 
 
-def build_pins_plan(n_per_rule):
-    """The `pins` suite: n_per_rule cases of every rule in pins.RULES, cycling through its engine /
-    ISA combinations. A case's data depends only on (seed, rule, k)."""
+def build_pins_plan(n_per_rule, rules=()):
+    """The `pins` suite: n_per_rule cases of every rule in pins.RULES (or only of the tags in
+    `rules`), cycling through its engine / ISA combinations. A case's data depends only on
+    (seed, rule, k), so a filtered plan draws the same cases as the full one."""
     from pins import RULES
 
+    unknown = sorted(set(rules) - {tag for tag, _ in RULES})
+    if unknown:
+        known = ", ".join(tag for tag, _ in RULES)
+        sys.exit(f"unknown pin rule(s) {', '.join(unknown)}; the rules are: {known}")
     plan = []
     for i, (rule, combos) in enumerate(RULES):
+        if rules and rule not in rules:
+            continue
         key = int.from_bytes(hashlib.sha256(rule.encode()).digest()[:4], "big") << 16
         for k in range(n_per_rule):
             engine, isa = combos[k % len(combos)]
@@ -131,11 +138,19 @@ def build_pins_plan(n_per_rule):
     return plan
 
 
-def _plan(suite, n_cases):
+def _rules(args):
+    """The `--rules` filter of the pins suite as a list of tags (empty: every rule)."""
+    rules = [r for r in args.rules.split(",") if r]
+    if rules and args.suite != "pins":
+        sys.exit("--rules filters the pins suite only")
+    return rules
+
+
+def _plan(suite, n_cases, rules=()):
     if suite == "graphs":
         return build_graphs_plan(n_cases)
     if suite == "pins":
-        return build_pins_plan(n_cases)
+        return build_pins_plan(n_cases, rules)
     return build_ops_plan(n_cases) if suite == "ops" else build_plan(n_cases)
 
 
@@ -192,7 +207,7 @@ def cmd_run(args):
     if args.registry:
         check_registry(args.registry)
     version = torch.__version__.split("+")[0]
-    plan = _plan(args.suite, args.cases)
+    plan = _plan(args.suite, args.cases, _rules(args))
     print(f"PLAN {len(plan)}", flush=True)
     cases_dir = os.path.join(args.out, "cases")
     os.makedirs(cases_dir, exist_ok=True)
@@ -313,6 +328,7 @@ def cmd_manifest(args):
         "generator": GENERATOR,
         "suite": args.suite,
         "plan_cases": args.plan_cases,
+        **({"rules": _rules(args)} if _rules(args) else {}),
         "seed": args.seed,
         "cases": len(files),
         "counts": dict(sorted(counts.items())),
@@ -334,18 +350,21 @@ def main():
     r.add_argument("--cases", type=int, required=True)
     r.add_argument("--isa", choices=ISAS, required=True)
     r.add_argument("--suite", choices=("core", "ops", "graphs", "pins"), default="core")
+    r.add_argument("--rules", default="", help="pins suite: comma-separated rule tags (default: all)")
     r.add_argument("--registry", default="")
     m = sub.add_parser("manifest")
     m.add_argument("--out", required=True)
     m.add_argument("--seed", type=int, required=True)
     m.add_argument("--emulator", default="")
     m.add_argument("--suite", choices=("core", "ops", "graphs", "pins"), default="core")
+    m.add_argument("--rules", default="", help="pins suite: comma-separated rule tags (default: all)")
     m.add_argument("--plan-cases", type=int, required=True)
     sub.add_parser("cpu")
     sub.add_parser("self-test")
     p = sub.add_parser("plan")
     p.add_argument("--cases", type=int, required=True)
     p.add_argument("--suite", choices=("core", "ops", "graphs", "pins"), default="core")
+    p.add_argument("--rules", default="", help="pins suite: comma-separated rule tags (default: all)")
     args = ap.parse_args()
     if args.cmd == "run":
         cmd_run(args)
@@ -359,7 +378,7 @@ def main():
         print("SELFTEST " + json.dumps(self_test()))
     else:
         counts = {isa: 0 for isa in ISAS}
-        for _, slot, _ in _plan(args.suite, args.cases):
+        for _, slot, _ in _plan(args.suite, args.cases, _rules(args)):
             counts[_slot_isa(slot)] += 1
         for isa, n in counts.items():
             print(f"ISA {isa} {n}")

@@ -92,6 +92,11 @@ pub struct Args {
     /// which a numerics rule and its nearest alternative differ, `xtask/capture/pins.py`).
     #[arg(long, value_parser = ["core", "ops", "graphs", "pins"], default_value = "core")]
     suite: String,
+    /// With `--suite pins`: capture only these rules (comma-separated tags such as
+    /// `R21-fbgemm-multiplier-division`); a rule's cases are the same as in the full plan. The
+    /// manifest records the list, so `--check` regenerates the same cases.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["check", "compare"])]
+    rules: Vec<String>,
     /// Allow writing into a non-empty directory that is not a previous golden output
     /// (its existing `cases/*.json` and `MANIFEST.json` are replaced).
     #[arg(long)]
@@ -123,6 +128,9 @@ pub fn run(args: Args) -> Result<()> {
         None => DEFAULT_CASES,
     };
     let seed = args.seed.unwrap_or(0);
+    if !args.rules.is_empty() && args.suite != "pins" {
+        bail!("--rules filters the pins suite only (add --suite pins)");
+    }
     let python = ensure_venv(&root)?;
     let runner = match &args.emulate {
         Some(name) => {
@@ -146,7 +154,15 @@ pub fn run(args: Args) -> Result<()> {
             .map(|e| format!(" under {e}"))
             .unwrap_or_default()
     );
-    capture(&runner, &script, &out, &args.suite, seed, cases)?;
+    capture(
+        &runner,
+        &script,
+        &out,
+        &args.suite,
+        &args.rules,
+        seed,
+        cases,
+    )?;
     eprintln!(
         "wrote the cases and MANIFEST.json to {} in {:.1}s",
         out.display(),
@@ -559,9 +575,11 @@ fn capture(
     script: &Path,
     out: &Path,
     suite: &str,
+    rules: &[String],
     seed: u64,
     cases: usize,
 ) -> Result<()> {
+    let rules = rules.join(",");
     let tty = std::io::stderr().is_terminal();
     let bar = if tty {
         let b = ProgressBar::new(cases as u64);
@@ -592,6 +610,8 @@ fn capture(
             .arg(suite)
             .arg("--registry")
             .arg(registry())
+            .arg("--rules")
+            .arg(&rules)
             .stdout(Stdio::piped());
         if let Some(v) = fbgemm_isa {
             cmd.env("FBGEMM_ENABLE_INSTRUCTIONS", v);
@@ -646,6 +666,8 @@ fn capture(
         .arg(suite)
         .arg("--plan-cases")
         .arg(cases.to_string())
+        .arg("--rules")
+        .arg(&rules)
         .stdout(Stdio::null());
     let status = runner
         .spawn(&mut cmd)?
@@ -793,6 +815,7 @@ fn check(root: &Path, script: &Path, emulated: bool) -> Result<()> {
             script,
             tmp.path(),
             suite,
+            m.rules.as_deref().unwrap_or_default(),
             seed,
             m.plan_cases.unwrap_or(m.cases),
         )?;
