@@ -292,6 +292,26 @@ mod tests {
     }
 
     #[test]
+    fn chunks_carry_up_through_the_levels() {
+        // 1, then one half ulp at the start of every later 16-value chunk. Chunks 1..15 join
+        // level 1, which holds 1: each half ulp is lost. Level 1 carries to level 2 every 16
+        // chunks and level 2 to level 3 every 256, so every later half ulp meets other half ulps
+        // first and survives: 1 + (M − 16)·tiny for M chunks (M even keeps every sum exact).
+        // Carrying at other moments (or never) loses another number of them.
+        let tiny = 2f32.powi(-24);
+        for chunks in [18usize, 256, 300, 4098] {
+            let n = 16 * chunks;
+            let load = |i: usize| match i {
+                0 => 1.0,
+                _ if i % 16 == 0 => tiny,
+                _ => 0.0,
+            };
+            let want = 1.0 + (chunks - 16) as f32 * tiny;
+            assert_eq!(multi_row_sum(n, load), want, "{chunks} chunks");
+        }
+    }
+
+    #[test]
     fn outer_blocks_of_32_use_the_plain_cascade() {
         // 40 channels: channels 0..32 are summed by multi_row_sum, 32..40 by row_sum.
         let tiny = 2f32.powi(-24);
