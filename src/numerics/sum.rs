@@ -320,6 +320,18 @@ mod tests {
     }
 
     #[test]
+    fn short_contiguous_rows_take_row_sum() {
+        // H·W = 7 < 8 contiguous values per output, 4 outputs: scalar_inner_sum, row_sum each.
+        // Partial 0 gathers the leftovers (tiny + tiny), partial 3 holds the 1: 1 + 2·tiny. The
+        // plain cascade (left to right) loses both.
+        let tiny = 2f32.powi(-24);
+        let row = [tiny, 0.0, 0.0, 1.0, tiny, 0.0, 0.0];
+        assert_eq!(row.iter().fold(0.0f32, |a, &b| a + b), 1.0);
+        let t: Vec<f32> = row.iter().copied().cycle().take(4 * 7).collect();
+        assert_eq!(sum_hw(&t, [1, 4, 7, 1], false), [1.0 + 2.0 * tiny; 4]);
+    }
+
+    #[test]
     fn outer_blocks_of_32_use_the_plain_cascade() {
         // 40 channels: channels 0..32 are summed by multi_row_sum, 32..40 by row_sum.
         let tiny = 2f32.powi(-24);
