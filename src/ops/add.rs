@@ -780,6 +780,40 @@ mod tests {
     }
 
     #[test]
+    fn output_range_may_be_a_single_code() {
+        // quant_min == quant_max is a valid (degenerate) range; quant_min > quant_max is not.
+        let single = OutQParams {
+            quant_min: 7,
+            quant_max: 7,
+            ..out(0.5, 7)
+        };
+        assert_eq!(checked_out("add", Some(&single)).unwrap(), single);
+        let reversed = OutQParams {
+            quant_min: 8,
+            quant_max: 7,
+            ..single
+        };
+        let e = checked_out("add", Some(&reversed)).unwrap_err();
+        assert!(e.to_string().contains("quant_min exceeds quant_max"), "{e}");
+    }
+
+    #[test]
+    fn relu_keeps_a_negative_zero_product() {
+        // 0 · (−0.5) = −0.0: relu replaces values below zero only, so the sign bit stays.
+        let a = QTensor::new(vec![1], vec![3], 0.5, 3);
+        let b = QTensor::new(vec![1], vec![2], 0.5, 3);
+        for flow in [
+            Flow::ConvertToReferenceFx,
+            Flow::ConvertToReferenceDecomposedFx,
+        ] {
+            let c = float_binary_value(flow, true, (3, &a), (2, &b), '*');
+            assert_eq!(c.to_bits(), (-0.0f32).to_bits(), "{flow:?}");
+            let c = float_binary_value(flow, true, (3, &a), (2, &b), '+');
+            assert_eq!(c.to_bits(), 0.0f32.to_bits(), "{flow:?}");
+        }
+    }
+
+    #[test]
     fn reference_flows_add_in_float_and_broadcast_both_ways() {
         let a = q(vec![2, 1], vec![10, 20], 0.5, 0);
         let b = q(vec![3], vec![0, 1, 2], 0.25, 1);

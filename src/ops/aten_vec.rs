@@ -606,6 +606,18 @@ mod tests {
         assert_eq!(nc(&[2, 1, 4, 5]), NC);
         assert_eq!(suggest_memory_format(&[3, 4], &[4, 1]), NC);
         assert!(alloc_strides(&[3, 4], CL).is_err());
+        // C = 1 channels-last strides [H·W, 1, W, 1] still say channels-last.
+        assert_eq!(cl(&[2, 1, 4, 5]), CL);
+        // A broadcast channel dim (stride 0), an empty dim, strides and shape of other lengths.
+        assert_eq!(suggest_memory_format(&[2, 1, 4, 5], &[20, 0, 5, 1]), NC);
+        assert_eq!(suggest_memory_format(&[2, 0, 4, 5], &[0, 1, 0, 0]), NC);
+        assert_eq!(suggest_memory_format(&[2, 3, 4, 5], &[60, 1, 15]), NC);
+        assert_eq!(suggest_memory_format(&[2, 3, 4], &[12, 4, 1, 1]), NC);
+        // C fastest but H faster than W: not channels-last.
+        assert_eq!(suggest_memory_format(&[2, 3, 4, 5], &[60, 1, 3, 12]), NC);
+        // c10's 1C1W permutation: [1, H, 1, C] at [HC, 1, H, H] is not channels-last (the
+        // running minimum grows by each dim's size).
+        assert_eq!(suggest_memory_format(&[1, 4, 1, 3], &[12, 1, 4, 4]), NC);
     }
 
     #[test]
