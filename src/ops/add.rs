@@ -811,6 +811,18 @@ mod tests {
             let c = float_binary_value(flow, true, (3, &a), (2, &b), '+');
             assert_eq!(c.to_bits(), 0.0f32.to_bits(), "{flow:?}");
         }
+        // The reference flows' rule names the float op, relu's sign rule and the clamp.
+        let o = OutQParams {
+            quant_max: 127,
+            ..out(0.5, 0)
+        };
+        let r = float_binary_rule(Flow::ConvertToReferenceDecomposedFx, &o, true, '*');
+        let op = r.get("float op").unwrap();
+        assert!(op.contains("dequantize(a) * dequantize(b)") && op.contains("−0.0 stays"));
+        assert!(r.get("quantize").unwrap().ends_with("clamp 0..127"));
+        let r = float_binary_rule(Flow::ConvertToReferenceFx, &o, false, '+');
+        assert!(!r.get("float op").unwrap().contains("relu"));
+        assert!(r.get("quantize").unwrap().ends_with("clamp 0..255"));
     }
 
     #[test]
