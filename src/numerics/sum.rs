@@ -311,7 +311,7 @@ mod tests {
             let n = 16 * chunks;
             let load = |i: usize| match i {
                 0 => 1.0,
-                _ if i % 16 == 0 => tiny,
+                _ if i.is_multiple_of(16) => tiny,
                 _ => 0.0,
             };
             let want = 1.0 + (chunks - 16) as f32 * tiny;
