@@ -300,6 +300,7 @@ def cmd_manifest(args):
 
     from rng import GENERATOR
 
+    rules = _rules(args)
     cases_dir = os.path.join(args.out, "cases")
     files = {}
     counts = {}
@@ -328,7 +329,7 @@ def cmd_manifest(args):
         "generator": GENERATOR,
         "suite": args.suite,
         "plan_cases": args.plan_cases,
-        **({"rules": _rules(args)} if _rules(args) else {}),
+        **({"rules": rules} if rules else {}),
         "seed": args.seed,
         "cases": len(files),
         "counts": dict(sorted(counts.items())),
@@ -350,21 +351,20 @@ def main():
     r.add_argument("--cases", type=int, required=True)
     r.add_argument("--isa", choices=ISAS, required=True)
     r.add_argument("--suite", choices=("core", "ops", "graphs", "pins"), default="core")
-    r.add_argument("--rules", default="", help="pins suite: comma-separated rule tags (default: all)")
     r.add_argument("--registry", default="")
     m = sub.add_parser("manifest")
     m.add_argument("--out", required=True)
     m.add_argument("--seed", type=int, required=True)
     m.add_argument("--emulator", default="")
     m.add_argument("--suite", choices=("core", "ops", "graphs", "pins"), default="core")
-    m.add_argument("--rules", default="", help="pins suite: comma-separated rule tags (default: all)")
     m.add_argument("--plan-cases", type=int, required=True)
     sub.add_parser("cpu")
     sub.add_parser("self-test")
     p = sub.add_parser("plan")
     p.add_argument("--cases", type=int, required=True)
     p.add_argument("--suite", choices=("core", "ops", "graphs", "pins"), default="core")
-    p.add_argument("--rules", default="", help="pins suite: comma-separated rule tags (default: all)")
+    for sp in (r, m, p):
+        sp.add_argument("--rules", default="", help="pins suite: comma-separated rule tags (default: all)")
     args = ap.parse_args()
     if args.cmd == "run":
         cmd_run(args)
