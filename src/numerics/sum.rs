@@ -244,20 +244,15 @@ mod tests {
         assert_eq!(row_sum(x.len(), |i| x[i]), 1.0 + 12.0 * tiny);
         // The channels-last layout sums each channel over positions: with C = 3 (< 8 lanes)
         // the scalar outer path takes row_sum per channel, as contiguous H·W < 8 rows do.
+        // `channels(c)`: c channels (NCHW order) each holding the 17 values.
+        let channels = |c: usize| -> Vec<f32> { x.iter().copied().cycle().take(c * 17).collect() };
         let shape = [1, 3, 17, 1];
-        let mut t = vec![0.0f32; 3 * 17];
-        for c in 0..3 {
-            t[c * 17..(c + 1) * 17].copy_from_slice(&x);
-        }
+        let t = channels(3);
         let cl = sum_hw(&t, shape, true);
         assert_eq!(cl, vec![1.0 + 12.0 * tiny; 3]);
         // C = 5 (< 8 lanes, so not the vectorized outer path): channels in whole groups of 4
         // take the plain cascade, which loses all 16 half ulps; channel 4 takes row_sum.
-        let mut t5 = vec![0.0f32; 5 * 17];
-        for c in 0..5 {
-            t5[c * 17..(c + 1) * 17].copy_from_slice(&x);
-        }
-        let cl5 = sum_hw(&t5, [1, 5, 17, 1], true);
+        let cl5 = sum_hw(&channels(5), [1, 5, 17, 1], true);
         assert_eq!(cl5, [1.0, 1.0, 1.0, 1.0, 1.0 + 12.0 * tiny]);
         // Contiguous rows of 17 ≥ 8 values take the 8-lane inner path: lane 0 holds 1 + tiny
         // (= 1), lanes 1..7 hold 2·tiny each; the leftover (tiny) comes first, is lost when lane 0
