@@ -143,6 +143,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         None => Runner::native(&python),
     };
+    let created = !out.exists();
     prepare_out_dir(&out, args.force)?;
     eprintln!(
         "capturing {cases} cases (seed {seed}) into {} with {}{}",
@@ -154,7 +155,7 @@ pub fn run(args: Args) -> Result<()> {
             .map(|e| format!(" under {e}"))
             .unwrap_or_default()
     );
-    capture(
+    let captured = capture(
         &runner,
         &script,
         &out,
@@ -162,13 +163,31 @@ pub fn run(args: Args) -> Result<()> {
         &args.rules,
         seed,
         cases,
-    )?;
+    );
+    if captured.is_err() && created {
+        remove_empty_tree(&out);
+    }
+    captured?;
     eprintln!(
         "wrote the cases and MANIFEST.json to {} in {:.1}s",
         out.display(),
         start.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Remove `dir` and its subfolders if no file is left in them (a capture that failed before
+/// writing anything, e.g. on an unknown `--rules` tag); a folder holding any file stays as is.
+fn remove_empty_tree(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_empty_tree(&e.path());
+            }
+        }
+    }
+    // Fails, and so keeps the folder, when something is left in it.
+    let _ = fs::remove_dir(dir);
 }
 
 fn workspace_root() -> Result<PathBuf> {
@@ -934,6 +953,21 @@ mod tests {
         assert!(!prev.path().join("cases/a.json").exists());
         assert!(!prev.path().join("MANIFEST.json").exists());
         assert!(prev.path().join("README.md").exists());
+    }
+
+    #[test]
+    fn a_failed_capture_removes_only_empty_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        fs::create_dir_all(out.join("cases/deep")).unwrap();
+        remove_empty_tree(&out);
+        assert!(!out.exists());
+
+        fs::create_dir_all(out.join("cases/deep")).unwrap();
+        fs::write(out.join("cases/a.json"), "{}").unwrap();
+        remove_empty_tree(&out);
+        assert!(out.join("cases/a.json").exists());
+        assert!(!out.join("cases/deep").exists());
     }
 
     #[test]
