@@ -723,10 +723,7 @@ impl<A: Activation> Plan for ActivationPlan<'_, A> {
         if output != 0 {
             return Ok(vec![format!("rule: {}", self.rule())]);
         }
-        let v = *q
-            .data
-            .get(i)
-            .ok_or_else(|| Error::invalid(self.op.name(), format!("no element {i}")))?;
+        let v = super::element_at(self.op.name(), &q.data, i)?;
         let (scale, zp) = self.in_qparams;
         let s = scale as f32;
         let mut lines = vec![format!("q = {v}, input scale {scale}, zero point {zp}")];

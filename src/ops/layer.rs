@@ -689,6 +689,14 @@ fn requant_rule(rq: &Requant, relu: bool, order_unknown: bool) -> String {
     }
 }
 
+/// A layer plan's one input, quantized.
+fn layer_input<'v>(inputs: &[&'v Value]) -> Result<&'v QTensor> {
+    inputs
+        .first()
+        .ok_or_else(|| Error::invalid("layer", "no input"))?
+        .quantized("layer input")
+}
+
 impl Plan for IntegerPlan {
     fn rule(&self) -> Rule {
         let l = &self.layer;
@@ -712,23 +720,14 @@ impl Plan for IntegerPlan {
     }
 
     fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
-        let input = inputs
-            .first()
-            .ok_or_else(|| Error::invalid("layer", "no input"))?
-            .quantized("layer input")?;
+        let input = layer_input(inputs)?;
         Ok(vec![self.layer.predict(input, None)?])
     }
 
     fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
-        let input = inputs
-            .first()
-            .ok_or_else(|| Error::invalid("layer", "no input"))?
-            .quantized("layer input")?;
+        let input = layer_input(inputs)?;
         let l = &self.layer;
-        let acc = *l
-            .accumulators(input, None)?
-            .get(i)
-            .ok_or_else(|| Error::invalid("trace", format!("no output element {i}")))?;
+        let acc = super::element_at("trace", &l.accumulators(input, None)?, i)?;
         let exact = l.geometry.int_acc(
             input,
             &l.weight,
@@ -841,10 +840,7 @@ impl Plan for FloatPlan<'_> {
     /// Two outputs: `pre_quant`, the interval every evaluation order of the f32 op can give
     /// (what the flow's quantize node receives), and `int_repr`, quantized from its ends.
     fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
-        let input = inputs
-            .first()
-            .ok_or_else(|| Error::invalid("layer", "no input"))?
-            .quantized("layer input")?;
+        let input = layer_input(inputs)?;
         let ranges: Vec<(f32, f32)> = self
             .float_out(input)?
             .iter()
@@ -872,14 +868,8 @@ impl Plan for FloatPlan<'_> {
     }
 
     fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
-        let input = inputs
-            .first()
-            .ok_or_else(|| Error::invalid("layer", "no input"))?
-            .quantized("layer input")?;
-        let y = *self
-            .float_out(input)?
-            .get(i)
-            .ok_or_else(|| Error::invalid("trace", format!("no output element {i}")))?;
+        let input = layer_input(inputs)?;
+        let y = super::element_at("trace", &self.float_out(input)?, i)?;
         let v = if self.layer.relu {
             y.value.max(0.0)
         } else {

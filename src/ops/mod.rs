@@ -509,9 +509,6 @@ pub(crate) fn expect_out<'a>(op: &str, out: Option<&'a OutQParams>) -> Result<&'
     out.ok_or_else(|| Error::invalid(op, "needs output qparams"))
 }
 
-/// The reference flows' tail of an op whose float result is exact: `int_repr` (the flow's quantize
-/// node with the output qparams, clamped to the flow's range) and `pre_quant` (the floats, each a
-/// single-value range).
 /// `xs[i]`, or a shape error naming the missing element (a trace of an element past the end).
 pub(crate) fn element_at<T: Copy>(op: &str, xs: &[T], i: usize) -> Result<T> {
     xs.get(i)
@@ -522,6 +519,9 @@ pub(crate) fn element_at<T: Copy>(op: &str, xs: &[T], i: usize) -> Result<T> {
 /// An optional per-element float function of a binary op's inputs.
 pub(crate) type BinaryFloat<'a> = Option<&'a dyn Fn(&QTensor, &QTensor, usize) -> f32>;
 
+/// The reference flows' tail of an op whose float result is exact: `int_repr` (the flow's quantize
+/// node with the output qparams, clamped to the flow's range) and `pre_quant` (the floats, each a
+/// single-value range).
 pub(crate) fn exact_float_then_quantize(
     op: &str,
     flow: crate::engine::flow::Flow,

@@ -525,10 +525,7 @@ impl Plan for ScalarPlan {
         if output != 0 {
             return Ok(vec![rule]);
         }
-        let &code = q
-            .data
-            .get(i)
-            .ok_or_else(|| Error::invalid(op, format!("no element {i}")))?;
+        let code = super::element_at(op, &q.data, i)?;
         let e = self.element(code, true);
         let mut lines: Vec<String> = e.steps.iter().map(|(l, t)| format!("{l}: {t}")).collect();
         lines.push(rule);
