@@ -486,6 +486,49 @@ mod tests {
         .is_err());
     }
     #[test]
+    fn reference_flows_divide_once_in_channels_last_vector_channels() {
+        // A 3×3 window summing to 5: f32(5/9) and f32(f32(5/3)/3) differ in the last bit. ATen's
+        // channels-last kernel divides once in its first C/8·8 channels and twice in the rest;
+        // the NCHW kernel divides twice everywhere.
+        let (once, twice) = (5.0f32 / 9.0, 5.0f32 / 3.0 / 3.0);
+        assert_ne!(once, twice);
+        // 1×9×3×6 → 1×9×1×2: each channel's left window holds five ones, its right one zeros.
+        let (c, h, w) = (9, 3, 6);
+        let mut data = vec![0u8; c * h * w];
+        for ch in 0..c {
+            for k in 0..5 {
+                data[(ch * h + k / 3) * w + k % 3] = 1;
+            }
+        }
+        let mut x = QTensor::new(vec![1, c, h, w], data, 1.0, 0);
+        let pre_quant = |x: &QTensor| -> Vec<f32> {
+            let op = AdaptiveAvgPool2d {
+                output_size: [1, 2],
+            };
+            let v = Value::Quantized(x.clone());
+            let c = ctx(Flow::ConvertToReferenceFx, Engine::X86);
+            let plan = op.plan(&c, &[v.meta()], Some(&same(x))).unwrap();
+            let outs = plan.predict(&[&v]).unwrap();
+            let o = outs.iter().find(|o| o.name == "pre_quant").unwrap();
+            let crate::ops::Predicted::Ranges(r) = &o.values else {
+                panic!("pre_quant holds {:?}", o.values);
+            };
+            r.iter()
+                .step_by(2)
+                .map(|&(lo, hi)| {
+                    assert_eq!(lo, hi);
+                    lo
+                })
+                .collect()
+        };
+        assert_eq!(pre_quant(&x), vec![twice; 9]);
+        x.memory_format = MemoryFormat::ChannelsLast;
+        let mut want = vec![once; 8];
+        want.push(twice);
+        assert_eq!(pre_quant(&x), want);
+    }
+
+    #[test]
     fn trace_shows_the_window_and_rejects_an_element_past_the_end() {
         let x = QTensor::new(vec![1, 2, 2, 2], vec![2, 2, 2, 4, 1, 1, 1, 3], 0.1, 1);
         let op = AdaptiveAvgPool2d {
