@@ -583,6 +583,39 @@ mod tests {
     }
 
     #[test]
+    fn lanes_count_the_output_elements() {
+        let s: &[usize] = &[1, 2, 3, 3];
+        let l = lanes((s, NC), &[(s, NC), (s, NC)]);
+        assert_eq!((l.len(), l.is_empty()), (18, false));
+        let e: &[usize] = &[1, 0, 3, 3];
+        let l = lanes((e, NC), &[(e, NC), (e, NC)]);
+        assert_eq!((l.len(), l.is_empty()), (0, true));
+        assert_eq!(l.describe(), "empty output");
+    }
+
+    #[test]
+    fn vector_add_dequantizes_adds_and_quantizes() {
+        // qa = 6 at scale 0.5 is 3, qb = 8 at scale 0.25 is 2: c = 5, code 3 + 5·2 = 13.
+        let mut v = VectorAdd {
+            a: Dequant::new(0.5, 0),
+            b: Dequant::new(0.25, 0),
+            relu: false,
+            inv: 2.0,
+            zero_point: 3,
+        };
+        assert_eq!(v.apply(6, 8), 13);
+        // With zero points 10 and 4: 0.5·(0 − 10) + 0.25·(0 − 4) = −6 → 3 − 12 saturates to 0;
+        // under ReLU c = max(−6, 0) = 0 → 3.
+        v.a = Dequant::new(0.5, 10);
+        v.b = Dequant::new(0.25, 4);
+        assert_eq!(v.apply(0, 0), 0);
+        v.relu = true;
+        assert_eq!(v.apply(0, 0), 3);
+        // Above 255 saturates.
+        assert_eq!(v.apply(255, 255), 255);
+    }
+
+    #[test]
     fn mixed_layouts_are_all_scalar() {
         let s: &[usize] = &[1, 16, 9, 9];
         let l = lanes((s, CL), &[(s, CL), (s, NC)]);
@@ -681,5 +714,8 @@ mod tests {
         // 2^31 and beyond: cvtps2dq gives INT32_MIN (→ 0), lrintf saturates (→ 255).
         assert_eq!(requantize_vec(65025, 40000.0, 3), 0);
         assert_eq!(requantize_val(65025, 40000.0, 3), 255);
+        // Beyond the int64 range lrintf gives INT64_MIN (→ 0), not a saturated INT64_MAX.
+        assert_eq!(requantize_val(i32::MAX, 1e10, 3), 0);
+        assert_eq!(requantize_val(i32::MIN, 1e10, 3), 0);
     }
 }

@@ -435,6 +435,24 @@ mod tests {
     }
 
     #[test]
+    fn qnnpack_takes_every_divisible_size_but_the_identity() {
+        // Windows of codes 2, 3 with zp 1: QNNPACK gives 1 + RNE((5 − 2)/2 = 1.5) = 3, ATen's
+        // NCHW kernel RNE(5/2) = 2 (raw codes). A kernel of 1×8 or 8×1 (size times output size,
+        // not size over output size) would scale by 1/8: 1 + RNE(0.375) = 1.
+        let qnnpack = ctx(Flow::ConvertFx, Engine::Qnnpack);
+        // Only W is pooled (H equals its output size), then only H; two channels, so that ATen
+        // would take its NCHW kernel.
+        let codes = [2, 3, 2, 3].repeat(2);
+        let row = QTensor::new(vec![1, 2, 1, 4], codes.clone(), 0.1, 1);
+        assert_eq!(run([1, 2], qnnpack, &row, same(&row)).unwrap(), [3; 4]);
+        let col = QTensor::new(vec![1, 2, 4, 1], codes, 0.1, 1);
+        assert_eq!(run([2, 1], qnnpack, &col, same(&col)).unwrap(), [3; 4]);
+        // Another engine takes ATen's NCHW kernel on the same input.
+        let fbgemm = ctx(Flow::ConvertFx, Engine::Fbgemm);
+        assert_eq!(run([1, 2], fbgemm, &row, same(&row)).unwrap(), [2; 4]);
+    }
+
+    #[test]
     fn windows_overlap_and_outputs_may_grow() {
         // 1×1×1×3 row [0, 10, 30] to width 2: windows [0, 2) and [1, 3): 5 and 20.
         let x = QTensor::new(vec![1, 1, 1, 3], vec![0, 10, 30], 1.0, 0);
