@@ -453,6 +453,22 @@ mod tests {
     }
 
     #[test]
+    fn quantized_kernels_bound_windows_in_f32_the_float_op_in_integers() {
+        // Width 3001 → 6001, output 5999: f32(5999·3001)/6001 rounds up to 3000, so the
+        // quantized kernels average [3000, 3001) alone; the float op's integer bounds take
+        // [2999, 3001). With a single 4 at 3000, torch 2.15.0 gives code 4 and float 2.0 there.
+        let mut data = vec![0u8; 2 * 3001];
+        data[3000] = 4;
+        let x = QTensor::new(vec![1, 2, 1, 3001], data, 1.0, 0);
+        let fx = ctx(Flow::ConvertFx, Engine::Fbgemm);
+        let got = run([1, 6001], fx, &x, same(&x)).unwrap();
+        assert_eq!(got[5997..6001], [0, 0, 4, 4]);
+        let reference = ctx(Flow::ConvertToReferenceFx, Engine::Fbgemm);
+        let got = run([1, 6001], reference, &x, same(&x)).unwrap();
+        assert_eq!(got[5997..6001], [0, 0, 2, 4]);
+    }
+
+    #[test]
     fn windows_overlap_and_outputs_may_grow() {
         // 1×1×1×3 row [0, 10, 30] to width 2: windows [0, 2) and [1, 3): 5 and 20.
         let x = QTensor::new(vec![1, 1, 1, 3], vec![0, 10, 30], 1.0, 0);
