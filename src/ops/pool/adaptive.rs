@@ -526,8 +526,8 @@ mod tests {
         // the NCHW kernel divides twice everywhere.
         let (once, twice) = (5.0f32 / 9.0, 5.0f32 / 3.0 / 3.0);
         assert_ne!(once, twice);
-        // 1×9×3×6 → 1×9×1×2: each channel's left window holds five ones, its right one zeros.
-        let (c, h, w) = (9, 3, 6);
+        // 1×17×3×6 → 1×17×1×2: each channel's left window holds five ones, its right one zeros.
+        let (c, h, w) = (17, 3, 6);
         let mut data = vec![0u8; c * h * w];
         for ch in 0..c {
             for k in 0..5 {
@@ -555,9 +555,9 @@ mod tests {
                 })
                 .collect()
         };
-        assert_eq!(pre_quant(&x), vec![twice; 9]);
+        assert_eq!(pre_quant(&x), vec![twice; 17]);
         x.memory_format = MemoryFormat::ChannelsLast;
-        let mut want = vec![once; 8];
+        let mut want = vec![once; 16];
         want.push(twice);
         assert_eq!(pre_quant(&x), want);
     }
@@ -577,5 +577,19 @@ mod tests {
             "result 1 (n 0, c 1): rows 0..2, cols 0..2, codes [1, 1, 1, 3]"
         );
         assert!(plan.trace(&[&v], 0, 2).is_err());
+        // The reference flows' prediction: (1 + 1 + 1 + 3 − 4·1)·0.1/4 = 0.05 → 1 + RNE(0.5) = 1.
+        let c = ctx(Flow::ConvertToReferenceFx, Engine::Fbgemm);
+        let plan = op.plan(&c, &[v.meta()], Some(&same(&x))).unwrap();
+        let t = plan.trace(&[&v], 0, 1).unwrap();
+        assert_eq!(t[1], "prediction Exact(1)");
+    }
+
+    #[test]
+    fn reference_flows_average_each_image_and_channel() {
+        // 2×2×2×2 codes 8b + 4c + 2y + x, pooled to 1×2: column means 8b + 4c + x + 1.
+        let x = QTensor::new(vec![2, 2, 2, 2], (0..16).collect(), 1.0, 0);
+        let reference = ctx(Flow::ConvertToReferenceFx, Engine::Fbgemm);
+        let got = run([1, 2], reference, &x, same(&x)).unwrap();
+        assert_eq!(got, [1, 2, 5, 6, 9, 10, 13, 14]);
     }
 }
