@@ -591,5 +591,14 @@ mod tests {
         let reference = ctx(Flow::ConvertToReferenceFx, Engine::Fbgemm);
         let got = run([1, 2], reference, &x, same(&x)).unwrap();
         assert_eq!(got, [1, 2, 5, 6, 9, 10, 13, 14]);
+        // The rule names the window sum, and ATen's cascade mean for a 1×1 output.
+        let v = Value::Quantized(x.clone());
+        let rule = |size| {
+            let op = AdaptiveAvgPool2d { output_size: size };
+            let plan = op.plan(&reference, &[v.meta()], Some(&same(&x))).unwrap();
+            plan.rule().to_string()
+        };
+        assert!(rule([1, 2]).contains("f32 window sum (rows outer), then"));
+        assert!(rule([1, 1]).contains("cascade sum"));
     }
 }
