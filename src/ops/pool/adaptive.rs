@@ -469,6 +469,30 @@ mod tests {
     }
 
     #[test]
+    fn windows_of_one_size_share_a_finish_class() {
+        let class = |shape: Vec<usize>, size: [usize; 2], at: &[(usize, usize)]| -> Vec<u64> {
+            let n = shape.iter().product();
+            let x = QTensor::new(shape, vec![0; n], 1.0, 0);
+            let op = AdaptiveAvgPool2d { output_size: size };
+            let v = Value::Quantized(x.clone());
+            let c = ctx(Flow::ConvertFx, Engine::Fbgemm);
+            let plan = op.plan(&c, &[v.meta()], Some(&same(&x))).unwrap();
+            let Some(crate::ops::Lowered::Window(w)) = plan.lowered() else {
+                panic!("not a window op");
+            };
+            at.iter()
+                .map(|&(oy, ox)| w.finish_class(oy, ox).unwrap())
+                .collect()
+        };
+        // 4×6 → 2×3: every window is 2×2, one class.
+        let k = class(vec![1, 2, 4, 6], [2, 3], &[(0, 0), (0, 2), (1, 1), (1, 2)]);
+        assert!(k.iter().all(|&c| c == k[0]), "{k:?}");
+        // Width 5 → 3: windows [0, 2), [1, 4), [3, 5) of 2, 3 and 2 columns.
+        let k = class(vec![1, 2, 1, 5], [1, 3], &[(0, 0), (0, 1), (0, 2)]);
+        assert!(k[0] == k[2] && k[0] != k[1], "{k:?}");
+    }
+
+    #[test]
     fn windows_overlap_and_outputs_may_grow() {
         // 1×1×1×3 row [0, 10, 30] to width 2: windows [0, 2) and [1, 3): 5 and 20.
         let x = QTensor::new(vec![1, 1, 1, 3], vec![0, 10, 30], 1.0, 0);
