@@ -615,6 +615,9 @@ mod tests {
         let reference = ctx(Flow::ConvertToReferenceFx, Engine::Fbgemm);
         let got = run([1, 2], reference, &x, same(&x)).unwrap();
         assert_eq!(got, [1, 2, 5, 6, 9, 10, 13, 14]);
+        // 2×2 → 2×2: windows of one element, the second row's and column's starting at 1.
+        let got = run([2, 2], reference, &x, same(&x)).unwrap();
+        assert_eq!(got, (0..16).collect::<Vec<i64>>());
         // The rule names the window sum, and ATen's cascade mean for a 1×1 output.
         let v = Value::Quantized(x.clone());
         let rule = |size| {
