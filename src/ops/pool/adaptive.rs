@@ -396,6 +396,19 @@ mod tests {
     use super::super::{same_qparams as same, test_ctx as ctx};
     use super::*;
 
+    /// `f` of the plan of a pool of `x` to `size` that keeps `x`'s qparams, and `x` as a value.
+    fn with_plan<R>(
+        size: [usize; 2],
+        c: Ctx,
+        x: &QTensor,
+        f: impl FnOnce(&dyn Plan, &Value) -> R,
+    ) -> R {
+        let op = AdaptiveAvgPool2d { output_size: size };
+        let v = Value::Quantized(x.clone());
+        let plan = op.plan(&c, &[v.meta()], Some(&same(x))).unwrap();
+        f(plan.as_ref(), &v)
+    }
+
     fn run(size: [usize; 2], c: Ctx, x: &QTensor, out: OutQParams) -> Result<Vec<i64>> {
         let op = AdaptiveAvgPool2d { output_size: size };
         let v = Value::Quantized(x.clone());
@@ -473,16 +486,14 @@ mod tests {
         let class = |shape: Vec<usize>, size: [usize; 2], at: &[(usize, usize)]| -> Vec<u64> {
             let n = shape.iter().product();
             let x = QTensor::new(shape, vec![0; n], 1.0, 0);
-            let op = AdaptiveAvgPool2d { output_size: size };
-            let v = Value::Quantized(x.clone());
-            let c = ctx(Flow::ConvertFx, Engine::Fbgemm);
-            let plan = op.plan(&c, &[v.meta()], Some(&same(&x))).unwrap();
-            let Some(crate::ops::Lowered::Window(w)) = plan.lowered() else {
-                panic!("not a window op");
-            };
-            at.iter()
-                .map(|&(oy, ox)| w.finish_class(oy, ox).unwrap())
-                .collect()
+            with_plan(size, ctx(Flow::ConvertFx, Engine::Fbgemm), &x, |plan, _| {
+                let Some(crate::ops::Lowered::Window(w)) = plan.lowered() else {
+                    panic!("not a window op");
+                };
+                at.iter()
+                    .map(|&(oy, ox)| w.finish_class(oy, ox).unwrap())
+                    .collect()
+            })
         };
         // 4×6 → 2×3: every window is 2×2, one class.
         let k = class(vec![1, 2, 4, 6], [2, 3], &[(0, 0), (0, 2), (1, 1), (1, 2)]);
@@ -559,14 +570,9 @@ mod tests {
             }
         }
         let mut x = QTensor::new(vec![1, c, h, w], data, 1.0, 0);
+        let reference = ctx(Flow::ConvertToReferenceFx, Engine::X86);
         let pre_quant = |x: &QTensor| -> Vec<f32> {
-            let op = AdaptiveAvgPool2d {
-                output_size: [1, 2],
-            };
-            let v = Value::Quantized(x.clone());
-            let c = ctx(Flow::ConvertToReferenceFx, Engine::X86);
-            let plan = op.plan(&c, &[v.meta()], Some(&same(x))).unwrap();
-            let outs = plan.predict(&[&v]).unwrap();
+            let outs = with_plan([1, 2], reference, x, |plan, v| plan.predict(&[v]).unwrap());
             let o = outs.iter().find(|o| o.name == "pre_quant").unwrap();
             let crate::ops::Predicted::Ranges(r) = &o.values else {
                 panic!("pre_quant holds {:?}", o.values);
@@ -589,22 +595,20 @@ mod tests {
     #[test]
     fn trace_shows_the_window_and_rejects_an_element_past_the_end() {
         let x = QTensor::new(vec![1, 2, 2, 2], vec![2, 2, 2, 4, 1, 1, 1, 3], 0.1, 1);
-        let op = AdaptiveAvgPool2d {
-            output_size: [1, 1],
-        };
-        let v = Value::Quantized(x.clone());
-        let c = ctx(Flow::ConvertFx, Engine::Fbgemm);
-        let plan = op.plan(&c, &[v.meta()], Some(&same(&x))).unwrap();
-        let t = plan.trace(&[&v], 0, 1).unwrap();
+        let fx = ctx(Flow::ConvertFx, Engine::Fbgemm);
+        let (t, past_end) = with_plan([1, 1], fx, &x, |plan, v| {
+            (plan.trace(&[v], 0, 1).unwrap(), plan.trace(&[v], 0, 2))
+        });
         assert_eq!(
             t[0],
             "result 1 (n 0, c 1): rows 0..2, cols 0..2, codes [1, 1, 1, 3]"
         );
-        assert!(plan.trace(&[&v], 0, 2).is_err());
+        assert!(past_end.is_err());
         // The reference flows' prediction: (1 + 1 + 1 + 3 − 4·1)·0.1/4 = 0.05 → 1 + RNE(0.5) = 1.
-        let c = ctx(Flow::ConvertToReferenceFx, Engine::Fbgemm);
-        let plan = op.plan(&c, &[v.meta()], Some(&same(&x))).unwrap();
-        let t = plan.trace(&[&v], 0, 1).unwrap();
+        let reference = ctx(Flow::ConvertToReferenceFx, Engine::Fbgemm);
+        let t = with_plan([1, 1], reference, &x, |plan, v| {
+            plan.trace(&[v], 0, 1).unwrap()
+        });
         assert_eq!(t[1], "prediction Exact(1)");
     }
 
@@ -619,12 +623,7 @@ mod tests {
         let got = run([2, 2], reference, &x, same(&x)).unwrap();
         assert_eq!(got, (0..16).collect::<Vec<i64>>());
         // The rule names the window sum, and ATen's cascade mean for a 1×1 output.
-        let v = Value::Quantized(x.clone());
-        let rule = |size| {
-            let op = AdaptiveAvgPool2d { output_size: size };
-            let plan = op.plan(&reference, &[v.meta()], Some(&same(&x))).unwrap();
-            plan.rule().to_string()
-        };
+        let rule = |size| with_plan(size, reference, &x, |plan, _| plan.rule().to_string());
         assert!(rule([1, 2]).contains("f32 window sum (rows outer), then"));
         assert!(rule([1, 1]).contains("cascade sum"));
     }
