@@ -689,14 +689,6 @@ fn requant_rule(rq: &Requant, relu: bool, order_unknown: bool) -> String {
     }
 }
 
-/// A layer plan's one input, quantized.
-fn layer_input<'v>(inputs: &[&'v Value]) -> Result<&'v QTensor> {
-    inputs
-        .first()
-        .ok_or_else(|| Error::invalid("layer", "no input"))?
-        .quantized("layer input")
-}
-
 impl Plan for IntegerPlan {
     fn rule(&self) -> Rule {
         let l = &self.layer;
@@ -720,12 +712,12 @@ impl Plan for IntegerPlan {
     }
 
     fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
-        let input = layer_input(inputs)?;
+        let input = super::one_input("layer input", inputs)?;
         Ok(vec![self.layer.predict(input, None)?])
     }
 
     fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
-        let input = layer_input(inputs)?;
+        let input = super::one_input("layer input", inputs)?;
         let l = &self.layer;
         let acc = super::element_at("trace", &l.accumulators(input, None)?, i)?;
         let exact = l.geometry.int_acc(
@@ -840,7 +832,7 @@ impl Plan for FloatPlan<'_> {
     /// Two outputs: `pre_quant`, the interval every evaluation order of the f32 op can give
     /// (what the flow's quantize node receives), and `int_repr`, quantized from its ends.
     fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
-        let input = layer_input(inputs)?;
+        let input = super::one_input("layer input", inputs)?;
         let ranges: Vec<(f32, f32)> = self
             .float_out(input)?
             .iter()
@@ -868,7 +860,7 @@ impl Plan for FloatPlan<'_> {
     }
 
     fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
-        let input = layer_input(inputs)?;
+        let input = super::one_input("layer input", inputs)?;
         let y = super::element_at("trace", &self.float_out(input)?, i)?;
         let v = if self.layer.relu {
             y.value.max(0.0)

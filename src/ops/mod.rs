@@ -504,6 +504,17 @@ pub(crate) fn expect_inputs<'a, 'b>(
     Ok(inputs)
 }
 
+/// The single quantized input of a predict / trace call.
+pub(crate) fn one_input<'v>(op: &str, inputs: &[&'v Value]) -> Result<&'v QTensor> {
+    match inputs {
+        [v] => v.quantized(op),
+        _ => Err(Error::invalid(
+            op,
+            format!("takes 1 input, got {}", inputs.len()),
+        )),
+    }
+}
+
 /// The output qparams of a quantized op, or an error.
 pub(crate) fn expect_out<'a>(op: &str, out: Option<&'a OutQParams>) -> Result<&'a OutQParams> {
     out.ok_or_else(|| Error::invalid(op, "needs output qparams"))

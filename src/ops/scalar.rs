@@ -262,17 +262,6 @@ impl Op for ScalarOp {
     }
 }
 
-/// The single quantized input of a predict / trace call.
-fn one_input<'v>(op: &str, inputs: &[&'v Value]) -> Result<&'v super::QTensor> {
-    match inputs {
-        [v] => v.quantized(op),
-        _ => Err(Error::invalid(
-            op,
-            format!("takes 1 input, got {}", inputs.len()),
-        )),
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 enum Path {
     Integer(Kernel),
@@ -475,7 +464,7 @@ impl Plan for ScalarPlan {
 
     fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
         let op = self.op.op_name();
-        let q = one_input(op, inputs)?;
+        let q = super::one_input(op, inputs)?;
         if q.shape != self.shape || (q.scale, q.zero_point) != self.input {
             return Err(Error::shape(
                 op,
@@ -520,7 +509,7 @@ impl Plan for ScalarPlan {
 
     fn trace(&self, inputs: &[&Value], output: usize, i: usize) -> Result<Vec<String>> {
         let op = self.op.op_name();
-        let q = one_input(op, inputs)?;
+        let q = super::one_input(op, inputs)?;
         let rule = format!("rule: {}", self.rule());
         if output != 0 {
             return Ok(vec![rule]);
