@@ -1,10 +1,14 @@
 //! `adaptive_avg_pool2d` on a quantized tensor (`nn.AdaptiveAvgPool2d`, `F.adaptive_avg_pool2d`;
 //! `output_size`), output qparams equal to the input's.
 //!
-//! Window of output `(oh, ow)`: rows `[⌊oh·H/OH⌋, ⌈(oh+1)·H/OH⌉)`, columns likewise (the quantized
-//! kernels compute the bounds in f32, the float kernels in integers; equal for these sizes,
-//! [`crate::geometry::adaptive_bounds_f32`]), `kh × kw` elements, never padded. The output may
-//! be larger than the input.
+//! Window of output `(oh, ow)`: rows `[⌊oh·H/OH⌋, ⌈(oh+1)·H/OH⌉)`, columns likewise, `kh × kw`
+//! elements, never padded. The output may be larger than the input. ATen's quantized kernels
+//! compute the bounds in f32 ([`crate::geometry::adaptive_bounds_f32`],
+//! `quantized/cpu/AdaptiveAveragePooling.cpp: start_index / end_index`); QNNPACK's kernel = stride
+//! and the float op's integer bounds are exact. The two differ once `o·H` passes 2²⁴: a window
+//! may then start or end one element off, and the last one may end past the axis, where ATen
+//! reads on by memory offset (the next row, channel or pixel; past the tensor, whatever follows
+//! it: such results are predicted as the range every code there allows).
 //!
 //! - ATen NCHW (`quantized/cpu/AdaptiveAveragePooling.cpp: adaptive_avg_pool_single_out_frame`):
 //!   the raw codes, no zero point: `q' = RNE(f32(f32(Σ q) · r))`, `r = f32(f32(1/kh)/kw)`; no
@@ -140,14 +144,22 @@ impl Window {
 }
 
 impl AdaptivePlan {
+    /// Whether some window's bounds end past its axis: ATen's f32 bounds can, once `o·in` passes
+    /// 2²⁴ (the last window of 5343 → 3489 ends at 5344).
+    fn overreaches(&self) -> bool {
+        let [_, _, oh, ow] = self.out_dims;
+        let [_, _, h, w] = self.in_dims;
+        let bounds = self.bounds();
+        [(oh, h), (ow, w)]
+            .into_iter()
+            .any(|(out, size)| (0..out).any(|o| bounds(o, out, size).1 > size))
+    }
+
     fn window(&self, j: usize) -> Window {
         let [_, c, oh, ow] = self.out_dims;
         let [_, _, h, w] = self.in_dims;
         let (x, y) = (j % ow, (j / ow) % oh);
-        let bounds = match self.path {
-            Path::Float { .. } => adaptive_bounds,
-            _ => adaptive_bounds_f32,
-        };
+        let bounds = self.bounds();
         Window {
             b: j / (ow * oh * c),
             c: (j / (ow * oh)) % c,
@@ -156,13 +168,36 @@ impl AdaptivePlan {
         }
     }
 
-    /// The window's values in order (rows outer).
-    fn codes<'q>(&self, q: &'q QTensor, win: &Window) -> impl Iterator<Item = u8> + 'q {
-        let [_, c, h, w] = self.in_dims;
-        let base = (win.b * c + win.c) * h;
-        let (cols, rows) = (win.cols, win.rows);
-        (rows.0..rows.1)
-            .flat_map(move |y| (cols.0..cols.1).map(move |x| q.data[(base + y) * w + x]))
+    /// How this path bounds a window along one axis: ATen's quantized kernels in f32, QNNPACK
+    /// (kernel = stride, sizes that divide) and the float op exactly.
+    fn bounds(&self) -> fn(usize, usize, usize) -> (usize, usize) {
+        match self.path {
+            Path::Aten(_) => adaptive_bounds_f32,
+            _ => adaptive_bounds,
+        }
+    }
+
+    /// The codes an integer kernel reads for this window (rows outer). ATen's kernels address
+    /// row `y`, column `x` of the window's plane by its memory offset, so an f32 bound past the
+    /// axis (`overreaches`) reads the next element in memory (the next row, channel or pixel);
+    /// `None` where that offset lies past the tensor (PyTorch reads whatever follows it).
+    fn codes<'q>(&self, q: &'q QTensor, win: &Window) -> impl Iterator<Item = Option<u8>> + 'q {
+        let [n, c, h, w] = self.in_dims;
+        let nhwc = matches!(self.path, Path::Aten(AtenLayout::Nhwc { .. }));
+        let (b, ch, cols, rows) = (win.b, win.c, win.cols, win.rows);
+        (rows.0..rows.1).flat_map(move |y| {
+            (cols.0..cols.1).map(move |x| {
+                let logical = if nhwc {
+                    let off = ((b * h + y) * w + x) * c + ch;
+                    let (pixel, c2) = (off / c, off % c);
+                    let (x2, y2, b2) = (pixel % w, (pixel / w) % h, pixel / (w * h));
+                    (b2 < n).then_some(((b2 * c + c2) * h + y2) * w + x2)
+                } else {
+                    Some(((b * c + ch) * h + y) * w + x)
+                };
+                logical.and_then(|i| q.data.get(i).copied())
+            })
+        })
     }
 
     fn source(&self, i: usize) -> usize {
@@ -208,8 +243,30 @@ impl AdaptivePlan {
     /// The integer kernels' prediction for logical result `j`.
     fn element(&self, q: &QTensor, j: usize) -> Result<Pred> {
         let win = self.window(j);
-        let sum: i64 = self.codes(q, &win).map(i64::from).sum();
-        self.requant(&win, sum, q.scale, q.zero_point)
+        let (mut sum, mut unknown) = (0i64, 0i64);
+        for v in self.codes(q, &win) {
+            match v {
+                Some(v) => sum += i64::from(v),
+                None => unknown += 1,
+            }
+        }
+        let exact = |sum| match self.requant(&win, sum, q.scale, q.zero_point)? {
+            Pred::Exact(v) => Ok(v),
+            p @ Pred::Ambiguous { .. } => Err(Error::invalid(
+                "adaptive_avg_pool2d",
+                format!("unexpected ambiguous requantization {p:?}"),
+            )),
+        };
+        let lo = exact(sum)?;
+        if unknown == 0 {
+            return Ok(Pred::Exact(lo));
+        }
+        // Codes read past the tensor are unknown (0..=255 each); both averages are monotone.
+        let hi = exact(sum + 255 * unknown)?;
+        Ok(Pred::Ambiguous {
+            lo: lo.min(hi),
+            hi: lo.max(hi),
+        })
     }
 
     /// The integer kernels' output for a window whose codes sum to `sum` (input qparams
@@ -334,11 +391,29 @@ impl Plan for AdaptivePlan {
         }
         let j = self.source(i);
         let win = self.window(j);
-        let codes: Vec<u8> = self.codes(q, &win).collect();
+        let codes: Vec<String> = self
+            .codes(q, &win)
+            .map(|v| v.map_or_else(|| "?".to_string(), |v| v.to_string()))
+            .collect();
+        let [_, _, h, w] = self.in_dims;
+        let past = if win.rows.1 > h || win.cols.1 > w {
+            format!(
+                " (the f32 bounds end past the {h}×{w} input: ATen reads the next elements in \
+                 memory, ? past the tensor)"
+            )
+        } else {
+            String::new()
+        };
         Ok(vec![
             format!(
-                "result {j} (n {}, c {}): rows {}..{}, cols {}..{}, codes {codes:?}",
-                win.b, win.c, win.rows.0, win.rows.1, win.cols.0, win.cols.1
+                "result {j} (n {}, c {}): rows {}..{}, cols {}..{}, codes [{}]{past}",
+                win.b,
+                win.c,
+                win.rows.0,
+                win.rows.1,
+                win.cols.0,
+                win.cols.1,
+                codes.join(", ")
             ),
             format!("prediction {:?}", self.results(q)?[j]),
             format!("rule: {}", self.rule()),
@@ -346,7 +421,9 @@ impl Plan for AdaptivePlan {
     }
 
     fn lowered(&self) -> Option<crate::ops::Lowered<'_>> {
-        (!matches!(self.path, Path::Float { .. })).then_some(crate::ops::Lowered::Window(self))
+        // A window past the input reads outside its plane: not a window of taps.
+        let lowers = !matches!(self.path, Path::Float { .. }) && !self.overreaches();
+        lowers.then_some(crate::ops::Lowered::Window(self))
     }
 }
 
@@ -370,7 +447,7 @@ impl crate::ops::WindowOp for AdaptivePlan {
         } else {
             (ow, self.in_dims[3])
         };
-        let (a, b) = adaptive_bounds_f32(o, out, size);
+        let (a, b) = self.bounds()(o, out, size);
         (a..b).collect()
     }
     fn finish(&self, j: usize, acc: i64, _sum: f32, scale: f64, zp: i64) -> Option<i64> {
@@ -479,6 +556,41 @@ mod tests {
         let reference = ctx(Flow::ConvertToReferenceFx, Engine::Fbgemm);
         let got = run([1, 6001], reference, &x, same(&x)).unwrap();
         assert_eq!(got[5997..6001], [0, 0, 2, 4]);
+    }
+
+    #[test]
+    fn f32_bounds_past_the_axis_read_on_in_memory() {
+        // Width 5343 → 3489: the last window's f32 bounds are [5341, 5344), one past the row.
+        // Codes 10, and 250 first in channel 1. torch 2.15.0 (checked by hand, fbgemm): NCHW
+        // channel 0 reads channel 1's first code, (10 + 10 + 250) / 3 → 90; channel 1 and, in
+        // NHWC, both channels read past the tensor (PyTorch gave 7 or 10 from run to run).
+        let mut data = vec![10u8; 2 * 5343];
+        data[5343] = 250;
+        let x = QTensor::new(vec![1, 2, 1, 5343], data, 0.1, 0);
+        let fx = ctx(Flow::ConvertFx, Engine::Fbgemm);
+        let last = |x: &QTensor| {
+            with_plan([1, 3489], fx, x, |plan, v| {
+                assert!(
+                    plan.lowered().is_none(),
+                    "a window past the axis is not lowered"
+                );
+                let trace = plan.trace(&[v], 0, 2 * 3489 - 1).unwrap();
+                assert!(trace[0].contains("past the 1×5343 input"), "{trace:?}");
+                let o = plan.predict(&[v]).unwrap().remove(0);
+                let p = o.ints().unwrap();
+                (p[3488], p[2 * 3489 - 1])
+            })
+        };
+        let unknown = Pred::Ambiguous { lo: 7, hi: 92 }; // (20 + 0..=255) / 3
+        assert_eq!(last(&x), (Pred::Exact(90), unknown));
+        let mut nhwc = x.clone();
+        nhwc.memory_format = MemoryFormat::ChannelsLast;
+        assert_eq!(last(&nhwc), (unknown, unknown));
+        // Below 2²⁴ the bounds stay inside and the plan lowers.
+        let small = QTensor::new(vec![1, 2, 1, 53], vec![10; 106], 0.1, 0);
+        with_plan([1, 34], fx, &small, |plan, _| {
+            assert!(plan.lowered().is_some())
+        });
     }
 
     #[test]
