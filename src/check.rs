@@ -248,6 +248,11 @@ pub fn pinned_rule(tag: &str) -> String {
             "HistogramObserver's range search compares cSum[l] with f32(next_alpha · total) in f32 \
              (nearest alternative: in double, where 1e-5 · total lies just above an integer)"
         }
+        "R34-adaptive-bounds-f32" => {
+            "quantized adaptive_avg_pool2d bounds output o's window in f32, \
+             [floor(f32(f32(o·in)/out)), ceil(f32(f32((o+1)·in)/out))) (nearest alternative: the \
+             float op's exact integer bounds)"
+        }
         _ => "(a rule this build does not describe)",
     };
     format!("this case pins {tag} (docs/NUMERICS.md): {what}")

@@ -326,7 +326,7 @@ fn every_op_on_quantized_tensors_reproduces_its_goldens() {
 }
 
 /// The pins suite: cases on which a numerics rule and its nearest alternative give different
-/// outputs (xtask/capture/pins.py, pins_qparams.py); every one reproduced exactly, every rule the
+/// outputs (xtask/capture/pins.py and the pins_*.py it draws on); every one reproduced exactly, every rule the
 /// capture pins has cases on every engine it runs on (in some set), and every case names a rule
 /// `qparity check` describes.
 #[test]
@@ -350,6 +350,10 @@ fn every_pinning_golden_reproduces() {
         ("R4-fbgemm-symmetric-midpoint", &["-default-"]),
         ("R8-quantize-f32-scale-reciprocal", &["-default-"]),
         ("R7-histogram-threshold-f32", &["-default-"]),
+        (
+            "R34-adaptive-bounds-f32",
+            &["-fbgemm-", "-x86-", "-qnnpack-", "-onednn-"],
+        ),
     ];
     let mut ids = Vec::new();
     for set in pins {

@@ -1,7 +1,7 @@
 """The `pins` suite: cases (golden/README.md) built so that one numerics rule of docs/NUMERICS.md
 and its nearest alternative give different outputs, captured from PyTorch. This file builds the
 `quantized_linear` cases of the requantization rules; pins_qparams.py those of the qparam choosers,
-pins_quantize.py those of the quantize arithmetic.
+pins_quantize.py those of the quantize arithmetic, pins_pool.py those of the pooling windows.
 
 For each case the script quantizes the input with PyTorch, computes the exact int32 accumulators
 (small weights, symmetric weight zero point: no int16 pair can saturate on any FBGEMM path), then
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from common import f32_walk, tensor
+from pins_pool import POOL_RULES
 from pins_qparams import QPARAM_RULES
 from pins_quantize import QUANTIZE_RULES
 
@@ -41,7 +42,8 @@ RULES = [
     ("R22-fbgemm-bias-per-tensor-reciprocal", FBGEMM_ISAS),
     ("R22-fbgemm-bias-per-tensor-fma", FBGEMM_ISAS),
     ("R21-fbgemm-multiplier-division", FBGEMM_ISAS),
-] + [(tag, [(None, "default")]) for tag, _ in QPARAM_RULES + QUANTIZE_RULES]  # no engine
+] + [(tag, [(None, "default")]) for tag, _ in QPARAM_RULES + QUANTIZE_RULES] + [  # no engine
+    (tag, [(e, "default") for e in ("fbgemm", "x86", "qnnpack", "onednn")]) for tag, _ in POOL_RULES]
 M, K, N = 2, 16, 8
 WINDOW = 96  # f32 steps searched on each side of a tie
 
@@ -156,6 +158,11 @@ def pin_case(rng, rule_index, engine, k):
         if qtag == tag:
             op, args, expected, summary = build(rng, tag, k)
             return op, args, expected, ["pins:" + tag], summary
+    for ptag, build in POOL_RULES:
+        if ptag == tag:
+            torch.backends.quantized.engine = engine
+            op, args, expected, tags, summary = build(rng, tag, k, engine)
+            return op, args, expected, ["pins:" + tag] + tags, summary
     torch.backends.quantized.engine = engine
     rule, alt = _rule_and_alt(tag)
     while True:
