@@ -349,11 +349,7 @@ impl Prepared for PreparedLayer {
     }
 
     fn run(&self, _stage: Lowered<'_>, inputs: &[&Value], out: &mut [u8]) -> Result<()> {
-        let input = inputs
-            .first()
-            .ok_or_else(|| Error::invalid("layer", "no input"))?
-            .quantized("layer input")?;
-        self.run_codes(input, out)
+        self.run_codes(crate::ops::one_input("layer input", inputs)?, out)
     }
 }
 
