@@ -990,4 +990,52 @@ mod tests {
         };
         assert_eq!(run([0, 1], &exact).1, Predicted::exact([175, 221, 175]));
     }
+
+    #[test]
+    fn x86_convs_take_onednn_only_with_symmetric_weights() {
+        let layer = |zero_point: i64| QLayer {
+            geometry: Geometry::Conv2d(Conv2dParams {
+                in_channels: 2,
+                out_channels: 1,
+                kernel_size: [1, 1],
+                stride: [1, 1],
+                padding: [0, 0],
+                dilation: [1, 1],
+                groups: 1,
+            }),
+            bias: None,
+            weight: QWeight {
+                shape: vec![1, 2, 1, 1],
+                int_repr: vec![3, -5],
+                scales: vec![0.5],
+                zero_points: vec![zero_point],
+                per_channel: false,
+            },
+            relu: false,
+            cache: Default::default(),
+        };
+        let input = Value::Quantized(QTensor::new(vec![1, 2, 1, 1], vec![7, 9], 1.0, 0));
+        let out = OutQParams {
+            scale: 1.0,
+            zero_point: 0,
+            quant_min: 0,
+            quant_max: 255,
+        };
+        let ctx = Ctx {
+            flow: Flow::ConvertFx,
+            engine: Engine::X86,
+            isa: Isa::Vnni,
+            cpu: CpuFeatures::AVX512_VNNI,
+        };
+        let path = |zp| {
+            let l = layer(zp);
+            let plan = l.plan(&ctx, &[input.meta()], Some(&out)).unwrap();
+            let Some(Lowered::IntegerLayer(il)) = plan.lowered() else {
+                panic!("integer plan expected")
+            };
+            il.path
+        };
+        assert_eq!(path(0), KernelPath::Onednn);
+        assert_eq!(path(1), KernelPath::FbgemmGemm);
+    }
 }

@@ -127,8 +127,9 @@ impl Op for AvgPool2d {
                     "QNNPACK rejects a 1x1 average pool (\"1x1 pooling is meaningless\")",
                 ));
             }
-            if !(scale as f32).is_normal() || !(out.scale as f32).is_normal() {
-                return Err(Error::invalid(op, "QNNPACK requires normal f32 scales"));
+            // The output keeps the input's scale (checked by `plan_input`).
+            if !(scale as f32).is_normal() {
+                return Err(Error::invalid(op, "QNNPACK requires a normal f32 scale"));
             }
             Path::Qnnpack {
                 scale: qnnpack_scale(scale, out.scale, area),
@@ -569,5 +570,32 @@ mod tests {
                 Some(&other)
             )
             .is_err());
+    }
+
+    #[test]
+    fn pytorchs_defaults_fill_missing_arguments() {
+        // `nn.AvgPool2d(3)`: stride = kernel, no padding, floor mode, count_include_pad True.
+        let op: AvgPool2d = serde_json::from_str(r#"{"kernel_size": [3, 3]}"#).unwrap();
+        assert_eq!(
+            op,
+            AvgPool2d {
+                stride: None,
+                ..pool(3, 3, 0)
+            }
+        );
+        assert!(serde_json::from_str::<AvgPool2d>(r#"{"kernel_size": [3, 3], "pad": 1}"#).is_err());
+    }
+
+    #[test]
+    fn qnnpack_needs_a_normal_f32_scale() {
+        let op = pool(2, 2, 0);
+        let scaled = |scale: f64| QTensor::new(vec![1, 1, 2, 2], vec![10, 20, 30, 40], scale, 0);
+        // Subnormal once rounded to f32: QNNPACK's fp32 requantization refuses it; ATen's
+        // kernel takes it.
+        let tiny = scaled(f64::from(f32::MIN_POSITIVE) / 4.0);
+        let e = run(&op, ctx(Flow::ConvertFx, Engine::Qnnpack), &tiny).unwrap_err();
+        assert!(e.to_string().contains("normal f32 scale"), "{e}");
+        assert!(run(&op, ctx(Flow::ConvertFx, Engine::Fbgemm), &tiny).is_ok());
+        assert!(run(&op, ctx(Flow::ConvertFx, Engine::Qnnpack), &scaled(1e-30)).is_ok());
     }
 }
