@@ -982,6 +982,15 @@ mod tests {
         want.extend([68, 8, 68]);
         want.extend([128; 3]);
         assert_eq!(run([1, 1], &ctx).1, Predicted::exact(want));
+        // The trace names the saturating channel pair: K runs taps outer, channels inner, so
+        // output 0 (padded tap, then column 0) pairs at k = 2, output 1 (columns 0, 1) at k = 0.
+        let l = layer([0, 1]);
+        let plan = l.plan(&ctx, &[input.meta()], Some(&out)).unwrap();
+        for (i, k) in [(0, 2), (1, 0)] {
+            let t = plan.trace(&[&input], 0, i).unwrap().join("\n");
+            let want = format!("pair saturation at k = {k}: pair sum 64770 clamps to int16");
+            assert!(t.contains(&want), "output {i}: {t}");
+        }
         // The exact accumulators (what `ref:any` or VNNI would give) are 13970, 27940, 13970.
         let exact = Ctx {
             isa: Isa::Vnni,
@@ -1037,5 +1046,48 @@ mod tests {
         };
         assert_eq!(path(0), KernelPath::Onednn);
         assert_eq!(path(1), KernelPath::FbgemmGemm);
+    }
+
+    #[test]
+    fn linear_trace_names_the_first_saturating_pair() {
+        // FBGEMM's AVX2 GEMM sums u8·i8 pairs in int16: 255·127 + 255·127 = 64770 saturates at
+        // k = 2; the exact accumulator is 2 + 64770.
+        let layer = QLayer {
+            geometry: Geometry::Linear {
+                in_features: 4,
+                out_features: 1,
+            },
+            bias: None,
+            weight: QWeight {
+                shape: vec![1, 4],
+                int_repr: vec![1, 1, 127, 127],
+                scales: vec![1.0],
+                zero_points: vec![0],
+                per_channel: false,
+            },
+            relu: false,
+            cache: Default::default(),
+        };
+        let input = Value::Quantized(QTensor::new(vec![1, 4], vec![1, 1, 255, 255], 1.0, 0));
+        let out = OutQParams {
+            scale: 1000.0,
+            zero_point: 0,
+            quant_min: 0,
+            quant_max: 255,
+        };
+        let ctx = Ctx {
+            flow: Flow::ConvertFx,
+            engine: Engine::Fbgemm,
+            isa: Isa::Avx2,
+            cpu: CpuFeatures::AVX2,
+        };
+        let plan = layer.plan(&ctx, &[input.meta()], Some(&out)).unwrap();
+        let t = plan.trace(&[&input], 0, 0).unwrap().join("\n");
+        assert!(t.contains("int32 accumulator: 32769"), "{t}");
+        assert!(t.contains("exact accumulator would be 64772"), "{t}");
+        assert!(
+            t.contains("pair saturation at k = 2: pair sum 64770 clamps to int16"),
+            "{t}"
+        );
     }
 }
