@@ -1050,17 +1050,18 @@ mod tests {
 
     #[test]
     fn linear_trace_names_the_first_saturating_pair() {
-        // FBGEMM's AVX2 GEMM sums u8·i8 pairs in int16: 255·127 + 255·127 = 64770 saturates at
-        // k = 2; the exact accumulator is 2 + 64770.
+        // FBGEMM's AVX2 GEMM sums u8·i8 pairs in int16. Row 2 against weight row 1:
+        // 255·127 + 255·127 = 64770 saturates at k = 2; the exact accumulator is 2 + 64770.
+        // No other output saturates.
         let layer = QLayer {
             geometry: Geometry::Linear {
                 in_features: 4,
-                out_features: 1,
+                out_features: 2,
             },
             bias: None,
             weight: QWeight {
-                shape: vec![1, 4],
-                int_repr: vec![1, 1, 127, 127],
+                shape: vec![2, 4],
+                int_repr: vec![127, 127, 1, 1, 1, 1, 127, 127],
                 scales: vec![1.0],
                 zero_points: vec![0],
                 per_channel: false,
@@ -1068,7 +1069,9 @@ mod tests {
             relu: false,
             cache: Default::default(),
         };
-        let input = Value::Quantized(QTensor::new(vec![1, 4], vec![1, 1, 255, 255], 1.0, 0));
+        let mut codes = vec![1; 8];
+        codes.extend([1, 1, 255, 255]);
+        let input = Value::Quantized(QTensor::new(vec![3, 4], codes, 1.0, 0));
         let out = OutQParams {
             scale: 1000.0,
             zero_point: 0,
@@ -1082,7 +1085,11 @@ mod tests {
             cpu: CpuFeatures::AVX2,
         };
         let plan = layer.plan(&ctx, &[input.meta()], Some(&out)).unwrap();
-        let t = plan.trace(&[&input], 0, 0).unwrap().join("\n");
+        for i in 0..5 {
+            let t = plan.trace(&[&input], 0, i).unwrap().join("\n");
+            assert!(!t.contains("saturation"), "output {i}: {t}");
+        }
+        let t = plan.trace(&[&input], 0, 5).unwrap().join("\n");
         assert!(t.contains("int32 accumulator: 32769"), "{t}");
         assert!(t.contains("exact accumulator would be 64772"), "{t}");
         assert!(
