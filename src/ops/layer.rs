@@ -1097,4 +1097,63 @@ mod tests {
             "{t}"
         );
     }
+
+    #[test]
+    fn grouped_conv_trace_finds_the_saturating_image_channel_and_pixel() {
+        // 8 input channels in 2 groups of 4, 4 output channels (2 per group), 1×1 kernel, two
+        // 1×2 images of 1s but for channels 6, 7 of image 1's pixel 1 (255). Only output channel
+        // 3 (group 1, weights 1, 1, 127, 127) saturates there: 255·127 + 255·127 at k = 2.
+        let mut w = vec![1i8; 16];
+        w[14] = 127;
+        w[15] = 127;
+        let layer = QLayer {
+            geometry: Geometry::Conv2d(Conv2dParams {
+                in_channels: 8,
+                out_channels: 4,
+                kernel_size: [1, 1],
+                stride: [1, 1],
+                padding: [0, 0],
+                dilation: [1, 1],
+                groups: 2,
+            }),
+            bias: None,
+            weight: QWeight {
+                shape: vec![4, 4, 1, 1],
+                int_repr: w,
+                scales: vec![1.0],
+                zero_points: vec![0],
+                per_channel: false,
+            },
+            relu: false,
+            cache: Default::default(),
+        };
+        let mut codes = vec![1u8; 2 * 8 * 2];
+        for c in [6, 7] {
+            codes[(8 + c) * 2 + 1] = 255;
+        }
+        let input = Value::Quantized(QTensor::new(vec![2, 8, 1, 2], codes, 1.0, 0));
+        let out = OutQParams {
+            scale: 1000.0,
+            zero_point: 0,
+            quant_min: 0,
+            quant_max: 255,
+        };
+        let ctx = Ctx {
+            flow: Flow::ConvertFx,
+            engine: Engine::Fbgemm,
+            isa: Isa::Avx2,
+            cpu: CpuFeatures::AVX2,
+        };
+        let plan = layer.plan(&ctx, &[input.meta()], Some(&out)).unwrap();
+        // Output (image 1, channel 3, pixel 1) is element (1·4 + 3)·2 + 1 = 15.
+        for i in 0..15 {
+            let t = plan.trace(&[&input], 0, i).unwrap().join("\n");
+            assert!(!t.contains("saturation"), "output {i}: {t}");
+        }
+        let t = plan.trace(&[&input], 0, 15).unwrap().join("\n");
+        assert!(
+            t.contains("pair saturation at k = 2: pair sum 64770 clamps to int16"),
+            "{t}"
+        );
+    }
 }
