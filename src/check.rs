@@ -213,6 +213,11 @@ pub fn pinned_rule(tag: &str) -> String {
             "FBGEMM with per-tensor weights adds bias · rcp to f32(acc) in one fused multiply-add \
              (nearest alternative: two roundings, f32(f32(acc) + f32(bias · rcp)))"
         }
+        "R22-fbgemm-bias-per-channel-division" => {
+            "FBGEMM with per-channel weights divides the bias, f32(f32(acc) + f32(bias / atws[j])) \
+             (nearest alternatives: the per-tensor form, an FMA with f32(1.0 / (double)atws[j]), \
+             or that reciprocal's product rounded apart)"
+        }
         "R25-qnnpack-bias-reciprocal" => {
             "QNNPACK's int32 bias is RNE(f32(bias · f32(1/sb))), sb = f32(w_s · s_x) \
              (nearest alternative: RNE(f32(bias / sb)))"

@@ -109,7 +109,10 @@ def run_primitive(case):
     if op == "quantized_linear":
         torch.backends.quantized.engine = a["engine"]
         x = torch.quantize_per_tensor(T(a["input"]), a["input_scale"], a["input_zero_point"], torch.quint8)
-        w = torch._make_per_tensor_quantized_tensor(T(a["weight_int_repr"]), a["weight_scale"], a["weight_zero_point"])
+        if isinstance(a["weight_scale"], list):
+            w = torch._make_per_channel_quantized_tensor(T(a["weight_int_repr"]), torch.tensor(a["weight_scale"], dtype=torch.float64), torch.tensor(a["weight_zero_point"]), 0)
+        else:
+            w = torch._make_per_tensor_quantized_tensor(T(a["weight_int_repr"]), a["weight_scale"], a["weight_zero_point"])
         b = T(a["bias"]) if a.get("bias") is not None else None
         packed = torch.ops.quantized.linear_prepack(w, b)
         y = torch.ops.quantized.linear(x, packed, a["output_scale"], a["output_zero_point"])

@@ -340,6 +340,10 @@ fn every_pinning_golden_reproduces() {
             &["-fbgemm-", "-x86-"],
         ),
         ("R22-fbgemm-bias-per-tensor-fma", &["-fbgemm-", "-x86-"]),
+        (
+            "R22-fbgemm-bias-per-channel-division",
+            &["-fbgemm-", "-x86-"],
+        ),
         ("R25-qnnpack-bias-reciprocal", &["-qnnpack-"]),
         ("R2-observer-zero-point-rne", &["-default-"]),
         ("R2-observer-zero-point-division", &["-default-"]),
@@ -418,7 +422,20 @@ fn malformed_case_is_a_failed_result_not_a_panic() {
             r#"{"format":"qparity-golden/1","id":"z","kind":"primitive","op":"dequantize_per_tensor","args":{"int_repr":{"dtype":"u8","shape":[1],"data":[3]},"scale":-1.0,"zero_point":0,"dtype":"quint8"},"expected":{"output":{"dtype":"f32","shape":[1],"hex":"00000000"}}}"#,
         ),
     ];
-    for (name, text) in bad {
+    // quantized_linear with per-channel weight scales: a zero point per tensor, or one scale
+    // too many for its one output channel.
+    let linear = |scale: &str, zp: &str| {
+        format!(
+            r#"{{"format":"qparity-golden/1","id":"l","kind":"primitive","op":"quantized_linear","args":{{"engine":"fbgemm","input":{{"dtype":"f32","shape":[1,1],"hex":"3f800000"}},"input_scale":1.0,"input_zero_point":0,"weight_int_repr":{{"dtype":"i8","shape":[1,1],"data":[1]}},"weight_scale":{scale},"weight_zero_point":{zp},"output_scale":1.0,"output_zero_point":0}},"expected":{{"input_int_repr":{{"dtype":"u8","shape":[1,1],"data":[1]}},"int_repr":{{"dtype":"u8","shape":[1,1],"data":[1]}}}}}}"#
+        )
+    };
+    let mixed = linear("[0.5]", "0");
+    let long = linear("[0.5, 0.25]", "[0, 0]");
+    let bad: Vec<(&str, &str)> = bad
+        .into_iter()
+        .chain([("mixed.json", &mixed[..]), ("long.json", &long[..])])
+        .collect();
+    for &(name, text) in &bad {
         std::fs::write(tmp.path().join(name), text).unwrap();
     }
     let report = check_path(tmp.path(), &CheckOptions::default(), |_, _| {}).unwrap();

@@ -423,7 +423,8 @@ pub struct ObserverCaseArgs {
 }
 
 /// Arguments of `quantized_linear`: a float input quantized per tensor (`torch.quantize_per_tensor`,
-/// quint8), int8 weights quantized per tensor, a float bias, the output qparams and the engine.
+/// quint8), int8 weights quantized per tensor or per output channel, a float bias, the output
+/// qparams and the engine.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuantizedLinearArgs {
@@ -434,12 +435,32 @@ pub struct QuantizedLinearArgs {
     pub input_zero_point: i64,
     /// i8 weight `[N, K]`.
     pub weight_int_repr: Tensor,
-    pub weight_scale: f64,
-    pub weight_zero_point: i64,
+    /// One scale, or one per output channel (`torch.per_channel_affine`, axis 0).
+    pub weight_scale: PerTensorOrChannel<f64>,
+    /// One zero point, or one per output channel (with per-channel scales).
+    pub weight_zero_point: PerTensorOrChannel<i64>,
     #[serde(default)]
     pub bias: Option<Tensor>,
     pub output_scale: f64,
     pub output_zero_point: i64,
+}
+
+/// A quantization parameter given once per tensor (a JSON number) or per channel (a list).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PerTensorOrChannel<T> {
+    PerTensor(T),
+    PerChannel(Vec<T>),
+}
+
+impl<T: Copy> PerTensorOrChannel<T> {
+    /// The values, one per tensor or per channel.
+    pub fn values(&self) -> Vec<T> {
+        match self {
+            PerTensorOrChannel::PerTensor(v) => vec![*v],
+            PerTensorOrChannel::PerChannel(v) => v.clone(),
+        }
+    }
 }
 
 /// PyTorch's results of a primitive case (the fields its op produces).

@@ -38,8 +38,9 @@
 //! ```
 
 use super::{
-    Body, Case, FusedArgs, Layer, ModelCase, ObserverDesc, PrimArgs, PrimExpected, PrimOp,
-    PrimitiveCase, QArgs, QOpArgs, QuantizedLinearArgs, QuantizedRecord, Source,
+    Body, Case, FusedArgs, Layer, ModelCase, ObserverDesc, PerTensorOrChannel, PrimArgs,
+    PrimExpected, PrimOp, PrimitiveCase, QArgs, QOpArgs, QuantizedLinearArgs, QuantizedRecord,
+    Source,
 };
 use crate::engine::flow::Flow;
 use crate::engine::{fbgemm_gemm_isa, CpuFeatures, Ctx, Engine, Isa};
@@ -630,9 +631,18 @@ fn quantized_linear_stage(
                 })
             })
             .collect::<Result<_>>()?,
-        scales: vec![a.weight_scale as f32],
-        zero_points: vec![a.weight_zero_point],
-        per_channel: false,
+        scales: a.weight_scale.values().iter().map(|&s| s as f32).collect(),
+        zero_points: a.weight_zero_point.values(),
+        per_channel: match (&a.weight_scale, &a.weight_zero_point) {
+            (PerTensorOrChannel::PerTensor(_), PerTensorOrChannel::PerTensor(_)) => false,
+            (PerTensorOrChannel::PerChannel(_), PerTensorOrChannel::PerChannel(_)) => true,
+            _ => {
+                return Err(case.field_err(
+                    "args.weight_zero_point",
+                    "per tensor or per channel like args.weight_scale",
+                ))
+            }
+        },
     };
     let bias = match &a.bias {
         Some(b) => Some(

@@ -22,6 +22,10 @@ Rules (docs/NUMERICS.md):
 - R22-fbgemm-bias-per-tensor-fma: that product and the addition to the accumulator are one fused
   multiply-add, `f32(f32(raw) + b · rcp)` rounded once (the compiled epilogue contracts
   `_mm256_mul_ps` and `_mm256_add_ps`), alternative: two roundings, `f32(f32(raw) + f32(b · rcp))`.
+- R22-fbgemm-bias-per-channel-division: with per-channel weights FBGEMM divides instead,
+  `f32(f32(raw) + f32(b / atws_j))`, alternative: the per-tensor form above, one FMA with
+  `f32(1.0 / f64(atws_j))` (FBGEMM `QuantUtilsAvx2.cc` `requantizeOutputProcessingAvx2`,
+  `act_times_w_scale` per channel; PyTorch `qlinear.cpp` per-channel `act_times_w_scale`).
 - R21-fbgemm-multiplier-division: FBGEMM's multiplier `f32(atws / f32(s_y))`, alternative
   `f32(atws · f32(1/s_y))` (PyTorch `qlinear.cpp` `PackedLinearWeight::apply_impl`).
 """
@@ -41,6 +45,7 @@ RULES = [
     ("R25-qnnpack-bias-reciprocal", [("qnnpack", "default")]),
     ("R22-fbgemm-bias-per-tensor-reciprocal", FBGEMM_ISAS),
     ("R22-fbgemm-bias-per-tensor-fma", FBGEMM_ISAS),
+    ("R22-fbgemm-bias-per-channel-division", FBGEMM_ISAS),
     ("R21-fbgemm-multiplier-division", FBGEMM_ISAS),
 ] + [(tag, [(None, "default")]) for tag, _ in QPARAM_RULES + QUANTIZE_RULES] + [  # no engine
     (tag, [(e, "default") for e in ("fbgemm", "x86", "qnnpack", "onednn")]) for tag, _ in POOL_RULES]
@@ -97,6 +102,8 @@ def _rule_and_alt(tag):
     """(rule, alternative) as functions of (raw, b, sx, ws, sy, yz)."""
     if tag.startswith("R25"):
         return qnnpack_q, lambda *a: qnnpack_q(*a, bias_alt=True)
+    if tag.endswith("per-channel-division"):
+        return lambda *a: fbgemm_q(*a, bias_alt="div"), fbgemm_q
     if tag.startswith("R22") and tag.endswith("fma"):
         return fbgemm_q, lambda *a: fbgemm_q(*a, bias_alt="no_fma")
     if tag.startswith("R22"):
@@ -165,8 +172,11 @@ def pin_case(rng, rule_index, engine, k):
             return op, args, expected, ["pins:" + tag] + tags, summary
     torch.backends.quantized.engine = engine
     rule, alt = _rule_and_alt(tag)
+    per_channel = "per-channel" in tag
     while True:
         sx, ws, sy = _scales(rng, tag)
+        # Per channel: a scale per output channel, drawn like the per-tensor one.
+        wss = [ws] + [_f32_scale(rng, -9, -5) for _ in range(N - 1)] if per_channel else [ws] * N
         xz = int(rng.integers(0, 256))
         yz = int(rng.integers(0, 64))
         codes = rng.integers(0, 256, size=(M, K))
@@ -177,18 +187,22 @@ def pin_case(rng, rule_index, engine, k):
         raw = (xq_codes - xz) @ w.astype(np.int64).T  # [M, N], exact
         bias = []
         for j in range(N):
-            b = _search_bias(rng, tag, int(raw[0, j]), sx, ws, sy, yz)
+            b = _search_bias(rng, tag, int(raw[0, j]), sx, wss[j], sy, yz)
             if b is None:
                 break
             bias.append(b)
         if len(bias) == N:
             break
     bias = np.array(bias, dtype=np.float32)
-    wq = torch._make_per_tensor_quantized_tensor(torch.from_numpy(w), ws, 0)
+    if per_channel:
+        wq = torch._make_per_channel_quantized_tensor(
+            torch.from_numpy(w), torch.tensor(wss, dtype=torch.float64), torch.zeros(N, dtype=torch.int64), 0)
+    else:
+        wq = torch._make_per_tensor_quantized_tensor(torch.from_numpy(w), ws, 0)
     packed = torch.ops.quantized.linear_prepack(wq, torch.from_numpy(bias))
     y = torch.ops.quantized.linear(xq, packed, sy, yz).int_repr().numpy()
-    ours = [rule(int(raw[0, j]), bias[j], sx, ws, sy, yz) for j in range(N)]
-    theirs = [alt(int(raw[0, j]), bias[j], sx, ws, sy, yz) for j in range(N)]
+    ours = [rule(int(raw[0, j]), bias[j], sx, wss[j], sy, yz) for j in range(N)]
+    theirs = [alt(int(raw[0, j]), bias[j], sx, wss[j], sy, yz) for j in range(N)]
     got = [int(v) for v in y[0]]
     summary = (sum(g == o for g, o in zip(got, ours)), sum(g == t for g, t in zip(got, theirs)), N)
     args = {
@@ -197,8 +211,8 @@ def pin_case(rng, rule_index, engine, k):
         "input_scale": sx,
         "input_zero_point": xz,
         "weight_int_repr": tensor(w),
-        "weight_scale": ws,
-        "weight_zero_point": 0,
+        "weight_scale": wss if per_channel else ws,
+        "weight_zero_point": [0] * N if per_channel else 0,
         "bias": tensor(bias),
         "output_scale": sy,
         "output_zero_point": yz,
