@@ -923,6 +923,80 @@ mod tests {
     use super::*;
     use crate::engine::{CpuFeatures, Engine, Isa};
 
+    /// A layer without bias or ReLU, its weights per tensor with this scale and zero point.
+    fn qlayer(geometry: Geometry, shape: Vec<usize>, w: Vec<i8>, scale: f32, zp: i64) -> QLayer {
+        QLayer {
+            geometry,
+            bias: None,
+            weight: QWeight {
+                shape,
+                int_repr: w,
+                scales: vec![scale],
+                zero_points: vec![zp],
+                per_channel: false,
+            },
+            relu: false,
+            cache: Default::default(),
+        }
+    }
+
+    /// A stride-1, undilated conv.
+    fn conv(
+        channels: [usize; 2],
+        kernel: [usize; 2],
+        padding: [usize; 2],
+        groups: usize,
+    ) -> Geometry {
+        Geometry::Conv2d(Conv2dParams {
+            in_channels: channels[0],
+            out_channels: channels[1],
+            kernel_size: kernel,
+            stride: [1, 1],
+            padding,
+            dilation: [1, 1],
+            groups,
+        })
+    }
+
+    fn out_q(scale: f64, zero_point: i64) -> OutQParams {
+        OutQParams {
+            scale,
+            zero_point,
+            quant_min: 0,
+            quant_max: 255,
+        }
+    }
+
+    fn fx_ctx(engine: Engine, isa: Isa, cpu: CpuFeatures) -> Ctx {
+        Ctx {
+            flow: Flow::ConvertFx,
+            engine,
+            isa,
+            cpu,
+        }
+    }
+
+    /// The plan's trace of output `i`, one string.
+    fn trace(plan: &dyn Plan, input: &Value, i: usize) -> String {
+        plan.trace(&[input], 0, i).unwrap().join("\n")
+    }
+
+    /// Output `i`'s trace names its first saturating pair, 255·127 + 255·127, at `k`.
+    fn saturates_at(plan: &dyn Plan, input: &Value, i: usize, k: usize) {
+        let t = trace(plan, input, i);
+        let want = format!("pair saturation at k = {k}: pair sum 64770 clamps to int16");
+        assert!(t.contains(&want), "output {i}: {t}");
+    }
+
+    /// Outputs before `last` name no saturation; `last` saturates at `k`.
+    fn saturates_only_at(plan: &dyn Plan, input: &Value, last: usize, k: usize) {
+        for i in 0..last {
+            let t = trace(plan, input, i);
+            assert!(!t.contains("saturation"), "output {i}: {t}");
+        }
+        saturates_at(plan, input, last, k);
+    }
+
     /// Verified on torch 2.15.0, engine `onednn`, AVX2 without VNNI (`ONEDNN_VERBOSE`:
     /// `jit_uni_int8:avx2`): a 2-channel 1×2 conv on a 1×2 image of 255s (zero point 200) with
     /// weights 127 gives `[68, 8, 68]` with padding (0, 1) and `[128; 3], [68, 8, 68], [128; 3]`
@@ -931,40 +1005,13 @@ mod tests {
     /// `200·127` pair would have given -18033 more (outputs 8 and 68).
     #[test]
     fn onednn_conv_accumulates_padded_taps_exactly() {
-        let layer = |padding: [usize; 2]| QLayer {
-            geometry: Geometry::Conv2d(Conv2dParams {
-                in_channels: 2,
-                out_channels: 1,
-                kernel_size: [1, 2],
-                stride: [1, 1],
-                padding,
-                dilation: [1, 1],
-                groups: 1,
-            }),
-            bias: None,
-            weight: QWeight {
-                shape: vec![1, 2, 1, 2],
-                int_repr: vec![127; 4],
-                scales: vec![1.0],
-                zero_points: vec![0],
-                per_channel: false,
-            },
-            relu: false,
-            cache: Default::default(),
+        let layer = |padding| {
+            let geometry = conv([2, 1], [1, 2], padding, 1);
+            qlayer(geometry, vec![1, 2, 1, 2], vec![127; 4], 1.0, 0)
         };
         let input = Value::Quantized(QTensor::new(vec![1, 2, 1, 2], vec![255; 4], 1.0, 200));
-        let out = OutQParams {
-            scale: 300.0,
-            zero_point: 128,
-            quant_min: 0,
-            quant_max: 255,
-        };
-        let ctx = Ctx {
-            flow: Flow::ConvertFx,
-            engine: Engine::Onednn,
-            isa: Isa::Avx2,
-            cpu: CpuFeatures::AVX2,
-        };
+        let out = out_q(300.0, 128);
+        let ctx = fx_ctx(Engine::Onednn, Isa::Avx2, CpuFeatures::AVX2);
         let run = |padding, ctx: &Ctx| {
             let l = layer(padding);
             let plan = l.plan(ctx, &[input.meta()], Some(&out)).unwrap();
@@ -986,11 +1033,8 @@ mod tests {
         // output 0 (padded tap, then column 0) pairs at k = 2, output 1 (columns 0, 1) at k = 0.
         let l = layer([0, 1]);
         let plan = l.plan(&ctx, &[input.meta()], Some(&out)).unwrap();
-        for (i, k) in [(0, 2), (1, 0)] {
-            let t = plan.trace(&[&input], 0, i).unwrap().join("\n");
-            let want = format!("pair saturation at k = {k}: pair sum 64770 clamps to int16");
-            assert!(t.contains(&want), "output {i}: {t}");
-        }
+        saturates_at(plan.as_ref(), &input, 0, 2);
+        saturates_at(plan.as_ref(), &input, 1, 0);
         // The exact accumulators (what `ref:any` or VNNI would give) are 13970, 27940, 13970.
         let exact = Ctx {
             isa: Isa::Vnni,
@@ -1002,43 +1046,17 @@ mod tests {
 
     #[test]
     fn x86_convs_take_onednn_only_with_symmetric_weights() {
-        let layer = |zero_point: i64| QLayer {
-            geometry: Geometry::Conv2d(Conv2dParams {
-                in_channels: 2,
-                out_channels: 1,
-                kernel_size: [1, 1],
-                stride: [1, 1],
-                padding: [0, 0],
-                dilation: [1, 1],
-                groups: 1,
-            }),
-            bias: None,
-            weight: QWeight {
-                shape: vec![1, 2, 1, 1],
-                int_repr: vec![3, -5],
-                scales: vec![0.5],
-                zero_points: vec![zero_point],
-                per_channel: false,
-            },
-            relu: false,
-            cache: Default::default(),
-        };
         let input = Value::Quantized(QTensor::new(vec![1, 2, 1, 1], vec![7, 9], 1.0, 0));
-        let out = OutQParams {
-            scale: 1.0,
-            zero_point: 0,
-            quant_min: 0,
-            quant_max: 255,
-        };
-        let ctx = Ctx {
-            flow: Flow::ConvertFx,
-            engine: Engine::X86,
-            isa: Isa::Vnni,
-            cpu: CpuFeatures::AVX512_VNNI,
-        };
+        let ctx = fx_ctx(Engine::X86, Isa::Vnni, CpuFeatures::AVX512_VNNI);
         let path = |zp| {
-            let l = layer(zp);
-            let plan = l.plan(&ctx, &[input.meta()], Some(&out)).unwrap();
+            let l = qlayer(
+                conv([2, 1], [1, 1], [0, 0], 1),
+                vec![1, 2, 1, 1],
+                vec![3, -5],
+                0.5,
+                zp,
+            );
+            let plan = l.plan(&ctx, &[input.meta()], Some(&out_q(1.0, 0))).unwrap();
             let Some(Lowered::IntegerLayer(il)) = plan.lowered() else {
                 panic!("integer plan expected")
             };
@@ -1053,49 +1071,23 @@ mod tests {
         // FBGEMM's AVX2 GEMM sums u8·i8 pairs in int16. Row 2 against weight row 1:
         // 255·127 + 255·127 = 64770 saturates at k = 2; the exact accumulator is 2 + 64770.
         // No other output saturates.
-        let layer = QLayer {
-            geometry: Geometry::Linear {
-                in_features: 4,
-                out_features: 2,
-            },
-            bias: None,
-            weight: QWeight {
-                shape: vec![2, 4],
-                int_repr: vec![127, 127, 1, 1, 1, 1, 127, 127],
-                scales: vec![1.0],
-                zero_points: vec![0],
-                per_channel: false,
-            },
-            relu: false,
-            cache: Default::default(),
+        let geometry = Geometry::Linear {
+            in_features: 4,
+            out_features: 2,
         };
+        let w = vec![127, 127, 1, 1, 1, 1, 127, 127];
+        let layer = qlayer(geometry, vec![2, 4], w, 1.0, 0);
         let mut codes = vec![1; 8];
         codes.extend([1, 1, 255, 255]);
         let input = Value::Quantized(QTensor::new(vec![3, 4], codes, 1.0, 0));
-        let out = OutQParams {
-            scale: 1000.0,
-            zero_point: 0,
-            quant_min: 0,
-            quant_max: 255,
-        };
-        let ctx = Ctx {
-            flow: Flow::ConvertFx,
-            engine: Engine::Fbgemm,
-            isa: Isa::Avx2,
-            cpu: CpuFeatures::AVX2,
-        };
-        let plan = layer.plan(&ctx, &[input.meta()], Some(&out)).unwrap();
-        for i in 0..5 {
-            let t = plan.trace(&[&input], 0, i).unwrap().join("\n");
-            assert!(!t.contains("saturation"), "output {i}: {t}");
-        }
-        let t = plan.trace(&[&input], 0, 5).unwrap().join("\n");
+        let ctx = fx_ctx(Engine::Fbgemm, Isa::Avx2, CpuFeatures::AVX2);
+        let plan = layer
+            .plan(&ctx, &[input.meta()], Some(&out_q(1000.0, 0)))
+            .unwrap();
+        saturates_only_at(plan.as_ref(), &input, 5, 2);
+        let t = trace(plan.as_ref(), &input, 5);
         assert!(t.contains("int32 accumulator: 32769"), "{t}");
         assert!(t.contains("exact accumulator would be 64772"), "{t}");
-        assert!(
-            t.contains("pair saturation at k = 2: pair sum 64770 clamps to int16"),
-            "{t}"
-        );
     }
 
     #[test]
@@ -1106,54 +1098,17 @@ mod tests {
         let mut w = vec![1i8; 16];
         w[14] = 127;
         w[15] = 127;
-        let layer = QLayer {
-            geometry: Geometry::Conv2d(Conv2dParams {
-                in_channels: 8,
-                out_channels: 4,
-                kernel_size: [1, 1],
-                stride: [1, 1],
-                padding: [0, 0],
-                dilation: [1, 1],
-                groups: 2,
-            }),
-            bias: None,
-            weight: QWeight {
-                shape: vec![4, 4, 1, 1],
-                int_repr: w,
-                scales: vec![1.0],
-                zero_points: vec![0],
-                per_channel: false,
-            },
-            relu: false,
-            cache: Default::default(),
-        };
+        let layer = qlayer(conv([8, 4], [1, 1], [0, 0], 2), vec![4, 4, 1, 1], w, 1.0, 0);
         let mut codes = vec![1u8; 2 * 8 * 2];
         for c in [6, 7] {
             codes[(8 + c) * 2 + 1] = 255;
         }
         let input = Value::Quantized(QTensor::new(vec![2, 8, 1, 2], codes, 1.0, 0));
-        let out = OutQParams {
-            scale: 1000.0,
-            zero_point: 0,
-            quant_min: 0,
-            quant_max: 255,
-        };
-        let ctx = Ctx {
-            flow: Flow::ConvertFx,
-            engine: Engine::Fbgemm,
-            isa: Isa::Avx2,
-            cpu: CpuFeatures::AVX2,
-        };
-        let plan = layer.plan(&ctx, &[input.meta()], Some(&out)).unwrap();
+        let ctx = fx_ctx(Engine::Fbgemm, Isa::Avx2, CpuFeatures::AVX2);
+        let plan = layer
+            .plan(&ctx, &[input.meta()], Some(&out_q(1000.0, 0)))
+            .unwrap();
         // Output (image 1, channel 3, pixel 1) is element (1·4 + 3)·2 + 1 = 15.
-        for i in 0..15 {
-            let t = plan.trace(&[&input], 0, i).unwrap().join("\n");
-            assert!(!t.contains("saturation"), "output {i}: {t}");
-        }
-        let t = plan.trace(&[&input], 0, 15).unwrap().join("\n");
-        assert!(
-            t.contains("pair saturation at k = 2: pair sum 64770 clamps to int16"),
-            "{t}"
-        );
+        saturates_only_at(plan.as_ref(), &input, 15, 2);
     }
 }
