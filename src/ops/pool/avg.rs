@@ -272,13 +272,9 @@ impl AvgPoolPlan {
     fn float_at(&self, q: &QTensor, j: usize) -> f32 {
         let win = self.window(j);
         let (_, d) = self.divisor(&win);
-        let [_, c, h, w] = self.in_dims;
         let mut sum = 0.0f32;
-        for y in win.rows.start..win.rows.end {
-            for x in win.cols.start..win.cols.end {
-                let v = q.data[((win.b * c + win.c) * h + y) * w + x];
-                sum += self.flow.dequantize(v as i64, q.scale, q.zero_point);
-            }
+        for v in self.codes(q, &win) {
+            sum += self.flow.dequantize(v as i64, q.scale, q.zero_point);
         }
         sum / d as f32
     }
@@ -595,5 +591,23 @@ mod tests {
         assert!(e.to_string().contains("normal f32 scale"), "{e}");
         assert!(run(&op, ctx(Flow::ConvertFx, Engine::Fbgemm), &tiny).is_ok());
         assert!(run(&op, ctx(Flow::ConvertFx, Engine::Qnnpack), &scaled(1e-30)).is_ok());
+    }
+
+    #[test]
+    fn every_path_averages_each_image_and_channel() {
+        // N = C = 2, a 1×2 row each, kernel 1×2: one window per plane, codes summing to
+        // 2·(plane + 1) (scale 1, zp 0), so every plane averages to its own value.
+        let x = QTensor::new(vec![2, 2, 1, 2], vec![0, 2, 1, 3, 2, 4, 3, 5], 1.0, 0);
+        let op = AvgPool2d {
+            kernel_size: [1, 2],
+            ..pool(1, 1, 0)
+        };
+        for c in [
+            ctx(Flow::ConvertFx, Engine::Fbgemm),
+            ctx(Flow::ConvertFx, Engine::Qnnpack),
+            ctx(Flow::ConvertToReferenceFx, Engine::Fbgemm),
+        ] {
+            assert_eq!(exact(&run(&op, c, &x).unwrap()), [1, 2, 3, 4], "{c:?}");
+        }
     }
 }
