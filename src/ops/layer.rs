@@ -1093,22 +1093,22 @@ mod tests {
     #[test]
     fn grouped_conv_trace_finds_the_saturating_image_channel_and_pixel() {
         // 8 input channels in 2 groups of 4, 4 output channels (2 per group), 1×1 kernel, two
-        // 1×2 images of 1s but for channels 6, 7 of image 1's pixel 1 (255). Only output channel
+        // 2×2 images of 1s but for channels 6, 7 of image 1's pixel 3 (255). Only output channel
         // 3 (group 1, weights 1, 1, 127, 127) saturates there: 255·127 + 255·127 at k = 2.
         let mut w = vec![1i8; 16];
         w[14] = 127;
         w[15] = 127;
         let layer = qlayer(conv([8, 4], [1, 1], [0, 0], 2), vec![4, 4, 1, 1], w, 1.0, 0);
-        let mut codes = vec![1u8; 2 * 8 * 2];
+        let mut codes = vec![1u8; 2 * 8 * 4];
         for c in [6, 7] {
-            codes[(8 + c) * 2 + 1] = 255;
+            codes[(8 + c) * 4 + 3] = 255;
         }
-        let input = Value::Quantized(QTensor::new(vec![2, 8, 1, 2], codes, 1.0, 0));
+        let input = Value::Quantized(QTensor::new(vec![2, 8, 2, 2], codes, 1.0, 0));
         let ctx = fx_ctx(Engine::Fbgemm, Isa::Avx2, CpuFeatures::AVX2);
         let plan = layer
             .plan(&ctx, &[input.meta()], Some(&out_q(1000.0, 0)))
             .unwrap();
-        // Output (image 1, channel 3, pixel 1) is element (1·4 + 3)·2 + 1 = 15.
-        saturates_only_at(plan.as_ref(), &input, 15, 2);
+        // Output (image 1, channel 3, pixel 3) is element (1·4 + 3)·4 + 3 = 31.
+        saturates_only_at(plan.as_ref(), &input, 31, 2);
     }
 }
