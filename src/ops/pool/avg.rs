@@ -610,4 +610,25 @@ mod tests {
             assert_eq!(exact(&run(&op, c, &x).unwrap()), [1, 2, 3, 4], "{c:?}");
         }
     }
+
+    #[test]
+    fn windows_of_one_size_and_divisor_share_a_finish_class() {
+        // 4×4, kernel 3, padding 1, stride 1, count_include_pad False: corner windows hold 4
+        // pixels, edges 6, the centre 9; the backend tabulates the requantization per class.
+        let x = QTensor::new(vec![1, 1, 4, 4], vec![0; 16], 1.0, 0);
+        let op = AvgPool2d {
+            count_include_pad: false,
+            ..pool(3, 1, 1)
+        };
+        let v = Value::Quantized(x.clone());
+        let c = ctx(Flow::ConvertFx, Engine::Fbgemm);
+        let plan = op.plan(&c, &[v.meta()], Some(&same(&x))).unwrap();
+        let Some(crate::ops::Lowered::Window(w)) = plan.lowered() else {
+            panic!("not a window op");
+        };
+        let k = |oy, ox| w.finish_class(oy, ox).unwrap();
+        assert!(k(0, 0) == k(3, 3) && k(0, 0) == k(0, 3));
+        assert!(k(0, 1) == k(2, 3) && k(1, 1) == k(2, 2));
+        assert!(k(0, 0) != k(0, 1) && k(0, 1) != k(1, 1) && k(0, 0) != k(1, 1));
+    }
 }
