@@ -1111,4 +1111,44 @@ mod tests {
         // Output (image 1, channel 3, pixel 3) is element (1·4 + 3)·4 + 3 = 31.
         saturates_only_at(plan.as_ref(), &input, 31, 2);
     }
+
+    #[test]
+    fn the_cache_never_takes_part_in_equality() {
+        let geometry = Geometry::Linear {
+            in_features: 2,
+            out_features: 1,
+        };
+        let layer = qlayer(geometry, vec![1, 2], vec![3, -5], 0.5, 0);
+        let fresh = layer.clone();
+        let input = QTensor::new(vec![1, 2], vec![7, 9], 1.0, 0);
+        layer
+            .float_sums(Flow::ConvertToReferenceFx, &input)
+            .unwrap();
+        assert_eq!(layer, fresh);
+        assert_eq!(layer, layer.clone());
+    }
+
+    #[test]
+    fn the_clamp_range_must_lie_in_0_to_255() {
+        let geometry = Geometry::Linear {
+            in_features: 2,
+            out_features: 1,
+        };
+        let layer = qlayer(geometry, vec![1, 2], vec![3, -5], 0.5, 0);
+        let input = Value::Quantized(QTensor::new(vec![1, 2], vec![7, 9], 1.0, 0));
+        let ctx = fx_ctx(Engine::Fbgemm, Isa::Avx2, CpuFeatures::AVX2);
+        let plan = |quant_min, quant_max| {
+            let out = OutQParams {
+                quant_min,
+                quant_max,
+                ..out_q(1.0, 0)
+            };
+            layer.plan(&ctx, &[input.meta()], Some(&out)).map(|_| ())
+        };
+        assert!(plan(0, 255).is_ok() && plan(0, 127).is_ok() && plan(5, 5).is_ok());
+        for (lo, hi) in [(-1, 255), (0, 256), (9, 8), (-1, 256)] {
+            let e = plan(lo, hi).unwrap_err().to_string();
+            assert!(e.contains(&format!("clamp range {lo}..{hi}")), "{e}");
+        }
+    }
 }
