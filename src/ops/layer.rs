@@ -1151,4 +1151,32 @@ mod tests {
             assert!(e.contains(&format!("clamp range {lo}..{hi}")), "{e}");
         }
     }
+
+    #[test]
+    fn malformed_weights_are_errors() {
+        let geometry = Geometry::Linear {
+            in_features: 2,
+            out_features: 1,
+        };
+        let input = Value::Quantized(QTensor::new(vec![1, 2], vec![7, 9], 1.0, 0));
+        let ctx = fx_ctx(Engine::Fbgemm, Isa::Avx2, CpuFeatures::AVX2);
+        let plan = |l: QLayer| {
+            let e = l.plan(&ctx, &[input.meta()], Some(&out_q(1.0, 0))).err();
+            e.map(|e| e.to_string()).unwrap_or_default()
+        };
+        let good = qlayer(geometry, vec![1, 2], vec![3, -5], 0.5, 0);
+        assert_eq!(plan(good.clone()), "");
+        let mut l = good.clone();
+        l.weight.shape = vec![2, 1];
+        assert!(plan(l).contains("the layer expects [1, 2]"));
+        let mut l = good.clone();
+        l.weight.int_repr.push(1);
+        assert!(plan(l).contains("[1, 2] with 3 values"));
+        let mut l = good.clone();
+        l.weight.scales.push(0.5);
+        assert!(plan(l).contains("2 scales / 1 zero points for 1 expected"));
+        let mut l = good;
+        l.weight.zero_points.push(0);
+        assert!(plan(l).contains("1 scales / 2 zero points for 1 expected"));
+    }
 }
