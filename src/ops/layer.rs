@@ -976,6 +976,17 @@ mod tests {
         }
     }
 
+    /// A 2 → 1 linear layer and a one-row input for it.
+    fn small_linear() -> (QLayer, Value) {
+        let geometry = Geometry::Linear {
+            in_features: 2,
+            out_features: 1,
+        };
+        let layer = qlayer(geometry, vec![1, 2], vec![3, -5], 0.5, 0);
+        let input = Value::Quantized(QTensor::new(vec![1, 2], vec![7, 9], 1.0, 0));
+        (layer, input)
+    }
+
     /// The plan's trace of output `i`, one string.
     fn trace(plan: &dyn Plan, input: &Value, i: usize) -> String {
         plan.trace(&[input], 0, i).unwrap().join("\n")
@@ -1114,15 +1125,10 @@ mod tests {
 
     #[test]
     fn the_cache_never_takes_part_in_equality() {
-        let geometry = Geometry::Linear {
-            in_features: 2,
-            out_features: 1,
-        };
-        let layer = qlayer(geometry, vec![1, 2], vec![3, -5], 0.5, 0);
+        let (layer, input) = small_linear();
         let fresh = layer.clone();
-        let input = QTensor::new(vec![1, 2], vec![7, 9], 1.0, 0);
         layer
-            .float_sums(Flow::ConvertToReferenceFx, &input)
+            .float_sums(Flow::ConvertToReferenceFx, input.quantized("x").unwrap())
             .unwrap();
         assert_eq!(layer, fresh);
         assert_eq!(layer, layer.clone());
@@ -1130,12 +1136,7 @@ mod tests {
 
     #[test]
     fn the_clamp_range_must_lie_in_0_to_255() {
-        let geometry = Geometry::Linear {
-            in_features: 2,
-            out_features: 1,
-        };
-        let layer = qlayer(geometry, vec![1, 2], vec![3, -5], 0.5, 0);
-        let input = Value::Quantized(QTensor::new(vec![1, 2], vec![7, 9], 1.0, 0));
+        let (layer, input) = small_linear();
         let ctx = fx_ctx(Engine::Fbgemm, Isa::Avx2, CpuFeatures::AVX2);
         let plan = |quant_min, quant_max| {
             let out = OutQParams {
@@ -1154,17 +1155,12 @@ mod tests {
 
     #[test]
     fn malformed_weights_are_errors() {
-        let geometry = Geometry::Linear {
-            in_features: 2,
-            out_features: 1,
-        };
-        let input = Value::Quantized(QTensor::new(vec![1, 2], vec![7, 9], 1.0, 0));
+        let (good, input) = small_linear();
         let ctx = fx_ctx(Engine::Fbgemm, Isa::Avx2, CpuFeatures::AVX2);
         let plan = |l: QLayer| {
             let e = l.plan(&ctx, &[input.meta()], Some(&out_q(1.0, 0))).err();
             e.map(|e| e.to_string()).unwrap_or_default()
         };
-        let good = qlayer(geometry, vec![1, 2], vec![3, -5], 0.5, 0);
         assert_eq!(plan(good.clone()), "");
         let mut l = good.clone();
         l.weight.shape = vec![2, 1];
