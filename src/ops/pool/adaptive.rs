@@ -99,13 +99,10 @@ impl Op for AdaptiveAvgPool2d {
             && h % oh == 0
             && w % ow == 0
         {
-            if !(scale as f32).is_normal() {
-                return Err(Error::invalid(op, "QNNPACK requires a normal f32 scale"));
-            }
             let kernel = [h / oh, w / ow];
             Path::Qnnpack {
                 kernel,
-                scale: qnnpack_scale(scale, out.scale, kernel[0] * kernel[1]),
+                scale: qnnpack_scale(op, scale, out.scale, kernel[0] * kernel[1])?,
             }
         } else {
             Path::Aten(AtenLayout::of(format, dims))

@@ -127,12 +127,8 @@ impl Op for AvgPool2d {
                     "QNNPACK rejects a 1x1 average pool (\"1x1 pooling is meaningless\")",
                 ));
             }
-            // The output keeps the input's scale (checked by `plan_input`).
-            if !(scale as f32).is_normal() {
-                return Err(Error::invalid(op, "QNNPACK requires a normal f32 scale"));
-            }
             Path::Qnnpack {
-                scale: qnnpack_scale(scale, out.scale, area),
+                scale: qnnpack_scale(op, scale, out.scale, area)?,
             }
         } else {
             Path::Aten(AtenLayout::of(format, dims))
@@ -150,9 +146,13 @@ impl Op for AvgPool2d {
 }
 
 /// QNNPACK's fp32 requantization scale of an average pool over `area` elements
-/// (`average-pooling.c`, `global-average-pooling.c`): `f32(in_s / f32(out_s · f32(area)))`.
-pub(crate) fn qnnpack_scale(in_scale: f64, out_scale: f64, area: usize) -> f32 {
-    in_scale as f32 / (out_scale as f32 * area as f32)
+/// (`average-pooling.c`, `global-average-pooling.c`): `f32(in_s / f32(out_s · f32(area)))`. The
+/// pools keep the input's scale, which QNNPACK requires to be a normal f32.
+pub(crate) fn qnnpack_scale(op: &str, in_scale: f64, out_scale: f64, area: usize) -> Result<f32> {
+    if !(in_scale as f32).is_normal() {
+        return Err(Error::invalid(op, "QNNPACK requires a normal f32 scale"));
+    }
+    Ok(in_scale as f32 / (out_scale as f32 * area as f32))
 }
 
 /// QNNPACK's fp32 requantization (`q8avgpool`, `q8gavgpool` SSE2 kernels): `cvtps_epi32`

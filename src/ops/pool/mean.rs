@@ -92,11 +92,8 @@ impl Op for MeanHw {
         let path = if !ctx.flow.is_integer() {
             Path::Float
         } else if ctx.engine == Engine::Qnnpack && self.dim == [2, 3] {
-            if !(scale as f32).is_normal() {
-                return Err(Error::invalid(op, "QNNPACK requires a normal f32 scale"));
-            }
             Path::Qnnpack {
-                scale: qnnpack_scale(scale, out.scale, h * w),
+                scale: qnnpack_scale(op, scale, out.scale, h * w)?,
             }
         } else if nchw_contiguous {
             if !self.keepdim && suggests_channels_last(format, dims) {
