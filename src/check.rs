@@ -222,6 +222,15 @@ pub fn pinned_rule(tag: &str) -> String {
             "QNNPACK's int32 bias is RNE(f32(bias · f32(1/sb))), sb = f32(w_s · s_x) \
              (nearest alternative: RNE(f32(bias / sb)))"
         }
+        "R25-qnnpack-bias-rne" => {
+            "QNNPACK's int32 bias rounds f32(bias · f32(1/sb)) half to even when it is a tie \
+             n + 0.5 (nearest alternative: half away from zero)"
+        }
+        "R25-qnnpack-output-scale-reciprocal" => {
+            "QNNPACK's requantization scale multiplies by the output scale's reciprocal, \
+             req = f32(f32(w_s · s_x) · f32(1/s_y)) (nearest alternatives: f32(f32(w_s · s_x) / s_y), \
+             or the quotient w_s · s_x / s_y in double)"
+        }
         "R2-observer-zero-point-rne" | "R2-histogram-zero-point-rne" => {
             "the Python observer's zero point is qmin − RNE(f32(min / scale)), ties to even \
              (nearest alternative: ties away from zero)"

@@ -345,6 +345,8 @@ fn every_pinning_golden_reproduces() {
             &["-fbgemm-", "-x86-"],
         ),
         ("R25-qnnpack-bias-reciprocal", &["-qnnpack-"]),
+        ("R25-qnnpack-output-scale-reciprocal", &["-qnnpack-"]),
+        ("R25-qnnpack-bias-rne", &["-qnnpack-"]),
         ("R2-observer-zero-point-rne", &["-default-"]),
         ("R2-observer-zero-point-division", &["-default-"]),
         ("R2-histogram-zero-point-rne", &["-default-"]),

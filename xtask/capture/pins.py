@@ -16,6 +16,15 @@ Rules (docs/NUMERICS.md):
 - R25-qnnpack-bias-reciprocal: QNNPACK's int32 bias `RNE(f32(b · f32(1/sb)))`, alternative
   `RNE(f32(b / sb))`, `sb = f32(w_s · s_x)` (PyTorch `QuantUtils.h` `QuantizeBias` →
   `quantize_per_tensor(..., kQInt32)`, FBGEMM `Quantize<int32_t>`).
+- R25-qnnpack-bias-rne: that f32 product, when it is a tie `n + 0.5`, rounds half to even (R9,
+  FBGEMM `QuantUtils.h` `Quantize<T>`), alternative: half away from zero. The bias is walked onto
+  an exact tie above an even integer.
+- R25-qnnpack-output-scale-reciprocal: QNNPACK's requantization scale multiplies by the
+  reciprocal of the output scale, `f32(f32(w_s · s_x) · f32(1/s_y))` (PyTorch `QnnpackUtils.h`
+  `generate_requantization_scales`); alternatives: dividing, `f32(f32(w_s · s_x) / s_y)`, and the
+  whole quotient in double, `f32(w_s · s_x / s_y)`. The output scale is walked near a tie of one
+  int32 sum `T`, and every output channel's bias makes row 0's sum `T`, so that row's outputs
+  are `cvt32(f32(T) · req)` on either side of `k + 0.5`.
 - R22-fbgemm-bias-per-tensor-reciprocal: FBGEMM's per-tensor bias is multiplied by
   `rcp = f32(1.0 / f64(atws))`, alternative: divided, `f32(raw) + f32(b / atws)` (FBGEMM
   `QuantUtilsAvx2.cc` `requantizeOutputProcessingAvx2`).
@@ -43,6 +52,8 @@ FBGEMM_ISAS = [("fbgemm", "default"), ("x86", "default"), ("fbgemm", "avx2"), ("
 # (tag, the engine / ISA combinations its cases cycle through)
 RULES = [
     ("R25-qnnpack-bias-reciprocal", [("qnnpack", "default")]),
+    ("R25-qnnpack-output-scale-reciprocal", [("qnnpack", "default")]),
+    ("R25-qnnpack-bias-rne", [("qnnpack", "default")]),
     ("R22-fbgemm-bias-per-tensor-reciprocal", FBGEMM_ISAS),
     ("R22-fbgemm-bias-per-tensor-fma", FBGEMM_ISAS),
     ("R22-fbgemm-bias-per-channel-division", FBGEMM_ISAS),
@@ -89,17 +100,38 @@ def fbgemm_q(raw, b, sx, ws, sy, yz, bias_alt=None, mult_alt=False):
     return _u8(F(xf * mult), yz)
 
 
-def qnnpack_q(raw, b, sx, ws, sy, yz, bias_alt=False):
-    """QNNPACK's requantization of one accumulator (R25) with per-tensor weights."""
+def qnnpack_req(sx, ws, sy, req_alt=None):
+    """QNNPACK's requantization scale (R25); req_alt "div" or "f64" for its alternatives."""
+    sb = F(float(ws) * sx)
+    if req_alt == "div":
+        return F(sb / F(sy))
+    if req_alt == "f64":
+        return F(float(ws) * float(sx) / float(sy))
+    return F(sb * F(F(1.0) / F(sy)))
+
+
+def qnnpack_bias(b, sx, ws, bias_alt=False, away=False):
+    """QNNPACK's int32 bias (R25): RNE(f32(b · f32(1/sb))); with bias_alt RNE(f32(b / sb)), with
+    away the rounding of ties away from zero."""
     sb = F(float(ws) * sx)
     v = F(F(b) / sb) if bias_alt else F(F(b) * F(F(1.0) / sb))
-    bq = int(min(max(np.rint(v), -(2**31)), 2**31 - 1))
-    req = F(sb * F(F(1.0) / F(sy)))
+    r = np.copysign(np.floor(abs(float(v)) + 0.5), float(v)) if away else np.rint(v)
+    return int(min(max(r, -(2**31)), 2**31 - 1))
+
+
+def qnnpack_q(raw, b, sx, ws, sy, yz, bias_alt=False, req_alt=None, away=False):
+    """QNNPACK's requantization of one accumulator (R25) with per-tensor weights."""
+    bq = qnnpack_bias(b, sx, ws, bias_alt, away)
+    req = qnnpack_req(sx, ws, sy, req_alt)
     return _u8(F(F(np.int32(np.int64(raw) + bq)) * req), yz)
 
 
 def _rule_and_alt(tag):
     """(rule, alternative) as functions of (raw, b, sx, ws, sy, yz)."""
+    if tag == "R25-qnnpack-output-scale-reciprocal":
+        return qnnpack_q, lambda *a: qnnpack_q(*a, req_alt="div")
+    if tag == "R25-qnnpack-bias-rne":
+        return qnnpack_q, lambda *a: qnnpack_q(*a, away=True)
     if tag.startswith("R25"):
         return qnnpack_q, lambda *a: qnnpack_q(*a, bias_alt=True)
     if tag.endswith("per-channel-division"):
@@ -157,6 +189,33 @@ def _scales(rng, tag):
         return sx, ws, sy
 
 
+def _output_scale_tie(rng, sx, ws, yz):
+    """(s_y, T): an f32 output scale and an int32 sum T on which QNNPACK's requantization scale
+    and both its alternatives put f32(T) · req on different sides of a tie, or None. Solves
+    T · req = k + 0.5 for s_y, then walks the f32 values of s_y around it."""
+    sb = float(F(float(ws) * sx))
+    for _ in range(64):
+        k = int(rng.integers(5 - yz, 250 - yz))
+        if k <= 0:
+            continue
+        t = max(1, int(round((k + 0.5) / float(rng.uniform(0.3, 2.5)))))
+        sy0 = sb * t / (k + 0.5)
+        for sy in f32_walk(sy0, WINDOW):
+            out = [_u8(F(F(t) * qnnpack_req(sx, ws, sy, a)), yz) for a in (None, "div", "f64")]
+            if out[0] != out[1] and out[0] != out[2]:
+                return float(sy), t
+    return None
+
+
+def _bias_for_int32(bq, sx, ws):
+    """An f32 bias that QNNPACK quantizes to exactly bq (R25), or None."""
+    sb = float(F(float(ws) * sx))
+    for b in f32_walk(bq * sb, 8):
+        if qnnpack_bias(b, sx, ws) == bq:
+            return b
+    return None
+
+
 def pin_case(rng, rule_index, engine, k):
     """(op, args, expected, tags, summary) of the k-th case pinning RULES[rule_index]; summary is
     (outputs on which PyTorch equals the rule, outputs on which it equals the alternative, n)."""
@@ -186,11 +245,22 @@ def pin_case(rng, rule_index, engine, k):
         w = rng.integers(-40, 41, size=(N, K)).astype(np.int8)
         raw = (xq_codes - xz) @ w.astype(np.int64).T  # [M, N], exact
         bias = []
-        for j in range(N):
-            b = _search_bias(rng, tag, int(raw[0, j]), sx, wss[j], sy, yz)
-            if b is None:
-                break
-            bias.append(b)
+        if tag == "R25-qnnpack-output-scale-reciprocal":
+            tie = _output_scale_tie(rng, sx, ws, yz)
+            if tie is None:
+                continue
+            sy, t = tie
+            for j in range(N):
+                b = _bias_for_int32(t - int(raw[0, j]), sx, ws)
+                if b is None:
+                    break
+                bias.append(b)
+        else:
+            for j in range(N):
+                b = _search_bias(rng, tag, int(raw[0, j]), sx, wss[j], sy, yz)
+                if b is None:
+                    break
+                bias.append(b)
         if len(bias) == N:
             break
     bias = np.array(bias, dtype=np.float32)
