@@ -222,6 +222,14 @@ pub fn pinned_rule(tag: &str) -> String {
             "QNNPACK's int32 bias is RNE(f32(bias · f32(1/sb))), sb = f32(w_s · s_x) \
              (nearest alternative: RNE(f32(bias / sb)))"
         }
+        "R24-final-rne" => {
+            "the requantized f32 value rounds half to even, q = cvt32(y) + zp_y with cvtps2dq \
+             (nearest alternative: ties half away from zero)"
+        }
+        "R24-relu-clamp-at-zero-point" => {
+            "quantized::linear_relu clamps below at the output zero point, q = max(q, zp_y) \
+             (nearest alternative: at code 0)"
+        }
         "R25-qnnpack-bias-rne" => {
             "QNNPACK's int32 bias rounds f32(bias · f32(1/sb)) half to even when it is a tie \
              n + 0.5 (nearest alternative: half away from zero)"

@@ -115,7 +115,8 @@ def run_primitive(case):
             w = torch._make_per_tensor_quantized_tensor(T(a["weight_int_repr"]), a["weight_scale"], a["weight_zero_point"])
         b = T(a["bias"]) if a.get("bias") is not None else None
         packed = torch.ops.quantized.linear_prepack(w, b)
-        y = torch.ops.quantized.linear(x, packed, a["output_scale"], a["output_zero_point"])
+        linear = torch.ops.quantized.linear_relu if a.get("relu") else torch.ops.quantized.linear
+        y = linear(x, packed, a["output_scale"], a["output_zero_point"])
         n = compare("quantize_per_tensor(input)", x.int_repr(), T(e["input_int_repr"]))
         return n + compare(op + " (" + a["engine"] + ")", y.int_repr(), T(e["int_repr"]))
     if op in QOP_CALLS:

@@ -347,6 +347,11 @@ fn every_pinning_golden_reproduces() {
         ("R25-qnnpack-bias-reciprocal", &["-qnnpack-"]),
         ("R25-qnnpack-output-scale-reciprocal", &["-qnnpack-"]),
         ("R25-qnnpack-bias-rne", &["-qnnpack-"]),
+        ("R24-final-rne", &["-fbgemm-", "-x86-", "-qnnpack-"]),
+        (
+            "R24-relu-clamp-at-zero-point",
+            &["-fbgemm-", "-x86-", "-qnnpack-"],
+        ),
         ("R2-observer-zero-point-rne", &["-default-"]),
         ("R2-observer-zero-point-division", &["-default-"]),
         ("R2-histogram-zero-point-rne", &["-default-"]),

@@ -443,6 +443,10 @@ pub struct QuantizedLinearArgs {
     pub bias: Option<Tensor>,
     pub output_scale: f64,
     pub output_zero_point: i64,
+    /// `quantized::linear_relu` (the lower clamp at the output zero point) instead of
+    /// `quantized::linear`.
+    #[serde(default)]
+    pub relu: bool,
 }
 
 /// A quantization parameter given once per tensor (a JSON number) or per channel (a list).

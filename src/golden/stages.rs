@@ -659,7 +659,7 @@ fn quantized_linear_stage(
         },
         bias,
         weight,
-        relu: false,
+        relu: a.relu,
         cache: Default::default(),
     };
     let xq_t = need(
@@ -699,7 +699,11 @@ fn quantized_linear_stage(
             )],
         },
         Stage {
-            location: format!("quantized::linear ({})", a.engine.name()),
+            location: format!(
+                "quantized::linear{} ({})",
+                if a.relu { "_relu" } else { "" },
+                a.engine.name()
+            ),
             group: p.op.name().to_string(),
             ctx: fctx,
             op: Arc::new(layer),

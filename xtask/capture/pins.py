@@ -25,6 +25,13 @@ Rules (docs/NUMERICS.md):
   whole quotient in double, `f32(w_s · s_x / s_y)`. The output scale is walked near a tie of one
   int32 sum `T`, and every output channel's bias makes row 0's sum `T`, so that row's outputs
   are `cvt32(f32(T) · req)` on either side of `k + 0.5`.
+- R24-final-rne: the requantized f32 value, when it is a tie `k + 0.5`, rounds half to even
+  (`cvtps2dq` in FBGEMM's and QNNPACK's epilogues), alternative: half away from zero. FBGEMM:
+  the bias is walked until `f32(x · mult)` is exactly such a tie; QNNPACK: the output scale is
+  walked as for R25's output scale.
+- R24-relu-clamp-at-zero-point: `quantized::linear_relu` clamps below at the output zero point
+  (FBGEMM `ReQuantizeOutput` with `FUSE_RELU`; PyTorch `qlinear.cpp` QNNPACK `output_min`),
+  alternative: at code 0. The bias puts row 0's outputs below the zero point.
 - R22-fbgemm-bias-per-tensor-reciprocal: FBGEMM's per-tensor bias is multiplied by
   `rcp = f32(1.0 / f64(atws))`, alternative: divided, `f32(raw) + f32(b / atws)` (FBGEMM
   `QuantUtilsAvx2.cc` `requantizeOutputProcessingAvx2`).
@@ -54,6 +61,8 @@ RULES = [
     ("R25-qnnpack-bias-reciprocal", [("qnnpack", "default")]),
     ("R25-qnnpack-output-scale-reciprocal", [("qnnpack", "default")]),
     ("R25-qnnpack-bias-rne", [("qnnpack", "default")]),
+    ("R24-final-rne", FBGEMM_ISAS + [("qnnpack", "default")]),
+    ("R24-relu-clamp-at-zero-point", FBGEMM_ISAS + [("qnnpack", "default")]),
     ("R22-fbgemm-bias-per-tensor-reciprocal", FBGEMM_ISAS),
     ("R22-fbgemm-bias-per-tensor-fma", FBGEMM_ISAS),
     ("R22-fbgemm-bias-per-channel-division", FBGEMM_ISAS),
@@ -64,9 +73,18 @@ M, K, N = 2, 16, 8
 WINDOW = 96  # f32 steps searched on each side of a tie
 
 
-def _u8(y, zp):
-    """cvt32 (half to even) of the f32 y, plus the zero point, clamped to [0, 255]."""
-    return int(min(max(int(np.rint(y)) + zp, 0), 255))
+def _u8(y, zp, away=False, lo=0):
+    """cvt32 (half to even; with away, half away from zero) of the f32 y, plus the zero point,
+    clamped to [lo, 255]."""
+    r = np.copysign(np.floor(abs(float(y)) + 0.5), float(y)) if away else np.rint(y)
+    return int(min(max(int(r) + zp, lo), 255))
+
+
+def _finish(y, yz, fin):
+    """The final rounding and clamp (R24) of y; fin holds the options: relu (lower clamp at the
+    zero point, or with relu_at_0 at 0) and away (ties away from zero)."""
+    lo = 0 if fin.get("relu_at_0") else (yz if fin.get("relu") else 0)
+    return _u8(y, yz, away=fin.get("away", False), lo=lo)
 
 
 def fma32(a, b, c):
@@ -85,9 +103,9 @@ def fma32(a, b, c):
     return g if (e > 0) == (float(g) > float(f)) else f
 
 
-def fbgemm_q(raw, b, sx, ws, sy, yz, bias_alt=None, mult_alt=False):
+def fbgemm_q(raw, b, sx, ws, sy, yz, bias_alt=None, mult_alt=False, fin=None):
     """FBGEMM's requantization of one accumulator (R20) with per-tensor weights; bias_alt "div"
-    or "no_fma" for the alternatives of R22, mult_alt for R21's."""
+    or "no_fma" for the alternatives of R22, mult_alt for R21's, fin for R24's."""
     atws = F(F(sx) * F(ws))
     mult = F(atws * F(F(1.0) / F(sy))) if mult_alt else F(atws / F(sy))
     rcp = F(1.0 / float(atws))
@@ -97,7 +115,7 @@ def fbgemm_q(raw, b, sx, ws, sy, yz, bias_alt=None, mult_alt=False):
         xf = F(F(raw) + F(F(b) * rcp))
     else:
         xf = fma32(F(b), rcp, F(raw))
-    return _u8(F(xf * mult), yz)
+    return _finish(F(xf * mult), yz, fin or {})
 
 
 def qnnpack_req(sx, ws, sy, req_alt=None):
@@ -119,15 +137,22 @@ def qnnpack_bias(b, sx, ws, bias_alt=False, away=False):
     return int(min(max(r, -(2**31)), 2**31 - 1))
 
 
-def qnnpack_q(raw, b, sx, ws, sy, yz, bias_alt=False, req_alt=None, away=False):
-    """QNNPACK's requantization of one accumulator (R25) with per-tensor weights."""
+def qnnpack_q(raw, b, sx, ws, sy, yz, bias_alt=False, req_alt=None, away=False, fin=None):
+    """QNNPACK's requantization of one accumulator (R25) with per-tensor weights; fin holds
+    R24's options."""
     bq = qnnpack_bias(b, sx, ws, bias_alt, away)
     req = qnnpack_req(sx, ws, sy, req_alt)
-    return _u8(F(F(np.int32(np.int64(raw) + bq)) * req), yz)
+    return _finish(F(F(np.int32(np.int64(raw) + bq)) * req), yz, fin or {})
 
 
-def _rule_and_alt(tag):
+def _rule_and_alt(tag, engine=None):
     """(rule, alternative) as functions of (raw, b, sx, ws, sy, yz)."""
+    if tag.startswith("R24"):
+        q = qnnpack_q if engine == "qnnpack" else fbgemm_q
+        if tag == "R24-relu-clamp-at-zero-point":
+            return (lambda *a: q(*a, fin={"relu": True}),
+                    lambda *a: q(*a, fin={"relu": True, "relu_at_0": True}))
+        return q, lambda *a: q(*a, fin={"away": True})
     if tag == "R25-qnnpack-output-scale-reciprocal":
         return qnnpack_q, lambda *a: qnnpack_q(*a, req_alt="div")
     if tag == "R25-qnnpack-bias-rne":
@@ -149,14 +174,23 @@ def _f32_scale(rng, lo_exp, hi_exp):
     return float(np.ldexp(m, int(rng.integers(lo_exp, hi_exp)) - 20))
 
 
-def _search_bias(rng, tag, raw, sx, ws, sy, yz):
+def _search_bias(rng, tag, raw, sx, ws, sy, yz, engine=None):
     """An f32 bias on which rule and alternative give different u8 outputs for accumulator raw,
-    or None. Looks near ties `y = k + 0.5` for a few random k inside the output range."""
-    rule, alt = _rule_and_alt(tag)
+    or None. Looks near ties `y = k + 0.5` for a few random k inside the output range (for
+    R24's ReLU rule, near a negative y above -yz; for its final rounding, an even k)."""
+    rule, alt = _rule_and_alt(tag, engine)
     atws = float(F(F(sx) * F(ws)))
     for _ in range(24):
-        k = int(rng.integers(5 - yz, 250 - yz))
-        if tag.startswith("R25"):
+        if tag == "R24-relu-clamp-at-zero-point":
+            k = -int(rng.integers(1, yz))
+        elif tag == "R24-final-rne":
+            k = 2 * int(rng.integers(3 - yz // 2, 124 - yz // 2))
+        else:
+            k = int(rng.integers(5 - yz, 250 - yz))
+        if tag.startswith("R24") and engine == "qnnpack":
+            sb = float(F(float(ws) * sx))
+            b0 = (int(round((k + 0.5) * sy / sb)) - raw) * sb
+        elif tag.startswith("R25"):
             # The int32 bias itself has to straddle a tie: bq + 0.5 = b / sb.
             sb = float(F(float(ws) * sx))
             req = sb / sy
@@ -189,11 +223,15 @@ def _scales(rng, tag):
         return sx, ws, sy
 
 
-def _output_scale_tie(rng, sx, ws, yz):
-    """(s_y, T): an f32 output scale and an int32 sum T on which QNNPACK's requantization scale
-    and both its alternatives put f32(T) · req on different sides of a tie, or None. Solves
+def _output_scale_tie(rng, tag, sx, ws, yz):
+    """(s_y, T): an f32 output scale and an int32 sum T on which QNNPACK's rule and its
+    alternatives (for R25's output scale: both) round f32(T) · req differently, or None. Solves
     T · req = k + 0.5 for s_y, then walks the f32 values of s_y around it."""
     sb = float(F(float(ws) * sx))
+    rule, alt = _rule_and_alt(tag, "qnnpack")
+    alts = [alt]
+    if tag == "R25-qnnpack-output-scale-reciprocal":
+        alts.append(lambda *a: qnnpack_q(*a, req_alt="f64"))
     for _ in range(64):
         k = int(rng.integers(5 - yz, 250 - yz))
         if k <= 0:
@@ -201,8 +239,8 @@ def _output_scale_tie(rng, sx, ws, yz):
         t = max(1, int(round((k + 0.5) / float(rng.uniform(0.3, 2.5)))))
         sy0 = sb * t / (k + 0.5)
         for sy in f32_walk(sy0, WINDOW):
-            out = [_u8(F(F(t) * qnnpack_req(sx, ws, sy, a)), yz) for a in (None, "div", "f64")]
-            if out[0] != out[1] and out[0] != out[2]:
+            ours = rule(t, 0.0, sx, ws, sy, yz)
+            if all(ours != a(t, 0.0, sx, ws, sy, yz) for a in alts):
                 return float(sy), t
     return None
 
@@ -230,14 +268,15 @@ def pin_case(rng, rule_index, engine, k):
             op, args, expected, tags, summary = build(rng, tag, k, engine)
             return op, args, expected, ["pins:" + tag] + tags, summary
     torch.backends.quantized.engine = engine
-    rule, alt = _rule_and_alt(tag)
+    rule, alt = _rule_and_alt(tag, engine)
+    relu = tag == "R24-relu-clamp-at-zero-point"
     per_channel = "per-channel" in tag
     while True:
         sx, ws, sy = _scales(rng, tag)
         # Per channel: a scale per output channel, drawn like the per-tensor one.
         wss = [ws] + [_f32_scale(rng, -9, -5) for _ in range(N - 1)] if per_channel else [ws] * N
         xz = int(rng.integers(0, 256))
-        yz = int(rng.integers(0, 64))
+        yz = int(rng.integers(16, 64)) if tag == "R24-relu-clamp-at-zero-point" else int(rng.integers(0, 64))
         codes = rng.integers(0, 256, size=(M, K))
         x = torch.from_numpy(((codes - xz).astype(np.float64) * sx).astype(np.float32))
         xq = torch.quantize_per_tensor(x, sx, xz, torch.quint8)
@@ -245,8 +284,8 @@ def pin_case(rng, rule_index, engine, k):
         w = rng.integers(-40, 41, size=(N, K)).astype(np.int8)
         raw = (xq_codes - xz) @ w.astype(np.int64).T  # [M, N], exact
         bias = []
-        if tag == "R25-qnnpack-output-scale-reciprocal":
-            tie = _output_scale_tie(rng, sx, ws, yz)
+        if tag == "R25-qnnpack-output-scale-reciprocal" or (tag == "R24-final-rne" and engine == "qnnpack"):
+            tie = _output_scale_tie(rng, tag, sx, ws, yz)
             if tie is None:
                 continue
             sy, t = tie
@@ -257,7 +296,7 @@ def pin_case(rng, rule_index, engine, k):
                 bias.append(b)
         else:
             for j in range(N):
-                b = _search_bias(rng, tag, int(raw[0, j]), sx, wss[j], sy, yz)
+                b = _search_bias(rng, tag, int(raw[0, j]), sx, wss[j], sy, yz, engine)
                 if b is None:
                     break
                 bias.append(b)
@@ -270,7 +309,8 @@ def pin_case(rng, rule_index, engine, k):
     else:
         wq = torch._make_per_tensor_quantized_tensor(torch.from_numpy(w), ws, 0)
     packed = torch.ops.quantized.linear_prepack(wq, torch.from_numpy(bias))
-    y = torch.ops.quantized.linear(xq, packed, sy, yz).int_repr().numpy()
+    linear = torch.ops.quantized.linear_relu if relu else torch.ops.quantized.linear
+    y = linear(xq, packed, sy, yz).int_repr().numpy()
     ours = [rule(int(raw[0, j]), bias[j], sx, wss[j], sy, yz) for j in range(N)]
     theirs = [alt(int(raw[0, j]), bias[j], sx, wss[j], sy, yz) for j in range(N)]
     got = [int(v) for v in y[0]]
@@ -287,5 +327,7 @@ def pin_case(rng, rule_index, engine, k):
         "output_scale": sy,
         "output_zero_point": yz,
     }
+    if relu:
+        args["relu"] = True
     expected = {"input_int_repr": tensor(xq.int_repr()), "int_repr": tensor(y)}
     return "quantized_linear", args, expected, ["pins:" + tag], summary
