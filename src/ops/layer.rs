@@ -1055,6 +1055,44 @@ mod tests {
         assert_eq!(run([0, 1], &exact).1, Predicted::exact([175, 221, 175]));
     }
 
+    /// A GEMM that writes one constant, claiming the given accumulation model.
+    #[derive(Debug)]
+    struct Constant(Accumulation);
+
+    impl Int8Gemm for Constant {
+        fn name(&self) -> &'static str {
+            "constant"
+        }
+        fn accumulation(&self) -> Accumulation {
+            self.0
+        }
+        fn gemm(&self, _m: usize, _n: usize, _k: usize, _a: &[u8], _b: &[i8], c: &mut [i32]) {
+            c.fill(1000);
+        }
+    }
+
+    #[test]
+    fn accumulators_run_on_a_kernel_only_of_the_plans_accumulation() {
+        let (layer, input) = small_linear();
+        let ctx = fx_ctx(Engine::Fbgemm, Isa::Vnni, CpuFeatures::AVX512_VNNI);
+        let plan = layer
+            .plan(&ctx, &[input.meta()], Some(&out_q(1.0, 0)))
+            .unwrap();
+        let Some(Lowered::IntegerLayer(il)) = plan.lowered() else {
+            panic!("integer plan expected")
+        };
+        assert_eq!(il.accumulation, Accumulation::Exact);
+        let Value::Quantized(x) = &input else {
+            panic!("quantized input expected")
+        };
+        // 7·3 + 9·(−5) on the reference kernel.
+        assert_eq!(il.accumulators(x, None).unwrap(), [-24]);
+        let same = Constant(Accumulation::Exact);
+        assert_eq!(il.accumulators(x, Some(&same)).unwrap(), [1000]);
+        let other = Constant(Accumulation::PairSaturatingI16);
+        assert_eq!(il.accumulators(x, Some(&other)).unwrap(), [-24]);
+    }
+
     #[test]
     fn x86_convs_take_onednn_only_with_symmetric_weights() {
         let input = Value::Quantized(QTensor::new(vec![1, 2, 1, 1], vec![7, 9], 1.0, 0));
