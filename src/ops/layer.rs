@@ -1094,6 +1094,67 @@ mod tests {
     }
 
     #[test]
+    fn predict_rejects_an_input_unlike_the_planned_one() {
+        let (layer, input) = small_linear();
+        let ctx = fx_ctx(Engine::Fbgemm, Isa::Vnni, CpuFeatures::AVX512_VNNI);
+        let plan = layer
+            .plan(&ctx, &[input.meta()], Some(&out_q(1.0, 0)))
+            .unwrap();
+        let Some(Lowered::IntegerLayer(il)) = plan.lowered() else {
+            panic!("integer plan expected")
+        };
+        let Value::Quantized(x) = &input else {
+            panic!("quantized input expected")
+        };
+        assert!(il.predict(x, None).is_ok());
+        let other_zp = QTensor {
+            zero_point: 1,
+            ..x.clone()
+        };
+        let other_shape = QTensor {
+            shape: vec![2, 1],
+            ..x.clone()
+        };
+        let short = QTensor {
+            data: vec![7],
+            ..x.clone()
+        };
+        for bad in [other_zp, other_shape, short] {
+            let e = il.predict(&bad, None).unwrap_err().to_string();
+            assert!(e.contains("differ from the planned input"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_rule_names_each_requantization_and_the_relu_clamp() {
+        let (layer, input) = small_linear();
+        let requant = |engine, isa, cpu, relu| {
+            let l = QLayer {
+                relu,
+                ..layer.clone()
+            };
+            let plan = l
+                .plan(
+                    &fx_ctx(engine, isa, cpu),
+                    &[input.meta()],
+                    Some(&out_q(1.0, 0)),
+                )
+                .unwrap();
+            plan.rule().get("requant").unwrap().to_string()
+        };
+        let vnni = (Isa::Vnni, CpuFeatures::AVX512_VNNI);
+        let fbgemm = requant(Engine::Fbgemm, vnni.0, vnni.1, false);
+        assert!(fbgemm.starts_with("FBGEMM ReQuantizeOutput: "), "{fbgemm}");
+        assert!(fbgemm.contains("+ zp_y, 0, 255)") && !fbgemm.contains("oneDNN"));
+        let relu = requant(Engine::Fbgemm, vnni.0, vnni.1, true);
+        assert!(relu.contains("+ zp_y, zp_y (fused relu), 255)"), "{relu}");
+        let qnnpack = requant(Engine::Qnnpack, vnni.0, vnni.1, false);
+        assert!(qnnpack.starts_with("QNNPACK fp32: req = "), "{qnnpack}");
+        let onednn = requant(Engine::Onednn, vnni.0, vnni.1, false);
+        assert!(onednn.contains("oneDNN's own operation order is not pinned down"));
+    }
+
+    #[test]
     fn x86_convs_take_onednn_only_with_symmetric_weights() {
         let input = Value::Quantized(QTensor::new(vec![1, 2, 1, 1], vec![7, 9], 1.0, 0));
         let ctx = fx_ctx(Engine::X86, Isa::Vnni, CpuFeatures::AVX512_VNNI);
