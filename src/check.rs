@@ -266,6 +266,20 @@ pub fn pinned_rule(tag: &str) -> String {
              q = RNE(f32(x · f32(1/f32(scale)))) + zero point (nearest alternative: the \
              reciprocal of the double scale, f32(1/scale))"
         }
+        "R11-decomposed-reciprocal-double" => {
+            "quantized_decomposed.quantize_per_tensor multiplies by the reciprocal of the double \
+             scale, q = RNE(f32(x · f32(1.0 / scale))) + zp (nearest alternative: R8's \
+             f32(1 / f32(scale)))"
+        }
+        "R12-decomposed-quantize-f64-scales" => {
+            "quantized_decomposed.quantize_per_channel with float64 scales computes in double, \
+             q = RNE(x · (1 / s)) + zp (nearest alternative: the f32-scale arithmetic, \
+             RNE(f32(x · f32(1 / f32(s)))))"
+        }
+        "R12-decomposed-dequantize-f64-scales" => {
+            "quantized_decomposed.dequantize_per_channel with float64 scales computes in double, \
+             y = f32((q − zp) · s) (nearest alternative: f32(f32(q − zp) · f32(s)))"
+        }
         "R7-histogram-threshold-f32" => {
             "HistogramObserver's range search compares cSum[l] with f32(next_alpha · total) in f32 \
              (nearest alternative: in double, where 1e-5 · total lies just above an integer)"

@@ -361,6 +361,9 @@ fn every_pinning_golden_reproduces() {
         ("R4-fbgemm-symmetric-midpoint", &["-default-"]),
         ("R8-quantize-f32-scale-reciprocal", &["-default-"]),
         ("R7-histogram-threshold-f32", &["-default-"]),
+        ("R11-decomposed-reciprocal-double", &["-default-"]),
+        ("R12-decomposed-quantize-f64-scales", &["-default-"]),
+        ("R12-decomposed-dequantize-f64-scales", &["-default-"]),
         (
             "R34-adaptive-bounds-f32",
             &["-fbgemm-", "-x86-", "-qnnpack-", "-onednn-"],

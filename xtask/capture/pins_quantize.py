@@ -8,6 +8,17 @@ docs/NUMERICS.md and its nearest alternative give different codes.
   of the double scale, `f32(1 / s)`. Cases draw a double scale whose two reciprocals differ, then
   inputs within a few f32 steps of `(t + 1/2) / inv` where the two products round apart.
 
+- R11 (`torch/ao/quantization/fx/_decomposed.py` `quantize_per_tensor`: `inv_scale = 1.0 / scale`
+  on the Python float, then `x * inv_scale` in the f32 op math): `q = RNE(f32(x · f32(1 / s))) +
+  zp` with the reciprocal of the double scale. Alternative: R8's `f32(1 / f32(s))`. The same
+  search as R8's, the two reciprocals swapped.
+- R12, f64 scales (`_decomposed.py` `quantize_per_channel` / `dequantize_per_channel` with a
+  float64 `scales` tensor: the arithmetic promotes to double): quantize
+  `q = RNE(x · (1 / s)) + zp` in double, alternative: R12's f32-scale arithmetic
+  `RNE(f32(x · f32(1 / f32(s))))`; dequantize `f32((q − zp) · s)` in double, alternative
+  `f32(f32(q − zp) · f32(s))`. Quantize inputs are walked near `(t + 1/2) · s` until the two round
+  apart; dequantize cases draw scales and codes until every channel holds such an element.
+
 The search emulates both with numpy float32 scalars (every operation rounded to nearest even);
 PyTorch then decides.
 """
@@ -54,7 +65,117 @@ def r8_scale_case(rng, tag, k):
     return "quantize_per_tensor", args, expected, summary
 
 
+def r11_case(rng, tag, k):
+    """A decomposed quantize_per_tensor case on whose tie inputs R11's double reciprocal and R8's
+    f32 one differ."""
+    dtype, qmin, qmax = [(torch.uint8, 0, 255), (torch.int8, -128, 127)][k % 2]
+    while True:
+        s = float(rng.uniform(0.002, 0.5))
+        inv, alt = F(1.0 / s), F(1.0) / F(s)
+        if inv != alt:
+            break
+    zp = int(rng.integers(qmin + 40, qmax - 40))
+    xs = []
+    while len(xs) < int(rng.integers(8, 25)):
+        t = int(rng.integers(-30, 30))
+        for x in f32_walk((t + 0.5) / float(inv), WINDOW):
+            if _q(x, inv, zp, qmin, qmax) != _q(x, alt, zp, qmin, qmax):
+                xs.append(F(x))
+                break
+    x = np.array(xs, dtype=np.float32)
+    xt = torch.from_numpy(x.copy())
+    out = torch.ops.quantized_decomposed.quantize_per_tensor(xt, s, zp, qmin, qmax, dtype)
+    rule = [_q(v, inv, zp, qmin, qmax) for v in x]
+    other = [_q(v, alt, zp, qmin, qmax) for v in x]
+    got = [int(v) for v in out.numpy()]
+    summary = (sum(a == b for a, b in zip(got, rule)), sum(a == b for a, b in zip(got, other)), len(got))
+    args = {"input": tensor(xt), "scale": s, "zero_point": zp, "quant_min": qmin, "quant_max": qmax,
+            "dtype": dtype_name(dtype)}
+    return "decomposed_quantize_per_tensor", args, {"output": tensor(out)}, summary
+
+
+def _q64(x, s, zp, qmin, qmax):
+    return int(min(max(np.rint(float(x) * (1.0 / s)) + zp, qmin), qmax))
+
+
+def _f64_scales(rng, c):
+    """c double scales that are not f32 values."""
+    out = []
+    while len(out) < c:
+        s = float(rng.uniform(0.002, 0.5))
+        if float(F(s)) != s:
+            out.append(s)
+    return np.array(out, dtype=np.float64)
+
+
+def r12_quantize_case(rng, tag, k):
+    """A decomposed quantize_per_channel case with f64 scales on whose inputs double and f32
+    arithmetic give different codes, in every channel."""
+    dtype, qmin, qmax = [(torch.uint8, 0, 255), (torch.int8, -128, 127)][k % 2]
+    c, n = int(rng.integers(2, 5)), int(rng.integers(4, 9))
+    axis = k % 2
+    scales = _f64_scales(rng, c)
+    zps = rng.integers(qmin + 40, qmax - 40, size=c).astype(np.int64)
+    x = np.empty((c, n), dtype=np.float32)  # channels first, moved to `axis` below
+    for i in range(c):
+        s, zp = float(scales[i]), int(zps[i])
+        inv32 = F(1.0) / F(s)
+        j = 0
+        while j < n:
+            t = int(rng.integers(-30, 30))
+            for v in f32_walk((t + 0.5) * s, WINDOW):
+                if _q64(v, s, zp, qmin, qmax) != _q(v, inv32, zp, qmin, qmax):
+                    x[i, j] = v
+                    j += 1
+                    break
+    x = np.ascontiguousarray(np.moveaxis(x, 0, axis))
+    xt = torch.from_numpy(x.copy())
+    out = torch.ops.quantized_decomposed.quantize_per_channel(
+        xt, torch.from_numpy(scales.copy()), torch.from_numpy(zps), axis, qmin, qmax, dtype)
+    xm, om = np.moveaxis(x, axis, 0), np.moveaxis(out.numpy(), axis, 0)
+    rule = [_q64(xm[i, j], float(scales[i]), int(zps[i]), qmin, qmax) for i in range(c) for j in range(n)]
+    other = [_q(xm[i, j], F(1.0) / F(scales[i]), int(zps[i]), qmin, qmax) for i in range(c) for j in range(n)]
+    got = [int(om[i, j]) for i in range(c) for j in range(n)]
+    summary = (sum(a == b for a, b in zip(got, rule)), sum(a == b for a, b in zip(got, other)), len(got))
+    args = {"input": tensor(xt), "scales": tensor(scales), "zero_points": tensor(zps), "axis": axis,
+            "quant_min": qmin, "quant_max": qmax, "dtype": dtype_name(dtype)}
+    return "decomposed_quantize_per_channel", args, {"output": tensor(out)}, summary
+
+
+def r12_dequantize_case(rng, tag, k):
+    """A decomposed dequantize_per_channel case with f64 scales whose double and f32 products
+    round apart on some element of every channel."""
+    dtype, qmin, qmax, npdt = [(torch.uint8, 0, 255, np.uint8), (torch.int8, -128, 127, np.int8)][k % 2]
+    c, n = int(rng.integers(2, 5)), int(rng.integers(4, 9))
+    axis = k % 2
+    rule = lambda q, s, zp: F((int(q) - zp) * s)
+    other = lambda q, s, zp: F(F(int(q) - zp) * F(s))
+    while True:
+        scales = _f64_scales(rng, c)
+        zps = rng.integers(qmin, qmax + 1, size=c).astype(np.int64)
+        q = rng.integers(qmin, qmax + 1, size=(c, n)).astype(npdt)
+        if all(any(rule(q[i, j], scales[i], int(zps[i])) != other(q[i, j], scales[i], int(zps[i]))
+                   for j in range(n)) for i in range(c)):
+            break
+    qa = np.ascontiguousarray(np.moveaxis(q, 0, axis))
+    it = torch.from_numpy(qa.copy())
+    out = torch.ops.quantized_decomposed.dequantize_per_channel(
+        it, torch.from_numpy(scales.copy()), torch.from_numpy(zps), axis, qmin, qmax, dtype)
+    om = np.moveaxis(out.numpy(), axis, 0)
+    cells = [(i, j) for i in range(c) for j in range(n)]
+    got = [om[i, j] for i, j in cells]
+    ours = [rule(q[i, j], scales[i], int(zps[i])) for i, j in cells]
+    theirs = [other(q[i, j], scales[i], int(zps[i])) for i, j in cells]
+    summary = (int(sum(a == b for a, b in zip(got, ours))), int(sum(a == b for a, b in zip(got, theirs))), len(got))
+    args = {"input": tensor(it), "scales": tensor(scales), "zero_points": tensor(zps), "axis": axis,
+            "quant_min": qmin, "quant_max": qmax, "dtype": dtype_name(dtype)}
+    return "decomposed_dequantize_per_channel", args, {"output": tensor(out)}, summary
+
+
 # (tag, builder(rng, tag, k) -> (op, args, expected, (rule matches, alternatives matched, n)))
 QUANTIZE_RULES = [
     ("R8-quantize-f32-scale-reciprocal", r8_scale_case),
+    ("R11-decomposed-reciprocal-double", r11_case),
+    ("R12-decomposed-quantize-f64-scales", r12_quantize_case),
+    ("R12-decomposed-dequantize-f64-scales", r12_dequantize_case),
 ]
