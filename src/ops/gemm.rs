@@ -531,4 +531,21 @@ mod tests {
         assert!(p.output_dims(&[1, 4, 5, 5]).is_err());
         assert_eq!(p.output_dims(&[1, 3, 5, 5]).unwrap(), (1, 3, 3));
     }
+
+    #[test]
+    fn linear_acc_rejects_each_wrong_length() {
+        let r = Reference::new(Accumulation::Exact);
+        let (a, w, zp) = ([1u8, 2, 3, 4], [1i8, -1], [0i32]);
+        // 2×2 input, one output of 2 weights: (1 − 0)·1 + (2 − 0)·(−1), (3)·1 + (4)·(−1).
+        assert_eq!(linear_acc(&r, &a, 2, 2, 0, &w, 1, &zp).unwrap(), [-1, -1]);
+        let bad = [
+            linear_acc(&r, &a[..3], 2, 2, 0, &w, 1, &zp),
+            linear_acc(&r, &a, 2, 2, 0, &w[..1], 1, &zp),
+            linear_acc(&r, &a, 2, 2, 0, &w, 1, &[0, 0]),
+        ];
+        for e in bad {
+            let e = e.unwrap_err().to_string();
+            assert!(e.contains("weight zero points"), "{e}");
+        }
+    }
 }

@@ -1155,6 +1155,38 @@ mod tests {
     }
 
     #[test]
+    fn reference_flow_traces_show_each_flows_output_reciprocal() {
+        // At scale 0.03 the two reciprocals differ: f32(1/0.03) = 33.333332,
+        // 1/f32(0.03) = 33.333336.
+        let (layer, input) = small_linear();
+        let multiplier = |flow| {
+            let ctx = Ctx {
+                flow,
+                engine: Engine::Fbgemm,
+                isa: Isa::Vnni,
+                cpu: CpuFeatures::AVX512_VNNI,
+            };
+            let plan = layer
+                .plan(&ctx, &[input.meta()], Some(&out_q(0.03, 10)))
+                .unwrap();
+            let t = trace(plan.as_ref(), &input, 0);
+            let line = t.lines().find(|l| l.starts_with("multiplier: ")).unwrap();
+            line.to_string()
+        };
+        let double = (1.0f64 / 0.03) as f32;
+        let single = 1.0f32 / 0.03f32;
+        assert_ne!(double, single);
+        assert_eq!(
+            multiplier(Flow::ConvertToReferenceDecomposedFx),
+            format!("multiplier: {:e}", double as f64)
+        );
+        assert_eq!(
+            multiplier(Flow::ConvertToReferenceFx),
+            format!("multiplier: {:e}", single as f64)
+        );
+    }
+
+    #[test]
     fn x86_convs_take_onednn_only_with_symmetric_weights() {
         let input = Value::Quantized(QTensor::new(vec![1, 2, 1, 1], vec![7, 9], 1.0, 0));
         let ctx = fx_ctx(Engine::X86, Isa::Vnni, CpuFeatures::AVX512_VNNI);
