@@ -548,4 +548,28 @@ mod tests {
             assert!(e.contains("weight zero points"), "{e}");
         }
     }
+
+    #[test]
+    fn conv_acc_rejects_a_wrong_weight_length_or_zero_point_count() {
+        let r = Reference::new(Accumulation::Exact);
+        let p = Conv2dParams {
+            in_channels: 1,
+            out_channels: 2,
+            kernel_size: [1, 1],
+            stride: [1, 1],
+            padding: [0, 0],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        let (x, shape) = ([3u8, 4], [1, 1, 1, 2]);
+        let (acc, _) = conv2d_acc(&r, &x, &shape, 0, &[1, -1], &[0, 0], &p).unwrap();
+        assert_eq!(acc, [3, 4, -3, -4]);
+        for (w, zp) in [(&[1i8][..], &[0i32, 0][..]), (&[1, -1], &[0])] {
+            let e = conv2d_acc(&r, &x, &shape, 0, w, zp, &p).unwrap_err();
+            assert!(
+                e.to_string().contains("one zero point per output channel"),
+                "{e}"
+            );
+        }
+    }
 }

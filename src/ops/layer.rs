@@ -1187,6 +1187,28 @@ mod tests {
     }
 
     #[test]
+    fn onednn_window_counts_the_bias_terms_magnitude() {
+        // Accumulator 0, bias 100.49996, multiplier 1: the terms' magnitude is the bias's, so the
+        // window is 8·(ε/2)·100.5 + 2·(ε/2)·100.5 ≈ 6.0e-5 wide on each side and reaches the tie
+        // 3.8e-5 away; without the bias's magnitude it would be 1.2e-5 and miss it.
+        let rq = FbgemmRequant {
+            act_times_w_scale: vec![1.0],
+            multiplier: vec![1.0],
+            bias_term: vec![100.49996],
+            bias_scale: None,
+            out_zero_point: 0,
+            relu: false,
+        };
+        assert_eq!(onednn_pred(&rq, 0, 0), Pred::Ambiguous { lo: 100, hi: 101 });
+        // Far from the tie the same bias is decided.
+        let far = FbgemmRequant {
+            bias_term: vec![100.4],
+            ..rq
+        };
+        assert_eq!(onednn_pred(&far, 0, 0), Pred::Exact(100));
+    }
+
+    #[test]
     fn x86_convs_take_onednn_only_with_symmetric_weights() {
         let input = Value::Quantized(QTensor::new(vec![1, 2, 1, 1], vec![7, 9], 1.0, 0));
         let ctx = fx_ctx(Engine::X86, Isa::Vnni, CpuFeatures::AVX512_VNNI);
