@@ -1206,6 +1206,23 @@ mod tests {
             ..rq
         };
         assert_eq!(onednn_pred(&far, 0, 0), Pred::Exact(100));
+        // Accumulator 1000 at multiplier 0.1 (bias 4.998): the terms' magnitude is ~100, the
+        // window ~6e-5, and the tie 2e-4 away is out of reach; had the accumulator counted
+        // unscaled (~1000) the window would be ~5e-4 and reach it.
+        let scaled = FbgemmRequant {
+            multiplier: vec![0.1],
+            bias_term: vec![4.998],
+            ..far
+        };
+        assert_eq!(onednn_pred(&scaled, 1000, 0), Pred::Exact(100));
+        // Bias 100499.8 at multiplier 0.001: the bias term counts scaled (~100.5), so the tie
+        // 2e-4 away is again out of reach.
+        let large_bias = FbgemmRequant {
+            multiplier: vec![0.001],
+            bias_term: vec![100_499.8],
+            ..scaled
+        };
+        assert_eq!(onednn_pred(&large_bias, 0, 0), Pred::Exact(100));
     }
 
     #[test]
