@@ -11,7 +11,7 @@
 
 use crate::engine::PaddingTaps;
 use crate::geometry::Conv2dParams;
-use crate::kernels::{Accumulation, Int8Gemm};
+use crate::kernels::Int8Gemm;
 use crate::numerics::bound::FloatSum;
 use crate::{Error, Result};
 
@@ -354,11 +354,6 @@ pub fn first_saturating_pair(a: &[u8], b: &[i8]) -> Option<(usize, i32)> {
         })
 }
 
-/// Whether the accumulation model matters for this problem (some pair saturates).
-pub fn accumulation_matters(acc: Accumulation, a: &[u8], b: &[i8]) -> bool {
-    acc == Accumulation::PairSaturatingI16 && first_saturating_pair(a, b).is_some()
-}
-
 /// Pads every group's input channels to an even count, so that int16 pairs never straddle two
 /// kernel taps: oneDNN's int8 convolutions pair channels `(2j, 2j+1)` of one tap and zero-pad an
 /// odd channel count (its weights are blocked by 4 input channels). Padding activations hold the
@@ -403,6 +398,7 @@ pub fn pad_channels_even(
 mod tests {
     use super::*;
     use crate::kernels::reference::Reference;
+    use crate::kernels::Accumulation;
 
     #[test]
     fn linear_f64_sums_each_output_in_k_order() {
@@ -530,6 +526,24 @@ mod tests {
         assert!(p.output_dims(&[1, 3, 2, 5]).is_err());
         assert!(p.output_dims(&[1, 4, 5, 5]).is_err());
         assert_eq!(p.output_dims(&[1, 3, 5, 5]).unwrap(), (1, 3, 3));
+    }
+
+    #[test]
+    fn first_saturating_pair_leaves_sums_on_the_int16_bounds_alone() {
+        // 255·127 + 191·2 = 32 767 and 255·(−128) + 1·(−128) = −32 768 fit in int16; one step
+        // further (192·2, 2·(−128)) they saturate. The pair found is the second, at k = 2.
+        let ok = [255u8, 191, 255, 1];
+        assert_eq!(first_saturating_pair(&ok, &[127, 2, -128, -128]), None);
+        let over = [0u8, 0, 255, 192];
+        assert_eq!(
+            first_saturating_pair(&over, &[0, 0, 127, 2]),
+            Some((2, 32_769))
+        );
+        let under = [0u8, 0, 255, 2];
+        assert_eq!(
+            first_saturating_pair(&under, &[0, 0, -128, -128]),
+            Some((2, -32_896))
+        );
     }
 
     #[test]
