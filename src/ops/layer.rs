@@ -1071,8 +1071,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn accumulators_run_on_a_kernel_only_of_the_plans_accumulation() {
+    /// [`small_linear`] planned for FBGEMM on AVX-512 VNNI: its integer layer and input.
+    fn on_small_linear(f: impl FnOnce(&IntegerLayer, &QTensor)) {
         let (layer, input) = small_linear();
         let ctx = fx_ctx(Engine::Fbgemm, Isa::Vnni, CpuFeatures::AVX512_VNNI);
         let plan = layer
@@ -1081,48 +1081,46 @@ mod tests {
         let Some(Lowered::IntegerLayer(il)) = plan.lowered() else {
             panic!("integer plan expected")
         };
-        assert_eq!(il.accumulation, Accumulation::Exact);
         let Value::Quantized(x) = &input else {
             panic!("quantized input expected")
         };
-        // 7·3 + 9·(−5) on the reference kernel.
-        assert_eq!(il.accumulators(x, None).unwrap(), [-24]);
-        let same = Constant(Accumulation::Exact);
-        assert_eq!(il.accumulators(x, Some(&same)).unwrap(), [1000]);
-        let other = Constant(Accumulation::PairSaturatingI16);
-        assert_eq!(il.accumulators(x, Some(&other)).unwrap(), [-24]);
+        f(il, x);
+    }
+
+    #[test]
+    fn accumulators_run_on_a_kernel_only_of_the_plans_accumulation() {
+        on_small_linear(|il, x| {
+            assert_eq!(il.accumulation, Accumulation::Exact);
+            // 7·3 + 9·(−5) on the reference kernel.
+            assert_eq!(il.accumulators(x, None).unwrap(), [-24]);
+            let same = Constant(Accumulation::Exact);
+            assert_eq!(il.accumulators(x, Some(&same)).unwrap(), [1000]);
+            let other = Constant(Accumulation::PairSaturatingI16);
+            assert_eq!(il.accumulators(x, Some(&other)).unwrap(), [-24]);
+        });
     }
 
     #[test]
     fn predict_rejects_an_input_unlike_the_planned_one() {
-        let (layer, input) = small_linear();
-        let ctx = fx_ctx(Engine::Fbgemm, Isa::Vnni, CpuFeatures::AVX512_VNNI);
-        let plan = layer
-            .plan(&ctx, &[input.meta()], Some(&out_q(1.0, 0)))
-            .unwrap();
-        let Some(Lowered::IntegerLayer(il)) = plan.lowered() else {
-            panic!("integer plan expected")
-        };
-        let Value::Quantized(x) = &input else {
-            panic!("quantized input expected")
-        };
-        assert!(il.predict(x, None).is_ok());
-        let other_zp = QTensor {
-            zero_point: 1,
-            ..x.clone()
-        };
-        let other_shape = QTensor {
-            shape: vec![2, 1],
-            ..x.clone()
-        };
-        let short = QTensor {
-            data: vec![7],
-            ..x.clone()
-        };
-        for bad in [other_zp, other_shape, short] {
-            let e = il.predict(&bad, None).unwrap_err().to_string();
-            assert!(e.contains("differ from the planned input"), "{e}");
-        }
+        on_small_linear(|il, x| {
+            assert!(il.predict(x, None).is_ok());
+            let other_zp = QTensor {
+                zero_point: 1,
+                ..x.clone()
+            };
+            let other_shape = QTensor {
+                shape: vec![2, 1],
+                ..x.clone()
+            };
+            let short = QTensor {
+                data: vec![7],
+                ..x.clone()
+            };
+            for bad in [other_zp, other_shape, short] {
+                let e = il.predict(&bad, None).unwrap_err().to_string();
+                assert!(e.contains("differ from the planned input"), "{e}");
+            }
+        });
     }
 
     #[test]

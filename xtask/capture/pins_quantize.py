@@ -37,6 +37,19 @@ def _q(x, inv, zp, qmin, qmax):
     return int(min(max(int(np.rint(F(F(x) * inv))) + zp, qmin), qmax))
 
 
+def _tie_inputs(rng, inv, alt, zp, qmin, qmax):
+    """8 to 24 f32 inputs near ties `(t + 1/2) / inv` on which reciprocals inv and alt give
+    different codes."""
+    xs = []
+    while len(xs) < int(rng.integers(8, 25)):
+        t = int(rng.integers(-30, 30))
+        for x in f32_walk((t + 0.5) / float(inv), WINDOW):
+            if _q(x, inv, zp, qmin, qmax) != _q(x, alt, zp, qmin, qmax):
+                xs.append(F(x))
+                break
+    return np.array(xs, dtype=np.float32)
+
+
 def r8_scale_case(rng, tag, k):
     """A quantize_per_tensor case on whose tie inputs R8's f32 scale and the double one differ."""
     dtype, qmin, qmax = RANGES[k % 2]
@@ -46,14 +59,7 @@ def r8_scale_case(rng, tag, k):
         if inv != alt:
             break
     zp = int(rng.integers(qmin + 40, qmax - 40))
-    xs = []
-    while len(xs) < int(rng.integers(8, 25)):
-        t = int(rng.integers(-30, 30))
-        for x in f32_walk((t + 0.5) / float(inv), WINDOW):
-            if _q(x, inv, zp, qmin, qmax) != _q(x, alt, zp, qmin, qmax):
-                xs.append(F(x))
-                break
-    x = np.array(xs, dtype=np.float32)
+    x = _tie_inputs(rng, inv, alt, zp, qmin, qmax)
     xt = torch.from_numpy(x.copy())
     q = torch.quantize_per_tensor(xt, s, zp, dtype).int_repr()
     rule = [_q(v, inv, zp, qmin, qmax) for v in x]
@@ -75,14 +81,7 @@ def r11_case(rng, tag, k):
         if inv != alt:
             break
     zp = int(rng.integers(qmin + 40, qmax - 40))
-    xs = []
-    while len(xs) < int(rng.integers(8, 25)):
-        t = int(rng.integers(-30, 30))
-        for x in f32_walk((t + 0.5) / float(inv), WINDOW):
-            if _q(x, inv, zp, qmin, qmax) != _q(x, alt, zp, qmin, qmax):
-                xs.append(F(x))
-                break
-    x = np.array(xs, dtype=np.float32)
+    x = _tie_inputs(rng, inv, alt, zp, qmin, qmax)
     xt = torch.from_numpy(x.copy())
     out = torch.ops.quantized_decomposed.quantize_per_tensor(xt, s, zp, qmin, qmax, dtype)
     rule = [_q(v, inv, zp, qmin, qmax) for v in x]
