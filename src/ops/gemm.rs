@@ -547,6 +547,33 @@ mod tests {
     }
 
     #[test]
+    fn padding_channels_even_keeps_every_images_and_groups_sums() {
+        // 2 images, 2 groups of 3 input channels (padded to 4), 2×2 pixels, a 1×2 kernel.
+        let p = Conv2dParams {
+            in_channels: 6,
+            out_channels: 4,
+            kernel_size: [1, 2],
+            stride: [1, 1],
+            padding: [0, 0],
+            dilation: [1, 1],
+            groups: 2,
+        };
+        let shape = [2, 6, 2, 2];
+        let x: Vec<u8> = (0..48).map(|i| (i * 37 % 251) as u8).collect();
+        let w: Vec<i8> = (0..24).map(|i| (i * 29 % 200) as i8).collect();
+        let w_zp = [3, -2, 0, 7];
+        let (xp, sp, wp, q) = pad_channels_even(&x, &shape, 9, &w, &w_zp, &p);
+        assert_eq!((sp.as_slice(), q.in_channels), ([2, 8, 2, 2].as_slice(), 8));
+        // Image 1, group 1, channel 2 lands at channel 6 of image 1; channel 7 holds the zero
+        // point.
+        assert_eq!(xp[(8 + 6) * 4..(8 + 7) * 4], x[(6 + 5) * 4..(6 + 6) * 4]);
+        assert_eq!(xp[(8 + 7) * 4..(8 + 8) * 4], [9; 4]);
+        let r = Reference::new(Accumulation::Exact);
+        let want = conv2d_acc(&r, &x, &shape, 9, &w, &w_zp, &p).unwrap();
+        assert_eq!(conv2d_acc(&r, &xp, &sp, 9, &wp, &w_zp, &q).unwrap(), want);
+    }
+
+    #[test]
     fn linear_acc_rejects_each_wrong_length() {
         let r = Reference::new(Accumulation::Exact);
         let (a, w, zp) = ([1u8, 2, 3, 4], [1i8, -1], [0i32]);
