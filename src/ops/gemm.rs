@@ -593,15 +593,7 @@ mod tests {
     #[test]
     fn conv_acc_rejects_a_wrong_weight_length_or_zero_point_count() {
         let r = Reference::new(Accumulation::Exact);
-        let p = Conv2dParams {
-            in_channels: 1,
-            out_channels: 2,
-            kernel_size: [1, 1],
-            stride: [1, 1],
-            padding: [0, 0],
-            dilation: [1, 1],
-            groups: 1,
-        };
+        let p = Conv2dParams::square(1, 2, 1, 1, 0);
         let (x, shape) = ([3u8, 4], [1, 1, 1, 2]);
         let (acc, _) = conv2d_acc(&r, &x, &shape, 0, &[1, -1], &[0, 0], &p).unwrap();
         assert_eq!(acc, [3, 4, -3, -4]);

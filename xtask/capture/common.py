@@ -174,3 +174,8 @@ def f32_walk(v0, steps):
         down = np.nextafter(down, np.float32(-np.inf))
         yield up
         yield down
+
+
+def half_away(q):
+    """q rounded to an integer, halfway cases away from zero (the pins' alternative to RNE)."""
+    return float(np.sign(q) * np.floor(abs(float(q)) + 0.5))

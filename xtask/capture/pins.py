@@ -49,7 +49,7 @@ Rules (docs/NUMERICS.md):
 import numpy as np
 import torch
 
-from common import f32_walk, tensor
+from common import f32_walk, half_away, tensor
 from pins_pool import POOL_RULES
 from pins_qparams import QPARAM_RULES
 from pins_quantize import QUANTIZE_RULES
@@ -76,7 +76,7 @@ WINDOW = 96  # f32 steps searched on each side of a tie
 def _u8(y, zp, away=False, lo=0):
     """cvt32 (half to even; with away, half away from zero) of the f32 y, plus the zero point,
     clamped to [lo, 255]."""
-    r = np.copysign(np.floor(abs(float(y)) + 0.5), float(y)) if away else np.rint(y)
+    r = half_away(y) if away else np.rint(y)
     return int(min(max(int(r) + zp, lo), 255))
 
 
@@ -118,9 +118,14 @@ def fbgemm_q(raw, b, sx, ws, sy, yz, bias_alt=None, mult_alt=False, fin=None):
     return _finish(F(xf * mult), yz, fin or {})
 
 
+def bias_scale(sx, ws):
+    """QNNPACK's `sb = f32(w_s · s_x)` (QuantizeBias: the exact double product, rounded once)."""
+    return F(float(ws) * sx)
+
+
 def qnnpack_req(sx, ws, sy, req_alt=None):
     """QNNPACK's requantization scale (R25); req_alt "div" or "f64" for its alternatives."""
-    sb = F(float(ws) * sx)
+    sb = bias_scale(sx, ws)
     if req_alt == "div":
         return F(sb / F(sy))
     if req_alt == "f64":
@@ -131,9 +136,9 @@ def qnnpack_req(sx, ws, sy, req_alt=None):
 def qnnpack_bias(b, sx, ws, bias_alt=False, away=False):
     """QNNPACK's int32 bias (R25): RNE(f32(b · f32(1/sb))); with bias_alt RNE(f32(b / sb)), with
     away the rounding of ties away from zero."""
-    sb = F(float(ws) * sx)
+    sb = bias_scale(sx, ws)
     v = F(F(b) / sb) if bias_alt else F(F(b) * F(F(1.0) / sb))
-    r = np.copysign(np.floor(abs(float(v)) + 0.5), float(v)) if away else np.rint(v)
+    r = half_away(v) if away else np.rint(v)
     return int(min(max(r, -(2**31)), 2**31 - 1))
 
 
@@ -180,6 +185,7 @@ def _search_bias(rng, tag, raw, sx, ws, sy, yz, engine=None):
     R24's ReLU rule, near a negative y above -yz; for its final rounding, an even k)."""
     rule, alt = _rule_and_alt(tag, engine)
     atws = float(F(F(sx) * F(ws)))
+    sb = float(bias_scale(sx, ws))
     for _ in range(24):
         if tag == "R24-relu-clamp-at-zero-point":
             k = -int(rng.integers(1, yz))
@@ -188,11 +194,9 @@ def _search_bias(rng, tag, raw, sx, ws, sy, yz, engine=None):
         else:
             k = int(rng.integers(5 - yz, 250 - yz))
         if tag.startswith("R24") and engine == "qnnpack":
-            sb = float(F(float(ws) * sx))
             b0 = (int(round((k + 0.5) * sy / sb)) - raw) * sb
         elif tag.startswith("R25"):
             # The int32 bias itself has to straddle a tie: bq + 0.5 = b / sb.
-            sb = float(F(float(ws) * sx))
             req = sb / sy
             bq = int(round(k / req)) - raw
             b0 = (bq + 0.5) * sb
@@ -227,7 +231,7 @@ def _output_scale_tie(rng, tag, sx, ws, yz):
     """(s_y, T): an f32 output scale and an int32 sum T on which QNNPACK's rule and its
     alternatives (for R25's output scale: both) round f32(T) · req differently, or None. Solves
     T · req = k + 0.5 for s_y, then walks the f32 values of s_y around it."""
-    sb = float(F(float(ws) * sx))
+    sb = float(bias_scale(sx, ws))
     rule, alt = _rule_and_alt(tag, "qnnpack")
     alts = [alt]
     if tag == "R25-qnnpack-output-scale-reciprocal":
@@ -247,7 +251,7 @@ def _output_scale_tie(rng, tag, sx, ws, yz):
 
 def _bias_for_int32(bq, sx, ws):
     """An f32 bias that QNNPACK quantizes to exactly bq (R25), or None."""
-    sb = float(F(float(ws) * sx))
+    sb = float(bias_scale(sx, ws))
     for b in f32_walk(bq * sb, 8):
         if qnnpack_bias(b, sx, ws) == bq:
             return b

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.ao.quantization import observer as O
 
-from common import describe_observer, f32_walk, tensor
+from common import describe_observer, f32_walk, half_away, tensor
 from prims import fused_initial_state
 
 F = np.float32
@@ -45,10 +45,6 @@ def _rne(q):
     return float(np.rint(q))
 
 
-def _away(q):
-    return float(np.sign(q) * np.floor(abs(q) + 0.5))
-
-
 def r2_affine(mn, mx, qmin, qmax, eps, alt=None):
     """R2 per tensor: (scale, zp) of an affine Python observer from its f32 statistics;
     alt "away" (half away from zero) or "reciprocal" (multiply by f32(1/scale))."""
@@ -56,7 +52,7 @@ def r2_affine(mn, mx, qmin, qmax, eps, alt=None):
     mx = max(F(mx), F(0))
     s = max(F(F(mx - mn) / F(qmax - qmin)), F(eps))
     q = F(mn * F(F(1) / s)) if alt == "reciprocal" else F(mn / s)
-    r = _away(q) if alt == "away" else _rne(q)
+    r = half_away(q) if alt == "away" else _rne(q)
     return float(s), int(min(max(qmin - int(r), qmin), qmax))
 
 
