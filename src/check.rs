@@ -280,6 +280,26 @@ pub fn pinned_rule(tag: &str) -> String {
             "quantized_decomposed.dequantize_per_channel with float64 scales computes in double, \
              y = f32((q − zp) · s) (nearest alternative: f32(f32(q − zp) · f32(s)))"
         }
+        "R13-fake-quantize-mask-rounded" => {
+            "fake quantize's mask (the _cachemask variants) is taken on the rounded, unclamped \
+             value, qmin ≤ zp + RNE(f32(x · f32(1/s))) ≤ qmax (nearest alternative: the float \
+             range f32((qmin − zp) · s) ≤ x ≤ f32((qmax − zp) · s))"
+        }
+        "R13-fake-quantize-mask-ties-even" => {
+            "fake quantize rounds x · f32(1/s) half to even (nearbyint) before its mask's range \
+             test, so a tie half a step outside the range next to an even step count stays \
+             inside (nearest alternative: half away from zero, std::round)"
+        }
+        "R13-per-tensor-clamp-before-int64" => {
+            "fake_quantize_per_tensor_affine clamps fmin(fmax(qf, qmin), qmax) before its int64 \
+             conversion, so +inf and values beyond 2^63 steps give qmax (nearest alternative: \
+             the per-channel kernel's order, int64 first: INT64_MIN, so qmin)"
+        }
+        "R13-per-channel-int64-before-clamp" => {
+            "fake_quantize_per_channel_affine converts to int64 before its clamp, so NaN, ±inf \
+             and values beyond 2^63 steps give INT64_MIN, hence qmin (nearest alternative: the \
+             per-tensor kernel's order, where +inf gives qmax)"
+        }
         "R7-histogram-threshold-f32" => {
             "HistogramObserver's range search compares cSum[l] with f32(next_alpha · total) in f32 \
              (nearest alternative: in double, where 1e-5 · total lies just above an integer)"

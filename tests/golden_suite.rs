@@ -364,6 +364,10 @@ fn every_pinning_golden_reproduces() {
         ("R11-decomposed-reciprocal-double", &["-default-"]),
         ("R12-decomposed-quantize-f64-scales", &["-default-"]),
         ("R12-decomposed-dequantize-f64-scales", &["-default-"]),
+        ("R13-fake-quantize-mask-rounded", &["-default-"]),
+        ("R13-fake-quantize-mask-ties-even", &["-default-"]),
+        ("R13-per-tensor-clamp-before-int64", &["-default-"]),
+        ("R13-per-channel-int64-before-clamp", &["-default-"]),
         (
             "R34-adaptive-bounds-f32",
             &["-fbgemm-", "-x86-", "-qnnpack-", "-onednn-"],

@@ -424,13 +424,18 @@ pub fn check_quantize(q: &QParamCase, x: f32) {
             q.repro()
         ),
     }
-    let f = fake_quant::fake_quantize(x, q.scale, q.zero_point, lo, hi);
-    let on_grid = (lo..=hi).any(|v| ((v - q.zero_point) as f64 * q.scale as f64) as f32 == f);
-    assert!(
-        on_grid,
-        "fake_quantize({x:e}) = {f:e} is off the grid\n{}",
-        q.repro()
-    );
+    for (kernel, fq) in [
+        ("per-tensor", fake_quant::per_tensor as fn(f32, f32, i64, i64, i64) -> (f32, bool)),
+        ("per-channel", fake_quant::per_channel),
+    ] {
+        let (f, _) = fq(x, q.scale, q.zero_point, lo, hi);
+        let on_grid = (lo..=hi).any(|v| ((v - q.zero_point) as f64 * q.scale as f64) as f32 == f);
+        assert!(
+            on_grid,
+            "{kernel} fake_quantize({x:e}) = {f:e} is off the grid\n{}",
+            q.repro()
+        );
+    }
 }
 
 /// A random quantized graph ([`super::graph::FuzzGraph`]) runs node by node on this CPU's

@@ -478,6 +478,10 @@ pub struct PrimExpected {
     pub input_int_repr: Option<Tensor>,
     #[serde(default)]
     pub output: Option<Tensor>,
+    /// Fake quantize: the mask of the `_cachemask` variant (bool: the unclamped value is in
+    /// range), captured with `fake_quantize_per_*_affine_cachemask`.
+    #[serde(default)]
+    pub mask: Option<Tensor>,
     #[serde(default)]
     pub min_val: Option<Tensor>,
     #[serde(default)]

@@ -283,6 +283,7 @@ fn expected_field(case: &Case, e: &PrimExpected, name: &str) -> Result<Expected>
     let t = match name {
         "int_repr" => e.int_repr.as_ref(),
         "output" => e.output.as_ref(),
+        "mask" => e.mask.as_ref(),
         _ => None,
     };
     Ok(expected(
@@ -391,12 +392,16 @@ fn primitive_stages(
                     ))
                 }
             };
+            let mut exp = vec![expected_field(case, &p.expected, out_name)?];
+            if p.expected.mask.is_some() {
+                exp.push(expected_field(case, &p.expected, "mask")?);
+            }
             Ok(vec![stage(
                 group,
                 op,
                 vec![Value::Tensor(x.clone())],
                 None,
-                vec![expected_field(case, &p.expected, out_name)?],
+                exp,
             )])
         }
         PrimArgs::Fused(a) => fused_stage(case, p, a)

@@ -231,35 +231,54 @@ pub mod decomposed {
     }
 }
 
-/// Fake quantization (ATen `QuantizedOpKernels.cpp`).
+/// Fake quantization (ATen `QuantizedOpKernels.cpp`). The per-tensor and per-channel kernels
+/// clamp in a different order, so they part on `+inf` and on values beyond `±2^63` steps.
 pub mod fake_quant {
-    /// `fake_quantize_per_tensor_affine` / per-channel for one element with an integer zero point
-    /// (ATen `fake_quantize_tensor_cachemask_kernel`):
-    /// `q = int64(f32(zp + nearbyint(f32(x · f32(1/scale)))))`, `fmin(fmax(q, qmin), qmax)` in
-    /// double, `out = f32((q − zp) · scale)`. The int64 conversion of NaN or of a value beyond
-    /// ±2^63 is `INT64_MIN` on x86, so NaN, ±inf and huge inputs all come out as `qmin`.
+    /// `fake_quantize_per_tensor_affine` (also the per-tensor branch of
+    /// `fused_moving_avg_obs_fake_quant`) for one element, with the mask of its `_cachemask`
+    /// variant (ATen `_fake_quantize_tensor_helper`):
+    /// `qf = f32(zp + nearbyint(f32(x · f32(1/scale))))`, `q = int64(fmin(fmax(qf, qmin), qmax))`
+    /// (the clamp comes before the int64 conversion and `fmax` drops a NaN, so NaN gives `qmin`
+    /// and `+inf` gives `qmax`), `out = f32(f32(q − zp) · scale)`; the mask is
+    /// `qmin ≤ qf ≤ qmax` compared in f32 (false for NaN).
     #[inline]
-    pub fn fake_quantize(x: f32, scale: f32, zero_point: i64, qmin: i64, qmax: i64) -> f32 {
-        let q = quantized(x, scale, zero_point).clamp(qmin, qmax);
-        ((q - zero_point) as f64 * scale as f64) as f32
+    pub fn per_tensor(x: f32, scale: f32, zero_point: i64, qmin: i64, qmax: i64) -> (f32, bool) {
+        let qf = unclamped(x, scale, zero_point);
+        let q = f64::from(qf).max(qmin as f64).min(qmax as f64) as i64;
+        let out = (q - zero_point) as f32 * scale;
+        (out, qmin as f32 <= qf && qf <= qmax as f32)
     }
 
-    /// The integer before clamping: `int64(zp + nearbyint(f32(x · f32(1/scale))))`.
+    /// `fake_quantize_per_channel_affine` with integer zero points for one element, with the mask
+    /// of its `_cachemask` variant (ATen `_fake_quant_per_channel_cachemask_cpu_helper`):
+    /// `q = int64(f32(zp + nearbyint(f32(x · f32(1/scale)))))` first (the int64 conversion of
+    /// NaN, ±inf or a value beyond ±2^63 is `INT64_MIN` on x86, so all of them give `qmin`),
+    /// then `fmin(fmax(q, qmin), qmax)` and `out = f32((q − zp) · scale)` in double; the mask is
+    /// `qmin ≤ q ≤ qmax` on the unclamped integer.
+    #[inline]
+    pub fn per_channel(x: f32, scale: f32, zero_point: i64, qmin: i64, qmax: i64) -> (f32, bool) {
+        let q = quantized(x, scale, zero_point);
+        let out = ((q.clamp(qmin, qmax) - zero_point) as f64 * scale as f64) as f32;
+        (out, (qmin..=qmax).contains(&q))
+    }
+
+    /// `f32(zp + nearbyint(f32(x · f32(1/scale))))`, before any clamp.
+    #[inline]
+    fn unclamped(x: f32, scale: f32, zero_point: i64) -> f32 {
+        let inv = 1.0f32 / scale;
+        zero_point as f32 + super::rne(x * inv)
+    }
+
+    /// The per-channel kernel's integer before clamping: the int64 conversion of
+    /// `f32(zp + nearbyint(f32(x · f32(1/scale))))`, `INT64_MIN` where x86's conversion fails.
     #[inline]
     pub fn quantized(x: f32, scale: f32, zero_point: i64) -> i64 {
-        let inv = 1.0f32 / scale;
-        let qval = zero_point as f32 + super::rne(x * inv);
+        let qval = unclamped(x, scale, zero_point);
         if !(-9.223_372e18..9.223_372e18).contains(&qval) {
             i64::MIN
         } else {
             qval as i64
         }
-    }
-
-    /// The mask of the `_cachemask` variants: tested on the unclamped value.
-    #[inline]
-    pub fn mask(x: f32, scale: f32, zero_point: i64, qmin: i64, qmax: i64) -> bool {
-        (qmin..=qmax).contains(&quantized(x, scale, zero_point))
     }
 }
 
@@ -374,9 +393,12 @@ mod tests {
         for k in -128i64..=127 {
             let s = 0.037f32;
             let x = aten::dequantize(k, s as f64, 3);
-            let y = fake_quant::fake_quantize(x, s, 3, -128, 127);
-            if (-128..=127).contains(&(k)) {
+            for (y, mask) in [
+                fake_quant::per_tensor(x, s, 3, -128, 127),
+                fake_quant::per_channel(x, s, 3, -128, 127),
+            ] {
                 assert_eq!(x.to_bits(), y.to_bits(), "k {k}");
+                assert!(mask, "k {k}");
             }
         }
     }
@@ -424,15 +446,25 @@ mod tests {
         use fake_quant::*;
         // q = round(2·10) + 3 = 23 → (23 − 3)·0.1 = 2; −0.5·10 = −5 → −2 clamps to 0 → −0.3.
         assert_eq!(quantized(2.0, 0.1, 3), 23);
-        assert_eq!(fake_quantize(2.0, 0.1, 3, 0, 255), 2.0);
-        assert_eq!(
-            fake_quantize(-0.5, 0.1, 3, 0, 255),
-            (-3.0 * 0.1f32 as f64) as f32
-        );
-        // The mask is taken on the unclamped value: 23 is inside 0..23, not inside 0..22.
-        assert!(mask(2.0, 0.1, 3, 0, 23));
-        assert!(!mask(2.0, 0.1, 3, 0, 22));
-        assert!(!mask(2.0, 0.1, 3, 24, 30));
-        assert!(!mask(f32::NAN, 0.1, 3, 0, 255));
+        for fq in [per_tensor, per_channel] {
+            assert_eq!(fq(2.0, 0.1, 3, 0, 255), (2.0, true));
+            assert_eq!(fq(-0.5, 0.1, 3, 0, 255), (-3.0f32 * 0.1, false));
+            // The mask is taken on the unclamped value: 23 is inside 0..23, not inside 0..22.
+            assert!(fq(2.0, 0.1, 3, 0, 23).1);
+            assert!(!fq(2.0, 0.1, 3, 0, 22).1);
+            assert!(!fq(2.0, 0.1, 3, 24, 30).1);
+            // NaN and −inf come out as qmin, masked off, in both kernels.
+            for x in [f32::NAN, f32::NEG_INFINITY, -1e30] {
+                let (y, m) = fq(x, 0.1, 3, 0, 255);
+                assert_eq!((y, m), (-3.0f32 * 0.1, false), "{x}");
+            }
+        }
+        // +inf and values beyond 2^63 steps: the per-tensor kernel clamps before its int64
+        // conversion (qmax), the per-channel one after it (INT64_MIN, so qmin).
+        for x in [f32::INFINITY, 1e30] {
+            assert_eq!(per_tensor(x, 0.5, 3, 0, 127), (62.0, false), "{x}");
+            assert_eq!(per_channel(x, 0.5, 3, 0, 127), (-1.5, false), "{x}");
+        }
+        assert_eq!(per_channel(3e9, 0.5, 3, 0, 127), (62.0, false));
     }
 }

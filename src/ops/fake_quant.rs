@@ -99,38 +99,64 @@ impl FakeQuantizePlan<'_> {
     }
 }
 
+impl FakeQuantizePlan<'_> {
+    /// Output and mask of element i, by the kernel of this op's qparams.
+    fn element(&self, x: f32, i: usize) -> (f32, bool) {
+        let (s, z) = self.qparams(i);
+        let kernel = match self.op.qparams {
+            QParams::PerTensor { .. } => fake_quant::per_tensor,
+            QParams::PerChannel { .. } => fake_quant::per_channel,
+        };
+        kernel(x, s, z, self.op.quant_min, self.op.quant_max)
+    }
+}
+
 impl Plan for FakeQuantizePlan<'_> {
     fn rule(&self) -> Rule {
-        Rule::default().with(
-            "fake quantize",
-            format!(
-                "q = int64(zp + RNE(f32(x·f32(1/scale)))), clamp {}..{} in double, f32((q − zp)·scale)",
-                self.op.quant_min, self.op.quant_max
+        let (lo, hi) = (self.op.quant_min, self.op.quant_max);
+        let rule = match self.op.qparams {
+            QParams::PerTensor { .. } => format!(
+                "qf = f32(zp + RNE(f32(x·f32(1/scale)))), q = int64(fmin(fmax(qf, {lo}), {hi})) \
+                 (NaN → {lo}, +inf → {hi}), f32(f32(q − zp)·scale); mask {lo} ≤ qf ≤ {hi}"
             ),
-        )
+            QParams::PerChannel { .. } => format!(
+                "q = int64(zp + RNE(f32(x·f32(1/scale)))) (NaN, ±inf → INT64_MIN), clamp \
+                 {lo}..{hi} in double, f32((q − zp)·scale); mask {lo} ≤ q ≤ {hi}"
+            ),
+        };
+        Rule::default().with("fake quantize", rule)
     }
 
+    /// `output`, and `mask` (1 where the unclamped value is in range: the `_cachemask` variant's
+    /// second output).
     fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
         let xs = inputs[0].f32s("input")?;
-        let out = xs
+        let (out, mask): (Vec<f32>, Vec<i64>) = xs
             .iter()
             .enumerate()
             .map(|(i, &x)| {
-                let (s, z) = self.qparams(i);
-                fake_quant::fake_quantize(x, s, z, self.op.quant_min, self.op.quant_max)
+                let (y, m) = self.element(x, i);
+                (y, i64::from(m))
             })
-            .collect();
-        Ok(vec![Output::new(
-            "output",
-            self.shape.clone(),
-            Predicted::Floats(out),
-        )])
+            .unzip();
+        Ok(vec![
+            Output::new("output", self.shape.clone(), Predicted::Floats(out)),
+            Output::new(
+                "mask",
+                self.shape.clone(),
+                Predicted::exact(mask.into_iter()),
+            ),
+        ])
     }
 
     fn trace(&self, inputs: &[&Value], _output: usize, i: usize) -> Result<Vec<String>> {
         let x = super::element_at("fake_quantize", inputs[0].f32s("input")?, i)?;
         let (s, z) = self.qparams(i);
-        Ok(vec![format!("x = {x:e}, scale {s}, zero_point {z}")])
+        let (y, m) = self.element(x, i);
+        Ok(vec![
+            format!("x = {x:e}, scale {s}, zero_point {z}"),
+            format!("output {y:e}, mask {m}"),
+        ])
     }
 }
 
@@ -319,12 +345,57 @@ mod tests {
         let plan = fits.plan(&ctx, &[x.meta()], None).unwrap();
         assert_eq!(
             plan.trace(&[&x], 0, 5).unwrap(),
-            ["x = 5e-1, scale 0.1, zero_point 0"]
+            ["x = 5e-1, scale 0.1, zero_point 0", "output 5e-1, mask true"]
         );
         assert!(plan.trace(&[&x], 0, 6).is_err());
         for bad in [op(vec![0.1; 3], vec![0; 2]), op(vec![0.1; 2], vec![0; 3])] {
             let e = bad.plan(&ctx, &[x.meta()], None).err().unwrap();
             assert!(e.to_string().contains("channels"), "{e}");
         }
+    }
+
+    #[test]
+    fn the_kernel_follows_the_qparams_and_the_mask_is_an_output() {
+        let ctx = test_ctx(Flow::ConvertFx, Engine::Fbgemm);
+        // In range, beyond qmax by less than half a step, NaN, +inf, −inf.
+        let xs = vec![1.0, 64.2, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e30];
+        let x = Value::Tensor(Tensor::f32(vec![1, 6], xs));
+        let per_tensor = FakeQuantize {
+            qparams: QParams::PerTensor {
+                scale: 0.5,
+                zero_point: 1,
+            },
+            quant_min: 0,
+            quant_max: 127,
+        };
+        let per_channel = FakeQuantize {
+            qparams: QParams::PerChannel {
+                scales: vec![0.5],
+                scales_f32: true,
+                zero_points: vec![1],
+                axis: 0,
+            },
+            ..per_tensor.clone()
+        };
+        let run = |op: &FakeQuantize| {
+            let plan = op.plan(&ctx, &[x.meta()], None).unwrap();
+            let outs = plan.predict(&[&x]).unwrap();
+            assert_eq!(outs[0].name, "output");
+            assert_eq!(outs[1].name, "mask");
+            let Predicted::Floats(y) = &outs[0].values else {
+                panic!("floats")
+            };
+            (y.clone(), outs[1].ints().unwrap().to_vec(), plan.rule().to_string())
+        };
+        let (yt, mt, rt) = run(&per_tensor);
+        let (yc, mc, rc) = run(&per_channel);
+        // 64.2 / 0.5 + 1 = 129.4 → 129: clamped to 127 and masked off.
+        assert_eq!(yt, [1.0, 63.0, -0.5, 63.0, -0.5, 63.0]);
+        assert_eq!(yc, [1.0, 63.0, -0.5, -0.5, -0.5, -0.5]);
+        let exact = |v: [i64; 6]| v.map(crate::numerics::bound::Pred::Exact).to_vec();
+        assert_eq!(mt, exact([1, 0, 0, 0, 0, 0]));
+        assert_eq!(mc, mt);
+        assert!(rt.contains("+inf → 127"), "{rt}");
+        assert!(rc.contains("INT64_MIN"), "{rc}");
     }
 }

@@ -1,7 +1,8 @@
 """The `pins` suite: cases (golden/README.md) built so that one numerics rule of docs/NUMERICS.md
 and its nearest alternative give different outputs, captured from PyTorch. This file builds the
 `quantized_linear` cases of the requantization rules; pins_qparams.py those of the qparam choosers,
-pins_quantize.py those of the quantize arithmetic, pins_pool.py those of the pooling windows.
+pins_quantize.py those of the quantize arithmetic, pins_fake_quant.py those of fake quantization,
+pins_pool.py those of the pooling windows.
 
 For each case the script quantizes the input with PyTorch, computes the exact int32 accumulators
 (small weights, symmetric weight zero point: no int16 pair can saturate on any FBGEMM path), then
@@ -52,6 +53,7 @@ import torch
 from common import f32_walk, half_away, tensor
 from pins_pool import POOL_RULES
 from pins_qparams import QPARAM_RULES
+from pins_fake_quant import FAKE_QUANT_RULES
 from pins_quantize import QUANTIZE_RULES
 
 F = np.float32
@@ -67,7 +69,7 @@ RULES = [
     ("R22-fbgemm-bias-per-tensor-fma", FBGEMM_ISAS),
     ("R22-fbgemm-bias-per-channel-division", FBGEMM_ISAS),
     ("R21-fbgemm-multiplier-division", FBGEMM_ISAS),
-] + [(tag, [(None, "default")]) for tag, _ in QPARAM_RULES + QUANTIZE_RULES] + [  # no engine
+] + [(tag, [(None, "default")]) for tag, _ in QPARAM_RULES + QUANTIZE_RULES + FAKE_QUANT_RULES] + [  # no engine
     (tag, [(e, "default") for e in ("fbgemm", "x86", "qnnpack", "onednn")]) for tag, _ in POOL_RULES]
 M, K, N = 2, 16, 8
 WINDOW = 96  # f32 steps searched on each side of a tie
@@ -262,7 +264,7 @@ def pin_case(rng, rule_index, engine, k):
     """(op, args, expected, tags, summary) of the k-th case pinning RULES[rule_index]; summary is
     (outputs on which PyTorch equals the rule, outputs on which it equals the alternative, n)."""
     tag = RULES[rule_index][0]
-    for qtag, build in QPARAM_RULES + QUANTIZE_RULES:
+    for qtag, build in QPARAM_RULES + QUANTIZE_RULES + FAKE_QUANT_RULES:
         if qtag == tag:
             op, args, expected, summary = build(rng, tag, k)
             return op, args, expected, ["pins:" + tag], summary

@@ -342,7 +342,8 @@ pub struct FusedConfig {
 
 /// One call of `fused_moving_avg_obs_fake_quant` (ATen `fused_obs_fake_quant.cpp`): updates the
 /// running min/max by the moving average (first call: the batch's own), chooses qparams with
-/// FBGEMM's `ChooseQuantizationParams`, and fake-quantizes with them. With fake quantization off,
+/// FBGEMM's `ChooseQuantizationParams`, and fake-quantizes with them (per row: the per-channel
+/// kernel, [`fake_quant::per_channel`]; otherwise the per-tensor one). With fake quantization off,
 /// only the statistics move: qparams are chosen only when fake quantization is on. Returns the output.
 pub fn fused_moving_avg_obs_fake_quant(
     x: &[f32],
@@ -404,7 +405,7 @@ pub fn fused_moving_avg_obs_fake_quant(
             .enumerate()
             .map(|(i, &v)| {
                 let c = (i / inner) % channels;
-                fake_quant::fake_quantize(v, state.scale[c], state.zero_point[c] as i64, qmin, qmax)
+                fake_quant::per_channel(v, state.scale[c], state.zero_point[c] as i64, qmin, qmax).0
             })
             .collect())
     } else {
@@ -433,7 +434,7 @@ pub fn fused_moving_avg_obs_fake_quant(
         }
         let (s, z) = (state.scale[0], state.zero_point[0] as i64);
         Ok(x.iter()
-            .map(|&v| fake_quant::fake_quantize(v, s, z, qmin, qmax))
+            .map(|&v| fake_quant::per_tensor(v, s, z, qmin, qmax).0)
             .collect())
     }
 }
@@ -491,5 +492,36 @@ mod tests {
         obs.forward(&[1.0, 2.0], &[2]).unwrap();
         assert!(obs.min_val[0].is_nan());
         assert_eq!(obs.max_val[0], 3.0 + 0.01f32 * (2.0 - 3.0));
+    }
+
+    /// The fused op fake-quantizes per row with the per-channel kernel and otherwise with the
+    /// per-tensor one, which part on +inf and on values beyond 2^63 steps (torch 2.15, running
+    /// range −1..1 with the observer off: +inf and 1e30 give 0.9921 per tensor, −1.0079 per row).
+    #[test]
+    fn fused_fake_quant_uses_the_kernel_of_its_granularity() {
+        let x = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e30, 3e9, 0.25];
+        for per_row in [false, true] {
+            let mut state = FusedState {
+                running_min: vec![-1.0],
+                running_max: vec![1.0],
+                scale: vec![1.0],
+                zero_point: vec![0],
+            };
+            let cfg = FusedConfig {
+                averaging_const: 0.01,
+                quant_min: 0,
+                quant_max: 127,
+                ch_axis: 0,
+                per_row_fake_quant: per_row,
+                symmetric_quant: false,
+            };
+            let y = fused_moving_avg_obs_fake_quant(&x, &[1, 6], &mut state, &cfg, false, true)
+                .unwrap();
+            let (s, z) = (state.scale[0], state.zero_point[0] as i64);
+            let (lo, hi) = ((0 - z) as f32 * s, (127 - z) as f32 * s);
+            let big = if per_row { lo } else { hi };
+            assert_eq!(y[..5], [lo, big, lo, big, hi], "per row {per_row}");
+            assert_eq!(y[5], fake_quant::per_tensor(0.25, s, z, 0, 127).0);
+        }
     }
 }
