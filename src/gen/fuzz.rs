@@ -425,7 +425,10 @@ pub fn check_quantize(q: &QParamCase, x: f32) {
         ),
     }
     for (kernel, fq) in [
-        ("per-tensor", fake_quant::per_tensor as fn(f32, f32, i64, i64, i64) -> (f32, bool)),
+        (
+            "per-tensor",
+            fake_quant::per_tensor as fn(f32, f32, i64, i64, i64) -> (f32, bool),
+        ),
         ("per-channel", fake_quant::per_channel),
     ] {
         let (f, _) = fq(x, q.scale, q.zero_point, lo, hi);

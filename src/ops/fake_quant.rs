@@ -345,7 +345,10 @@ mod tests {
         let plan = fits.plan(&ctx, &[x.meta()], None).unwrap();
         assert_eq!(
             plan.trace(&[&x], 0, 5).unwrap(),
-            ["x = 5e-1, scale 0.1, zero_point 0", "output 5e-1, mask true"]
+            [
+                "x = 5e-1, scale 0.1, zero_point 0",
+                "output 5e-1, mask true"
+            ]
         );
         assert!(plan.trace(&[&x], 0, 6).is_err());
         for bad in [op(vec![0.1; 3], vec![0; 2]), op(vec![0.1; 2], vec![0; 3])] {
@@ -385,7 +388,11 @@ mod tests {
             let Predicted::Floats(y) = &outs[0].values else {
                 panic!("floats")
             };
-            (y.clone(), outs[1].ints().unwrap().to_vec(), plan.rule().to_string())
+            (
+                y.clone(),
+                outs[1].ints().unwrap().to_vec(),
+                plan.rule().to_string(),
+            )
         };
         let (yt, mt, rt) = run(&per_tensor);
         let (yc, mc, rc) = run(&per_channel);
