@@ -2059,4 +2059,111 @@ mod tests {
             assert!(fold_batch_norm(&[1.0, 2.0], None, &b).is_err());
         }
     }
+
+    /// An op whose plan predicts fixed integers for output `int_repr` (one ambiguous element).
+    #[derive(Debug)]
+    struct Fixed(Vec<Pred>);
+
+    impl Op for Fixed {
+        fn name(&self) -> &'static str {
+            "fixed"
+        }
+        fn plan<'a>(
+            &'a self,
+            _ctx: &Ctx,
+            _inputs: &[crate::ops::Meta<'_>],
+            _out: Option<&OutQParams>,
+        ) -> Result<Box<dyn crate::ops::Plan + 'a>> {
+            Ok(Box::new(FixedPlan(self)))
+        }
+    }
+
+    #[derive(Debug)]
+    struct FixedPlan<'a>(&'a Fixed);
+
+    impl crate::ops::Plan for FixedPlan<'_> {
+        fn rule(&self) -> crate::ops::Rule {
+            crate::ops::Rule::default().with("fixed", "as given")
+        }
+        fn predict(&self, _inputs: &[&Value]) -> Result<Vec<Output>> {
+            let p = Predicted::Ints(self.0 .0.clone());
+            Ok(vec![Output::new("int_repr", vec![self.0 .0.len()], p)])
+        }
+    }
+
+    /// The engine authors' interface: inputs and PyTorch's outputs as arrays, the quantized
+    /// inputs' qparams, and per-element verdicts (equal, admissible within an ambiguous
+    /// prediction, mismatched), with clear errors for an unknown output or a wrong length.
+    #[test]
+    fn a_stage_compares_an_engines_output_element_by_element() {
+        let q = QTensor {
+            shape: vec![2, 2],
+            data: vec![1, 2, 3, 250],
+            scale: 0.25,
+            zero_point: 7,
+            memory_format: crate::ops::MemoryFormat::Contiguous,
+        };
+        let f = Tensor::f32(vec![3], vec![0.5, -1.0, f32::NAN]);
+        let stage = Stage {
+            location: "test".into(),
+            group: "fixed".into(),
+            ctx: neutral_ctx(Isa::Avx2, CpuFeatures::default()),
+            op: Arc::new(Fixed(vec![
+                Pred::Exact(4),
+                Pred::Ambiguous { lo: 5, hi: 6 },
+                Pred::Exact(0),
+                Pred::Exact(-2),
+            ])),
+            inputs: vec![Value::Quantized(q), Value::Tensor(f)],
+            out: None,
+            expected: vec![expected(
+                "int_repr",
+                "expected.int_repr",
+                Tensor::int(DType::I64, vec![4], vec![4, 5, 0, -2]),
+            )],
+        };
+        let arrays = stage.input_arrays();
+        assert_eq!(arrays.len(), 2);
+        assert_eq!(arrays[0].shape(), [2, 2]);
+        assert_eq!(
+            arrays[0].iter().copied().collect::<Vec<_>>(),
+            [1.0, 2.0, 3.0, 250.0]
+        );
+        assert_eq!(arrays[1].shape(), [3]);
+        assert_eq!(arrays[1][[1]], -1.0);
+        assert!(arrays[1][[2]].is_nan());
+        assert_eq!(stage.input_qparams(), [Some((0.25, 7)), None]);
+        let exp = stage.expected_arrays();
+        assert_eq!(exp.len(), 1);
+        assert_eq!(exp[0].0, "int_repr");
+        assert_eq!(
+            exp[0].1.iter().copied().collect::<Vec<_>>(),
+            [4.0, 5.0, 0.0, -2.0]
+        );
+
+        let c = stage.compare("int_repr", &[4.0, 6.0, -0.0, -3.0]).unwrap();
+        assert_eq!(c.output, "int_repr");
+        use Verdict::*;
+        assert_eq!(c.verdicts, [Equal, Admissible, Equal, Mismatch]);
+        assert_eq!(c.mismatches(), 1);
+        assert_eq!(c.rule.get("fixed"), Some("as given"));
+        // Outside the ambiguous interval, or not an integer: mismatched.
+        let c = stage.compare("int_repr", &[4.5, 7.0, 0.0, -2.0]).unwrap();
+        assert_eq!(c.verdicts, [Mismatch, Mismatch, Equal, Equal]);
+        assert_eq!(c.mismatches(), 2);
+        assert_eq!(
+            stage
+                .compare("int_repr", &[4.0, 5.0, 0.0, -2.0])
+                .unwrap()
+                .mismatches(),
+            0
+        );
+        let e = stage.compare("output", &[4.0; 4]).unwrap_err();
+        assert!(e.to_string().contains("no output \"output\""), "{e}");
+        let e = stage.compare("int_repr", &[4.0; 3]).unwrap_err();
+        assert!(
+            e.to_string().contains("3 values, PyTorch produced 4"),
+            "{e}"
+        );
+    }
 }
