@@ -2158,6 +2158,19 @@ mod tests {
                 .mismatches(),
             0
         );
+        // Any NaN equals any NaN, whatever its payload; a NaN against a number is a mismatch.
+        let quiet = f32::from_bits(0xffc0_0001);
+        let nans = Stage {
+            op: Arc::new(Fixed(vec![Pred::Exact(0), Pred::Exact(1)])),
+            expected: vec![expected(
+                "int_repr",
+                "expected.output",
+                Tensor::f32(vec![2], vec![quiet, 1.0]),
+            )],
+            ..stage.clone()
+        };
+        let c = nans.compare("int_repr", &[f64::NAN, f64::NAN]).unwrap();
+        assert_eq!(c.verdicts, [Equal, Mismatch]);
         let e = stage.compare("output", &[4.0; 4]).unwrap_err();
         assert!(e.to_string().contains("no output \"output\""), "{e}");
         let e = stage.compare("int_repr", &[4.0; 3]).unwrap_err();
