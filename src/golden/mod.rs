@@ -413,6 +413,19 @@ pub struct FusedArgs {
     pub observer_on: Flag,
     #[serde(default)]
     pub fake_quant_on: Flag,
+    /// The buffers before the first batch (default: an untrained module's).
+    #[serde(default)]
+    pub initial: Option<FusedInitial>,
+}
+
+/// The buffers `fused_moving_avg_obs_fake_quant` updates in place.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FusedInitial {
+    pub running_min: Tensor,
+    pub running_max: Tensor,
+    pub scale: Tensor,
+    pub zero_point: Tensor,
 }
 
 /// Arguments of an observer case.

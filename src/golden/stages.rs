@@ -46,7 +46,7 @@ use crate::engine::flow::Flow;
 use crate::engine::{fbgemm_gemm_isa, CpuFeatures, Ctx, Engine, Isa};
 use crate::geometry::Conv2dParams;
 use crate::numerics::bound::Pred;
-use crate::numerics::observer::{FusedConfig, ObserverConfig};
+use crate::numerics::observer::{FusedConfig, FusedState, ObserverConfig};
 use crate::ops::clamp::Clamp;
 use crate::ops::fake_quant::{FakeQuantize, FusedMovingAvgObsFakeQuant};
 use crate::ops::layer::{Geometry, QLayer, QWeight};
@@ -580,6 +580,11 @@ fn fused_stage(case: &Case, p: &PrimitiveCase, a: &FusedArgs) -> Result<StagePar
         },
         observer_on: a.observer_on.on(),
         fake_quant_on: a.fake_quant_on.on(),
+        initial: a
+            .initial
+            .as_ref()
+            .map(|i| fused_initial(case, i))
+            .transpose()?,
     };
     let mut exp = Vec::new();
     for (k, s) in steps.iter().enumerate() {
@@ -602,6 +607,33 @@ fn fused_stage(case: &Case, p: &PrimitiveCase, a: &FusedArgs) -> Result<StagePar
         a.batches.iter().cloned().map(Value::Tensor).collect(),
         exp,
     ))
+}
+
+/// The case's `args.initial` buffers as the op's starting state.
+fn fused_initial(case: &Case, i: &super::FusedInitial) -> Result<FusedState> {
+    let floats = |n: &str, t: &Tensor| -> Result<Vec<f32>> {
+        match t.dtype {
+            DType::F32 => Ok(t.to_f64_vec().into_iter().map(|v| v as f32).collect()),
+            other => Err(case.field_err(
+                &format!("args.initial.{n}"),
+                format!("expected f32, got {other:?}"),
+            )),
+        }
+    };
+    let zero_point = int_vec(case, "args.initial.zero_point", &i.zero_point)?
+        .into_iter()
+        .map(|z| {
+            i32::try_from(z).map_err(|_| {
+                case.field_err("args.initial.zero_point", format!("{z} is not an i32"))
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(FusedState {
+        running_min: floats("running_min", &i.running_min)?,
+        running_max: floats("running_max", &i.running_max)?,
+        scale: floats("scale", &i.scale)?,
+        zero_point,
+    })
 }
 
 fn int_vec(case: &Case, field: &str, t: &Tensor) -> Result<Vec<i64>> {

@@ -205,11 +205,21 @@ pub mod decomposed {
         Some(v.clamp(qmin as f64, qmax as f64) as i64)
     }
 
+    /// `torch.clamp(v, quant_min, quant_max).to(dtype)` on an f32 tensor: the bounds become f32
+    /// (`2^31 − 1` becomes `2^31`), and x86's float → int32 conversion of a value ≥ 2^31 is
+    /// `INT32_MIN`. So with the int32 range, every input that clamps at the top comes out as
+    /// `INT32_MIN` (torch 2.15 gives −2147483648 for `quantize_per_tensor(3e9, 1.0, 0,
+    /// −2^31, 2^31 − 1, torch.int32)`). The 8- and 16-bit ranges are exact in f32.
     fn clamp_to_int(v: f32, qmin: i64, qmax: i64) -> Option<i64> {
         if v.is_nan() {
             return None;
         }
-        Some((v as f64).clamp(qmin as f64, qmax as f64) as i64)
+        let c = v.max(qmin as f32).min(qmax as f32);
+        Some(if c >= 2_147_483_648.0 {
+            i64::from(i32::MIN)
+        } else {
+            c as i64
+        })
     }
 
     /// `dequantize_per_tensor`: `f32(f32(q − zp) · f32(scale))`.
@@ -386,6 +396,27 @@ mod tests {
     fn decomposed_clamps_to_its_own_range() {
         assert_eq!(decomposed::quantize(1000.0, 1.0, 0, 0, 127), Some(127));
         assert_eq!(decomposed::quantize(f32::NAN, 1.0, 0, 0, 127), None);
+        // The int32 range clamps in f32, at 2^31, which converts to INT32_MIN; in double (f64
+        // scales) it clamps at 2^31 − 1.
+        let (lo, hi) = (i64::from(i32::MIN), i64::from(i32::MAX));
+        for x in [3e9, 2_147_483_648.0, f32::INFINITY] {
+            assert_eq!(decomposed::quantize(x, 1.0, 0, lo, hi), Some(lo), "{x}");
+            assert_eq!(
+                decomposed::quantize_f32_scale(x, 1.0, 0, lo, hi),
+                Some(lo),
+                "{x}"
+            );
+            assert_eq!(
+                decomposed::quantize_f64_scale(x, 1.0, 0, lo, hi),
+                Some(hi),
+                "{x}"
+            );
+        }
+        assert_eq!(
+            decomposed::quantize(2_147_483_520.0, 1.0, 0, lo, hi),
+            Some(2_147_483_520)
+        );
+        assert_eq!(decomposed::quantize(-3e9, 1.0, 0, lo, hi), Some(lo));
     }
 
     #[test]

@@ -160,13 +160,55 @@ impl Plan for FakeQuantizePlan<'_> {
     }
 }
 
-/// `fused_moving_avg_obs_fake_quant`, one call per input batch, starting from PyTorch's initial
-/// buffers (`running_min = +inf`, `running_max = −inf`, scale 1, zero point 0).
+/// `fused_moving_avg_obs_fake_quant`, one call per input batch, starting from `initial` or, when
+/// it is `None`, from the buffers of an untrained `FusedMovingAvgObsFakeQuantize`
+/// (`running_min = +inf`, `running_max = −inf`, scale 1, zero point 0; per row one of each per
+/// channel of the first batch).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FusedMovingAvgObsFakeQuant {
     pub cfg: FusedConfig,
     pub observer_on: bool,
     pub fake_quant_on: bool,
+    pub initial: Option<FusedState>,
+}
+
+impl FusedMovingAvgObsFakeQuant {
+    /// The buffers before the first batch, whose shape is `first`.
+    fn initial_state(&self, first: Option<&[usize]>) -> Result<FusedState> {
+        if let Some(s) = &self.initial {
+            let n = s.scale.len();
+            if [s.running_min.len(), s.running_max.len(), s.zero_point.len()] != [n; 3] || n == 0 {
+                return Err(Error::shape(
+                    "fused fake-quant initial buffers",
+                    format!(
+                        "running_min {}, running_max {}, scale {}, zero_point {} values",
+                        s.running_min.len(),
+                        s.running_max.len(),
+                        n,
+                        s.zero_point.len()
+                    ),
+                ));
+            }
+            return Ok(s.clone());
+        }
+        let n = match first {
+            Some(shape) if self.cfg.per_row_fake_quant => {
+                *shape.get(self.cfg.ch_axis).ok_or_else(|| {
+                    Error::invalid(
+                        "ch_axis",
+                        format!("{} outside shape {shape:?}", self.cfg.ch_axis),
+                    )
+                })?
+            }
+            _ => 1,
+        };
+        Ok(FusedState {
+            running_min: vec![f32::INFINITY; n],
+            running_max: vec![f32::NEG_INFINITY; n],
+            scale: vec![1.0; n],
+            zero_point: vec![0; n],
+        })
+    }
 }
 
 impl Op for FusedMovingAvgObsFakeQuant {
@@ -207,12 +249,7 @@ impl Plan for FusedPlan<'_> {
     /// Per batch `k`, in order: `step k running_min`, `running_max`, `scale`, `zero_point`,
     /// `output` (the buffers after that call, and its output).
     fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {
-        let mut st = FusedState {
-            running_min: vec![],
-            running_max: vec![],
-            scale: vec![1.0],
-            zero_point: vec![0],
-        };
+        let mut st = self.op.initial_state(inputs.first().map(|b| b.shape()))?;
         let mut out = Vec::new();
         for (k, b) in inputs.iter().enumerate() {
             let xs = b.f32s(&format!("batch {k}"))?;
@@ -292,6 +329,7 @@ mod tests {
             },
             observer_on: true,
             fake_quant_on: true,
+            initial: None,
         };
         let b0 = Value::Tensor(Tensor::f32(vec![2], vec![-1.0, 1.0]));
         let b1 = Value::Tensor(Tensor::f32(vec![2], vec![-3.0, 3.0]));
@@ -338,6 +376,7 @@ mod tests {
             },
             observer_on: true,
             fake_quant_on: true,
+            initial: None,
         };
         // PyTorch's fake quantization accepts quant_min == quant_max, not quant_min > quant_max.
         assert!(fused(3, 3).plan(&ctx, &[x.meta()], None).is_ok());
@@ -404,5 +443,65 @@ mod tests {
         assert_eq!(mc, mt);
         assert!(rt.contains("+inf → 127"), "{rt}");
         assert!(rc.contains("INT64_MIN"), "{rc}");
+    }
+
+    /// The buffers start as an untrained module's, one per channel per row (torch 2.15, fake
+    /// quantization off: the scale and zero-point buffers keep their 3 initial values), or as
+    /// given; given buffers of different lengths are an error.
+    #[test]
+    fn fused_buffers_start_per_channel_or_as_given() {
+        let ctx = test_ctx(Flow::ConvertFx, Engine::Fbgemm);
+        let b = Value::Tensor(Tensor::f32(
+            vec![3, 2],
+            vec![-1.0, 1.0, 0.5, 2.0, -4.0, 0.0],
+        ));
+        let op = |per_row, fake_quant_on, initial| FusedMovingAvgObsFakeQuant {
+            cfg: FusedConfig {
+                averaging_const: 0.01,
+                quant_min: 0,
+                quant_max: 255,
+                ch_axis: 0,
+                per_row_fake_quant: per_row,
+                symmetric_quant: false,
+            },
+            observer_on: true,
+            fake_quant_on,
+            initial,
+        };
+        let run = |op: &FusedMovingAvgObsFakeQuant| -> Result<Vec<Output>> {
+            op.plan(&ctx, &[b.meta()], None)?.predict(&[&b])
+        };
+        let floats = |o: &Output| match &o.values {
+            Predicted::Floats(v) => v.clone(),
+            other => panic!("{other:?}"),
+        };
+        let outs = run(&op(true, false, None)).unwrap();
+        assert_eq!(floats(&outs[0]), [-1.0, 0.5, -4.0]);
+        assert_eq!(floats(&outs[2]), [1.0; 3]);
+        assert_eq!(outs[3].values.len(), 3);
+        assert_eq!(floats(&outs[4]), [-1.0, 1.0, 0.5, 2.0, -4.0, 0.0]);
+        let outs = run(&op(false, false, None)).unwrap();
+        assert_eq!(floats(&outs[0]), [-4.0]);
+        assert_eq!(floats(&outs[2]), [1.0]);
+        // Given buffers: the moving average starts from them.
+        let given = FusedState {
+            running_min: vec![-2.0],
+            running_max: vec![2.0],
+            scale: vec![0.5],
+            zero_point: vec![3],
+        };
+        let outs = run(&op(false, false, Some(given.clone()))).unwrap();
+        assert_eq!(floats(&outs[0]), [-2.0 + 0.01f32 * (-4.0 - -2.0)]);
+        assert_eq!(floats(&outs[2]), [0.5]);
+        assert_eq!(
+            outs[3].ints().unwrap(),
+            [crate::numerics::bound::Pred::Exact(3)]
+        );
+        let bad = FusedState {
+            scale: vec![0.5, 0.5],
+            ..given
+        };
+        let e = run(&op(false, false, Some(bad))).unwrap_err();
+        assert!(e.to_string().contains("scale 2"), "{e}");
     }
 }
