@@ -280,6 +280,16 @@ pub fn pinned_rule(tag: &str) -> String {
             "quantized_decomposed.dequantize_per_channel with float64 scales computes in double, \
              y = f32((q − zp) · s) (nearest alternative: f32(f32(q − zp) · f32(s)))"
         }
+        "R11-decomposed-int32-clamp-f32" => {
+            "quantized_decomposed.quantize_per_tensor clamps in f32, where the int32 range's top \
+             2^31 − 1 is 2^31, and x86 converts 2^31 to INT32_MIN: every input beyond the top \
+             comes out as −2147483648 (nearest alternative: the clamp in double, 2147483647)"
+        }
+        "R12-decomposed-int32-clamp-op-precision" => {
+            "quantized_decomposed.quantize_per_channel clamps in its op precision: with f32 \
+             scales in f32 (the int32 range's top becomes 2^31, converted to INT32_MIN), with \
+             float64 scales in double (2147483647) (nearest alternative: the other precision)"
+        }
         "R13-fake-quantize-mask-rounded" => {
             "fake quantize's mask (the _cachemask variants) is taken on the rounded, unclamped \
              value, qmin ≤ zp + RNE(f32(x · f32(1/s))) ≤ qmax (nearest alternative: the float \

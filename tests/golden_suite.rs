@@ -364,6 +364,8 @@ fn every_pinning_golden_reproduces() {
         ("R11-decomposed-reciprocal-double", &["-default-"]),
         ("R12-decomposed-quantize-f64-scales", &["-default-"]),
         ("R12-decomposed-dequantize-f64-scales", &["-default-"]),
+        ("R11-decomposed-int32-clamp-f32", &["-default-"]),
+        ("R12-decomposed-int32-clamp-op-precision", &["-default-"]),
         ("R13-fake-quantize-mask-rounded", &["-default-"]),
         ("R13-fake-quantize-mask-ties-even", &["-default-"]),
         ("R13-per-tensor-clamp-before-int64", &["-default-"]),

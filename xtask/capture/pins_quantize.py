@@ -18,6 +18,10 @@ docs/NUMERICS.md and its nearest alternative give different codes.
   `RNE(f32(x · f32(1 / f32(s))))`; dequantize `f32((q − zp) · s)` in double, alternative
   `f32(f32(q − zp) · f32(s))`. Quantize inputs are walked near `(t + 1/2) · s` until the two round
   apart; dequantize cases draw scales and codes until every channel holds such an element.
+- R11 / R12, the int32 clamp (`_decomposed.py`: `torch.clamp(..., quant_min, quant_max).to(dtype)`
+  in the op's precision): in f32 (per tensor; per channel with f32 scales) the top `2^31 - 1`
+  becomes `2^31`, which x86 converts to INT32_MIN; with float64 scales the clamp is in double.
+  Alternative: the other precision. Every other input lies beyond the int32 range's top.
 
 The search emulates both with numpy float32 scalars (every operation rounded to nearest even);
 PyTorch then decides.
@@ -171,10 +175,84 @@ def r12_dequantize_case(rng, tag, k):
     return "decomposed_dequantize_per_channel", args, {"output": tensor(out)}, summary
 
 
+I32_MIN, I32_MAX = -(2**31), 2**31 - 1
+
+
+def _to_i32(c):
+    """x86's float -> int32 conversion of an in-range-or-above integral value: INT32_MIN from 2^31."""
+    return I32_MIN if c >= 2.0**31 else int(c)
+
+
+def _clamp_f32(v):
+    """torch.clamp(v, INT32_MIN, INT32_MAX) on an f32 tensor (bounds in f32: the top is 2^31),
+    then .to(int32)."""
+    return _to_i32(float(min(max(F(v), F(I32_MIN)), F(I32_MAX))))
+
+
+def _clamp_f64(v):
+    """The same clamp on a float64 tensor (the top stays 2^31 - 1)."""
+    return _to_i32(min(max(float(v), I32_MIN), I32_MAX))
+
+
+def _int32_inputs(rng, s, n):
+    """n inputs for scale s: every other one beyond the int32 range's top, the rest ordinary."""
+    return [F(float(rng.uniform(2.2e9, 1e12)) * s) if j % 2 == 0 else F(float(rng.uniform(-1e4, 1e4)) * s)
+            for j in range(n)]
+
+
+def _summary(got, rule, other):
+    return (sum(a == b for a, b in zip(got, rule)), sum(a == b for a, b in zip(got, other)), len(got))
+
+
+def r11_int32_clamp_case(rng, tag, k):
+    """A decomposed quantize_per_tensor case with the int32 range: its clamp is in f32, so inputs
+    beyond the top clamp at 2^31 and convert to INT32_MIN."""
+    s = float(rng.uniform(0.002, 0.5))
+    zp = int(rng.integers(-1000, 1000))
+    x = np.array(_int32_inputs(rng, s, int(rng.integers(6, 13))), dtype=np.float32)
+    inv = F(1.0 / s)
+    v = [F(np.rint(F(xv * inv))) + F(zp) for xv in x]
+    out = torch.ops.quantized_decomposed.quantize_per_tensor(
+        torch.from_numpy(x.copy()), s, zp, I32_MIN, I32_MAX, torch.int32)
+    got = [int(o) for o in out.numpy()]
+    args = {"input": tensor(x), "scale": s, "zero_point": zp, "quant_min": I32_MIN, "quant_max": I32_MAX,
+            "dtype": dtype_name(torch.int32)}
+    summary = _summary(got, [_clamp_f32(a) for a in v], [_clamp_f64(a) for a in v])
+    return "decomposed_quantize_per_tensor", args, {"output": tensor(out)}, summary
+
+
+def r12_int32_clamp_case(rng, tag, k):
+    """A decomposed quantize_per_channel case with the int32 range: with f32 scales (even k) the
+    clamp is in f32 (the top converts to INT32_MIN), with float64 scales in double (the top is
+    INT32_MAX)."""
+    f64 = k % 2 == 1
+    c, n = int(rng.integers(2, 5)), int(rng.integers(4, 9))
+    scales = _f64_scales(rng, c) if f64 else np.array([F(rng.uniform(0.002, 0.5)) for _ in range(c)], dtype=F)
+    zps = rng.integers(-1000, 1000, size=c).astype(np.int64)
+    x = np.array([_int32_inputs(rng, float(scales[i]), n) for i in range(c)], dtype=np.float32)
+    if f64:
+        v = [[np.rint(float(x[i, j]) * (1.0 / float(scales[i]))) + int(zps[i]) for j in range(n)] for i in range(c)]
+        rule, other = _clamp_f64, _clamp_f32
+    else:
+        v = [[F(np.rint(F(x[i, j] * (F(1.0) / F(scales[i]))))) + F(int(zps[i])) for j in range(n)] for i in range(c)]
+        rule, other = _clamp_f32, _clamp_f64
+    out = torch.ops.quantized_decomposed.quantize_per_channel(
+        torch.from_numpy(x.copy()), torch.from_numpy(scales.copy()), torch.from_numpy(zps), 0, I32_MIN, I32_MAX,
+        torch.int32)
+    got = [int(o) for o in out.numpy().reshape(-1)]
+    flat = [a for row in v for a in row]
+    summary = _summary(got, [rule(a) for a in flat], [other(a) for a in flat])
+    args = {"input": tensor(x), "scales": tensor(scales), "zero_points": tensor(zps), "axis": 0,
+            "quant_min": I32_MIN, "quant_max": I32_MAX, "dtype": dtype_name(torch.int32)}
+    return "decomposed_quantize_per_channel", args, {"output": tensor(out)}, summary
+
+
 # (tag, builder(rng, tag, k) -> (op, args, expected, (rule matches, alternatives matched, n)))
 QUANTIZE_RULES = [
     ("R8-quantize-f32-scale-reciprocal", r8_scale_case),
     ("R11-decomposed-reciprocal-double", r11_case),
     ("R12-decomposed-quantize-f64-scales", r12_quantize_case),
     ("R12-decomposed-dequantize-f64-scales", r12_dequantize_case),
+    ("R11-decomposed-int32-clamp-f32", r11_int32_clamp_case),
+    ("R12-decomposed-int32-clamp-op-precision", r12_int32_clamp_case),
 ]
