@@ -2211,4 +2211,30 @@ mod tests {
             "{e}"
         );
     }
+
+    /// A fused case's channel axis must not be negative and its range not empty; a one-code range
+    /// (quant_min = quant_max) and a channel axis past 0 are accepted.
+    #[test]
+    fn fused_case_arguments_are_checked() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("golden/avx2-seed0/cases/prim-fused_moving_avg_obs_fake_quant-0058.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cpu = CpuFeatures::default();
+        let with = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            edit(&mut v["args"]);
+            super::super::parse_case(&path, &v.to_string()).and_then(|c| c.stages(&cpu))
+        };
+        assert!(with(&|_| {}).is_ok());
+        let e = with(&|a| a["ch_axis"] = (-1).into()).unwrap_err();
+        assert!(e.to_string().contains("ch_axis"), "{e}");
+        let e = with(&|a| a["quant_min"] = 256.into()).unwrap_err();
+        assert!(e.to_string().contains("quant range"), "{e}");
+        assert!(with(&|a| a["ch_axis"] = 1.into()).is_ok());
+        assert!(with(&|a| {
+            a["quant_min"] = 5.into();
+            a["quant_max"] = 5.into();
+        })
+        .is_ok());
+    }
 }
