@@ -325,6 +325,34 @@ fn every_op_on_quantized_tensors_reproduces_its_goldens() {
     }
 }
 
+/// The specials suite: the float-input primitives with NaN, ±inf and huge values mixed into their
+/// data (xtask/capture/golden.py `SPECIALS_PRIMITIVES`), every element exact, every one of those
+/// primitives covered.
+#[test]
+fn special_values_reproduce_exactly() {
+    let sets = suite_sets("specials");
+    assert!(!sets.is_empty(), "no golden set of the specials suite");
+    for set in sets {
+        let report = assert_passes(&set, CheckOptions::default());
+        assert_eq!(report.elements_ambiguous, 0, "{}", set.dir.display());
+        for op in [
+            "quantize_per_tensor",
+            "quantize_per_channel",
+            "decomposed_quantize_per_tensor",
+            "decomposed_quantize_per_channel",
+            "fake_quantize_per_tensor_affine",
+            "fake_quantize_per_channel_affine",
+            "fused_moving_avg_obs_fake_quant",
+        ] {
+            assert!(
+                report.cases.iter().any(|c| c.op == op),
+                "{}: no {op} case",
+                set.dir.display()
+            );
+        }
+    }
+}
+
 /// The pins suite: cases on which a numerics rule and its nearest alternative give different
 /// outputs (xtask/capture/pins.py and the pins_*.py it draws on); every one reproduced exactly, every rule the
 /// capture pins has cases on every engine it runs on (in some set), and every case names a rule

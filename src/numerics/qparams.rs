@@ -37,6 +37,17 @@ impl QDType {
     pub fn is_32(self) -> bool {
         matches!(self, QDType::Qint32 | QDType::Int32)
     }
+    /// What a NaN becomes where a quantize converts its clamped float to this dtype (FBGEMM's
+    /// scalar `Quantize<T>`, `quantized_decomposed`'s `.to(dtype)`): `fmin`/`fmax` keep the NaN,
+    /// x86 converts it to `INT32_MIN` (`cvttss2si`, `cvttps2dq`), and the dtype keeps its low
+    /// bits: 0 for the 8-bit dtypes, −2^31 for the 32-bit ones.
+    pub fn x86_nan_code(self) -> i64 {
+        if self.is_32() {
+            i64::from(i32::MIN)
+        } else {
+            0
+        }
+    }
     /// `torch.iinfo(dtype).bits`.
     pub fn bits(self) -> u32 {
         if self.is_32() {

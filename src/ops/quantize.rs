@@ -185,10 +185,12 @@ struct QuantizePlan<'a> {
 }
 
 impl QuantizePlan<'_> {
+    /// The code of element i (`None`: no defined value, which no path of this op leaves: NaN
+    /// takes [`QDType::x86_nan_code`] where the per-element kernels give none).
     fn quantize(&self, i: usize, x: f32) -> Option<i64> {
         let (lo, hi) = self.range;
         let (s, zp) = self.op.qparams.at(self.channel.of(i));
-        match (self.op.family, &self.op.qparams) {
+        let q = match (self.op.family, &self.op.qparams) {
             (Family::Aten, QParams::PerTensor { .. }) if !self.op.dtype.is_32() => {
                 Some(aten::quantize_avx2(x, aten::inv32(s), zp as i32, lo as i32, hi as i32) as i64)
             }
@@ -200,7 +202,8 @@ impl QuantizePlan<'_> {
                 decomposed::quantize_f32_scale(x, s as f32, zp, lo, hi)
             }
             (Family::Decomposed, _) => decomposed::quantize_f64_scale(x, s, zp, lo, hi),
-        }
+        };
+        q.or_else(|| x.is_nan().then(|| self.op.dtype.x86_nan_code()))
     }
 }
 
@@ -225,6 +228,13 @@ impl Plan for QuantizePlan<'_> {
         Rule::default()
             .with("quantize", r)
             .with("clamp", format!("{lo}..{hi}"))
+            .with(
+                "NaN",
+                format!(
+                    "{} where the kernel gives none",
+                    self.op.dtype.x86_nan_code()
+                ),
+            )
     }
 
     fn predict(&self, inputs: &[&Value]) -> Result<Vec<Output>> {

@@ -75,7 +75,8 @@ def _case_id(index, slot):
     from qops import QOPS
 
     if slot[0] == "primitive":
-        return f"prim-{PRIMITIVES[slot[1]][1]}-{index:04d}"
+        number = slot[2] if len(slot) > 2 else index  # specials: k within the op
+        return f"prim-{PRIMITIVES[slot[1]][1]}-{number:04d}"
     if slot[0] == "qop":
         return f"qop-{QOPS[slot[1]][0]}-{slot[2]}-{slot[3]:04d}"
     if slot[0] == "graph":
@@ -138,6 +139,27 @@ def build_pins_plan(n_per_rule, rules=()):
     return plan
 
 
+# The `specials` suite: the primitives that take float inputs, each drawn by its core builder with
+# about half of every input replaced by prims.SPECIALS (NaN, ±inf, values past 2^31 and 2^63 steps).
+SPECIALS_PRIMITIVES = ["quantize_per_tensor", "quantize_per_channel", "decomposed_quantize_per_tensor",
+                       "decomposed_quantize_per_channel", "fake_quantize_per_tensor_affine",
+                       "fake_quantize_per_channel_affine", "fused_moving_avg_obs_fake_quant"]
+
+
+def build_specials_plan(n_per_op):
+    """n_per_op cases of every SPECIALS_PRIMITIVES entry; a case's data depends only on
+    (seed, op, k)."""
+    from prims import PRIMITIVES
+
+    stems = [p[1] for p in PRIMITIVES]
+    plan = []
+    for stem in SPECIALS_PRIMITIVES:
+        key = int.from_bytes(hashlib.sha256(("specials:" + stem).encode()).digest()[:4], "big") << 16
+        for k in range(n_per_op):
+            plan.append((key + k, ("primitive", stems.index(stem), k), k))
+    return plan
+
+
 def _rules(args):
     """The `--rules` filter of the pins suite as a list of tags (empty: every rule)."""
     rules = [r for r in args.rules.split(",") if r]
@@ -151,7 +173,27 @@ def _plan(suite, n_cases, rules=()):
         return build_graphs_plan(n_cases)
     if suite == "pins":
         return build_pins_plan(n_cases, rules)
+    if suite == "specials":
+        return build_specials_plan(n_cases)
     return build_ops_plan(n_cases) if suite == "ops" else build_plan(n_cases)
+
+
+def _draw_primitive(builder, rng, occ, suite):
+    """builder(rng, occ); in the specials suite with special values mixed in, drawn again (from
+    the same rng, so still reproducible) while PyTorch refuses the data, e.g. the fused op's zero
+    point from infinite running statistics."""
+    import prims
+
+    prims.MIX_SPECIALS = suite == "specials"
+    if suite != "specials":
+        return builder(rng, occ)
+    for _ in range(50):
+        try:
+            a, expected, tags = builder(rng, occ)
+            return a, expected, tags + ["specials"]
+        except RuntimeError:
+            continue
+    raise RuntimeError("PyTorch refused 50 draws of special values")
 
 
 def check_registry(registry):
@@ -220,7 +262,7 @@ def cmd_run(args):
                 "isa": args.isa}
         if slot[0] == "primitive":
             op, _, builder = PRIMITIVES[slot[1]]
-            a, expected, tags = builder(rng, occ)
+            a, expected, tags = _draw_primitive(builder, rng, occ, args.suite)
             case["kind"] = "primitive"
             case["tags"] = tags
             case["op"] = op
@@ -350,19 +392,19 @@ def main():
     r.add_argument("--seed", type=int, required=True)
     r.add_argument("--cases", type=int, required=True)
     r.add_argument("--isa", choices=ISAS, required=True)
-    r.add_argument("--suite", choices=("core", "ops", "graphs", "pins"), default="core")
+    r.add_argument("--suite", choices=("core", "ops", "graphs", "pins", "specials"), default="core")
     r.add_argument("--registry", default="")
     m = sub.add_parser("manifest")
     m.add_argument("--out", required=True)
     m.add_argument("--seed", type=int, required=True)
     m.add_argument("--emulator", default="")
-    m.add_argument("--suite", choices=("core", "ops", "graphs", "pins"), default="core")
+    m.add_argument("--suite", choices=("core", "ops", "graphs", "pins", "specials"), default="core")
     m.add_argument("--plan-cases", type=int, required=True)
     sub.add_parser("cpu")
     sub.add_parser("self-test")
     p = sub.add_parser("plan")
     p.add_argument("--cases", type=int, required=True)
-    p.add_argument("--suite", choices=("core", "ops", "graphs", "pins"), default="core")
+    p.add_argument("--suite", choices=("core", "ops", "graphs", "pins", "specials"), default="core")
     for sp in (r, m, p):
         sp.add_argument("--rules", default="", help="pins suite: comma-separated rule tags (default: all)")
     args = ap.parse_args()

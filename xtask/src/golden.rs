@@ -88,9 +88,11 @@ pub struct Args {
     /// Which capture plan: `core` (primitives and small models), `ops` (ops on quantized
     /// tensors under every engine), `graphs` (torchvision's quantizable models as graph cases,
     /// each under fbgemm / qnnpack / x86 PTQ, fbgemm / qnnpack QAT, onednn PTQ; `--cases` takes
-    /// the first N of those slots, variant by variant) or `pins` (cases on which a numerics
-    /// rule and its nearest alternative differ, `xtask/capture/pins.py`).
-    #[arg(long, value_parser = ["core", "ops", "graphs", "pins"], default_value = "core")]
+    /// the first N of those slots, variant by variant), `pins` (cases on which a numerics
+    /// rule and its nearest alternative differ, `xtask/capture/pins.py`) or `specials` (the
+    /// float-input primitives with NaN, ±inf and huge values mixed into their data; `--cases`
+    /// per primitive).
+    #[arg(long, value_parser = ["core", "ops", "graphs", "pins", "specials"], default_value = "core")]
     suite: String,
     /// With `--suite pins`: capture only these rules (comma-separated tags such as
     /// `R21-fbgemm-multiplier-division`); a rule's cases are the same as in the full plan. The
