@@ -59,9 +59,9 @@ def subnormals(rng, n):
 FLAVOURS = ["normal", "tie", "limits", "subnormal", "huge", "tiny", "all_equal", "all_negative"]
 
 
-# The `specials` suite (golden.py) sets this: data() then replaces about half of every tensor it
-# draws with values at the edges of f32 and of the integer conversions.
-MIX_SPECIALS = False
+# The `specials` suite (golden.py) sets this to a fraction: data() then replaces about that share
+# of every tensor it draws with values at the edges of f32 and of the integer conversions.
+MIX_SPECIALS = 0.0
 SPECIALS = [np.nan, np.inf, -np.inf, 1e30, -1e30, 3.4e38, -3.4e38, 2.0**70, -2.0**70, 2.0**62, -2.0**62,
             3e9, -3e9, 1e-45, -0.0, 0.0]
 
@@ -71,7 +71,7 @@ def data(rng, flavour, shape, scale=None, zp=0, qmin=0, qmax=255):
     x = _data(rng, flavour, shape, scale, zp, qmin, qmax)
     if MIX_SPECIALS:
         flat = x.reshape(-1)
-        hit = rng.random(flat.size) < 0.5
+        hit = rng.random(flat.size) < MIX_SPECIALS
         flat[hit] = f32(SPECIALS)[rng.integers(0, len(SPECIALS), size=flat.size)][hit]
     return x
 
