@@ -2237,4 +2237,33 @@ mod tests {
         })
         .is_ok());
     }
+
+    /// A model case's weight must name its own layer, and a model case's pre_quant cannot be a
+    /// difference from another node (model cases have no node names): both are errors naming
+    /// the field.
+    #[test]
+    fn model_case_weights_and_pre_quant_are_checked() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("golden/avx2-seed0/cases/model-linear-fbgemm-ptq-avx2-0008.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cpu = super::super::manifest::Manifest::load(path.parent().unwrap().parent().unwrap())
+            .unwrap()
+            .cpu()
+            .unwrap();
+        let with = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            edit(&mut v);
+            super::super::parse_case(&path, &v.to_string()).and_then(|c| c.stages(&cpu))
+        };
+        assert!(with(&|_| {}).is_ok());
+        let e = with(&|v| v["weights"][0]["layer"] = 3.into()).unwrap_err();
+        assert!(e.to_string().contains("weights[0].layer"), "{e}");
+        let e = with(&|v| {
+            v["flows"]["convert_to_reference_fx"]["runs"][0]["quantized"][0]["pre_quant"] = serde_json::json!({
+                "shape": [1], "delta_from": {"flow": "convert_fx", "node": "x"}, "delta": "", "sha256": ""
+            })
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("delta_from"), "{e}");
+    }
 }
