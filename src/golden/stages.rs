@@ -2266,4 +2266,24 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("delta_from"), "{e}");
     }
+
+    /// An ambiguous integer prediction admits PyTorch's value only inside its interval.
+    #[test]
+    fn ambiguous_predictions_admit_only_their_interval() {
+        let outputs = [Output::new(
+            "int_repr",
+            vec![3],
+            Predicted::Ints(vec![Pred::Ambiguous { lo: 5, hi: 6 }; 3]),
+        )];
+        let expected = [Expected {
+            name: "int_repr".into(),
+            field: "stage.int_repr".into(),
+            tensor: Tensor::int(DType::U8, vec![3], vec![6, 7, 4]),
+        }];
+        let res = element_results(&outputs, &expected).unwrap();
+        let r = &res[0].2;
+        assert!(matches!(r[0], ElementResult::Ambiguous), "{:?}", r[0]);
+        assert!(matches!(r[1], ElementResult::Mismatch { .. }), "{:?}", r[1]);
+        assert!(matches!(r[2], ElementResult::Mismatch { .. }), "{:?}", r[2]);
+    }
 }
