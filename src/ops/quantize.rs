@@ -185,8 +185,8 @@ struct QuantizePlan<'a> {
 }
 
 impl QuantizePlan<'_> {
-    /// The code of element i (`None`: no defined value, which no path of this op leaves: NaN
-    /// takes [`QDType::x86_nan_code`] where the per-element kernels give none).
+    /// The code of element i. The per-element kernels leave NaN undefined (`None`); the op gives
+    /// it [`QDType::x86_nan_code`], what PyTorch's conversion stores on x86.
     fn quantize(&self, i: usize, x: f32) -> Option<i64> {
         let (lo, hi) = self.range;
         let (s, zp) = self.op.qparams.at(self.channel.of(i));
