@@ -2286,4 +2286,28 @@ mod tests {
         assert!(matches!(r[1], ElementResult::Mismatch { .. }), "{:?}", r[1]);
         assert!(matches!(r[2], ElementResult::Mismatch { .. }), "{:?}", r[2]);
     }
+
+    /// A float prediction compares with f32 or f64 expected tensors (f64 rounded to f32) and
+    /// refuses an integer one.
+    #[test]
+    fn float_predictions_take_f32_or_f64_and_refuse_integers() {
+        let outputs = [Output::new(
+            "output",
+            vec![2],
+            Predicted::Floats(vec![0.5, 0.1]),
+        )];
+        let exp = |tensor| {
+            [Expected {
+                name: "output".into(),
+                field: "stage.output".into(),
+                tensor,
+            }]
+        };
+        let f64s = exp(Tensor::f64(vec![2], vec![0.5, 0.1]));
+        let r = element_results(&outputs, &f64s).unwrap();
+        assert!(r[0].2.iter().all(|e| matches!(e, ElementResult::Exact)));
+        let ints = exp(Tensor::int(DType::I64, vec![2], vec![0, 1]));
+        let e = element_results(&outputs, &ints).unwrap_err();
+        assert!(e.to_string().contains("expected floats"), "{e}");
+    }
 }
