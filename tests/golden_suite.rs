@@ -343,6 +343,7 @@ fn special_values_reproduce_exactly() {
             "fake_quantize_per_tensor_affine",
             "fake_quantize_per_channel_affine",
             "fused_moving_avg_obs_fake_quant",
+            "observer",
         ] {
             assert!(
                 report.cases.iter().any(|c| c.op == op),

@@ -228,11 +228,10 @@ pub fn observer_qparams(
             zero_point: vec![0],
         });
     }
-    if let Some(i) = (0..min_val.len()).find(|&i| {
-        min_val[i]
-            .partial_cmp(&max_val[i])
-            .is_none_or(|o| o.is_gt())
-    }) {
+    // NaN statistics (an observer fed NaN) pass through the tensor arithmetic below, as in
+    // PyTorch: scale NaN, and the zero point from INT32_MIN (torch 2.15: MinMaxObserver on
+    // [1, NaN, 2] gives scale nan, zero point 0).
+    if let Some(i) = (0..min_val.len()).find(|&i| min_val[i] > max_val[i]) {
         return Err(Error::invalid(
             "observer statistics",
             format!("min {} > max {} (channel {i})", min_val[i], max_val[i]),
@@ -522,6 +521,38 @@ mod tests {
         // fails its `min_val <= max_val` assertion.
         assert!(observer_qparams(&cfg, &[f32::INFINITY], &[1.0]).is_err());
         assert!(observer_qparams(&cfg, &[0.0], &[f32::NEG_INFINITY]).is_err());
+    }
+
+    /// NaN statistics pass the min ≤ max check and the tensor arithmetic: scale NaN, the zero
+    /// point from INT32_MIN (torch 2.15 MinMaxObserver on [1, NaN, 2]: quint8 (nan, 0), qint8
+    /// (nan, 127), symmetric quint8 (nan, 128); per channel only the NaN channel).
+    #[test]
+    fn nan_statistics_give_a_nan_scale() {
+        let cfg = |dtype, qscheme| ObserverQParamsConfig {
+            dtype,
+            qscheme,
+            range: calculate_qmin_qmax(None, None, dtype, false).unwrap(),
+            eps: f32::EPSILON,
+        };
+        use QScheme::*;
+        for (dtype, qscheme, zp) in [
+            (QDType::Quint8, PerTensorAffine, 0),
+            (QDType::Qint8, PerTensorAffine, 127),
+            (QDType::Quint8, PerTensorSymmetric, 128),
+        ] {
+            let q = observer_qparams(&cfg(dtype, qscheme), &[f32::NAN], &[f32::NAN]).unwrap();
+            assert!(q.scale[0].is_nan(), "{dtype:?} {qscheme:?}");
+            assert_eq!(q.zero_point, [zp], "{dtype:?} {qscheme:?}");
+        }
+        let q = observer_qparams(
+            &cfg(QDType::Quint8, PerChannelAffine),
+            &[f32::NAN, 1.0],
+            &[f32::NAN, 2.0],
+        )
+        .unwrap();
+        assert!(q.scale[0].is_nan());
+        assert_eq!(q.scale[1], 2.0f32 / 255.0);
+        assert_eq!(q.zero_point, [0, 0]);
     }
 
     #[test]

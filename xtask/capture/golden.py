@@ -143,7 +143,9 @@ def build_pins_plan(n_per_rule, rules=()):
 # about half of every input replaced by prims.SPECIALS (NaN, ±inf, values past 2^31 and 2^63 steps).
 SPECIALS_PRIMITIVES = ["quantize_per_tensor", "quantize_per_channel", "decomposed_quantize_per_tensor",
                        "decomposed_quantize_per_channel", "fake_quantize_per_tensor_affine",
-                       "fake_quantize_per_channel_affine", "fused_moving_avg_obs_fake_quant"]
+                       "fake_quantize_per_channel_affine", "fused_moving_avg_obs_fake_quant", "observer_minmax",
+                       "observer_moving_average_minmax", "observer_per_channel_minmax",
+                       "observer_moving_average_per_channel_minmax", "observer_histogram"]
 
 
 def build_specials_plan(n_per_op):
