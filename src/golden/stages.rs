@@ -2309,5 +2309,15 @@ mod tests {
         let ints = exp(Tensor::int(DType::I64, vec![2], vec![0, 1]));
         let e = element_results(&outputs, &ints).unwrap_err();
         assert!(e.to_string().contains("expected floats"), "{e}");
+        // Any NaN equals any NaN; a NaN against a number is a mismatch.
+        let nans = [Output::new(
+            "output",
+            vec![2],
+            Predicted::Floats(vec![f32::NAN, f32::NAN]),
+        )];
+        let theirs = exp(Tensor::f32(vec![2], vec![1.0, f32::from_bits(0xffc0_0001)]));
+        let r = element_results(&nans, &theirs).unwrap();
+        assert!(matches!(r[0].2[0], ElementResult::Mismatch { .. }));
+        assert!(matches!(r[0].2[1], ElementResult::Exact));
     }
 }
