@@ -2320,4 +2320,32 @@ mod tests {
         assert!(matches!(r[0].2[0], ElementResult::Mismatch { .. }));
         assert!(matches!(r[0].2[1], ElementResult::Exact));
     }
+
+    /// Graph movement nodes keep their own op names (reports name the node's op).
+    #[test]
+    fn graph_movement_nodes_keep_their_names() {
+        let set = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/graphs-vnni-seed0");
+        let cpu = super::super::manifest::Manifest::load(&set)
+            .unwrap()
+            .cpu()
+            .unwrap();
+        let mut names = std::collections::BTreeSet::new();
+        for id in [
+            "graph-mobilenet_v2-qnnpack-ptq-default-0009",
+            "graph-shufflenet_v2_x1_0-qnnpack-ptq-default-0011",
+        ] {
+            let case = Case::load(&set.join(format!("cases/{id}.json"))).unwrap();
+            names.extend(case.stages(&cpu).unwrap().iter().map(|s| s.op.name()));
+        }
+        for op in [
+            "flatten",
+            "dropout",
+            "reshape",
+            "transpose",
+            "contiguous",
+            "chunk",
+        ] {
+            assert!(names.contains(op), "{op} not among {names:?}");
+        }
+    }
 }
