@@ -215,11 +215,9 @@ pub mod decomposed {
             return None;
         }
         let c = v.max(qmin as f32).min(qmax as f32);
-        Some(if c >= 2_147_483_648.0 {
-            i64::from(i32::MIN)
-        } else {
-            c as i64
-        })
+        Some(i64::from(crate::numerics::qparams::f32_to_i32_like_torch(
+            c,
+        )))
     }
 
     /// `dequantize_per_tensor`: `f32(f32(q − zp) · f32(scale))`.
