@@ -865,7 +865,7 @@ fn model_layers(case: &Case, m: &ModelCase) -> Result<Vec<Arc<QLayer>>> {
             ),
             None => None,
         };
-        out.push(Arc::new(QLayer {
+        let layer = QLayer {
             geometry,
             bias,
             weight: QWeight {
@@ -877,7 +877,11 @@ fn model_layers(case: &Case, m: &ModelCase) -> Result<Vec<Arc<QLayer>>> {
             },
             relu: next_relu,
             cache: Default::default(),
-        }));
+        };
+        layer
+            .check_params()
+            .map_err(|e| case.field_err(&f, e.to_string()))?;
+        out.push(Arc::new(layer));
         wi += 1;
     }
     Ok(out)
@@ -2265,6 +2269,68 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.to_string().contains("delta_from"), "{e}");
+        // A zero-point count of its own that does not match the channels: an error, not a panic.
+        let e = with(&|v| {
+            v["weights"][0]["zero_points"] =
+                serde_json::json!({"dtype": "i64", "shape": [4], "data": [0, 0, 0, 0]})
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains(": weights[0]: "), "{e}");
+        assert!(
+            e.to_string().contains("4 zero points for 14 expected"),
+            "{e}"
+        );
+    }
+
+    /// A graph case's pinned pre-quantize floats must have their recorded shape, and only an
+    /// exact float op may be pinned by hash alone.
+    #[test]
+    fn graph_case_pinned_floats_are_checked() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/graphs-avx2-seed0");
+        let path = dir.join("cases/graph-resnet18-fbgemm-ptq-default-0000.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cpu = super::super::manifest::Manifest::load(&dir)
+            .unwrap()
+            .cpu()
+            .unwrap();
+        let with = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            edit(&mut v);
+            super::super::parse_case(&path, &v.to_string()).and_then(|c| c.stages(&cpu))
+        };
+        assert!(with(&|_| {}).is_ok());
+        let values = |v: &mut serde_json::Value| -> serde_json::Value {
+            v["flows"]["convert_to_reference_fx"]["runs"][0]["values"].clone()
+        };
+        // maxpool's floats are exact and hash like PyTorch's; a shape of one element fewer is not.
+        let e = with(&|v| {
+            let mut vals = values(v);
+            vals["maxpool"]["pre_quant"]["shape"] = serde_json::json!([1, 64, 8, 7]);
+            v["flows"]["convert_to_reference_fx"]["runs"][0]["values"] = vals;
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("values.maxpool.pre_quant"), "{e}");
+        // conv1's float op is not exact: a hash alone cannot pin it.
+        let e = with(&|v| {
+            let mut vals = values(v);
+            vals["conv1"]["pre_quant"]
+                .as_object_mut()
+                .unwrap()
+                .remove("delta");
+            v["flows"]["convert_to_reference_fx"]["runs"][0]["values"] = vals;
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("is not exact"), "{e}");
+        // A flow weight whose zero-point count alone is wrong.
+        let e = with(&|v| {
+            v["flows"]["convert_fx"]["weights"]["conv1"]["zero_points"] =
+                serde_json::json!({"dtype": "i64", "shape": [63], "data": vec![0; 63]})
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("63 zero points for 64 channels"),
+            "{e}"
+        );
     }
 
     /// An ambiguous integer prediction admits PyTorch's value only inside its interval.

@@ -358,6 +358,49 @@ impl std::fmt::Debug for LayerCache {
 }
 
 impl QLayer {
+    /// Checks the weights (shape, value count, qparams per channel) and the bias against the
+    /// layer's geometry.
+    pub fn check_params(&self) -> Result<()> {
+        let oc = self.geometry.out_channels();
+        let w = &self.weight;
+        if w.shape != self.geometry.weight_shape()
+            || w.int_repr.len() != w.shape.iter().product::<usize>()
+        {
+            return Err(Error::shape(
+                "weight",
+                format!(
+                    "{:?} with {} values, the layer expects {:?}",
+                    w.shape,
+                    w.int_repr.len(),
+                    self.geometry.weight_shape()
+                ),
+            ));
+        }
+        let nw = if w.per_channel { oc } else { 1 };
+        if w.scales.len() != nw || w.zero_points.len() != nw {
+            return Err(Error::shape(
+                "weight qparams",
+                format!(
+                    "{} scales / {} zero points for {nw} expected",
+                    w.scales.len(),
+                    w.zero_points.len()
+                ),
+            ));
+        }
+        for (&s, &z) in w.scales.iter().zip(&w.zero_points) {
+            validate_qparams("weight qparams", s as f64, z, -128, 127)?;
+        }
+        if let Some(b) = &self.bias {
+            if b.len() != oc {
+                return Err(Error::shape(
+                    "bias",
+                    format!("{} values for {oc} output channels", b.len()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The weights dequantized as `flow` dequantizes them (memoized).
     fn dequantized_weight(&self, flow: Flow) -> std::sync::Arc<Vec<f32>> {
         let mut w = self.cache.weights.lock().unwrap_or_else(|e| e.into_inner());
@@ -372,6 +415,7 @@ impl QLayer {
     /// Every output of the float op on `input` dequantized as `flow` does, evaluated exactly
     /// enough to bound PyTorch's f32 result ([`Geometry::float_out`]; memoized).
     pub fn float_sums(&self, flow: Flow, input: &QTensor) -> Result<std::sync::Arc<Vec<FloatSum>>> {
+        self.check_params()?;
         let key = SumsKey {
             flow,
             scale: input.scale.to_bits(),
@@ -425,43 +469,7 @@ impl QLayer {
                 ),
             ));
         }
-        let oc = self.geometry.out_channels();
-        let w = &self.weight;
-        if w.shape != self.geometry.weight_shape()
-            || w.int_repr.len() != w.shape.iter().product::<usize>()
-        {
-            return Err(Error::shape(
-                "weight",
-                format!(
-                    "{:?} with {} values, the layer expects {:?}",
-                    w.shape,
-                    w.int_repr.len(),
-                    self.geometry.weight_shape()
-                ),
-            ));
-        }
-        let nw = if w.per_channel { oc } else { 1 };
-        if w.scales.len() != nw || w.zero_points.len() != nw {
-            return Err(Error::shape(
-                "weight qparams",
-                format!(
-                    "{} scales / {} zero points for {nw} expected",
-                    w.scales.len(),
-                    w.zero_points.len()
-                ),
-            ));
-        }
-        for (&s, &z) in w.scales.iter().zip(&w.zero_points) {
-            validate_qparams("weight qparams", s as f64, z, -128, 127)?;
-        }
-        if let Some(b) = &self.bias {
-            if b.len() != oc {
-                return Err(Error::shape(
-                    "bias",
-                    format!("{} values for {oc} output channels", b.len()),
-                ));
-            }
-        }
+        self.check_params()?;
         Ok(out_shape)
     }
 }
