@@ -202,12 +202,7 @@ impl FusedMovingAvgObsFakeQuant {
             }
             _ => 1,
         };
-        Ok(FusedState {
-            running_min: vec![f32::INFINITY; n],
-            running_max: vec![f32::NEG_INFINITY; n],
-            scale: vec![1.0; n],
-            zero_point: vec![0; n],
-        })
+        Ok(FusedState::untrained(n))
     }
 }
 

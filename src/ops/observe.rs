@@ -91,6 +91,8 @@ impl Plan for ObservePlan<'_> {
         let mut fq = None;
         if self.op.fused {
             let fcfg = self.fused_config();
+            // Per tensor (activation observers): one scale. Running buffers stay empty until a
+            // batch is seen, so no batch leaves min_val/max_val empty as the plain observer does.
             let mut st = FusedState {
                 running_min: vec![],
                 running_max: vec![],

@@ -329,6 +329,19 @@ pub struct FusedState {
     pub zero_point: Vec<i32>,
 }
 
+impl FusedState {
+    /// The buffers of an untrained `FusedMovingAvgObsFakeQuantize` with `n` channels: running
+    /// minima +inf, maxima −inf, scales 1 and zero points 0 (`torch/ao/quantization/fake_quantize.py`).
+    pub fn untrained(n: usize) -> Self {
+        FusedState {
+            running_min: vec![f32::INFINITY; n],
+            running_max: vec![f32::NEG_INFINITY; n],
+            scale: vec![1.0; n],
+            zero_point: vec![0; n],
+        }
+    }
+}
+
 /// Settings of `fused_moving_avg_obs_fake_quant`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FusedConfig {
