@@ -1,10 +1,11 @@
 //! Values of the real functions, recorded by calling them: SLEEF's AVX2 u10 builds exported by
 //! torch 2.15.0's libtorch_cpu.so, and glibc 2.36's libm on x86-64 (`expf` in both its FMA and
 //! SSE2 builds). Each pair is (input bits, output bits). The inputs: signed zeros, subnormals,
-//! the smallest normal, ±1, ±max, ±inf, NaN; each function's thresholds ±2 ulp; inputs next to
-//! the quantization boundaries of sigmoid (256·σ = k + ½) and tanh (128·tanh + 128 = k + ½);
-//! inputs where SLEEF and glibc disagree (and the only two inputs where glibc's two `expf`
-//! builds disagree, 0x4202422f and 0xc27c65d9); random inputs.
+//! the smallest normal, ±1, ±max, ±inf, NaN; each function's thresholds ±2 ulp, and magnitudes
+//! from 125 to 1000 beyond them; inputs next to the quantization boundaries of sigmoid
+//! (256·σ = k + ½) and tanh (128·tanh + 128 = k + ½); inputs where SLEEF and glibc disagree (and
+//! the only two inputs where glibc's two `expf` builds disagree, 0x4202422f and 0xc27c65d9);
+//! random inputs.
 pub(super) const SLEEF_EXPF: &[(u32, u32)] = &[
     (0x00000000, 0x3f800000),
     (0x00000001, 0x3f800000),
@@ -89,6 +90,12 @@ pub(super) const SLEEF_EXPF: &[(u32, u32)] = &[
     (0x42cfffff, 0x7f800000),
     (0x42d00000, 0x7f800000),
     (0x42d00001, 0x7f800000),
+    (0x42fa0000, 0x7f800000),
+    (0x43000000, 0x7f800000),
+    (0x4331ffff, 0x7f800000),
+    (0x43320000, 0x7f800000),
+    (0x43480000, 0x7f800000),
+    (0x447a0000, 0x7f800000),
     (0x7dfae6b8, 0x7f800000),
     (0x7f7fffff, 0x7f800000),
     (0x7f800000, 0x7f800000),
@@ -169,6 +176,8 @@ pub(super) const SLEEF_EXPF: &[(u32, u32)] = &[
     (0xc2d00000, 0x00000000),
     (0xc2d00001, 0x00000000),
     (0xc2d00002, 0x00000000),
+    (0xc3480000, 0x00000000),
+    (0xc47a0000, 0x00000000),
     (0xff7fffff, 0x00000000),
     (0xff800000, 0x00000000),
 ];
@@ -218,6 +227,12 @@ pub(super) const SLEEF_EXPM1F: &[(u32, u32)] = &[
     (0x42cfffff, 0x7f800000),
     (0x42d00000, 0x7f800000),
     (0x42d00001, 0x7f800000),
+    (0x42fa0000, 0x7f800000),
+    (0x43000000, 0x7f800000),
+    (0x4331ffff, 0x7f800000),
+    (0x43320000, 0x7f800000),
+    (0x43480000, 0x7f800000),
+    (0x447a0000, 0x7f800000),
     (0x7f6200ec, 0x7f800000),
     (0x7f7fffff, 0x7f800000),
     (0x7f800000, 0x7f800000),
@@ -284,6 +299,8 @@ pub(super) const SLEEF_EXPM1F: &[(u32, u32)] = &[
     (0xc2d00000, 0xbf800000),
     (0xc2d00001, 0xbf800000),
     (0xc2d00002, 0xbf800000),
+    (0xc3480000, 0xbf800000),
+    (0xc47a0000, 0xbf800000),
     (0xe0da0bac, 0xbf800000),
     (0xff7fffff, 0xbf800000),
     (0xff800000, 0xbf800000),
@@ -363,6 +380,12 @@ pub(super) const SLEEF_TANHF: &[(u32, u32)] = &[
     (0x41da1402, 0x3f800000),
     (0x41e766c8, 0x3f800000),
     (0x41eb16d5, 0x3f800000),
+    (0x42fa0000, 0x3f800000),
+    (0x43000000, 0x3f800000),
+    (0x4331ffff, 0x3f800000),
+    (0x43320000, 0x3f800000),
+    (0x43480000, 0x3f800000),
+    (0x447a0000, 0x3f800000),
     (0x7f7fffff, 0x3f800000),
     (0x7f800000, 0x3f800000),
     (0x7fc00000, 0xffffffff),
@@ -439,6 +462,8 @@ pub(super) const SLEEF_TANHF: &[(u32, u32)] = &[
     (0xc1699465, 0xbf800000),
     (0xc187eb75, 0xbf800000),
     (0xc1a38b62, 0xbf800000),
+    (0xc3480000, 0xbf800000),
+    (0xc47a0000, 0xbf800000),
     (0xff7fffff, 0xbf800000),
     (0xff800000, 0xbf800000),
 ];
@@ -504,6 +529,12 @@ pub(super) const GLIBC_EXPF: &[(u32, u32)] = &[
     (0x42cff1b3, 0x7f800000),
     (0x42cff1b4, 0x7f800000),
     (0x42cff1b5, 0x7f800000),
+    (0x42fa0000, 0x7f800000),
+    (0x43000000, 0x7f800000),
+    (0x4331ffff, 0x7f800000),
+    (0x43320000, 0x7f800000),
+    (0x43480000, 0x7f800000),
+    (0x447a0000, 0x7f800000),
     (0x71b67944, 0x7f800000),
     (0x71c40f0c, 0x7f800000),
     (0x7f7fffff, 0x7f800000),
@@ -576,6 +607,8 @@ pub(super) const GLIBC_EXPF: &[(u32, u32)] = &[
     (0xc2cff1b4, 0x00000001),
     (0xc2cff1b5, 0x00000000),
     (0xc2cff1b6, 0x00000000),
+    (0xc3480000, 0x00000000),
+    (0xc47a0000, 0x00000000),
     (0xce8a571c, 0x00000000),
     (0xff03f180, 0x00000000),
     (0xff7fffff, 0x00000000),
@@ -944,6 +977,12 @@ pub(super) const GLIBC_EXPF_SSE2: &[(u32, u32)] = &[
     (0x42cff1b3, 0x7f800000),
     (0x42cff1b4, 0x7f800000),
     (0x42cff1b5, 0x7f800000),
+    (0x42fa0000, 0x7f800000),
+    (0x43000000, 0x7f800000),
+    (0x4331ffff, 0x7f800000),
+    (0x43320000, 0x7f800000),
+    (0x43480000, 0x7f800000),
+    (0x447a0000, 0x7f800000),
     (0x7f7fffff, 0x7f800000),
     (0x7f800000, 0x7f800000),
     (0x7fc00000, 0x7fc00000),
@@ -1009,6 +1048,8 @@ pub(super) const GLIBC_EXPF_SSE2: &[(u32, u32)] = &[
     (0xc2cff1b4, 0x00000001),
     (0xc2cff1b5, 0x00000000),
     (0xc2cff1b6, 0x00000000),
+    (0xc3480000, 0x00000000),
+    (0xc47a0000, 0x00000000),
     (0xc59edd00, 0x00000000),
     (0xff7fffff, 0x00000000),
     (0xff800000, 0x00000000),
