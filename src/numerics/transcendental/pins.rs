@@ -5,7 +5,8 @@
 //! from 125 to 1000 beyond them; inputs next to the quantization boundaries of sigmoid
 //! (256·σ = k + ½) and tanh (128·tanh + 128 = k + ½); inputs where SLEEF and glibc disagree (and
 //! the only two inputs where glibc's two `expf` builds disagree, 0x4202422f and 0xc27c65d9);
-//! random inputs.
+//! for `expm1f`, inputs where a one-operator change of its polynomial or of its `k = 1` branch
+//! choice changes the result (found by comparing both over all 2^32 inputs); random inputs.
 pub(super) const SLEEF_EXPF: &[(u32, u32)] = &[
     (0x00000000, 0x3f800000),
     (0x00000001, 0x3f800000),
@@ -632,6 +633,11 @@ pub(super) const GLIBC_EXPM1F: &[(u32, u32)] = &[
     (0x3ca017df, 0x3ca1aaf6),
     (0x3cc00733, 0x3cc24be6),
     (0x3ce0652b, 0x3ce37f2c),
+    (0x3de53649, 0x3df287ee),
+    (0x3e19e905, 0x3e26142a),
+    (0x3e89971d, 0x3e9dd9ea),
+    (0x3e9474bb, 0x3eac3801),
+    (0x3e9826b2, 0x3eb12cbb),
     (0x3eb17216, 0x3ed413ca),
     (0x3eb17217, 0x3ed413cc),
     (0x3eb17218, 0x3ed413cd),
@@ -642,6 +648,8 @@ pub(super) const GLIBC_EXPM1F: &[(u32, u32)] = &[
     (0x3ecccccd, 0x3efbd072),
     (0x3eccccce, 0x3efbd074),
     (0x3ecccccf, 0x3efbd076),
+    (0x3ee2e436, 0x3f0ebefe),
+    (0x3ee2e437, 0x3f0ebf00),
     (0x3f800000, 0x3fdbf0a8),
     (0x3f851590, 0x3fea09e1),
     (0x3f851591, 0x3fea09e4),
