@@ -829,6 +829,37 @@ mod tests {
         .is_err());
     }
 
+    /// Bins and sub-bins are limited to 2^24 (an f32 counts every integer up to there), each
+    /// limit inclusive; an upsample rate of 0 is refused.
+    #[test]
+    fn bin_counts_are_checked_at_their_limits() {
+        let cfg = |bins: usize, upsample_rate: usize| HistogramConfig {
+            bins,
+            upsample_rate,
+            ..quint8()
+        };
+        assert!(cfg(1 << 24, 1).validate().is_ok());
+        assert!(cfg((1 << 24) + 1, 1).validate().is_err());
+        assert!(cfg(2048, 0).validate().is_err());
+        assert!(cfg(1 << 20, 16).validate().is_ok());
+        assert!(cfg(1 << 20, 17).validate().is_err());
+    }
+
+    /// An observer whose minimum or maximum alone is unset (`±inf`, as torch's
+    /// `is_uninitialized` tests with `or`) starts over from the batch.
+    #[test]
+    fn either_unset_bound_starts_the_histogram_over() {
+        for (min_val, max_val) in [(-3.0, f32::NEG_INFINITY), (f32::INFINITY, 3.0)] {
+            let mut obs = HistogramObserver::new(quint8()).unwrap();
+            obs.min_val = min_val;
+            obs.max_val = max_val;
+            obs.histogram = vec![5.0; 2048];
+            obs.forward(&[1.0, 2.0]).unwrap();
+            assert_eq!((obs.min_val, obs.max_val), (1.0, 2.0));
+            assert_eq!(total(&obs.histogram), 2.0);
+        }
+    }
+
     #[test]
     fn linspace_hits_its_end_points_and_is_monotone() {
         for (a, b) in [(-1.0f32, 3.0f32), (0.1, 0.1000001), (-1e30, 1e30)] {
