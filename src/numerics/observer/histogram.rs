@@ -860,6 +860,64 @@ mod tests {
         }
     }
 
+    /// Sub-bins whose midpoints round to the new maximum (the range 1e7..1e7 + 1 in 32 768
+    /// sub-bins) land in the last bin: `bucketize` returns the index past the end, which
+    /// `_upscale_histogram` clamps.
+    #[test]
+    fn sub_bins_at_the_new_maximum_land_in_the_last_bin() {
+        let mut obs = HistogramObserver::new(quint8()).unwrap();
+        obs.forward(&[1.0e7, 1.0e7 + 1.0]).unwrap();
+        obs.forward(&[0.0]).unwrap();
+        assert_eq!((obs.min_val, obs.max_val), (0.0, 1.0e7 + 1.0));
+        assert_eq!(obs.histogram[0], 1.0);
+        assert_eq!(obs.histogram[2047], 2.0);
+        assert_eq!(total(&obs.histogram), 3.0);
+    }
+
+    /// `_non_linear_param_search` on hand-set buffers, against torch 2.15.0 (a
+    /// `HistogramObserver(bins=2048)` with `histogram`, `min_val` and `max_val` assigned,
+    /// `torch.set_num_threads(1)`): a parabola with one count at each end (trimmed on both
+    /// sides), a decreasing ramp (trimmed on the right), and each with one negative count, which
+    /// makes the cumulative sum non-monotone so that torch's scan loops decide, not a binary
+    /// search.
+    #[test]
+    fn search_range_matches_torch_on_hand_set_histograms() {
+        let mut parabola: Vec<f32> = (0..2048i64)
+            .map(|i| (10_000 - (i - 1024).pow(2) / 4).max(0) as f32)
+            .collect();
+        parabola[0] = 1.0;
+        parabola[2047] = 1.0;
+        let mut ramp: Vec<f32> = (0..2048i64).map(|i| (2000 - i).max(0) as f32).collect();
+        ramp[2047] = 1.0;
+        let with = |h: &[f32], i: usize, v: f32| {
+            let mut h = h.to_vec();
+            h[i] = v;
+            h
+        };
+        let cases = [
+            (parabola.clone(), (-2.0, 2.0), (0xbec7_0000, 0x3ec6_0000)),
+            (
+                with(&parabola, 1000, -600_000.0),
+                (-2.0, 2.0),
+                (0xbec7_0000, 0x3ec7_0000),
+            ),
+            (ramp.clone(), (-1.0, 3.0), (0xbf80_0000, 0x4036_a000)),
+            (
+                with(&ramp, 30, -900_000.0),
+                (-1.0, 3.0),
+                (0xbf80_0000, 0x4035_4000),
+            ),
+        ];
+        for (k, (histogram, (min_val, max_val), (lo, hi))) in cases.into_iter().enumerate() {
+            let mut obs = HistogramObserver::new(quint8()).unwrap();
+            obs.histogram = histogram;
+            obs.min_val = min_val;
+            obs.max_val = max_val;
+            let (a, b) = obs.search_range();
+            assert_eq!((a.to_bits(), b.to_bits()), (lo, hi), "case {k}: {a} {b}");
+        }
+    }
+
     #[test]
     fn linspace_hits_its_end_points_and_is_monotone() {
         for (a, b) in [(-1.0f32, 3.0f32), (0.1, 0.1000001), (-1e30, 1e30)] {
