@@ -2242,23 +2242,35 @@ mod tests {
         .is_ok());
     }
 
+    type EditedStages = Result<Vec<Stage>>;
+
+    /// The stages of a committed golden case after `edit` changes its JSON (set and case id).
+    fn edited_case_stages(
+        set: &str,
+        id: &str,
+    ) -> impl Fn(&dyn Fn(&mut serde_json::Value)) -> EditedStages {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("golden")
+            .join(set);
+        let path = dir.join(format!("cases/{id}.json"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cpu = super::super::manifest::Manifest::load(&dir)
+            .unwrap()
+            .cpu()
+            .unwrap();
+        move |edit| {
+            let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            edit(&mut v);
+            super::super::parse_case(&path, &v.to_string()).and_then(|c| c.stages(&cpu))
+        }
+    }
+
     /// A model case's weight must name its own layer, and a model case's pre_quant cannot be a
     /// difference from another node (model cases have no node names): both are errors naming
     /// the field.
     #[test]
     fn model_case_weights_and_pre_quant_are_checked() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("golden/avx2-seed0/cases/model-linear-fbgemm-ptq-avx2-0008.json");
-        let text = std::fs::read_to_string(&path).unwrap();
-        let cpu = super::super::manifest::Manifest::load(path.parent().unwrap().parent().unwrap())
-            .unwrap()
-            .cpu()
-            .unwrap();
-        let with = |edit: &dyn Fn(&mut serde_json::Value)| {
-            let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
-            edit(&mut v);
-            super::super::parse_case(&path, &v.to_string()).and_then(|c| c.stages(&cpu))
-        };
+        let with = edited_case_stages("avx2-seed0", "model-linear-fbgemm-ptq-avx2-0008");
         assert!(with(&|_| {}).is_ok());
         let e = with(&|v| v["weights"][0]["layer"] = 3.into()).unwrap_err();
         assert!(e.to_string().contains("weights[0].layer"), "{e}");
@@ -2286,18 +2298,10 @@ mod tests {
     /// exact float op may be pinned by hash alone.
     #[test]
     fn graph_case_pinned_floats_are_checked() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/graphs-avx2-seed0");
-        let path = dir.join("cases/graph-resnet18-fbgemm-ptq-default-0000.json");
-        let text = std::fs::read_to_string(&path).unwrap();
-        let cpu = super::super::manifest::Manifest::load(&dir)
-            .unwrap()
-            .cpu()
-            .unwrap();
-        let with = |edit: &dyn Fn(&mut serde_json::Value)| {
-            let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
-            edit(&mut v);
-            super::super::parse_case(&path, &v.to_string()).and_then(|c| c.stages(&cpu))
-        };
+        let with = edited_case_stages(
+            "graphs-avx2-seed0",
+            "graph-resnet18-fbgemm-ptq-default-0000",
+        );
         assert!(with(&|_| {}).is_ok());
         let values = |v: &mut serde_json::Value| -> serde_json::Value {
             v["flows"]["convert_to_reference_fx"]["runs"][0]["values"].clone()
