@@ -874,6 +874,97 @@ mod tests {
         assert_eq!(total(&obs.histogram), 3.0);
     }
 
+    /// 2048 bins: a parabola peaking at bin 1024 with one count at each end.
+    fn parabola() -> Vec<f32> {
+        let mut h: Vec<f32> = (0..2048i64)
+            .map(|i| (10_000 - (i - 1024).pow(2) / 4).max(0) as f32)
+            .collect();
+        h[0] = 1.0;
+        h[2047] = 1.0;
+        h
+    }
+
+    /// 2048 bins: a ramp falling from 2000 to 0 at bin 2000, with one count in the last bin.
+    fn ramp() -> Vec<f32> {
+        let mut h: Vec<f32> = (0..2048i64).map(|i| (2000 - i).max(0) as f32).collect();
+        h[2047] = 1.0;
+        h
+    }
+
+    /// An observer with hand-set buffers (torch: assign `histogram`, `min_val`, `max_val`).
+    fn hand_set(bins: usize, histogram: Vec<f32>, min_val: f32, max_val: f32) -> HistogramObserver {
+        let mut obs = HistogramObserver::new(HistogramConfig { bins, ..quint8() }).unwrap();
+        obs.histogram = histogram;
+        obs.min_val = min_val;
+        obs.max_val = max_val;
+        obs
+    }
+
+    /// `_compute_quantization_error(start, end)` against torch 2.15.0 on hand-set buffers
+    /// (`torch.set_num_threads(1)`), as f64 bits: ranges that cover the whole histogram, a
+    /// middle part, a single bin and either end, on 2048 bins (the vectorised body) and on 20
+    /// bins (16 in the body, 4 in the scalar tail); and the search on 20 bins and on a range of
+    /// 2.048e-40, where every norm is NaN (the f32 density overflows), so the search never stops
+    /// early.
+    #[test]
+    fn quantization_error_matches_torch_on_hand_set_histograms() {
+        let small: Vec<f32> = (0..20).map(|i| ((7 * i) % 11 + 1) as f32).collect();
+        let cases: [(&str, HistogramObserver, &[((usize, usize), u64)]); 3] = [
+            (
+                "parabola",
+                hand_set(2048, parabola(), -2.0, 2.0),
+                &[
+                    ((0, 2047), 0x404b_1f84_4000_0000),
+                    ((100, 1900), 0x4045_0a13_e000_0000),
+                    ((1000, 1050), 0x40e7_d233_4000_0000),
+                    ((1024, 1024), 0x40f3_af79_0000_0000),
+                    ((2000, 2047), 0x4162_9f5c_c000_0000),
+                    ((0, 10), 0x4164_1619_a000_0000),
+                    ((700, 1340), 0x4022_32a3_4000_0000),
+                ],
+            ),
+            (
+                "ramp",
+                hand_set(2048, ramp(), -1.0, 3.0),
+                &[
+                    ((0, 2047), 0x4044_5af1_4000_0000),
+                    ((100, 1900), 0x40a6_42b9_4000_0000),
+                    ((1000, 1050), 0x4142_f584_4000_0000),
+                    ((1024, 1024), 0x4144_5e45_0000_0000),
+                    ((2000, 2047), 0x416d_1e00_6000_0000),
+                    ((0, 10), 0x4152_ffca_a000_0000),
+                    ((700, 1340), 0x412a_45f8_8000_0000),
+                ],
+            ),
+            (
+                "20 bins",
+                hand_set(20, small.clone(), -0.7, 1.3),
+                &[
+                    ((0, 19), 0x3f43_ae2f_c000_0000),
+                    ((3, 15), 0x3ff2_962a_e000_0000),
+                    ((5, 5), 0x404a_fbe7_e000_0000),
+                    ((0, 4), 0x4050_24fc_c000_0000),
+                    ((12, 19), 0x4040_208d_a000_0000),
+                ],
+            ),
+        ];
+        for (name, obs, pins) in &cases {
+            for &((start, end), bits) in pins.iter() {
+                let norm = obs.compute_quantization_error(start, end);
+                assert_eq!(norm.to_bits(), bits, "{name} ({start}, {end}): {norm}");
+            }
+        }
+        let small_search = hand_set(20, small, -0.7, 1.3).search_range();
+        assert_eq!(
+            (small_search.0.to_bits(), small_search.1.to_bits()),
+            (0xbf33_3333, 0x3f99_999a)
+        );
+        let tiny = hand_set(2048, parabola(), 0.0, f32::from_bits(0x0002_3ae6));
+        assert!(tiny.compute_quantization_error(0, 2047).is_nan());
+        let (a, b) = tiny.search_range();
+        assert_eq!((a.to_bits(), b.to_bits()), (0x0000_e4cf, 0x0000_e516));
+    }
+
     /// `_non_linear_param_search` on hand-set buffers, against torch 2.15.0 (a
     /// `HistogramObserver(bins=2048)` with `histogram`, `min_val` and `max_val` assigned,
     /// `torch.set_num_threads(1)`): a parabola with one count at each end (trimmed on both
@@ -882,13 +973,7 @@ mod tests {
     /// search.
     #[test]
     fn search_range_matches_torch_on_hand_set_histograms() {
-        let mut parabola: Vec<f32> = (0..2048i64)
-            .map(|i| (10_000 - (i - 1024).pow(2) / 4).max(0) as f32)
-            .collect();
-        parabola[0] = 1.0;
-        parabola[2047] = 1.0;
-        let mut ramp: Vec<f32> = (0..2048i64).map(|i| (2000 - i).max(0) as f32).collect();
-        ramp[2047] = 1.0;
+        let (parabola, ramp) = (parabola(), ramp());
         let with = |h: &[f32], i: usize, v: f32| {
             let mut h = h.to_vec();
             h[i] = v;
@@ -909,11 +994,7 @@ mod tests {
             ),
         ];
         for (k, (histogram, (min_val, max_val), (lo, hi))) in cases.into_iter().enumerate() {
-            let mut obs = HistogramObserver::new(quint8()).unwrap();
-            obs.histogram = histogram;
-            obs.min_val = min_val;
-            obs.max_val = max_val;
-            let (a, b) = obs.search_range();
+            let (a, b) = hand_set(2048, histogram, min_val, max_val).search_range();
             assert_eq!((a.to_bits(), b.to_bits()), (lo, hi), "case {k}: {a} {b}");
         }
     }
