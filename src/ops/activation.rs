@@ -928,7 +928,7 @@ mod tests {
         assert_eq!(preds[128], Pred::Exact(128));
     }
 
-    fn elu_out(scale: f64, zero_point: i64) -> OutQParams {
+    fn out_qparams(scale: f64, zero_point: i64) -> OutQParams {
         OutQParams {
             scale,
             zero_point,
@@ -943,7 +943,7 @@ mod tests {
         // q = 126 is x = -1, expm1(-1) = -0.632 → -2.53 steps → 125; q = 0 is x = -64,
         // expm1 = -1 → 124; q = 255 is x = 63.5 → 382 → saturates at 255.
         let codes = [130u8, 128, 126, 0, 255];
-        let out = elu_out(0.25, 128);
+        let out = out_qparams(0.25, 128);
         for n in [5, 64 * 5] {
             // 5 elements: all scalar tail; 320: all vector body.
             let x = QTensor::new(vec![n], codes.repeat(n / 5), 0.5, 128);
@@ -983,7 +983,7 @@ mod tests {
         // x = -0.137138, whose exact output code is 154.4999989. The body (FMA dequantize, SLEEF
         // expm1f) gives 154, the tail (plain dequantize, glibc expm1f) 155.
         let (s, so) = (f32::from_bits(0x3b90f58b), f32::from_bits(0x3b066000));
-        let out = elu_out(so as f64, 217);
+        let out = out_qparams(so as f64, 217);
         let x = QTensor::new(vec![65], vec![128; 65], s as f64, 159);
         let v = elu1(Engine::Qnnpack, &x, &out);
         assert!(v[..64].iter().all(|&a| a == 154), "{v:?}");
@@ -1000,7 +1000,7 @@ mod tests {
         // Input scale f32 0x3daf2270, zero point 150, output (f32 0x3ba9e000, 186): x = -1.88133,
         // exact code 22.50000034; SLEEF's expm1f (body) rounds to 23 where glibc's gives 22.
         let (s, so) = (f32::from_bits(0x3daf2270), f32::from_bits(0x3ba9e000));
-        let out = elu_out(so as f64, 186);
+        let out = out_qparams(so as f64, 186);
         let x = QTensor::new(vec![65], vec![128; 65], s as f64, 150);
         let v = elu1(Engine::Onednn, &x, &out);
         assert!(v[..64].iter().all(|&a| a == 23), "{v:?}");
@@ -1009,7 +1009,7 @@ mod tests {
 
     #[test]
     fn elu_reference_flow_is_exact_or_ambiguous() {
-        let out = elu_out(1.0 / 64.0, 160);
+        let out = out_qparams(1.0 / 64.0, 160);
         let x = QTensor::new(vec![256], (0..=255).collect(), 1.0 / 32.0, 128);
         for (flow, alpha) in [
             (Flow::ConvertToReferenceFx, 1.0),
@@ -1040,6 +1040,41 @@ mod tests {
         }
     }
 
+    /// Each float bound is wide enough to reach a rounding tie that lies between one and two
+    /// f32 ulps of the exact value away (0.6–0.8 of the bound): the reference flow must call
+    /// that element ambiguous, where a bound of zero would decide it. Inputs found by a search
+    /// over input scales; the exact output codes are 127.5000234 (sigmoid), 62.4999876 (tanh)
+    /// and 129.5000090 (ELU).
+    #[test]
+    fn float_bounds_reach_ties_one_to_two_ulps_away() {
+        let cases: [(&dyn Op, u32, u8, OutQParams, i64); 3] = [
+            (&Sigmoid, 0x3bff_fd45, 127, out_qparams(1.0 / 256.0, 0), 127),
+            (&Tanh, 0x3d08_2529, 111, out_qparams(2.0 / 256.0, 128), 62),
+            (
+                &Elu::new(1.0),
+                0x3d30_c42a,
+                113,
+                out_qparams(1.0 / 64.0, 160),
+                129,
+            ),
+        ];
+        for (op, scale_bits, q, out, lo) in cases {
+            let x = QTensor::new(vec![1], vec![q], f32::from_bits(scale_bits) as f64, 128);
+            let o = run(
+                op,
+                &ctx(Flow::ConvertToReferenceFx, Engine::Fbgemm),
+                &x,
+                Some(&out),
+            );
+            assert_eq!(
+                o[0].ints().unwrap(),
+                [Pred::Ambiguous { lo, hi: lo + 1 }],
+                "{}",
+                op.name()
+            );
+        }
+    }
+
     #[test]
     fn elu_params_and_errors() {
         let p: Elu = serde_json::from_value(serde_json::json!({
@@ -1049,7 +1084,7 @@ mod tests {
         assert_eq!(p, Elu::new(0.5));
         let x = Value::Quantized(QTensor::new(vec![2], vec![1, 2], 0.1, 0));
         let c = ctx(Flow::ConvertFx, Engine::Fbgemm);
-        let out = elu_out(0.1, 0);
+        let out = out_qparams(0.1, 0);
         for bad in [f64::NAN, f64::INFINITY, 1e39] {
             let op = Elu::new(bad);
             let e = op.plan(&c, &[x.meta()], Some(&out)).unwrap_err();
@@ -1064,10 +1099,10 @@ mod tests {
         let e = Elu::new(1.0).plan(&c, &[x.meta()], None).unwrap_err();
         assert!(e.to_string().contains("output qparams"), "{e}");
         assert!(Elu::new(1.0)
-            .plan(&c, &[x.meta()], Some(&elu_out(f64::NAN, 0)))
+            .plan(&c, &[x.meta()], Some(&out_qparams(f64::NAN, 0)))
             .is_err());
         assert!(Elu::new(1.0)
-            .plan(&c, &[x.meta()], Some(&elu_out(0.1, 256)))
+            .plan(&c, &[x.meta()], Some(&out_qparams(0.1, 256)))
             .is_err());
     }
 

@@ -965,6 +965,38 @@ mod tests {
         assert_eq!((a.to_bits(), b.to_bits()), (0x0000_e4cf, 0x0000_e516));
     }
 
+    /// Where +0.0 and −0.0 tie for the minimum or maximum, `torch.aminmax` (2.15.0, AVX2 and
+    /// AVX-512 builds alike) returns the zero its reduction order reaches last: under 8
+    /// elements the last one; at 8 the shuffle tree's choice, not the last. (ATen's
+    /// non-vectorised build returns +0.0 for the first case.)
+    #[test]
+    fn aminmax_returns_torchs_zero_on_signed_zero_ties() {
+        let (p, n) = (0.0f32.to_bits(), (-0.0f32).to_bits());
+        let cases: [(&[f32], u32, u32); 6] = [
+            (
+                &[1.0, 1.0, 1.0, -0.0, 1.0, 1.0, 0.0, 1.0],
+                n,
+                1.0f32.to_bits(),
+            ),
+            (
+                &[-1.0, -1.0, -1.0, -0.0, -1.0, -1.0, 0.0, -1.0],
+                (-1.0f32).to_bits(),
+                n,
+            ),
+            (&[1.0, -0.0, 1.0, 0.0, 1.0], p, 1.0f32.to_bits()),
+            (&[-1.0, -0.0, -1.0, 0.0, -1.0], (-1.0f32).to_bits(), p),
+            (&[1.0, 0.0, 1.0, -0.0, 1.0], n, 1.0f32.to_bits()),
+            (&[-1.0, 0.0, -1.0, -0.0, -1.0], (-1.0f32).to_bits(), n),
+        ];
+        for (x, lo, hi) in cases {
+            let (a, b) = aminmax(x);
+            assert_eq!((a.to_bits(), b.to_bits()), (lo, hi), "{x:?}");
+            let mut obs = HistogramObserver::new(quint8()).unwrap();
+            obs.forward(x).unwrap();
+            assert_eq!((obs.min_val.to_bits(), obs.max_val.to_bits()), (lo, hi));
+        }
+    }
+
     /// `_non_linear_param_search` on hand-set buffers, against torch 2.15.0 (a
     /// `HistogramObserver(bins=2048)` with `histogram`, `min_val` and `max_val` assigned,
     /// `torch.set_num_threads(1)`): a parabola with one count at each end (trimmed on both
