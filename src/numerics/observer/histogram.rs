@@ -1002,10 +1002,17 @@ mod tests {
     /// `torch.set_num_threads(1)`): a parabola with one count at each end (trimmed on both
     /// sides), a decreasing ramp (trimmed on the right), and each with one negative count, which
     /// makes the cumulative sum non-monotone so that torch's scan loops decide, not a binary
-    /// search.
+    /// search; and a parabola whose counts are subnormal.
     #[test]
     fn search_range_matches_torch_on_hand_set_histograms() {
         let (parabola, ramp) = (parabola(), ramp());
+        // Counts scaled into the subnormals: successive trims give the same norm (0 or a few
+        // subnormals), and an equal norm does not stop the search (`norm > norm_min`).
+        let subnormal_parabola = |k: f64| -> Vec<f32> {
+            (0..2048i64)
+                .map(|i| ((10_000 - (i - 1024).pow(2) / 4).max(0) as f64 * k) as f32)
+                .collect()
+        };
         let with = |h: &[f32], i: usize, v: f32| {
             let mut h = h.to_vec();
             h[i] = v;
@@ -1023,6 +1030,16 @@ mod tests {
                 with(&ramp, 30, -900_000.0),
                 (-1.0, 3.0),
                 (0xbf80_0000, 0x4035_4000),
+            ),
+            (
+                subnormal_parabola(1e-42),
+                (-2.0, 2.0),
+                (0xbec7_0000, 0x3ec5_0000),
+            ),
+            (
+                subnormal_parabola(1e-40),
+                (-0.001f64 as f32, 0.001f64 as f32),
+                (0xb94b_c6a8, 0x3927_efa0),
             ),
         ];
         for (k, (histogram, (min_val, max_val), (lo, hi))) in cases.into_iter().enumerate() {
