@@ -969,6 +969,17 @@ mod tests {
         );
         let tiny = hand_set(2048, parabola(), 0.0, f32::from_bits(0x0002_3ae6));
         assert!(tiny.compute_quantization_error(0, 2047).is_nan());
+        // Counts of 1e-9 keep the density finite; one destination bin's width (f64 ≈ 3.9e-46)
+        // rounds to 0.0 in f32, so floor division divides 0 by 0 at the start bin: NaN. Wider
+        // destination bins give 0.0 (every cube underflows).
+        let faint: Vec<f32> = parabola()
+            .iter()
+            .map(|&c| (c as f64 * 1e-9) as f32)
+            .collect();
+        let faint = hand_set(2048, faint, 0.0, f32::from_bits(0x0002_3ae6));
+        assert!(faint.compute_quantization_error(1024, 1024).is_nan());
+        assert_eq!(faint.compute_quantization_error(1000, 1050).to_bits(), 0);
+        assert_eq!(faint.compute_quantization_error(0, 2047).to_bits(), 0);
         let (a, b) = tiny.search_range();
         assert_eq!((a.to_bits(), b.to_bits()), (0x0000_e4cf, 0x0000_e516));
     }
