@@ -1040,6 +1040,115 @@ mod tests {
         }
     }
 
+    /// What `qparity explain` shows: every path's rule names its formula and the function it
+    /// calls, and an element's trace names the path it took and that function's value.
+    #[test]
+    fn rules_and_traces_name_each_path() {
+        struct Texts {
+            name: &'static str,
+            body: [&'static str; 2],
+            tail: [&'static str; 2],
+            table: Option<[&'static str; 2]>,
+            float: &'static str,
+        }
+        let x = QTensor::new(vec![65], vec![100; 65], 0.05, 128);
+        let v = Value::Quantized(x);
+        let elu = Elu::new(1.0);
+        let out = out_qparams(1.0 / 64.0, 160);
+        let cases: [(&dyn Op, Option<&OutQParams>, Texts); 3] = [
+            (
+                &Sigmoid,
+                None,
+                Texts {
+                    name: "sigmoid",
+                    body: [
+                        "y = f32(1/f32(1 + Sleef_expf8_u10(-x)))",
+                        "Sleef_expf8_u10(-x) = ",
+                    ],
+                    tail: ["(double)expf(-x)", "y = f32(1.0/(1.0 + (double)e)) = "],
+                    table: Some([
+                        "f32(256/f32(1 + expf(-f32(s·f32(i - zp)))))",
+                        "256/(1+e) = ",
+                    ]),
+                    float: "σ(x) = 1/(1 + e^-x) evaluated in f64",
+                },
+            ),
+            (
+                &Tanh,
+                None,
+                Texts {
+                    name: "tanh",
+                    body: [
+                        "sat(RNE(f32(Sleef_tanhf8_u10(x)·128)) + 128)",
+                        "Sleef_tanhf8_u10(x) = ",
+                    ],
+                    tail: ["quantize_val(2/256, 128, tanhf(x))", "tanhf(x) = "],
+                    table: Some([
+                        "f32(f32(128·tanhf(f32(s·f32(i - zp)))) + 128)",
+                        "128·t + 128 = ",
+                    ]),
+                    float: "tanh(x) evaluated in f64",
+                },
+            ),
+            (
+                &elu,
+                Some(&out),
+                Texts {
+                    name: "elu",
+                    body: [
+                        "f32(Sleef_expm1f8_u10(f32(x·isc))·α)",
+                        "Sleef_expm1f8_u10(x·input_scale) = ",
+                    ],
+                    tail: [
+                        "f32(f32(expm1f(f32(x·isc))·α)·sc)",
+                        "expm1f(x·input_scale) = ",
+                    ],
+                    table: None,
+                    float: "α·sc·expm1(x·isc) (α 1, sc 1, isc 1) evaluated in f64",
+                },
+            ),
+        ];
+        for (op, integer_out, t) in cases {
+            let plan = |flow, engine, out| op.plan(&ctx(flow, engine), &[v.meta()], out).unwrap();
+            let has = |text: &str, parts: &[&str]| {
+                for p in parts {
+                    assert!(text.contains(p), "{}: {p:?} not in {text:?}", t.name);
+                }
+            };
+            let aten = plan(Flow::ConvertFx, Engine::Fbgemm, integer_out);
+            let kernel = format!("ATen {} kernel (fbgemm)", t.name);
+            has(&aten.rule().to_string(), &[&kernel, t.body[0], t.tail[0]]);
+            let body = aten.trace(&[&v], 0, 0).unwrap().join("\n");
+            has(&body, &["memory position 0: vector body", t.body[1]]);
+            let tail = aten.trace(&[&v], 0, 64).unwrap().join("\n");
+            has(&tail, &["memory position 64: scalar tail", t.tail[1]]);
+            let qnnpack = plan(Flow::ConvertFx, Engine::Qnnpack, integer_out);
+            match t.table {
+                Some([rule, step]) => {
+                    has(
+                        &qnnpack.rule().to_string(),
+                        &["QNNPACK 256-entry lookup table", rule],
+                    );
+                    has(&qnnpack.trace(&[&v], 0, 3).unwrap().join("\n"), &[step]);
+                }
+                // No QNNPACK kernel: ATen's runs.
+                None => has(
+                    &qnnpack.rule().to_string(),
+                    &[&format!("ATen {} kernel", t.name)],
+                ),
+            }
+            let float = plan(Flow::ConvertToReferenceFx, Engine::Fbgemm, Some(&out));
+            has(
+                &float.rule().to_string(),
+                &[t.float, "(0.015625, 160), clamp 0..255"],
+            );
+            has(
+                &float.trace(&[&v], 0, 0).unwrap().join("\n"),
+                &["exact ", "prediction Exact("],
+            );
+        }
+    }
+
     /// Each float bound is wide enough to reach a rounding tie that lies between one and two
     /// f32 ulps of the exact value away (0.6–0.8 of the bound): the reference flow must call
     /// that element ambiguous, where a bound of zero would decide it. Inputs found by a search
