@@ -984,6 +984,18 @@ mod tests {
         assert_eq!((a.to_bits(), b.to_bits()), (0x0000_e4cf, 0x0000_e516));
     }
 
+    /// Only both bounds unset is "no data yet" (`(1.0, 0)`). With one of them alone unset,
+    /// torch 2.15.0 searches a range of infinite width and returns a NaN scale and zero
+    /// point 0.
+    #[test]
+    fn one_unset_bound_gives_torchs_nan_scale() {
+        for (min_val, max_val) in [(-3.0, f32::NEG_INFINITY), (f32::INFINITY, 3.0)] {
+            let obs = hand_set(2048, vec![5.0; 2048], min_val, max_val);
+            let (scale, zero_point) = obs.calculate_qparams().unwrap();
+            assert!(scale.is_nan() && zero_point == 0, "{min_val} {max_val}");
+        }
+    }
+
     /// Where +0.0 and −0.0 tie for the minimum or maximum, `torch.aminmax` (2.15.0, AVX2 and
     /// AVX-512 builds alike) returns the zero its reduction order reaches last: under 8
     /// elements the last one; at 8 the shuffle tree's choice, not the last. (ATen's
