@@ -917,7 +917,9 @@ mod tests {
     #[test]
     fn quantization_error_matches_torch_on_hand_set_histograms() {
         let small: Vec<f32> = (0..20).map(|i| ((7 * i) % 11 + 1) as f32).collect();
-        let cases: [(&str, HistogramObserver, &[((usize, usize), u64)]); 3] = [
+        // ((start bin, end bin), torch's norm as f64 bits)
+        type Pins = &'static [((usize, usize), u64)];
+        let cases: [(&str, HistogramObserver, Pins); 3] = [
             (
                 "parabola",
                 hand_set(2048, parabola(), -2.0, 2.0),
