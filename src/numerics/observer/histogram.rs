@@ -1081,6 +1081,54 @@ mod tests {
         }
     }
 
+    /// The scan loops of `_non_linear_param_search` on small non-monotone histograms (16 and 20
+    /// bins on [-1, 1]), against torch 2.15.0. Each case was found by running torch's search
+    /// beside a copy with one comparison changed; the case pins that comparison:
+    /// the left walk running past `end_bin`, `cSum[l] < next_alpha * total` at equality (the
+    /// counts sum to 0, so every threshold is 0), the right walk running below `start_bin`, and
+    /// `cSum[r] > next_beta * total` at equality (f32(50009 · (1 − 2e-5)) = 50008).
+    #[test]
+    fn scan_loops_match_torch_at_their_edges() {
+        let cases: [(&str, &[f32], (u32, u32)); 4] = [
+            (
+                "left walk stops at end_bin",
+                &[
+                    -5000.0, 3.0, -2.0, 0.0, -1.0, 0.0, 3.0, 0.0, 5.0, 2.0, 5.0, 1.0, 2.0, 1.0,
+                    0.0, 0.0, 0.0, 1.0, 3.0, 5.0,
+                ],
+                (0x3f66_6666, 0x3f80_0000),
+            ),
+            (
+                "cSum[l] equal to the left threshold",
+                &[
+                    0.0, 0.0, -2.0, 3.0, 3.0, -1.0, 0.0, -2.0, 2.0, 5.0, -2.0, 0.0, -1.0, 3.0,
+                    -2.0, -1.0, 0.0, -1.0, -2.0, -2.0,
+                ],
+                (0xbf80_0000, 0x3f80_0000),
+            ),
+            (
+                "right walk stops at start_bin",
+                &[
+                    30000.0, 0.0, 3.0, 0.0, -2.0, -2.0, -2.0, -1.0, 2.0, 0.0, -2.0, 0.0, -1.0,
+                    -1.0, 30000.0, 0.0,
+                ],
+                (0xbf80_0000, 0x3f40_0000),
+            ),
+            (
+                "cSum[r] equal to the right threshold",
+                &[
+                    -1.0, 1.0, 1.0, 5.0, 2.0, 0.0, -1.0, 10000.0, 1.0, 1.0, -1.0, 30000.0, 0.0,
+                    10000.0, 2.0, -1.0,
+                ],
+                (0xbf20_0000, 0x3f40_0000),
+            ),
+        ];
+        for (name, h, (lo, hi)) in cases {
+            let (a, b) = hand_set(h.len(), h.to_vec(), -1.0, 1.0).search_range();
+            assert_eq!((a.to_bits(), b.to_bits()), (lo, hi), "{name}: {a} {b}");
+        }
+    }
+
     #[test]
     fn linspace_hits_its_end_points_and_is_monotone() {
         for (a, b) in [(-1.0f32, 3.0f32), (0.1, 0.1000001), (-1e30, 1e30)] {
