@@ -414,14 +414,10 @@ impl Activation for Elu {
     fn float_op(&self, x: f32) -> (f64, f64) {
         let (alpha, scale, input_scale) = self.coefs();
         if x > 0.0 {
-            // One rounding of x·scale; none when scale is 1.
-            let y = x as f64 * scale as f64;
-            let err = if scale == 1.0 {
-                0.0
-            } else {
-                (2.0f64).powi(-24) * y.abs() + f64::from(f32::from_bits(1))
-            };
-            (y, err)
+            // The kernel rounds x·scale to f32 once. The f64 product of two f32s is exact, and
+            // the caller rounds `y ± err` outwards to f32, which brackets that one rounding:
+            // no margin is needed (and with scale 1 the result is x itself).
+            (x as f64 * scale as f64, 0.0)
         } else {
             let y = alpha as f64 * scale as f64 * (x as f64 * input_scale as f64).exp_m1();
             (y, self.float_bound(y))
@@ -1184,6 +1180,42 @@ mod tests {
         }
     }
 
+    /// ELU's positive branch rounds `x·scale` to f32 once. Here `x = 44/32`,
+    /// `scale = f32 0x3f868ba3`: the exact product is 92.500001 output steps (1/64), the f32
+    /// product exactly 92.5, which rounds half to even to 92. The prediction must admit 92
+    /// (taking the exact product alone would claim 93). With scale 1 there is no rounding:
+    /// inputs exactly on a tie stay exact, half to even.
+    #[test]
+    fn elu_positive_branch_brackets_the_f32_rounding_of_x_times_scale() {
+        let op = Elu {
+            scale: f32::from_bits(0x3f86_8ba3) as f64,
+            ..Elu::new(1.0)
+        };
+        let x = QTensor::new(vec![1], vec![172], 1.0 / 32.0, 128);
+        let y32 = (44.0f32 / 32.0) * f32::from_bits(0x3f86_8ba3);
+        assert_eq!(y32 * 64.0, 92.5);
+        let o = run(
+            &op,
+            &ctx(Flow::ConvertToReferenceFx, Engine::Fbgemm),
+            &x,
+            Some(&out_qparams(1.0 / 64.0, 0)),
+        );
+        assert_eq!(o[0].ints().unwrap(), [Pred::Ambiguous { lo: 92, hi: 93 }]);
+        // scale 1, x = 1/128, 2/128, 3/128 with output steps of 1/64 around 160: 160.5, 161,
+        // 161.5 steps.
+        let x = QTensor::new(vec![3], vec![129, 130, 131], 1.0 / 128.0, 128);
+        let o = run(
+            &Elu::new(1.0),
+            &ctx(Flow::ConvertToReferenceFx, Engine::Fbgemm),
+            &x,
+            Some(&out_qparams(1.0 / 64.0, 160)),
+        );
+        assert_eq!(
+            o[0].ints().unwrap(),
+            [Pred::Exact(160), Pred::Exact(161), Pred::Exact(162)]
+        );
+    }
+
     #[test]
     fn elu_params_and_errors() {
         let p: Elu = serde_json::from_value(serde_json::json!({
@@ -1228,6 +1260,24 @@ mod tests {
         // Reference flows need the observer's qparams.
         let r = ctx(Flow::ConvertToReferenceFx, Engine::Fbgemm);
         assert!(Sigmoid.plan(&r, &[x.meta()], None).is_err());
+        // The quantize node's range: one value is a range, min above max is not.
+        let d = ctx(Flow::ConvertToReferenceDecomposedFx, Engine::Fbgemm);
+        let range = |quant_min, quant_max| OutQParams {
+            quant_min,
+            quant_max,
+            ..out_qparams(1.0 / 256.0, 0)
+        };
+        let o = run(
+            &Sigmoid,
+            &d,
+            &QTensor::new(vec![2], vec![1, 2], 0.1, 3),
+            Some(&range(7, 7)),
+        );
+        assert_eq!(o[0].ints().unwrap(), [Pred::Exact(7), Pred::Exact(7)]);
+        let e = Sigmoid
+            .plan(&d, &[x.meta()], Some(&range(8, 7)))
+            .unwrap_err();
+        assert!(e.to_string().contains("8..7 is empty"), "{e}");
         // QNNPACK refuses subnormal input scales.
         let tiny = Value::Quantized(QTensor::new(vec![2], vec![1, 2], 1e-40, 3));
         let q = ctx(Flow::ConvertFx, Engine::Qnnpack);
