@@ -1074,6 +1074,13 @@ mod tests {
                 (-0.001f64 as f32, 0.001f64 as f32),
                 (0xb94b_c6a8, 0x3927_efa0),
             ),
+            // Counts 0, 0.03, 0.02, 0.01, …: the total is ATen's cascade sum, 30.72 (a sequential
+            // f32 sum drifts from it and keeps the last bin).
+            (
+                (0..2048).map(|i| 0.01f32 * ((3 * i) % 4) as f32).collect(),
+                (-1.0, 1.0),
+                (0xbf7f_c000, 0x3f7f_c000),
+            ),
         ];
         for (k, (histogram, (min_val, max_val), (lo, hi))) in cases.into_iter().enumerate() {
             let (a, b) = hand_set(2048, histogram, min_val, max_val).search_range();
@@ -1126,6 +1133,77 @@ mod tests {
         for (name, h, (lo, hi)) in cases {
             let (a, b) = hand_set(h.len(), h.to_vec(), -1.0, 1.0).search_range();
             assert_eq!((a.to_bits(), b.to_bits()), (lo, hi), "{name}: {a} {b}");
+        }
+    }
+
+    /// `torch.linspace` (f32) against torch 2.15.0 where an FMA and a multiply-then-add part:
+    /// two elements of each half (`fma(step, i, start)` below `steps/2`,
+    /// `fma(−step, steps − 1 − i, end)` from there on).
+    #[test]
+    fn linspace_is_fma_contracted_as_torchs() {
+        let cases: [((f32, f32, usize), [(usize, u32); 4]); 2] = [
+            (
+                (0.1, 0.7, 2049),
+                [
+                    (31, 0x3ddf_6667),
+                    (36, 0x3de2_6667),
+                    (1825, 0x3f22_7999),
+                    (1830, 0x3f22_d999),
+                ],
+            ),
+            (
+                (-0.37, 0.91, 257),
+                [
+                    (22, 0xbe85_1eb9),
+                    (50, 0xbdf5_c291),
+                    (225, 0x3f41_47af),
+                    (236, 0x3f4f_5c29),
+                ],
+            ),
+        ];
+        for ((a, b, n), pins) in cases {
+            let v = linspace_f32(a, b, n);
+            for (i, want) in pins {
+                assert_eq!(v[i].to_bits(), want, "linspace({a}, {b}, {n})[{i}]");
+            }
+        }
+    }
+
+    /// `torch.cumsum` of f32 accumulates in f64 and rounds each prefix (torch 2.15.0): past 2^24
+    /// an f32 accumulator would stay at 2^24.
+    #[test]
+    fn cumsum_accumulates_in_f64_as_torchs() {
+        let h = [16_777_216.0f32, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 3.0];
+        let torch = [
+            16_777_216.0f32,
+            16_777_216.0,
+            16_777_218.0,
+            16_777_220.0,
+            16_777_220.0,
+            16_777_220.0,
+            16_777_222.0,
+            16_777_222.0,
+            16_777_224.0,
+        ];
+        assert_eq!(cumsum_f32(&h), torch);
+    }
+
+    /// `torch.histc` bins `v` at `f32(f32(v − L)·bins) / f32(R − L)`; at these values, next to a
+    /// bin edge, `f32(v − L)/f32(R − L)·bins` gives the bin below (torch 2.15.0's bin pinned).
+    #[test]
+    fn histc_multiplies_by_bins_before_dividing_as_torch() {
+        let cases: [(u32, u32, u32, usize, usize); 4] = [
+            (0xbf34_221e, 0xbfeb_2220, 0xbe0c_4430, 6, 4),
+            (0x3ebe_ffc4, 0xbf19_2fa9, 0x3f8d_01c6, 7, 4),
+            (0xc0b7_7442, 0xc11f_c9e2, 0xc005_8dee, 13, 7),
+            (0x3e5e_bf49, 0xbfd8_5759, 0x3fb4_7573, 13, 8),
+        ];
+        for (v, lo, hi, bins, want) in cases {
+            let [v, lo, hi] = [v, lo, hi].map(f32::from_bits);
+            let h = histc(&[v], bins, lo, hi).unwrap();
+            let mut expected = vec![0.0f32; bins];
+            expected[want] = 1.0;
+            assert_eq!(h, expected, "histc([{v}], {bins}, {lo}, {hi})");
         }
     }
 
