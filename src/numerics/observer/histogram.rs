@@ -1141,7 +1141,9 @@ mod tests {
     /// `fma(−step, steps − 1 − i, end)` from there on).
     #[test]
     fn linspace_is_fma_contracted_as_torchs() {
-        let cases: [((f32, f32, usize), [(usize, u32); 4]); 2] = [
+        // (start, end, steps) and (index, torch's bits) pairs.
+        type Range = (f32, f32, usize);
+        let cases: [(Range, [(usize, u32); 4]); 2] = [
             (
                 (0.1, 0.7, 2049),
                 [
