@@ -319,6 +319,11 @@ pub fn pinned_rule(tag: &str) -> String {
              [floor(f32(f32(o·in)/out)), ceil(f32(f32((o+1)·in)/out))) (nearest alternative: the \
              float op's exact integer bounds)"
         }
+        "R16-weight-zero-point" => {
+            "the accumulator folds both zero points, Σ (x − x_z)(w − w_z) = Σ x·w − x_z·Σ w \
+             − w_z·Σ x + K·x_z·w_z, per output channel's w_z (nearest alternative: the weight \
+             zero point forgotten, Σ (x − x_z)·w)"
+        }
         _ => "(a rule this build does not describe)",
     };
     format!("this case pins {tag} (docs/NUMERICS.md): {what}")

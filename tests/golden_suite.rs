@@ -403,6 +403,7 @@ fn every_pinning_golden_reproduces() {
             "R34-adaptive-bounds-f32",
             &["-fbgemm-", "-x86-", "-qnnpack-", "-onednn-"],
         ),
+        ("R16-weight-zero-point", &["-fbgemm-", "-x86-", "-qnnpack-"]),
     ];
     let mut ids = Vec::new();
     for set in pins {

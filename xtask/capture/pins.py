@@ -45,6 +45,10 @@ Rules (docs/NUMERICS.md):
   `act_times_w_scale` per channel; PyTorch `qlinear.cpp` per-channel `act_times_w_scale`).
 - R21-fbgemm-multiplier-division: FBGEMM's multiplier `f32(atws / f32(s_y))`, alternative
   `f32(atws · f32(1/s_y))` (PyTorch `qlinear.cpp` `PackedLinearWeight::apply_impl`).
+- R16-weight-zero-point: the accumulator with a nonzero weight zero point,
+  `Σ (x − x_z)(w − w_z)`, alternative: the weight zero point forgotten (FBGEMM's row offsets,
+  `fbgemm/src/RefImplementations.cc` `requantize_u8acc32_ref`; QNNPACK's kernel zero point).
+  No search: the two differ on almost every output.
 """
 
 import numpy as np
@@ -70,7 +74,9 @@ RULES = [
     ("R22-fbgemm-bias-per-channel-division", FBGEMM_ISAS),
     ("R21-fbgemm-multiplier-division", FBGEMM_ISAS),
 ] + [(tag, [(None, "default")]) for tag, _ in QPARAM_RULES + QUANTIZE_RULES + FAKE_QUANT_RULES] + [  # no engine
-    (tag, [(e, "default") for e in ("fbgemm", "x86", "qnnpack", "onednn")]) for tag, _ in POOL_RULES]
+    (tag, [(e, "default") for e in ("fbgemm", "x86", "qnnpack", "onednn")]) for tag, _ in POOL_RULES] + [
+    ("R16-weight-zero-point", FBGEMM_ISAS + [("qnnpack", "default")]),
+]
 M, K, N = 2, 16, 8
 WINDOW = 96  # f32 steps searched on each side of a tie
 
@@ -274,6 +280,8 @@ def pin_case(rng, rule_index, engine, k):
             op, args, expected, tags, summary = build(rng, tag, k, engine)
             return op, args, expected, ["pins:" + tag] + tags, summary
     torch.backends.quantized.engine = engine
+    if tag == "R16-weight-zero-point":
+        return _weight_zero_point_case(rng, engine, k)
     rule, alt = _rule_and_alt(tag, engine)
     relu = tag == "R24-relu-clamp-at-zero-point"
     per_channel = "per-channel" in tag
@@ -337,3 +345,64 @@ def pin_case(rng, rule_index, engine, k):
         args["relu"] = True
     expected = {"input_int_repr": tensor(xq.int_repr()), "int_repr": tensor(y)}
     return "quantized_linear", args, expected, ["pins:" + tag], summary
+
+
+def _weight_zero_point_case(rng, engine, k):
+    """R16: the terms of a nonzero weight zero point. Every golden model's weights are symmetric,
+    so these cases give `quantized::linear` int8 weights with zero points in ±(8..60), per tensor
+    (per channel on FBGEMM for odd k). Raw weight codes stay within ±64, so no u8·s8 pair reaches
+    the int16 bounds (2·255·64 < 32767) and every kernel path accumulates
+    `Σ (x − x_z)(w − w_z)` exactly. Alternative: the weight zero point forgotten,
+    `Σ (x − x_z)·w`."""
+    per_channel = engine != "qnnpack" and k % 2 == 1
+    sx = _f32_scale(rng, -8, -4)
+    xz = int(rng.integers(0, 256))
+    codes = rng.integers(0, 256, size=(M, K))
+    x = torch.from_numpy(((codes - xz).astype(np.float64) * sx).astype(np.float32))
+    xq = torch.quantize_per_tensor(x, sx, xz, torch.quint8)
+    xq_codes = xq.int_repr().numpy().astype(np.int64)
+    n_zp = N if per_channel else 1
+    wz = rng.integers(8, 61, size=n_zp) * np.where(rng.integers(0, 2, size=n_zp) == 1, 1, -1)
+    wzs = np.broadcast_to(wz, (N,)).astype(np.int64)
+    # Codes around each row's zero point, clipped to ±64.
+    w = np.clip(wzs[:, None] + rng.integers(-40, 41, size=(N, K)), -64, 64).astype(np.int8)
+    raw = (xq_codes - xz) @ (w.astype(np.int64) - wzs[:, None]).T
+    raw_alt = (xq_codes - xz) @ w.astype(np.int64).T
+    wss = [_f32_scale(rng, -9, -5) for _ in range(N)] if per_channel else [_f32_scale(rng, -9, -5)] * N
+    # An output scale that spreads row 0's outputs over about 200 codes.
+    span = max(1.0, float(np.abs(raw[0]).max())) * sx * max(wss)
+    sy = float(F(span / 100.0))
+    yz = int(rng.integers(100, 156))
+    bias = (rng.uniform(-1, 1, size=N) * span / 50).astype(np.float32)
+    if per_channel:
+        wq = torch._make_per_channel_quantized_tensor(
+            torch.from_numpy(w), torch.tensor(wss, dtype=torch.float64), torch.from_numpy(wzs.copy()), 0)
+    else:
+        wq = torch._make_per_tensor_quantized_tensor(torch.from_numpy(w), wss[0], int(wz[0]))
+    packed = torch.ops.quantized.linear_prepack(wq, torch.from_numpy(bias))
+    y = torch.ops.quantized.linear(xq, packed, sy, yz).int_repr().numpy()
+    if engine == "qnnpack":
+        q = qnnpack_q
+    elif per_channel:
+        def q(*a):
+            return fbgemm_q(*a, bias_alt="div")
+    else:
+        q = fbgemm_q
+    ours = [q(int(raw[0, j]), bias[j], sx, wss[j], sy, yz) for j in range(N)]
+    theirs = [q(int(raw_alt[0, j]), bias[j], sx, wss[j], sy, yz) for j in range(N)]
+    got = [int(v) for v in y[0]]
+    summary = (sum(g == o for g, o in zip(got, ours)), sum(g == t for g, t in zip(got, theirs)), N)
+    args = {
+        "engine": engine,
+        "input": tensor(x),
+        "input_scale": sx,
+        "input_zero_point": xz,
+        "weight_int_repr": tensor(w),
+        "weight_scale": wss if per_channel else wss[0],
+        "weight_zero_point": [int(v) for v in wzs] if per_channel else int(wz[0]),
+        "bias": tensor(bias),
+        "output_scale": sy,
+        "output_zero_point": yz,
+    }
+    expected = {"input_int_repr": tensor(xq.int_repr()), "int_repr": tensor(y)}
+    return "quantized_linear", args, expected, ["pins:R16-weight-zero-point"], summary
