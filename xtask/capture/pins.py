@@ -317,16 +317,27 @@ def pin_case(rng, rule_index, engine, k):
         if len(bias) == N:
             break
     bias = np.array(bias, dtype=np.float32)
+    ours = [rule(int(raw[0, j]), bias[j], sx, wss[j], sy, yz) for j in range(N)]
+    theirs = [alt(int(raw[0, j]), bias[j], sx, wss[j], sy, yz) for j in range(N)]
+    return _linear_pin(tag, engine, (x, sx, xz, xq), (w, wss, np.zeros(N, dtype=np.int64), per_channel),
+                       bias, (sy, yz), ours, theirs, relu)
+
+
+def _linear_pin(tag, engine, inp, weight, bias, out, ours, theirs, relu=False):
+    """Runs PyTorch's `quantized::linear` (or `linear_relu`) on one pin case and returns it as
+    (op, args, expected, tags, summary); ours / theirs are row 0's outputs under the rule and
+    its alternative."""
+    x, sx, xz, xq = inp
+    w, wss, wzs, per_channel = weight
+    sy, yz = out
     if per_channel:
         wq = torch._make_per_channel_quantized_tensor(
-            torch.from_numpy(w), torch.tensor(wss, dtype=torch.float64), torch.zeros(N, dtype=torch.int64), 0)
+            torch.from_numpy(w), torch.tensor(wss, dtype=torch.float64), torch.from_numpy(wzs.copy()), 0)
     else:
-        wq = torch._make_per_tensor_quantized_tensor(torch.from_numpy(w), ws, 0)
+        wq = torch._make_per_tensor_quantized_tensor(torch.from_numpy(w), wss[0], int(wzs[0]))
     packed = torch.ops.quantized.linear_prepack(wq, torch.from_numpy(bias))
     linear = torch.ops.quantized.linear_relu if relu else torch.ops.quantized.linear
     y = linear(xq, packed, sy, yz).int_repr().numpy()
-    ours = [rule(int(raw[0, j]), bias[j], sx, wss[j], sy, yz) for j in range(N)]
-    theirs = [alt(int(raw[0, j]), bias[j], sx, wss[j], sy, yz) for j in range(N)]
     got = [int(v) for v in y[0]]
     summary = (sum(g == o for g, o in zip(got, ours)), sum(g == t for g, t in zip(got, theirs)), N)
     args = {
@@ -335,8 +346,8 @@ def pin_case(rng, rule_index, engine, k):
         "input_scale": sx,
         "input_zero_point": xz,
         "weight_int_repr": tensor(w),
-        "weight_scale": wss if per_channel else ws,
-        "weight_zero_point": [0] * N if per_channel else 0,
+        "weight_scale": wss if per_channel else wss[0],
+        "weight_zero_point": [int(v) for v in wzs] if per_channel else int(wzs[0]),
         "bias": tensor(bias),
         "output_scale": sy,
         "output_zero_point": yz,
@@ -374,13 +385,6 @@ def _weight_zero_point_case(rng, engine, k):
     sy = float(F(span / 100.0))
     yz = int(rng.integers(100, 156))
     bias = (rng.uniform(-1, 1, size=N) * span / 50).astype(np.float32)
-    if per_channel:
-        wq = torch._make_per_channel_quantized_tensor(
-            torch.from_numpy(w), torch.tensor(wss, dtype=torch.float64), torch.from_numpy(wzs.copy()), 0)
-    else:
-        wq = torch._make_per_tensor_quantized_tensor(torch.from_numpy(w), wss[0], int(wz[0]))
-    packed = torch.ops.quantized.linear_prepack(wq, torch.from_numpy(bias))
-    y = torch.ops.quantized.linear(xq, packed, sy, yz).int_repr().numpy()
     if engine == "qnnpack":
         q = qnnpack_q
     elif per_channel:
@@ -390,19 +394,5 @@ def _weight_zero_point_case(rng, engine, k):
         q = fbgemm_q
     ours = [q(int(raw[0, j]), bias[j], sx, wss[j], sy, yz) for j in range(N)]
     theirs = [q(int(raw_alt[0, j]), bias[j], sx, wss[j], sy, yz) for j in range(N)]
-    got = [int(v) for v in y[0]]
-    summary = (sum(g == o for g, o in zip(got, ours)), sum(g == t for g, t in zip(got, theirs)), N)
-    args = {
-        "engine": engine,
-        "input": tensor(x),
-        "input_scale": sx,
-        "input_zero_point": xz,
-        "weight_int_repr": tensor(w),
-        "weight_scale": wss if per_channel else wss[0],
-        "weight_zero_point": [int(v) for v in wzs] if per_channel else int(wz[0]),
-        "bias": tensor(bias),
-        "output_scale": sy,
-        "output_zero_point": yz,
-    }
-    expected = {"input_int_repr": tensor(xq.int_repr()), "int_repr": tensor(y)}
-    return "quantized_linear", args, expected, ["pins:R16-weight-zero-point"], summary
+    return _linear_pin("R16-weight-zero-point", engine, (x, sx, xz, xq), (w, wss, wzs, per_channel),
+                       bias, (sy, yz), ours, theirs)
