@@ -1187,12 +1187,13 @@ mod tests {
     /// inputs exactly on a tie stay exact, half to even.
     #[test]
     fn elu_positive_branch_brackets_the_f32_rounding_of_x_times_scale() {
+        let scale = f32::from_bits(0x3f86_8ba3);
         let op = Elu {
-            scale: f32::from_bits(0x3f86_8ba3) as f64,
+            scale: scale as f64,
             ..Elu::new(1.0)
         };
         let x = QTensor::new(vec![1], vec![172], 1.0 / 32.0, 128);
-        let y32 = (44.0f32 / 32.0) * f32::from_bits(0x3f86_8ba3);
+        let y32 = (44.0f32 / 32.0) * scale;
         assert_eq!(y32 * 64.0, 92.5);
         let o = run(
             &op,

@@ -291,10 +291,7 @@ def pin_case(rng, rule_index, engine, k):
         wss = [ws] + [_f32_scale(rng, -9, -5) for _ in range(N - 1)] if per_channel else [ws] * N
         xz = int(rng.integers(0, 256))
         yz = int(rng.integers(16, 64)) if tag == "R24-relu-clamp-at-zero-point" else int(rng.integers(0, 64))
-        codes = rng.integers(0, 256, size=(M, K))
-        x = torch.from_numpy(((codes - xz).astype(np.float64) * sx).astype(np.float32))
-        xq = torch.quantize_per_tensor(x, sx, xz, torch.quint8)
-        xq_codes = xq.int_repr().numpy().astype(np.int64)
+        x, xq, xq_codes = _quantized_input(rng, sx, xz)
         w = rng.integers(-40, 41, size=(N, K)).astype(np.int8)
         raw = (xq_codes - xz) @ w.astype(np.int64).T  # [M, N], exact
         bias = []
@@ -321,6 +318,15 @@ def pin_case(rng, rule_index, engine, k):
     theirs = [alt(int(raw[0, j]), bias[j], sx, wss[j], sy, yz) for j in range(N)]
     return _linear_pin(tag, engine, (x, sx, xz, xq), (w, wss, np.zeros(N, dtype=np.int64), per_channel),
                        bias, (sy, yz), ours, theirs, relu)
+
+
+def _quantized_input(rng, sx, xz):
+    """An M×K input on the grid of (sx, xz) with random codes: the f32 tensor, PyTorch's quint8
+    tensor of it and its codes as int64."""
+    codes = rng.integers(0, 256, size=(M, K))
+    x = torch.from_numpy(((codes - xz).astype(np.float64) * sx).astype(np.float32))
+    xq = torch.quantize_per_tensor(x, sx, xz, torch.quint8)
+    return x, xq, xq.int_repr().numpy().astype(np.int64)
 
 
 def _linear_pin(tag, engine, inp, weight, bias, out, ours, theirs, relu=False):
@@ -368,10 +374,7 @@ def _weight_zero_point_case(rng, engine, k):
     per_channel = engine != "qnnpack" and k % 2 == 1
     sx = _f32_scale(rng, -8, -4)
     xz = int(rng.integers(0, 256))
-    codes = rng.integers(0, 256, size=(M, K))
-    x = torch.from_numpy(((codes - xz).astype(np.float64) * sx).astype(np.float32))
-    xq = torch.quantize_per_tensor(x, sx, xz, torch.quint8)
-    xq_codes = xq.int_repr().numpy().astype(np.int64)
+    x, xq, xq_codes = _quantized_input(rng, sx, xz)
     n_zp = N if per_channel else 1
     wz = rng.integers(8, 61, size=n_zp) * np.where(rng.integers(0, 2, size=n_zp) == 1, 1, -1)
     wzs = np.broadcast_to(wz, (N,)).astype(np.int64)

@@ -882,11 +882,14 @@ mod tests {
         assert_eq!(total(&obs.histogram), 3.0);
     }
 
+    /// Bin `i` of a 2048-bin parabola peaking at 10 000 in bin 1024, zero from 200 bins away.
+    fn parabola_count(i: i64) -> i64 {
+        (10_000 - (i - 1024).pow(2) / 4).max(0)
+    }
+
     /// 2048 bins: a parabola peaking at bin 1024 with one count at each end.
     fn parabola() -> Vec<f32> {
-        let mut h: Vec<f32> = (0..2048i64)
-            .map(|i| (10_000 - (i - 1024).pow(2) / 4).max(0) as f32)
-            .collect();
+        let mut h: Vec<f32> = (0..2048i64).map(|i| parabola_count(i) as f32).collect();
         h[0] = 1.0;
         h[2047] = 1.0;
         h
@@ -1043,7 +1046,7 @@ mod tests {
         // subnormals), and an equal norm does not stop the search (`norm > norm_min`).
         let subnormal_parabola = |k: f64| -> Vec<f32> {
             (0..2048i64)
-                .map(|i| ((10_000 - (i - 1024).pow(2) / 4).max(0) as f64 * k) as f32)
+                .map(|i| (parabola_count(i) as f64 * k) as f32)
                 .collect()
         };
         let with = |h: &[f32], i: usize, v: f32| {
